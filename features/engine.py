@@ -1,0 +1,275 @@
+"""One engine for every feature: events become state operations, state becomes vectors.
+
+The engine splits feature computation in three pure steps so that every store
+shares the same semantics:
+
+1. :meth:`FeatureEngine.ops_for` turns an event into a handful of primitive
+   operations (add to a time bucket, keep a max, decay-and-add, ...).
+2. :func:`apply_ops` applies operations to a customer's flat state
+   (``dict[str, float]``). The in-process store calls it directly; the Redis
+   store runs the same primitives in a Lua script (``features/apply.lua``), and
+   a shared test suite proves the two agree.
+3. :meth:`FeatureEngine.vector` reads the state *as of* an event time.
+
+Everything is event time. Sliding windows are rings of ``buckets + 1`` time
+buckets, so state stays bounded and a late event lands in its own bucket when
+that bucket is still inside the window.
+
+>>> from features.events import decode
+>>> engine = FeatureEngine(default_catalog())
+>>> ev = decode('{"event_id":"e1","customer_id":"c1","ts":"2024-03-01T10:00:00Z",'
+...             '"type":"purchase","order_id":"o1","amount":80,"currency":"EUR"}')
+>>> state = {}
+>>> apply_ops(state, engine.ops_for(ev))
+>>> v = engine.vector(state, ev.ts_ms + 2 * DAY_MS)
+>>> v["orders_90d"], v["spend_total"], v["days_since_last_purchase"]
+(1.0, 80.0, 2.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from features.events import AnyEvent
+from features.spec import ACTIONS, DAY_MS, Catalog, FeatureSpec, default_catalog
+
+State = dict[str, float]
+# Operations are plain tuples: cheap to build, to JSON-encode for Lua, to compare.
+#   ("r", name, slots, bucket_index, amount, mode)   ring bucket; mode 0 = add, 1 = max
+#   ("a", field, amount)                            add
+#   ("x", field, value) / ("n", field, value)       keep max / keep min
+#   ("d", name, ts, amount, half_life_ms)           exponentially decayed sum
+#   ("s", base, value, ts, cap)                     distinct value, last seen at ts
+Op = tuple[Any, ...]
+TIME_FIELD = "_t"  # the customer's newest event time: the clock for lateness
+
+
+def apply_ops(state: State, ops: tuple[Op, ...] | list[Op]) -> None:
+    """Apply operations to a flat state in place: the reference semantics.
+
+    >>> s = {}
+    >>> apply_ops(s, [("a", "n", 1.0), ("a", "n", 2.0), ("x", "m", 5.0), ("x", "m", 3.0)])
+    >>> s
+    {'n': 3.0, 'm': 5.0}
+    """
+    for op in ops:
+        code = op[0]
+        if code == "r":
+            _, name, slots, idx, amount, mode = op
+            slot = idx % slots
+            ikey, vkey = f"{name}|{slot}i", f"{name}|{slot}v"
+            held = state.get(ikey)
+            if held is None or idx > held:
+                state[ikey] = float(idx)
+                state[vkey] = float(amount)
+            elif idx == held:
+                state[vkey] = max(state[vkey], amount) if mode else state[vkey] + amount
+            # idx < held: the slot already serves a newer bucket; the event is out of window.
+        elif code == "a":
+            state[op[1]] = state.get(op[1], 0.0) + op[2]
+        elif code == "x":
+            held = state.get(op[1])
+            if held is None or op[2] > held:
+                state[op[1]] = float(op[2])
+        elif code == "n":
+            held = state.get(op[1])
+            if held is None or op[2] < held:
+                state[op[1]] = float(op[2])
+        elif code == "d":
+            _, name, ts, amount, half_life = op
+            vkey, tkey = f"{name}|v", f"{name}|t"
+            last = state.get(tkey)
+            if last is None:
+                state[vkey], state[tkey] = float(amount), float(ts)
+            elif ts >= last:
+                state[vkey] = state[vkey] * 2.0 ** (-(ts - last) / half_life) + amount
+                state[tkey] = float(ts)
+            else:
+                state[vkey] = state[vkey] + amount * 2.0 ** (-(last - ts) / half_life)
+        elif code == "s":
+            _, base, value, ts, cap = op
+            key, nkey = f"{base}|d|{value}", f"{base}|n"
+            held = state.get(key)
+            if held is None:
+                state[key] = float(ts)
+                state[nkey] = state.get(nkey, 0.0) + 1.0
+                if state[nkey] > cap:
+                    _evict_oldest(state, f"{base}|d|", nkey)
+            elif ts > held:
+                state[key] = float(ts)
+        else:
+            raise ValueError(f"unknown operation {code!r}")
+
+
+def _evict_oldest(state: State, prefix: str, nkey: str) -> None:
+    # Smallest (time, value) goes: deterministic whatever order events came in.
+    oldest = min((v, k) for k, v in state.items() if k.startswith(prefix))
+    del state[oldest[1]]
+    state[nkey] -= 1.0
+
+
+def _event_value(event: AnyEvent, name: str) -> Any:
+    value = getattr(event, name, None)
+    return event.extra(name) if value is None else value
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+Reader = Callable[[State, int], float | None]
+
+
+class FeatureEngine:
+    """Compiles a :class:`~features.spec.Catalog` into event dispatch and vector readers.
+
+    ``sensitive`` names fields that must never become feature values; a spec
+    that reads one is refused.
+    """
+
+    def __init__(self, catalog: Catalog | None = None, sensitive: tuple[str, ...] = ()) -> None:
+        self.catalog = catalog or default_catalog()
+        for spec in self.catalog.features:
+            if spec.field and spec.field in sensitive:
+                raise ValueError(f"{spec.name} reads sensitive attribute {spec.field!r}")
+        self._dispatch: dict[tuple[str, str], list[FeatureSpec]] = {}
+        self._distinct_caps: dict[str, int] = {}
+        for spec in self.catalog.features:
+            for etype, actions in spec.selectors():
+                types = ("web", "purchase", "campaign") if etype == "any" else (etype,)
+                for t in types:
+                    for action in actions or sorted(ACTIONS[t]):
+                        self._dispatch.setdefault((t, action), []).append(spec)
+            if spec.agg == "distinct":
+                base = self._distinct_base(spec)
+                self._distinct_caps[base] = max(self._distinct_caps.get(base, 0), spec.cap)
+        self._readers: list[tuple[str, Reader]] = [
+            (spec.name, self._reader(spec)) for spec in self.catalog.features
+        ]
+
+    @staticmethod
+    def _distinct_base(spec: FeatureSpec) -> str:
+        # Windows over the same values share one map: sessions_1h..30d keep one set of ids.
+        return f"{spec.source}:{spec.field}"
+
+    def ops_for(self, event: AnyEvent) -> tuple[Op, ...]:
+        """The state operations one event causes (empty when no feature cares)."""
+        action = event.status if event.type == "purchase" else event.action
+        specs = self._dispatch.get((event.type, action), ())
+        ts = event.ts_ms
+        ops: list[Op] = []
+        seen_bases: set[str] = set()
+        for spec in specs:
+            agg = spec.agg
+            if spec.field and agg != "distinct":
+                raw = _number(_event_value(event, spec.field))
+                if raw is None:
+                    continue
+                amount = raw * spec.weights.get(action, 1.0)
+            else:
+                amount = float(spec.weights.get(action, 1.0))
+            if agg == "distinct":
+                assert spec.field is not None
+                value = _event_value(event, spec.field)
+                base = self._distinct_base(spec)
+                if value is None or base in seen_bases:
+                    continue
+                seen_bases.add(base)
+                ops.append(("s", base, str(value)[:100], ts, self._distinct_caps[base]))
+            elif spec.window:
+                bucket = spec.window_ms // spec.buckets
+                mode = 1 if agg == "max" else 0
+                ops.append(("r", spec.name, spec.buckets + 1, ts // bucket, amount, mode))
+            elif agg in ("count", "sum"):
+                ops.append(("a", spec.name, amount))
+            elif agg == "max":
+                ops.append(("x", spec.name, amount))
+            elif agg == "min":
+                ops.append(("n", spec.name, amount))
+            elif agg == "first_time":
+                ops.append(("n", spec.name, float(ts)))
+            elif agg == "last_time":
+                ops.append(("x", spec.name, float(ts)))
+            elif agg == "decayed":
+                ops.append(("d", spec.name, ts, amount, spec.half_life_ms))
+        return tuple(ops)
+
+    def _reader(self, spec: FeatureSpec) -> Reader:
+        default = spec.default
+        name = spec.name
+        if spec.agg == "distinct":
+            prefix = f"{self._distinct_base(spec)}|d|"
+            window = spec.window_ms
+
+            def read_distinct(state: State, as_of: int) -> float | None:
+                since = as_of - window
+                return float(
+                    sum(1 for k, v in state.items() if v > since and v <= as_of and k.startswith(prefix))
+                )
+
+            return read_distinct
+        if spec.window:
+            bucket = spec.window_ms // spec.buckets
+            n = spec.buckets
+            keys = [(f"{name}|{s}i", f"{name}|{s}v") for s in range(n + 1)]
+            use_max = spec.agg == "max"
+
+            def read_ring(state: State, as_of: int) -> float | None:
+                now = as_of // bucket
+                total = 0.0
+                best: float | None = None
+                for ikey, vkey in keys:
+                    idx = state.get(ikey)
+                    if idx is not None and now - n < idx <= now:
+                        if use_max:
+                            best = state[vkey] if best is None else max(best, state[vkey])
+                        else:
+                            total += state[vkey]
+                return (best if best is not None else default) if use_max else total
+
+            return read_ring
+        if spec.agg == "decayed":
+            vkey, tkey = f"{name}|v", f"{name}|t"
+            half_life = spec.half_life_ms
+
+            def read_decayed(state: State, as_of: int) -> float | None:
+                last = state.get(tkey)
+                if last is None:
+                    return 0.0
+                return state[vkey] * 2.0 ** (-max(as_of - last, 0) / half_life)
+
+            return read_decayed
+
+        def read_plain(state: State, as_of: int) -> float | None:
+            return state.get(name, default)
+
+        return read_plain
+
+    def vector(self, state: Mapping[str, float], as_of_ms: int) -> dict[str, float | None]:
+        """The customer's features as of an event time (``None`` = no value yet)."""
+        st = state if isinstance(state, dict) else dict(state)
+        out: dict[str, float | None] = {name: read(st, as_of_ms) for name, read in self._readers}
+        for d in self.catalog.derived:
+            out[d.name] = _derive(d.kind, [out[i] for i in d.inputs], d.prior, d.default, as_of_ms)
+        return out
+
+
+def _derive(
+    kind: str, values: list[float | None], prior: tuple[float, float], default: float | None, as_of: int
+) -> float | None:
+    if kind == "ratio":
+        num, den = values[0] or 0.0, values[1] or 0.0
+        den += prior[1]
+        return (num + prior[0]) / den if den > 0 else default
+    if kind == "after":
+        a, b = values
+        return 1.0 if a is not None and (b is None or a > b) else 0.0
+    if kind == "present":
+        return 0.0 if values[0] is None else 1.0
+    if kind == "days_since":
+        t = values[0]
+        return default if t is None else max(as_of - t, 0) / DAY_MS
+    raise ValueError(f"unknown derived kind {kind!r}")

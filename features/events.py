@@ -1,0 +1,222 @@
+"""Event contracts: one JSON object per event, the same on Kafka and in JSON Lines.
+
+Every event has ``event_id``, ``customer_id``, ``ts`` and a ``type`` that picks
+the model (a discriminated union). Unknown extra fields are kept (a segment or
+region can ride along for fairness reports) but never feed a model unless a
+feature names them.
+
+Decoding never raises: :func:`decode` returns either an event or an
+:class:`EventError` whose ``reason`` says what was wrong, so the streaming
+layer can dead-letter it with the original bytes.
+
+>>> ev = decode(b'{"event_id":"e1","customer_id":"c1","ts":"2024-05-01T10:00:00+02:00",'
+...             b'"type":"purchase","order_id":"o1","amount":42.5,"currency":"eur"}')
+>>> ev.type, ev.ts_ms, ev.currency
+('purchase', 1714550400000, 'EUR')
+>>> bad = decode(b'{"event_id":"e2","type":"purchase"}')
+>>> bad.reason[:52]
+'validation: customer_id: Field required; ts: Field r'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+
+MAX_EVENT_BYTES = 64 * 1024
+# Outside these bounds a timestamp is a bug upstream, not a customer's history.
+MIN_TS_MS = int(datetime(1990, 1, 1, tzinfo=UTC).timestamp() * 1000)
+MAX_TS_MS = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
+
+WebAction = Literal[
+    "page_view", "product_view", "add_to_cart", "remove_from_cart", "search", "signup", "login"
+]
+CampaignAction = Literal[
+    "sent", "delivered", "opened", "clicked", "converted", "unsubscribed", "bounced"
+]
+Channel = Literal["email", "sms", "push", "web", "ads"]
+
+
+def parse_ts_ms(value: Any) -> int:
+    """Epoch milliseconds from RFC 3339 text (with offset) or epoch milliseconds.
+
+    >>> parse_ts_ms("2024-01-01T00:00:00Z"), parse_ts_ms(1704067200000)
+    (1704067200000, 1704067200000)
+    """
+    if isinstance(value, bool):
+        raise ValueError("timestamp must be RFC 3339 text or epoch milliseconds")
+    if isinstance(value, int | float):
+        ms = int(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit():
+            ms = int(text)
+        else:
+            try:
+                parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            except ValueError as exc:
+                raise ValueError(f"not an RFC 3339 timestamp: {text[:40]!r}") from exc
+            if parsed.tzinfo is None:
+                raise ValueError("timestamp has no UTC offset")
+            ms = int(parsed.timestamp() * 1000)
+    else:
+        raise ValueError("timestamp must be RFC 3339 text or epoch milliseconds")
+    if not MIN_TS_MS <= ms < MAX_TS_MS:
+        raise ValueError("timestamp outside 1990..2100 (absurd)")
+    return ms
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True, str_strip_whitespace=True)
+
+    event_id: Annotated[str, Field(min_length=1, max_length=200)]
+    customer_id: Annotated[str, Field(min_length=1, max_length=200)]
+    ts_ms: int = Field(alias="ts")
+
+    @field_validator("ts_ms", mode="before")
+    @classmethod
+    def _ts(cls, value: Any) -> int:
+        return parse_ts_ms(value)
+
+    def extra(self, name: str) -> Any:
+        """An unknown field carried on the event (``None`` when absent)."""
+        return (self.model_extra or {}).get(name)
+
+
+class WebEvent(_Base):
+    type: Literal["web"]
+    action: WebAction
+    session_id: str | None = None
+    url: str | None = None
+    product_id: str | None = None
+    category: str | None = None
+
+
+class Item(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    product_id: str | None = None
+    category: str | None = None
+    quantity: Annotated[float, Field(ge=0)] = 1
+    price: Annotated[float, Field(ge=0)] = 0.0
+
+
+class PurchaseEvent(_Base):
+    type: Literal["purchase"]
+    order_id: Annotated[str, Field(min_length=1)]
+    amount: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    currency: Annotated[str, Field(pattern=r"^[A-Za-z]{3}$")]
+    items: list[Item] | None = None
+    status: Literal["completed", "refunded"] = "completed"
+
+    @field_validator("currency")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
+
+
+class CampaignEvent(_Base):
+    type: Literal["campaign"]
+    campaign_id: Annotated[str, Field(min_length=1)]
+    channel: Channel
+    action: CampaignAction
+
+
+Event = Annotated[WebEvent | PurchaseEvent | CampaignEvent, Field(discriminator="type")]
+AnyEvent = WebEvent | PurchaseEvent | CampaignEvent
+_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(Event)
+
+
+@dataclass(frozen=True, slots=True)
+class EventError:
+    """A line or message that is not a valid event: the original bytes and why."""
+
+    raw: bytes
+    reason: str
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False)[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "event"
+        # A discriminated union puts the tag in the path; users think in field names.
+        if len(err["loc"]) > 1 and err["loc"][0] in ("web", "purchase", "campaign"):
+            loc = ".".join(str(p) for p in err["loc"][1:])
+        loc = "ts" if loc == "ts_ms" else loc
+        parts.append(f"{loc}: {err['msg']}")
+    return "validation: " + "; ".join(parts)
+
+
+def decode(raw: bytes | str, max_bytes: int = MAX_EVENT_BYTES) -> AnyEvent | EventError:
+    """Parse and validate one event; never raises.
+
+    >>> decode(b'{not json').reason[:12]
+    'invalid JSON'
+    >>> decode(b'[1, 2]').reason
+    'not a JSON object'
+    """
+    data = raw.encode() if isinstance(raw, str) else bytes(raw)
+    if len(data) > max_bytes:
+        return EventError(data, f"oversized: {len(data)} bytes > {max_bytes}")
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        return EventError(data, f"invalid JSON: {str(exc)[:120]}")
+    if not isinstance(obj, dict):
+        return EventError(data, "not a JSON object")
+    if obj.get("type") not in ("web", "purchase", "campaign"):
+        return EventError(data, f"unknown type: {str(obj.get('type'))[:40]!r}")
+    try:
+        return _ADAPTER.validate_python(obj)
+    except ValidationError as exc:
+        return EventError(data, _describe(exc))
+    except Exception as exc:  # noqa: BLE001 - a validator bug must not crash a consumer
+        return EventError(data, f"validation: {type(exc).__name__}")
+
+
+def encode(event: AnyEvent) -> bytes:
+    """Canonical JSON for an event (``ts`` as RFC 3339 UTC), extra fields included.
+
+    >>> ev = decode('{"event_id":"e","customer_id":"c","ts":1704067200000,"type":"web","action":"login","region":"north"}')
+    >>> encode(ev)
+    b'{"event_id":"e","customer_id":"c","ts":"2024-01-01T00:00:00.000+00:00","type":"web","action":"login","region":"north"}'
+
+    """
+    body = event.model_dump(by_alias=True, exclude_none=True)
+    body["ts"] = ms_to_iso(event.ts_ms)
+    return orjson.dumps(body)
+
+
+def ms_to_iso(ms: int) -> str:
+    """RFC 3339 text in UTC for epoch milliseconds.
+
+    >>> ms_to_iso(1704067200000)
+    '2024-01-01T00:00:00.000+00:00'
+    """
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def read_jsonl(lines: Iterable[bytes | str]) -> Iterator[tuple[int, AnyEvent | EventError]]:
+    """Decode JSON Lines, yielding ``(line_number, event_or_error)``; blank lines are skipped."""
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if stripped:
+            yield number, decode(stripped)
+
+
+def read_jsonl_file(path: str | Path) -> Iterator[tuple[int, AnyEvent | EventError]]:
+    """Decode a JSON Lines file lazily (constant memory)."""
+    with open(path, "rb") as handle:
+        yield from read_jsonl(handle)

@@ -1,0 +1,252 @@
+"""Features declared as data.
+
+A :class:`FeatureSpec` says *what* to aggregate (a source: event type and
+actions), *how* (an aggregation) and *over what time* (a sliding window or an
+exponential half-life). A :class:`DerivedSpec` combines other features at read
+time (a smoothed rate, "cart without purchase"). One engine
+(:mod:`features.engine`) turns specs into state updates and feature vectors,
+so adding a feature is a line of data, not code.
+
+>>> spec = FeatureSpec("page_views_7d", "web:page_view", "count", window="7d")
+>>> spec.window_ms // 3_600_000
+168
+>>> FeatureSpec("bad", "web:teleport", "count")
+Traceback (most recent call last):
+...
+ValueError: bad: unknown action 'teleport' for web
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+Aggregation = Literal["count", "sum", "max", "min", "first_time", "last_time", "distinct", "decayed"]
+DerivedKind = Literal["ratio", "after", "present", "days_since"]
+
+ACTIONS: dict[str, frozenset[str]] = {
+    "web": frozenset(
+        {"page_view", "product_view", "add_to_cart", "remove_from_cart", "search", "signup", "login"}
+    ),
+    # For purchases the "action" is the order status.
+    "purchase": frozenset({"completed", "refunded"}),
+    "campaign": frozenset(
+        {"sent", "delivered", "opened", "clicked", "converted", "unsubscribed", "bounced"}
+    ),
+}
+_UNITS_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+DAY_MS = 86_400_000
+
+
+def parse_duration_ms(text: str) -> int:
+    """``"90d"`` -> milliseconds; units s, m, h, d, w.
+
+    >>> parse_duration_ms("1h"), parse_duration_ms("2w") // DAY_MS
+    (3600000, 14)
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 24h, 7d, 2w)")
+    return int(float(match.group(1)) * _UNITS_MS[match.group(2)])
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One aggregated feature.
+
+    ``source`` is ``"type"`` or ``"type:action|action"`` (for purchases the
+    action is the status), or ``"any"``. ``field`` names the numeric value for
+    sum/max/min/decayed (``amount`` or an extra field); without it each event
+    counts ``weights.get(action, 1)``. ``distinct`` counts distinct values of
+    ``field`` (at most ``cap`` most recent are kept). ``buckets`` sets the
+    resolution of a sliding window: window / buckets.
+    """
+
+    name: str
+    source: str
+    agg: Aggregation
+    window: str | None = None
+    half_life: str | None = None
+    field: str | None = None
+    weights: Mapping[str, float] = dc_field(default_factory=dict)
+    buckets: int = 12
+    cap: int = 50
+    default: float | None = 0.0
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
+            raise ValueError(f"{self.name}: names are lower_snake_case")
+        for etype, actions in self.selectors():
+            if etype != "any" and etype not in ACTIONS:
+                raise ValueError(f"{self.name}: unknown event type {etype!r}")
+            for action in actions:
+                if action not in ACTIONS.get(etype, ()):
+                    raise ValueError(f"{self.name}: unknown action {action!r} for {etype}")
+        if self.agg == "decayed" and not self.half_life:
+            raise ValueError(f"{self.name}: decayed needs half_life")
+        if self.agg != "decayed" and self.half_life:
+            raise ValueError(f"{self.name}: half_life only goes with agg 'decayed'")
+        if self.window and self.agg not in ("count", "sum", "max", "distinct"):
+            raise ValueError(f"{self.name}: a window goes with count, sum, max or distinct")
+        if self.agg in ("max", "min") and not self.field:
+            raise ValueError(f"{self.name}: {self.agg} needs a field")
+        if self.agg == "distinct" and not (self.field and self.window):
+            raise ValueError(f"{self.name}: distinct needs a field and a window")
+        if not 1 <= self.buckets <= 100:
+            raise ValueError(f"{self.name}: buckets must be 1..100")
+        if self.window:
+            self.window_ms  # noqa: B018 - validates the duration now, not at first event
+
+    def selectors(self) -> list[tuple[str, tuple[str, ...]]]:
+        """``[(event_type, actions)]``; an empty action tuple matches every action."""
+        if self.source == "any":
+            return [("any", ())]
+        etype, _, actions = self.source.partition(":")
+        return [(etype, tuple(a for a in actions.split("|") if a))]
+
+    @property
+    def window_ms(self) -> int:
+        return parse_duration_ms(self.window) if self.window else 0
+
+    @property
+    def half_life_ms(self) -> int:
+        return parse_duration_ms(self.half_life) if self.half_life else 0
+
+
+@dataclass(frozen=True)
+class DerivedSpec:
+    """A feature computed at read time from others.
+
+    - ``ratio``: ``(a + prior_a) / (b + prior_b)``, a smoothed rate.
+    - ``after``: 1.0 when time feature ``a`` is later than ``b`` (or ``b`` absent).
+    - ``present``: 1.0 when ``a`` has a value.
+    - ``days_since``: days from time feature ``a`` to the read time (``default`` if absent).
+    """
+
+    name: str
+    kind: DerivedKind
+    inputs: tuple[str, ...]
+    prior: tuple[float, float] = (0.0, 0.0)
+    default: float | None = None
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The features a deployment computes."""
+
+    features: tuple[FeatureSpec, ...]
+    derived: tuple[DerivedSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.features] + [d.name for d in self.derived]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"duplicate feature names: {sorted(dupes)}")
+        known: set[str] = {f.name for f in self.features}
+        for d in self.derived:
+            missing = [i for i in d.inputs if i not in known]
+            if missing:
+                raise ValueError(f"{d.name}: unknown inputs {missing}")
+            known.add(d.name)
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features] + [d.name for d in self.derived]
+
+    def without_sources(self, types: Sequence[str]) -> Catalog:
+        """The catalogue minus features fed only by the given event types."""
+        kept = tuple(f for f in self.features if f.selectors()[0][0] not in types)
+        names = {f.name for f in kept}
+        derived: list[DerivedSpec] = []
+        for d in self.derived:
+            if all(i in names for i in d.inputs):
+                derived.append(d)
+                names.add(d.name)
+        return Catalog(kept, tuple(derived))
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    """Read a catalogue from YAML: ``features: [...]`` and ``derived: [...]``."""
+    data: dict[str, Any] = yaml.safe_load(Path(path).read_text()) or {}
+    feats = tuple(FeatureSpec(**f) for f in data.get("features", []))
+    derived = tuple(
+        DerivedSpec(**{**d, "inputs": tuple(d["inputs"]), "prior": tuple(d.get("prior", (0, 0)))})
+        for d in data.get("derived", [])
+    )
+    return Catalog(feats, derived)
+
+
+def _windows(name: str, source: str, agg: Aggregation, windows: Sequence[str], **kw: Any) -> list[FeatureSpec]:
+    return [FeatureSpec(f"{name}_{w}", source, agg, window=w, **kw) for w in windows]
+
+
+def default_catalog() -> Catalog:
+    """What marketing scoring uses: RFM, tenure, web activity, campaign engagement, decay.
+
+    >>> cat = default_catalog()
+    >>> "days_since_last_purchase" in cat.names and "open_rate_90d" in cat.names
+    True
+    """
+    short = ("1h", "24h", "7d", "30d")
+    f: list[FeatureSpec] = [
+        # Transactional (RFM)
+        FeatureSpec("orders_total", "purchase:completed", "count"),
+        FeatureSpec("spend_total", "purchase:completed", "sum", field="amount"),
+        *_windows("orders", "purchase:completed", "count", ("90d", "365d")),
+        *_windows("spend", "purchase:completed", "sum", ("90d", "365d"), field="amount"),
+        FeatureSpec("max_order_amount", "purchase:completed", "max", field="amount", default=None),
+        FeatureSpec("refunds_365d", "purchase:refunded", "count", window="365d"),
+        FeatureSpec("first_purchase_at", "purchase:completed", "first_time", default=None),
+        FeatureSpec("last_purchase_at", "purchase:completed", "last_time", default=None),
+        FeatureSpec("first_seen_at", "any", "first_time", default=None),
+        FeatureSpec("last_seen_at", "any", "last_time", default=None),
+        # Behavioural (web)
+        *_windows("page_views", "web:page_view", "count", short),
+        *_windows("product_views", "web:product_view", "count", short),
+        *_windows("add_to_carts", "web:add_to_cart", "count", short),
+        *_windows("sessions", "web", "distinct", short, field="session_id"),
+        FeatureSpec("searches_7d", "web:search", "count", window="7d"),
+        FeatureSpec("last_visit_at", "web", "last_time", default=None),
+        FeatureSpec("last_add_to_cart_at", "web:add_to_cart", "last_time", default=None),
+        FeatureSpec("signed_up_at", "web:signup", "first_time", default=None),
+        # Relational (campaigns)
+        *_windows("sends", "campaign:sent", "count", ("30d", "90d")),
+        *_windows("opens", "campaign:opened", "count", ("30d", "90d")),
+        *_windows("clicks", "campaign:clicked", "count", ("30d", "90d")),
+        *_windows("conversions", "campaign:converted", "count", ("30d", "90d")),
+        FeatureSpec("last_click_at", "campaign:clicked", "last_time", default=None),
+        FeatureSpec("unsubscribed_at", "campaign:unsubscribed", "last_time", default=None),
+        # Decayed engagement indices
+        FeatureSpec(
+            "web_engagement", "web", "decayed", half_life="7d",
+            weights={"page_view": 1, "product_view": 2, "search": 1, "add_to_cart": 5,
+                     "remove_from_cart": 0, "signup": 5, "login": 1},
+        ),
+        FeatureSpec(
+            "campaign_engagement", "campaign", "decayed", half_life="14d",
+            weights={"sent": 0, "delivered": 0, "opened": 1, "clicked": 3, "converted": 8,
+                     "unsubscribed": 0, "bounced": 0},
+        ),
+        FeatureSpec("spend_decayed", "purchase:completed", "decayed", half_life="30d", field="amount"),
+    ]
+    d = [
+        DerivedSpec("avg_basket", "ratio", ("spend_total", "orders_total")),
+        DerivedSpec("days_since_last_purchase", "days_since", ("last_purchase_at",)),
+        DerivedSpec("days_since_first_purchase", "days_since", ("first_purchase_at",)),
+        DerivedSpec("tenure_days", "days_since", ("first_seen_at",), default=0.0),
+        DerivedSpec("days_since_last_event", "days_since", ("last_seen_at",)),
+        DerivedSpec("days_since_last_visit", "days_since", ("last_visit_at",)),
+        DerivedSpec("days_since_last_click", "days_since", ("last_click_at",)),
+        DerivedSpec("cart_without_purchase", "after", ("last_add_to_cart_at", "last_purchase_at")),
+        DerivedSpec("unsubscribed", "present", ("unsubscribed_at",)),
+        # Beta(1, 4) prior: a customer with no sends reads as a typical 20% opener.
+        DerivedSpec("open_rate_90d", "ratio", ("opens_90d", "sends_90d"), prior=(1.0, 5.0)),
+        DerivedSpec("click_rate_90d", "ratio", ("clicks_90d", "sends_90d"), prior=(0.25, 5.0)),
+    ]
+    return Catalog(tuple(f), tuple(d))

@@ -1,0 +1,130 @@
+"""Feature stores: where per-customer state lives.
+
+A store applies batches of :class:`Update` idempotently and returns each
+touched customer's state *before* the batch, so the caller can replay the
+batch with :func:`features.engine.apply_ops` and score at any event inside it.
+Two stores share these semantics exactly: :class:`InMemoryFeatureStore`
+(backtests, unit tests) and :class:`features.redis_store.RedisFeatureStore`
+(production).
+
+Per update, in this order:
+
+1. ``late``: its time is older than the customer's newest event minus the
+   allowed lateness; nothing changes.
+2. ``duplicate``: its event id was applied before; nothing changes.
+3. ``applied``: operations applied, event id remembered, newest time advanced.
+
+Event ids are remembered while they are inside the lateness window; an older
+redelivery is ``late`` anyway, so memory stays bounded and nothing counts twice.
+
+>>> from features.engine import FeatureEngine
+>>> from features.events import decode
+>>> engine, store = FeatureEngine(), InMemoryFeatureStore(lateness_ms=3_600_000)
+>>> ev = decode('{"event_id":"e1","customer_id":"c1","ts":"2024-03-01T10:00:00Z",'
+...             '"type":"web","action":"page_view","session_id":"s1"}')
+>>> up = Update.of(ev, engine.ops_for(ev))
+>>> store.apply([up, up]).statuses
+['applied', 'duplicate']
+>>> engine.vector(store.read(["c1"])["c1"], ev.ts_ms)["page_views_24h"]
+1.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from features.engine import TIME_FIELD, Op, State, apply_ops
+from features.events import AnyEvent
+
+APPLIED, DUPLICATE, LATE = "applied", "duplicate", "late"
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One event's effect on one customer."""
+
+    customer_id: str
+    event_id: str
+    ts_ms: int
+    ops: tuple[Op, ...]
+
+    @classmethod
+    def of(cls, event: AnyEvent, ops: tuple[Op, ...]) -> Update:
+        return cls(event.customer_id, event.event_id, event.ts_ms, ops)
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """Per-update status (same order as the batch) and pre-batch state per customer."""
+
+    statuses: list[str]
+    before: dict[str, State] = field(default_factory=dict)
+
+
+class FeatureStore(Protocol):
+    """What the scoring core needs from a store; see the module docstring for semantics."""
+
+    def apply(self, updates: Sequence[Update]) -> BatchResult: ...
+
+    def read(self, customer_ids: Sequence[str]) -> dict[str, State]: ...
+
+    def erase(self, customer_id: str) -> int: ...
+
+
+class InMemoryFeatureStore:
+    """The reference store: plain dicts, same semantics as Redis, no TTL."""
+
+    def __init__(self, lateness_ms: int = 3_600_000) -> None:
+        self.lateness_ms = lateness_ms
+        self._states: dict[str, State] = {}
+        self._ids: dict[str, dict[str, int]] = {}
+
+    def apply(self, updates: Sequence[Update]) -> BatchResult:
+        result = BatchResult([])
+        for up in updates:
+            cid = up.customer_id
+            state = self._states.get(cid)
+            if state is None:
+                state = self._states[cid] = {}
+                self._ids[cid] = {}
+            if cid not in result.before:
+                result.before[cid] = dict(state)
+            result.statuses.append(self._apply_one(state, self._ids[cid], up))
+        return result
+
+    def _apply_one(self, state: State, ids: dict[str, int], up: Update) -> str:
+        newest = state.get(TIME_FIELD)
+        if newest is not None and up.ts_ms < newest - self.lateness_ms:
+            return LATE
+        if up.event_id in ids:
+            return DUPLICATE
+        apply_ops(state, up.ops)
+        ids[up.event_id] = up.ts_ms
+        if newest is None or up.ts_ms > newest:
+            state[TIME_FIELD] = float(up.ts_ms)
+            if len(ids) > 64:
+                self._forget_old_ids(ids, up.ts_ms - self.lateness_ms)
+        return APPLIED
+
+    @staticmethod
+    def _forget_old_ids(ids: dict[str, int], horizon: int) -> None:
+        for eid in [e for e, t in ids.items() if t < horizon]:
+            del ids[eid]
+
+    def read(self, customer_ids: Sequence[str]) -> dict[str, State]:
+        return {c: dict(self._states.get(c, {})) for c in customer_ids}
+
+    def erase(self, customer_id: str) -> int:
+        found = customer_id in self._states
+        self._states.pop(customer_id, None)
+        self._ids.pop(customer_id, None)
+        return int(found)
+
+    def remembered_ids(self, customer_id: str) -> set[str]:
+        """Event ids kept for de-duplication (tests compare this with Redis)."""
+        return set(self._ids.get(customer_id, {}))
+
+    def __len__(self) -> int:
+        return len(self._states)
