@@ -1,0 +1,468 @@
+"""The scoring core: events in; score changes, alerts, triggers and labels out.
+
+Pure and synchronous: every effect goes through the feature store, the state
+store and the returned :class:`Outputs`. The Faust worker, the replay
+backtest and the tests all call :meth:`ScoringCore.process` the same way.
+
+For each batch:
+
+1. the feature store applies the batch (idempotently) and returns each
+   customer's state before it; the core replays the batch on that state with
+   :func:`features.engine.apply_ops`, so it can score at any event;
+2. outcomes mark pending examples (a purchase labels propensity examples
+   positive and churn examples "stayed");
+3. scoring points (declared per kind) produce scores; meaningful changes are
+   published, jumps and band entries become alerts and triggers, and the
+   moment's model input is kept as a pending example;
+4. the watermark (largest event time minus lateness) advances; customers
+   whose idle rescore or label horizon is due are processed;
+5. matured examples are learned in horizon order (by default only when their
+   horizon closes, so the model never sees a stream skewed to the class that
+   resolves early), or handed out for a central learner.
+
+>>> from features.events import decode
+>>> core = ScoringCore.in_memory()
+>>> ev = decode('{"event_id":"e1","customer_id":"c1","ts":"2024-03-01T10:00:00Z",'
+...             '"type":"purchase","order_id":"o1","amount":80,"currency":"EUR"}')
+>>> out = core.process([ev])
+>>> sorted({s["kind"] for s in out.scores})
+['churn_risk', 'engagement', 'purchase_propensity', 'rfm_segment']
+>>> core.process([ev]).counts["duplicates"]
+1
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from features.engine import TIME_FIELD, FeatureEngine, State, apply_ops
+from features.events import AnyEvent, ms_to_iso
+from features.spec import DAY_MS, Catalog
+from features.store import APPLIED, DUPLICATE, LATE, FeatureStore, InMemoryFeatureStore, Update
+from scoring.kinds import ScoreKind, default_kinds
+from scoring.models import (
+    OnlineModel,
+    model_input,
+    points_to_probability,
+    rule_explain,
+    rule_points,
+)
+from scoring.rfm import RfmGrader
+from scoring.state import (
+    CustomerScoring,
+    InMemoryModelStore,
+    InMemoryStateStore,
+    KindState,
+    ModelStore,
+    Pending,
+    StateStore,
+)
+from scoring.triggers import BAND_RANK, Policy, in_control, jump_from
+
+HISTORY_LIMIT = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Labelled:
+    """A matured example: the features of the scored moment and the final label."""
+
+    kind: str
+    customer_id: str
+    example_id: str
+    t_ms: int
+    end_ms: int
+    prob: float
+    rule_prob: float
+    source: str
+    label: int
+    x: dict[str, float]
+
+    def record(self) -> dict[str, Any]:
+        """The ``--scores-out`` line (no features)."""
+        return {
+            "example_id": self.example_id,
+            "customer_id": self.customer_id,
+            "ts": ms_to_iso(self.t_ms),
+            "kind": self.kind,
+            "probability": round(self.prob, 6),
+            "rule_probability": round(self.rule_prob, 6),
+            "source": self.source,
+            "label": self.label,
+        }
+
+
+@dataclass
+class Outputs:
+    """What one call produced; the caller publishes or aggregates it."""
+
+    scores: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    triggers: list[dict[str, Any]] = field(default_factory=list)
+    labelled: list[Labelled] = field(default_factory=list)
+    drifts: list[dict[str, Any]] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+class ModelRegistry:
+    """One model per learned score kind plus the RFM grader; snapshots go to a ModelStore."""
+
+    def __init__(self, kinds: Sequence[ScoreKind], exclude: Sequence[str] = ()) -> None:
+        self.kinds = {k.name: k for k in kinds}
+        self.exclude = tuple(exclude)
+        self.models = {
+            k.name: OnlineModel(k.name, k.model, k.min_labels, k.min_per_class)
+            for k in kinds
+            if k.learned
+        }
+        self.rfm = RfmGrader()
+
+    def learn(self, examples: Sequence[Labelled]) -> list[dict[str, Any]]:
+        """Learn matured examples in order; returns drift events."""
+        drifts = []
+        for ex in examples:
+            model = self.models.get(ex.kind)
+            if model is None:
+                continue
+            if model.learn(ex.x, ex.label, ex.prob if ex.source == "model" else None):
+                drifts.append(
+                    {"kind": ex.kind, "model_version": model.version, "ts": ms_to_iso(ex.end_ms),
+                     "detector": "ADWIN(log loss)", "drifts_total": model.drifts}
+                )
+        return drifts
+
+    def save(self, store: ModelStore) -> None:
+        for name, model in self.models.items():
+            store.save_model(name, model.version, model.snapshot())
+
+    def refresh(self, store: ModelStore) -> list[str]:
+        """Hot-swap models whose stored snapshot is newer; returns the kinds swapped."""
+        swapped = []
+        for name, model in self.models.items():
+            found = store.load_model(name)
+            if found and found[0] != model.version:
+                self.models[name] = OnlineModel.restore(found[1])
+                swapped.append(name)
+        return swapped
+
+
+class ScoringCore:
+    """Feature updates, scores, alerts, triggers and label join for batches of events."""
+
+    def __init__(
+        self,
+        engine: FeatureEngine,
+        features: FeatureStore,
+        state: StateStore,
+        registry: ModelRegistry | None = None,
+        kinds: Sequence[ScoreKind] | None = None,
+        policy: Policy | None = None,
+        lateness_ms: int = 3_600_000,
+        learn_inline: bool = True,
+        sensitive: Sequence[str] = ("age", "age_band", "gender", "ethnicity", "religion"),
+    ) -> None:
+        self.engine = engine
+        self.features = features
+        self.state = state
+        self.kinds = list(kinds or default_kinds())
+        self.sensitive = tuple(sensitive)
+        self.registry = registry or ModelRegistry(self.kinds, self.sensitive)
+        self.policy = policy or Policy()
+        self.lateness_ms = lateness_ms
+        self.learn_inline = learn_inline
+        self._on_event: dict[str, list[ScoreKind]] = {}
+        for kind in self.kinds:
+            for key in kind.only_on or kind.score_on:
+                self._on_event.setdefault(key, []).append(kind)
+        self._triggers_by_kind: dict[str, list[Any]] = {}
+        for rule in self.policy.triggers:
+            self._triggers_by_kind.setdefault(rule.kind, []).append(rule)
+
+    @classmethod
+    def in_memory(
+        cls, catalog: Catalog | None = None, lateness_ms: int = 3_600_000, **kw: Any
+    ) -> ScoringCore:
+        """A core with in-process stores: backtests, tests, notebooks."""
+        return cls(
+            FeatureEngine(catalog), InMemoryFeatureStore(lateness_ms), InMemoryStateStore(),
+            lateness_ms=lateness_ms, **kw,
+        )
+
+    # ------------------------------------------------------------------ batches
+    def process(self, events: Sequence[AnyEvent], shard: str = "0") -> Outputs:
+        """Apply, score and label one batch of decoded events from one shard."""
+        out = Outputs()
+        if not events:
+            return out
+        updates = [Update.of(ev, self.engine.ops_for(ev)) for ev in events]
+        result = self.features.apply(updates)
+        customers = list(dict.fromkeys(ev.customer_id for ev in events))
+        records = self.state.load(customers)
+        working: dict[str, State] = {c: dict(result.before.get(c, {})) for c in customers}
+        newest = max(ev.ts_ms for ev in events)
+        out.counts["events"] += len(events)
+        for ev, up, status in zip(events, updates, result.statuses, strict=True):
+            if status == LATE:
+                out.counts["late"] += 1
+                continue
+            rec = records[ev.customer_id]
+            if status == DUPLICATE:
+                # Outcomes are idempotent, so a redelivered outcome still labels what it should.
+                out.counts["duplicates"] += 1
+                self._mark_outcomes(rec, ev)
+                continue
+            out.counts["applied"] += 1
+            state = working[ev.customer_id]
+            apply_ops(state, up.ops)
+            self._mark_outcomes(rec, ev)
+            self._score_event(ev, rec, state, out)
+        previous = self.state.watermark(shard)
+        watermark = max(newest - self.lateness_ms, previous if previous is not None else newest - self.lateness_ms)
+        self.state.save(records, shard, watermark)
+        self._process_due(shard, watermark, out)
+        return out
+
+    def advance(self, shard: str, until_ms: int) -> Outputs:
+        """Move a shard's watermark to ``until_ms`` with no new events (end of a replay, idle shard)."""
+        out = Outputs()
+        previous = self.state.watermark(shard)
+        watermark = max(until_ms, previous or until_ms)
+        self.state.save({}, shard, watermark)
+        self._process_due(shard, watermark, out)
+        return out
+
+    # ------------------------------------------------------------------ events
+    def _mark_outcomes(self, rec: CustomerScoring, ev: AnyEvent) -> None:
+        if not rec.pending:
+            return
+        action = ev.status if ev.type == "purchase" else ev.action
+        key = f"{ev.type}:{action}"
+        for p in rec.pending:
+            kind = self.registry.kinds[p.kind]
+            if key in kind.outcome and p.t_ms < ev.ts_ms <= p.end_ms:
+                if kind.match_field is None or str(getattr(ev, kind.match_field, None)) == p.match:
+                    p.outcome = True
+
+    def _score_event(self, ev: AnyEvent, rec: CustomerScoring, state: State, out: Outputs) -> None:
+        action = ev.status if ev.type == "purchase" else ev.action
+        key = f"{ev.type}:{action}"
+        strong = self._on_event.get(key, ())
+        vector: dict[str, float | None] | None = None
+        # Out-of-order events within lateness: the state may already hold later events.
+        as_of = max(ev.ts_ms, int(state.get(TIME_FIELD, ev.ts_ms)))
+        for kind in self.kinds:
+            if kind.only_on and kind not in strong:
+                continue
+            ks = rec.kinds.get(kind.name)
+            if not (
+                kind in strong
+                or ks is None
+                or ks.scored_at is None
+                or as_of - ks.scored_at >= kind.rescore_ms
+            ):
+                continue
+            if vector is None:
+                vector = self.engine.vector(state, as_of)
+            if not self._eligible(kind, vector):
+                continue
+            match = str(getattr(ev, kind.match_field)) if kind.match_field else None
+            context = {f"channel_{ev.channel}": 1.0} if ev.type == "campaign" else {}
+            self._score(ev.customer_id, rec, kind, vector, as_of, ev.event_id, match, context, out)
+
+    def _eligible(self, kind: ScoreKind, vector: dict[str, float | None]) -> bool:
+        if kind.requires_purchase and not (vector.get("orders_total") or 0) >= 1:
+            return False
+        if kind.active_within_ms:
+            since = vector.get("days_since_last_purchase")
+            if since is None or since * DAY_MS > kind.active_within_ms:
+                return False
+        return True
+
+    # ------------------------------------------------------------------ scoring
+    def compute(
+        self, kind: ScoreKind, vector: dict[str, float | None], context: dict[str, float] | None = None
+    ) -> dict[str, Any]:
+        """One score for a feature vector (no state change except RFM sketches)."""
+        extra: dict[str, Any] = {}
+        rule_p = points_to_probability(rule_points(vector, kind.rule_weights), kind.rule_scale)
+        x: dict[str, float] = {}
+        version = 0
+        if kind.type == "rfm":
+            r, f, m, seg = self.registry.rfm.grade(vector)
+            self.registry.rfm.observe(vector)
+            prob = (r + f + m - 3) / 12.0
+            source, reasons = "rule", [("recency", float(r)), ("frequency", float(f)), ("monetary", float(m))]
+            extra = {"segment": seg, "rfm": f"{r}{f}{m}"}
+        elif kind.type == "rule":
+            prob, source, reasons = rule_p, "rule", rule_explain(vector, kind.rule_weights)
+        else:
+            model = self.registry.models[kind.name]
+            x = model_input(vector, self.sensitive)
+            if context:
+                x.update(context)
+            version = model.version
+            if model.ready:
+                prob, source, reasons = model.predict(x), "model", model.explain(x)
+            else:
+                prob, source = rule_p, "cold_start"
+                reasons = rule_explain(vector, kind.rule_weights)
+        return {
+            "probability": prob, "rule_probability": rule_p, "source": source,
+            "model_version": version, "reasons": reasons, "x": x, **extra,
+        }
+
+    def _score(
+        self,
+        cid: str,
+        rec: CustomerScoring,
+        kind: ScoreKind,
+        vector: dict[str, float | None],
+        ts: int,
+        event_id: str | None,
+        match: str | None,
+        context: dict[str, float],
+        out: Outputs,
+    ) -> None:
+        res = self.compute(kind, vector, context)
+        prob = res["probability"]
+        value = round(100.0 * prob, 1)
+        ks = rec.kind(kind.name)
+        band = kind.bands.of(value, ks.band)
+        out.counts["scored"] += 1
+        old_value, old_band = ks.value, ks.band
+        if old_value is None or abs(value - old_value) >= self.policy.min_change or band != old_band:
+            record = {
+                "customer_id": cid, "kind": kind.name, "old_value": old_value, "value": value,
+                "probability": round(prob, 6), "band": band, "old_band": old_band,
+                "grade": int(round(prob * 10)), "model_version": res["model_version"],
+                "source": res["source"],
+                "reasons": [{"feature": f, "contribution": c} for f, c in res["reasons"]],
+                "event_id": event_id, "cause": "event" if event_id else "idle_rescore",
+                "ts": ms_to_iso(ts),
+            }
+            for extra_key in ("segment", "rfm"):
+                if extra_key in res:
+                    record[extra_key] = res[extra_key]
+            out.scores.append(record)
+            self._alert(cid, kind, ks, value, band, old_value, old_band, ts, event_id, out)
+            ks.value, ks.band = value, band
+        self._trigger(cid, kind, ks, vector, band, old_band, value, ts, out)
+        ks.history = [(t, v) for t, v in ks.history if ts - t <= self.policy.jump_window_ms]
+        ks.history = (ks.history + [(ts, value)])[-HISTORY_LIMIT:]
+        ks.scored_at = ts
+        if kind.tick_ms:
+            ks.next_tick = ts + kind.tick_ms
+        if kind.learned and (ks.registered_at is None or ts - ks.registered_at >= kind.register_ms):
+            ks.registered_at = ts
+            example_id = f"{kind.name}:{cid}:{ts}" + (f":{match}" if match else "")
+            # The rule prior rides along: it is the rule-only baseline of the backtest.
+            rec.pending.append(
+                Pending(kind.name, example_id, ts, ts + kind.horizon_ms, res["x"], prob,
+                        res["source"], match, False, res["rule_probability"])
+            )
+
+    def _alert(
+        self, cid: str, kind: ScoreKind, ks: KindState, value: float, band: str,
+        old_value: float | None, old_band: str | None, ts: int, event_id: str | None, out: Outputs,
+    ) -> None:
+        if old_value is None:
+            return  # a first score is news to nobody
+        if ks.alerted_at is not None and ts - ks.alerted_at < self.policy.alert_cooldown_ms:
+            return
+        jump = jump_from(ks.history, value, ts, self.policy.jump_window_ms)
+        reason = None
+        if jump >= self.policy.jump_points:
+            reason = f"jumped {jump:.1f} points within {self.policy.jump_window}"
+        elif BAND_RANK[band] > BAND_RANK[old_band]:
+            reason = f"entered {band} band"
+        if reason:
+            ks.alerted_at = ts
+            out.alerts.append({
+                "customer_id": cid, "kind": kind.name, "reason": reason, "old_value": old_value,
+                "value": value, "old_band": old_band, "band": band, "event_id": event_id,
+                "ts": ms_to_iso(ts),
+            })
+
+    def _trigger(
+        self, cid: str, kind: ScoreKind, ks: KindState, vector: dict[str, float | None],
+        band: str, old_band: str | None, value: float, ts: int, out: Outputs,
+    ) -> None:
+        for rule in self._triggers_by_kind.get(kind.name, ()):
+            last = ks.triggered.get(rule.name)
+            if last is not None and ts - last < rule.cooldown_ms:
+                continue
+            if rule.requires_purchase and not (vector.get("orders_total") or 0) >= 1:
+                continue
+            reason = None
+            if rule.band and band == rule.band and BAND_RANK[band] > BAND_RANK[old_band]:
+                reason = f"{kind.name} entered {band} ({value:.0f})"
+            elif rule.min_idle_days is not None:
+                idle = vector.get("days_since_last_event")
+                if idle is not None and idle >= rule.min_idle_days:
+                    reason = f"no activity for {idle:.0f} days"
+            if reason:
+                ks.triggered[rule.name] = ts
+                out.triggers.append({
+                    "customer_id": cid, "trigger": rule.name, "action": rule.action,
+                    "kind": kind.name, "value": value, "band": band, "reason": reason,
+                    "control": in_control(cid, self.policy.control_salt, self.policy.control_fraction),
+                    "ts": ms_to_iso(ts),
+                })
+
+    # ------------------------------------------------------------------ time
+    def _process_due(self, shard: str, watermark: int, out: Outputs) -> None:
+        due = self.state.due(shard, watermark)
+        if not due:
+            return
+        records = self.state.load(due)
+        states = self.features.read(due)
+        matured: list[Labelled] = []
+        for cid in due:
+            rec = records[cid]
+            for kind in self.kinds:
+                ks = rec.kinds.get(kind.name)
+                if ks is None or ks.next_tick is None or ks.next_tick > watermark:
+                    continue
+                # Never score a moment earlier than what the state already contains.
+                as_of = max(ks.next_tick, int(states[cid].get(TIME_FIELD, 0)))
+                ks.next_tick = None
+                vector = self.engine.vector(states[cid], as_of)
+                idle = vector.get("days_since_last_event")
+                if idle is not None and idle * DAY_MS > 180 * DAY_MS:
+                    continue  # long gone: stop rescoring until the customer shows up again
+                if self._eligible(kind, vector):
+                    out.counts["idle_rescores"] += 1
+                    self._score(cid, rec, kind, vector, as_of, None, None, {}, out)
+            keep = []
+            for p in rec.pending:
+                if p.end_ms <= watermark:
+                    kind = self.registry.kinds[p.kind]
+                    label = kind.label_on_outcome if p.outcome else kind.label_without_outcome
+                    matured.append(Labelled(p.kind, cid, p.example_id, p.t_ms, p.end_ms, p.prob,
+                                            p.rule_prob, p.source, label, p.x))
+                else:
+                    keep.append(p)
+            rec.pending = keep
+        self.state.save(records, shard, None)
+        matured.sort(key=lambda e: (e.end_ms, e.example_id))
+        out.labelled.extend(matured)
+        out.counts["labelled"] += len(matured)
+        if self.learn_inline and matured:
+            out.drifts.extend(self.registry.learn(matured))
+
+    # ------------------------------------------------------------------ queries
+    def current(self, customer_id: str) -> dict[str, Any]:
+        """A customer's last published scores (for the HTTP API)."""
+        rec = self.state.load([customer_id])[customer_id]
+        return {
+            name: {"value": ks.value, "band": ks.band, "scored_at": ks.scored_at and ms_to_iso(ks.scored_at)}
+            for name, ks in rec.kinds.items()
+            if ks.value is not None
+        }
+
+    def erase(self, customer_id: str) -> None:
+        """Forget a customer everywhere (deletion on request)."""
+        self.features.erase(customer_id)
+        self.state.erase(customer_id)

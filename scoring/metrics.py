@@ -1,0 +1,109 @@
+"""How scores are judged: AUC, log loss, lift by decile, calibration.
+
+All functions take plain sequences of probabilities and 0/1 labels, so anyone
+can recompute a report's figures from ``--scores-out``.
+
+>>> auc([0.9, 0.8, 0.3, 0.1], [1, 0, 1, 0])
+0.75
+>>> round(log_loss([0.9, 0.1], [1, 0]), 4)
+0.1054
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def auc(probs: Sequence[float], labels: Sequence[int]) -> float | None:
+    """Area under the ROC curve (Mann-Whitney, ties count half); ``None`` with one class."""
+    p = np.asarray(probs, dtype=float)
+    y = np.asarray(labels, dtype=int)
+    pos, neg = int(y.sum()), int(len(y) - y.sum())
+    if pos == 0 or neg == 0:
+        return None
+    order = np.argsort(p, kind="mergesort")
+    ranks = np.empty(len(p), dtype=float)
+    sorted_p = p[order]
+    # Average ranks over ties so equal scores are neither rewarded nor punished.
+    i = 0
+    while i < len(p):
+        j = i
+        while j + 1 < len(p) and sorted_p[j + 1] == sorted_p[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[y == 1].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
+def log_loss(probs: Sequence[float], labels: Sequence[int], eps: float = 1e-7) -> float | None:
+    """Mean binary cross-entropy, probabilities clipped to [eps, 1 - eps]."""
+    if len(probs) == 0:
+        return None
+    p = np.clip(np.asarray(probs, dtype=float), eps, 1 - eps)
+    y = np.asarray(labels, dtype=float)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def decile_rates(probs: Sequence[float], labels: Sequence[int], bins: int = 10) -> list[float]:
+    """Outcome rate per score decile, highest scores first.
+
+    Ties are broken by position (stable), so equal scores split evenly.
+
+    >>> decile_rates([0.9, 0.1, 0.8, 0.2], [1, 0, 1, 0], bins=2)
+    [1.0, 0.0]
+    """
+    n = len(probs)
+    if n < bins:
+        return []
+    order = np.argsort(-np.asarray(probs, dtype=float), kind="mergesort")
+    y = np.asarray(labels, dtype=float)[order]
+    return [float(chunk.mean()) for chunk in np.array_split(y, bins)]
+
+
+def lift_summary(probs: Sequence[float], labels: Sequence[int]) -> dict[str, float | None]:
+    """Top-decile lift and the top/bottom decile ratio (``None`` when undefined).
+
+    >>> lift_summary([0.9, 0.1] * 10, [1, 0] * 10)["lift_top_decile"]
+    2.0
+    """
+    rates = decile_rates(probs, labels)
+    base = float(np.mean(labels)) if len(labels) else 0.0
+    if not rates or base == 0:
+        return {"lift_top_decile": None, "top_bottom_decile_ratio": None}
+    bottom = rates[-1]
+    # A bottom decile with no outcome at all has an infinite ratio; report it against half a case.
+    floor = 0.5 / max(1, len(labels) // 10)
+    return {
+        "lift_top_decile": rates[0] / base,
+        "top_bottom_decile_ratio": rates[0] / max(bottom, floor),
+    }
+
+
+def calibration(probs: Sequence[float], labels: Sequence[int], bins: int = 10) -> list[tuple[float, float, int]]:
+    """(mean predicted, observed rate, count) per equal-width probability bin, empty bins dropped."""
+    p = np.asarray(probs, dtype=float)
+    y = np.asarray(labels, dtype=float)
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    out = []
+    for b in range(bins):
+        mask = idx == b
+        if mask.any():
+            out.append((float(p[mask].mean()), float(y[mask].mean()), int(mask.sum())))
+    return out
+
+
+def summarize(probs: Sequence[float], labels: Sequence[int]) -> dict[str, object]:
+    """The figures a report shows for one score kind."""
+    a = auc(probs, labels)
+    ll = log_loss(probs, labels)
+    return {
+        "labels": len(labels),
+        "positives": int(sum(labels)),
+        "auc": None if a is None else round(a, 6),
+        "log_loss": None if ll is None or math.isnan(ll) else round(ll, 6),
+        **{k: (None if v is None else round(v, 4)) for k, v in lift_summary(probs, labels).items()},
+        "decile_rates": [round(r, 6) for r in decile_rates(probs, labels)],
+    }

@@ -1,0 +1,170 @@
+"""Per-customer scoring state and where it is kept.
+
+Each customer has one small, bounded record: per score kind the last
+published value and band, when it was last scored, registered and alerted,
+when an idle rescore is due, and the pending examples waiting for their
+label. A store keeps these records plus a *due index* per shard (the earliest
+time something must happen for a customer: a pending label's horizon or an
+idle rescore) and the shard's watermark, so a restart loses nothing.
+
+>>> store = InMemoryStateStore()
+>>> rec = CustomerScoring()
+>>> rec.pending.append(Pending("churn_risk", "e1", 10, 100, {"x": 1.0}, 0.3, "model"))
+>>> store.save({"c1": rec}, shard="0", watermark=5)
+>>> store.due("0", until_ms=99), store.due("0", until_ms=100), store.watermark("0")
+([], ['c1'], 5)
+>>> CustomerScoring.from_json(rec.to_json()) == rec
+True
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+
+@dataclass
+class Pending:
+    """A scored moment waiting for its label (features as they were then)."""
+
+    kind: str
+    example_id: str
+    t_ms: int
+    end_ms: int
+    x: dict[str, float]
+    prob: float
+    source: str
+    match: str | None = None
+    outcome: bool = False
+    rule_prob: float = 0.0
+
+
+@dataclass
+class KindState:
+    value: float | None = None
+    band: str | None = None
+    scored_at: int | None = None
+    registered_at: int | None = None
+    next_tick: int | None = None
+    alerted_at: int | None = None
+    triggered: dict[str, int] = field(default_factory=dict)
+    history: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class CustomerScoring:
+    kinds: dict[str, KindState] = field(default_factory=dict)
+    pending: list[Pending] = field(default_factory=list)
+
+    def kind(self, name: str) -> KindState:
+        ks = self.kinds.get(name)
+        if ks is None:
+            ks = self.kinds[name] = KindState()
+        return ks
+
+    def next_due(self) -> int | None:
+        times = [p.end_ms for p in self.pending]
+        times += [k.next_tick for k in self.kinds.values() if k.next_tick is not None]
+        return min(times) if times else None
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, blob: bytes | str) -> CustomerScoring:
+        data: dict[str, Any] = orjson.loads(blob)
+        kinds = {}
+        for name, k in data.get("kinds", {}).items():
+            k["history"] = [tuple(h) for h in k.get("history", [])]
+            kinds[name] = KindState(**k)
+        return cls(kinds, [Pending(**p) for p in data.get("pending", [])])
+
+
+class StateStore(Protocol):
+    """Where scoring state lives; ``save`` also maintains the due index and watermark."""
+
+    def load(self, customer_ids: Sequence[str]) -> dict[str, CustomerScoring]: ...
+
+    def save(self, records: dict[str, CustomerScoring], shard: str, watermark: int | None) -> None: ...
+
+    def due(self, shard: str, until_ms: int, limit: int = 10_000) -> list[str]: ...
+
+    def watermark(self, shard: str) -> int | None: ...
+
+    def erase(self, customer_id: str) -> None: ...
+
+
+class InMemoryStateStore:
+    """Scoring state in process: live objects, a heap per shard for the due index."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, CustomerScoring] = {}
+        self._due: dict[str, list[tuple[int, str]]] = {}
+        self._due_at: dict[str, tuple[str, int]] = {}
+        self._watermarks: dict[str, int] = {}
+
+    def load(self, customer_ids: Sequence[str]) -> dict[str, CustomerScoring]:
+        out = {}
+        for cid in customer_ids:
+            rec = self._records.get(cid)
+            if rec is None:
+                rec = self._records[cid] = CustomerScoring()
+            out[cid] = rec
+        return out
+
+    def save(self, records: dict[str, CustomerScoring], shard: str, watermark: int | None) -> None:
+        heap = self._due.setdefault(shard, [])
+        for cid, rec in records.items():
+            self._records[cid] = rec
+            due = rec.next_due()
+            if due is None:
+                self._due_at.pop(cid, None)
+            elif self._due_at.get(cid) != (shard, due):
+                self._due_at[cid] = (shard, due)
+                heapq.heappush(heap, (due, cid))
+        if watermark is not None:
+            self._watermarks[shard] = watermark
+
+    def due(self, shard: str, until_ms: int, limit: int = 10_000) -> list[str]:
+        heap = self._due.get(shard, [])
+        out: list[str] = []
+        while heap and heap[0][0] <= until_ms and len(out) < limit:
+            due, cid = heapq.heappop(heap)
+            # Lazy deletion: an entry counts only if it is still the customer's current due time.
+            if self._due_at.get(cid) == (shard, due):
+                del self._due_at[cid]
+                out.append(cid)
+        return out
+
+    def watermark(self, shard: str) -> int | None:
+        return self._watermarks.get(shard)
+
+    def erase(self, customer_id: str) -> None:
+        self._records.pop(customer_id, None)
+        self._due_at.pop(customer_id, None)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
+class ModelStore(Protocol):
+    """Where model snapshots persist: ``(version, bytes)`` per score kind."""
+
+    def load_model(self, kind: str) -> tuple[int, bytes] | None: ...
+
+    def save_model(self, kind: str, version: int, blob: bytes) -> None: ...
+
+
+class InMemoryModelStore:
+    def __init__(self) -> None:
+        self._models: dict[str, tuple[int, bytes]] = {}
+
+    def load_model(self, kind: str) -> tuple[int, bytes] | None:
+        return self._models.get(kind)
+
+    def save_model(self, kind: str, version: int, blob: bytes) -> None:
+        self._models[kind] = (version, blob)

@@ -1,0 +1,97 @@
+"""Which score changes become alerts and lead-nurturing triggers.
+
+Alerts: a score jumps by at least ``jump_points`` within ``jump_window``, or
+enters a higher band. Bands use hysteresis (see :class:`scoring.kinds.Bands`)
+and each customer has a cooldown per score kind, so a customer hovering at a
+threshold does not flap.
+
+Triggers are declared as data (:class:`TriggerRule`); a deterministic salted
+hash puts a fixed fraction of customers in a control group, marked
+``control: true`` so marketing tools can hold them out and uplift can be
+measured.
+
+>>> in_control("c42", salt="s", fraction=0.0), in_control("c42", salt="s", fraction=1.0)
+(False, True)
+>>> BAND_RANK["hot"] > BAND_RANK["warm"]
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from features.spec import DAY_MS, parse_duration_ms
+
+BAND_RANK = {None: -1, "cold": 0, "warm": 1, "hot": 2}
+
+
+def in_control(customer_id: str, salt: str, fraction: float) -> bool:
+    """Deterministic control-group membership: the same customer always lands the same way."""
+    digest = hashlib.sha256(f"{salt}:{customer_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+@dataclass(frozen=True)
+class TriggerRule:
+    """A nurturing action fired when a score kind enters a band, or a customer is idle.
+
+    ``band``: fire when the kind's band rises into this band. ``min_idle_days``:
+    fire on an idle rescore when the customer has been silent that long (and
+    has bought before, when ``requires_purchase``). ``cooldown`` stops repeats.
+    """
+
+    name: str
+    kind: str
+    action: str
+    band: str | None = None
+    min_idle_days: float | None = None
+    requires_purchase: bool = True
+    cooldown: str = "30d"
+
+    @property
+    def cooldown_ms(self) -> int:
+        return parse_duration_ms(self.cooldown)
+
+
+def default_triggers() -> list[TriggerRule]:
+    return [
+        TriggerRule("hot_lead", "purchase_propensity", "route_to_sales", band="hot", requires_purchase=False, cooldown="7d"),
+        TriggerRule("churn_risk_high", "churn_risk", "send_retention_offer", band="hot"),
+        TriggerRule("likely_responder", "campaign_response", "follow_up_same_campaign", band="hot", requires_purchase=False, cooldown="3d"),
+        TriggerRule("re_engage_dormant", "purchase_propensity", "send_win_back", min_idle_days=45),
+    ]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Publication, alert and trigger settings (one place, all configurable)."""
+
+    min_change: float = 1.0
+    jump_points: float = 15.0
+    jump_window: str = "7d"
+    alert_cooldown: str = "1d"
+    control_fraction: float = 0.1
+    control_salt: str = "leadpulse"
+    triggers: tuple[TriggerRule, ...] = field(default_factory=lambda: tuple(default_triggers()))
+
+    @property
+    def jump_window_ms(self) -> int:
+        return parse_duration_ms(self.jump_window)
+
+    @property
+    def alert_cooldown_ms(self) -> int:
+        return parse_duration_ms(self.alert_cooldown)
+
+
+def jump_from(history: list[tuple[int, float]], value: float, now: int, window_ms: int) -> float:
+    """Rise of ``value`` over the lowest score in the window (0 when none).
+
+    >>> jump_from([(0, 10.0), (5, 30.0)], 40.0, now=6, window_ms=10)
+    30.0
+    """
+    lows = [v for t, v in history if now - t <= window_ms]
+    return value - min(lows) if lows else 0.0
+
+
+__all__ = ["BAND_RANK", "DAY_MS", "Policy", "TriggerRule", "default_triggers", "in_control", "jump_from"]
