@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from features.events import AnyEvent
-from features.spec import ACTIONS, DAY_MS, Catalog, FeatureSpec, default_catalog
+from features.spec import ACTIONS, DAY_MS, Catalog, DerivedSpec, FeatureSpec, default_catalog
 
 State = dict[str, float]
 # Operations are plain tuples: cheap to build, to JSON-encode for Lua, to compare.
@@ -146,9 +146,17 @@ class FeatureEngine:
             if spec.agg == "distinct":
                 base = self._distinct_base(spec)
                 self._distinct_caps[base] = max(self._distinct_caps.get(base, 0), spec.cap)
-        self._readers: list[tuple[str, Reader]] = [
-            (spec.name, self._reader(spec)) for spec in self.catalog.features
-        ]
+        self._readers: list[tuple[str, Reader, float | None]] = []  # (name, read, value when absent)
+        self._distinct_specs: dict[str, list[tuple[str, int]]] = {}
+        for spec in self.catalog.features:
+            reader = self._reader(spec)
+            if reader is None:
+                self._distinct_specs.setdefault(self._distinct_base(spec), []).append(
+                    (spec.name, spec.window_ms)
+                )
+            else:
+                self._readers.append((spec.name, reader, reader({}, 0)))
+        self._derived = [(d.name, _compile_derived(d)) for d in self.catalog.derived]
 
     @staticmethod
     def _distinct_base(spec: FeatureSpec) -> str:
@@ -197,35 +205,30 @@ class FeatureEngine:
                 ops.append(("d", spec.name, ts, amount, spec.half_life_ms))
         return tuple(ops)
 
-    def _reader(self, spec: FeatureSpec) -> Reader:
+    def _reader(self, spec: FeatureSpec) -> Reader | None:
+        """A function reading one feature from state; ``None`` for distinct counts (read in bulk)."""
         default = spec.default
         name = spec.name
         if spec.agg == "distinct":
-            prefix = f"{self._distinct_base(spec)}|d|"
-            window = spec.window_ms
-
-            def read_distinct(state: State, as_of: int) -> float | None:
-                since = as_of - window
-                return float(
-                    sum(1 for k, v in state.items() if v > since and v <= as_of and k.startswith(prefix))
-                )
-
-            return read_distinct
+            return None
         if spec.window:
             bucket = spec.window_ms // spec.buckets
             n = spec.buckets
-            keys = [(f"{name}|{s}i", f"{name}|{s}v") for s in range(n + 1)]
+            keys = tuple((f"{name}|{s}i", f"{name}|{s}v") for s in range(n + 1))
             use_max = spec.agg == "max"
 
             def read_ring(state: State, as_of: int) -> float | None:
-                now = as_of // bucket
+                lo = as_of // bucket - n
+                hi = lo + n
+                get = state.get
                 total = 0.0
                 best: float | None = None
                 for ikey, vkey in keys:
-                    idx = state.get(ikey)
-                    if idx is not None and now - n < idx <= now:
+                    idx = get(ikey)
+                    if idx is not None and lo < idx <= hi:
                         if use_max:
-                            best = state[vkey] if best is None else max(best, state[vkey])
+                            v = state[vkey]
+                            best = v if best is None or v > best else best
                         else:
                             total += state[vkey]
                 return (best if best is not None else default) if use_max else total
@@ -248,28 +251,62 @@ class FeatureEngine:
 
         return read_plain
 
+    def _read_distinct(self, state: State, as_of: int, out: dict[str, float | None]) -> None:
+        # One pass over the state serves every distinct feature, and none when no values exist.
+        for base, specs in self._distinct_specs.items():
+            if not state.get(f"{base}|n"):
+                for name, _ in specs:
+                    out[name] = 0.0
+                continue
+            prefix = f"{base}|d|"
+            times = [v for k, v in state.items() if k.startswith(prefix) and v <= as_of]
+            for name, window in specs:
+                since = as_of - window
+                out[name] = float(sum(1 for t in times if t > since))
+
     def vector(self, state: Mapping[str, float], as_of_ms: int) -> dict[str, float | None]:
         """The customer's features as of an event time (``None`` = no value yet)."""
         st = state if isinstance(state, dict) else dict(state)
-        out: dict[str, float | None] = {name: read(st, as_of_ms) for name, read in self._readers}
-        for d in self.catalog.derived:
-            out[d.name] = _derive(d.kind, [out[i] for i in d.inputs], d.prior, d.default, as_of_ms)
-        return out
+        # Most customers touch few features: read only those with state, default the rest.
+        present = {k.partition("|")[0] for k in st}
+        values: dict[str, float | None] = {
+            name: read(st, as_of_ms) if name in present else empty
+            for name, read, empty in self._readers
+        }
+        if self._distinct_specs:
+            self._read_distinct(st, as_of_ms, values)
+        for name, derive in self._derived:
+            values[name] = derive(values, as_of_ms)
+        return values
 
 
-def _derive(
-    kind: str, values: list[float | None], prior: tuple[float, float], default: float | None, as_of: int
-) -> float | None:
-    if kind == "ratio":
-        num, den = values[0] or 0.0, values[1] or 0.0
-        den += prior[1]
-        return (num + prior[0]) / den if den > 0 else default
-    if kind == "after":
-        a, b = values
-        return 1.0 if a is not None and (b is None or a > b) else 0.0
-    if kind == "present":
-        return 0.0 if values[0] is None else 1.0
-    if kind == "days_since":
-        t = values[0]
-        return default if t is None else max(as_of - t, 0) / DAY_MS
-    raise ValueError(f"unknown derived kind {kind!r}")
+def _compile_derived(d: DerivedSpec) -> Callable[[dict[str, float | None], int], float | None]:
+    inputs, default = d.inputs, d.default
+    if d.kind == "ratio":
+        (num_name, den_name), (prior_num, prior_den) = inputs, d.prior
+
+        def ratio(v: dict[str, float | None], as_of: int) -> float | None:
+            den = (v[den_name] or 0.0) + prior_den
+            return ((v[num_name] or 0.0) + prior_num) / den if den > 0 else default
+
+        return ratio
+    if d.kind == "after":
+        a_name, b_name = inputs
+
+        def after(v: dict[str, float | None], as_of: int) -> float | None:
+            a, b = v[a_name], v[b_name]
+            return 1.0 if a is not None and (b is None or a > b) else 0.0
+
+        return after
+    if d.kind == "present":
+        (a_name,) = inputs
+        return lambda v, as_of: 0.0 if v[a_name] is None else 1.0
+    if d.kind == "days_since":
+        (a_name,) = inputs
+
+        def days_since(v: dict[str, float | None], as_of: int) -> float | None:
+            t = v[a_name]
+            return default if t is None else max(as_of - t, 0) / DAY_MS
+
+        return days_since
+    raise ValueError(f"unknown derived kind {d.kind!r}")

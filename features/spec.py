@@ -19,6 +19,7 @@ ValueError: bad: unknown action 'teleport' for web
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -110,11 +111,11 @@ class FeatureSpec:
         etype, _, actions = self.source.partition(":")
         return [(etype, tuple(a for a in actions.split("|") if a))]
 
-    @property
+    @cached_property
     def window_ms(self) -> int:
         return parse_duration_ms(self.window) if self.window else 0
 
-    @property
+    @cached_property
     def half_life_ms(self) -> int:
         return parse_duration_ms(self.half_life) if self.half_life else 0
 

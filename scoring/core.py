@@ -173,9 +173,11 @@ class ScoringCore:
         self.lateness_ms = lateness_ms
         self.learn_inline = learn_inline
         self._on_event: dict[str, list[ScoreKind]] = {}
+        self._rescore_on: dict[str, frozenset[str]] = {}
         for kind in self.kinds:
             for key in kind.only_on or kind.score_on:
                 self._on_event.setdefault(key, []).append(kind)
+            self._rescore_on[kind.name] = frozenset(kind.rescore_on)
         self._triggers_by_kind: dict[str, list[Any]] = {}
         for rule in self.policy.triggers:
             self._triggers_by_kind.setdefault(rule.kind, []).append(rule)
@@ -250,26 +252,30 @@ class ScoringCore:
         key = f"{ev.type}:{action}"
         strong = self._on_event.get(key, ())
         vector: dict[str, float | None] | None = None
+        x: dict[str, float] | None = None
         # Out-of-order events within lateness: the state may already hold later events.
         as_of = max(ev.ts_ms, int(state.get(TIME_FIELD, ev.ts_ms)))
         for kind in self.kinds:
             if kind.only_on and kind not in strong:
                 continue
-            ks = rec.kinds.get(kind.name)
-            if not (
-                kind in strong
-                or ks is None
-                or ks.scored_at is None
-                or as_of - ks.scored_at >= kind.rescore_ms
-            ):
-                continue
+            if kind not in strong:
+                allowed = self._rescore_on[kind.name]
+                if allowed and ev.type not in allowed and key not in allowed:
+                    continue
+                ks = rec.kinds.get(kind.name)
+                if ks is not None and ks.scored_at is not None and as_of - ks.scored_at < kind.rescore_ms:
+                    continue
             if vector is None:
                 vector = self.engine.vector(state, as_of)
             if not self._eligible(kind, vector):
                 continue
             match = str(getattr(ev, kind.match_field)) if kind.match_field else None
-            context = {f"channel_{ev.channel}": 1.0} if ev.type == "campaign" else {}
-            self._score(ev.customer_id, rec, kind, vector, as_of, ev.event_id, match, context, out)
+            if kind.learned and x is None:
+                x = model_input(vector, self.sensitive)
+            inputs = x
+            if kind.learned and ev.type == "campaign" and x is not None:
+                inputs = {**x, f"channel_{ev.channel}": 1.0}
+            self._score(ev.customer_id, rec, kind, vector, as_of, ev.event_id, match, inputs, out)
 
     def _eligible(self, kind: ScoreKind, vector: dict[str, float | None]) -> bool:
         if kind.requires_purchase and not (vector.get("orders_total") or 0) >= 1:
@@ -282,32 +288,40 @@ class ScoringCore:
 
     # ------------------------------------------------------------------ scoring
     def compute(
-        self, kind: ScoreKind, vector: dict[str, float | None], context: dict[str, float] | None = None
+        self, kind: ScoreKind, vector: dict[str, float | None], x: dict[str, float] | None = None
     ) -> dict[str, Any]:
-        """One score for a feature vector (no state change except RFM sketches)."""
+        """One score for a feature vector (no state change except RFM sketches).
+
+        ``reasons`` is a function: explanations cost time and are built only for
+        scores that get published.
+        """
         extra: dict[str, Any] = {}
         rule_p = points_to_probability(rule_points(vector, kind.rule_weights), kind.rule_scale)
-        x: dict[str, float] = {}
         version = 0
         if kind.type == "rfm":
             r, f, m, seg = self.registry.rfm.grade(vector)
             self.registry.rfm.observe(vector)
             prob = (r + f + m - 3) / 12.0
-            source, reasons = "rule", [("recency", float(r)), ("frequency", float(f)), ("monetary", float(m))]
+            grades = [("recency", float(r)), ("frequency", float(f)), ("monetary", float(m))]
+            source, reasons = "rule", (lambda: grades)
             extra = {"segment": seg, "rfm": f"{r}{f}{m}"}
+            x = {}
         elif kind.type == "rule":
-            prob, source, reasons = rule_p, "rule", rule_explain(vector, kind.rule_weights)
+            prob, source = rule_p, "rule"
+            reasons = lambda: rule_explain(vector, kind.rule_weights)  # noqa: E731
+            x = {}
         else:
             model = self.registry.models[kind.name]
-            x = model_input(vector, self.sensitive)
-            if context:
-                x.update(context)
+            if x is None:
+                x = model_input(vector, self.sensitive)
             version = model.version
+            inputs = x
             if model.ready:
-                prob, source, reasons = model.predict(x), "model", model.explain(x)
+                prob, source = model.predict(inputs), "model"
+                reasons = lambda: model.explain(inputs)  # noqa: E731
             else:
                 prob, source = rule_p, "cold_start"
-                reasons = rule_explain(vector, kind.rule_weights)
+                reasons = lambda: rule_explain(vector, kind.rule_weights)  # noqa: E731
         return {
             "probability": prob, "rule_probability": rule_p, "source": source,
             "model_version": version, "reasons": reasons, "x": x, **extra,
@@ -322,10 +336,10 @@ class ScoringCore:
         ts: int,
         event_id: str | None,
         match: str | None,
-        context: dict[str, float],
+        x: dict[str, float] | None,
         out: Outputs,
     ) -> None:
-        res = self.compute(kind, vector, context)
+        res = self.compute(kind, vector, x)
         prob = res["probability"]
         value = round(100.0 * prob, 1)
         ks = rec.kind(kind.name)
@@ -338,7 +352,7 @@ class ScoringCore:
                 "probability": round(prob, 6), "band": band, "old_band": old_band,
                 "grade": int(round(prob * 10)), "model_version": res["model_version"],
                 "source": res["source"],
-                "reasons": [{"feature": f, "contribution": c} for f, c in res["reasons"]],
+                "reasons": [{"feature": f, "contribution": c} for f, c in res["reasons"]()],
                 "event_id": event_id, "cause": "event" if event_id else "idle_rescore",
                 "ts": ms_to_iso(ts),
             }
@@ -434,7 +448,7 @@ class ScoringCore:
                     continue  # long gone: stop rescoring until the customer shows up again
                 if self._eligible(kind, vector):
                     out.counts["idle_rescores"] += 1
-                    self._score(cid, rec, kind, vector, as_of, None, None, {}, out)
+                    self._score(cid, rec, kind, vector, as_of, None, None, None, out)
             keep = []
             for p in rec.pending:
                 if p.end_ms <= watermark:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 from features.spec import DAY_MS, parse_duration_ms
@@ -56,6 +57,7 @@ class ScoreKind:
     score_on: tuple[str, ...] = ()
     only_on: tuple[str, ...] = ()  # if set, score ONLY at these events (e.g. campaign:sent)
     rescore: str = "1d"  # min event time between two scores of one customer (other events)
+    rescore_on: tuple[str, ...] = ()  # events ("type" or "type:action") that may rescore; () = any
     tick: str | None = None  # also rescore idle customers this often (event time)
     register: str = "1d"  # at most one pending example per customer per this interval
     horizon: str = "7d"
@@ -72,23 +74,23 @@ class ScoreKind:
     rule_weights: Mapping[str, float] = field(default_factory=dict)  # rule / prior points
     rule_scale: float = 50.0
 
-    @property
+    @cached_property
     def horizon_ms(self) -> int:
         return parse_duration_ms(self.horizon)
 
-    @property
+    @cached_property
     def rescore_ms(self) -> int:
         return parse_duration_ms(self.rescore)
 
-    @property
+    @cached_property
     def register_ms(self) -> int:
         return parse_duration_ms(self.register)
 
-    @property
+    @cached_property
     def tick_ms(self) -> int:
         return parse_duration_ms(self.tick) if self.tick else 0
 
-    @property
+    @cached_property
     def active_within_ms(self) -> int:
         return parse_duration_ms(self.active_within) if self.active_within else 0
 
@@ -139,6 +141,8 @@ def default_kinds() -> list[ScoreKind]:
             "purchase_propensity",
             score_on=("web:add_to_cart", "web:signup", "campaign:clicked", "purchase:completed"),
             rescore="1h",
+            # Sends, deliveries and opens are weak news: they do not rescore by themselves.
+            rescore_on=("web", "purchase", "campaign:clicked", "campaign:converted"),
             tick="7d",
             register="7d",
             horizon="7d",
@@ -151,6 +155,7 @@ def default_kinds() -> list[ScoreKind]:
             "churn_risk",
             score_on=("purchase:completed",),
             rescore="1d",
+            rescore_on=("web", "purchase", "campaign:clicked", "campaign:converted"),
             tick="14d",
             register="14d",
             horizon="60d",
@@ -179,6 +184,7 @@ def default_kinds() -> list[ScoreKind]:
             type="rule",
             score_on=("web:add_to_cart", "campaign:clicked", "purchase:completed"),
             rescore="6h",
+            rescore_on=("web", "purchase", "campaign:opened", "campaign:clicked", "campaign:converted"),
             bands=Bands(warm=30, hot=70),
             rule_weights=ENGAGEMENT_POINTS,
             rule_scale=40.0,
@@ -188,6 +194,7 @@ def default_kinds() -> list[ScoreKind]:
             type="rfm",
             score_on=("purchase:completed",),
             rescore="7d",
+            rescore_on=("purchase",),
             requires_purchase=True,
             bands=Bands(warm=40, hot=75),
         ),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from features.spec import DAY_MS, parse_duration_ms
 
@@ -49,7 +50,7 @@ class TriggerRule:
     requires_purchase: bool = True
     cooldown: str = "30d"
 
-    @property
+    @cached_property
     def cooldown_ms(self) -> int:
         return parse_duration_ms(self.cooldown)
 
@@ -75,11 +76,11 @@ class Policy:
     control_salt: str = "leadpulse"
     triggers: tuple[TriggerRule, ...] = field(default_factory=lambda: tuple(default_triggers()))
 
-    @property
+    @cached_property
     def jump_window_ms(self) -> int:
         return parse_duration_ms(self.jump_window)
 
-    @property
+    @cached_property
     def alert_cooldown_ms(self) -> int:
         return parse_duration_ms(self.alert_cooldown)
 

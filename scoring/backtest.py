@@ -1,0 +1,376 @@
+"""Replay history through the scoring core and judge the scores.
+
+Events are replayed in event-time order (a bounded reorder buffer absorbs the
+small disorder real exports have), in batches, through the same
+:class:`~scoring.core.ScoringCore` the live worker runs. Evaluation is
+prequential: each example is scored before its label exists and the model
+learns from it only when its horizon closes. Examples whose horizon reaches
+past the end of the data are censored (never labelled), not counted as
+negatives.
+
+Beside the online model, every example is also scored by two baselines on the
+same point-in-time labels:
+
+- ``rule``: the kind's rule score (RFM / engagement points), what a team with
+  no model would use;
+- ``batch_weekly``: a scikit-learn logistic regression refitted every week on
+  the labels matured so far (the most recent ``batch_max_rows``), what a team
+  with a nightly job would run.
+
+>>> import json, tempfile
+>>> from scoring.simulator import SimulationConfig, simulate
+>>> lines = [json.dumps(e) for e in simulate(SimulationConfig(customers=30, days=20, seed=3))]
+>>> report = run_backtest(lines, BacktestConfig())
+>>> report["events"] > 0 and report["invalid"] == 0
+True
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+import tracemalloc
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import orjson
+
+from features.events import AnyEvent, EventError, read_jsonl
+from features.spec import DAY_MS
+from scoring.core import Labelled, Outputs, ScoringCore
+from scoring.metrics import auc, calibration, summarize
+
+WEEK_MS = 7 * DAY_MS
+
+
+@dataclass
+class BacktestConfig:
+    batch_size: int = 500
+    reorder_window_ms: int = 3_600_000
+    drop_types: tuple[str, ...] = ()  # e.g. ("web", "campaign") for a purchases-only replay
+    batch_baseline: bool = True
+    batch_retrain_ms: int = WEEK_MS
+    batch_max_rows: int = 20_000
+    group_by: str | None = None  # an extra field on events (segment, region) for the fairness table
+    scores_out: Path | None = None
+    measure_memory: bool = False
+    progress: Callable[[int], None] | None = None  # called with lines read so far
+
+
+def _reordered(events: Iterator[AnyEvent], window_ms: int) -> Iterator[AnyEvent]:
+    """Yield events in time order, holding at most ``window_ms`` of disorder."""
+    heap: list[tuple[int, int, AnyEvent]] = []
+    newest = None
+    for seq, ev in enumerate(events):
+        heapq.heappush(heap, (ev.ts_ms, seq, ev))
+        newest = ev.ts_ms if newest is None else max(newest, ev.ts_ms)
+        while heap and heap[0][0] < newest - window_ms:
+            yield heapq.heappop(heap)[2]
+    while heap:
+        yield heapq.heappop(heap)[2]
+
+
+class BatchBaseline:
+    """A logistic regression refitted weekly on matured labels, scored point in time.
+
+    Rows are kept dense (a column per input name, in order of first sight) in
+    a rolling buffer of the most recent ``max_rows`` labels, so memory stays
+    bounded however long the history.
+    """
+
+    def __init__(self, retrain_ms: int, max_rows: int) -> None:
+        self.retrain_ms = retrain_ms
+        self.max_rows = max_rows
+        self.columns: dict[str, int] = {}
+        self.rows: list[tuple[int, np.ndarray, int]] = []  # (end, x, label), rolling
+        # (boundary, (mean, scale, coef, intercept) or None), ascending by boundary
+        self.fits: list[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray, float] | None]] = []
+        self.fitted_until = -1
+        self._warm: Any = None
+
+    def _dense(self, x: dict[str, float]) -> np.ndarray:
+        for k in x:
+            if k not in self.columns:
+                self.columns[k] = len(self.columns)
+        row = np.zeros(len(self.columns), dtype=np.float64)
+        for k, v in x.items():
+            row[self.columns[k]] = v
+        return row
+
+    def _fit(self, boundary: int) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        train = [(r, y) for end, r, y in self.rows if end <= boundary]
+        labels = np.asarray([y for _, y in train])
+        fit = None
+        if len(train) >= 50 and 0 < labels.sum() < len(labels):
+            m = np.zeros((len(train), len(self.columns)))
+            for i, (r, _) in enumerate(train):
+                m[i, : len(r)] = r
+            mean, scale = m.mean(axis=0), m.std(axis=0)
+            scale[scale == 0] = 1.0
+            # Warm start from last week's fit: a nightly job would do the same, and it is 5x faster.
+            if self._warm is None or self._warm.coef_.shape[1] != m.shape[1]:
+                self._warm = LogisticRegression(
+                    max_iter=200, C=1.0, warm_start=True
+                )
+            model = self._warm
+            model.fit((m - mean) / scale, labels)
+            fit = (mean, scale, model.coef_[0].copy(), float(model.intercept_[0]))
+        self.fits.append((boundary, fit))
+
+    def observe(self, ex: Labelled) -> float | None:
+        """Score ``ex`` with the model of the last weekly fit before it, then keep it for training."""
+        row = self._dense(ex.x)
+        boundary = (ex.end_ms // self.retrain_ms) * self.retrain_ms
+        if boundary > self.fitted_until:
+            self._fit(boundary)
+            self.fitted_until = boundary
+        prob = None
+        for b, fit in reversed(self.fits):
+            if b <= ex.t_ms:
+                if fit is not None:
+                    mean, scale, coef, intercept = fit
+                    n = len(coef)
+                    z = float(((row[:n] - mean) / scale) @ coef) + intercept
+                    prob = 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+                break
+        self.rows.append((ex.end_ms, row, ex.label))
+        if len(self.rows) > self.max_rows * 1.2:
+            self.rows = self.rows[-self.max_rows :]
+        # Old fits serve only examples scored before them; examples mature in time order.
+        while len(self.fits) > 2 and self.fits[1][0] <= ex.t_ms - 400 * DAY_MS:
+            self.fits.pop(0)
+        return prob
+
+
+@dataclass
+class _KindLog:
+    probs: list[float] = field(default_factory=list)
+    rule: list[float] = field(default_factory=list)
+    batch: list[float] = field(default_factory=list)  # nan where the batch model had no fit yet
+    labels: list[int] = field(default_factory=list)
+    weeks: list[int] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    sources: Counter[str] = field(default_factory=Counter)
+
+
+def _week_iso(week: int) -> str:
+    return datetime.fromtimestamp(week * WEEK_MS / 1000, tz=UTC).date().isoformat()
+
+
+def run_backtest(
+    lines: Iterable[bytes | str], config: BacktestConfig, core: ScoringCore | None = None
+) -> dict[str, Any]:
+    """Replay JSON Lines through a core and return the report (see module docs)."""
+    core = core or ScoringCore.in_memory(lateness_ms=config.reorder_window_ms)
+    if config.measure_memory:
+        tracemalloc.start()
+    started = time.perf_counter()
+    counts: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    logs: dict[str, _KindLog] = defaultdict(_KindLog)
+    baselines: dict[str, BatchBaseline] = {}
+    groups: dict[str, str] = {}
+    per_day: dict[str, Counter[str]] = defaultdict(Counter)
+    bands_per_week: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+    drifts: list[dict[str, Any]] = []
+    first_ts: int | None = None
+    last_ts: int | None = None
+    scores_out: IO[bytes] | None = open(config.scores_out, "wb") if config.scores_out else None
+
+    def valid_events() -> Iterator[AnyEvent]:
+        for number, item in read_jsonl(lines):
+            counts["lines"] += 1
+            if config.progress and number % 10_000 == 0:
+                config.progress(number)
+            if isinstance(item, EventError):
+                counts["invalid"] += 1
+                reasons[item.reason.split(":")[0]] += 1
+                continue
+            if item.type in config.drop_types:
+                counts["dropped_by_type"] += 1
+                continue
+            if config.group_by:
+                value = item.extra(config.group_by)
+                if value is not None:
+                    groups[item.customer_id] = str(value)
+            yield item
+
+    def collect(out: Outputs) -> None:
+        counts.update(out.counts)
+        for rec in out.scores:
+            day = rec["ts"][:10]
+            per_day[day]["scores"] += 1
+            week = rec["ts"][:10]
+            bands_per_week[rec["kind"]][week][rec["band"]] += 1
+        for rec in out.alerts:
+            per_day[rec["ts"][:10]]["alerts"] += 1
+        for rec in out.triggers:
+            per_day[rec["ts"][:10]]["triggers"] += 1
+        drifts.extend(out.drifts)
+        for ex in out.labelled:
+            log = logs[ex.kind]
+            log.probs.append(ex.prob)
+            log.rule.append(ex.rule_prob)
+            log.labels.append(ex.label)
+            log.weeks.append(ex.t_ms // WEEK_MS)
+            log.sources[ex.source] += 1
+            log.groups.append(groups.get(ex.customer_id, "unknown"))
+            batch_p = None
+            if config.batch_baseline:
+                base = baselines.setdefault(
+                    ex.kind, BatchBaseline(config.batch_retrain_ms, config.batch_max_rows)
+                )
+                batch_p = base.observe(ex)
+            log.batch.append(math.nan if batch_p is None else batch_p)
+            if scores_out:
+                rec = ex.record()
+                rec["batch_probability"] = None if batch_p is None else round(batch_p, 6)
+                scores_out.write(orjson.dumps(rec) + b"\n")
+
+    batch: list[AnyEvent] = []
+    try:
+        for ev in _reordered(valid_events(), config.reorder_window_ms):
+            first_ts = ev.ts_ms if first_ts is None else first_ts
+            last_ts = ev.ts_ms
+            batch.append(ev)
+            if len(batch) >= config.batch_size:
+                collect(core.process(batch))
+                batch = []
+        if batch:
+            collect(core.process(batch))
+    finally:
+        if scores_out:
+            scores_out.close()
+    seconds = time.perf_counter() - started
+    peak = None
+    if config.measure_memory:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+
+    kinds_report = {}
+    for name, log in sorted(logs.items()):
+        kinds_report[name] = _kind_report(log, config)
+    processed = counts["events"]
+    report: dict[str, Any] = {
+        "lines": counts["lines"],
+        "events": processed,
+        "invalid": counts["invalid"],
+        "invalid_reasons": dict(reasons.most_common()),
+        "duplicates": counts["duplicates"],
+        "late": counts["late"],
+        "dropped_by_type": counts["dropped_by_type"],
+        "seconds": round(seconds, 3),
+        "events_per_second": round(processed / seconds, 1) if seconds > 0 else None,
+        "first_event": None if first_ts is None else datetime.fromtimestamp(first_ts / 1000, UTC).isoformat(),
+        "last_event": None if last_ts is None else datetime.fromtimestamp(last_ts / 1000, UTC).isoformat(),
+        "scored": counts["scored"],
+        "idle_rescores": counts["idle_rescores"],
+        "scores_published": sum(c["scores"] for c in per_day.values()),
+        "alerts": sum(c["alerts"] for c in per_day.values()),
+        "triggers": sum(c["triggers"] for c in per_day.values()),
+        "drifts": drifts,
+        "kinds": kinds_report,
+        "per_day": {d: dict(c) for d, c in sorted(per_day.items())},
+        "bands_per_week": {
+            k: [{"week": w, **dict(c)} for w, c in sorted(_by_week(v).items())]
+            for k, v in bands_per_week.items()
+        },
+        "peak_memory_bytes": peak,
+        "config": {
+            "batch_size": config.batch_size,
+            "reorder_window_ms": config.reorder_window_ms,
+            "drop_types": list(config.drop_types),
+            "group_by": config.group_by,
+            "kinds": [k.name for k in core.kinds],
+        },
+    }
+    return report
+
+
+def _by_week(days: dict[str, Counter[str]]) -> dict[str, Counter[str]]:
+    weeks: dict[str, Counter[str]] = defaultdict(Counter)
+    for day, c in days.items():
+        ms = int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp() * 1000)
+        weeks[_week_iso(ms // WEEK_MS)].update(c)
+    return weeks
+
+
+def _kind_report(log: _KindLog, config: BacktestConfig) -> dict[str, Any]:
+    probs, labels = log.probs, log.labels
+    out: dict[str, Any] = dict(summarize(probs, labels))
+    out["sources"] = dict(log.sources)
+    out["calibration"] = calibration(probs, labels)
+    baselines: dict[str, Any] = {"rule": summarize(log.rule, labels)}
+    batch = np.asarray(log.batch, dtype=float)
+    has_batch = ~np.isnan(batch)
+    if config.batch_baseline and has_batch.any():
+        idx = np.flatnonzero(has_batch)
+        y = [labels[i] for i in idx]
+        b = summarize(batch[idx].tolist(), y)
+        # On the same examples, for a fair comparison (the batch model needs a first week of labels).
+        online_same = summarize([probs[i] for i in idx], y)
+        b["online_on_same_examples"] = {k: online_same[k] for k in ("auc", "top_bottom_decile_ratio", "lift_top_decile")}
+        b["coverage"] = round(float(has_batch.mean()), 4)
+        baselines["batch_weekly"] = b
+    out["baselines"] = baselines
+    weekly = []
+    weeks = np.asarray(log.weeks)
+    for w in sorted(set(log.weeks)):
+        idx = np.flatnonzero(weeks == w)
+        y = [labels[i] for i in idx]
+        row = {
+            "week": _week_iso(w),
+            "labels": len(idx),
+            "positives": int(sum(y)),
+            "auc": _r(auc([probs[i] for i in idx], y)),
+            "rule_auc": _r(auc([log.rule[i] for i in idx], y)),
+        }
+        bidx = [i for i in idx if has_batch[i]]
+        row["batch_auc"] = _r(auc([float(batch[i]) for i in bidx], [labels[i] for i in bidx])) if bidx else None
+        weekly.append(row)
+    out["weekly"] = weekly
+    if config.group_by:
+        out["fairness"] = _fairness(log)
+    return out
+
+
+def _fairness(log: _KindLog, top_fraction: float = 0.2) -> dict[str, Any]:
+    """Per group: mean score, outcome rate and share flagged at the same threshold (top 20%)."""
+    probs = np.asarray(log.probs)
+    labels = np.asarray(log.labels)
+    threshold = float(np.quantile(probs, 1 - top_fraction)) if len(probs) else 1.0
+    rows = {}
+    for g in sorted(set(log.groups)):
+        idx = np.flatnonzero(np.asarray(log.groups) == g)
+        rows[g] = {
+            "examples": len(idx),
+            "mean_score": round(float(probs[idx].mean()), 6),
+            "outcome_rate": round(float(labels[idx].mean()), 6),
+            "selected_rate": round(float((probs[idx] >= threshold).mean()), 6),
+            "auc": _r(auc(probs[idx].tolist(), labels[idx].tolist())),
+        }
+    rates = [r["selected_rate"] for r in rows.values() if r["examples"] >= 30]
+    ratio = (max(rates) / min(rates)) if rates and min(rates) > 0 else None
+    return {"threshold": round(threshold, 6), "top_fraction": top_fraction, "groups": rows,
+            "selected_rate_ratio_max_min": None if ratio is None else round(ratio, 4)}
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 6)
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write ``report.json`` into ``out_dir`` (created if needed)."""
+    path = Path(out_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    target = path / "report.json"
+    target.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+    return target
