@@ -1,0 +1,223 @@
+"""The ``leadpulse`` command line.
+
+Subcommands: ``simulate``, ``backtest`` (offline, in process); ``worker``,
+``replay``, ``demo`` (live, Kafka + Redis). Every subcommand is a small
+function over the packages, so the same things can be done from Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    def register(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+@contextmanager
+def progress(label: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+    """A progress bar on a terminal; silent when stderr is not one (CI, pipes, logs)."""
+    if not sys.stderr.isatty():
+        yield lambda _n: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,} lines"),
+        TimeElapsedColumn(), transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.update(task, completed=n)
+
+
+def count_lines(path: Path) -> int:
+    with open(path, "rb") as handle:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+
+
+@command("simulate")
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from scoring.simulator import SimulationConfig, write_jsonl
+
+    cfg = SimulationConfig(
+        customers=args.customers, days=args.days, seed=args.seed,
+        regime_change=args.regime_change, dirty=args.dirty if args.dirty is not None else 0.0,
+        web=not args.purchases_only, campaigns=not args.purchases_only,
+    )
+    summary = write_jsonl(cfg, args.out)
+    print(json.dumps({"out": str(args.out), **_plain(summary)}, indent=2))
+    return 0
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
+
+
+@command("backtest")
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from scoring.backtest import BacktestConfig, run_backtest, write_report
+    from scoring.config import load_scoring_config
+    from scoring.core import ScoringCore
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.scores_out:
+        Path(args.scores_out).parent.mkdir(parents=True, exist_ok=True)
+    configs = [args.config] + ([args.compare] if args.compare else [])
+    reports = []
+    total = count_lines(Path(args.file)) if sys.stderr.isatty() else None
+    for i, cfg_path in enumerate(configs):
+        scfg = load_scoring_config(cfg_path)
+        core = _core(scfg, args.redis)
+        bcfg = BacktestConfig(
+            batch_size=args.batch_size,
+            reorder_window_ms=scfg.lateness_ms,
+            drop_types=tuple(args.drop_types or ()) + (("web", "campaign") if args.purchases_only else ()),
+            batch_baseline=not args.no_batch_baseline,
+            group_by=args.group_by,
+            scores_out=Path(args.scores_out) if args.scores_out and i == 0 else None,
+        )
+        with progress(f"backtest {scfg.name}", total) as tick, open(args.file, "rb") as lines:
+            bcfg.progress = tick
+            report = run_backtest(lines, bcfg, core)
+        report["config"]["name"] = scfg.name
+        report["input"] = str(args.file)
+        reports.append(report)
+    if len(reports) == 1:
+        path = write_report(reports[0], out_dir)
+    else:
+        for name, rep in zip(("a", "b"), reports, strict=True):
+            write_report(rep, out_dir / name)
+        path = write_report({"compare": True, "a": reports[0], "b": reports[1]}, out_dir)
+    _write_html(out_dir, reports)
+    print(_headline(reports))
+    print(f"report: {path}")
+    return 0
+
+
+def _write_html(out_dir: Path, reports: list[dict[str, Any]]) -> None:
+    try:
+        from scoring.report import write_html
+    except ImportError:
+        return
+    write_html(reports, out_dir / "report.html")
+
+
+def _core(scfg: Any, redis_url: str | None) -> Any:
+    from features.engine import FeatureEngine
+    from scoring.core import ScoringCore
+    from scoring.state import InMemoryStateStore
+
+    engine = FeatureEngine(scfg.catalog, scfg.sensitive)
+    if redis_url:
+        from features.redis_store import RedisFeatureStore
+
+        store: Any = RedisFeatureStore.from_url(redis_url, lateness_ms=scfg.lateness_ms)
+    else:
+        from features.store import InMemoryFeatureStore
+
+        store = InMemoryFeatureStore(scfg.lateness_ms)
+    return ScoringCore(
+        engine, store, InMemoryStateStore(), kinds=scfg.kinds, policy=scfg.policy,
+        lateness_ms=scfg.lateness_ms, sensitive=scfg.sensitive,
+    )
+
+
+def _headline(reports: list[dict[str, Any]]) -> str:
+    lines = []
+    for rep in reports:
+        name = rep["config"].get("name", "default")
+        lines.append(
+            f"[{name}] {rep['events']:,} events ({rep['invalid']:,} invalid, {rep['duplicates']:,} duplicates) "
+            f"in {rep['seconds']:.1f}s"
+        )
+        lines.append(f"  {'kind':<22}{'labels':>9}{'pos':>8}{'AUC':>7}{'rule':>7}{'batch':>7}{'top/bot':>9}")
+        for kind, k in rep["kinds"].items():
+            b = k["baselines"]
+            lines.append(
+                f"  {kind:<22}{k['labels']:>9,}{k['positives']:>8,}{_f(k['auc']):>7}"
+                f"{_f(b['rule']['auc']):>7}{_f(b.get('batch_weekly', {}).get('auc')):>7}"
+                f"{_f(k['top_bottom_decile_ratio'], 1):>9}"
+            )
+    return "\n".join(lines)
+
+
+def _f(v: float | None, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leadpulse", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("simulate", help="write realistic events with ground truth (JSON Lines)")
+    p.add_argument("--customers", type=int, default=1000)
+    p.add_argument("--days", type=int, default=365)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--regime-change", action="store_true", help="behaviour drivers change halfway")
+    p.add_argument("--dirty", type=float, nargs="?", const=0.02, default=None,
+                   help="mix in malformed and duplicate lines (fraction, default 0.02)")
+    p.add_argument("--purchases-only", action="store_true", help="no web or campaign events")
+
+    p = sub.add_parser("backtest", help="replay a JSON Lines file through the scoring core")
+    p.add_argument("file")
+    p.add_argument("--out", required=True, help="directory for report.json / report.html")
+    p.add_argument("--config", help="scoring config YAML (kinds, policy, lateness)")
+    p.add_argument("--compare", help="a second config YAML, run on the same events side by side")
+    p.add_argument("--redis", help="use RedisFeatureStore at this URL instead of the in-process store")
+    p.add_argument("--scores-out", help="write every labelled example (JSON Lines)")
+    p.add_argument("--purchases-only", action="store_true", help="drop web and campaign events")
+    p.add_argument("--drop-types", nargs="*", choices=["web", "purchase", "campaign"])
+    p.add_argument("--group-by", help="event extra field for the fairness table (e.g. segment)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--no-batch-baseline", action="store_true", help="skip the weekly batch LR baseline")
+
+    for extend in EXTRA_PARSERS:
+        extend(sub)
+    return parser
+
+
+# Other modules add subcommands here (live worker, replay, demo, import).
+EXTRA_PARSERS: list[Callable[[Any], None]] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    _load_extensions()
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"leadpulse {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _load_extensions() -> None:
+    import importlib
+
+    for module in ("streams.live_cli", "streams.import_cli"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

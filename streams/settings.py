@@ -1,0 +1,111 @@
+"""The one settings object: environment variables ``LEADPULSE_*`` (or a ``.env`` file).
+
+Connection secrets (SASL password, Redis password, TLS files) come from here,
+never from code. Every Kafka topic name lives here too.
+
+>>> s = Settings(kafka_bootstrap="127.0.0.1:9092")
+>>> s.topics.scores, s.kafka_client_kwargs()["security_protocol"]
+('leadpulse.scores', 'PLAINTEXT')
+>>> Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="PLAIN").kafka_client_kwargs()["sasl_mechanism"]
+'PLAIN'
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Topics(BaseModel):
+    web: str = "leadpulse.events.web"
+    purchase: str = "leadpulse.events.purchase"
+    campaign: str = "leadpulse.events.campaign"
+    scores: str = "leadpulse.scores"  # compacted, keyed by customer
+    alerts: str = "leadpulse.alerts"
+    triggers: str = "leadpulse.triggers"
+    dlq: str = "leadpulse.dlq"
+    labels: str = "leadpulse.labels"  # matured examples -> the one learner
+    drift: str = "leadpulse.drift"
+
+    @property
+    def inputs(self) -> dict[str, str]:
+        return {"web": self.web, "purchase": self.purchase, "campaign": self.campaign}
+
+
+class Settings(BaseSettings):
+    """All runtime settings, validated. Nested values use ``__``: ``LEADPULSE_TOPICS__SCORES``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LEADPULSE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    # Kafka
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="host:port[,host:port]")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    topics: Topics = Field(default_factory=Topics)
+    partitions: int = Field(6, ge=1, description="partitions of the input topics when we create them")
+    replication_factor: int = Field(1, ge=1)
+
+    # Redis
+    redis_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="redis:// or rediss://; may hold the password")
+    redis_password: SecretStr | None = None
+    redis_ssl_ca_certs: str | None = None
+    redis_prefix: str = "lp"
+    redis_ttl_days: int = Field(400, ge=0, description="idle customers expire after this; 0 = never")
+
+    # Worker
+    app_id: str = "leadpulse"
+    batch_size: int = Field(500, ge=1, description="events per stream.take batch")
+    batch_within_s: float = Field(0.05, gt=0, description="max wait to fill a batch")
+    web_port: int = Field(6066, ge=0, le=65535)
+    web_host: str = "127.0.0.1"
+    snapshot_every_labels: int = Field(500, ge=1, description="learner publishes a snapshot after this many labels")
+    snapshot_every_s: float = Field(30.0, gt=0)
+    model_refresh_s: float = Field(5.0, gt=0, description="scorers check for a newer snapshot this often")
+    broker_session_timeout_s: float = 60.0
+    broker_rebalance_timeout_s: float = 60.0
+    max_event_bytes: int = Field(64 * 1024, ge=256)
+
+    # Scoring
+    scoring_config: str | None = Field(None, description="YAML file: kinds, policy, lateness, catalog")
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
+            raise ValueError("SASL protocol needs LEADPULSE_KAFKA_SASL_MECHANISM")
+        return self
+
+    def kafka_client_kwargs(self) -> dict[str, Any]:
+        """Security settings for kafka-python clients (producer, consumer, admin)."""
+        kw: dict[str, Any] = {"bootstrap_servers": self.kafka_bootstrap.split(","),
+                              "security_protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            kw["sasl_mechanism"] = self.kafka_sasl_mechanism
+            kw["sasl_plain_username"] = self.kafka_sasl_username
+            kw["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        for key in ("cafile", "certfile", "keyfile"):
+            value = getattr(self, f"kafka_ssl_{key}")
+            if value:
+                kw[f"ssl_{key}"] = value
+        return kw
+
+    def redis_client(self) -> Any:
+        """A redis-py client from these settings (password and TLS from configuration)."""
+        import redis
+
+        kw: dict[str, Any] = {}
+        if self.redis_password:
+            kw["password"] = self.redis_password.get_secret_value()
+        if self.redis_ssl_ca_certs:
+            kw["ssl_ca_certs"] = self.redis_ssl_ca_certs
+        return redis.Redis.from_url(self.redis_url.get_secret_value(), **kw)
