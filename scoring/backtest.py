@@ -44,7 +44,7 @@ import orjson
 from features.events import AnyEvent, EventError, read_jsonl
 from features.spec import DAY_MS
 from scoring.core import Labelled, Outputs, ScoringCore
-from scoring.metrics import auc, calibration, summarize
+from scoring.metrics import auc, calibration, log_loss, summarize
 
 WEEK_MS = 7 * DAY_MS
 
@@ -308,7 +308,9 @@ def _kind_report(log: _KindLog, config: BacktestConfig) -> dict[str, Any]:
     out: dict[str, Any] = dict(summarize(probs, labels))
     out["sources"] = dict(log.sources)
     out["calibration"] = calibration(probs, labels)
+    out["gains"] = _gains(probs, labels)
     baselines: dict[str, Any] = {"rule": summarize(log.rule, labels)}
+    baselines["rule"]["gains"] = _gains(log.rule, labels)
     batch = np.asarray(log.batch, dtype=float)
     has_batch = ~np.isnan(batch)
     if config.batch_baseline and has_batch.any():
@@ -319,6 +321,7 @@ def _kind_report(log: _KindLog, config: BacktestConfig) -> dict[str, Any]:
         online_same = summarize([probs[i] for i in idx], y)
         b["online_on_same_examples"] = {k: online_same[k] for k in ("auc", "top_bottom_decile_ratio", "lift_top_decile")}
         b["coverage"] = round(float(has_batch.mean()), 4)
+        b["gains"] = _gains(batch[idx].tolist(), y)
         baselines["batch_weekly"] = b
     out["baselines"] = baselines
     weekly = []
@@ -332,9 +335,14 @@ def _kind_report(log: _KindLog, config: BacktestConfig) -> dict[str, Any]:
             "positives": int(sum(y)),
             "auc": _r(auc([probs[i] for i in idx], y)),
             "rule_auc": _r(auc([log.rule[i] for i in idx], y)),
+            "log_loss": _r(log_loss([probs[i] for i in idx], y)),
+            "rule_log_loss": _r(log_loss([log.rule[i] for i in idx], y)),
         }
         bidx = [i for i in idx if has_batch[i]]
         row["batch_auc"] = _r(auc([float(batch[i]) for i in bidx], [labels[i] for i in bidx])) if bidx else None
+        row["batch_log_loss"] = (
+            _r(log_loss([float(batch[i]) for i in bidx], [labels[i] for i in bidx])) if bidx else None
+        )
         weekly.append(row)
     out["weekly"] = weekly
     if config.group_by:
@@ -347,7 +355,7 @@ def _fairness(log: _KindLog, top_fraction: float = 0.2) -> dict[str, Any]:
     probs = np.asarray(log.probs)
     labels = np.asarray(log.labels)
     threshold = float(np.quantile(probs, 1 - top_fraction)) if len(probs) else 1.0
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for g in sorted(set(log.groups)):
         idx = np.flatnonzero(np.asarray(log.groups) == g)
         rows[g] = {
@@ -356,11 +364,31 @@ def _fairness(log: _KindLog, top_fraction: float = 0.2) -> dict[str, Any]:
             "outcome_rate": round(float(labels[idx].mean()), 6),
             "selected_rate": round(float((probs[idx] >= threshold).mean()), 6),
             "auc": _r(auc(probs[idx].tolist(), labels[idx].tolist())),
+            # p10, p25, p50, p75, p90 of the score: the distribution a fairness review looks at.
+            "score_quantiles": [round(float(q), 6) for q in np.quantile(probs[idx], [0.1, 0.25, 0.5, 0.75, 0.9])],
         }
     rates = [r["selected_rate"] for r in rows.values() if r["examples"] >= 30]
     ratio = (max(rates) / min(rates)) if rates and min(rates) > 0 else None
     return {"threshold": round(threshold, 6), "top_fraction": top_fraction, "groups": rows,
             "selected_rate_ratio_max_min": None if ratio is None else round(ratio, 4)}
+
+
+def _gains(probs: list[float], labels: list[int], points: int = 20) -> list[list[float]]:
+    """Cumulative gains: ``[share of examples targeted, share of positives captured]``.
+
+    Highest scores first (ties by position, as in ``decile_rates``); ``points + 1``
+    pairs from ``[0, 0]`` to ``[1, 1]``, empty when there is no positive.
+
+    >>> _gains([0.9, 0.8, 0.2, 0.1], [1, 0, 1, 0], points=2)
+    [[0.0, 0.0], [0.5, 0.5], [1.0, 1.0]]
+    """
+    y = np.asarray(labels, dtype=float)
+    if len(y) == 0 or y.sum() == 0:
+        return []
+    order = np.argsort(-np.asarray(probs, dtype=float), kind="mergesort")
+    captured = np.concatenate([[0.0], np.cumsum(y[order])]) / y.sum()
+    cuts = np.linspace(0, 1, points + 1)
+    return [[round(float(c), 4), round(float(captured[int(round(c * len(y)))]), 4)] for c in cuts]
 
 
 def _r(v: float | None) -> float | None:
