@@ -1,0 +1,797 @@
+"""The backtest report as one self-contained HTML page people can read and trust.
+
+:func:`write_html` turns one backtest report (or two, for ``--compare``) as
+built by :func:`scoring.backtest.run_backtest` into a single HTML file: inline
+CSS, every chart a base64 PNG drawn with matplotlib's Agg renderer, no
+external URL, so it opens offline and can be mailed around.
+
+What a reader sees, top to bottom:
+
+- the headline: per score kind, labels, positives, AUC, top-decile lift and
+  the top/bottom decile ratio for the online model, the rule baseline and the
+  weekly batch logistic regression, with one computed sentence saying how the
+  online model stands against each;
+- per score kind: lift by decile, cumulative gains, calibration, weekly AUC
+  and log loss (prequential), the score distribution per band over time and,
+  when the backtest ran with ``group_by``, the fairness table;
+- alerts and triggers per day, drift events and data quality.
+
+Every chart is a ``<figure class="chart" data-chart="NAME-KIND" data-report="I">``
+(``id="rI-NAME-KIND"``), so tests and scripts can find them; a chart that has
+no data becomes a ``<p class="note" data-missing="NAME-KIND">`` saying why.
+
+Missing data never crashes the page:
+
+>>> import tempfile
+>>> from pathlib import Path
+>>> path = write_html([{"kinds": {}}], Path(tempfile.mkdtemp()) / "report.html")
+>>> html = path.read_text()
+>>> html.startswith("<!DOCTYPE html>"), "http://" in html or "https://" in html
+(True, False)
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+__all__ = ["chart_ids", "compare_sentence", "versus_sentence", "write_html"]
+
+ONLINE, RULE, BATCH = "#1f5fa8", "#8c8c8c", "#e07b00"
+CONFIG_COLOURS = ("#1f5fa8", "#2a9d3c")
+BAND_COLOURS = {"cold": "#9ecae1", "warm": "#fdae6b", "hot": "#d94801"}
+OTHER_BANDS = ("#bcbddc", "#a1d99b", "#fdd0a2", "#c7e9c0")
+# Below this AUC difference two scores rank "about as well"; weekly AUCs on a
+# few hundred labels wobble by more than that.
+AUC_TIE = 0.01
+USEFUL_RATIO = 3.0  # the field's rule of thumb for top/bottom decile outcome rates
+MIN_GROUP = 30  # smaller groups are shown but left out of max/min ratios
+
+# Charts every labelled kind gets, and the global ones (see :func:`chart_ids`).
+KIND_CHARTS = ("lift", "gains", "calibration", "weekly-auc", "weekly-log-loss", "bands")
+GLOBAL_CHARTS = ("activity",)
+
+
+# --------------------------------------------------------------------- helpers
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    """A number for a table cell; ``None`` / NaN become an en dash.
+
+    >>> _num(0.71234), _num(None), _num(12345, 0)
+    ('0.712', '–', '12,345')
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if digits == 0:
+        return f"{int(value):,}"
+    return f"{float(value):,.{digits}f}"
+
+
+def _pct(value: Any, digits: int = 1) -> str:
+    return "–" if value is None else f"{100 * float(value):.{digits}f}%"
+
+
+def _png(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _new_fig(width: float = 6.2, height: float = 3.6, rows: int = 1, cols: int = 1) -> tuple[Figure, Any]:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.grid(True, color="#e6e6e6", linewidth=0.8)
+        ax.set_axisbelow(True)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    return fig, axes
+
+
+def _week_dates(rows: Sequence[dict[str, Any]]) -> list[datetime]:
+    return [datetime.fromisoformat(r["week"]) for r in rows]
+
+
+def _format_dates(ax: Any) -> None:
+    import matplotlib.dates as mdates
+
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+
+
+def _drift_marks(ax: Any, drifts: Sequence[dict[str, Any]], kind: str | None) -> bool:
+    marked = False
+    for d in drifts:
+        if kind is not None and d.get("kind") != kind:
+            continue
+        try:
+            when = datetime.fromisoformat(str(d["ts"])).replace(tzinfo=None)
+        except (KeyError, ValueError):
+            continue
+        ax.axvline(when, color="#b2182b", linestyle=":", linewidth=1.2,
+                   label=None if marked else "drift detected")
+        marked = True
+    return marked
+
+
+def _gains_from_deciles(summary: dict[str, Any]) -> list[list[float]]:
+    """A 10-point gains curve from ``decile_rates`` and ``labels`` (reports without ``gains``).
+
+    >>> _gains_from_deciles({"labels": 4, "decile_rates": [1.0, 0.0], "positives": 2})[-1]
+    [1.0, 1.0]
+    """
+    rates = summary.get("decile_rates") or []
+    n = int(summary.get("labels") or 0)
+    if not rates or n == 0:
+        return []
+    sizes = [len(chunk) for chunk in np.array_split(np.arange(n), len(rates))]
+    positives = np.cumsum([r * s for r, s in zip(rates, sizes, strict=True)])
+    if positives[-1] <= 0:
+        return []
+    shares = np.cumsum(sizes) / n
+    return [[0.0, 0.0]] + [[float(s), float(p / positives[-1])] for s, p in zip(shares, positives, strict=True)]
+
+
+def _gains(summary: dict[str, Any]) -> list[list[float]]:
+    return list(summary.get("gains") or _gains_from_deciles(summary))
+
+
+def _base_rate(summary: dict[str, Any]) -> float | None:
+    n = summary.get("labels") or 0
+    return (summary.get("positives") or 0) / n if n else None
+
+
+# ------------------------------------------------------------------- sentences
+def versus_sentence(online: float | None, baseline: float | None, name: str, where: str = "") -> str:
+    """How the online model ranks against a baseline, from the two AUCs.
+
+    >>> versus_sentence(0.74, 0.63, "the rule baseline")
+    'ranks better than the rule baseline (AUC 0.740 vs 0.630, +0.110)'
+    >>> versus_sentence(0.735, 0.74, "the weekly batch LR", " on the same examples")
+    'ranks about as well as the weekly batch LR (AUC 0.735 vs 0.740 on the same examples)'
+    >>> versus_sentence(None, 0.7, "the rule baseline")
+    'cannot be compared with the rule baseline (AUC undefined: one class only)'
+    """
+    if online is None or baseline is None:
+        return f"cannot be compared with {name} (AUC undefined: one class only)"
+    diff = online - baseline
+    if abs(diff) < AUC_TIE:
+        return f"ranks about as well as {name} (AUC {online:.3f} vs {baseline:.3f}{where})"
+    verb = "better" if diff > 0 else "worse"
+    return f"ranks {verb} than {name} (AUC {online:.3f} vs {baseline:.3f}, {diff:+.3f}{where})"
+
+
+def compare_sentence(a_name: str, a_auc: float | None, b_name: str, b_auc: float | None) -> str:
+    """Which of two configurations ranks better on one kind.
+
+    >>> compare_sentence("default", 0.70, "tree", 0.75)
+    'tree ranks better than default (AUC 0.750 vs 0.700, +0.050).'
+    """
+    if a_auc is None or b_auc is None:
+        return f"{b_name} and {a_name} cannot be compared (AUC undefined)."
+    diff = b_auc - a_auc
+    if abs(diff) < AUC_TIE:
+        return f"{b_name} and {a_name} rank about as well (AUC {b_auc:.3f} vs {a_auc:.3f})."
+    verb = "better" if diff > 0 else "worse"
+    return f"{b_name} ranks {verb} than {a_name} (AUC {b_auc:.3f} vs {a_auc:.3f}, {diff:+.3f})."
+
+
+def _headline_sentence(k: dict[str, Any]) -> str:
+    base = k.get("baselines") or {}
+    parts = []
+    rule = base.get("rule")
+    if rule is not None:
+        parts.append(versus_sentence(k.get("auc"), rule.get("auc"), "the rule baseline"))
+    batch = base.get("batch_weekly")
+    if batch is not None:
+        same = batch.get("online_on_same_examples") or {}
+        cov = batch.get("coverage")
+        where = " on the same examples" if cov is None else f" on the {_pct(cov, 0)} of examples both scored"
+        parts.append(versus_sentence(same.get("auc"), batch.get("auc"), "the weekly batch LR", where))
+    else:
+        parts.append("has no batch baseline to compare with (not run, or no week with both classes)")
+    sentence = "The online model " + " and ".join(parts) + "."
+    ratio = k.get("top_bottom_decile_ratio")
+    if ratio is not None:
+        useful = "above" if ratio >= USEFUL_RATIO else "below"
+        sentence += (
+            f" Its top decile converts {ratio:.1f}× as often as its bottom decile, "
+            f"{useful} the {USEFUL_RATIO:.0f}× rule of thumb for a useful score."
+        )
+    return sentence
+
+
+# ---------------------------------------------------------------------- charts
+class _Page:
+    """Collects HTML fragments and the ids of the charts drawn."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.charts: list[str] = []
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+
+    def chart(
+        self, report: int, name: str, title: str, caption: str, draw: Callable[[], Figure | str]
+    ) -> None:
+        """Draw a chart; ``draw`` returns a figure, or a string saying why there is none."""
+        cid = f"r{report}-{name}"
+        result = draw()
+        if isinstance(result, str):
+            self.add(
+                f'<div class="chart-missing" data-missing="{_e(name)}" data-report="{report}">'
+                f"<h4>{_e(title)}</h4><p class=\"note\">{_e(result)}</p></div>"
+            )
+            return
+        self.charts.append(cid)
+        self.add(
+            f'<figure class="chart" id="{_e(cid)}" data-chart="{_e(name)}" data-report="{report}">'
+            f"<h4>{_e(title)}</h4>"
+            f'<img alt="{_e(title)}" src="data:image/png;base64,{_png(result)}">'
+            f"<figcaption>{caption}</figcaption></figure>"
+        )
+
+
+def _lift_chart(k: dict[str, Any]) -> Figure | str:
+    series = [("online model", k, ONLINE)]
+    base = k.get("baselines") or {}
+    if base.get("rule"):
+        series.append(("rule baseline", base["rule"], RULE))
+    if base.get("batch_weekly"):
+        series.append(("weekly batch LR", base["batch_weekly"], BATCH))
+    series = [(n, s, c) for n, s, c in series if s.get("decile_rates") and _base_rate(s)]
+    if not series:
+        return "Not enough labelled examples (at least 10, with a positive) for deciles."
+    fig, axes = _new_fig()
+    ax = axes[0, 0]
+    width = 0.8 / len(series)
+    for i, (name, s, colour) in enumerate(series):
+        lifts = [r / (_base_rate(s) or 1) for r in s["decile_rates"]]
+        x = np.arange(1, len(lifts) + 1) + (i - (len(series) - 1) / 2) * width
+        ax.bar(x, lifts, width=width, color=colour, label=name)
+    ax.axhline(1.0, color="#333333", linewidth=1, linestyle="--", label="no model (lift 1)")
+    ax.set_xticks(range(1, 11))
+    ax.set_xlabel("score decile (1 = highest scores)")
+    ax.set_ylabel("outcome rate / overall rate")
+    ax.legend(frameon=False, fontsize=8)
+    return fig
+
+
+def _gains_chart(k: dict[str, Any]) -> Figure | str:
+    base = k.get("baselines") or {}
+    series = [("online model", _gains(k), ONLINE)]
+    if base.get("rule"):
+        series.append(("rule baseline", _gains(base["rule"]), RULE))
+    if base.get("batch_weekly"):
+        series.append(("weekly batch LR", _gains(base["batch_weekly"]), BATCH))
+    series = [s for s in series if s[1]]
+    if not series:
+        return "No positive outcome yet: a gains curve needs at least one."
+    fig, axes = _new_fig()
+    ax = axes[0, 0]
+    for name, points, colour in series:
+        xs, ys = zip(*points, strict=True)
+        ax.plot([100 * x for x in xs], [100 * y for y in ys], color=colour, linewidth=2, label=name)
+    ax.plot([0, 100], [0, 100], color="#333333", linestyle="--", linewidth=1, label="random targeting")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 101)
+    ax.set_xlabel("% of examples targeted, highest scores first")
+    ax.set_ylabel("% of positive outcomes captured")
+    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    return fig
+
+
+def _calibration_chart(k: dict[str, Any]) -> Figure | str:
+    cal = [c for c in (k.get("calibration") or []) if c[2] > 0]
+    if not cal:
+        return "No labelled examples to calibrate against."
+    fig, axes = _new_fig()
+    ax = axes[0, 0]
+    pred = [c[0] for c in cal]
+    obs = [c[1] for c in cal]
+    counts = np.asarray([c[2] for c in cal], dtype=float)
+    ax.plot([0, 1], [0, 1], color="#333333", linestyle="--", linewidth=1, label="perfect calibration")
+    ax.plot(pred, obs, color=ONLINE, linewidth=1.5, label="online model")
+    ax.scatter(pred, obs, s=20 + 300 * counts / counts.max(), color=ONLINE, alpha=0.75,
+               edgecolor="white", zorder=3)
+    for p, o, n in zip(pred, obs, counts, strict=True):
+        ax.annotate(f"{int(n):,}", (p, o), textcoords="offset points", xytext=(6, -10), fontsize=7,
+                    color="#555555")
+    top = max(1e-3, max(pred), max(obs))
+    lim = min(1.0, top * 1.1)
+    ax.set_xlim(0, lim)
+    ax.set_ylim(0, lim)
+    ax.set_xlabel("mean predicted probability (bin)")
+    ax.set_ylabel("observed outcome rate")
+    ax.legend(frameon=False, fontsize=8, loc="upper left")
+    return fig
+
+
+def _weekly_chart(
+    rows: Sequence[dict[str, Any]], keys: Sequence[tuple[str, str, str]], ylabel: str,
+    drifts: Sequence[dict[str, Any]], kind: str, counts: bool = True, ref: float | None = None,
+) -> Figure | str:
+    present = [(key, name, colour) for key, name, colour in keys
+               if any(r.get(key) is not None for r in rows)]
+    if not rows or not present:
+        return "No week with both outcomes yet: weekly figures need positives and negatives."
+    fig, axes = _new_fig(width=12.6, height=3.6)
+    ax = axes[0, 0]
+    dates = _week_dates(rows)
+    if counts:
+        twin = ax.twinx()
+        twin.bar(dates, [r.get("labels", 0) for r in rows], width=5, color="#eeeeee", zorder=0)
+        twin.set_ylabel("labels per week", color="#999999")
+        twin.tick_params(axis="y", colors="#999999")
+        for side in ("top",):
+            twin.spines[side].set_visible(False)
+        ax.set_zorder(twin.get_zorder() + 1)
+        ax.patch.set_visible(False)
+    for key, name, colour in present:
+        ys = [np.nan if r.get(key) is None else float(r[key]) for r in rows]
+        ax.plot(dates, ys, color=colour, linewidth=1.8, marker="o", markersize=3, label=name)
+    if ref is not None:
+        ax.axhline(ref, color="#333333", linestyle="--", linewidth=1, label=f"{ref:g} (coin flip)")
+    _drift_marks(ax, drifts, kind)
+    _format_dates(ax)
+    ax.set_ylabel(ylabel)
+    ax.legend(frameon=False, fontsize=8, ncol=5, loc="lower left")
+    return fig
+
+
+def _bands_chart(rows: Sequence[dict[str, Any]]) -> Figure | str:
+    if not rows:
+        return "No score was published for this kind."
+    names: list[str] = [b for b in BAND_COLOURS if any(b in r for r in rows)]
+    names += sorted({k for r in rows for k in r if k != "week"} - set(names))
+    totals = np.asarray([sum(float(r.get(b, 0)) for b in names) for r in rows])
+    totals[totals == 0] = 1.0
+    fig, axes = _new_fig()
+    ax = axes[0, 0]
+    dates = _week_dates(rows)
+    bottom = np.zeros(len(rows))
+    others = iter(OTHER_BANDS * 4)
+    for band in names:
+        share = 100 * np.asarray([float(r.get(band, 0)) for r in rows]) / totals
+        colour = BAND_COLOURS.get(band) or next(others)
+        ax.bar(dates, share, bottom=bottom, width=6, color=colour, label=band, edgecolor="white",
+               linewidth=0.3)
+        bottom += share
+    _format_dates(ax)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("% of scores published that week")
+    ax.legend(frameon=False, fontsize=8, ncol=len(names), loc="upper center",
+              bbox_to_anchor=(0.5, -0.12))
+    return fig
+
+
+def _activity_chart(per_day: dict[str, dict[str, int]]) -> Figure | str:
+    if not per_day:
+        return "No score, alert or trigger was published."
+    days = sorted(per_day)
+    first, last = date.fromisoformat(days[0]), date.fromisoformat(days[-1])
+    span = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    def series(name: str) -> list[int]:
+        return [int(per_day.get(d.isoformat(), {}).get(name, 0)) for d in span]
+    fig, axes = _new_fig(width=12.6, height=4.2, rows=2)
+    top, bottom = axes[0, 0], axes[1, 0]
+    top.fill_between(span, series("scores"), step="mid", color="#c6dbef", label="scores published")
+    top.set_ylabel("scores / day")
+    top.legend(frameon=False, fontsize=8, loc="upper left")
+    bottom.plot(span, series("alerts"), color="#d94801", linewidth=1.2, label="alerts (score jumps)")
+    bottom.plot(span, series("triggers"), color="#54278f", linewidth=1.2, label="nurturing triggers")
+    bottom.set_ylabel("per day")
+    bottom.legend(frameon=False, fontsize=8, loc="upper left", ncol=2)
+    for ax in (top, bottom):
+        _format_dates(ax)
+    return fig
+
+
+def _fairness_chart(fair: dict[str, Any]) -> Figure | str:
+    groups = fair.get("groups") or {}
+    if not groups:
+        return "No group attribute was found on the events."
+    names = list(groups)
+    fig, axes = _new_fig(width=12.6, height=3.4, cols=2)
+    left, right = axes[0, 0], axes[0, 1]
+    for i, g in enumerate(names):
+        q = groups[g].get("score_quantiles")
+        if q and len(q) == 5:
+            left.plot([q[0], q[4]], [i, i], color=ONLINE, linewidth=1.2)
+            left.add_patch(_rect(q[1], i - 0.25, q[3] - q[1], 0.5))
+            left.plot([q[2], q[2]], [i - 0.25, i + 0.25], color="white", linewidth=2)
+        left.plot(groups[g]["mean_score"], i, marker="D", color="#111111", markersize=4,
+                  label="mean" if i == 0 else None)
+    threshold = fair.get("threshold")
+    if threshold is not None:
+        left.axvline(threshold, color="#b2182b", linestyle="--", linewidth=1,
+                     label=f"selection threshold {threshold:.3f}")
+    left.set_yticks(range(len(names)), [str(n) for n in names])
+    left.set_xlabel("score (box p25–p75, line p10–p90, white = median)")
+    left.legend(frameon=False, fontsize=8, loc="lower right")
+    y = np.arange(len(names))
+    right.barh(y + 0.2, [100 * groups[g]["outcome_rate"] for g in names], height=0.4,
+               color="#6a51a3", label="outcome rate")
+    right.barh(y - 0.2, [100 * groups[g]["selected_rate"] for g in names], height=0.4,
+               color=ONLINE, label="selected at threshold")
+    right.set_yticks(y, [str(n) for n in names])
+    right.set_xlabel("% of the group's examples")
+    right.legend(frameon=False, fontsize=8, loc="lower right")
+    return fig
+
+
+def _rect(x: float, y: float, w: float, h: float) -> Any:
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x, y), w, h, facecolor=ONLINE, alpha=0.7, edgecolor=ONLINE)
+
+
+def _compare_weekly_chart(
+    reports: Sequence[dict[str, Any]], labels: Sequence[str], kind: str
+) -> Figure | str:
+    fig, axes = _new_fig(width=12.6, height=3.6)
+    ax = axes[0, 0]
+    drawn = False
+    for rep, label, colour in zip(reports, labels, CONFIG_COLOURS, strict=False):
+        rows = (rep.get("kinds") or {}).get(kind, {}).get("weekly") or []
+        if not any(r.get("auc") is not None for r in rows):
+            continue
+        ys = [np.nan if r.get("auc") is None else r["auc"] for r in rows]
+        ax.plot(_week_dates(rows), ys, color=colour, linewidth=1.8, marker="o", markersize=3,
+                label=f"{label}: online model")
+        drawn = True
+    rows = (reports[0].get("kinds") or {}).get(kind, {}).get("weekly") or []
+    if any(r.get("batch_auc") is not None for r in rows):
+        ys = [np.nan if r.get("batch_auc") is None else r["batch_auc"] for r in rows]
+        ax.plot(_week_dates(rows), ys, color=BATCH, linewidth=1.2, linestyle="--",
+                label=f"{labels[0]}: weekly batch LR")
+    if not drawn:
+        return "Neither configuration has a week with both outcomes for this kind."
+    ax.axhline(0.5, color="#333333", linestyle="--", linewidth=1)
+    _format_dates(ax)
+    ax.set_ylabel("weekly AUC")
+    ax.legend(frameon=False, fontsize=8, ncol=3, loc="lower left")
+    return fig
+
+
+# ---------------------------------------------------------------------- tables
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
+    th = "".join(f"<th>{_e(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _model_rows(k: dict[str, Any], prefix: str = "") -> list[list[str]]:
+    base = k.get("baselines") or {}
+    entries: list[tuple[str, dict[str, Any]]] = [("online model", k)]
+    if base.get("rule"):
+        entries.append(("rule baseline (RFM / engagement points)", base["rule"]))
+    if base.get("batch_weekly"):
+        b = base["batch_weekly"]
+        entries.append((f"weekly batch LR (scored {_pct(b.get('coverage'), 0)} of examples)", b))
+        same = b.get("online_on_same_examples")
+        if same:
+            entries.append(("online model on the batch LR's examples",
+                            {"labels": b.get("labels"), "positives": b.get("positives"), **same}))
+    rows = []
+    for name, s in entries:
+        ratio = s.get("top_bottom_decile_ratio")
+        flag = ""
+        if ratio is not None:
+            flag = ' class="good"' if ratio >= USEFUL_RATIO else ' class="weak"'
+        rows.append([
+            _e(prefix + name), _num(s.get("labels"), 0), _num(s.get("positives"), 0),
+            f"<b>{_num(s.get('auc'))}</b>", _num(s.get("log_loss")),
+            _num(s.get("lift_top_decile"), 2), f"<span{flag}>{_num(ratio, 1)}</span>",
+        ])
+    return rows
+
+
+MODEL_HEAD = ("score", "labels", "positives", "AUC", "log loss", "top-decile lift", "top/bottom decile")
+
+
+def _config_name(rep: dict[str, Any], index: int, count: int) -> str:
+    name = str((rep.get("config") or {}).get("name") or "default")
+    return f"{'AB'[index]}: {name}" if count > 1 else name
+
+
+# --------------------------------------------------------------------- sections
+def _overview(page: _Page, rep: dict[str, Any]) -> None:
+    kinds = rep.get("kinds") or {}
+    if not kinds:
+        page.add('<p class="note" data-note="no-kinds">No score kind produced labelled examples: '
+                 "nothing to judge yet (too short a history, or every horizon reaches past its end).</p>")
+        return
+    rows = []
+    for name, k in kinds.items():
+        base = k.get("baselines") or {}
+        batch = base.get("batch_weekly") or {}
+        rows.append([
+            f'<a href="#{_e(name)}">{_e(name)}</a>', _num(k.get("labels"), 0), _num(k.get("positives"), 0),
+            f"<b>{_num(k.get('auc'))}</b>", _num((base.get("rule") or {}).get("auc")),
+            _num(batch.get("auc")), _num(k.get("lift_top_decile"), 2),
+            _num(k.get("top_bottom_decile_ratio"), 1), _e(_headline_sentence(k)),
+        ])
+    page.add(_table(("kind", "labels", "positives", "AUC online", "AUC rule", "AUC batch",
+                     "top-decile lift", "top/bottom", "in one sentence"), rows, "headline"))
+
+
+def _kind_section(page: _Page, ri: int, rep: dict[str, Any], kind: str, k: dict[str, Any] | None) -> None:
+    page.add(f'<section class="kind" id="{_e(kind) if ri == 0 else f"r{ri}-{_e(kind)}"}" '
+             f'data-kind="{_e(kind)}" data-report="{ri}"><h3>{_e(kind)}</h3>')
+    drifts = rep.get("drifts") or []
+    bands = (rep.get("bands_per_week") or {}).get(kind) or []
+    if not k or not k.get("labels"):
+        page.add(f'<p class="note" data-note="no-labels-{_e(kind)}">No labelled examples for this '
+                 "kind: it has no outcome to judge against (a points score), or no horizon closed "
+                 "inside the history. Only its published scores are shown.</p>")
+        page.add('<div class="grid">')
+        page.chart(ri, f"bands-{kind}", "Score bands over time", _BANDS_CAPTION, lambda: _bands_chart(bands))
+        page.add("</div></section>")
+        return
+    page.add(f'<p class="sentence">{_e(_headline_sentence(k))}</p>')
+    page.add(_table(MODEL_HEAD, _model_rows(k), "models"))
+    sources = k.get("sources") or {}
+    if sources:
+        page.add('<p class="small">Scores by source: ' + ", ".join(
+            f"{_e(s)} {_num(n, 0)}" for s, n in sources.items()) +
+            " (cold start = rule score until the model has seen enough labels).</p>")
+    weekly = k.get("weekly") or []
+    page.add('<div class="grid">')
+    page.chart(ri, f"lift-{kind}", "Lift by decile",
+               "Outcome rate in each tenth of examples, best-scored first, over the overall rate. "
+               "A useful score has a tall first bar and bars that fall to the right.",
+               lambda: _lift_chart(k))
+    page.chart(ri, f"gains-{kind}", "Cumulative gains",
+               "Share of all positive outcomes found by targeting the top x% of scores. "
+               "The further above the diagonal, the better.", lambda: _gains_chart(k))
+    page.chart(ri, f"calibration-{kind}", "Calibration (online model)",
+               "Predicted probability against the observed rate, per probability bin (dot size and "
+               "label = examples). On the diagonal, a score of 0.3 means 30%.",
+               lambda: _calibration_chart(k))
+    page.chart(ri, f"bands-{kind}", "Score bands over time", _BANDS_CAPTION, lambda: _bands_chart(bands))
+    page.add("</div>")
+    page.chart(ri, f"weekly-auc-{kind}", "Weekly AUC (prequential)",
+               "Each week's examples were scored before their outcome was known; AUC per week of the "
+               "scoring time. Grey bars: labels per week (few labels = noisy AUC). Red dotted lines: "
+               "drift detected by the online model.",
+               lambda: _weekly_chart(weekly, (("auc", "online model", ONLINE), ("rule_auc", "rule baseline", RULE),
+                                              ("batch_auc", "weekly batch LR", BATCH)),
+                                     "AUC", drifts, kind, ref=0.5))
+    page.chart(ri, f"weekly-log-loss-{kind}", "Weekly log loss (prequential, lower is better)",
+               "Probability quality per week. The rule baseline is points mapped to a probability, "
+               "not a calibrated model, so its log loss is left out.",
+               lambda: _weekly_chart(weekly, (("log_loss", "online model", ONLINE),
+                                              ("batch_log_loss", "weekly batch LR", BATCH)),
+                                     "log loss", drifts, kind))
+    fair = k.get("fairness")
+    if fair:
+        _fairness_section(page, ri, kind, fair)
+    page.add("</section>")
+
+
+_BANDS_CAPTION = ("Share of the scores published each week that fell in each band "
+                  "(cold / warm / hot thresholds of the kind).")
+
+
+def _fairness_section(page: _Page, ri: int, kind: str, fair: dict[str, Any]) -> None:
+    groups = fair.get("groups") or {}
+    top = fair.get("top_fraction", 0.2)
+    page.add(f'<div class="fairness" data-fairness="{_e(kind)}"><h4>Fairness by group</h4>')
+    big = {g: r for g, r in groups.items() if r.get("examples", 0) >= MIN_GROUP}
+    sel = fair.get("selected_rate_ratio_max_min")
+    outcome_rates = [r["outcome_rate"] for r in big.values()]
+    out_ratio = (max(outcome_rates) / min(outcome_rates)) if outcome_rates and min(outcome_rates) > 0 else None
+    if sel is not None:
+        hi = max(big, key=lambda g: big[g]["selected_rate"])
+        lo = min(big, key=lambda g: big[g]["selected_rate"])
+        page.add(
+            f'<p class="sentence">At one threshold for everybody (the top {_pct(top, 0)} of scores, '
+            f"score ≥ {_num(fair.get('threshold'))}), {_e(hi)} is selected {sel:.2f}× as often as "
+            f"{_e(lo)} ({_pct(big[hi]['selected_rate'])} vs {_pct(big[lo]['selected_rate'])}); "
+            f"their outcome rates differ by {_num(out_ratio, 2)}× across groups. A selection ratio "
+            "far above the outcome ratio means the score favours a group beyond what outcomes justify.</p>"
+        )
+    else:
+        page.add(f'<p class="note">No max/min ratio: fewer than two groups with {MIN_GROUP}+ examples, '
+                 "or a group with nobody selected.</p>")
+    rows = []
+    for g, r in groups.items():
+        q = r.get("score_quantiles") or [None] * 5
+        rows.append([
+            _e(g) + ("" if r.get("examples", 0) >= MIN_GROUP else " <span class=\"small\">(small)</span>"),
+            _num(r.get("examples"), 0), _num(r.get("mean_score")), _num(q[2]),
+            _pct(r.get("outcome_rate")), _pct(r.get("selected_rate")), _num(r.get("auc")),
+        ])
+    page.add(_table(("group", "examples", "mean score", "median score", "outcome rate",
+                     f"selected (top {_pct(top, 0)})", "AUC in group"), rows, "fairness"))
+    page.chart(ri, f"fairness-{kind}", "Score distribution, outcome and selection per group",
+               "Left: score distribution per group against the common threshold. Right: how often "
+               "each group's examples had the outcome, and how often they were selected.",
+               lambda: _fairness_chart(fair))
+    page.add("</div>")
+
+
+def _operations(page: _Page, ri: int, rep: dict[str, Any]) -> None:
+    page.add(f'<section class="ops" id="{"ops" if ri == 0 else f"r{ri}-ops"}"><h3>Alerts and triggers</h3>')
+    page.add(f"<p>{_num(rep.get('scores_published'), 0)} scores published, "
+             f"{_num(rep.get('alerts'), 0)} alerts and {_num(rep.get('triggers'), 0)} nurturing "
+             "triggers over the replay.</p>")
+    page.chart(ri, "activity", "Scores, alerts and triggers per day",
+               "Event time. Alerts are score jumps; triggers are the nurturing actions the policy fired.",
+               lambda: _activity_chart(rep.get("per_day") or {}))
+    page.add("<h3>Drift events</h3>")
+    drifts = rep.get("drifts") or []
+    if drifts:
+        page.add(_table(("kind", "detected at (event time)", "detector", "model version", "drifts so far"),
+                        [[_e(d.get("kind")), _e(str(d.get("ts", ""))[:19].replace("T", " ")),
+                          _e(d.get("detector", "")), _num(d.get("model_version"), 0),
+                          _num(d.get("drifts_total"), 0)] for d in drifts], "drifts"))
+    else:
+        page.add('<p class="note" data-note="no-drift">No drift detected by the online models.</p>')
+    page.add("<h3>Data quality</h3>")
+    rows = [
+        ["lines read", _num(rep.get("lines"), 0)],
+        ["valid events replayed", _num(rep.get("events"), 0)],
+        ["invalid lines (skipped)", _num(rep.get("invalid"), 0)],
+        ["duplicates (same event id, counted once)", _num(rep.get("duplicates"), 0)],
+        ["late events (beyond allowed lateness)", _num(rep.get("late"), 0)],
+        ["dropped by type (--drop-types / --purchases-only)", _num(rep.get("dropped_by_type"), 0)],
+    ]
+    page.add(_table(("", "count"), rows, "quality"))
+    reasons = rep.get("invalid_reasons") or {}
+    if reasons:
+        page.add(_table(("invalid because", "lines"),
+                        [[_e(r), _num(n, 0)] for r, n in reasons.items()], "reasons"))
+    page.add("</section>")
+
+
+def _compare(page: _Page, reports: Sequence[dict[str, Any]], labels: Sequence[str]) -> None:
+    page.add('<section class="compare" id="compare"><h2>Side by side</h2>')
+    page.add("<p>Both configurations replayed the same events, judged on their own point-in-time labels.</p>")
+    kinds = list(dict.fromkeys(k for rep in reports for k in (rep.get("kinds") or {})))
+    if not kinds:
+        page.add('<p class="note">Neither configuration has labelled examples.</p>')
+    for kind in kinds:
+        page.add(f'<div class="compare-kind" data-kind="{_e(kind)}"><h3>{_e(kind)}</h3>')
+        ks: list[dict[str, Any] | None] = [(rep.get("kinds") or {}).get(kind) for rep in reports]
+        k0, k1 = ks[0], ks[1]
+        if k0 and k1:
+            sentence = compare_sentence(labels[0], k0.get("auc"), labels[1], k1.get("auc"))
+            page.add(f'<p class="sentence">{_e(sentence)}</p>')
+        rows: list[list[str]] = []
+        for label, k in zip(labels, ks, strict=True):
+            if k:
+                rows += _model_rows(k, prefix=f"{label} · ")
+            else:
+                rows.append([_e(f"{label} · (kind not scored)")] + ["–"] * 6)
+        page.add(_table(MODEL_HEAD, rows, "models compare"))
+        page.chart(0, f"compare-weekly-auc-{kind}", "Weekly AUC, both configurations",
+                   "Online model of each configuration, with the first one's weekly batch LR for reference.",
+                   partial(_compare_weekly_chart, reports, labels, kind))
+        page.add("</div>")
+    page.add("</section>")
+
+
+def _report_body(page: _Page, ri: int, rep: dict[str, Any], label: str, count: int) -> None:
+    if count > 1:
+        page.add(f'<section class="config" id="config-{ri}" data-report="{ri}"><h2>Configuration {_e(label)}</h2>')
+    period = ""
+    if rep.get("first_event"):
+        period = (f" from {_e(str(rep['first_event'])[:10])} to {_e(str(rep.get('last_event', ''))[:10])}")
+    page.add(f'<p class="meta">{_num(rep.get("events"), 0)} events{period}; '
+             f"{_num(rep.get('invalid'), 0)} invalid, {_num(rep.get('duplicates'), 0)} duplicates; "
+             f"replayed in {_num(rep.get('seconds'), 1)} s.</p>")
+    page.add("<h3>Headline</h3>")
+    _overview(page, rep)
+    kinds = rep.get("kinds") or {}
+    names = list(kinds) + [k for k in (rep.get("bands_per_week") or {}) if k not in kinds]
+    for kind in names:
+        _kind_section(page, ri, rep, kind, kinds.get(kind))
+    _operations(page, ri, rep)
+    if count > 1:
+        page.add("</section>")
+
+
+def chart_ids(reports: Sequence[dict[str, Any]]) -> list[str]:
+    """The element ids of the charts a page must contain for these reports (what tests check).
+
+    ``r0-lift-purchase_propensity`` is the ``<figure id=...>`` of report 0's lift chart;
+    with two reports the side-by-side charts belong to report 0.
+
+    >>> chart_ids([{"kinds": {"churn_risk": {"labels": 10}}, "bands_per_week": {"engagement": [{}]}}])
+    ['r0-lift-churn_risk', 'r0-gains-churn_risk', 'r0-calibration-churn_risk', 'r0-weekly-auc-churn_risk', 'r0-weekly-log-loss-churn_risk', 'r0-bands-churn_risk', 'r0-bands-engagement', 'r0-activity']
+    """
+    out: list[str] = []
+    for ri, rep in enumerate(reports):
+        kinds = rep.get("kinds") or {}
+        names: list[str] = []
+        for kind, k in kinds.items():
+            if k.get("labels"):
+                names += [f"{c}-{kind}" for c in KIND_CHARTS]
+                if k.get("fairness"):
+                    names.append(f"fairness-{kind}")
+        names += [f"bands-{k}" for k in (rep.get("bands_per_week") or {}) if k not in kinds]
+        names += list(GLOBAL_CHARTS)
+        out += [f"r{ri}-{n}" for n in names]
+    if len(reports) > 1:
+        out += [f"r0-compare-weekly-auc-{k}" for k in dict.fromkeys(
+            k for rep in reports for k in (rep.get("kinds") or {}))]
+    return out
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#1a1a1a;background:#fafafa}
+main{max-width:1320px;margin:0 auto;padding:24px 32px 64px}
+h1{font-size:26px;margin:0 0 4px}h2{font-size:22px;margin:36px 0 8px;border-bottom:2px solid #1f5fa8;padding-bottom:4px}
+h3{font-size:19px;margin:28px 0 8px}h4{font-size:14px;margin:0 0 6px;color:#333}
+.meta{color:#555;margin:4px 0 12px}.small{font-size:12px;color:#666}
+nav{font-size:13px;margin:8px 0 16px}nav a{margin-right:14px;color:#1f5fa8}
+table{border-collapse:collapse;margin:8px 0 12px;background:#fff;font-size:13px}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:right;vertical-align:top}
+th{background:#f0f3f8;font-weight:600}td:first-child,th:first-child{text-align:left}
+table.headline td:last-child{text-align:left;max-width:520px;font-size:12px}
+.sentence{font-size:15px;background:#fff;border-left:4px solid #1f5fa8;padding:8px 12px;margin:8px 0}
+.note{color:#7a5a00;background:#fff8e1;border-left:4px solid #f2c94c;padding:6px 10px}
+.good{color:#1a7f37;font-weight:600}.weak{color:#b2182b;font-weight:600}
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:14px}
+figure.chart,.chart-missing{background:#fff;border:1px solid #e3e3e3;border-radius:6px;padding:10px;margin:10px 0}
+figure.chart img{width:100%;height:auto;display:block}
+figcaption{font-size:12px;color:#555;margin-top:4px}
+section.kind{border-top:1px solid #ddd;margin-top:20px}
+"""
+
+
+def write_html(reports: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write one self-contained HTML page for one report, or two side by side; returns its path."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    reports = list(reports)
+    count = len(reports)
+    labels = [_config_name(rep, i, count) for i, rep in enumerate(reports)]
+    page = _Page()
+    first = reports[0] if reports else {}
+    title = "leadpulse backtest" + (f" — {first['input']}" if first.get("input") else "")
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    nav = []
+    if count > 1:
+        nav.append('<a href="#compare">side by side</a>')
+        nav += [f'<a href="#config-{i}">{_e(lab)}</a>' for i, lab in enumerate(labels)]
+    else:
+        kinds = list(first.get("kinds") or {}) + [
+            k for k in (first.get("bands_per_week") or {}) if k not in (first.get("kinds") or {})]
+        nav += [f'<a href="#{_e(k)}">{_e(k)}</a>' for k in kinds]
+        nav.append('<a href="#ops">alerts, drift, data quality</a>')
+    page.add(f"<h1>{_e(title)}</h1>")
+    page.add(f'<p class="meta">{" vs ".join(_e(lab) for lab in labels) or "no report"} · generated {generated}. '
+             "Prequential: every example was scored before its outcome was known; baselines are scored on "
+             "the same examples and the same point-in-time labels. The weekly batch LR is a scikit-learn "
+             "logistic regression refitted every week on the labels matured so far.</p>")
+    page.add(f"<nav>{''.join(nav)}</nav>")
+    if count > 1:
+        _compare(page, reports, labels)
+    for ri, rep in enumerate(reports):
+        _report_body(page, ri, rep, labels[ri], count)
+    doc = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head>"
+        f'<body><main data-charts="{len(page.charts)}">' + "\n".join(page.parts) + "</main></body></html>\n"
+    )
+    target.write_text(doc, encoding="utf-8")
+    return target

@@ -1,0 +1,223 @@
+"""report.html: rendered by a real headless Chromium, every chart present and not blank.
+
+Chromium is found on PATH; on a fresh Debian machine the session fixture
+installs it with apt-get when running as root, and skips (saying why) otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from scoring.backtest import BacktestConfig, run_backtest
+from scoring.report import chart_ids, compare_sentence, versus_sentence, write_html
+from scoring.simulator import SimulationConfig, simulate
+
+INSTALL_TIMEOUT_S = 900
+
+
+# ----------------------------------------------------------------- chromium
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of a Debian ``chromium``; installed with apt-get if missing and root, else skip."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("chromium is not on PATH and the tests are not root: "
+                    "install it with `sudo apt-get install chromium` to render report.html")
+    if not shutil.which("apt-get"):
+        pytest.skip("chromium is not on PATH and there is no apt-get to install it")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        subprocess.run("apt-get update -qq && apt-get install -y -qq chromium", shell=True,
+                       env=env, check=True, capture_output=True, timeout=INSTALL_TIMEOUT_S)
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"apt-get install chromium failed: {exc.stderr.decode(errors='replace')[-400:]}")
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"apt-get install chromium took longer than {INSTALL_TIMEOUT_S}s")
+    found = shutil.which("chromium")
+    if not found:
+        pytest.skip("apt-get installed chromium but it is not on PATH")
+    return found
+
+
+def _chromium(exe: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    profile = tmp / "chromium-profile"
+    profile.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--hide-scrollbars", f"--user-data-dir={profile}", *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=True)
+
+
+class _Figures(HTMLParser):
+    """Collects ``figure.chart`` elements and their images from a DOM dump."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.figures: dict[str, dict[str, Any]] = {}
+        self.missing: list[str] = []
+        self.notes: list[str] = []
+        self._current: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "figure" and "chart" in (a.get("class") or "").split():
+            self._current = a.get("id") or ""
+            self.figures[self._current] = {"chart": a.get("data-chart"), "images": []}
+        elif tag == "img" and self._current is not None:
+            self.figures[self._current]["images"].append(a.get("src") or "")
+        elif a.get("data-missing"):
+            self.missing.append(str(a["data-missing"]))
+        if a.get("data-note"):
+            self.notes.append(str(a["data-note"]))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "figure":
+            self._current = None
+
+
+def _figures(dom: str) -> _Figures:
+    parser = _Figures()
+    parser.feed(dom)
+    return parser
+
+
+def _png_pixels(src: str) -> np.ndarray:
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix), src[:40]
+    return imread(io.BytesIO(base64.b64decode(src[len(prefix):])), format="png")
+
+
+def _not_blank(pixels: np.ndarray, min_ink: float = 0.01) -> tuple[bool, str]:
+    """An image with several colours and some ink (non-white pixels)."""
+    rgb = pixels[..., :3].reshape(-1, 3)
+    colours = len(np.unique((rgb * 255).astype(np.uint8), axis=0))
+    ink = float((rgb.min(axis=1) < 0.9).mean())
+    return colours > 8 and ink >= min_ink, f"{colours} colours, {ink:.1%} ink"
+
+
+# ------------------------------------------------------------------ reports
+@pytest.fixture(scope="module")
+def reports() -> list[dict[str, Any]]:
+    """A small seeded history with a regime change, backtested in process (two 'configs')."""
+    events = [json.dumps(e) for e in simulate(
+        SimulationConfig(customers=150, days=90, seed=11, regime_change=True))]
+    report = run_backtest(events, BacktestConfig(group_by="segment"))
+    report["config"]["name"] = "default"
+    report["input"] = "simulated.jsonl"
+    other = copy.deepcopy(report)
+    other["config"]["name"] = "variant"
+    return [report, other]
+
+
+@pytest.fixture(scope="module")
+def single_page(reports: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_html(reports[:1], tmp_path_factory.mktemp("report") / "report.html")
+
+
+@pytest.fixture(scope="module")
+def compare_page(reports: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_html(reports, tmp_path_factory.mktemp("compare") / "report.html")
+
+
+def test_page_is_self_contained(single_page: Path) -> None:
+    text = single_page.read_text()
+    assert "http://" not in text and "https://" not in text and "//cdn" not in text
+    assert "<script" not in text and "<link" not in text
+    assert text.count("data:image/png;base64,") >= 10
+
+
+@pytest.mark.timeout(INSTALL_TIMEOUT_S + 300)
+def test_every_chart_renders_in_chromium(
+    chromium: str, single_page: Path, reports: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    dom = _chromium(chromium, tmp_path, "--dump-dom", single_page.as_uri()).stdout
+    found = _figures(dom)
+    expected = chart_ids(reports[:1])
+    assert "r0-lift-purchase_propensity" in expected and "r0-fairness-purchase_propensity" in expected
+    assert set(expected) <= set(found.figures), f"missing: {sorted(set(expected) - set(found.figures))}"
+    assert not found.missing, f"charts without data: {found.missing}"
+    for cid, fig in found.figures.items():
+        assert len(fig["images"]) == 1, cid
+        ok, why = _not_blank(_png_pixels(fig["images"][0]))
+        assert ok, f"{cid} looks blank: {why}"
+    # kinds without outcomes (points scores) get a note, not a crash
+    assert "no-labels-engagement" in found.notes
+
+    shot = tmp_path / "report.png"
+    _chromium(chromium, tmp_path, f"--screenshot={shot}", "--window-size=1280,4000",
+              single_page.as_uri())
+    pixels = _png_pixels("data:image/png;base64," + base64.b64encode(shot.read_bytes()).decode())
+    assert pixels.shape[:2] == (4000, 1280)
+    ok, why = _not_blank(pixels, min_ink=0.05)
+    assert ok, f"screenshot looks blank: {why}"
+
+
+@pytest.mark.timeout(INSTALL_TIMEOUT_S + 300)
+def test_compare_page_shows_both_configurations(
+    chromium: str, compare_page: Path, reports: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    dom = _chromium(chromium, tmp_path, "--dump-dom", compare_page.as_uri()).stdout
+    found = _figures(dom)
+    expected = chart_ids(reports)
+    assert "r0-compare-weekly-auc-purchase_propensity" in expected
+    assert "r1-lift-purchase_propensity" in expected
+    assert set(expected) <= set(found.figures), f"missing: {sorted(set(expected) - set(found.figures))}"
+    for cid, fig in found.figures.items():
+        ok, why = _not_blank(_png_pixels(fig["images"][0]))
+        assert ok, f"{cid} looks blank: {why}"
+    assert "A: default" in dom and "B: variant" in dom
+
+
+# -------------------------------------------------------- graceful and computed
+def test_missing_data_gives_notes_not_crashes(tmp_path: Path) -> None:
+    report = {
+        "events": 3, "kinds": {"churn_risk": {"labels": 0, "positives": 0, "auc": None}},
+        "bands_per_week": {"engagement": []}, "per_day": {}, "drifts": [],
+    }
+    text = write_html([report], tmp_path / "r.html").read_text()
+    assert 'data-note="no-labels-churn_risk"' in text
+    assert 'data-missing="bands-engagement"' in text and 'data-missing="activity"' in text
+    assert 'class="chart"' not in text
+    assert write_html([], tmp_path / "empty.html").exists()
+
+
+def test_headline_sentences_follow_the_numbers(reports: list[dict[str, Any]], tmp_path: Path) -> None:
+    assert "better" in versus_sentence(0.8, 0.7, "x") and "worse" in versus_sentence(0.6, 0.7, "x")
+    assert "about as well" in versus_sentence(0.705, 0.7, "x")
+    assert "variant ranks worse" in compare_sentence("default", 0.8, "variant", 0.7)
+    rep = copy.deepcopy(reports[0])
+    k = rep["kinds"]["purchase_propensity"]
+    k["auc"], k["baselines"]["rule"]["auc"] = 0.9, 0.6
+    text = write_html([rep], tmp_path / "a.html").read_text()
+    assert "ranks better than the rule baseline (AUC 0.900 vs 0.600, +0.300)" in text
+    k["auc"] = 0.55
+    text = write_html([rep], tmp_path / "b.html").read_text()
+    assert "ranks worse than the rule baseline (AUC 0.550 vs 0.600, -0.050)" in text
+
+
+def test_cli_backtest_writes_report_html(tmp_path: Path) -> None:
+    from streams.cli import main
+
+    history = tmp_path / "h.jsonl"
+    assert main(["simulate", "--customers", "40", "--days", "30", "--seed", "2", "--out", str(history)]) == 0
+    assert main(["backtest", str(history), "--out", str(tmp_path / "bt"), "--no-batch-baseline"]) == 0
+    text = (tmp_path / "bt" / "report.html").read_text()
+    assert text.startswith("<!DOCTYPE html>") and 'data-chart="activity"' in text
+
