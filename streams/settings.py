@@ -73,6 +73,15 @@ class Settings(BaseSettings):
     broker_session_timeout_s: float = 60.0
     broker_rebalance_timeout_s: float = 60.0
     max_event_bytes: int = Field(64 * 1024, ge=256)
+    # Live pipeline (streams/app.py)
+    require_key_match: bool = Field(
+        True, description="dead-letter valid events whose Kafka key is not their customer_id"
+    )
+    web_api_token: SecretStr | None = Field(
+        None, description="if set, /customers/* requires 'Authorization: Bearer <token>'"
+    )
+    producer_linger_ms: int = Field(5, ge=0, le=1000, description="output producer batching delay")
+    learner_tick_s: float = Field(0.5, gt=0, description="learner checks for a due snapshot this often")
 
     # Scoring
     scoring_config: str | None = Field(None, description="YAML file: kinds, policy, lateness, catalog")

@@ -1,0 +1,625 @@
+"""The live worker: a Faust app whose agents feed Kafka batches to the scoring core.
+
+:class:`LiveWorker` builds everything one worker process holds from
+:class:`~streams.settings.Settings`: Redis stores, the scoring core
+(``learn_inline=False``), the central learner, Prometheus metrics and the Faust
+app with its agents, timer and web views. :func:`run_worker` runs it.
+
+Agents
+------
+
+``score`` consumes the three input topics (co-partitioned by customer; Faust's
+assignor gives partition ``p`` of all three to the same worker) as raw bytes
+(``value_serializer="raw"``: no Faust model, so malformed input cannot crash
+deserialization). It batches with ``stream.noack_take(batch_size,
+within=batch_within_s)``: the same buffer as ``stream.take``, but acks are
+ours. ``take`` acks a batch in a ``finally`` -- also when processing raised or
+the worker is stopping mid-batch -- so a failed batch would be committed
+unprocessed. Per batch: :meth:`streams.pipeline.Pipeline.process` (decode,
+dead letters, ``core.process`` per source partition, JSON outputs) runs on a
+single core thread (it is synchronous and talks to Redis; one thread also
+serialises it with model hot swaps and HTTP erasures), every output is sent
+and its broker ack awaited, and only then are the input events acked, so
+Faust commits their offsets.
+
+``learn`` consumes the labels topic (one partition: one active learner per
+consumer group) and runs :class:`streams.pipeline.Learner`; model snapshots
+and the labels offset they cover are written in one Redis transaction, and the
+labels are acked only after the snapshot that contains them. Scorers hot-swap
+newer snapshots at most every ``model_refresh_s``, in the batch loop.
+
+Delivery semantics
+------------------
+
+- Features: effectively exactly once. Offsets are committed only after a
+  batch is fully processed, so a crash redelivers; the Redis feature store
+  skips event ids it already applied, in the same atomic step as the update.
+- Outputs: at least once for sends (a failed send resends the whole batch's
+  records; consumers of alerts and triggers should de-duplicate on
+  ``(customer_id, kind/trigger, ts)``), with one hole: the core scores only
+  events it applies, so if a worker dies *after* Redis applied a batch and
+  *before* the broker acknowledged the outputs, the redelivered events are
+  duplicates and their score changes are not published again (the next event
+  of that customer publishes the current score). A duplicate event therefore
+  never produces a second alert.
+- Labels and models: exactly once per snapshot (see above); drift events are
+  at least once.
+
+Redis or broker errors that look transient are retried with backoff (the
+batch stays unacked, ``/health`` turns ``degraded``); anything else crashes the
+worker so the orchestrator restarts it and Kafka redelivers.
+
+Web views (on ``web_host:web_port``): ``GET /customers/{id}/scores``,
+``DELETE /customers/{id}``, ``GET /health``, ``GET /metrics``, ``GET /latency``.
+Logs never carry customer ids, payloads or credentials.
+
+>>> from streams.settings import Settings
+>>> worker = LiveWorker(Settings(kafka_bootstrap="127.0.0.1:9092"))  # doctest: +SKIP
+>>> run_worker(Settings())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import functools
+import logging
+import os
+import shutil
+import ssl
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import faust
+import redis
+from faust.types import TP
+from faust.web import Request, Response, View
+
+from features.engine import TIME_FIELD, FeatureEngine
+from features.events import ms_to_iso
+from features.redis_store import RedisFeatureStore
+from scoring.config import load_scoring_config
+from scoring.core import ModelRegistry, ScoringCore
+from streams.metrics import CONTENT_TYPE, LatencyWindow, Metrics
+from streams.pipeline import (
+    CheckpointStore,
+    Incoming,
+    Learner,
+    ModelRefresher,
+    OutRecord,
+    Pipeline,
+    labelled_from_json,
+)
+from streams.redis_state import RedisStateStore
+from streams.settings import Settings
+
+__all__ = ["LiveWorker", "RedisCheckpointStore", "ensure_topics", "faust_credentials", "run_worker"]
+
+log = logging.getLogger("leadpulse.worker")
+T = TypeVar("T")
+
+# Errors worth waiting out: the batch is retried, unacked, until they stop.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.BusyLoadingError,
+    ConnectionError,
+    TimeoutError,
+)
+MAX_BACKOFF_S = 30.0
+LEARN_BATCH = 1000
+
+
+class RedisCheckpointStore(CheckpointStore):
+    """Model snapshots (through :class:`RedisStateStore`) plus the labels offset, atomically."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "lp") -> None:
+        self.client = client
+        self.prefix = prefix
+        self.models = RedisStateStore(client, prefix)
+        self.key = f"{prefix}:learner:offset"
+
+    def load_offset(self) -> int | None:
+        raw = self.client.get(self.key)
+        return None if raw is None else int(raw)
+
+    def save(self, registry: ModelRegistry, next_offset: int) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        registry.save(RedisStateStore(pipe, self.prefix))  # queued inside MULTI
+        pipe.set(self.key, next_offset)
+        pipe.execute()
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """Faust ``broker_credentials`` for the configured security protocol (None = plaintext)."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+        if settings.kafka_ssl_certfile:
+            context.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile)
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username, password=password,
+        ssl_context=context, mechanism=settings.kafka_sasl_mechanism,
+    )
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
+    """Create missing topics; check co-partitioning. Returns ``{topic: partitions}``.
+
+    Inputs, scores (``cleanup.policy=compact``), alerts, triggers and the DLQ
+    get ``settings.partitions``; the labels and drift topics get one partition
+    (one learner, ordered labels). Existing topics are left alone, but input
+    topics with different partition counts, or a labels topic with more than
+    one partition, are refused.
+
+    >>> ensure_topics(Settings(kafka_bootstrap="127.0.0.1:9092"))  # doctest: +SKIP
+    {'leadpulse.events.web': 6, ...}
+    """
+    from kafka import KafkaAdminClient
+    from kafka.errors import TopicAlreadyExistsError
+
+    t = settings.topics
+    wanted = {name: settings.partitions for name in (*t.inputs.values(), t.scores, t.alerts, t.triggers, t.dlq)}
+    wanted.update({t.labels: 1, t.drift: 1})
+    admin = KafkaAdminClient(
+        client_id=f"{settings.app_id}-admin", request_timeout_ms=int(timeout_s * 1000),
+        **settings.kafka_client_kwargs(),
+    )
+    try:
+        existing = set(admin.list_topics())
+        missing = {
+            name: {
+                "num_partitions": n,
+                "replication_factor": settings.replication_factor,
+                "configs": {"cleanup.policy": "compact"} if name == t.scores else {},
+            }
+            for name, n in wanted.items()
+            if name not in existing
+        }
+        if missing:
+            result = admin.create_topics(
+                missing, timeout_ms=int(timeout_s * 1000), raise_errors=False, wait_for_metadata=True
+            )
+            failed = [
+                f"{r['name']}: error {r['error_code']}"
+                for r in result.get("topics", [])
+                if r.get("error_code") not in (0, TopicAlreadyExistsError.errno)
+            ]
+            if failed:
+                raise RuntimeError("cannot create topics: " + "; ".join(failed))
+            log.info("created %d topics", len(missing))
+        found = {d["name"]: len(d["partitions"]) for d in admin.describe_topics(list(wanted))}
+    finally:
+        admin.close()
+    inputs = {found.get(name) for name in t.inputs.values()}
+    if len(inputs) != 1:
+        raise ValueError(f"input topics must be co-partitioned (same partition count): {found}")
+    if found.get(t.labels) != 1:
+        raise ValueError(f"{t.labels} must have exactly 1 partition (one learner), has {found.get(t.labels)}")
+    return found
+
+
+class LiveWorker:
+    """One worker process: stores, core, learner, metrics and the Faust app.
+
+    ``bare=True`` builds the same Faust app with an agent that only consumes
+    and acks (no Redis, no scoring): the benchmark's baseline.
+    """
+
+    def __init__(self, settings: Settings, *, bare: bool = False) -> None:
+        self.settings = settings
+        self.bare = bare
+        self.metrics = Metrics()
+        self.latency = LatencyWindow()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leadpulse-core")
+        self.positions: dict[TP, int] = {}  # next offset to process, per input partition
+        self.failing: str | None = None
+        self.started = time.time()
+        self._learn_lock = asyncio.Lock()
+        self._unacked_labels: list[tuple[Any, Any]] = []  # (stream, event) awaiting a snapshot
+        if not bare:
+            self._build_core()
+        self.app = self._build_app()
+
+    # ------------------------------------------------------------------ setup
+    def _build_core(self) -> None:
+        s = self.settings
+        scfg = load_scoring_config(s.scoring_config)
+        self.redis = s.redis_client()
+        ttl = s.redis_ttl_days * 86_400
+        self.features = RedisFeatureStore(self.redis, lateness_ms=scfg.lateness_ms, ttl_seconds=ttl, prefix=s.redis_prefix)
+        self.state = RedisStateStore(self.redis, s.redis_prefix, ttl)
+        self.engine = FeatureEngine(scfg.catalog, scfg.sensitive)
+        registry = ModelRegistry(scfg.kinds, scfg.sensitive)
+        self.core = ScoringCore(
+            self.engine, self.features, self.state, registry, kinds=scfg.kinds, policy=scfg.policy,
+            lateness_ms=scfg.lateness_ms, learn_inline=False, sensitive=scfg.sensitive,
+        )
+        self.pipeline = Pipeline(
+            self.core, s.topics, max_event_bytes=s.max_event_bytes,
+            require_key_match=s.require_key_match, source=s.app_id,
+        )
+        self.refresher = ModelRefresher(registry, self.state, s.model_refresh_s)
+        self.learner = Learner(
+            ModelRegistry(scfg.kinds, scfg.sensitive), RedisCheckpointStore(self.redis, s.redis_prefix),
+            every_labels=s.snapshot_every_labels, every_s=s.snapshot_every_s,
+        )
+
+    def _faust_settings(self) -> dict[str, Any]:
+        s = self.settings
+        datadir = Path(tempfile.mkdtemp(prefix=f"leadpulse-faust-{os.getpid()}-"))
+        atexit.register(shutil.rmtree, datadir, True)
+        return {
+            "broker": [f"kafka://{host.strip()}" for host in s.kafka_bootstrap.split(",")],
+            "broker_credentials": faust_credentials(s),
+            "broker_session_timeout": s.broker_session_timeout_s,
+            "broker_rebalance_timeout": s.broker_rebalance_timeout_s,
+            "broker_heartbeat_interval": min(3.0, s.broker_session_timeout_s / 3),
+            "consumer_auto_offset_reset": "earliest",
+            "store": "memory://",
+            "datadir": datadir,
+            "autodiscover": False,
+            "topic_allow_declare": False,  # ensure_topics() owns topic creation (compaction, counts)
+            "topic_disable_leader": True,
+            "topic_partitions": s.partitions,
+            "topic_replication_factor": s.replication_factor,
+            "key_serializer": "raw",
+            "value_serializer": "raw",
+            "producer_acks": -1,
+            "producer_linger_ms": s.producer_linger_ms,
+            "web_enabled": True,
+            "web_bind": s.web_host,
+            "web_host": s.web_host,
+            "web_port": s.web_port,
+            "web_graph_enabled": False,
+            "web_router_enabled": False,
+            "web_tables_enabled": False,
+            "worker_redirect_stdouts": False,
+        }
+
+    def _build_app(self) -> faust.App:
+        s = self.settings
+        app = faust.App(s.app_id, **self._faust_settings())
+        def raw_topic(*names: str) -> Any:
+            return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+        inputs = raw_topic(*s.topics.inputs.values())
+
+        if self.bare:
+            @app.agent(inputs, name="leadpulse.bare")
+            async def bare(stream: Any) -> None:
+                async for events in stream.noack_take(s.batch_size, within=s.batch_within_s):
+                    await self.consume_only(stream, events)
+        else:
+            @app.agent(inputs, name="leadpulse.score")
+            async def score(stream: Any) -> None:
+                await self._call(self.refresher.maybe_refresh, True)
+                async for events in stream.noack_take(s.batch_size, within=s.batch_within_s):
+                    await self.score_batch(stream, events)
+
+            labels = raw_topic(s.topics.labels)
+
+            @app.agent(labels, name="leadpulse.learn")
+            async def learn(stream: Any) -> None:
+                async for events in stream.noack_take(LEARN_BATCH, within=s.batch_within_s):
+                    await self.learn_batch(stream, events)
+
+            # A plain loop, not @app.timer: timers stop iterating as soon as the app
+            # stops, but the consumer then waits for every unacked label, so the
+            # final snapshot has to be taken while the app is stopping.
+            @app.task
+            async def learner_watch() -> None:
+                while True:
+                    await asyncio.sleep(s.learner_tick_s)
+                    await self.learner_tick()
+
+        self._add_views(app)
+        return app
+
+    # ------------------------------------------------------------------ helpers
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a synchronous (Redis, CPU) call on the single core thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args))
+
+    async def _retrying(self, stage: str, fn: Callable[..., T], *args: Any) -> T:
+        delay = 0.5
+        while True:
+            try:
+                result = await self._call(fn, *args)
+            except TRANSIENT as exc:
+                self.metrics.errors.labels(stage=stage).inc()
+                self.failing = f"{stage}: {type(exc).__name__}"
+                log.warning("%s failed (%s); retrying in %.1fs", stage, type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+                continue
+            if self.failing and self.failing.startswith(stage):
+                self.failing = None
+            return result
+
+    async def publish(self, records: Sequence[OutRecord]) -> None:
+        """Send records and wait for every broker ack; on any failure resend them all.
+
+        Resending everything (not only the failures) keeps each key's last
+        record last, which matters on the compacted scores topic.
+        """
+        if not records:
+            return
+        delay = 0.5
+        while True:
+            producer = self.app.producer
+            try:
+                futures = [
+                    await producer.send(r.topic, r.key, r.value, None, None, list(r.headers) or None)
+                    for r in records
+                ]
+                await asyncio.gather(*futures)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any send failure: retry the batch's outputs
+                self.metrics.errors.labels(stage="publish").inc()
+                self.failing = f"publish: {type(exc).__name__}"
+                log.warning("publishing %d records failed (%s); retrying in %.1fs",
+                            len(records), type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+                continue
+            if self.failing and self.failing.startswith("publish"):
+                self.failing = None
+            return
+
+    async def _fatal(self, stage: str, exc: BaseException) -> None:
+        self.metrics.errors.labels(stage=stage).inc()
+        self.failing = f"{stage}: fatal {type(exc).__name__}"
+        # The type only: messages of validation or script errors can quote payloads.
+        log.error("%s failed with %s; stopping the worker (the batch stays uncommitted)",
+                  stage, type(exc).__name__)
+        await self.app.crash(exc)
+
+    @staticmethod
+    def _incoming(event: Any) -> Incoming:
+        m = event.message
+        value = event.value if isinstance(event.value, bytes | type(None)) else m.value
+        ts = int(m.timestamp * 1000) if m.timestamp else None
+        return Incoming(m.topic, m.partition, m.offset, m.key, value, ts)
+
+    def _track(self, events: Sequence[Any]) -> Counter[str]:
+        topics: Counter[str] = Counter()
+        consumer = self.app.consumer
+        for ev in events:
+            m = ev.message
+            topics[m.topic] += 1
+            tp = m.tp
+            if m.offset + 1 > self.positions.get(tp, -1):
+                self.positions[tp] = m.offset + 1
+        for tp in {ev.message.tp for ev in events}:
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - lag is best effort
+                high = None
+            if high is not None:
+                self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                    max(0, high - self.positions[tp])
+                )
+        return topics
+
+    # ------------------------------------------------------------------ agents
+    async def consume_only(self, stream: Any, events: Sequence[Any]) -> None:
+        """The bare baseline: count, ack, measure."""
+        now = time.time()
+        topics = self._track(events)
+        for ev in events:
+            await stream.ack(ev)
+        self.metrics.count({}, topics)
+        stamps = [int(ev.message.timestamp * 1000) for ev in events if ev.message.timestamp]
+        self.latency.extend(self.metrics.observe_event_to_score(stamps, now))
+        self.latency.mark(len(events), now)
+
+    async def score_batch(self, stream: Any, events: Sequence[Any]) -> None:
+        """Decode, score and publish one batch, then ack it (see module docstring)."""
+        started = time.perf_counter()
+        messages = [self._incoming(ev) for ev in events]
+        try:
+            await self._retrying("redis", self.refresher.maybe_refresh)
+            result = await self._retrying("process", self.pipeline.process, messages)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            await self._fatal("process", exc)
+            return
+        await self.publish(result.records)
+        for ev in events:
+            await stream.ack(ev)
+        now = time.time()
+        topics = self._track(events)
+        self.metrics.count(result.counts, topics)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_events.observe(len(events))
+        self.metrics.last_batch.set(now)
+        self.latency.extend(self.metrics.observe_event_to_score(result.score_event_ts_ms, now))
+        self.latency.mark(len(events), now)
+        for kind, version in self.refresher.versions().items():
+            self.metrics.model_version.labels(kind=kind).set(version)
+
+    async def learn_batch(self, stream: Any, events: Sequence[Any]) -> None:
+        """Learn labels in offset order; ack them only after the snapshot that holds them."""
+        items = []
+        for ev in events:
+            try:
+                items.append((ev.message.offset, labelled_from_json(ev.value)))
+            except ValueError:
+                self.metrics.errors.labels(stage="label_decode").inc()
+        async with self._learn_lock:
+            try:
+                drifts = await self._retrying("learn", self.learner.learn, items)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                await self._fatal("learn", exc)
+                return
+            self._unacked_labels.extend((stream, ev) for ev in events)
+            self.metrics.labels_learned.inc(len(items))
+            if drifts:
+                self.metrics.drift.inc(len(drifts))
+                await self.publish([
+                    OutRecord(self.settings.topics.drift, d["kind"].encode(), _json(d)) for d in drifts
+                ])
+            if self.learner.due():
+                await self._checkpoint()
+
+    async def learner_tick(self) -> None:
+        """Snapshot when due by time, or at once when a rebalance or shutdown is under way."""
+        if not self._unacked_labels:
+            return
+        urgent = self.app.should_stop or not self.app.flow_control.is_active()
+        async with self._learn_lock:
+            if self._unacked_labels and (urgent or self.learner.due()):
+                await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        labels_tp = TP(self.settings.topics.labels, 0)
+        if labels_tp not in self.app.consumer.assignment():
+            # The labels partition moved: whatever we learned since our last
+            # snapshot is relearned by the new owner; restore before learning again.
+            self._unacked_labels.clear()
+            self.learner.invalidate()
+            return
+        covered = await self._retrying("snapshot", self.learner.checkpoint)
+        if covered is None:
+            return
+        self.metrics.snapshots.inc()
+        for stream, ev in self._unacked_labels:
+            await stream.ack(ev)
+        self._unacked_labels.clear()
+        log.info("model snapshot saved (labels up to offset %d)", covered)
+
+    # ------------------------------------------------------------------ queries
+    def customer_scores(self, customer_id: str) -> dict[str, Any] | None:
+        """Last published scores, and each one recomputed now with its top reasons."""
+        current = self.core.current(customer_id)
+        if not current:
+            return None
+        state = self.features.read([customer_id])[customer_id]
+        as_of = int(state.get(TIME_FIELD, 0))
+        if state and as_of:
+            vector = self.engine.vector(state, as_of)
+            for kind in self.core.kinds:
+                if kind.name not in current or kind.type == "rfm":
+                    continue  # RFM grading updates its sketches: not from a read
+                res = self.core.compute(kind, vector)
+                current[kind.name]["now"] = {
+                    "value": round(100.0 * res["probability"], 1), "source": res["source"],
+                    "model_version": res["model_version"],
+                    "reasons": [{"feature": f, "contribution": c} for f, c in res["reasons"]()],
+                }
+        return {"customer_id": customer_id, "as_of": ms_to_iso(as_of) if as_of else None, "scores": current}
+
+    def health(self) -> tuple[dict[str, Any], int]:
+        consumer_ready = True
+        try:
+            assignment = sorted(self.app.consumer.assignment())
+        except Exception:  # noqa: BLE001 - consumer not started yet
+            assignment, consumer_ready = [], False
+        lag: dict[str, int] = {}
+        for tp in assignment:
+            if tp in self.positions:
+                try:
+                    high = self.app.consumer.highwater(tp)
+                except Exception:  # noqa: BLE001
+                    high = None
+                if high is not None:
+                    lag[f"{tp.topic}/{tp.partition}"] = max(0, high - self.positions[tp])
+        status = "ok" if consumer_ready and not self.failing else "degraded"
+        body: dict[str, Any] = {
+            "status": status,
+            "mode": "bare" if self.bare else "pipeline",
+            "error": self.failing,
+            "uptime_s": round(time.time() - self.started, 1),
+            "assigned": [f"{tp.topic}/{tp.partition}" for tp in assignment],
+            "lag": lag,
+            "lag_total": sum(lag.values()),
+            "events": self.latency.events,
+            "last_batch_age_s": round(time.time() - self.latency.last_at, 1) if self.latency.last_at else None,
+        }
+        if not self.bare:
+            body["model_versions"] = self.refresher.versions()
+        return body, 200 if status == "ok" else 503
+
+    def _authorized(self, request: Request) -> bool:
+        token = self.settings.web_api_token
+        if token is None:
+            return True
+        return request.headers.get("Authorization", "") == f"Bearer {token.get_secret_value()}"
+
+    def _add_views(self, app: faust.App) -> None:
+        worker = self
+
+        @app.page("/health", name="leadpulse_health")
+        class Health(View):
+            async def get(self, request: Request) -> Response:
+                body, status = worker.health()
+                if not worker.bare:
+                    try:
+                        await asyncio.wait_for(asyncio.to_thread(worker.redis.ping), timeout=2.0)
+                        body["redis"] = "ok"
+                    except Exception as exc:  # noqa: BLE001
+                        body["redis"], body["status"], status = type(exc).__name__, "degraded", 503
+                return self.json(body, status=status)
+
+        @app.page("/metrics", name="leadpulse_metrics")
+        class Prometheus(View):
+            async def get(self, request: Request) -> Response:
+                return self.bytes(worker.metrics.render(), content_type=CONTENT_TYPE)
+
+        @app.page("/latency", name="leadpulse_latency")
+        class Latency(View):
+            async def get(self, request: Request) -> Response:
+                return self.json(worker.latency.summary())
+
+        if self.bare:
+            return
+
+        @app.page("/customers/{customer_id}/scores", name="leadpulse_customer_scores")
+        class CustomerScores(View):
+            async def get(self, request: Request, customer_id: str) -> Response:
+                if not worker._authorized(request):
+                    return self.error(401, "unauthorized")
+                body = await worker._call(worker.customer_scores, customer_id)
+                if body is None:
+                    return self.error(404, "no scores for this customer")
+                return self.json(body)
+
+        @app.page("/customers/{customer_id}", name="leadpulse_customer")
+        class Customer(View):
+            async def delete(self, request: Request, customer_id: str) -> Response:
+                if not worker._authorized(request):
+                    return self.error(401, "unauthorized")
+                await worker._call(worker.core.erase, customer_id)
+                await worker.publish(worker.pipeline.erase_records(customer_id))
+                log.info("erased a customer on request")
+                return self.json({"erased": True})
+
+
+def _json(record: dict[str, Any]) -> bytes:
+    import orjson
+
+    return orjson.dumps(record)
+
+
+def run_worker(settings: Settings, *, bare: bool = False, loglevel: str = "info") -> None:
+    """Create topics if missing, then run one worker until SIGTERM/SIGINT (exits the process)."""
+    ensure_topics(settings)
+    worker = LiveWorker(settings, bare=bare)
+    faust.Worker(worker.app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()

@@ -1,0 +1,530 @@
+"""Live subcommands of ``leadpulse``: ``worker``, ``replay`` and ``demo``.
+
+Imported by :func:`streams.cli.main`, which picks up the parser builder
+appended to ``EXTRA_PARSERS`` and the handlers registered with ``@command``.
+
+- ``leadpulse worker [--bare]``: create missing topics (``LEADPULSE_PARTITIONS``
+  partitions, scores compacted, labels and drift one partition), then run one
+  Faust worker configured only by ``LEADPULSE_*`` variables. SIGTERM stops it
+  cleanly. ``--bare`` runs the consume-only baseline of the benchmark.
+- ``leadpulse replay FILE.jsonl [--speed X]``: publish JSON Lines to the input
+  topic named by each line's ``type``, keyed by ``customer_id``, with the
+  Kafka timestamp set to the event's own ``ts``. ``--speed 0`` (default) sends
+  as fast as possible; ``--speed 3600`` plays one hour of event time per
+  second. Lines that are not JSON objects with a known ``type`` cannot be
+  routed: they go to the DLQ directly, with the reason in the same
+  Kafka-Connect-style header the worker uses (``--unroutable dlq``, the
+  default), or untouched to a topic of your choice (``--unroutable TOPIC``)
+  for the worker to dead-letter. Nothing is dropped. Lines that route but do
+  not validate (missing fields, negative amounts, ...) go to their topic and
+  the worker dead-letters them. Note for real Kafka: old event timestamps
+  count against ``retention.ms``; replay history into topics whose retention
+  covers it (or ``-1``).
+- ``leadpulse demo [--seconds N] [--customers N]``: no Docker needed. Starts
+  the embedded broker and Redis, a worker subprocess, streams a simulated
+  history (days compressed into seconds) and shows live score changes and
+  alerts in the terminal, then stops everything and checks nothing is left.
+
+>>> from streams.cli import build_parser
+>>> build_parser().parse_args(["replay", "events.jsonl", "--speed", "60"]).speed
+60.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from streams.cli import EXTRA_PARSERS, command, count_lines, progress
+
+__all__ = ["WorkerProcess", "replay_lines", "worker_env"]
+
+INPUT_TYPES = ("web", "purchase", "campaign")
+
+
+# --------------------------------------------------------------------------- worker
+
+
+@command("worker")
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.app import run_worker
+
+    run_worker(load_settings(), bare=args.bare, loglevel=args.loglevel)
+    return 0
+
+
+def load_settings(**values: Any) -> Any:
+    """``Settings(**values)``: environment and ``.env`` first, ``values`` override them.
+
+    (A plain call: ``Settings.model_validate`` would skip the environment.)
+    """
+    from streams.settings import Settings
+
+    factory: Any = Settings
+    return factory(**values)
+
+
+def worker_env(values: Mapping[str, Any], base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """An environment for a worker subprocess: ``base`` (default ``os.environ``) plus settings.
+
+    >>> worker_env({"kafka_bootstrap": "h:1", "partitions": 3}, base={})
+    {'LEADPULSE_KAFKA_BOOTSTRAP': 'h:1', 'LEADPULSE_PARTITIONS': '3'}
+    """
+    env = dict(os.environ if base is None else base)
+    env.update({f"LEADPULSE_{k.upper()}": str(v) for k, v in values.items()})
+    return env
+
+
+class WorkerProcess:
+    """``leadpulse worker`` as a subprocess in its own process group, with its log in a file.
+
+    >>> w = WorkerProcess({"kafka_bootstrap": "127.0.0.1:9092", "web_port": 6070})  # doctest: +SKIP
+    >>> w.start().wait_ready(timeout=60)  # doctest: +SKIP
+    >>> w.get_json("/health")["status"]  # doctest: +SKIP
+    'ok'
+    >>> w.stop()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, settings: Mapping[str, Any], log_path: str | Path | None = None,
+        bare: bool = False, loglevel: str = "warning",
+    ) -> None:
+        self.settings = dict(settings)
+        self.port = int(self.settings["web_port"])
+        self.bare = bare
+        self.loglevel = loglevel
+        self._own_log = log_path is None
+        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="leadpulse-worker-", suffix=".log")[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        # Not ``-m streams.cli``: as ``__main__`` it would be a second copy of the module
+        # that this module's subcommands are not registered with.
+        entry = "import sys; from streams.cli import main; sys.exit(main(sys.argv[1:]))"
+        cmd = [sys.executable, "-c", entry, "worker", "--loglevel", self.loglevel]
+        if self.bare:
+            cmd.append("--bare")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, env=worker_env(self.settings), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def get_json(self, path: str, timeout: float = 5.0) -> Any:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:  # /health answers 503 with a body
+            return json.loads(exc.read())
+
+    def get_text(self, path: str, timeout: float = 5.0) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as resp:
+            return str(resp.read().decode())
+
+    def wait_ready(self, timeout: float = 90.0, partitions: bool = True) -> dict[str, Any]:
+        """Wait until the web server answers and (``partitions``) input partitions are assigned."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"worker exited early (code {self.proc and self.proc.returncode}); log:\n{self.log_tail()}")
+            try:
+                last = self.get_json("/health", timeout=2)
+            except OSError:
+                last = None
+            if last and (not partitions or any(".events." in a for a in last["assigned"])):
+                return dict(last)
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready after {timeout}s (last health {last}); log:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (the crash of the kill test)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, wait for a clean exit, SIGKILL after ``timeout``; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        with contextlib.suppress(ProcessLookupError):  # anything the worker left in its group
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self._own_log:
+            with contextlib.suppress(OSError):
+                self.log_path.unlink()
+        return self.proc.returncode
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------- replay
+
+
+@dataclass
+class ReplayStats:
+    lines: int = 0
+    sent: dict[str, int] = field(default_factory=dict)
+    unroutable: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        total = sum(self.sent.values()) + self.unroutable
+        rate = round(total / self.seconds, 1) if self.seconds > 0 else None
+        return {"lines": self.lines, "sent": self.sent, "unroutable": self.unroutable,
+                "seconds": round(self.seconds, 2), "records_per_s": rate}
+
+
+def _route(line: bytes, topics: Mapping[str, str]) -> tuple[str | None, bytes | None, int | None]:
+    """``(topic, key, timestamp_ms)`` for a line; topic None when it cannot be routed.
+
+    >>> _route(b'{"type":"web","customer_id":"c1","ts":"2024-01-01T00:00:00Z"}', {"web": "w"})
+    ('w', b'c1', 1704067200000)
+    >>> _route(b'[1]', {"web": "w"})
+    (None, None, None)
+    """
+    from features.events import parse_ts_ms
+
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None, None, None
+    if not isinstance(obj, dict) or obj.get("type") not in topics:
+        return None, None, None
+    cid = obj.get("customer_id")
+    key = cid.encode() if isinstance(cid, str) and cid else None
+    try:
+        ts: int | None = parse_ts_ms(obj.get("ts"))
+    except ValueError:
+        ts = None  # the worker will dead-letter it; Kafka stamps the send time
+    return str(topics[obj["type"]]), key, ts
+
+
+def replay_lines(
+    lines: Iterable[bytes],
+    producer: Any,
+    topics: Any,
+    *,
+    speed: float = 0.0,
+    unroutable: str = "dlq",
+    tick: Any = None,
+    stop: threading.Event | None = None,
+) -> ReplayStats:
+    """Send JSON Lines with a kafka-python producer (see the module docstring for routing).
+
+    ``speed`` > 0 paces by event time (``speed`` event seconds per wall second).
+    """
+    from features.events import decode
+
+    inputs = topics.inputs
+    stats = ReplayStats()
+    started = time.monotonic()
+    first_ts: int | None = None
+    for number, raw in enumerate(lines, start=1):
+        if stop is not None and stop.is_set():
+            break
+        line = raw.strip()
+        if not line:
+            continue
+        stats.lines += 1
+        topic, key, ts = _route(line, inputs)
+        if topic is None:
+            stats.unroutable += 1
+            reason = getattr(decode(line), "reason", "not routable")
+            if unroutable == "dlq":
+                headers = [
+                    ("__connect.errors.exception.message", reason.encode("utf-8", "replace")),
+                    ("__connect.errors.exception.class.name", b"features.events.EventError"),
+                    ("__connect.errors.stage", b"replay"),
+                    ("__connect.errors.connector.name", b"leadpulse-replay"),
+                    ("leadpulse.replay.line", str(number).encode()),
+                ]
+                producer.send(topics.dlq, value=line, headers=headers)
+            else:
+                producer.send(unroutable, value=line)
+        else:
+            if speed > 0 and ts is not None:
+                first_ts = ts if first_ts is None else first_ts
+                wait = (ts - first_ts) / 1000.0 / speed - (time.monotonic() - started)
+                if wait > 0:
+                    if stop is not None:
+                        if stop.wait(wait):
+                            break
+                    else:
+                        time.sleep(wait)
+            producer.send(topic, key=key, value=line, timestamp_ms=ts)
+            stats.sent[topic] = stats.sent.get(topic, 0) + 1
+        if tick is not None and stats.lines % 1000 == 0:
+            tick(stats.lines)
+    producer.flush()
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+def make_producer(settings: Any, **overrides: Any) -> Any:
+    from kafka import KafkaProducer
+
+    kw: dict[str, Any] = {"acks": "all", "linger_ms": 20, "batch_size": 256 * 1024,
+                          "client_id": f"{settings.app_id}-replay"}
+    kw.update(overrides)
+    return KafkaProducer(**settings.kafka_client_kwargs(), **kw)
+
+
+@command("replay")
+def cmd_replay(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    path = Path(args.file)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    total = count_lines(path) if sys.stderr.isatty() else None
+    producer = make_producer(settings)
+    try:
+        with progress(f"replay {path.name}", total) as tick, open(path, "rb") as handle:
+            stats = replay_lines(handle, producer, settings.topics, speed=args.speed,
+                                 unroutable=args.unroutable, tick=tick)
+    finally:
+        producer.close()
+    print(json.dumps(stats.as_dict(), indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@dataclass
+class DemoView:
+    """What the live table shows: the latest score changes and alerts, and totals."""
+
+    scores: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=12))
+    alerts: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=8))
+    counts: dict[str, int] = field(default_factory=lambda: {"scores": 0, "alerts": 0, "triggers": 0, "dlq": 0})
+    status: str = "starting"
+    sent: int = 0
+    event_time: str = ""
+
+    def render(self) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+
+        head = Table.grid(padding=(0, 2))
+        head.add_row(
+            f"[bold]leadpulse demo[/] {self.status}", f"events sent {self.sent:,}",
+            f"scores {self.counts['scores']:,}", f"alerts {self.counts['alerts']:,}",
+            f"triggers {self.counts['triggers']:,}", f"dead letters {self.counts['dlq']:,}",
+            f"event time {self.event_time[:10]}",
+        )
+        scores = Table(title="latest score changes", expand=True)
+        for col in ("customer", "kind", "old", "new", "band", "source", "top reason"):
+            scores.add_column(col)
+        for s in reversed(self.scores):
+            reason = s["reasons"][0]["feature"] if s.get("reasons") else ""
+            old = "-" if s["old_value"] is None else f"{s['old_value']:.1f}"
+            colour = {"hot": "red", "warm": "yellow"}.get(s["band"], "blue")
+            scores.add_row(s["customer_id"], s["kind"], old, f"{s['value']:.1f}",
+                           f"[{colour}]{s['band']}[/]", f"{s['source']} v{s['model_version']}", reason)
+        alerts = Table(title="latest alerts", expand=True)
+        for col in ("customer", "kind", "reason", "value", "band"):
+            alerts.add_column(col)
+        for a in reversed(self.alerts):
+            alerts.add_row(a["customer_id"], a["kind"], a["reason"], f"{a['value']:.1f}", a["band"])
+        return Group(head, scores, alerts)
+
+    def add(self, topic_kind: str, value: bytes) -> None:
+        self.counts[topic_kind] += 1
+        if topic_kind in ("scores", "alerts"):
+            rec = orjson.loads(value)
+            (self.scores if topic_kind == "scores" else self.alerts).append(rec)
+            self.event_time = max(self.event_time, rec.get("ts", ""))
+
+
+def _leftover(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            pass
+        alive.append(pid)
+    return alive
+
+
+@command("demo")
+def cmd_demo(args: argparse.Namespace) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+    from rich.console import Console
+    from rich.live import Live
+
+    from scoring.simulator import SimulationConfig, write_jsonl
+    from streams.app import ensure_topics
+    from streams.embedded import EmbeddedKafka, EmbeddedRedis, free_port
+
+    console = Console(stderr=False)
+    workdir = Path(tempfile.mkdtemp(prefix="leadpulse-demo-"))
+    pids: list[int] = []
+    view = DemoView()
+    stop = threading.Event()
+    worker: WorkerProcess | None = None
+    consumer: Any = None
+    producer: Any = None
+    sender: threading.Thread | None = None
+    console.print("[bold]leadpulse demo[/]: starting an embedded Kafka-protocol broker and Redis ...")
+    with EmbeddedKafka() as kafka, EmbeddedRedis() as redis_server:
+        pids += [kafka.pid, redis_server.pid]
+        try:
+            values = {
+                "kafka_bootstrap": kafka.bootstrap, "redis_url": redis_server.url, "partitions": 3,
+                "app_id": "leadpulse-demo", "web_port": free_port(), "broker_session_timeout_s": 10,
+                "broker_rebalance_timeout_s": 3, "snapshot_every_labels": 100, "snapshot_every_s": 5,
+                "model_refresh_s": 2,
+            }
+            settings = load_settings(**values)
+            ensure_topics(settings)
+            events_path = workdir / "events.jsonl"
+            summary = write_jsonl(
+                SimulationConfig(customers=args.customers, days=args.days, seed=args.seed, dirty=0.01),
+                events_path,
+            )
+            worker = WorkerProcess(values, log_path=workdir / "worker.log").start()
+            pids.append(worker.pid)
+            console.print(f"simulated {summary.lines:,} lines ({args.customers} customers, {args.days} days); "
+                          f"starting a worker (web API on http://127.0.0.1:{worker.port}) ...")
+            worker.wait_ready(timeout=120)
+            # Compress the history into about two thirds of the run; the rest drains.
+            speed = args.days * 86_400 / max(1.0, args.seconds * 0.66)
+            producer = make_producer(settings)
+
+            def send() -> None:
+                with open(events_path, "rb") as handle:
+                    counting = _Counting(handle, view)
+                    replay_lines(counting, producer, settings.topics, speed=speed, stop=stop)
+
+            sender = threading.Thread(target=send, name="demo-replay", daemon=True)
+            consumer = KafkaConsumer(**settings.kafka_client_kwargs(), enable_auto_commit=False)
+            t = settings.topics
+            names = {t.scores: "scores", t.alerts: "alerts", t.triggers: "triggers", t.dlq: "dlq"}
+            consumer.assign([TopicPartition(name, p) for name in names for p in range(settings.partitions)])
+            consumer.seek_to_beginning()
+            deadline = time.monotonic() + args.seconds
+            view.status = "running"
+            sender.start()
+            with Live(view.render(), console=console, refresh_per_second=4, transient=False) as live:
+                while time.monotonic() < deadline:
+                    for tp, records in consumer.poll(timeout_ms=250).items():
+                        for rec in records:
+                            view.add(names[tp.topic], rec.value)
+                    view.status = f"running, {max(0, int(deadline - time.monotonic()))}s left"
+                    if not worker.alive():
+                        view.status = "worker died"
+                        break
+                    live.update(view.render())
+                view.status = "stopping"
+                live.update(view.render())
+        finally:
+            stop.set()
+            if sender is not None:
+                sender.join(10)
+            for client in (producer, consumer):
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        client.close()
+            if worker is not None:
+                worker.stop(timeout=20)
+                if worker.proc is not None and worker.proc.returncode not in (0, None):
+                    console.print(f"worker log tail:\n{worker.log_tail(20)}")
+    with contextlib.suppress(OSError):
+        for path in workdir.iterdir():
+            path.unlink()
+        workdir.rmdir()
+    left = _leftover(pids)
+    console.print(
+        f"sent {view.sent:,} events; {view.counts['scores']:,} score changes, {view.counts['alerts']:,} alerts, "
+        f"{view.counts['triggers']:,} triggers, {view.counts['dlq']:,} dead letters."
+    )
+    if left:
+        console.print(f"[red]processes still running: {left}[/]")
+        return 1
+    console.print("stopped cleanly: broker, Redis and worker are gone.")
+    return 0
+
+
+class _Counting:
+    """Iterates lines and counts them into the demo view (the sender thread)."""
+
+    def __init__(self, handle: IO[bytes], view: DemoView) -> None:
+        self.handle = handle
+        self.view = view
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self.handle:
+            self.view.sent += 1
+            yield line
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add_parsers(sub: Any) -> None:
+    p = sub.add_parser("worker", help="run a live worker (Kafka + Redis from LEADPULSE_* settings)")
+    p.add_argument("--bare", action="store_true", help="consume-only baseline (benchmarks)")
+    p.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+
+    p = sub.add_parser("replay", help="publish a JSON Lines file to the input topics")
+    p.add_argument("file")
+    p.add_argument("--speed", type=float, default=0.0,
+                   help="event seconds per wall second (0 = as fast as possible)")
+    p.add_argument("--unroutable", default="dlq",
+                   help="where lines without a known type go: 'dlq' (with the reason) or a topic name")
+
+    p = sub.add_parser("demo", help="embedded broker + Redis + worker + simulator, live table")
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--customers", type=int, default=300)
+    p.add_argument("--days", type=int, default=120, help="simulated history compressed into the run")
+    p.add_argument("--seed", type=int, default=7)
+
+
+EXTRA_PARSERS.append(_add_parsers)

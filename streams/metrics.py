@@ -1,0 +1,155 @@
+"""Prometheus metrics of a worker, on its own registry (served by ``GET /metrics``).
+
+Each :class:`Metrics` owns a :class:`prometheus_client.CollectorRegistry`, so
+two apps in one process (tests) never collide and nothing leaks into the
+global default registry. No label ever carries a customer id: labels are
+topics, partitions, score kinds and error stages only.
+
+Latency:
+
+- ``leadpulse_batch_seconds``: wall time to process one batch (decode, Redis,
+  scoring, publishing and waiting for the broker's acks);
+- ``leadpulse_event_to_score_seconds``: from an event's Kafka timestamp to the
+  moment the score it caused was acknowledged by the broker. Observed only for
+  events stamped within the last hour, so a replay of last year (whose Kafka
+  timestamps are the events' own times) does not flood the histogram.
+
+:class:`LatencyWindow` keeps the most recent exact samples for percentiles
+(the benchmark reads them from ``GET /latency``).
+
+>>> m = Metrics()
+>>> m.count({"in": 3, "invalid": 1, "duplicates": 1, "scores_published": 2}, topic_counts={"t": 3})
+>>> m.batch_seconds.observe(0.01)
+>>> text = m.render().decode()
+>>> "leadpulse_events_in_total{topic=\\"t\\"} 3.0" in text, "leadpulse_events_invalid_total 1.0" in text
+(True, True)
+>>> w = LatencyWindow(100)
+>>> w.extend([0.01, 0.02, 0.03]); w.summary()["p50_ms"]
+20.0
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+CONTENT_TYPE = "text/plain; version=0.0.4"  # aiohttp adds the charset itself
+MAX_LATENCY_S = 3600.0
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# Core / pipeline count name -> counter attribute.
+_COUNTED = {
+    "invalid": "invalid",
+    "duplicates": "duplicates",
+    "late": "late",
+    "scores_published": "scores",
+    "alerts": "alerts",
+    "triggers": "triggers",
+    "labels": "labels",
+    "drift": "drift",
+}
+
+
+class Metrics:
+    """All counters, histograms and gauges of one worker."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry or CollectorRegistry()
+        self.events_in = Counter("leadpulse_events_in", "Input records consumed", ["topic"], registry=r)
+        self.invalid = Counter("leadpulse_events_invalid", "Records dead-lettered (invalid or mis-keyed)", registry=r)
+        self.duplicates = Counter("leadpulse_events_duplicate", "Events already applied (redelivery, duplicate id)", registry=r)
+        self.late = Counter("leadpulse_events_late", "Events older than the allowed lateness (not applied)", registry=r)
+        self.scores = Counter("leadpulse_scores_published", "Score changes published", registry=r)
+        self.alerts = Counter("leadpulse_alerts", "Alerts published", registry=r)
+        self.triggers = Counter("leadpulse_triggers", "Nurturing triggers published", registry=r)
+        self.labels = Counter("leadpulse_labels", "Matured examples published to the labels topic", registry=r)
+        self.drift = Counter("leadpulse_drift", "Drift events published", registry=r)
+        self.labels_learned = Counter("leadpulse_labels_learned", "Labels learned by the central learner", registry=r)
+        self.snapshots = Counter("leadpulse_model_snapshots", "Model snapshots saved by the learner", registry=r)
+        self.model_swaps = Counter("leadpulse_model_swaps", "Models hot-swapped from a newer snapshot", registry=r)
+        self.errors = Counter("leadpulse_errors", "Retried or fatal errors", ["stage"], registry=r)
+        self.batch_seconds = Histogram(
+            "leadpulse_batch_seconds", "Processing time of one input batch", registry=r, buckets=_BATCH_BUCKETS
+        )
+        self.batch_events = Histogram(
+            "leadpulse_batch_events", "Records per input batch", registry=r,
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+        )
+        self.event_to_score = Histogram(
+            "leadpulse_event_to_score_seconds", "Event Kafka timestamp to score published (acked)",
+            registry=r, buckets=_LATENCY_BUCKETS,
+        )
+        self.lag = Gauge("leadpulse_consumer_lag", "Records behind the partition's high watermark",
+                         ["topic", "partition"], registry=r)
+        self.model_version = Gauge("leadpulse_model_version", "Labels learned by the model in use", ["kind"], registry=r)
+        self.last_batch = Gauge("leadpulse_last_batch_timestamp_seconds", "Wall time of the last processed batch", registry=r)
+
+    def count(self, counts: Mapping[str, int], topic_counts: Mapping[str, int] | None = None) -> None:
+        """Add a batch's counts (the pipeline's and the core's)."""
+        for topic, n in (topic_counts or {}).items():
+            self.events_in.labels(topic=topic).inc(n)
+        for name, attr in _COUNTED.items():
+            n = counts.get(name, 0)
+            if n:
+                getattr(self, attr).inc(n)
+
+    def observe_event_to_score(self, event_ts_ms: Iterable[int], now: float | None = None) -> list[float]:
+        """Observe latencies of events stamped within the last hour; returns them (seconds)."""
+        now = time.time() if now is None else now
+        out = []
+        for ts in event_ts_ms:
+            lat = now - ts / 1000.0
+            if 0.0 <= lat <= MAX_LATENCY_S:
+                self.event_to_score.observe(lat)
+                out.append(lat)
+        return out
+
+    def render(self) -> bytes:
+        """Prometheus text exposition format."""
+        return generate_latest(self.registry)
+
+
+class LatencyWindow:
+    """The last ``size`` latency samples (seconds), for exact percentiles."""
+
+    def __init__(self, size: int = 200_000) -> None:
+        self.samples: deque[float] = deque(maxlen=size)
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+        self.events = 0
+
+    def mark(self, n_events: int, now: float | None = None) -> None:
+        """Count processed events and remember when the first and last were done."""
+        now = time.time() if now is None else now
+        if self.first_at is None:
+            self.first_at = now
+        self.last_at = now
+        self.events += n_events
+
+    def extend(self, latencies: Iterable[float]) -> None:
+        self.samples.extend(latencies)
+
+    def summary(self) -> dict[str, Any]:
+        ordered = sorted(self.samples)
+
+        def pct(q: float) -> float | None:
+            if not ordered:
+                return None
+            return round(ordered[round(q * (len(ordered) - 1))] * 1000.0, 3)
+
+        return {
+            "events": self.events,
+            "first_at": self.first_at,
+            "last_at": self.last_at,
+            "samples": len(ordered),
+            "p50_ms": pct(0.50),
+            "p90_ms": pct(0.90),
+            "p99_ms": pct(0.99),
+            "max_ms": round(ordered[-1] * 1000.0, 3) if ordered else None,
+        }

@@ -1,0 +1,429 @@
+"""The thin glue between Kafka records and the scoring core, with no Kafka in it.
+
+The Faust agents in :mod:`streams.app` hand a batch of :class:`Incoming`
+records to :meth:`Pipeline.process` and publish the :class:`OutRecord` list it
+returns; everything that can be decided without a broker is decided here, so it
+is unit-tested with in-process stores.
+
+Per batch:
+
+1. every record is decoded (:func:`features.events.decode`, which never
+   raises); failures, and valid events whose message key is not their
+   ``customer_id`` (they would break co-partitioning), become dead-letter
+   records: the original key and bytes, and Kafka-Connect-style headers
+   ``__connect.errors.topic`` / ``.partition`` / ``.offset`` /
+   ``.exception.message`` (the reason);
+2. valid events are grouped by source partition (the *shard*: input topics
+   are co-partitioned by customer, so partition ``p`` of every input topic is
+   one shard with one watermark), ordered by event time within the shard, and
+   given to :meth:`scoring.core.ScoringCore.process` one shard at a time;
+3. the core's outputs become JSON records keyed by ``customer_id``: score
+   changes (compacted topic), alerts, triggers and matured examples for the
+   central learner (the labels topic).
+
+Output records (values are JSON objects)::
+
+    leadpulse.scores   {"customer_id": "c1", "kind": "purchase_propensity",
+                        "old_value": 21.4, "value": 63.0, "probability": 0.63,
+                        "band": "hot", "old_band": "warm", "grade": 6,
+                        "model_version": 1200, "source": "model",
+                        "reasons": [{"feature": "carts_7d", "contribution": 0.81}],
+                        "event_id": "e-981", "cause": "event", "ts": "2024-03-01T10:00:00.000+00:00"}
+    leadpulse.alerts   {"customer_id": "c1", "kind": "purchase_propensity",
+                        "reason": "jumped 41.6 points within 7d", "old_value": 21.4,
+                        "value": 63.0, "old_band": "warm", "band": "hot",
+                        "event_id": "e-981", "ts": "..."}
+    leadpulse.triggers {"customer_id": "c1", "trigger": "hot_lead", "action": "route_to_sales",
+                        "kind": "purchase_propensity", "value": 63.0, "band": "hot",
+                        "reason": "purchase_propensity entered hot (63)", "control": false, "ts": "..."}
+    leadpulse.labels   {"kind": "churn_risk", "customer_id": "c1", "example_id": "...",
+                        "t_ms": ..., "end_ms": ..., "prob": 0.2, "rule_prob": 0.3,
+                        "source": "cold_start", "label": 0, "x": {"orders_total": 0.69, ...}}
+    leadpulse.drift    {"kind": "churn_risk", "model_version": 5120, "ts": "...",
+                        "detector": "ADWIN(log loss)", "drifts_total": 2}
+    leadpulse.dlq      the original bytes, headers as above
+
+Central learning: scorers run the core with ``learn_inline=False``; matured
+examples go to the single-partition labels topic, where exactly one
+:class:`Learner` (the owner of partition 0 in the consumer group) learns them
+in order and checkpoints model snapshots *together with the labels offset*
+(one Redis transaction), so a restarted or moved learner resumes exactly
+where the last snapshot ends. Scorers hot-swap newer snapshots through
+:class:`ModelRefresher`.
+
+>>> from scoring.core import ScoringCore
+>>> core = ScoringCore.in_memory(learn_inline=False)
+>>> pipe = Pipeline(core)
+>>> good = (b'{"event_id":"e1","customer_id":"c1","ts":"2024-03-01T10:00:00Z",'
+...         b'"type":"purchase","order_id":"o1","amount":80,"currency":"EUR"}')
+>>> batch = pipe.process([Incoming("leadpulse.events.purchase", 0, 7, b"c1", good),
+...                       Incoming("leadpulse.events.web", 0, 3, b"c1", b"{oops")])
+>>> sorted({r.topic for r in batch.records})
+['leadpulse.dlq', 'leadpulse.scores']
+>>> dead = [r for r in batch.records if r.topic == "leadpulse.dlq"][0]
+>>> dead.value, dict(dead.headers)["__connect.errors.offset"]
+(b'{oops', b'3')
+>>> batch.counts["invalid"], batch.counts["applied"]
+(1, 1)
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from features.events import MAX_EVENT_BYTES, AnyEvent, EventError, decode
+from scoring.core import Labelled, ModelRegistry, ScoringCore
+from scoring.state import ModelStore
+from streams.settings import Topics
+
+Header = tuple[str, bytes]
+
+__all__ = [
+    "BatchOutput",
+    "Incoming",
+    "Learner",
+    "ModelRefresher",
+    "OutRecord",
+    "Pipeline",
+    "dead_letter",
+    "labelled_from_json",
+    "labelled_to_json",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One consumed Kafka record, as the pipeline needs it (no Kafka types)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None  # Kafka message timestamp
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    """One record to publish: JSON (or original) bytes, keyed by customer.
+
+    ``value=None`` is a tombstone (used on the compacted scores topic when a
+    customer is erased).
+    """
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[Header, ...] = ()
+
+
+@dataclass
+class BatchOutput:
+    """What one batch produced: records to publish (in order) and bookkeeping."""
+
+    records: list[OutRecord] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    # Kafka timestamps (ms) of the events that caused a published score: event-to-score latency.
+    score_event_ts_ms: list[int] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)
+
+
+def dead_letter(
+    msg: Incoming, reason: str, dlq_topic: str, stage: str = "decode", source: str = "leadpulse"
+) -> OutRecord:
+    """A dead-letter record: original key and bytes, Kafka Connect style error headers.
+
+    >>> r = dead_letter(Incoming("t", 2, 9, b"k", b"raw"), "invalid JSON", "dlq")
+    >>> r.value, [h for h, _ in r.headers][:4]
+    (b'raw', ['__connect.errors.topic', '__connect.errors.partition', '__connect.errors.offset', '__connect.errors.exception.message'])
+    """
+    headers: tuple[Header, ...] = (
+        ("__connect.errors.topic", msg.topic.encode()),
+        ("__connect.errors.partition", str(msg.partition).encode()),
+        ("__connect.errors.offset", str(msg.offset).encode()),
+        ("__connect.errors.exception.message", reason.encode("utf-8", "replace")),
+        ("__connect.errors.exception.class.name", b"features.events.EventError"),
+        ("__connect.errors.stage", stage.encode()),
+        ("__connect.errors.connector.name", source.encode()),
+    )
+    return OutRecord(dlq_topic, msg.key, msg.value if msg.value is not None else b"", headers)
+
+
+def labelled_to_json(ex: Labelled) -> bytes:
+    """A matured example for the labels topic (the model input ``x`` included).
+
+    >>> ex = Labelled("churn_risk", "c1", "x1", 1, 2, 0.2, 0.3, "model", 1, {"a": 1.0})
+    >>> labelled_from_json(labelled_to_json(ex)) == ex
+    True
+    """
+    return orjson.dumps({
+        "kind": ex.kind, "customer_id": ex.customer_id, "example_id": ex.example_id,
+        "t_ms": ex.t_ms, "end_ms": ex.end_ms, "prob": ex.prob, "rule_prob": ex.rule_prob,
+        "source": ex.source, "label": ex.label, "x": ex.x,
+    })
+
+
+def labelled_from_json(raw: bytes) -> Labelled:
+    """Inverse of :func:`labelled_to_json`; raises ``ValueError`` on a bad record."""
+    try:
+        d = orjson.loads(raw)
+        return Labelled(
+            str(d["kind"]), str(d["customer_id"]), str(d["example_id"]), int(d["t_ms"]),
+            int(d["end_ms"]), float(d["prob"]), float(d["rule_prob"]), str(d["source"]),
+            int(d["label"]), {str(k): float(v) for k, v in d["x"].items()},
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a labelled example: {type(exc).__name__}") from exc
+
+
+def _json(record: dict[str, Any]) -> bytes:
+    return orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS)
+
+
+class Pipeline:
+    """Decode, dead-letter, group by shard, score, and encode outputs.
+
+    ``require_key_match``: a valid event whose message key is not its
+    ``customer_id`` is dead-lettered (stage ``key_check``), because per-shard
+    scoring state is only consistent when every event of a customer arrives
+    on the partition its key hashes to.
+    """
+
+    def __init__(
+        self,
+        core: ScoringCore,
+        topics: Topics | None = None,
+        *,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        require_key_match: bool = True,
+        source: str = "leadpulse",
+    ) -> None:
+        self.core = core
+        self.topics = topics or Topics()
+        self.max_event_bytes = max_event_bytes
+        self.require_key_match = require_key_match
+        self.source = source
+
+    def split(
+        self, messages: Iterable[Incoming]
+    ) -> tuple[dict[str, list[tuple[Incoming, AnyEvent]]], list[OutRecord], Counter[str]]:
+        """Decode a batch: valid events by shard (arrival order), dead letters, counts."""
+        by_shard: dict[str, list[tuple[Incoming, AnyEvent]]] = {}
+        dead: list[OutRecord] = []
+        counts: Counter[str] = Counter()
+        dlq = self.topics.dlq
+        for msg in messages:
+            counts["in"] += 1
+            if msg.value is None:
+                counts["invalid"] += 1
+                dead.append(dead_letter(msg, "empty message (null value)", dlq, source=self.source))
+                continue
+            ev = decode(msg.value, self.max_event_bytes)
+            if isinstance(ev, EventError):
+                counts["invalid"] += 1
+                dead.append(dead_letter(msg, ev.reason, dlq, source=self.source))
+                continue
+            if self.require_key_match and msg.key != ev.customer_id.encode():
+                counts["invalid"] += 1
+                counts["key_mismatch"] += 1
+                reason = "message key is not the event's customer_id (input topics must be keyed by customer)"
+                dead.append(dead_letter(msg, reason, dlq, stage="key_check", source=self.source))
+                continue
+            by_shard.setdefault(str(msg.partition), []).append((msg, ev))
+        return by_shard, dead, counts
+
+    def process(self, messages: Sequence[Incoming]) -> BatchOutput:
+        """One batch in, records to publish out (dead letters first, then per shard)."""
+        by_shard, dead, counts = self.split(messages)
+        out = BatchOutput(records=dead, counts=counts)
+        for shard in sorted(by_shard, key=lambda s: int(s) if s.isdigit() else s):
+            pairs = by_shard[shard]
+            # The three input topics interleave arbitrarily inside a batch: apply a
+            # shard's events in event time (stable, so equal times keep arrival order).
+            pairs.sort(key=lambda p: p[1].ts_ms)
+            result = self.core.process([ev for _, ev in pairs], shard=shard)
+            out.shards.append(shard)
+            out.counts.update(result.counts)
+            self._encode(result, pairs, out)
+        return out
+
+    def _encode(self, result: Any, pairs: list[tuple[Incoming, AnyEvent]], out: BatchOutput) -> None:
+        topics = self.topics
+        sent_at = {ev.event_id: msg.timestamp_ms for msg, ev in pairs}
+        for rec in result.scores:
+            out.records.append(OutRecord(topics.scores, rec["customer_id"].encode(), _json(rec)))
+            ts = sent_at.get(rec.get("event_id"))
+            if ts is not None:
+                out.score_event_ts_ms.append(ts)
+        for rec in result.alerts:
+            out.records.append(OutRecord(topics.alerts, rec["customer_id"].encode(), _json(rec)))
+        for rec in result.triggers:
+            out.records.append(OutRecord(topics.triggers, rec["customer_id"].encode(), _json(rec)))
+        for ex in result.labelled:
+            out.records.append(OutRecord(topics.labels, ex.customer_id.encode(), labelled_to_json(ex)))
+        for drift in result.drifts:  # only with learn_inline=True
+            out.records.append(OutRecord(topics.drift, drift["kind"].encode(), _json(drift)))
+        out.counts["scores_published"] += len(result.scores)
+        out.counts["alerts"] += len(result.alerts)
+        out.counts["triggers"] += len(result.triggers)
+        out.counts["labels"] += len(result.labelled)
+        out.counts["drift"] += len(result.drifts)
+
+    def erase_records(self, customer_id: str) -> list[OutRecord]:
+        """What to publish when a customer is erased: a tombstone on the compacted scores topic."""
+        return [OutRecord(self.topics.scores, customer_id.encode(), None)]
+
+
+class ModelRefresher:
+    """Hot-swaps a scorer's models from the store at most every ``every_s`` seconds.
+
+    >>> from scoring.state import InMemoryModelStore
+    >>> from scoring.kinds import default_kinds
+    >>> reg = ModelRegistry(default_kinds())
+    >>> r = ModelRefresher(reg, InMemoryModelStore(), every_s=5, clock=lambda: 100.0)
+    >>> r.maybe_refresh(), r.maybe_refresh()
+    ([], [])
+    """
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        store: ModelStore,
+        every_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.every_s = every_s
+        self.clock = clock
+        self._last: float | None = None
+        self.swaps = 0
+
+    def maybe_refresh(self, force: bool = False) -> list[str]:
+        now = self.clock()
+        if not force and self._last is not None and now - self._last < self.every_s:
+            return []
+        self._last = now
+        swapped = self.registry.refresh(self.store)
+        self.swaps += len(swapped)
+        return swapped
+
+    def versions(self) -> dict[str, int]:
+        return {name: m.version for name, m in self.registry.models.items()}
+
+
+class CheckpointStore:
+    """Where a learner keeps snapshots and the labels offset they cover (one transaction).
+
+    The default implementation keeps both in memory (unit tests);
+    :class:`streams.app.RedisCheckpointStore` writes them to Redis atomically.
+    """
+
+    def __init__(self, models: ModelStore | None = None) -> None:
+        from scoring.state import InMemoryModelStore
+
+        self.models: ModelStore = models or InMemoryModelStore()
+        self._offset: int | None = None
+
+    def load_offset(self) -> int | None:
+        return self._offset
+
+    def save(self, registry: ModelRegistry, next_offset: int) -> None:
+        registry.save(self.models)
+        self._offset = next_offset
+
+
+class Learner:
+    """The one central learner: labels in (in offset order), snapshots out.
+
+    Exactly-once learning over an at-least-once labels topic: every snapshot
+    stores the offset of the next label to learn, labels below it are skipped,
+    and the Kafka offsets of learned labels are committed only after the
+    snapshot that contains them (the caller acks what :meth:`checkpoint`
+    returns). When another learner checkpointed meanwhile (the labels
+    partition moved and came back), :meth:`learn` first restores its snapshot.
+
+    >>> from scoring.kinds import default_kinds
+    >>> ex = Labelled("churn_risk", "c1", "x1", 1, 2, 0.2, 0.3, "model", 1, {"a": 1.0})
+    >>> learner = Learner(ModelRegistry(default_kinds()), CheckpointStore(), every_labels=2)
+    >>> learner.learn([(0, ex)]), learner.due()
+    ([], False)
+    >>> _ = learner.learn([(0, ex), (1, ex)])  # offset 0 is a redelivery: skipped
+    >>> learner.registry.models["churn_risk"].version, learner.due(), learner.checkpoint()
+    (2, True, 2)
+    """
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        store: CheckpointStore,
+        every_labels: int = 500,
+        every_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.every_labels = every_labels
+        self.every_s = every_s
+        self.clock = clock
+        self.next_offset: int | None = None  # next label offset to learn
+        self.snapshot_offset: int | None = None  # what the store holds from us
+        self.since_snapshot = 0
+        self._last_snapshot = clock()
+        self._restored = False
+        self.learned = 0
+        self.skipped = 0
+
+    def restore(self) -> list[str]:
+        """Load the latest snapshot and the offset it covers (startup, or another learner's)."""
+        swapped = self.registry.refresh(self.store.models)
+        offset = self.store.load_offset()
+        self.next_offset = self.snapshot_offset = offset
+        self.since_snapshot = 0
+        self._restored = True
+        return swapped
+
+    def invalidate(self) -> None:
+        """Forget unsnapshotted progress: restore from the store before learning again."""
+        self._restored = False
+
+    def learn(self, items: Sequence[tuple[int, Labelled]]) -> list[dict[str, Any]]:
+        """Learn ``(offset, example)`` pairs in order; returns drift events."""
+        if not self._restored or self.store.load_offset() != self.snapshot_offset:
+            self.restore()
+        todo = []
+        for offset, ex in items:
+            if self.next_offset is not None and offset < self.next_offset:
+                self.skipped += 1
+                continue
+            todo.append(ex)
+            self.next_offset = offset + 1
+        drifts = self.registry.learn(todo) if todo else []
+        self.learned += len(todo)
+        self.since_snapshot += len(todo)
+        return drifts
+
+    def due(self) -> bool:
+        """A snapshot is due: enough labels, or enough time with at least one label."""
+        if self.since_snapshot <= 0:
+            return False
+        return self.since_snapshot >= self.every_labels or self.clock() - self._last_snapshot >= self.every_s
+
+    def checkpoint(self) -> int | None:
+        """Save the snapshot with its offset; returns the offset now covered (None if nothing)."""
+        if self.next_offset is None:
+            return None
+        self.store.save(self.registry, self.next_offset)
+        self.snapshot_offset = self.next_offset
+        self.since_snapshot = 0
+        self._last_snapshot = self.clock()
+        return self.next_offset
+
+    def versions(self) -> dict[str, int]:
+        return {name: m.version for name, m in self.registry.models.items()}
