@@ -1,0 +1,620 @@
+"""Turn a plain transaction table (CSV) into purchase events.
+
+The most common history a company has is a table of transactions exported
+from a shop, an ERP or a spreadsheet. :func:`import_transactions` reads one
+and returns purchase events (see :mod:`features.events`), sorted by time,
+ready for ``leadpulse backtest``; every row it cannot use is reported with its
+line number and a reason, and counted. It never echoes a cell's value in an
+error (a misaligned row could put a customer id or an e-mail in any column):
+line numbers are enough to find the row.
+
+Rules, chosen for what real exports look like:
+
+- **Lines.** Line 1 is the header; a row's line number is the line it starts
+  on in the file, as a text editor shows it.
+- **One event per order.** With ``order`` set, rows with the same customer and
+  order id are line items of one purchase: amounts are summed, each row
+  becomes an item when a product, price or quantity column is given, and the
+  event takes the earliest row's time. Without ``order`` every row is one
+  purchase.
+- **Stable ids.** ``event_id`` is a hash of (customer, order, status); without
+  an order column, a hash of the row's cells plus its occurrence number among
+  identical rows. Re-importing the same file gives the same ids, so a backtest
+  or a live replay deduplicates re-imports. Identical rows stay distinct
+  purchases (counted as ``identical_rows`` in the summary).
+- **Refunds.** A row with a negative amount or a negative quantity (UCI Online
+  Retail style cancellations, invoice ``C536379``), or whose status column says
+  refunded / cancelled / returned, is a refund: it becomes a purchase event
+  with ``status: "refunded"`` and the absolute amount, kept apart from the
+  order's completed lines (``event_id`` differs). ``refunds="skip"`` skips
+  them instead (reason ``refund skipped``). Rows whose status says the
+  purchase did not happen (pending, failed, ...) are skipped.
+- **Time.** ISO 8601 dates and date-times, with or without an offset
+  (``2011-12-09``, ``2011-12-09 12:50:00``, ``2011-12-09T12:50:00+01:00``);
+  epoch seconds (9-10 digits) or milliseconds (12-13 digits); ``YYYYMMDD``;
+  and slash or dot dates (``12/9/2011 12:50``, ``09.12.2011``). A time without
+  an offset is read in ``timezone`` (UTC unless told). Slash dates are
+  ambiguous (is 12/9 the 12th of September or December 9th?): with
+  ``date_order="auto"`` the file decides, from rows whose day is above 12; when
+  no row settles it, the import stops and asks for ``date_order`` or
+  ``time_format``. ``time_format`` (a :func:`~datetime.datetime.strptime`
+  format, or ``epoch_s``, ``epoch_ms``, ``excel``) overrides all guessing.
+- **Amounts.** ``1234.5``, ``1,234.50``, ``€ 12``, ``(12.50)`` and ``12.50-``
+  (negative); with ``decimal_comma``, ``1.234,50`` and ``1 234,50``. A comma
+  that is not a thousands separator is an error, never silently dropped. If
+  there is no amount column, the amount is ``price × quantity``.
+- **Ids.** Customer and order ids are trimmed; ``17850.0`` (a number that went
+  through a spreadsheet or pandas) is read as ``17850``.
+
+>>> csv_text = '''customer,invoice,date,qty,price
+... c1,536365,12/1/2010 08:26,6,2.55
+... c1,536365,12/1/2010 08:26,8,3.39
+... ,536366,12/1/2010 08:28,6,1.85
+... c2,C536379,12/13/2010 09:41,-1,27.50
+... '''
+>>> cfg = ImportConfig(customer="customer", time="date", order="invoice",
+...                    quantity="qty", price="price", default_currency="GBP")
+>>> result = import_transactions(csv_text.splitlines(keepends=True), cfg)
+>>> [(e["order_id"], e["amount"], e["status"], len(e["items"])) for e in result.events]
+[('536365', 42.42, 'completed', 2), ('C536379', 27.5, 'refunded', 1)]
+>>> [(err.line, err.reason) for err in result.errors]
+[(4, 'missing customer')]
+>>> result.summary()["date_order"]
+'mdy (from 1 row with a day above 12)'
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+
+from features.events import MAX_TS_MS, MIN_TS_MS, EventError, decode, encode, ms_to_iso
+
+DateOrder = Literal["auto", "dmy", "mdy"]
+
+REFUND_STATUSES = frozenset({
+    "refunded", "refund", "returned", "return", "cancelled", "canceled", "cancellation",
+    "reversed", "chargeback", "voided", "void",
+})
+COMPLETED_STATUSES = frozenset({
+    "completed", "complete", "paid", "shipped", "delivered", "fulfilled", "closed", "success",
+    "succeeded", "ok", "invoiced", "settled", "captured", "done",
+})
+DELIMITERS = {"comma": ",", "semicolon": ";", "tab": "\t", "\\t": "\t", "pipe": "|"}
+
+
+class ImportFailed(ValueError):
+    """The whole import cannot go on (missing column, ambiguous dates): fix the command."""
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    """Which columns mean what, and how to read them (see the module docs)."""
+
+    customer: str
+    time: str
+    amount: str | None = None  # row total; without it, price x quantity
+    order: str | None = None
+    currency: str | None = None  # a column; otherwise default_currency
+    default_currency: str = "EUR"
+    status: str | None = None
+    quantity: str | None = None
+    price: str | None = None  # unit price
+    product: str | None = None
+    category: str | None = None
+    extra: tuple[str, ...] = ()  # columns carried on events as extra fields (segment, region)
+    time_format: str | None = None  # strptime format, or "epoch_s" / "epoch_ms" / "excel"
+    date_order: DateOrder = "auto"
+    timezone: str = "UTC"  # for times without an offset
+    decimal_comma: bool = False
+    refunds: Literal["event", "skip"] = "event"
+
+    def columns(self) -> list[str]:
+        cols = [self.customer, self.time, self.amount, self.order, self.currency, self.status,
+                self.quantity, self.price, self.product, self.category, *self.extra]
+        return list(dict.fromkeys(c for c in cols if c))
+
+    def check(self) -> None:
+        if not self.amount and not self.price:
+            raise ImportFailed("give an amount column (--amount) or a unit price column (--price)")
+        if not re.fullmatch(r"[A-Za-z]{3}", self.default_currency):
+            raise ImportFailed("default currency must be a 3-letter ISO code such as EUR")
+        _zone(self.timezone)
+        reserved = {"event_id", "customer_id", "ts", "type", "order_id", "amount", "currency",
+                    "items", "status"}
+        clash = [c for c in self.extra if c in reserved]
+        if clash:
+            raise ImportFailed(f"--extra column(s) {', '.join(clash)} clash with event fields; rename them")
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """A skipped row: its line number and why (never its content)."""
+
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}"
+
+
+@dataclass
+class ImportResult:
+    """Events sorted by time, the skipped rows, and counts for the summary."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[RowError] = field(default_factory=list)
+    rows: int = 0
+    refund_events: int = 0
+    identical_rows: int = 0
+    date_order: str = "not needed"
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        return dict(Counter(e.reason.split(":")[0] for e in self.errors).most_common())
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "rows_read": self.rows,
+            "events_written": len(self.events),
+            "refund_events": self.refund_events,
+            "rows_skipped": len(self.errors),
+            "skipped_by_reason": self.skipped_by_reason(),
+            "identical_rows": self.identical_rows,
+            "date_order": self.date_order,
+            "first_event": self.events[0]["ts"] if self.events else None,
+            "last_event": self.events[-1]["ts"] if self.events else None,
+        }
+
+
+class RowProblem(ValueError):
+    """A cell that cannot be read; the message is the reason shown to the user."""
+
+
+# ------------------------------------------------------------------- numbers
+_GROUPED_DOT = re.compile(r"\d{1,3}(,\d{3})+(\.\d*)?")
+_GROUPED_COMMA = re.compile(r"\d{1,3}([. ]\d{3})+(,\d*)?")
+_PLAIN = re.compile(r"(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def parse_number(text: str | None, decimal_comma: bool = False, what: str = "amount") -> float:
+    """A number as people type it in exports; raises :class:`RowProblem` with a reason.
+
+    >>> parse_number("1,234.50"), parse_number("(12.5)"), parse_number("12.50-"), parse_number("€ 3")
+    (1234.5, -12.5, -12.5, 3.0)
+    >>> parse_number("1.234,50", decimal_comma=True), parse_number("1 234,5", decimal_comma=True)
+    (1234.5, 1234.5)
+    >>> parse_number("1,5")
+    Traceback (most recent call last):
+    ...
+    features.importer.RowProblem: bad amount: not a number (a comma that is not a thousands separator; decimal comma? use --decimal-comma)
+    >>> parse_number("")
+    Traceback (most recent call last):
+    ...
+    features.importer.RowProblem: missing amount
+    """
+    if text is None or not text.strip():
+        raise RowProblem(f"missing {what}")
+    s = text.strip().replace("\u00a0", " ").replace("\u202f", " ")
+    negative = False
+    if s.startswith("(") and s.endswith(")"):
+        negative, s = True, s[1:-1].strip()
+    s = re.sub(r"^[A-Za-z]{3}\s*|\s*[A-Za-z]{3}$", "", s.strip("€$£¥ ")).strip()  # "EUR 12", "12 USD"
+    if s.endswith("-"):
+        negative, s = not negative, s[:-1].strip()
+    if s.startswith(("-", "+")):
+        negative, s = (not negative) if s[0] == "-" else negative, s[1:].strip()
+    s = s.strip("€$£¥ ").strip()
+    if decimal_comma:
+        if _GROUPED_COMMA.fullmatch(s):
+            s = s.replace(".", "").replace(" ", "")
+        if s.count(",") == 1 and "." not in s:
+            s = s.replace(",", ".")
+    elif _GROUPED_DOT.fullmatch(s):
+        s = s.replace(",", "")
+    elif "," in s:
+        raise RowProblem(f"bad {what}: not a number (a comma that is not a thousands separator; "
+                         "decimal comma? use --decimal-comma)")
+    if not _PLAIN.fullmatch(s):
+        raise RowProblem(f"bad {what}: not a number")
+    value = float(s)
+    if math.isinf(value) or math.isnan(value):
+        raise RowProblem(f"bad {what}: not a finite number")
+    return -value if negative else value
+
+
+# --------------------------------------------------------------------- times
+_SLASH = re.compile(
+    r"(?P<a>\d{1,2})[/.](?P<b>\d{1,2})[/.](?P<y>\d{4}|\d{2})"
+    r"(?:[ T,]+(?P<H>\d{1,2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d{1,6}))?)?\s*(?P<p>[AaPp][Mm])?)?"
+)
+EXCEL_EPOCH = datetime(1899, 12, 30)
+# Bytes a file opened with errors="surrogateescape" could not decode.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+def _zone(name: str) -> tzinfo:
+    if name.upper() in ("UTC", "Z"):
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ImportFailed(f"unknown time zone {name!r} (use an IANA name such as Europe/Paris)") from exc
+
+
+def _to_ms(dt: datetime, zone: tzinfo) -> int:
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=zone)
+    ms = round(dt.timestamp() * 1000)
+    if not MIN_TS_MS <= ms < MAX_TS_MS:
+        raise RowProblem("time out of range: before 1990 or after 2100")
+    return ms
+
+
+def slash_evidence(text: str) -> str | None:
+    """``"dmy"`` / ``"mdy"`` when a slash or dot date settles the order, else ``None``.
+
+    >>> slash_evidence("13/12/2011"), slash_evidence("12/13/2011 10:00"), slash_evidence("1/2/2011")
+    ('dmy', 'mdy', None)
+    """
+    m = _SLASH.fullmatch(text.strip())
+    if not m:
+        return None
+    a, b = int(m["a"]), int(m["b"])
+    if a > 12 >= b:
+        return "dmy"
+    if b > 12 >= a:
+        return "mdy"
+    return None
+
+
+def parse_time(
+    text: str | None, time_format: str | None = None, date_order: DateOrder = "auto",
+    zone: tzinfo = UTC,
+) -> int:
+    """Epoch milliseconds for one time cell; raises :class:`RowProblem` with a reason.
+
+    >>> parse_time("2011-12-09 12:50:00"), parse_time("2011-12-09T13:50:00+01:00")
+    (1323435000000, 1323435000000)
+    >>> parse_time("1323435000"), parse_time("1323435000000"), parse_time("20111209")
+    (1323435000000, 1323435000000, 1323388800000)
+    >>> parse_time("12/9/2011 12:50", date_order="mdy"), parse_time("9.12.2011 12:50", date_order="dmy")
+    (1323435000000, 1323435000000)
+    >>> parse_time("12/9/2011 12:50 PM", date_order="mdy")
+    1323435000000
+    >>> parse_time("09/12/2011 12:50", "%d/%m/%Y %H:%M")
+    1323435000000
+    >>> from zoneinfo import ZoneInfo
+    >>> parse_time("2011-12-09 13:50", zone=ZoneInfo("Europe/Paris"))
+    1323435000000
+    >>> parse_time("12/9/2011")
+    Traceback (most recent call last):
+    ...
+    features.importer.RowProblem: ambiguous date: day and month both 12 or less (use --date-order or --time-format)
+    """
+    if text is None or not text.strip():
+        raise RowProblem("missing time")
+    s = text.strip()
+    try:
+        if time_format == "epoch_s":
+            return _to_ms(datetime.fromtimestamp(float(s), UTC), zone)
+        if time_format == "epoch_ms":
+            return _to_ms(datetime.fromtimestamp(float(s) / 1000, UTC), zone)
+        if time_format == "excel":
+            return _to_ms(EXCEL_EPOCH + timedelta(days=float(s)), zone)
+        if time_format:
+            return _to_ms(datetime.strptime(s, time_format), zone)
+    except (ValueError, OverflowError, OSError) as exc:
+        if isinstance(exc, RowProblem):
+            raise
+        raise RowProblem(f"bad time: does not match --time-format {time_format}") from None
+    digits = s.lstrip("-")
+    if re.fullmatch(r"\d+(\.\d+)?", digits):
+        whole = digits.split(".")[0]
+        try:
+            if len(whole) == 8 and "." not in digits:
+                return _to_ms(datetime.strptime(digits, "%Y%m%d"), zone)
+            if len(whole) in (9, 10):
+                return _to_ms(datetime.fromtimestamp(float(s), UTC), zone)
+            if len(whole) in (12, 13):
+                return _to_ms(datetime.fromtimestamp(float(s) / 1000, UTC), zone)
+        except (ValueError, OverflowError, OSError):
+            raise RowProblem("bad time: not a valid date") from None
+        raise RowProblem("bad time: a number that is neither epoch seconds (10 digits), "
+                         "milliseconds (13 digits) nor YYYYMMDD (use --time-format)")
+    m = _SLASH.fullmatch(s)
+    if m:
+        a, b, y = int(m["a"]), int(m["b"]), int(m["y"])
+        year = y + (2000 if y < 70 else 1900) if len(m["y"]) == 2 else y
+        if a > 12 and b > 12:
+            raise RowProblem("bad time: neither of the first two numbers can be a month")
+        order = date_order
+        if order == "auto":
+            order = slash_evidence(s) or "auto"  # type: ignore[assignment]
+        if order == "auto":
+            raise RowProblem("ambiguous date: day and month both 12 or less "
+                             "(use --date-order or --time-format)")
+        day, month = (a, b) if order == "dmy" else (b, a)
+        hour = int(m["H"] or 0)
+        if m["p"]:
+            if not 1 <= hour <= 12:
+                raise RowProblem("bad time: hour must be 1-12 with AM/PM")
+            hour = hour % 12 + (12 if m["p"].lower() == "pm" else 0)
+        try:
+            dt = datetime(year, month, day, hour, int(m["M"] or 0), int(m["S"] or 0),
+                          int((m["f"] or "0").ljust(6, "0")))
+        except ValueError:
+            raise RowProblem(f"bad time: not a valid date as {'day/month' if order == 'dmy' else 'month/day'}"
+                             "/year") from None
+        return _to_ms(dt, zone)
+    try:
+        parsed = datetime.fromisoformat(s.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise RowProblem("bad time: not a date in a known format (use --time-format)") from None
+    return _to_ms(parsed, zone)
+
+
+# --------------------------------------------------------------------- rows
+def _clean_id(value: str | None) -> str:
+    """Trimmed id; ``17850.0`` (a number through a spreadsheet) becomes ``17850``.
+
+    >>> _clean_id(" 17850.0 "), _clean_id("C536379"), _clean_id("0042")
+    ('17850', 'C536379', '0042')
+    """
+    s = (value or "").strip()
+    if re.fullmatch(r"\d+\.0+", s):
+        s = s.split(".")[0]
+    return s
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
+
+
+@dataclass
+class _Line:
+    """One usable row, parsed."""
+
+    line: int
+    customer: str
+    order: str | None
+    ts_ms: int
+    amount: float  # absolute
+    refund: bool
+    currency: str
+    item: dict[str, Any] | None
+    extra: dict[str, str]
+    key: str  # content hash, for ids without an order column
+
+
+def _records(lines: Iterable[str], delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """``(first line number, cells)`` per CSV record (quoted fields may span lines)."""
+    reader = csv.reader(lines, delimiter=delimiter)
+    start = 1
+    for cells in reader:
+        yield start, cells
+        start = reader.line_num + 1
+
+
+def import_transactions(
+    lines: Iterable[str], config: ImportConfig, delimiter: str = ",",
+    progress: Callable[[int], None] | None = None,
+) -> ImportResult:
+    """Read a transaction CSV (an iterable of text lines, header first) into purchase events.
+
+    Raises :class:`ImportFailed` when the command itself is wrong (a column
+    missing from the header, dates that no row disambiguates); bad rows are
+    skipped and reported in the result.
+    """
+    config.check()
+    zone = _zone(config.timezone)
+    delimiter = DELIMITERS.get(delimiter, delimiter)
+    records = _records(lines, delimiter)
+    result = ImportResult()
+    try:
+        _, header = next(records)
+    except StopIteration:
+        raise ImportFailed("the file is empty (no header line)") from None
+    header = [h.strip().lstrip("\ufeff") for h in header]
+    index = {name: i for i, name in reversed(list(enumerate(header)))}
+    absent = [c for c in config.columns() if c not in index]
+    if absent:
+        shown = ", ".join(header[:30])
+        raise ImportFailed(f"column(s) {', '.join(absent)} not in the header (columns: {shown})")
+    raw: list[tuple[int, dict[str, str]]] = []
+    evidence: Counter[str] = Counter()
+    needs_order = 0
+    for number, cells in records:
+        if not any(c.strip() for c in cells):
+            continue  # blank line
+        result.rows += 1
+        if progress and result.rows % 10_000 == 0:
+            progress(result.rows)
+        if len(cells) != len(header):
+            result.errors.append(RowError(number, f"wrong number of fields: {len(cells)}, "
+                                                  f"header has {len(header)}"))
+            continue
+        row = {c: cells[index[c]] for c in config.columns()}
+        if any(_UNDECODABLE.search(v) for v in row.values()):
+            result.errors.append(RowError(number, "not valid text in the file's encoding "
+                                                  "(try --encoding latin-1 or cp1252)"))
+            continue
+        raw.append((number, row))
+        if not config.time_format:
+            t = row[config.time].strip()
+            if _SLASH.fullmatch(t):
+                ev = slash_evidence(t)
+                if ev:
+                    evidence[ev] += 1
+                else:
+                    needs_order += 1
+    order = _decide_date_order(config, evidence, needs_order, result)
+    parsed: list[_Line] = []
+    seen: Counter[str] = Counter()
+    for number, row in raw:
+        try:
+            parsed.append(_parse_row(number, row, config, order, zone, seen))
+        except RowProblem as exc:
+            result.errors.append(RowError(number, str(exc)))
+    result.identical_rows = sum(n - 1 for n in seen.values() if n > 1)
+    result.events = _events(parsed, config, result)
+    result.errors.sort(key=lambda e: e.line)
+    return result
+
+
+def _decide_date_order(
+    config: ImportConfig, evidence: Counter[str], ambiguous: int, result: ImportResult
+) -> DateOrder:
+    if config.time_format:
+        result.date_order = f"--time-format {config.time_format}"
+        return config.date_order
+    if config.date_order != "auto":
+        result.date_order = f"{config.date_order} (--date-order)"
+        return config.date_order
+    if not evidence:
+        if ambiguous:
+            raise ImportFailed(
+                f"{ambiguous} slash dates and none with a day above 12: cannot tell day/month "
+                "from month/day. Pass --date-order dmy or mdy, or --time-format."
+            )
+        return "auto"
+    decided: DateOrder = "dmy" if evidence["dmy"] >= evidence["mdy"] else "mdy"
+    other = "mdy" if decided == "dmy" else "dmy"
+    n = evidence[decided]
+    note = f"{decided} (from {n:,} row{'s' if n != 1 else ''} with a day above 12)"
+    if evidence[other]:
+        note += f"; {evidence[other]:,} rows read the other way are skipped as bad dates"
+    result.date_order = note
+    return decided
+
+
+def _status(value: str) -> str | None:
+    """``completed`` / ``refunded`` for a status cell, ``None`` for not-a-purchase."""
+    s = value.strip().lower().replace("-", "_").replace(" ", "_")
+    if not s or s in COMPLETED_STATUSES:
+        return "completed"
+    if s in REFUND_STATUSES or s.startswith(("refund", "return", "cancel")):
+        return "refunded"
+    return None
+
+
+def _parse_row(
+    number: int, row: dict[str, str], config: ImportConfig, order: DateOrder, zone: tzinfo,
+    seen: Counter[str],
+) -> _Line:
+    customer = _clean_id(row[config.customer])
+    if not customer:
+        raise RowProblem("missing customer")
+    if len(customer) > 200:
+        raise RowProblem("bad customer: longer than 200 characters")
+    order_id: str | None = None
+    if config.order:
+        order_id = _clean_id(row[config.order])
+        if not order_id:
+            raise RowProblem("missing order")
+    ts = parse_time(row[config.time], config.time_format, order, zone)
+    quantity = (parse_number(row[config.quantity], config.decimal_comma, "quantity")
+                if config.quantity else None)
+    price = parse_number(row[config.price], config.decimal_comma, "price") if config.price else None
+    if config.amount:
+        amount = parse_number(row[config.amount], config.decimal_comma, "amount")
+    else:
+        amount = (price or 0.0) * (1.0 if quantity is None else quantity)
+    refund = amount < 0 or (quantity is not None and quantity < 0) or (price is not None and price < 0)
+    if config.status:
+        status = _status(row[config.status])
+        if status is None:
+            raise RowProblem("not a purchase: status is neither completed nor refunded")
+        refund = refund or status == "refunded"
+    if refund and config.refunds == "skip":
+        raise RowProblem("refund skipped (negative amount or quantity, or refund status)")
+    currency = config.default_currency
+    if config.currency:
+        cur = row[config.currency].strip()
+        if cur:
+            if not re.fullmatch(r"[A-Za-z]{3}", cur):
+                raise RowProblem("bad currency: not a 3-letter code")
+            currency = cur
+    item: dict[str, Any] | None = None
+    if config.product or config.price or config.quantity:
+        q = abs(quantity) if quantity is not None else 1.0
+        unit = abs(price) if price is not None else (abs(amount) / q if q else 0.0)
+        item = {"quantity": q, "price": round(unit, 6)}
+        if config.product and row[config.product].strip():
+            item["product_id"] = row[config.product].strip()[:200]
+        if config.category and row[config.category].strip():
+            item["category"] = row[config.category].strip()[:200]
+    extra = {c: row[c].strip() for c in config.extra if row[c].strip()}
+    key = _digest(*(row[c] for c in config.columns()))
+    seen[key] += 1
+    return _Line(number, customer, order_id, ts, abs(amount), refund, currency.upper(), item, extra,
+                 f"{key}#{seen[key]}")
+
+
+def _events(lines: list[_Line], config: ImportConfig, result: ImportResult) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str, bool], list[_Line]] = defaultdict(list)
+    for ln in lines:
+        groups[(ln.customer, ln.order or ln.key, ln.refund)].append(ln)
+    events: list[dict[str, Any]] = []
+    for (customer, order_key, refund), members in groups.items():
+        first = members[0]
+        kept = [m for m in members if m.currency == first.currency]
+        for m in members:
+            if m.currency != first.currency:
+                result.errors.append(RowError(m.line, "currency differs from the order's first line"))
+        status = "refunded" if refund else "completed"
+        if config.order:
+            event_id = "imp-" + _digest(customer, order_key, status)
+            order_id = order_key
+        else:
+            event_id = order_id = "imp-" + _digest(customer, order_key)
+        body: dict[str, Any] = {
+            "event_id": event_id,
+            "customer_id": customer,
+            "ts": ms_to_iso(min(m.ts_ms for m in kept)),
+            "type": "purchase",
+            "order_id": order_id,
+            "amount": round(sum(m.amount for m in kept), 6),
+            "currency": first.currency,
+            "status": status,
+        }
+        items = [m.item for m in kept if m.item is not None]
+        if items:
+            body["items"] = items
+        for name, value in first.extra.items():
+            body.setdefault(name, value)
+        event = decode(orjson.dumps(body))
+        if isinstance(event, EventError):  # a guard: the checks above should make this unreachable
+            for m in kept:
+                result.errors.append(RowError(m.line, "invalid event: " + event.reason.split(":")[0]))
+            continue
+        events.append(orjson.loads(encode(event)))
+        result.refund_events += refund
+    events.sort(key=lambda e: (e["ts"], e["event_id"]))
+    return events
+
+
+def write_events(events: Iterable[dict[str, Any]], path: str | Path) -> int:
+    """Write events as JSON Lines; returns how many."""
+    n = 0
+    with open(path, "wb") as out:
+        for event in events:
+            out.write(orjson.dumps(event) + b"\n")
+            n += 1
+    return n
+
+
+__all__ = [
+    "ImportConfig", "ImportFailed", "ImportResult", "RowError", "RowProblem", "import_transactions",
+    "parse_number", "parse_time", "slash_evidence", "write_events",
+]

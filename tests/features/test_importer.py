@@ -1,0 +1,343 @@
+"""Transaction CSV import: broken rows reported exactly, the rest valid purchase events."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from features.events import PurchaseEvent, decode
+from features.importer import (
+    ImportConfig,
+    ImportFailed,
+    import_transactions,
+    parse_number,
+    parse_time,
+)
+
+HEADER = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice",
+          "CustomerID", "Country"]
+RETAIL = ImportConfig(customer="CustomerID", time="InvoiceDate", order="InvoiceNo",
+                      quantity="Quantity", price="UnitPrice", product="StockCode",
+                      default_currency="GBP", extra=("Country",))
+
+
+def _ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+# ------------------------------------------------------------- 10,000 rows, 1% broken
+BREAKERS = [
+    ("bad time", lambda r: r.__setitem__(4, "31/31/2011 25:61")),
+    ("bad time", lambda r: r.__setitem__(4, "next tuesday")),
+    ("missing time", lambda r: r.__setitem__(4, "")),
+    ("bad price", lambda r: r.__setitem__(5, "abc")),
+    ("bad price", lambda r: r.__setitem__(5, "1,2")),
+    ("missing price", lambda r: r.__setitem__(5, " ")),
+    ("bad quantity", lambda r: r.__setitem__(3, "six")),
+    ("missing customer", lambda r: r.__setitem__(6, "")),
+    ("missing order", lambda r: r.__setitem__(0, "")),
+    ("time out of range", lambda r: r.__setitem__(4, "1/13/1970 10:00")),
+    ("wrong number of fields", lambda r: r.append("spill")),
+    ("wrong number of fields", lambda r: r.pop()),
+]
+
+
+def _history(rows: int = 10_000, broken: int = 100, seed: int = 42) -> tuple[str, dict[int, str], list[list[str]]]:
+    """A UCI Online Retail style export: (csv text, {line: reason} of broken rows, valid rows)."""
+    rng = random.Random(seed)
+    start = datetime(2010, 12, 1, 8, 0)
+    data: list[list[str]] = []
+    invoice = 536365
+    while len(data) < rows:
+        customer = f"{rng.randint(12346, 18287)}.0" if rng.random() < 0.5 else str(rng.randint(12346, 18287))
+        when = start + timedelta(minutes=rng.randint(0, 365 * 24 * 60))
+        cancel = rng.random() < 0.03
+        number = ("C" if cancel else "") + str(invoice)
+        invoice += 1
+        for _ in range(rng.randint(1, 6)):
+            qty = rng.randint(1, 24) * (-1 if cancel else 1)
+            desc = rng.choice(['WHITE HANGING HEART T-LIGHT HOLDER', 'SET 7 BABUSHKA NESTING BOXES',
+                               'GLASS STAR FROSTED, "BIG"', 'HAND WARMER\nUNION JACK', 'Ünïcode mug ☕'])
+            price = rng.choice(["2.55", "3.39", "0.85", "1,234.50", "0", "12.75"])
+            date = f"{when.month}/{when.day}/{when.year} {when.hour}:{when.minute:02d}"
+            data.append([number, f"{rng.randint(10000, 99999)}", desc, str(qty), date, price,
+                         customer, rng.choice(["United Kingdom", "France", "EIRE", "Germany"])])
+    data = data[:rows]
+    broken_at = sorted(rng.sample(range(rows), broken))
+    reasons: dict[int, str] = {}
+    for i in broken_at:
+        reason, breaker = rng.choice(BREAKERS)
+        breaker(data[i])
+        reasons[i] = reason
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(HEADER)
+    line = 2
+    by_line: dict[int, str] = {}
+    valid: list[list[str]] = []
+    for i, row in enumerate(data):
+        before = out.tell()
+        writer.writerow(row)
+        if i in reasons:
+            by_line[line] = reasons[i]
+        else:
+            valid.append(row)
+        line += out.getvalue()[before:].count("\n")  # quoted fields may span lines
+    return out.getvalue(), by_line, valid
+
+
+@pytest.fixture(scope="module")
+def history() -> tuple[str, dict[int, str], list[list[str]]]:
+    return _history()
+
+
+def test_ten_thousand_rows_one_percent_broken(history: tuple[str, dict[int, str], list[list[str]]]) -> None:
+    text, broken, valid = history
+    result = import_transactions(io.StringIO(text, newline=""), RETAIL)
+    assert result.rows == 10_000
+    assert {e.line: e.reason.split(":")[0] for e in result.errors} == broken
+    assert len(result.errors) == 100 and sum(result.skipped_by_reason().values()) == 100
+
+    # every other row is in exactly one valid, time-ordered purchase event
+    events = [decode(json.dumps(e)) for e in result.events]
+    assert all(isinstance(e, PurchaseEvent) for e in events)
+    purchases = [e for e in events if isinstance(e, PurchaseEvent)]
+    assert [e.ts_ms for e in purchases] == sorted(e.ts_ms for e in purchases)
+    assert len({e.event_id for e in purchases}) == len(purchases)
+    groups: dict[tuple[str, str, bool], float] = defaultdict(float)
+    for row in valid:
+        qty, price = float(row[3]), float(row[5].replace(",", ""))
+        groups[(row[6].removesuffix(".0"), row[0], qty < 0)] += abs(qty) * price
+    assert len(purchases) == len(groups)
+    assert sum(len(e.items or []) for e in purchases) == len(valid)
+    for e in purchases:
+        key = (e.customer_id, e.order_id, e.status == "refunded")
+        assert e.amount == pytest.approx(groups[key], abs=1e-4)
+        assert e.currency == "GBP" and e.extra("Country")
+    assert result.refund_events == sum(1 for k in groups if k[2]) > 0
+    assert result.date_order.startswith("mdy")
+
+
+def test_cli_reports_line_numbers_without_customer_ids(
+    history: tuple[str, dict[int, str], list[list[str]]], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from streams.cli import main
+
+    text, broken, valid = history
+    src = tmp_path / "retail.csv"
+    src.write_text(text, encoding="utf-8")
+    out = tmp_path / "retail.jsonl"
+    code = main(["import-transactions", str(src), "--customer", "CustomerID", "--time", "InvoiceDate",
+                 "--order", "InvoiceNo", "--quantity", "Quantity", "--price", "UnitPrice",
+                 "--product", "StockCode", "--default-currency", "GBP", "--max-errors", "5",
+                 "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0
+    summary = json.loads(captured.out)
+    assert summary["rows_read"] == 10_000 and summary["rows_skipped"] == 100
+    assert summary["skipped_by_reason"]["missing customer"] == sum(
+        1 for r in broken.values() if r == "missing customer")
+    assert summary["events_written"] == len(out.read_text().splitlines())
+    shown = [ln for ln in captured.err.splitlines() if ln.startswith("skipped line ")]
+    assert [int(ln.split()[2].rstrip(":")) for ln in shown] == sorted(broken)[:5]
+    assert "95 more skipped rows" in captured.err
+    customers = {row[6] for row in valid} | {row[6].removesuffix(".0") for row in valid}
+    assert not any(c and c in captured.err for c in customers)
+    # re-importing gives the same bytes (stable ids, stable order)
+    again = tmp_path / "again.jsonl"
+    main(["import-transactions", str(src), "--customer", "CustomerID", "--time", "InvoiceDate",
+          "--order", "InvoiceNo", "--quantity", "Quantity", "--price", "UnitPrice",
+          "--product", "StockCode", "--default-currency", "GBP", "--out", str(again)])
+    assert again.read_bytes() == out.read_bytes()
+
+
+# ------------------------------------------------------------------- parsing
+@pytest.mark.parametrize(("text", "kwargs", "expected"), [
+    ("2011-12-09", {}, "2011-12-09T00:00:00"),
+    ("2011-12-09 12:50:00", {}, "2011-12-09T12:50:00"),
+    ("2011-12-09T12:50", {}, "2011-12-09T12:50:00"),
+    ("2011-12-09T12:50:00Z", {}, "2011-12-09T12:50:00"),
+    ("2011-12-09T14:50:00+02:00", {}, "2011-12-09T12:50:00"),
+    ("2011-12-09 12:50:00.250", {}, "2011-12-09T12:50:00.250"),
+    ("1323435000", {}, "2011-12-09T12:50:00"),
+    ("1323435000.5", {}, "2011-12-09T12:50:00.500"),
+    ("1323435000000", {}, "2011-12-09T12:50:00"),
+    ("20111209", {}, "2011-12-09T00:00:00"),
+    ("12/9/2011 12:50", {"date_order": "mdy"}, "2011-12-09T12:50:00"),
+    ("12/9/2011 12:50", {"date_order": "dmy"}, "2011-09-12T12:50:00"),
+    ("12/13/2011 9:05", {}, "2011-12-13T09:05:00"),
+    ("13/12/2011", {}, "2011-12-13T00:00:00"),
+    ("13.12.11", {}, "2011-12-13T00:00:00"),
+    ("12/9/2011 12:50:30 AM", {"date_order": "mdy"}, "2011-12-09T00:50:30"),
+    ("09-12-2011 12:50", {"time_format": "%d-%m-%Y %H:%M"}, "2011-12-09T12:50:00"),
+    ("1323435000", {"time_format": "epoch_s"}, "2011-12-09T12:50:00"),
+    ("1323435000000", {"time_format": "epoch_ms"}, "2011-12-09T12:50:00"),
+    ("40886.5", {"time_format": "excel"}, "2011-12-09T12:00:00"),
+])
+def test_parse_time(text: str, kwargs: dict[str, Any], expected: str) -> None:
+    assert parse_time(text, **kwargs) == _ms(expected)
+
+
+def test_parse_time_timezone_for_naive_times_only() -> None:
+    from zoneinfo import ZoneInfo
+
+    paris = ZoneInfo("Europe/Paris")
+    assert parse_time("2011-07-09 12:00", zone=paris) == _ms("2011-07-09T10:00:00")  # summer time
+    assert parse_time("2011-12-09 12:00", zone=paris) == _ms("2011-12-09T11:00:00")
+    assert parse_time("2011-12-09T12:00:00+00:00", zone=paris) == _ms("2011-12-09T12:00:00")
+
+
+@pytest.mark.parametrize(("text", "kwargs", "reason"), [
+    ("", {}, "missing time"),
+    ("soon", {}, "bad time"),
+    ("2011-02-30", {}, "bad time"),
+    ("12/9/2011", {}, "ambiguous date"),
+    ("13/13/2011", {}, "bad time"),
+    ("1/2/1980", {"date_order": "dmy"}, "time out of range"),
+    ("123456", {}, "bad time"),
+    ("9/12/2011", {"time_format": "%Y-%m-%d"}, "bad time"),
+])
+def test_parse_time_errors(text: str, kwargs: dict[str, Any], reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_time(text, **kwargs)
+
+
+@pytest.mark.parametrize(("text", "decimal_comma", "expected"), [
+    ("12", False, 12.0), ("12.5", False, 12.5), (".5", False, 0.5), ("1,234.50", False, 1234.5),
+    ("1,234,567", False, 1234567.0), ("-3.2", False, -3.2), ("(3.20)", False, -3.2),
+    ("3.20-", False, -3.2), ("£1,200", False, 1200.0), ("EUR 12.00", False, 12.0),
+    ("12.00 USD", False, 12.0), ("1e3", False, 1000.0), ("+7", False, 7.0),
+    ("1.234,50", True, 1234.5), ("1 234,50", True, 1234.5), ("12,5", True, 12.5),
+    ("12", True, 12.0), ("\u00a0 9,90 €", True, 9.9),
+])
+def test_parse_number(text: str, decimal_comma: bool, expected: float) -> None:
+    assert parse_number(text, decimal_comma) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["abc", "1,2", "12,34.5", "1.2.3", "nan", "inf", "--1", "1 2"])
+def test_parse_number_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="bad amount"):
+        parse_number(text)
+
+
+# --------------------------------------------------------------- aggregation
+def _import(text: str, config: ImportConfig) -> Any:
+    return import_transactions(io.StringIO(text.lstrip(), newline=""), config)
+
+
+ORDERS = ImportConfig(customer="c", time="t", order="o", quantity="q", price="p", product="sku",
+                      default_currency="eur")
+
+
+def test_line_items_aggregate_into_one_event_per_customer_and_order() -> None:
+    result = _import("""
+c,o,t,q,p,sku
+a,1,2024-01-02 10:00,2,5.00,X
+a,1,2024-01-02 10:01,1,"1,000.00",Y
+b,1,2024-01-01 09:00,3,1.00,X
+a,1,2024-01-02 10:02,-1,5.00,X
+a,2,2024-01-03 10:00,1,7.50,Z
+""", ORDERS)
+    assert not result.errors
+    got = [(e["customer_id"], e["order_id"], e["status"], e["amount"], e["ts"][:16],
+            [(i.get("product_id"), i["quantity"], i["price"]) for i in e["items"]]) for e in result.events]
+    assert got == [
+        ("b", "1", "completed", 3.0, "2024-01-01T09:00", [("X", 3.0, 1.0)]),
+        ("a", "1", "completed", 1010.0, "2024-01-02T10:00", [("X", 2.0, 5.0), ("Y", 1.0, 1000.0)]),
+        ("a", "1", "refunded", 5.0, "2024-01-02T10:02", [("X", 1.0, 5.0)]),
+        ("a", "2", "completed", 7.5, "2024-01-03T10:00", [("Z", 1.0, 7.5)]),
+    ]
+    assert all(e["currency"] == "EUR" for e in result.events)
+    ids = [e["event_id"] for e in result.events]
+    assert len(set(ids)) == 4
+    assert [e["event_id"] for e in _import("""
+c,o,t,q,p,sku
+a,2,2024-01-03 10:00,1,7.50,Z
+""", ORDERS).events] == [ids[3]]  # the id depends on the order, not on the file around it
+
+
+def test_rows_without_order_are_one_purchase_each_and_identical_rows_stay_distinct() -> None:
+    cfg = ImportConfig(customer="c", time="t", amount="amt")
+    text = "c,t,amt\nx,2024-01-01,10\nx,2024-01-01,10\ny,2024-01-02,(4.50)\n"
+    result = _import(text, cfg)
+    assert [(e["amount"], e["status"]) for e in result.events] == [(10.0, "completed"), (10.0, "completed"),
+                                                                    (4.5, "refunded")]
+    assert len({e["event_id"] for e in result.events}) == 3 and result.identical_rows == 1
+    assert [e["event_id"] for e in _import(text, cfg).events] == [e["event_id"] for e in result.events]
+    assert "items" not in result.events[0]
+
+
+def test_status_column_and_refund_policy() -> None:
+    text = """
+c,o,t,amt,state
+a,1,2024-01-01,10,paid
+a,2,2024-01-02,10,Cancelled
+a,3,2024-01-03,10,pending
+a,4,2024-01-04,-3,
+"""
+    cfg = ImportConfig(customer="c", time="t", order="o", amount="amt", status="state")
+    result = _import(text, cfg)
+    assert [(e["order_id"], e["status"]) for e in result.events] == [
+        ("1", "completed"), ("2", "refunded"), ("4", "refunded")]
+    assert [(e.line, e.reason.split(":")[0]) for e in result.errors] == [(4, "not a purchase")]
+    skip = _import(text, ImportConfig(customer="c", time="t", order="o", amount="amt", status="state",
+                                      refunds="skip"))
+    assert [e["order_id"] for e in skip.events] == ["1"]
+    assert skip.skipped_by_reason() == {"refund skipped (negative amount or quantity, or refund status)": 2,
+                                        "not a purchase": 1}
+
+
+def test_slash_dates_decided_by_the_file_or_refused() -> None:
+    cfg = ImportConfig(customer="c", time="t", amount="a")
+    dmy = _import("c,t,a\nx,1/2/2024,1\nx,25/12/2024,1\n", cfg)
+    assert dmy.events[0]["ts"].startswith("2024-02-01") and dmy.date_order.startswith("dmy")
+    with pytest.raises(ImportFailed, match="--date-order"):
+        _import("c,t,a\nx,1/2/2024,1\nx,3/4/2024,1\n", cfg)
+    told = _import("c,t,a\nx,1/2/2024,1\n", ImportConfig(customer="c", time="t", amount="a", date_order="mdy"))
+    assert told.events[0]["ts"].startswith("2024-01-02")
+    mixed = _import("c,t,a\nx,25/12/2024,1\nx,26/12/2024,1\nx,12/27/2024,1\n", cfg)
+    assert [e.line for e in mixed.errors] == [4] and "other way" in mixed.date_order
+
+
+def test_command_errors_are_fatal_row_errors_are_not() -> None:
+    with pytest.raises(ImportFailed, match="column.*missing_col"):
+        _import("c,t,a\nx,2024-01-01,1\n", ImportConfig(customer="c", time="missing_col", amount="a"))
+    with pytest.raises(ImportFailed, match="--amount.*--price"):
+        _import("c,t,a\n", ImportConfig(customer="c", time="t"))
+    with pytest.raises(ImportFailed, match="empty"):
+        _import("", ImportConfig(customer="c", time="t", amount="a"))
+    with pytest.raises(ImportFailed, match="time zone"):
+        _import("c,t,a\n", ImportConfig(customer="c", time="t", amount="a", timezone="Mars/Olympus"))
+    cur = _import("c,o,t,a,cur\nx,1,2024-01-01,1,USD\nx,1,2024-01-01,2,EUR\nx,2,2024-01-01,2,dollars\n",
+                  ImportConfig(customer="c", time="t", order="o", amount="a", currency="cur"))
+    assert [(e.line, e.reason) for e in cur.errors] == [
+        (3, "currency differs from the order's first line"), (4, "bad currency: not a 3-letter code")]
+    assert [(e["currency"], e["amount"]) for e in cur.events] == [("USD", 1.0)]
+
+
+def test_undecodable_bytes_skip_their_row(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("c,t,a\nJos\xe9,2024-01-01,1\nx,2024-01-02,2\n".encode("latin-1"))
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        result = import_transactions(handle, ImportConfig(customer="c", time="t", amount="a"))
+    assert [e.line for e in result.errors] == [2] and "--encoding" in result.errors[0].reason
+    with open(path, encoding="latin-1", newline="") as handle:
+        assert len(import_transactions(handle, ImportConfig(customer="c", time="t", amount="a")).events) == 2
+
+
+def test_semicolon_decimal_comma_export() -> None:
+    result = import_transactions(io.StringIO("kunde;datum;betrag\nk1;09.12.2011 13:50;1.234,50\n"),
+                                 ImportConfig(customer="kunde", time="datum", amount="betrag",
+                                              decimal_comma=True, date_order="dmy",
+                                              timezone="Europe/Berlin"),
+                                 delimiter="semicolon")
+    assert [(e["amount"], e["ts"]) for e in result.events] == [(1234.5, "2011-12-09T12:50:00.000+00:00")]
