@@ -1,0 +1,235 @@
+-- leadpulse: apply one customer's batch of updates atomically.
+--
+-- Mirrors features.engine.apply_ops and InMemoryFeatureStore._apply_one
+-- exactly; tests/features/test_store_equivalence.py proves it.
+--
+-- KEYS[1]  state hash   lp:{tag}:f    field -> number written with %.17g
+-- KEYS[2]  event ids    lp:{tag}:ids  zset member event_id, score event time
+-- ARGV[1]  allowed lateness (ms)
+-- ARGV[2]  TTL in seconds for both keys (0 = no TTL)
+-- ARGV[3]  JSON array of updates [[event_id, ts_ms, [op, ...]], ...]
+--          op = ["r", name, slots, idx, amount, mode] | ["a", field, amount]
+--             | ["x", field, value] | ["n", field, value]
+--             | ["d", name, ts, amount, half_life] | ["s", base, value, ts, cap]
+--
+-- Returns {statuses, before}: statuses is one letter per update (a = applied,
+-- d = duplicate, l = late); before is the hash as it was before the batch, a
+-- JSON array [field1, value1, ...] of the raw stored strings (HGETALL).
+--
+-- Nothing is written before every update has been validated, and all writes
+-- come after the last possible error, so a bad batch changes nothing.
+
+if redis.replicate_commands then
+  redis.replicate_commands()
+end
+
+local fkey, idkey = KEYS[1], KEYS[2]
+local lateness = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local updates = cjson.decode(ARGV[3])
+
+local TIME_FIELD = '_t'
+-- InMemoryFeatureStore forgets old ids only once it holds more than this many.
+local ID_SOFT_LIMIT = 64
+
+local floor, fmod, pow = math.floor, math.fmod, math.pow
+local format, byte, sub = string.format, string.byte, string.sub
+
+local function isnum(x) return type(x) == 'number' end
+local function isstr(x) return type(x) == 'string' end
+local function isint(x) return type(x) == 'number' and x == floor(x) and x == x end
+
+-- Validation pass: the only errors this script can raise happen here.
+local arity = { r = 6, a = 3, x = 3, n = 3, d = 5, s = 5 }
+for i = 1, #updates do
+  local up = updates[i]
+  if type(up) ~= 'table' or not isstr(up[1]) or not isnum(up[2]) or type(up[3]) ~= 'table' then
+    return redis.error_reply('ERR leadpulse: malformed update #' .. i)
+  end
+  local ops = up[3]
+  for j = 1, #ops do
+    local op = ops[j]
+    local code = type(op) == 'table' and op[1]
+    local ok = arity[code] ~= nil and #op == arity[code]
+    if ok then
+      if code == 'r' then
+        ok = isstr(op[2]) and isint(op[3]) and op[3] > 0 and isint(op[4]) and isnum(op[5]) and isnum(op[6])
+      elseif code == 'd' then
+        ok = isstr(op[2]) and isnum(op[3]) and isnum(op[4]) and isnum(op[5])
+      elseif code == 's' then
+        ok = isstr(op[2]) and isstr(op[3]) and isnum(op[4]) and isnum(op[5])
+      else
+        ok = isstr(op[2]) and isnum(op[3])
+      end
+    end
+    if not ok then
+      return redis.error_reply('ERR leadpulse: malformed operation #' .. j .. ' in update #' .. i)
+    end
+  end
+end
+
+-- Load the state: numbers in `state`, stored text in `orig`.
+local raw = redis.call('HGETALL', fkey)
+local state, orig = {}, {}
+for i = 1, #raw, 2 do
+  local v = tonumber(raw[i + 1])
+  if v == nil then
+    return redis.error_reply('ERR leadpulse: non-numeric field in feature hash')
+  end
+  state[raw[i]] = v
+  orig[raw[i]] = raw[i + 1]
+end
+local dirty = {}
+
+local function set(k, v)
+  state[k] = v
+  dirty[k] = true
+end
+
+-- Python compares str by code point; UTF-8 bytes sort the same way. Lua's `<`
+-- on strings uses strcoll (locale-dependent), so compare bytes explicitly.
+local function bytes_lt(a, b)
+  local n = #a
+  if #b < n then n = #b end
+  for i = 1, n do
+    local x, y = byte(a, i), byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
+local function evict_oldest(prefix, nkey)
+  -- Smallest (time, key) goes, as Python's min() over (value, key) tuples.
+  local plen = #prefix
+  local best_k, best_v = nil, nil
+  for k, v in pairs(state) do
+    if sub(k, 1, plen) == prefix then
+      if best_k == nil or v < best_v or (v == best_v and bytes_lt(k, best_k)) then
+        best_k, best_v = k, v
+      end
+    end
+  end
+  set(best_k, nil)
+  set(nkey, state[nkey] - 1.0)
+end
+
+local function apply_ops(ops)
+  for j = 1, #ops do
+    local op = ops[j]
+    local code = op[1]
+    if code == 'r' then
+      local name, slots, idx, amount, mode = op[2], op[3], op[4], op[5], op[6]
+      -- fmod is exact on doubles; Python's % is non-negative for slots > 0.
+      local slot = fmod(idx, slots)
+      if slot < 0 then slot = slot + slots end
+      local sslot = format('%d', slot)
+      local ikey, vkey = name .. '|' .. sslot .. 'i', name .. '|' .. sslot .. 'v'
+      local held = state[ikey]
+      if held == nil or idx > held then
+        set(ikey, idx)
+        set(vkey, amount)
+      elseif idx == held then
+        if mode ~= 0 then
+          if amount > state[vkey] then set(vkey, amount) end
+        else
+          set(vkey, state[vkey] + amount)
+        end
+      end
+    elseif code == 'a' then
+      set(op[2], (state[op[2]] or 0.0) + op[3])
+    elseif code == 'x' then
+      local held = state[op[2]]
+      if held == nil or op[3] > held then set(op[2], op[3]) end
+    elseif code == 'n' then
+      local held = state[op[2]]
+      if held == nil or op[3] < held then set(op[2], op[3]) end
+    elseif code == 'd' then
+      local name, ts, amount, half_life = op[2], op[3], op[4], op[5]
+      local vkey, tkey = name .. '|v', name .. '|t'
+      local last = state[tkey]
+      if last == nil then
+        set(vkey, amount)
+        set(tkey, ts)
+      elseif ts >= last then
+        set(vkey, state[vkey] * pow(2.0, -(ts - last) / half_life) + amount)
+        set(tkey, ts)
+      else
+        set(vkey, state[vkey] + amount * pow(2.0, -(last - ts) / half_life))
+      end
+    elseif code == 's' then
+      local base, value, ts, cap = op[2], op[3], op[4], op[5]
+      local key, nkey = base .. '|d|' .. value, base .. '|n'
+      local held = state[key]
+      if held == nil then
+        set(key, ts)
+        set(nkey, (state[nkey] or 0.0) + 1.0)
+        if state[nkey] > cap then evict_oldest(base .. '|d|', nkey) end
+      elseif ts > held then
+        set(key, ts)
+      end
+    end
+  end
+end
+
+local statuses = {}
+local nids = nil -- ZCARD, fetched lazily
+local applied = false
+for i = 1, #updates do
+  local up = updates[i]
+  local eid, ts = up[1], up[2]
+  local newest = state[TIME_FIELD]
+  if newest ~= nil and ts < newest - lateness then
+    statuses[i] = 'l'
+  elseif redis.call('ZSCORE', idkey, eid) then
+    statuses[i] = 'd'
+  else
+    apply_ops(up[3])
+    redis.call('ZADD', idkey, ts, eid)
+    applied = true
+    if nids == nil then nids = redis.call('ZCARD', idkey) else nids = nids + 1 end
+    if newest == nil or ts > newest then
+      set(TIME_FIELD, ts)
+      if nids > ID_SOFT_LIMIT then
+        -- Ids older than the lateness horizon can only come back as `late`.
+        nids = nids - redis.call('ZREMRANGEBYSCORE', idkey, '-inf', '(' .. format('%.17g', ts - lateness))
+      end
+    end
+    statuses[i] = 'a'
+  end
+end
+
+if applied then
+  local hset, hdel = { 'HSET', fkey }, { 'HDEL', fkey }
+  for k in pairs(dirty) do
+    local v = state[k]
+    if v == nil then
+      if orig[k] ~= nil then hdel[#hdel + 1] = k end
+    else
+      local text = format('%.17g', v)
+      if text ~= orig[k] then
+        hset[#hset + 1] = k
+        hset[#hset + 1] = text
+      end
+    end
+  end
+  -- HSET in chunks: unpack() is bounded by the Lua C stack.
+  local CHUNK = 2000
+  for first = 3, #hset, CHUNK do
+    local last = first + CHUNK - 1
+    if last > #hset then last = #hset end
+    redis.call('HSET', fkey, unpack(hset, first, last))
+  end
+  for first = 3, #hdel, CHUNK do
+    local last = first + CHUNK - 1
+    if last > #hdel then last = #hdel end
+    redis.call('HDEL', fkey, unpack(hdel, first, last))
+  end
+  if ttl > 0 then
+    redis.call('EXPIRE', fkey, ttl)
+    redis.call('EXPIRE', idkey, ttl)
+  end
+end
+
+-- The before-state travels as one JSON array of strings: a single bulk reply is far
+-- cheaper for the client to parse than a multi-bulk of hundreds of elements.
+return { table.concat(statuses), #raw > 0 and cjson.encode(raw) or '[]' }

@@ -1,0 +1,246 @@
+"""The production feature store: one Redis hash per customer, updated by a Lua script.
+
+Semantics are those of :class:`features.store.InMemoryFeatureStore`, exactly
+(``tests/features/test_store_equivalence.py`` runs one suite against both):
+per update, ``late`` (older than the customer's newest event minus the allowed
+lateness), then ``duplicate`` (event id already applied), else ``applied``.
+
+Layout, hash-tagged so Redis Cluster keeps a customer on one slot:
+
+- ``lp:{<tag>}:f``: the flat feature state (field -> number as ``%.17g`` text,
+  so ``float()`` recovers the exact double);
+- ``lp:{<tag>}:ids``: sorted set of applied event ids scored by event time,
+  trimmed to the lateness window like the in-memory store does.
+
+``<tag>`` is the customer id itself, or ``~`` plus a SHA-256 hex digest when
+the id could break the tag (braces, empty, or a leading ``~``). Both keys get a
+TTL (default 400 days) refreshed whenever an update is applied.
+
+:meth:`RedisFeatureStore.apply` costs one network round trip per batch: one
+pipelined ``EVALSHA`` of ``features/apply.lua`` per customer in the batch.
+
+>>> key_tag("c1"), key_tag("a{b}")[:9]
+('c1', '~b8a4b706')
+>>> store = RedisFeatureStore.from_url("redis://localhost:6379/0")  # doctest: +SKIP
+>>> store.apply([Update("c1", "e1", 1_700_000_000_000, (("a", "n", 1.0),))]).statuses  # doctest: +SKIP
+['applied']
+>>> store.read(["c1"])  # doctest: +SKIP
+{'c1': {'n': 1.0, '_t': 1700000000000.0}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis
+
+from features.engine import Op, State
+from features.store import APPLIED, DUPLICATE, LATE, BatchResult, Update
+
+__all__ = ["RedisFeatureStore", "key_tag", "DEFAULT_TTL_SECONDS"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL_SECONDS = 400 * 86_400
+_STATUS = {"a": APPLIED, "d": DUPLICATE, "l": LATE}
+# Operation code -> tuple length (see features.engine.Op).
+_ARITY = {"r": 6, "a": 3, "x": 3, "n": 3, "d": 5, "s": 5}
+_GLOB_SPECIAL = frozenset("*?[]\\")
+
+
+def _load_script() -> str:
+    return resources.files("features").joinpath("apply.lua").read_text(encoding="utf-8")
+
+
+def key_tag(customer_id: str) -> str:
+    """The hash tag for a customer: the id itself unless it could break Cluster tagging.
+
+    Ids with ``{`` or ``}``, the empty id and ids starting with ``~`` map to
+    ``~`` plus a SHA-256 hex digest, so the mapping is deterministic and no two
+    customers share a tag.
+
+    >>> key_tag("cust-42")
+    'cust-42'
+    >>> key_tag("~x") == key_tag("~x") != "~x"
+    True
+    """
+    if not customer_id or "{" in customer_id or "}" in customer_id or customer_id[0] == "~":
+        return "~" + hashlib.sha256(customer_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return customer_id
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + ch if ch in _GLOB_SPECIAL else ch for ch in text)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+def _state_from_json(blob: bytes | str) -> State:
+    flat = orjson.loads(blob)
+    return {flat[i]: float(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+
+def _check_ops(ops: tuple[Op, ...] | list[Op]) -> None:
+    for op in ops:
+        n = _ARITY.get(op[0]) if op else None
+        if n is None or len(op) != n:
+            raise ValueError(f"unknown or malformed operation {op[:1]!r}")
+        if op[0] == "r" and not (type(op[2]) is int and type(op[3]) is int and op[2] > 0):
+            raise ValueError("ring operation needs integer slots > 0 and bucket index")
+        if op[0] == "s" and type(op[2]) is not str:
+            raise ValueError("distinct operation needs a str value")
+
+
+class RedisFeatureStore:
+    """:class:`~features.store.FeatureStore` on Redis (standalone or Cluster-friendly keys).
+
+    ``lateness_ms`` must match the in-memory store's for identical results;
+    ``ttl_seconds=0`` disables expiry; ``prefix`` namespaces every key.
+
+    >>> import redis
+    >>> store = RedisFeatureStore(redis.Redis(), lateness_ms=60_000, prefix="t")
+    >>> store.keys_for("c1")
+    ('t:{c1}:f', 't:{c1}:ids')
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        lateness_ms: int = 3_600_000,
+        ttl_seconds: int = DEFAULT_TTL_SECONDS,
+        prefix: str = "lp",
+    ) -> None:
+        if lateness_ms < 0 or ttl_seconds < 0:
+            raise ValueError("lateness_ms and ttl_seconds must be >= 0")
+        self.client = client
+        self.lateness_ms = int(lateness_ms)
+        self.ttl_seconds = int(ttl_seconds)
+        self.prefix = prefix
+        self._script = client.register_script(_load_script())
+        self._sha: str = self._script.sha
+
+    @classmethod
+    def from_url(cls, url: str, **kw: Any) -> RedisFeatureStore:
+        """A store on a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``).
+
+        >>> RedisFeatureStore.from_url("redis://localhost:6379/0", ttl_seconds=0)  # doctest: +SKIP
+        <features.redis_store.RedisFeatureStore object at ...>
+        """
+        return cls(redis.Redis.from_url(url), **kw)
+
+    def keys_for(self, customer_id: str) -> tuple[str, str]:
+        """``(state hash, event-id zset)`` keys of a customer."""
+        base = f"{self.prefix}:{{{key_tag(customer_id)}}}:"
+        return base + "f", base + "ids"
+
+    def customer_pattern(self, customer_id: str) -> str:
+        """SCAN pattern matching every key of a customer, whatever module added it.
+
+        >>> RedisFeatureStore(redis.Redis()).customer_pattern("a*b")
+        'lp:{a\\\\*b}:*'
+        """
+        return _glob_escape(f"{self.prefix}:{{{key_tag(customer_id)}}}:") + "*"
+
+    # -- FeatureStore -----------------------------------------------------------------
+
+    def apply(self, updates: Sequence[Update]) -> BatchResult:
+        """Apply a batch in one round trip; statuses in batch order, pre-batch states.
+
+        Updates are grouped by customer (order kept) and each group is one
+        atomic script call, so a redelivered batch counts nothing twice. A
+        malformed operation raises ``ValueError`` before anything is sent. The
+        TTL of a customer's keys is refreshed when one of its updates applies;
+        a batch of only duplicates or late events writes nothing.
+
+        >>> store.apply([up, up]).statuses  # doctest: +SKIP
+        ['applied', 'duplicate']
+        """
+        groups: dict[str, list[int]] = {}
+        for i, up in enumerate(updates):
+            _check_ops(up.ops)
+            groups.setdefault(up.customer_id, []).append(i)
+        result = BatchResult([""] * len(updates))
+        if not groups:
+            return result
+        calls: list[tuple[str, tuple[Any, ...]]] = []
+        for cid, idxs in groups.items():
+            payload = orjson.dumps(
+                [(updates[i].event_id, updates[i].ts_ms, updates[i].ops) for i in idxs]
+            )
+            fkey, idkey = self.keys_for(cid)
+            calls.append((cid, (2, fkey, idkey, self.lateness_ms, self.ttl_seconds, payload)))
+        replies = self._evalsha_all([args for _, args in calls])
+        for (cid, _), reply, idxs in zip(calls, replies, groups.values(), strict=True):
+            codes = _text(reply[0])
+            for i, code in zip(idxs, codes, strict=True):
+                result.statuses[i] = _STATUS[code]
+            result.before[cid] = _state_from_json(reply[1])
+        return result
+
+    def _evalsha_all(self, arglist: list[tuple[Any, ...]]) -> list[Any]:
+        """EVALSHA each argument tuple in one pipeline; load the script on NOSCRIPT."""
+        pending = list(range(len(arglist)))
+        replies: list[Any] = [None] * len(arglist)
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for i in pending:
+                pipe.execute_command("EVALSHA", self._sha, *arglist[i])
+            out = pipe.execute(raise_on_error=False)
+            retry: list[int] = []
+            for i, reply in zip(pending, out, strict=True):
+                if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 0:
+                    retry.append(i)
+                elif isinstance(reply, Exception):
+                    raise reply
+                else:
+                    replies[i] = reply
+            if not retry:
+                break
+            # The server lost the script (restart, SCRIPT FLUSH, failover): load and redo
+            # only the calls that did not run.
+            log.info("feature script not cached on server; loading it")
+            self._sha = self.client.script_load(self._script.script)
+            pending = retry
+        return replies
+
+    def read(self, customer_ids: Sequence[str]) -> dict[str, State]:
+        """States of customers (``{}`` for unknown ones), one round trip.
+
+        >>> store.read(["c1", "nobody"])  # doctest: +SKIP
+        {'c1': {...}, 'nobody': {}}
+        """
+        pipe = self.client.pipeline(transaction=False)
+        for cid in customer_ids:
+            pipe.hgetall(self.keys_for(cid)[0])
+        out: dict[str, State] = {}
+        for cid, raw in zip(customer_ids, pipe.execute(), strict=True):
+            out[cid] = {_text(k): float(v) for k, v in raw.items()}
+        return out
+
+    def erase(self, customer_id: str) -> int:
+        """Delete every key of a customer (state, ids, anything under its tag); count removed.
+
+        Scans the keyspace for the customer's tagged prefix, so keys added by
+        other modules (pending examples, ...) go too.
+
+        >>> store.erase("c1")  # doctest: +SKIP
+        2
+        """
+        keys = set(self.keys_for(customer_id))
+        for key in self.client.scan_iter(match=self.customer_pattern(customer_id), count=1000):
+            keys.add(_text(key))
+        removed = int(self.client.delete(*keys))
+        log.info("erased a customer: %d keys removed", removed)
+        return removed
+
+    def remembered_ids(self, customer_id: str) -> set[str]:
+        """Event ids kept for de-duplication (tests compare this with the in-memory store)."""
+        members: list[Any] = list(self.client.zrange(self.keys_for(customer_id)[1], 0, -1))
+        return {_text(m) for m in members}

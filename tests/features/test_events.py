@@ -1,0 +1,201 @@
+"""Event contracts: what decodes, what is refused and why; decoding never raises."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from features.events import (
+    MAX_EVENT_BYTES,
+    CampaignEvent,
+    EventError,
+    PurchaseEvent,
+    WebEvent,
+    decode,
+    encode,
+    parse_ts_ms,
+    read_jsonl,
+    read_jsonl_file,
+)
+
+T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+
+
+def web(**over: Any) -> dict[str, Any]:
+    return {"event_id": "e1", "customer_id": "c1", "ts": T0, "type": "web", "action": "page_view"} | over
+
+
+def purchase(**over: Any) -> dict[str, Any]:
+    body = {"event_id": "e2", "customer_id": "c1", "ts": T0, "type": "purchase",
+            "order_id": "o1", "amount": 42.5, "currency": "eur"}
+    return body | over
+
+
+def campaign(**over: Any) -> dict[str, Any]:
+    body = {"event_id": "e3", "customer_id": "c1", "ts": T0, "type": "campaign",
+            "campaign_id": "k1", "channel": "email", "action": "opened"}
+    return body | over
+
+
+def ok(body: dict[str, Any] | bytes) -> Any:
+    out = decode(body if isinstance(body, bytes) else orjson.dumps(body))
+    assert not isinstance(out, EventError), out.reason
+    return out
+
+
+def bad(body: dict[str, Any] | bytes | str) -> str:
+    raw = body if isinstance(body, bytes | str) else orjson.dumps(body)
+    out = decode(raw)
+    assert isinstance(out, EventError), out
+    assert out.raw == (raw.encode() if isinstance(raw, str) else raw)  # original bytes kept
+    return out.reason
+
+
+def test_three_types_discriminated() -> None:
+    assert isinstance(ok(web()), WebEvent)
+    p = ok(purchase())
+    assert isinstance(p, PurchaseEvent) and p.currency == "EUR" and p.status == "completed"
+    assert isinstance(ok(campaign()), CampaignEvent)
+
+
+@pytest.mark.parametrize(
+    ("ts", "expected"),
+    [
+        ("2024-01-01T00:00:00Z", T0),
+        ("2024-01-01T00:00:00z", T0),
+        ("2024-01-01T02:00:00+02:00", T0),
+        ("2023-12-31T19:00:00-05:00", T0),
+        ("2024-01-01T00:00:00.250+00:00", T0 + 250),
+        (T0, T0),
+        (str(T0), T0),
+        (float(T0), T0),
+    ],
+)
+def test_timestamps_rfc3339_with_offset_and_epoch_ms(ts: Any, expected: int) -> None:
+    assert ok(web(ts=ts)).ts_ms == expected
+    assert parse_ts_ms(ts) == expected
+
+
+@pytest.mark.parametrize(
+    ("ts", "reason"),
+    [
+        ("2024-01-01T00:00:00", "no UTC offset"),
+        ("yesterday", "not an RFC 3339"),
+        (0, "absurd"),
+        (1_704_067_200, "absurd"),  # epoch *seconds* are a unit bug, not 1970
+        (4_200_000_000_000, "absurd"),
+        ("1889-01-01T00:00:00Z", "absurd"),
+        (1e300, "absurd"),
+        (True, "RFC 3339 text or epoch"),
+        (None, "RFC 3339 text or epoch"),
+        ([T0], "RFC 3339 text or epoch"),
+    ],
+)
+def test_bad_and_absurd_timestamps(ts: Any, reason: str) -> None:
+    r = bad(web(ts=ts))
+    assert r.startswith("validation: ts:") and reason in r
+
+
+def test_oversized_payload_refused_before_parsing() -> None:
+    body = orjson.dumps(web(blob="x" * MAX_EVENT_BYTES))
+    assert bad(body).startswith(f"oversized: {len(body)} bytes")
+    assert isinstance(decode(body, max_bytes=len(body)), WebEvent)
+
+
+def test_unknown_extra_fields_kept_and_reencoded() -> None:
+    e = ok(web(region="north", segment={"tier": 2}))
+    assert e.extra("region") == "north" and e.extra("segment") == {"tier": 2}
+    assert e.extra("absent") is None
+    again = ok(encode(e))
+    assert again == e
+    assert orjson.loads(encode(e))["region"] == "north"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (web(event_id=7), "event_id: Input should be a valid string"),
+        (web(event_id=""), "event_id: String should have at least 1 character"),
+        (web(customer_id=None), "customer_id:"),
+        (web(action="teleport"), "action:"),
+        (web(type="sms"), "unknown type: 'sms'"),
+        ({"event_id": "e"}, "unknown type: 'None'"),
+        (purchase(amount="abc"), "amount: Input should be a valid number"),
+        (purchase(amount=-1), "amount: Input should be greater than or equal to 0"),
+        (purchase(currency="EURO"), "currency:"),
+        (purchase(order_id=""), "order_id:"),
+        (purchase(status="pending"), "status:"),
+        (purchase(items=[{"quantity": -2}]), "items.0.quantity:"),
+        (campaign(channel="fax"), "channel:"),
+        (campaign(action="page_view"), "action:"),
+    ],
+)
+def test_wrong_types_and_values(body: dict[str, Any], reason: str) -> None:
+    assert reason in bad(body)
+
+
+def test_lax_numeric_string_amount_is_coerced() -> None:
+    # Current contract (pydantic lax mode): a numeric string amount is accepted.
+    assert ok(purchase(amount="42.5")).amount == 42.5
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{not json", "invalid JSON"),
+        (b"", "invalid JSON"),
+        (b"\xff\xfe", "invalid JSON"),
+        (b'{"amount": 1e400}', "invalid JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'"text"', "not a JSON object"),
+        (b"null", "not a JSON object"),
+    ],
+)
+def test_malformed_json(raw: bytes, reason: str) -> None:
+    assert bad(raw).startswith(reason)
+
+
+def _jsonl(n: int, n_bad: int, seed: int = 7) -> tuple[list[bytes], set[int]]:
+    rnd = random.Random(seed)
+    breakers = [
+        lambda b: b[: len(b) // 2],  # truncated line
+        lambda b: b"not json at all",
+        lambda b: orjson.dumps({**orjson.loads(b), "ts": "2024-13-45T99:00:00Z"}),
+        lambda b: orjson.dumps({**orjson.loads(b), "type": "fax"}),
+        lambda b: orjson.dumps({**orjson.loads(b), "customer_id": 12}),
+        lambda b: orjson.dumps({**orjson.loads(b), "ts": 5}),
+        lambda b: orjson.dumps([orjson.loads(b)]),
+        lambda b: b + b"x" * MAX_EVENT_BYTES,
+        lambda b: orjson.dumps({k: v for k, v in orjson.loads(b).items() if k != "event_id"}),
+        lambda b: b"\x00\x01\x02",
+    ]
+    makers = [web, purchase, campaign]
+    bad_lines = set(rnd.sample(range(1, n + 1), n_bad))
+    lines = []
+    for i in range(1, n + 1):
+        body = orjson.dumps(makers[i % 3](event_id=f"e{i}", customer_id=f"c{i % 17}", ts=T0 + i))
+        lines.append(rnd.choice(breakers)(body) if i in bad_lines else body)
+    return lines, bad_lines
+
+
+def test_jsonl_thousand_lines_hundred_malformed(tmp_path: Path) -> None:
+    lines, bad_lines = _jsonl(1000, 100)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n\n")  # trailing blank lines are skipped
+    results = list(read_jsonl_file(path))  # must not raise
+    assert len(results) == 1000
+    errors = [(n, r) for n, r in results if isinstance(r, EventError)]
+    events = [r for _, r in results if not isinstance(r, EventError)]
+    assert len(events) == 900 and len(errors) == 100
+    assert {n for n, _ in errors} == bad_lines  # line numbers point at the bad lines
+    assert all(e.reason and e.raw for _, e in errors)
+    prefixes = {e.reason.split(":")[0] for _, e in errors}
+    assert prefixes <= {"invalid JSON", "validation", "unknown type", "oversized", "not a JSON object"}
+    assert len(prefixes) >= 4
+    assert {type(e) for e in events} == {WebEvent, PurchaseEvent, CampaignEvent}
+    # the in-memory path gives the same answer
+    assert [type(r) for _, r in read_jsonl(lines)] == [type(r) for _, r in results]
