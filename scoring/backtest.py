@@ -52,6 +52,9 @@ WEEK_MS = 7 * DAY_MS
 @dataclass
 class BacktestConfig:
     batch_size: int = 500
+    # A batch also ends when it spans this much event time: on sparse histories 500 events
+    # can cover months, and labels would mature (and be learned) that much too late.
+    max_batch_span_ms: int = 3_600_000
     reorder_window_ms: int = 3_600_000
     drop_types: tuple[str, ...] = ()  # e.g. ("web", "campaign") for a purchases-only replay
     batch_baseline: bool = True
@@ -240,6 +243,9 @@ def run_backtest(
         for ev in _reordered(valid_events(), config.reorder_window_ms):
             first_ts = ev.ts_ms if first_ts is None else first_ts
             last_ts = ev.ts_ms
+            if batch and ev.ts_ms - batch[0].ts_ms > config.max_batch_span_ms:
+                collect(core.process(batch))
+                batch = []
             batch.append(ev)
             if len(batch) >= config.batch_size:
                 collect(core.process(batch))

@@ -113,7 +113,9 @@ class ModelRegistry:
         self.kinds = {k.name: k for k in kinds}
         self.exclude = tuple(exclude)
         self.models = {
-            k.name: OnlineModel(k.name, k.model, k.min_labels, k.min_per_class)
+            k.name: OnlineModel(
+                k.name, k.model, k.min_labels, k.min_per_class, k.consolidate_every, k.window
+            )
             for k in kinds
             if k.learned
         }

@@ -68,8 +68,10 @@ class ScoreKind:
     requires_purchase: bool = False
     active_within: str | None = None  # eligible only if the last purchase is this recent
     model: ModelName = "logistic"
-    min_labels: int = 200  # cold start until this many labels, with min_per_class of each
-    min_per_class: int = 20
+    min_labels: int = 50  # cold start until this many labels, with min_per_class of each
+    consolidate_every: int = 200  # refit on the recent window after this many labels (0 = pure SGD)
+    window: int = 20_000  # labels kept for consolidation
+    min_per_class: int = 10
     bands: Bands = field(default_factory=Bands)
     rule_weights: Mapping[str, float] = field(default_factory=dict)  # rule / prior points
     rule_scale: float = 50.0

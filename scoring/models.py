@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 from river import compose, drift, linear_model, optim, preprocessing, tree
 
 ModelInput = dict[str, float]
@@ -51,9 +53,10 @@ def _pipeline(model: str) -> Any:
             preprocessing.StandardScaler(),
             tree.HoeffdingAdaptiveTreeClassifier(grace_period=100, seed=0),
         )
+    # AdaGrad adapts the step per feature: rare signals (a click, a refund) still move their weight.
     return compose.Pipeline(
         preprocessing.StandardScaler(),
-        linear_model.LogisticRegression(optimizer=optim.SGD(0.01), l2=1e-4),
+        linear_model.LogisticRegression(optimizer=optim.AdaGrad(0.1), l2=1e-4),
     )
 
 
@@ -68,13 +71,29 @@ class OnlineModel:
     """
 
     def __init__(
-        self, kind: str, model: str = "logistic", min_labels: int = 200, min_per_class: int = 20
+        self,
+        kind: str,
+        model: str = "logistic",
+        min_labels: int = 200,
+        min_per_class: int = 20,
+        consolidate_every: int = 0,
+        window: int = 20_000,
+        consolidate_max: int = 5_000,
     ) -> None:
         self.kind = kind
         self.model_name = model
         self.min_labels = min_labels
         self.min_per_class = min_per_class
         self.pipeline = _pipeline(model)
+        # Consolidation: a warm-started full refit of the same logistic model on the most
+        # recent ``window`` labels. Geometric schedule: after ``consolidate_every`` labels,
+        # then every 10% more labels (at most ``consolidate_max``), so refits are frequent
+        # while labels are few and cost stays bounded later. 0 = pure SGD.
+        self.consolidate_every = consolidate_every if model == "logistic" else 0
+        self.consolidate_max = consolidate_max
+        self.recent: deque[tuple[ModelInput, int]] = deque(maxlen=window)
+        self.since_consolidation = 0
+        self.consolidations = 0
         self.version = 0
         self.positives = 0
         self.drift = drift.ADWIN(delta=0.002)
@@ -101,10 +120,60 @@ class OnlineModel:
         self.pipeline.learn_one(x, bool(y))
         self.version += 1
         self.positives += int(bool(y))
+        if self.consolidate_every:
+            self.recent.append((x, int(bool(y))))
+            self.since_consolidation += 1
+            due = max(self.consolidate_every, min(self.version // 10, self.consolidate_max))
+            if self.since_consolidation >= due and self.ready:
+                self.consolidate()
         if prob is not None and self.drift.drift_detected:
             self.drifts += 1
             return True
         return False
+
+    def consolidate(self) -> None:
+        """Refit the logistic weights on the recent window, in the scaler's current space.
+
+        Per-label SGD steps keep the model fresh between refits; the refit brings it
+        to the optimum a batch job would reach on the same labels, which matters
+        most while labels are few. Bounded: ``window`` rows, warm-started.
+        """
+        from sklearn.linear_model import LogisticRegression
+
+        self.since_consolidation = 0
+        rows = list(self.recent)
+        labels = np.fromiter((y for _, y in rows), dtype=np.int8, count=len(rows))
+        if labels.min() == labels.max():
+            return
+        scaler = self.pipeline["StandardScaler"]
+        lr = self.pipeline["LogisticRegression"]
+        columns: dict[str, int] = {}
+        for x, _ in rows:
+            for k in x:
+                if k not in columns:
+                    columns[k] = len(columns)
+        means = np.array([scaler.means.get(k, 0.0) for k in columns])
+        stds = np.sqrt(np.array([scaler.vars.get(k, 0.0) for k in columns]))
+        z = np.zeros((len(rows), len(columns)))
+        for i, (x, _) in enumerate(rows):
+            for k, v in x.items():
+                z[i, columns[k]] = v
+        present = np.zeros_like(z, dtype=bool)
+        for i, (x, _) in enumerate(rows):
+            present[i, [columns[k] for k in x]] = True
+        safe = np.where(stds > 0, stds, 1.0)
+        # Absent inputs contribute nothing in River's linear model: keep them at 0 here too.
+        z = np.where(present & (stds > 0), (z - means) / safe, 0.0)
+        current = lr.weights
+        fit = LogisticRegression(C=1.0, max_iter=200, warm_start=True)
+        fit.coef_ = np.array([[current.get(k, 0.0) for k in columns]])
+        fit.intercept_ = np.array([lr.intercept])
+        fit.classes_ = np.array([0, 1])
+        fit.fit(z, labels)
+        for k, col in columns.items():
+            lr._weights[k] = float(fit.coef_[0, col])
+        lr.intercept = float(fit.intercept_[0])
+        self.consolidations += 1
 
     def explain(self, x: ModelInput, top: int = 3) -> list[tuple[str, float]]:
         """Top contributing features.
