@@ -88,6 +88,7 @@ from scoring.core import ModelRegistry, ScoringCore
 from streams.metrics import CONTENT_TYPE, LatencyWindow, Metrics
 from streams.pipeline import (
     CheckpointStore,
+    EventTimeAligner,
     Incoming,
     Learner,
     ModelRefresher,
@@ -228,6 +229,14 @@ class LiveWorker:
         self.started = time.time()
         self._learn_lock = asyncio.Lock()
         self._unacked_labels: list[tuple[Any, Any]] = []  # (stream, event) awaiting a snapshot
+        self._score_lock = asyncio.Lock()
+        self._score_stream: Any = None
+        self.received: dict[TP, int] = {}  # next offset to receive, per input partition
+        self.received_at: dict[TP, float] = {}  # when it last delivered (monotonic)
+        self._assigned_at = time.monotonic()
+        self.aligner: EventTimeAligner[tuple[Any, Any]] = EventTimeAligner(
+            list(settings.topics.inputs.values()), max_held=settings.align_max_held
+        )
         if not bare:
             self._build_core()
         self.app = self._build_app()
@@ -319,9 +328,11 @@ class LiveWorker:
             # stops, but the consumer then waits for every unacked label, so the
             # final snapshot has to be taken while the app is stopping.
             @app.task
-            async def learner_watch() -> None:
+            async def watch() -> None:
                 while True:
                     await asyncio.sleep(s.learner_tick_s)
+                    urgent = self.app.should_stop or not self.app.flow_control.is_active()
+                    await self.flush_held(everything=urgent)
                     await self.learner_tick()
 
         self._add_views(app)
@@ -395,15 +406,13 @@ class LiveWorker:
         ts = int(m.timestamp * 1000) if m.timestamp else None
         return Incoming(m.topic, m.partition, m.offset, m.key, value, ts)
 
-    def _track(self, events: Sequence[Any]) -> Counter[str]:
-        topics: Counter[str] = Counter()
+    def _track(self, events: Sequence[Any]) -> None:
+        """Processed positions and lag (high watermark minus processed) of input partitions."""
         consumer = self.app.consumer
         for ev in events:
             m = ev.message
-            topics[m.topic] += 1
-            tp = m.tp
-            if m.offset + 1 > self.positions.get(tp, -1):
-                self.positions[tp] = m.offset + 1
+            if m.offset + 1 > self.positions.get(m.tp, -1):
+                self.positions[m.tp] = m.offset + 1
         for tp in {ev.message.tp for ev in events}:
             try:
                 high = consumer.highwater(tp)
@@ -413,43 +422,117 @@ class LiveWorker:
                 self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
                     max(0, high - self.positions[tp])
                 )
-        return topics
 
     # ------------------------------------------------------------------ agents
     async def consume_only(self, stream: Any, events: Sequence[Any]) -> None:
         """The bare baseline: count, ack, measure."""
         now = time.time()
-        topics = self._track(events)
         for ev in events:
             await stream.ack(ev)
-        self.metrics.count({}, topics)
+        self._track(events)
+        self.metrics.count({}, Counter(ev.message.topic for ev in events))
         stamps = [int(ev.message.timestamp * 1000) for ev in events if ev.message.timestamp]
         self.latency.extend(self.metrics.observe_event_to_score(stamps, now))
         self.latency.mark(len(events), now)
 
     async def score_batch(self, stream: Any, events: Sequence[Any]) -> None:
-        """Decode, score and publish one batch, then ack it (see module docstring)."""
-        started = time.perf_counter()
-        messages = [self._incoming(ev) for ev in events]
-        try:
-            await self._retrying("redis", self.refresher.maybe_refresh)
-            result = await self._retrying("process", self.pipeline.process, messages)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            await self._fatal("process", exc)
+        """Decode a batch, hold valid events for event-time alignment, score what is ready.
+
+        Dead letters are published and acked with this batch; valid events are
+        acked once the batch that scores them has published its outputs.
+        """
+        self._score_stream = stream
+        now = time.monotonic()
+        async with self._score_lock:
+            messages = []
+            for ev in events:
+                msg = self._incoming(ev)
+                messages.append(msg)
+                tp = ev.message.tp
+                self.received[tp] = max(self.received.get(tp, 0), msg.offset + 1)
+                self.received_at[tp] = now
+            try:
+                by_shard, dead, counts = await self._call(self.pipeline.split, messages)
+            except Exception as exc:  # noqa: BLE001 - decode never raises; a bug if it does
+                await self._fatal("decode", exc)
+                return
+            faust_events = {id(m): ev for m, ev in zip(messages, events, strict=True)}
+            valid = [(msg, ev) for pairs in by_shard.values() for msg, ev in pairs]
+            held = {id(msg) for msg, _ in valid}
+            dead_events = [ev for m, ev in zip(messages, events, strict=True) if id(m) not in held]
+            self.aligner.add((msg, ev.ts_ms, (ev, faust_events[id(msg)])) for msg, ev in valid)
+            ready = self.aligner.release(self._caught_up)
+            await self._score_ready(stream, ready, dead, dead_events, counts, len(events))
+
+    async def flush_held(self, everything: bool) -> None:
+        """Release held events (all of them when a rebalance or shutdown is under way)."""
+        stream = self._score_stream
+        if stream is None or not len(self.aligner):
             return
-        await self.publish(result.records)
-        for ev in events:
-            await stream.ack(ev)
+        async with self._score_lock:
+            ready = self.aligner.flush() if everything else self.aligner.release(self._caught_up)
+            if everything:
+                self.received.clear()
+                self.received_at.clear()
+                self._assigned_at = time.monotonic()
+            if ready:
+                await self._score_ready(stream, ready, [], [], Counter(), 0)
+
+    def _caught_up(self, topic: str, partition: int) -> bool:
+        """Whether an input partition has no unread records for us (it holds nothing back).
+
+        True when what we received reaches the partition's high watermark, or
+        when it has delivered nothing for ``align_idle_s`` (an empty partition,
+        or one we resumed at its end, never delivers anything). Faust's own
+        read position is no use here: it runs thousands of records ahead of
+        the agent, in the stream's buffer.
+        """
+        tp = TP(topic, partition)
+        seen = self.received_at.get(tp, self._assigned_at)
+        if time.monotonic() - seen >= self.settings.align_idle_s:
+            return True
+        try:
+            high = self.app.consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - consumer not ready: do not hold anything back
+            return True
+        if high is None:
+            return False  # no fetch response yet: wait (bounded by align_idle_s)
+        return self.received.get(tp, 0) >= high
+
+    async def _score_ready(
+        self, stream: Any, ready: Sequence[Any], dead: list[OutRecord], dead_events: list[Any],
+        counts: Counter[str], received: int,
+    ) -> None:
+        started = time.perf_counter()
+        pairs = [(msg, ev) for msg, _, (ev, _) in ready]
+        records = list(dead)
+        score_ts: list[int] = []
+        if pairs:
+            try:
+                await self._retrying("redis", self.refresher.maybe_refresh)
+                result = await self._retrying("process", self.pipeline.score, pairs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                await self._fatal("process", exc)
+                return
+            records += result.records
+            counts = counts + result.counts
+            score_ts = result.score_event_ts_ms
+        await self.publish(records)
+        done = dead_events + [fev for _, _, (_, fev) in ready]
+        for fev in done:
+            await stream.ack(fev)
         now = time.time()
-        topics = self._track(events)
-        self.metrics.count(result.counts, topics)
+        self._track(done)
+        self.metrics.count(counts, Counter(m.topic for m in (fev.message for fev in done)))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        self.metrics.batch_events.observe(len(events))
+        if received:
+            self.metrics.batch_events.observe(received)
+        self.metrics.held.set(len(self.aligner))
         self.metrics.last_batch.set(now)
-        self.latency.extend(self.metrics.observe_event_to_score(result.score_event_ts_ms, now))
-        self.latency.mark(len(events), now)
+        self.latency.extend(self.metrics.observe_event_to_score(score_ts, now))
+        self.latency.mark(len(done), now)
         for kind, version in self.refresher.versions().items():
             self.metrics.model_version.labels(kind=kind).set(version)
 

@@ -69,11 +69,12 @@ where the last snapshot ends. Scorers hot-swap newer snapshots through
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 
@@ -83,9 +84,11 @@ from scoring.state import ModelStore
 from streams.settings import Topics
 
 Header = tuple[str, bytes]
+P = TypeVar("P")
 
 __all__ = [
     "BatchOutput",
+    "EventTimeAligner",
     "Incoming",
     "Learner",
     "ModelRefresher",
@@ -241,16 +244,26 @@ class Pipeline:
     def process(self, messages: Sequence[Incoming]) -> BatchOutput:
         """One batch in, records to publish out (dead letters first, then per shard)."""
         by_shard, dead, counts = self.split(messages)
-        out = BatchOutput(records=dead, counts=counts)
+        out = self.score([p for pairs in by_shard.values() for p in pairs])
+        out.records[:0] = dead
+        out.counts.update(counts)
+        return out
+
+    def score(self, pairs: Sequence[tuple[Incoming, AnyEvent]]) -> BatchOutput:
+        """Score decoded events: grouped by shard, each shard's events in event time."""
+        by_shard: dict[str, list[tuple[Incoming, AnyEvent]]] = {}
+        for msg, ev in pairs:
+            by_shard.setdefault(str(msg.partition), []).append((msg, ev))
+        out = BatchOutput()
         for shard in sorted(by_shard, key=lambda s: int(s) if s.isdigit() else s):
-            pairs = by_shard[shard]
+            group = by_shard[shard]
             # The three input topics interleave arbitrarily inside a batch: apply a
             # shard's events in event time (stable, so equal times keep arrival order).
-            pairs.sort(key=lambda p: p[1].ts_ms)
-            result = self.core.process([ev for _, ev in pairs], shard=shard)
+            group.sort(key=lambda p: p[1].ts_ms)
+            result = self.core.process([ev for _, ev in group], shard=shard)
             out.shards.append(shard)
             out.counts.update(result.counts)
-            self._encode(result, pairs, out)
+            self._encode(result, group, out)
         return out
 
     def _encode(self, result: Any, pairs: list[tuple[Incoming, AnyEvent]], out: BatchOutput) -> None:
@@ -278,6 +291,85 @@ class Pipeline:
     def erase_records(self, customer_id: str) -> list[OutRecord]:
         """What to publish when a customer is erased: a tombstone on the compacted scores topic."""
         return [OutRecord(self.topics.scores, customer_id.encode(), None)]
+
+
+class EventTimeAligner(Generic[P]):
+    """Releases a shard's events across its input partitions in event-time order.
+
+    The input topics of a shard (partition ``p`` of web, purchase and
+    campaign) are separate Kafka partitions, fetched at their own pace. Live,
+    they are all caught up and nothing waits. With a backlog (a replay, a
+    backfill, a worker that was down) the consumer reads each partition in
+    chunks of similar *size*, not similar event time: a sparse purchases
+    partition races weeks ahead of a dense web partition, and the feature
+    store would reject the web events as later than the allowed lateness.
+
+    So events are held per shard and released only up to the smallest event
+    time reached by the shard's partitions that still have unread records on
+    the broker (``caught_up(topic, partition)`` says which have none). A
+    partition that is caught up holds nothing back, so live traffic flows
+    through at once. ``max_held`` bounds memory: past it the oldest events go
+    regardless.
+
+    >>> a = EventTimeAligner(["web", "buy"], max_held=100)
+    >>> a.add([(Incoming("buy", 0, 0, b"c", b""), 50, "p1"), (Incoming("web", 0, 0, b"c", b""), 10, "w1")])
+    >>> [x[2] for x in a.release(lambda topic, p: False)]  # buy is at 50, web only at 10
+    ['w1']
+    >>> a.add([(Incoming("web", 0, 1, b"c", b""), 60, "w2")])
+    >>> [x[2] for x in a.release(lambda topic, p: False)], len(a)
+    (['p1'], 1)
+    >>> [x[2] for x in a.release(lambda topic, p: True)]  # everything read: no reason to wait
+    ['w2']
+    """
+
+    def __init__(self, inputs: Sequence[str], max_held: int = 50_000) -> None:
+        self.inputs = tuple(inputs)
+        self.max_held = max_held
+        self._heaps: dict[int, list[tuple[int, int, tuple[Incoming, int, P]]]] = {}
+        self._frontier: dict[tuple[str, int], int] = {}
+        self._seq = 0
+        self._held = 0
+        self.forced = 0  # released early because of max_held
+
+    def __len__(self) -> int:
+        return self._held
+
+    def add(self, items: Iterable[tuple[Incoming, int, P]]) -> None:
+        """Hold ``(message, event time ms, payload)`` items."""
+        for item in items:
+            msg, ts, _ = item
+            key = (msg.topic, msg.partition)
+            if ts > self._frontier.get(key, -(2**62)):
+                self._frontier[key] = ts
+            self._seq += 1
+            heapq.heappush(self._heaps.setdefault(msg.partition, []), (ts, self._seq, item))
+            self._held += 1
+
+    def release(self, caught_up: Callable[[str, int], bool]) -> list[tuple[Incoming, int, P]]:
+        """Items that can go now, oldest first within each shard."""
+        out: list[tuple[Incoming, int, P]] = []
+        for partition, heap in self._heaps.items():
+            limit: float = float("inf")
+            for topic in self.inputs:
+                if caught_up(topic, partition):
+                    continue
+                limit = min(limit, self._frontier.get((topic, partition), float("-inf")))
+            while heap and heap[0][0] <= limit:
+                out.append(heapq.heappop(heap)[2])
+        while self._held - len(out) > self.max_held:
+            heap = min((h for h in self._heaps.values() if h), key=lambda h: h[0][0])
+            out.append(heapq.heappop(heap)[2])
+            self.forced += 1
+        self._held -= len(out)
+        return out
+
+    def flush(self) -> list[tuple[Incoming, int, P]]:
+        """Everything held, and forget the partitions' progress (rebalance, shutdown)."""
+        out = [heapq.heappop(h)[2] for h in self._heaps.values() for _ in range(len(h))]
+        self._heaps.clear()
+        self._frontier.clear()
+        self._held = 0
+        return out
 
 
 class ModelRefresher:
