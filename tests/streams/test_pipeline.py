@@ -1,0 +1,252 @@
+"""Unit tests of the Kafka-free glue (streams/pipeline.py) with in-process stores."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import orjson
+import pytest
+
+from features.events import decode
+from scoring.core import Labelled, ModelRegistry, ScoringCore
+from scoring.kinds import default_kinds
+from scoring.simulator import SimulationConfig, simulate
+from scoring.state import InMemoryModelStore
+from streams.live_cli import _route
+from streams.metrics import LatencyWindow, Metrics
+from streams.pipeline import (
+    CheckpointStore,
+    EventTimeAligner,
+    Incoming,
+    Learner,
+    ModelRefresher,
+    Pipeline,
+    labelled_from_json,
+    labelled_to_json,
+)
+from streams.settings import Topics
+
+T = Topics()
+SCORE_FIELDS = {
+    "customer_id", "kind", "old_value", "value", "probability", "band", "old_band", "grade",
+    "model_version", "source", "reasons", "event_id", "cause", "ts",
+}
+
+
+def purchase(eid: str, cid: str = "c1", ts: str = "2024-03-01T10:00:00Z", amount: float = 80) -> bytes:
+    return orjson.dumps({"event_id": eid, "customer_id": cid, "ts": ts, "type": "purchase",
+                         "order_id": f"o-{eid}", "amount": amount, "currency": "EUR"})
+
+
+def web(eid: str, cid: str = "c1", ts: str = "2024-03-01T09:00:00Z", action: str = "product_view") -> bytes:
+    return orjson.dumps({"event_id": eid, "customer_id": cid, "ts": ts, "type": "web",
+                         "action": action, "session_id": "s1"})
+
+
+def msg(value: bytes | None, partition: int = 0, offset: int = 0, key: bytes | None = b"c1",
+        topic: str = T.purchase, ts: int | None = None) -> Incoming:
+    return Incoming(topic, partition, offset, key, value, ts)
+
+
+@pytest.fixture
+def pipe() -> Pipeline:
+    return Pipeline(ScoringCore.in_memory(learn_inline=False))
+
+
+def test_invalid_records_are_dead_lettered_with_connect_headers(pipe: Pipeline) -> None:
+    batch = pipe.process([
+        msg(b"{not json", offset=3, topic=T.web),
+        msg(None, offset=4),
+        msg(b'{"event_id":"e","type":"purchase"}', offset=5),
+        msg(purchase("e1"), offset=6),
+    ])
+    dead = [r for r in batch.records if r.topic == T.dlq]
+    assert [r.value for r in dead] == [b"{not json", b"", b'{"event_id":"e","type":"purchase"}']
+    headers = [dict(r.headers) for r in dead]
+    assert [h["__connect.errors.offset"] for h in headers] == [b"3", b"4", b"5"]
+    assert headers[0]["__connect.errors.topic"] == T.web.encode()
+    assert headers[0]["__connect.errors.partition"] == b"0"
+    assert headers[0]["__connect.errors.exception.message"].startswith(b"invalid JSON")
+    assert headers[1]["__connect.errors.exception.message"] == b"empty message (null value)"
+    assert headers[2]["__connect.errors.exception.message"].startswith(b"validation: ")
+    assert all(r.key == b"c1" for r in dead)
+    assert batch.counts["invalid"] == 3 and batch.counts["applied"] == 1
+
+
+def test_key_must_be_the_customer_id_unless_disabled() -> None:
+    strict = Pipeline(ScoringCore.in_memory(learn_inline=False))
+    out = strict.process([msg(purchase("e1"), key=b"someone-else"), msg(purchase("e2"), key=None)])
+    assert out.counts["key_mismatch"] == 2 and out.counts.get("applied", 0) == 0
+    assert {dict(r.headers)["__connect.errors.stage"] for r in out.records} == {b"key_check"}
+    lax = Pipeline(ScoringCore.in_memory(learn_inline=False), require_key_match=False)
+    assert lax.process([msg(purchase("e1"), key=None)]).counts["applied"] == 1
+
+
+def test_score_records_are_keyed_json_with_the_documented_fields(pipe: Pipeline) -> None:
+    batch = pipe.process([msg(web("e0"), topic=T.web, ts=1), msg(purchase("e1"), ts=2)])
+    scores = [r for r in batch.records if r.topic == T.scores]
+    assert scores, "a first event publishes first scores"
+    for r in scores:
+        rec = json.loads(r.value)
+        assert set(rec) >= SCORE_FIELDS
+        assert r.key == rec["customer_id"].encode() == b"c1"
+        assert rec["source"] in {"model", "cold_start", "rule"}
+        assert 0 <= rec["value"] <= 100 and 0 <= rec["grade"] <= 10
+    assert batch.counts["scores_published"] == len(scores)
+    assert sorted(batch.score_event_ts_ms) == sorted(
+        {"e0": 1, "e1": 2}[json.loads(r.value)["event_id"]] for r in scores
+    )
+
+
+def test_redelivered_events_change_nothing_and_alert_nothing(pipe: Pipeline) -> None:
+    events = [dict(e) for e in simulate(SimulationConfig(customers=30, days=30, seed=4))]
+    messages = [
+        msg(orjson.dumps(e), partition=zlib.crc32(e["customer_id"].encode()) % 3, offset=i,
+            key=e["customer_id"].encode(),
+            topic=T.inputs[e["type"]])
+        for i, e in enumerate(events)
+    ]
+    first = [pipe.process(messages[i:i + 100]) for i in range(0, len(messages), 100)]
+    assert sum(b.counts["alerts"] for b in first) > 0
+    again = [pipe.process(messages[i:i + 100]) for i in range(0, len(messages), 100)]
+    # Each redelivered event is a duplicate, or older than the allowed lateness: never applied.
+    assert sum(b.counts["duplicates"] + b.counts["late"] for b in again) == len(messages)
+    assert sum(b.counts.get("applied", 0) for b in again) == 0
+    assert sum(b.counts.get("alerts", 0) for b in again) == 0
+    assert not any(r.topic in (T.scores, T.alerts, T.triggers) and json.loads(r.value).get("event_id")
+                   for b in again for r in b.records)
+
+
+def test_batches_are_split_by_source_partition_into_shards(pipe: Pipeline) -> None:
+    out = pipe.process([
+        msg(purchase("a", cid="c1", ts="2024-03-02T00:00:00Z"), partition=1, key=b"c1"),
+        msg(purchase("b", cid="c2", ts="2024-03-05T00:00:00Z"), partition=2, key=b"c2"),
+    ])
+    assert out.shards == ["1", "2"]
+    state = pipe.core.state
+    # Each shard keeps its own watermark (newest event of the shard minus lateness).
+    assert state.watermark("2") - state.watermark("1") == 3 * 86_400_000
+
+
+def test_a_shards_events_are_applied_in_event_time_within_a_batch(pipe: Pipeline) -> None:
+    # Arrival order: purchase (10:00) before the web view (09:00) from another topic.
+    out = pipe.process([msg(purchase("p", ts="2024-03-01T10:00:00Z")),
+                        msg(web("w", ts="2024-03-01T09:00:00Z"), topic=T.web)])
+    first = [json.loads(r.value) for r in out.records if r.topic == T.scores]
+    assert first[0]["event_id"] == "w"
+
+
+def test_matured_examples_go_to_the_labels_topic_and_are_not_learned_inline() -> None:
+    core = ScoringCore.in_memory(learn_inline=False)
+    pipe = Pipeline(core)
+    events = [dict(e) for e in simulate(SimulationConfig(customers=30, days=60, seed=2))]
+    labels = []
+    for i in range(0, len(events), 200):
+        chunk = events[i:i + 200]
+        out = pipe.process([msg(orjson.dumps(e), key=e["customer_id"].encode(), topic=T.inputs[e["type"]])
+                            for e in chunk])
+        labels += [labelled_from_json(r.value) for r in out.records if r.topic == T.labels]
+    assert labels and all(isinstance(x, Labelled) and x.x for x in labels)
+    assert all(m.version == 0 for m in core.registry.models.values())
+
+
+def test_labelled_round_trip_and_bad_records() -> None:
+    ex = Labelled("churn_risk", "c1", "x1", 1, 2, 0.25, 0.5, "model", 1, {"a": 1.5})
+    assert labelled_from_json(labelled_to_json(ex)) == ex
+    with pytest.raises(ValueError):
+        labelled_from_json(b'{"kind": "x"}')
+
+
+def _example(i: int, label: int) -> Labelled:
+    return Labelled("churn_risk", f"c{i}", f"x{i}", i, i + 1, 0.5, 0.5, "cold_start", label,
+                    {"orders_total": float(label), "f": float(i % 7)})
+
+
+def test_learner_is_exactly_once_across_redelivery_restart_and_handover() -> None:
+    store = CheckpointStore(InMemoryModelStore())
+    clock = [0.0]
+    a = Learner(ModelRegistry(default_kinds()), store, every_labels=10, every_s=60, clock=lambda: clock[0])
+    items = [(i, _example(i, i % 2)) for i in range(25)]
+    a.learn(items[:12])
+    assert a.due() and a.checkpoint() == 12
+    a.learn(items[5:20])  # redelivery of 5..11 is skipped
+    assert a.registry.models["churn_risk"].version == 20 and a.skipped == 7
+    # Crash before the next snapshot: a new learner resumes at offset 12 and relearns 12..24.
+    b = Learner(ModelRegistry(default_kinds()), store, every_labels=10, every_s=60)
+    b.learn(items)
+    assert b.registry.models["churn_risk"].version == 25
+    b.checkpoint()
+    # The first learner comes back (partition handed back): it restores b's snapshot first.
+    a.learn([(25, _example(25, 1))])
+    assert a.registry.models["churn_risk"].version == 26 and a.next_offset == 26
+    # Time-based snapshot.
+    c = Learner(ModelRegistry(default_kinds()), store, every_labels=1000, every_s=30, clock=lambda: clock[0])
+    c.learn([(26, _example(26, 0))])
+    assert not c.due()
+    clock[0] = 31.0
+    assert c.due()
+
+
+def test_model_refresher_hot_swaps_newer_snapshots_at_most_every_interval() -> None:
+    store = InMemoryModelStore()
+    learner = ModelRegistry(default_kinds())
+    learner.learn([_example(i, i % 2) for i in range(30)])
+    scorer = ModelRegistry(default_kinds())
+    now = [0.0]
+    refresher = ModelRefresher(scorer, store, every_s=5, clock=lambda: now[0])
+    assert refresher.maybe_refresh() == []
+    learner.save(store)
+    assert refresher.maybe_refresh() == []  # too soon
+    now[0] = 5.0
+    assert "churn_risk" in refresher.maybe_refresh()
+    assert refresher.versions()["churn_risk"] == 30
+
+
+def test_aligner_releases_in_event_time_and_bounds_memory() -> None:
+    a: EventTimeAligner[str] = EventTimeAligner([T.web, T.purchase], max_held=3)
+    a.add([(msg(b"", topic=T.purchase, partition=0), 100, "p100"),
+           (msg(b"", topic=T.web, partition=0), 10, "w10"),
+           (msg(b"", topic=T.web, partition=1), 5, "other-shard")])
+    lagging = {(T.web, 0), (T.purchase, 0), (T.web, 1), (T.purchase, 1)}
+    out = a.release(lambda t, p: (t, p) not in lagging)
+    assert [x[2] for x in out] == ["w10"]  # shard 1 waits for its purchase partition
+    a.add([(msg(b"", topic=T.web), ts, f"w{ts}") for ts in (20, 30, 40)])
+    out = a.release(lambda t, p: (t, p) not in lagging)
+    # Web reached 40 < purchase 100: web events go; past max_held the oldest goes anyway.
+    assert [x[2] for x in out] == ["w20", "w30", "w40"]
+    assert len(a) == 2
+    assert sorted(x[2] for x in a.flush()) == ["other-shard", "p100"] and len(a) == 0
+
+
+def test_erase_publishes_a_tombstone_on_the_compacted_scores_topic(pipe: Pipeline) -> None:
+    (rec,) = pipe.erase_records("c9")
+    assert (rec.topic, rec.key, rec.value) == (T.scores, b"c9", None)
+
+
+def test_replay_routing() -> None:
+    assert _route(purchase("e1"), T.inputs) == (T.purchase, b"c1", 1709287200000)
+    assert _route(b'{"type":"web","customer_id":7,"ts":"nope"}', T.inputs) == (T.web, None, None)
+    assert _route(b'{"type":"call_center"}', T.inputs)[0] is None
+    assert _route(b"{oops", T.inputs)[0] is None
+
+
+def test_metrics_never_label_customers() -> None:
+    m = Metrics()
+    m.count({"invalid": 2, "alerts": 1}, {T.web: 5})
+    m.observe_event_to_score([1_000], now=1.5)  # 0.5 s
+    m.observe_event_to_score([0], now=10_000.0)  # replayed history: ignored
+    text = m.render().decode()
+    assert 'leadpulse_events_in_total{topic="leadpulse.events.web"} 5.0' in text
+    assert "leadpulse_event_to_score_seconds_count 1.0" in text
+    assert "c1" not in text
+    w = LatencyWindow(10)
+    w.extend([0.1] * 20)
+    assert w.summary()["samples"] == 10
+
+
+def test_decode_reason_is_what_the_dead_letter_carries() -> None:
+    bad = b'{"event_id":"e","customer_id":"c","ts":"2024-01-01T00:00:00Z","type":"purchase","order_id":"o","amount":-1,"currency":"EUR"}'
+    out = Pipeline(ScoringCore.in_memory()).process([msg(bad, key=b"c")])
+    reason = dict(out.records[0].headers)["__connect.errors.exception.message"].decode()
+    assert reason == decode(bad).reason  # type: ignore[union-attr]
