@@ -19,10 +19,10 @@ ValueError: bad: unknown action 'teleport' for web
 from __future__ import annotations
 
 import re
-from functools import cached_property
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 

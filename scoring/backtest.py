@@ -186,7 +186,8 @@ def run_backtest(
     drifts: list[dict[str, Any]] = []
     first_ts: int | None = None
     last_ts: int | None = None
-    scores_out: IO[bytes] | None = open(config.scores_out, "wb") if config.scores_out else None
+    # Closed in the finally below; a with-block would have to wrap the whole replay.
+    scores_out: IO[bytes] | None = open(config.scores_out, "wb") if config.scores_out else None  # noqa: SIM115
 
     def valid_events() -> Iterator[AnyEvent]:
         for number, item in read_jsonl(lines):

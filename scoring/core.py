@@ -41,7 +41,7 @@ from typing import Any
 from features.engine import TIME_FIELD, FeatureEngine, State, apply_ops
 from features.events import AnyEvent, ms_to_iso
 from features.spec import DAY_MS, Catalog
-from features.store import APPLIED, DUPLICATE, LATE, FeatureStore, InMemoryFeatureStore, Update
+from features.store import DUPLICATE, LATE, FeatureStore, InMemoryFeatureStore, Update
 from scoring.kinds import ScoreKind, default_kinds
 from scoring.models import (
     OnlineModel,
@@ -53,7 +53,6 @@ from scoring.models import (
 from scoring.rfm import RfmGrader
 from scoring.state import (
     CustomerScoring,
-    InMemoryModelStore,
     InMemoryStateStore,
     KindState,
     ModelStore,
@@ -245,9 +244,12 @@ class ScoringCore:
         key = f"{ev.type}:{action}"
         for p in rec.pending:
             kind = self.registry.kinds[p.kind]
-            if key in kind.outcome and p.t_ms < ev.ts_ms <= p.end_ms:
-                if kind.match_field is None or str(getattr(ev, kind.match_field, None)) == p.match:
-                    p.outcome = True
+            if (
+                key in kind.outcome
+                and p.t_ms < ev.ts_ms <= p.end_ms
+                and (kind.match_field is None or str(getattr(ev, kind.match_field, None)) == p.match)
+            ):
+                p.outcome = True
 
     def _score_event(self, ev: AnyEvent, rec: CustomerScoring, state: State, out: Outputs) -> None:
         action = ev.status if ev.type == "purchase" else ev.action

@@ -57,11 +57,12 @@ class RfmGrader:
 
     def observe(self, vector: Mapping[str, float | None]) -> None:
         values = {m: vector.get(name) for m, name in METRICS.items()}
-        if any(v is None for v in values.values()):
-            return
         for m, sketch in self.sketches.items():
+            value = values[m]
+            if value is None:
+                return
             for s in sketch:
-                s.update(values[m])
+                s.update(value)
         self.seen += 1
 
     def _edges(self, m: str) -> list[float]:

@@ -64,14 +64,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def _plain(obj: Any) -> dict[str, Any]:
     import dataclasses
 
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    return dict(obj)
 
 
 @command("backtest")
 def cmd_backtest(args: argparse.Namespace) -> int:
     from scoring.backtest import BacktestConfig, run_backtest, write_report
     from scoring.config import load_scoring_config
-    from scoring.core import ScoringCore
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -66,11 +66,15 @@ class RedisStateStore:
 
     def due(self, shard: str, until_ms: int, limit: int = 10_000) -> list[str]:
         key = f"{self.prefix}:due:{shard}"
-        members = self.client.zrangebyscore(key, "-inf", until_ms, start=0, num=limit, withscores=True)
+        members: list[tuple[bytes | str, float]] = self.client.zrangebyscore(  # type: ignore[assignment]
+            key, "-inf", until_ms, start=0, num=limit, withscores=True
+        )
         if not members:
             return []
         # Score order, then id: the same order the in-process heap gives.
-        ordered = sorted(((int(s), m.decode() if isinstance(m, bytes) else m) for m, s in members))
+        ordered = sorted(
+            (int(score), m.decode() if isinstance(m, bytes) else m) for m, score in members
+        )
         self.client.zrem(key, *[m for _, m in ordered])
         return [m for _, m in ordered]
 
@@ -88,7 +92,7 @@ class RedisStateStore:
         version, blob = self.client.hmget(f"{self.prefix}:model:{kind}", ["version", "blob"])
         if version is None or blob is None:
             return None
-        return int(version), bytes(blob)
+        return int(version), blob if isinstance(blob, bytes) else blob.encode()
 
     def save_model(self, kind: str, version: int, blob: bytes) -> None:
         self.client.hset(f"{self.prefix}:model:{kind}", mapping={"version": version, "blob": blob})
