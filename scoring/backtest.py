@@ -383,19 +383,27 @@ def _fairness(log: _KindLog, top_fraction: float = 0.2) -> dict[str, Any]:
 def _gains(probs: list[float], labels: list[int], points: int = 20) -> list[list[float]]:
     """Cumulative gains: ``[share of examples targeted, share of positives captured]``.
 
-    Highest scores first (ties by position, as in ``decile_rates``); ``points + 1``
-    pairs from ``[0, 0]`` to ``[1, 1]``, empty when there is no positive.
+    Highest scores first; within a group of equal scores the positives count as
+    spread evenly (what random tie-breaking gives on average), so a points score
+    with many ties is not judged by the order its examples happened to arrive in.
+    ``points + 1`` pairs from ``[0, 0]`` to ``[1, 1]``, empty when there is no positive.
 
     >>> _gains([0.9, 0.8, 0.2, 0.1], [1, 0, 1, 0], points=2)
+    [[0.0, 0.0], [0.5, 0.5], [1.0, 1.0]]
+    >>> _gains([0.5, 0.5, 0.5, 0.5], [1, 1, 0, 0], points=2)
     [[0.0, 0.0], [0.5, 0.5], [1.0, 1.0]]
     """
     y = np.asarray(labels, dtype=float)
     if len(y) == 0 or y.sum() == 0:
         return []
-    order = np.argsort(-np.asarray(probs, dtype=float), kind="mergesort")
+    p = np.asarray(probs, dtype=float)
+    order = np.argsort(-p, kind="mergesort")
     captured = np.concatenate([[0.0], np.cumsum(y[order])]) / y.sum()
+    ranked = p[order]
+    bounds = np.concatenate([[0], np.flatnonzero(ranked[1:] != ranked[:-1]) + 1, [len(y)]])
     cuts = np.linspace(0, 1, points + 1)
-    return [[round(float(c), 4), round(float(captured[int(round(c * len(y)))]), 4)] for c in cuts]
+    shares = np.interp(cuts, bounds / len(y), captured[bounds])
+    return [[round(float(c), 4), round(float(g), 4)] for c, g in zip(cuts, shares, strict=True)]
 
 
 def _r(v: float | None) -> float | None:

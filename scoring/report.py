@@ -54,6 +54,8 @@ OTHER_BANDS = ("#bcbddc", "#a1d99b", "#fdd0a2", "#c7e9c0")
 # Below this AUC difference two scores rank "about as well"; weekly AUCs on a
 # few hundred labels wobble by more than that.
 AUC_TIE = 0.01
+MIN_WEEK_CLASS = 5  # a weekly AUC needs this many positives and negatives, or it is not drawn
+MIN_WEEK_LABELS = 20  # and a weekly log loss this many labels
 USEFUL_RATIO = 3.0  # the field's rule of thumb for top/bottom decile outcome rates
 MIN_GROUP = 30  # smaller groups are shown but left out of max/min ratios
 
@@ -161,8 +163,8 @@ def versus_sentence(online: float | None, baseline: float | None, name: str, whe
 
     >>> versus_sentence(0.74, 0.63, "the rule baseline")
     'ranks better than the rule baseline (AUC 0.740 vs 0.630, +0.110)'
-    >>> versus_sentence(0.735, 0.74, "the weekly batch LR", " on the same examples")
-    'ranks about as well as the weekly batch LR (AUC 0.735 vs 0.740 on the same examples)'
+    >>> versus_sentence(0.735, 0.74, "the weekly batch LR", ", on the same examples")
+    'ranks about as well as the weekly batch LR (AUC 0.735 vs 0.740, on the same examples)'
     >>> versus_sentence(None, 0.7, "the rule baseline")
     'cannot be compared with the rule baseline (AUC undefined: one class only)'
     """
@@ -200,18 +202,26 @@ def _headline_sentence(k: dict[str, Any]) -> str:
     if batch is not None:
         same = batch.get("online_on_same_examples") or {}
         cov = batch.get("coverage")
-        where = " on the same examples" if cov is None else f" on the {_pct(cov, 0)} of examples both scored"
+        where = ", on the same examples" if cov is None else f", on the {_pct(cov, 0)} of examples both scored"
         parts.append(versus_sentence(same.get("auc"), batch.get("auc"), "the weekly batch LR", where))
     else:
         parts.append("has no batch baseline to compare with (not run, or no week with both classes)")
-    sentence = "The online model " + " and ".join(parts) + "."
+    # "ranks worse than A (...) and worse than B (...)": one verb for both baselines.
+    rest = [p.removeprefix("ranks ") if parts[0].startswith("ranks ") else p for p in parts[1:]]
+    sentence = "The online model " + " and ".join(parts[:1] + rest) + "."
     ratio = k.get("top_bottom_decile_ratio")
     if ratio is not None:
         useful = "above" if ratio >= USEFUL_RATIO else "below"
         sentence += (
             f" Its top decile converts {ratio:.1f}× as often as its bottom decile, "
-            f"{useful} the {USEFUL_RATIO:.0f}× rule of thumb for a useful score."
+            f"{useful} the {USEFUL_RATIO:.0f}× rule of thumb for a useful score"
         )
+        base = _base_rate(k)
+        if base is not None and base * USEFUL_RATIO > 1 and ratio < USEFUL_RATIO:
+            # With a 77% outcome rate no decile can reach 3x the bottom one unless it is below 33%.
+            sentence += (f" (with {_pct(base, 0)} of examples positive, that ratio is out of reach: "
+                         "judge this kind by AUC)")
+        sentence += "."
     return sentence
 
 
@@ -322,10 +332,19 @@ def _calibration_chart(k: dict[str, Any]) -> Figure | str:
     return fig
 
 
+def _enough(row: dict[str, Any], auc: bool) -> bool:
+    """Whether a week has labels enough for its figure to be more than noise."""
+    pos = int(row.get("positives") or 0)
+    neg = int(row.get("labels") or 0) - pos
+    return (pos >= MIN_WEEK_CLASS and neg >= MIN_WEEK_CLASS) if auc else pos + neg >= MIN_WEEK_LABELS
+
+
 def _weekly_chart(
     rows: Sequence[dict[str, Any]], keys: Sequence[tuple[str, str, str]], ylabel: str,
     drifts: Sequence[dict[str, Any]], kind: str, counts: bool = True, ref: float | None = None,
+    auc: bool = True,
 ) -> Figure | str:
+    rows = [r if _enough(r, auc) else {"week": r["week"], "labels": r.get("labels", 0)} for r in rows]
     present = [(key, name, colour) for key, name, colour in keys
                if any(r.get(key) is not None for r in rows)]
     if not rows or not present:
@@ -342,15 +361,25 @@ def _weekly_chart(
             twin.spines[side].set_visible(False)
         ax.set_zorder(twin.get_zorder() + 1)
         ax.patch.set_visible(False)
+    values = [float(r[key]) for key, _, _ in present for r in rows if r.get(key) is not None]
+    # One wild week (a first fit on few labels) must not flatten the rest: clip it, and say so.
+    top = max(values) if values else 1.0
+    if not auc and len(values) >= 8:
+        top = min(top, 1.6 * float(np.percentile(values, 90)))
     for key, name, colour in present:
-        ys = [np.nan if r.get(key) is None else float(r[key]) for r in rows]
-        ax.plot(dates, ys, color=colour, linewidth=1.8, marker="o", markersize=3, label=name)
+        ys = np.asarray([np.nan if r.get(key) is None else float(r[key]) for r in rows])
+        ax.plot(dates, np.minimum(ys, top), color=colour, linewidth=1.8, marker="o", markersize=3,
+                label=name)
+        off = [(d, top) for d, y in zip(dates, ys, strict=True) if y > top]
+        if off:
+            ax.plot(*zip(*off, strict=True), linestyle="none", marker="^", markersize=8, color=colour,
+                    label=f"{name}: off scale (clipped)")
     if ref is not None:
         ax.axhline(ref, color="#333333", linestyle="--", linewidth=1, label=f"{ref:g} (coin flip)")
     _drift_marks(ax, drifts, kind)
     _format_dates(ax)
     ax.set_ylabel(ylabel)
-    ax.legend(frameon=False, fontsize=8, ncol=5, loc="lower left")
+    ax.legend(frameon=False, fontsize=8, ncol=6, loc="lower left", bbox_to_anchor=(0, 1.0))
     return fig
 
 
@@ -423,7 +452,7 @@ def _fairness_chart(fair: dict[str, Any]) -> Figure | str:
                      label=f"selection threshold {threshold:.3f}")
     left.set_yticks(range(len(names)), [str(n) for n in names])
     left.set_xlabel("score (box p25–p75, line p10–p90, white = median)")
-    left.legend(frameon=False, fontsize=8, loc="lower right")
+    left.legend(frameon=False, fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2)
     y = np.arange(len(names))
     right.barh(y + 0.2, [100 * groups[g]["outcome_rate"] for g in names], height=0.4,
                color="#6a51a3", label="outcome rate")
@@ -431,7 +460,7 @@ def _fairness_chart(fair: dict[str, Any]) -> Figure | str:
                color=ONLINE, label="selected at threshold")
     right.set_yticks(y, [str(n) for n in names])
     right.set_xlabel("% of the group's examples")
-    right.legend(frameon=False, fontsize=8, loc="lower right")
+    right.legend(frameon=False, fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2)
     return fig
 
 
@@ -448,14 +477,14 @@ def _compare_weekly_chart(
     ax = axes[0, 0]
     drawn = False
     for rep, label, colour in zip(reports, labels, CONFIG_COLOURS, strict=False):
-        rows = (rep.get("kinds") or {}).get(kind, {}).get("weekly") or []
+        rows = [r for r in (rep.get("kinds") or {}).get(kind, {}).get("weekly") or [] if _enough(r, True)]
         if not any(r.get("auc") is not None for r in rows):
             continue
         ys = [np.nan if r.get("auc") is None else r["auc"] for r in rows]
         ax.plot(_week_dates(rows), ys, color=colour, linewidth=1.8, marker="o", markersize=3,
                 label=f"{label}: online model")
         drawn = True
-    rows = (reports[0].get("kinds") or {}).get(kind, {}).get("weekly") or []
+    rows = [r for r in (reports[0].get("kinds") or {}).get(kind, {}).get("weekly") or [] if _enough(r, True)]
     if any(r.get("batch_auc") is not None for r in rows):
         ys = [np.nan if r.get("batch_auc") is None else r["batch_auc"] for r in rows]
         ax.plot(_week_dates(rows), ys, color=BATCH, linewidth=1.2, linestyle="--",
@@ -465,7 +494,7 @@ def _compare_weekly_chart(
     ax.axhline(0.5, color="#333333", linestyle="--", linewidth=1)
     _format_dates(ax)
     ax.set_ylabel("weekly AUC")
-    ax.legend(frameon=False, fontsize=8, ncol=3, loc="lower left")
+    ax.legend(frameon=False, fontsize=8, ncol=3, loc="lower left", bbox_to_anchor=(0, 1.0))
     return fig
 
 
@@ -568,17 +597,19 @@ def _kind_section(page: _Page, ri: int, rep: dict[str, Any], kind: str, k: dict[
     page.add("</div>")
     page.chart(ri, f"weekly-auc-{kind}", "Weekly AUC (prequential)",
                "Each week's examples were scored before their outcome was known; AUC per week of the "
-               "scoring time. Grey bars: labels per week (few labels = noisy AUC). Red dotted lines: "
-               "drift detected by the online model.",
+               f"scoring time; weeks with fewer than {MIN_WEEK_CLASS} positives or negatives are not "
+               "drawn. Grey bars: labels per week (few labels = noisy AUC). Red dotted lines: drift "
+               "detected by the online model.",
                lambda: _weekly_chart(weekly, (("auc", "online model", ONLINE), ("rule_auc", "rule baseline", RULE),
                                               ("batch_auc", "weekly batch LR", BATCH)),
                                      "AUC", drifts, kind, ref=0.5))
     page.chart(ri, f"weekly-log-loss-{kind}", "Weekly log loss (prequential, lower is better)",
-               "Probability quality per week. The rule baseline is points mapped to a probability, "
-               "not a calibrated model, so its log loss is left out.",
+               f"Probability quality per week (weeks with fewer than {MIN_WEEK_LABELS} labels not drawn). "
+               "The rule baseline is points mapped to a probability, not a calibrated model, so its "
+               "log loss is left out.",
                lambda: _weekly_chart(weekly, (("log_loss", "online model", ONLINE),
                                               ("batch_log_loss", "weekly batch LR", BATCH)),
-                                     "log loss", drifts, kind))
+                                     "log loss", drifts, kind, auc=False))
     fair = k.get("fairness")
     if fair:
         _fairness_section(page, ri, kind, fair)
@@ -603,9 +634,10 @@ def _fairness_section(page: _Page, ri: int, kind: str, fair: dict[str, Any]) -> 
         page.add(
             f'<p class="sentence">At one threshold for everybody (the top {_pct(top, 0)} of scores, '
             f"score ≥ {_num(fair.get('threshold'))}), {_e(hi)} is selected {sel:.2f}× as often as "
-            f"{_e(lo)} ({_pct(big[hi]['selected_rate'])} vs {_pct(big[lo]['selected_rate'])}); "
-            f"their outcome rates differ by {_num(out_ratio, 2)}× across groups. A selection ratio "
-            "far above the outcome ratio means the score favours a group beyond what outcomes justify.</p>"
+            f"{_e(lo)} ({_pct(big[hi]['selected_rate'])} vs {_pct(big[lo]['selected_rate'])}). "
+            f"Outcome rates differ by {_num(out_ratio, 2)}× between the groups with the highest and "
+            "lowest rate. A selection ratio far above the outcome ratio means the score favours a "
+            "group beyond what outcomes justify.</p>"
         )
     else:
         page.add(f'<p class="note">No max/min ratio: fewer than two groups with {MIN_GROUP}+ examples, '
@@ -745,7 +777,7 @@ nav{font-size:13px;margin:8px 0 16px}nav a{margin-right:14px;color:#1f5fa8}
 table{border-collapse:collapse;margin:8px 0 12px;background:#fff;font-size:13px}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:right;vertical-align:top}
 th{background:#f0f3f8;font-weight:600}td:first-child,th:first-child{text-align:left}
-table.headline td:last-child{text-align:left;max-width:520px;font-size:12px}
+table.headline td:last-child,table.headline th:last-child{text-align:left;max-width:520px;font-size:12px}
 .sentence{font-size:15px;background:#fff;border-left:4px solid #1f5fa8;padding:8px 12px;margin:8px 0}
 .note{color:#7a5a00;background:#fff8e1;border-left:4px solid #f2c94c;padding:6px 10px}
 .good{color:#1a7f37;font-weight:600}.weak{color:#b2182b;font-weight:600}
