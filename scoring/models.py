@@ -87,11 +87,12 @@ class OnlineModel:
         self.pipeline = _pipeline(model)
         # Consolidation: a warm-started full refit of the same logistic model on the most
         # recent ``window`` labels. Geometric schedule: after ``consolidate_every`` labels,
-        # then every 10% more labels (at most ``consolidate_max``), so refits are frequent
+        # then every 20% more labels (at most ``consolidate_max``), so refits are frequent
         # while labels are few and cost stays bounded later. 0 = pure SGD.
         self.consolidate_every = consolidate_every if model == "logistic" else 0
         self.consolidate_max = consolidate_max
-        self.recent: deque[tuple[ModelInput, int]] = deque(maxlen=window)
+        self.recent: deque[tuple[np.ndarray, np.ndarray, int]] = deque(maxlen=window)
+        self.columns: dict[str, int] = {}
         self.since_consolidation = 0
         self.consolidations = 0
         self.version = 0
@@ -121,9 +122,9 @@ class OnlineModel:
         self.version += 1
         self.positives += int(bool(y))
         if self.consolidate_every:
-            self.recent.append((x, int(bool(y))))
+            self._remember(x, int(bool(y)))
             self.since_consolidation += 1
-            due = max(self.consolidate_every, min(self.version // 10, self.consolidate_max))
+            due = max(self.consolidate_every, min(self.version // 5, self.consolidate_max))
             if self.since_consolidation >= due and self.ready:
                 self.consolidate()
         if prob is not None and self.drift.drift_detected:
@@ -141,39 +142,46 @@ class OnlineModel:
         from sklearn.linear_model import LogisticRegression
 
         self.since_consolidation = 0
-        rows = list(self.recent)
-        labels = np.fromiter((y for _, y in rows), dtype=np.int8, count=len(rows))
+        labels = np.fromiter((y for _, _, y in self.recent), dtype=np.int8, count=len(self.recent))
         if labels.min() == labels.max():
             return
         scaler = self.pipeline["StandardScaler"]
         lr = self.pipeline["LogisticRegression"]
-        columns: dict[str, int] = {}
-        for x, _ in rows:
-            for k in x:
-                if k not in columns:
-                    columns[k] = len(columns)
-        means = np.array([scaler.means.get(k, 0.0) for k in columns])
-        stds = np.sqrt(np.array([scaler.vars.get(k, 0.0) for k in columns]))
-        z = np.zeros((len(rows), len(columns)))
-        for i, (x, _) in enumerate(rows):
-            for k, v in x.items():
-                z[i, columns[k]] = v
-        present = np.zeros_like(z, dtype=bool)
-        for i, (x, _) in enumerate(rows):
-            present[i, [columns[k] for k in x]] = True
+        names = list(self.columns)
+        width = len(names)
+        raw = np.zeros((len(self.recent), width))
+        present = np.zeros((len(self.recent), width), dtype=bool)
+        for i, (values, mask, _) in enumerate(self.recent):
+            raw[i, : len(values)] = values
+            present[i, : len(mask)] = mask
+        means = np.array([scaler.means.get(k, 0.0) for k in names])
+        stds = np.sqrt(np.array([scaler.vars.get(k, 0.0) for k in names]))
         safe = np.where(stds > 0, stds, 1.0)
         # Absent inputs contribute nothing in River's linear model: keep them at 0 here too.
-        z = np.where(present & (stds > 0), (z - means) / safe, 0.0)
+        z = np.where(present & (stds > 0), (raw - means) / safe, 0.0)
         current = lr.weights
-        fit = LogisticRegression(C=1.0, max_iter=200, warm_start=True)
-        fit.coef_ = np.array([[current.get(k, 0.0) for k in columns]])
+        fit = LogisticRegression(C=1.0, max_iter=200, tol=1e-3, warm_start=True)
+        fit.coef_ = np.array([[current.get(k, 0.0) for k in names]])
         fit.intercept_ = np.array([lr.intercept])
         fit.classes_ = np.array([0, 1])
         fit.fit(z, labels)
-        for k, col in columns.items():
+        for col, k in enumerate(names):
             lr._weights[k] = float(fit.coef_[0, col])
         lr.intercept = float(fit.intercept_[0])
         self.consolidations += 1
+
+    def _remember(self, x: ModelInput, y: int) -> None:
+        # Dense rows over a growing column index: the refit stacks them without dict work.
+        for k in x:
+            if k not in self.columns:
+                self.columns[k] = len(self.columns)
+        values = np.zeros(len(self.columns))
+        mask = np.zeros(len(self.columns), dtype=bool)
+        for k, v in x.items():
+            col = self.columns[k]
+            values[col] = v
+            mask[col] = True
+        self.recent.append((values, mask, y))
 
     def explain(self, x: ModelInput, top: int = 3) -> list[tuple[str, float]]:
         """Top contributing features.
