@@ -1,0 +1,47 @@
+"""Metrics agree with scikit-learn and with first principles."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import log_loss as sk_log_loss
+from sklearn.metrics import roc_auc_score
+
+from scoring.metrics import auc, calibration, decile_rates, lift_summary, log_loss
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 20), st.booleans()), min_size=2, max_size=200))
+def test_auc_matches_sklearn_including_ties(pairs: list[tuple[int, bool]]) -> None:
+    probs = [p / 20 for p, _ in pairs]
+    labels = [int(y) for _, y in pairs]
+    ours = auc(probs, labels)
+    if len(set(labels)) < 2:
+        assert ours is None
+    else:
+        assert ours is not None and abs(ours - roc_auc_score(labels, probs)) < 1e-12
+
+
+def test_log_loss_matches_sklearn() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.01, 0.99, 500)
+    y = (rng.uniform(size=500) < p).astype(int)
+    assert abs(log_loss(p.tolist(), y.tolist()) - sk_log_loss(y, p)) < 1e-9
+
+
+def test_deciles_and_lift_on_a_perfect_ranking() -> None:
+    probs = list(np.linspace(1, 0, 100))
+    labels = [1] * 10 + [0] * 90
+    rates = decile_rates(probs, labels)
+    assert rates[0] == 1.0 and sum(rates[1:]) == 0.0
+    summary = lift_summary(probs, labels)
+    assert summary["lift_top_decile"] == 10.0
+    assert summary["top_bottom_decile_ratio"] is not None and summary["top_bottom_decile_ratio"] > 3
+
+
+def test_calibration_bins_cover_every_example() -> None:
+    p = [0.05, 0.15, 0.15, 0.95]
+    bins = calibration(p, [0, 0, 1, 1])
+    assert sum(c for _, _, c in bins) == 4
+    assert bins[1] == (0.15, 0.5, 2)
