@@ -339,6 +339,10 @@ def _enough(row: dict[str, Any], auc: bool) -> bool:
     return (pos >= MIN_WEEK_CLASS and neg >= MIN_WEEK_CLASS) if auc else pos + neg >= MIN_WEEK_LABELS
 
 
+def _has_weekly(rows: Sequence[dict[str, Any]], keys: Sequence[str], auc: bool) -> bool:
+    return any(_enough(r, auc) and r.get(key) is not None for r in rows for key in keys)
+
+
 def _weekly_chart(
     rows: Sequence[dict[str, Any]], keys: Sequence[tuple[str, str, str]], ylabel: str,
     drifts: Sequence[dict[str, Any]], kind: str, counts: bool = True, ref: float | None = None,
@@ -744,10 +748,11 @@ def chart_ids(reports: Sequence[dict[str, Any]]) -> list[str]:
     """The element ids of the charts a page must contain for these reports (what tests check).
 
     ``r0-lift-purchase_propensity`` is the ``<figure id=...>`` of report 0's lift chart;
-    with two reports the side-by-side charts belong to report 0.
+    with two reports the side-by-side charts belong to report 0. Weekly charts are
+    expected only when some week has labels enough to draw (see ``MIN_WEEK_CLASS``).
 
     >>> chart_ids([{"kinds": {"churn_risk": {"labels": 10}}, "bands_per_week": {"engagement": [{}]}}])
-    ['r0-lift-churn_risk', 'r0-gains-churn_risk', 'r0-calibration-churn_risk', 'r0-weekly-auc-churn_risk', 'r0-weekly-log-loss-churn_risk', 'r0-bands-churn_risk', 'r0-bands-engagement', 'r0-activity']
+    ['r0-lift-churn_risk', 'r0-gains-churn_risk', 'r0-calibration-churn_risk', 'r0-bands-churn_risk', 'r0-bands-engagement', 'r0-activity']
     """
     out: list[str] = []
     for ri, rep in enumerate(reports):
@@ -755,15 +760,20 @@ def chart_ids(reports: Sequence[dict[str, Any]]) -> list[str]:
         names: list[str] = []
         for kind, k in kinds.items():
             if k.get("labels"):
-                names += [f"{c}-{kind}" for c in KIND_CHARTS]
+                weekly = k.get("weekly") or []
+                drawn = {"weekly-auc": _has_weekly(weekly, ("auc", "rule_auc", "batch_auc"), True),
+                         "weekly-log-loss": _has_weekly(weekly, ("log_loss", "batch_log_loss"), False)}
+                names += [f"{c}-{kind}" for c in KIND_CHARTS if drawn.get(c, True)]
                 if k.get("fairness"):
                     names.append(f"fairness-{kind}")
         names += [f"bands-{k}" for k in (rep.get("bands_per_week") or {}) if k not in kinds]
         names += list(GLOBAL_CHARTS)
         out += [f"r{ri}-{n}" for n in names]
     if len(reports) > 1:
-        out += [f"r0-compare-weekly-auc-{k}" for k in dict.fromkeys(
-            k for rep in reports for k in (rep.get("kinds") or {}))]
+        kinds = dict.fromkeys(k for rep in reports for k in (rep.get("kinds") or {}))
+        out += [f"r0-compare-weekly-auc-{k}" for k in kinds if any(
+            _has_weekly((rep.get("kinds") or {}).get(k, {}).get("weekly") or [], ("auc",), True)
+            for rep in reports)]
     return out
 
 

@@ -150,9 +150,13 @@ def test_every_chart_renders_in_chromium(
     dom = _chromium(chromium, tmp_path, "--dump-dom", single_page.as_uri()).stdout
     found = _figures(dom)
     expected = chart_ids(reports[:1])
-    assert "r0-lift-purchase_propensity" in expected and "r0-fairness-purchase_propensity" in expected
+    # the kind with the most labels must have every chart, whatever chart_ids says
+    must = {f"r0-{c}-purchase_propensity" for c in ("lift", "gains", "calibration", "weekly-auc",
+                                                    "weekly-log-loss", "bands", "fairness")}
+    assert must <= set(expected) and "r0-activity" in expected
     assert set(expected) <= set(found.figures), f"missing: {sorted(set(expected) - set(found.figures))}"
-    assert not found.missing, f"charts without data: {found.missing}"
+    # a chart left out for lack of data is a note saying so, never an empty figure
+    assert not {f"r0-{m}" for m in found.missing} & set(expected)
     for cid, fig in found.figures.items():
         assert len(fig["images"]) == 1, cid
         ok, why = _not_blank(_png_pixels(fig["images"][0]))
