@@ -1,0 +1,108 @@
+"""Models (River estimator checks, consolidation, inputs) and the alert/trigger policy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from river import checks
+
+from features.events import AnyEvent, EventError, decode
+from scoring.core import ScoringCore
+from scoring.kinds import Bands
+from scoring.models import OnlineModel, _pipeline, model_input
+from scoring.rfm import RfmGrader
+from scoring.triggers import Policy, in_control
+
+T0 = 1_704_067_200_000
+DAY = 86_400_000
+
+
+@pytest.mark.parametrize("name", ["logistic", "tree"])
+def test_river_estimator_checks_pass_on_every_model(name: str) -> None:
+    checks.check_estimator(_pipeline(name))
+
+
+def test_consolidation_reaches_the_batch_optimum_direction() -> None:
+    """Two correlated signals, few labels: a refit separates them better than raw SGD."""
+    import random
+
+    rng = random.Random(0)
+    rows = []
+    for _ in range(400):
+        a, b = rng.gauss(0, 1), rng.gauss(0, 1)
+        y = int(rng.random() < 1 / (1 + math.exp(-(2.0 * a - 1.0 * b))))
+        rows.append(({"a": a, "b": b}, y))
+    sgd = OnlineModel("k", min_labels=10, min_per_class=2)
+    refit = OnlineModel("k", min_labels=10, min_per_class=2, consolidate_every=100)
+    for x, y in rows:
+        sgd.learn(x, y)
+        refit.learn(x, y)
+    assert refit.consolidations >= 1
+    w = refit.pipeline["LogisticRegression"].weights
+    assert w["a"] > 0 > w["b"]
+    assert abs(w["a"]) > abs(w["b"])
+
+    def loss(m: OnlineModel) -> float:
+        total = 0.0
+        for x, y in rows:
+            p = min(max(m.predict(x), 1e-9), 1 - 1e-9)
+            total -= math.log(p if y else 1 - p)
+        return total / len(rows)
+
+    assert loss(refit) < loss(sgd)
+
+
+def test_model_input_drops_times_and_sensitive_fields() -> None:
+    x = model_input({"age": 40.0, "orders_total": 1.0, "last_purchase_at": 1.7e12, "x": None}, ["age"])
+    assert x == {"orders_total": math.log1p(1.0), "x_missing": 1.0}
+
+
+def test_sensitive_attribute_can_never_be_a_feature() -> None:
+    from features.engine import FeatureEngine
+    from features.spec import Catalog, FeatureSpec
+
+    cat = Catalog((FeatureSpec("age_max", "web", "max", field="age"),))
+    with pytest.raises(ValueError, match="sensitive"):
+        FeatureEngine(cat, sensitive=("age",))
+
+
+def test_bands_have_hysteresis() -> None:
+    b = Bands(warm=30, hot=60, hysteresis=5)
+    assert b.of(61) == "hot" and b.of(57, previous="hot") == "hot" and b.of(54, previous="hot") == "warm"
+    assert b.of(58, previous="warm") == "warm"
+
+
+def test_control_group_is_deterministic_and_near_its_fraction() -> None:
+    members = [in_control(f"c{i}", "salt", 0.1) for i in range(20_000)]
+    assert members == [in_control(f"c{i}", "salt", 0.1) for i in range(20_000)]
+    assert 0.09 < sum(members) / len(members) < 0.11
+    assert members != [in_control(f"c{i}", "other", 0.1) for i in range(20_000)]
+
+
+def _web(cid: str, t: int, eid: str, action: str) -> AnyEvent:
+    ev = decode(f'{{"event_id":"{eid}","customer_id":"{cid}","ts":{t},"type":"web","action":"{action}","session_id":"s{eid}"}}')
+    assert not isinstance(ev, EventError)
+    return ev
+
+
+def test_jump_alert_respects_cooldown() -> None:
+    core = ScoringCore.in_memory(policy=Policy(jump_points=5.0, alert_cooldown="1d", min_change=0.1))
+    core.process([_web("a", T0, "v0", "page_view")])
+    carts = [_web("a", T0 + 60_000 * (i + 1), f"c{i}", "add_to_cart") for i in range(12)]
+    out = core.process(carts)
+    engagement = [a for a in out.alerts if a["kind"] == "engagement"]
+    assert len(engagement) == 1, "a burst within the cooldown alerts once"
+    later = core.process([_web("a", T0 + 2 * DAY + i, f"d{i}", "add_to_cart") for i in range(12)])
+    assert all(a["ts"] > out.alerts[0]["ts"] for a in later.alerts)
+
+
+def test_rfm_grades_follow_the_stream() -> None:
+    g = RfmGrader()
+    for i in range(500):
+        g.observe({"days_since_last_purchase": float(i % 100), "orders_total": float(1 + i % 5),
+                   "spend_total": float(10 * (1 + i % 50))})
+    best = g.grade({"days_since_last_purchase": 1.0, "orders_total": 5.0, "spend_total": 500.0})
+    worst = g.grade({"days_since_last_purchase": 99.0, "orders_total": 1.0, "spend_total": 10.0})
+    assert best[:3] == (5, 5, 5) and best[3] == "champions"
+    assert worst[:3] == (1, 1, 1) and worst[3] == "hibernating"
