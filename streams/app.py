@@ -668,8 +668,14 @@ class LiveWorker:
 
         @app.page("/latency", name="leadpulse_latency")
         class Latency(View):
+            """Exact percentiles of recent event-to-output latencies (DELETE starts afresh)."""
+
             async def get(self, request: Request) -> Response:
                 return self.json(worker.latency.summary())
+
+            async def delete(self, request: Request) -> Response:
+                worker.latency = LatencyWindow()
+                return self.json({"reset": True})
 
         if self.bare:
             return

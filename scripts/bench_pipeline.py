@@ -1,0 +1,155 @@
+"""End-to-end benchmark of one live worker against the same Faust app that only consumes.
+
+On the embedded services (tansu broker, redis-server, loopback), for each run
+and each mode (``bare``: an agent that consumes and acks; ``pipeline``: the
+real worker: decode, Redis features, scoring, outputs acknowledged by the
+broker), alternating the order between runs:
+
+1. **Throughput.** A backlog of ``--events`` simulated events is produced to
+   fresh input topics, then the worker starts and drains it. Rate = events /
+   (wall time from the first to the last processed batch, as the worker
+   reports it on ``GET /latency``).
+2. **Latency.** With the worker caught up, ``--latency-events`` more events are
+   produced at a steady ``--rate`` (below the pipeline's capacity) with the
+   send time as Kafka timestamp. Event-to-score latency (pipeline: for events
+   that changed a score, until the broker acked the score; bare: until the
+   event was consumed) p50/p99 from the worker's exact samples.
+
+Medians over ``--runs`` runs are printed side by side with the ratio
+(target: pipeline >= 0.5 x bare), and written as JSON with ``--json``.
+
+    .venv/bin/python scripts/bench_pipeline.py --events 30000 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scoring.simulator import SimulationConfig, simulate  # noqa: E402
+from streams.app import ensure_topics  # noqa: E402
+from streams.embedded import EmbeddedKafka, EmbeddedRedis, free_port  # noqa: E402
+from streams.live_cli import WorkerProcess, load_settings, make_producer  # noqa: E402
+from streams.settings import Topics  # noqa: E402
+
+PARTITIONS = 6
+
+
+def events(n: int, seed: int) -> list[tuple[str, bytes, bytes]]:
+    """``(type, key, line)`` for the first ``n`` simulated events (enough customers and days)."""
+    out: list[tuple[str, bytes, bytes]] = []
+    customers = max(200, n // 15)
+    for ev in simulate(SimulationConfig(customers=customers, days=120, seed=seed)):
+        out.append((ev["type"], ev["customer_id"].encode(), orjson.dumps(ev)))
+        if len(out) >= n:
+            break
+    return out
+
+
+def produce(producer: Any, topics: Topics, batch: list[tuple[str, bytes, bytes]], rate: float = 0.0) -> None:
+    start = time.monotonic()
+    for i, (kind, key, line) in enumerate(batch):
+        if rate > 0:
+            wait = i / rate - (time.monotonic() - start)
+            if wait > 0:
+                time.sleep(wait)
+        producer.send(topics.inputs[kind], key=key, value=line)  # Kafka timestamp = send time
+    producer.flush()
+
+
+def wait_for(worker: WorkerProcess, count: int, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        lat = worker.get_json("/latency")
+        if lat["events"] >= count:
+            return dict(lat)
+        if not worker.alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"worker stalled at {lat['events']}/{count}:\n{worker.log_tail()}")
+        time.sleep(0.2)
+
+
+def one_run(mode: str, run: int, kafka: EmbeddedKafka, redis_url: str, data: list[Any],
+            n: int, lat_n: int, rate: float) -> dict[str, Any]:
+    name = f"bench-{mode}-{run}-{time.monotonic_ns() % 10**8}"
+    topics = Topics(**{k: f"{name}.{v}" for k, v in Topics().model_dump().items()})
+    env = {
+        "kafka_bootstrap": kafka.bootstrap, "redis_url": redis_url, "partitions": PARTITIONS,
+        "app_id": name, "redis_prefix": name, "web_port": free_port(),
+        "broker_session_timeout_s": 10, "broker_rebalance_timeout_s": 3,
+        **{f"topics__{k}": v for k, v in topics.model_dump().items()},
+    }
+    settings = load_settings(**{k: v for k, v in env.items() if not k.startswith("topics__")}, topics=topics)
+    ensure_topics(settings)
+    redis.Redis.from_url(redis_url).flushall()
+    producer = make_producer(settings, acks=1)
+    produce(producer, topics, data[:n])
+    worker = WorkerProcess(env, bare=(mode == "bare")).start()
+    try:
+        worker.wait_ready(timeout=120)
+        done = wait_for(worker, n, timeout=600)
+        throughput = n / max(1e-9, done["last_at"] - done["first_at"])
+        reset = urllib.request.Request(f"http://127.0.0.1:{worker.port}/latency", method="DELETE")
+        urllib.request.urlopen(reset, timeout=10).close()
+        produce(producer, topics, data[n:n + lat_n], rate=rate)
+        lat = wait_for(worker, lat_n, timeout=300)
+    finally:
+        producer.close()
+        worker.stop()
+    return {"mode": mode, "run": run, "events_per_s": round(throughput, 1),
+            "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "latency_samples": lat["samples"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--events", type=int, default=30_000, help="backlog size for the throughput phase")
+    p.add_argument("--latency-events", type=int, default=3_000)
+    p.add_argument("--rate", type=float, default=500.0, help="events/s during the latency phase")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+
+    data = events(args.events + args.latency_events, seed=1)
+    if len(data) < args.events + args.latency_events:
+        raise SystemExit("simulator produced too few events; lower --events")
+    results: list[dict[str, Any]] = []
+    with EmbeddedKafka() as kafka, EmbeddedRedis() as redis_server:
+        for run in range(args.runs):
+            order = ("bare", "pipeline") if run % 2 == 0 else ("pipeline", "bare")
+            for mode in order:
+                r = one_run(mode, run, kafka, redis_server.url, data, args.events, args.latency_events, args.rate)
+                results.append(r)
+                print(json.dumps(r), flush=True)
+
+    def med(mode: str, key: str) -> float:
+        return float(statistics.median(r[key] for r in results if r["mode"] == mode and r[key] is not None))
+
+    summary = {
+        "events": args.events, "runs": args.runs, "latency_rate": args.rate,
+        "bare": {k: med("bare", k) for k in ("events_per_s", "p50_ms", "p99_ms")},
+        "pipeline": {k: med("pipeline", k) for k in ("events_per_s", "p50_ms", "p99_ms")},
+    }
+    summary["ratio"] = round(summary["pipeline"]["events_per_s"] / summary["bare"]["events_per_s"], 3)
+    print(f"\n{'':<10}{'events/s':>12}{'p50 ms':>10}{'p99 ms':>10}   (medians of {args.runs} runs, "
+          f"{args.events:,} events; latency at {args.rate:g} events/s)")
+    for mode in ("bare", "pipeline"):
+        m = summary[mode]
+        print(f"{mode:<10}{m['events_per_s']:>12,.0f}{m['p50_ms']:>10.1f}{m['p99_ms']:>10.1f}")
+    print(f"ratio pipeline/bare: {summary['ratio']:.2f} (target >= 0.5)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"summary": summary, "runs": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
