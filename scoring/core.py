@@ -62,6 +62,8 @@ from scoring.state import (
 from scoring.triggers import BAND_RANK, Policy, in_control, jump_from
 
 HISTORY_LIMIT = 8
+# Per customer and kind: a flood of sends must not grow a customer's record without bound.
+MAX_PENDING_PER_KIND = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +375,9 @@ class ScoringCore:
         if kind.tick_ms:
             ks.next_tick = ts + kind.tick_ms
         if kind.learned and (ks.registered_at is None or ts - ks.registered_at >= kind.register_ms):
+            if sum(1 for p in rec.pending if p.kind == kind.name) >= MAX_PENDING_PER_KIND:
+                out.counts["pending_capped"] += 1
+                return
             ks.registered_at = ts
             example_id = f"{kind.name}:{cid}:{ts}" + (f":{match}" if match else "")
             # The rule prior rides along: it is the rule-only baseline of the backtest.

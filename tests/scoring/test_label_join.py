@@ -176,3 +176,20 @@ def test_snapshot_restore_gives_identical_scores() -> None:
         probe = {"orders_total": 1.0, "days_since_last_purchase": 2.0, "page_views_7d": 3.0}
         assert clone.predict(probe) == model.predict(probe)
         assert clone.explain(probe) == model.explain(probe)
+
+
+def test_pending_examples_stay_bounded_per_customer() -> None:
+    from scoring.core import MAX_PENDING_PER_KIND
+
+    core = ScoringCore.in_memory()
+    sends = []
+    for i in range(MAX_PENDING_PER_KIND + 10):
+        ev = decode(
+            f'{{"event_id":"s{i}","customer_id":"a","ts":{T0 + i * 60_000},"type":"campaign",'
+            f'"campaign_id":"k{i}","channel":"email","action":"sent"}}'
+        )
+        assert not isinstance(ev, EventError)
+        sends.append(ev)
+    out = core.process(sends)
+    assert len(pending(core, "a", "campaign_response")) == MAX_PENDING_PER_KIND
+    assert out.counts["pending_capped"] == 10
