@@ -73,7 +73,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import faust
 import redis
@@ -232,13 +232,14 @@ class LiveWorker:
         self._score_lock = asyncio.Lock()
         self._score_stream: Any = None
         self.received: dict[TP, int] = {}  # next offset to receive, per input partition
-        self.received_at: dict[TP, float] = {}  # when it last delivered (monotonic)
-        self._assigned_at = time.monotonic()
         self.aligner: EventTimeAligner[tuple[Any, Any]] = EventTimeAligner(
-            list(settings.topics.inputs.values()), max_held=settings.align_max_held
+            list(settings.topics.inputs.values()), max_held=settings.align_max_held,
+            slack_ms=int(settings.align_slack_s * 1000),
         )
         if not bare:
             self._build_core()
+            if self.settings.align_slack_s * 1000 >= self.core.lateness_ms:
+                raise ValueError("align_slack_s must be below the allowed lateness of the scoring config")
         self.app = self._build_app()
 
     # ------------------------------------------------------------------ setup
@@ -334,6 +335,12 @@ class LiveWorker:
                     urgent = self.app.should_stop or not self.app.flow_control.is_active()
                     await self.flush_held(everything=urgent)
                     await self.learner_tick()
+
+        if not self.bare:
+            async def assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+                await self.on_assigned(set(args[0]) if args else set())
+
+            app.on_partitions_assigned.connect(cast(Any, assigned))
 
         self._add_views(app)
         return app
@@ -442,7 +449,6 @@ class LiveWorker:
         acked once the batch that scores them has published its outputs.
         """
         self._score_stream = stream
-        now = time.monotonic()
         async with self._score_lock:
             messages = []
             for ev in events:
@@ -450,7 +456,6 @@ class LiveWorker:
                 messages.append(msg)
                 tp = ev.message.tp
                 self.received[tp] = max(self.received.get(tp, 0), msg.offset + 1)
-                self.received_at[tp] = now
             try:
                 by_shard, dead, counts = await self._call(self.pipeline.split, messages)
             except Exception as exc:  # noqa: BLE001 - decode never raises; a bug if it does
@@ -473,31 +478,37 @@ class LiveWorker:
             ready = self.aligner.flush() if everything else self.aligner.release(self._caught_up)
             if everything:
                 self.received.clear()
-                self.received_at.clear()
-                self._assigned_at = time.monotonic()
             if ready:
                 await self._score_ready(stream, ready, [], [], Counter(), 0)
 
     def _caught_up(self, topic: str, partition: int) -> bool:
         """Whether an input partition has no unread records for us (it holds nothing back).
 
-        True when what we received reaches the partition's high watermark, or
-        when it has delivered nothing for ``align_idle_s`` (an empty partition,
-        or one we resumed at its end, never delivers anything). Faust's own
-        read position is no use here: it runs thousands of records ahead of
-        the agent, in the stream's buffer.
+        True when what we received (or the position we were assigned at)
+        reaches the partition's high watermark from the last fetch. Faust's
+        own read position is no use here: it runs thousands of records ahead
+        of the agent, in the stream's buffer.
         """
         tp = TP(topic, partition)
-        seen = self.received_at.get(tp, self._assigned_at)
-        if time.monotonic() - seen >= self.settings.align_idle_s:
-            return True
         try:
             high = self.app.consumer.highwater(tp)
         except Exception:  # noqa: BLE001 - consumer not ready: do not hold anything back
             return True
         if high is None:
-            return False  # no fetch response yet: wait (bounded by align_idle_s)
+            return True  # never fetched: nothing known to wait for
         return self.received.get(tp, 0) >= high
+
+    async def on_assigned(self, assigned: set[TP]) -> None:
+        """Remember where each newly assigned input partition starts (its committed offset)."""
+        inputs = set(self.settings.topics.inputs.values())
+        for tp in assigned:
+            if tp.topic in inputs and tp not in self.received:
+                try:
+                    pos = await self.app.consumer.position(tp)
+                except Exception:  # noqa: BLE001 - then we learn it from the first record
+                    continue
+                if pos is not None:
+                    self.received[tp] = max(self.received.get(tp, 0), pos)
 
     async def _score_ready(
         self, stream: Any, ready: Sequence[Any], dead: list[OutRecord], dead_events: list[Any],

@@ -306,10 +306,11 @@ class EventTimeAligner(Generic[P]):
 
     So events are held per shard and released only up to the smallest event
     time reached by the shard's partitions that still have unread records on
-    the broker (``caught_up(topic, partition)`` says which have none). A
-    partition that is caught up holds nothing back, so live traffic flows
-    through at once. ``max_held`` bounds memory: past it the oldest events go
-    regardless.
+    the broker (``caught_up(topic, partition)`` says which have none), plus
+    ``slack_ms``. A partition that is caught up holds nothing back, and the
+    slack (keep it well below the allowed lateness) lets live traffic, whose
+    topics are at most seconds apart, flow through at once. ``max_held``
+    bounds memory: past it the oldest events go regardless.
 
     >>> a = EventTimeAligner(["web", "buy"], max_held=100)
     >>> a.add([(Incoming("buy", 0, 0, b"c", b""), 50, "p1"), (Incoming("web", 0, 0, b"c", b""), 10, "w1")])
@@ -322,9 +323,10 @@ class EventTimeAligner(Generic[P]):
     ['w2']
     """
 
-    def __init__(self, inputs: Sequence[str], max_held: int = 50_000) -> None:
+    def __init__(self, inputs: Sequence[str], max_held: int = 50_000, slack_ms: int = 0) -> None:
         self.inputs = tuple(inputs)
         self.max_held = max_held
+        self.slack_ms = slack_ms
         self._heaps: dict[int, list[tuple[int, int, tuple[Incoming, int, P]]]] = {}
         self._frontier: dict[tuple[str, int], int] = {}
         self._seq = 0
@@ -354,6 +356,7 @@ class EventTimeAligner(Generic[P]):
                 if caught_up(topic, partition):
                     continue
                 limit = min(limit, self._frontier.get((topic, partition), float("-inf")))
+            limit += self.slack_ms
             while heap and heap[0][0] <= limit:
                 out.append(heapq.heappop(heap)[2])
         while self._held - len(out) > self.max_held:

@@ -82,8 +82,8 @@ class Settings(BaseSettings):
     )
     producer_linger_ms: int = Field(5, ge=0, le=1000, description="output producer batching delay")
     learner_tick_s: float = Field(0.5, gt=0, description="learner checks for a due snapshot this often")
-    align_idle_s: float = Field(
-        2.0, gt=0, description="an input partition silent this long no longer holds others back"
+    align_slack_s: float = Field(
+        600.0, ge=0, description="event-time slack of the alignment (below the scoring lateness)"
     )
     align_max_held: int = Field(
         50_000, ge=0, description="events held at most to align input topics by event time (backlogs)"
