@@ -267,12 +267,16 @@ class FeatureEngine:
     def vector(self, state: Mapping[str, float], as_of_ms: int) -> dict[str, float | None]:
         """The customer's features as of an event time (``None`` = no value yet)."""
         st = state if isinstance(state, dict) else dict(state)
-        # Most customers touch few features: read only those with state, default the rest.
-        present = {k.partition("|")[0] for k in st}
-        values: dict[str, float | None] = {
-            name: read(st, as_of_ms) if name in present else empty
-            for name, read, empty in self._readers
-        }
+        # Most customers touch few features: with a small state, read only the features
+        # that have state and default the rest; a large state costs more to scan than to read.
+        if len(st) <= 64:
+            present = {k.partition("|")[0] for k in st}
+            values: dict[str, float | None] = {
+                name: read(st, as_of_ms) if name in present else empty
+                for name, read, empty in self._readers
+            }
+        else:
+            values = {name: read(st, as_of_ms) for name, read, _ in self._readers}
         if self._distinct_specs:
             self._read_distinct(st, as_of_ms, values)
         for name, derive in self._derived:
