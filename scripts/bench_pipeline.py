@@ -10,8 +10,8 @@ broker), alternating the order between runs:
    (wall time from the first to the last processed batch, as the worker
    reports it on ``GET /latency``).
 2. **Latency.** With the worker caught up, ``--latency-events`` more events are
-   produced at a steady ``--rate`` (below the pipeline's capacity) with the
-   send time as Kafka timestamp. Event-to-score latency (pipeline: for events
+   produced at a steady ``--rate`` (below the pipeline's capacity), each with
+   its send time as event time and Kafka timestamp (a live stream). Event-to-score latency (pipeline: for events
    that changed a score, until the broker acked the score; bare: until the
    event was consumed) p50/p99 from the worker's exact samples.
 
@@ -57,13 +57,25 @@ def events(n: int, seed: int) -> list[tuple[str, bytes, bytes]]:
     return out
 
 
-def produce(producer: Any, topics: Topics, batch: list[tuple[str, bytes, bytes]], rate: float = 0.0) -> None:
+def produce(
+    producer: Any, topics: Topics, batch: list[tuple[str, bytes, bytes]], rate: float = 0.0, live: bool = False
+) -> None:
+    """Send events; ``rate`` paces them, ``live`` stamps each with the send time as event time.
+
+    Without ``live`` the latency phase would replay history at ~10^5 x real time, and
+    the event-time alignment would (rightly) hold events for ordering; a live stream's
+    event times move with the clock.
+    """
     start = time.monotonic()
     for i, (kind, key, line) in enumerate(batch):
         if rate > 0:
             wait = i / rate - (time.monotonic() - start)
             if wait > 0:
                 time.sleep(wait)
+        if live:
+            ev = orjson.loads(line)
+            ev["ts"] = int(time.time() * 1000)
+            line = orjson.dumps(ev)
         producer.send(topics.inputs[kind], key=key, value=line)  # Kafka timestamp = send time
     producer.flush()
 
@@ -101,7 +113,7 @@ def one_run(mode: str, run: int, kafka: EmbeddedKafka, redis_url: str, data: lis
         throughput = n / max(1e-9, done["last_at"] - done["first_at"])
         reset = urllib.request.Request(f"http://127.0.0.1:{worker.port}/latency", method="DELETE")
         urllib.request.urlopen(reset, timeout=10).close()
-        produce(producer, topics, data[n:n + lat_n], rate=rate)
+        produce(producer, topics, data[n:n + lat_n], rate=rate, live=True)
         lat = wait_for(worker, lat_n, timeout=300)
     finally:
         producer.close()

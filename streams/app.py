@@ -63,6 +63,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import hmac
 import logging
 import os
 import shutil
@@ -557,14 +558,15 @@ class LiveWorker:
                 self.metrics.errors.labels(stage="label_decode").inc()
         async with self._learn_lock:
             try:
+                learned_before = self.learner.learned
                 drifts = await self._retrying("learn", self.learner.learn, items)
+                self.metrics.labels_learned.inc(self.learner.learned - learned_before)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
                 await self._fatal("learn", exc)
                 return
             self._unacked_labels.extend((stream, ev) for ev in events)
-            self.metrics.labels_learned.inc(len(items))
             if drifts:
                 self.metrics.drift.inc(len(drifts))
                 await self.publish([
@@ -655,7 +657,8 @@ class LiveWorker:
         token = self.settings.web_api_token
         if token is None:
             return True
-        return request.headers.get("Authorization", "") == f"Bearer {token.get_secret_value()}"
+        given = request.headers.get("Authorization", "").encode()
+        return hmac.compare_digest(given, f"Bearer {token.get_secret_value()}".encode())
 
     def _add_views(self, app: faust.App) -> None:
         worker = self
