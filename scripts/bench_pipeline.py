@@ -10,8 +10,9 @@ broker), alternating the order between runs:
    (wall time from the first to the last processed batch, as the worker
    reports it on ``GET /latency``).
 2. **Latency.** With the worker caught up, ``--latency-events`` more events are
-   produced at a steady ``--rate`` (below the pipeline's capacity), each with
-   its send time as event time and Kafka timestamp (a live stream). Event-to-score latency (pipeline: for events
+   produced at a steady ``--rate`` (below the pipeline's capacity) as a live
+   stream: event time continues from the end of the backlog at the pace of
+   the clock; the Kafka timestamp is the send time. Event-to-score latency (pipeline: for events
    that changed a score, until the broker acked the score; bare: until the
    event was consumed) p50/p99 from the worker's exact samples.
 
@@ -37,6 +38,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from features.events import parse_ts_ms  # noqa: E402
 from scoring.simulator import SimulationConfig, simulate  # noqa: E402
 from streams.app import ensure_topics  # noqa: E402
 from streams.embedded import EmbeddedKafka, EmbeddedRedis, free_port  # noqa: E402
@@ -58,13 +60,16 @@ def events(n: int, seed: int) -> list[tuple[str, bytes, bytes]]:
 
 
 def produce(
-    producer: Any, topics: Topics, batch: list[tuple[str, bytes, bytes]], rate: float = 0.0, live: bool = False
+    producer: Any, topics: Topics, batch: list[tuple[str, bytes, bytes]], rate: float = 0.0,
+    live_from_ms: int | None = None,
 ) -> None:
-    """Send events; ``rate`` paces them, ``live`` stamps each with the send time as event time.
+    """Send events; ``rate`` paces them.
 
-    Without ``live`` the latency phase would replay history at ~10^5 x real time, and
-    the event-time alignment would (rightly) hold events for ordering; a live stream's
-    event times move with the clock.
+    ``live_from_ms``: event time continues from there at the pace of the clock
+    (a live stream after the backlog). Otherwise the latency phase would replay
+    history at ~10^5 x real time and the event-time alignment would (rightly)
+    hold events for ordering; stamping "now" instead would jump event time by
+    years and mature every pending label at once.
     """
     start = time.monotonic()
     for i, (kind, key, line) in enumerate(batch):
@@ -72,9 +77,9 @@ def produce(
             wait = i / rate - (time.monotonic() - start)
             if wait > 0:
                 time.sleep(wait)
-        if live:
+        if live_from_ms is not None:
             ev = orjson.loads(line)
-            ev["ts"] = int(time.time() * 1000)
+            ev["ts"] = live_from_ms + int((time.monotonic() - start) * 1000)
             line = orjson.dumps(ev)
         producer.send(topics.inputs[kind], key=key, value=line)  # Kafka timestamp = send time
     producer.flush()
@@ -113,7 +118,8 @@ def one_run(mode: str, run: int, kafka: EmbeddedKafka, redis_url: str, data: lis
         throughput = n / max(1e-9, done["last_at"] - done["first_at"])
         reset = urllib.request.Request(f"http://127.0.0.1:{worker.port}/latency", method="DELETE")
         urllib.request.urlopen(reset, timeout=10).close()
-        produce(producer, topics, data[n:n + lat_n], rate=rate, live=True)
+        history_end = max(parse_ts_ms(orjson.loads(line)["ts"]) for _, _, line in data[:n])
+        produce(producer, topics, data[n:n + lat_n], rate=rate, live_from_ms=history_end)
         lat = wait_for(worker, lat_n, timeout=300)
     finally:
         producer.close()
