@@ -77,21 +77,25 @@ def _history(rows: int = 10_000, broken: int = 100, seed: int = 42) -> tuple[str
         reason, breaker = rng.choice(BREAKERS)
         breaker(data[i])
         reasons[i] = reason
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(HEADER)
+    chunks: list[str] = []
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
     line = 2
     by_line: dict[int, str] = {}
     valid: list[list[str]] = []
-    for i, row in enumerate(data):
-        before = out.tell()
+    for i, row in enumerate([HEADER, *data], start=-1):
+        buf.seek(0)
+        buf.truncate()
         writer.writerow(row)
+        chunks.append(buf.getvalue())
+        if i < 0:
+            continue
         if i in reasons:
             by_line[line] = reasons[i]
         else:
             valid.append(row)
-        line += out.getvalue()[before:].count("\n")  # quoted fields may span lines
-    return out.getvalue(), by_line, valid
+        line += chunks[-1].count("\n")  # quoted fields may span lines
+    return "".join(chunks), by_line, valid
 
 
 @pytest.fixture(scope="module")
