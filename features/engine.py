@@ -313,4 +313,14 @@ def _compile_derived(d: DerivedSpec) -> Callable[[dict[str, float | None], int],
             return default if t is None else max(as_of - t, 0) / DAY_MS
 
         return days_since
+    if d.kind == "mean_gap":
+        first_name, last_name, count_name = inputs
+
+        def mean_gap(v: dict[str, float | None], as_of: int) -> float | None:
+            first, last, count = v[first_name], v[last_name], v[count_name] or 0.0
+            if first is None or last is None or count < 2:
+                return default
+            return (last - first) / (count - 1) / DAY_MS
+
+        return mean_gap
     raise ValueError(f"unknown derived kind {d.kind!r}")

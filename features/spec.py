@@ -29,7 +29,7 @@ from typing import Any, Literal
 import yaml
 
 Aggregation = Literal["count", "sum", "max", "min", "first_time", "last_time", "distinct", "decayed"]
-DerivedKind = Literal["ratio", "after", "present", "days_since"]
+DerivedKind = Literal["ratio", "after", "present", "days_since", "mean_gap"]
 
 ACTIONS: dict[str, frozenset[str]] = {
     "web": frozenset(
@@ -128,6 +128,7 @@ class DerivedSpec:
     - ``after``: 1.0 when time feature ``a`` is later than ``b`` (or ``b`` absent).
     - ``present``: 1.0 when ``a`` has a value.
     - ``days_since``: days from time feature ``a`` to the read time (``default`` if absent).
+    - ``mean_gap``: mean days between events from (first time, last time, count); needs 2+.
     """
 
     name: str
@@ -247,6 +248,11 @@ def default_catalog() -> Catalog:
         DerivedSpec("cart_without_purchase", "after", ("last_add_to_cart_at", "last_purchase_at")),
         DerivedSpec("unsubscribed", "present", ("unsubscribed_at",)),
         # Beta(1, 4) prior: a customer with no sends reads as a typical 20% opener.
+        # The customer's own rhythm: how long they usually wait, and how overdue they are now.
+        DerivedSpec("days_between_purchases", "mean_gap",
+                    ("first_purchase_at", "last_purchase_at", "orders_total")),
+        DerivedSpec("purchase_overdue_ratio", "ratio",
+                    ("days_since_last_purchase", "days_between_purchases")),
         DerivedSpec("open_rate_90d", "ratio", ("opens_90d", "sends_90d"), prior=(1.0, 5.0)),
         DerivedSpec("click_rate_90d", "ratio", ("clicks_90d", "sends_90d"), prior=(0.25, 5.0)),
     ]
