@@ -504,7 +504,10 @@ class LiveWorker:
         except Exception:  # noqa: BLE001 - consumer not ready: do not hold anything back
             return True
         if high is None:
-            return True  # never fetched: nothing known to wait for
+            # Not fetched yet (just assigned): it may hold older events. Wait; the
+            # first fetch response tells. (Treating it as caught up let a backlog's
+            # first batches run ahead of partitions fetched a moment later.)
+            return False
         return self.received.get(tp, 0) >= high
 
     async def on_assigned(self, assigned: set[TP]) -> None:

@@ -56,9 +56,11 @@ class Deployment:
         ensure_topics(self.settings)
         self.workers: list[WorkerProcess] = []
         self.redis = redis.Redis.from_url(redis_url)
+        self.logdir: Path | None = None  # keep worker logs here (pytest's tmp_path)
 
     def start_worker(self) -> WorkerProcess:
-        w = WorkerProcess({**self.env, "web_port": free_port()}, loglevel="info").start()
+        log = self.logdir / f"worker-{len(self.workers)}.log" if self.logdir else None
+        w = WorkerProcess({**self.env, "web_port": free_port()}, log_path=log, loglevel="info").start()
         self.workers.append(w)
         return w
 
@@ -123,12 +125,15 @@ class Deployment:
 
 
 @pytest.fixture
-def deploy(kafka_bootstrap: str, redis_url: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+def deploy(
+    kafka_bootstrap: str, redis_url: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Any]:
     made: list[Deployment] = []
 
     def make(suffix: str = "") -> Deployment:
         stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40]
         d = Deployment(kafka_bootstrap, redis_url, f"t-{stem}-{suffix}{time.monotonic_ns() % 10**9}")
+        d.logdir = tmp_path
         made.append(d)
         return d
 
