@@ -435,10 +435,16 @@ class ScoringCore:
                 })
 
     # ------------------------------------------------------------------ time
-    def _process_due(self, shard: str, watermark: int, out: Outputs) -> None:
-        due = self.state.due(shard, watermark)
-        if not due:
-            return
+    def _process_due(self, shard: str, watermark: int, out: Outputs, max_rounds: int = 64) -> None:
+        # An idle customer's rescore moves one tick per round: keep going until nothing is due,
+        # so a watermark that jumps (sparse history, a quiet shard) leaves no work behind.
+        for _ in range(max_rounds):
+            due = self.state.due(shard, watermark)
+            if not due:
+                return
+            self._process_due_once(due, shard, watermark, out)
+
+    def _process_due_once(self, due: list[str], shard: str, watermark: int, out: Outputs) -> None:
         records = self.state.load(due)
         states = self.features.read(due)
         matured: list[Labelled] = []

@@ -17,6 +17,7 @@ True
 
 from __future__ import annotations
 
+import heapq
 import math
 import pickle
 from collections import deque
@@ -197,8 +198,8 @@ class OnlineModel:
             terms = {k: weights.get(k, 0.0) * v for k, v in z.items()}
         else:
             terms = dict(z)
-        ranked = sorted(terms.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
-        return [(k, round(v, 4)) for k, v in ranked[:top] if v != 0.0]
+        ranked = heapq.nsmallest(top, terms.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
+        return [(k, round(v, 4)) for k, v in ranked if v != 0.0]
 
     def snapshot(self) -> bytes:
         """Bytes that :meth:`restore` turns back into an identical model (trusted storage only)."""
