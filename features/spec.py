@@ -161,17 +161,6 @@ class Catalog:
     def names(self) -> list[str]:
         return [f.name for f in self.features] + [d.name for d in self.derived]
 
-    def without_sources(self, types: Sequence[str]) -> Catalog:
-        """The catalogue minus features fed only by the given event types."""
-        kept = tuple(f for f in self.features if f.selectors()[0][0] not in types)
-        names = {f.name for f in kept}
-        derived: list[DerivedSpec] = []
-        for d in self.derived:
-            if all(i in names for i in d.inputs):
-                derived.append(d)
-                names.add(d.name)
-        return Catalog(kept, tuple(derived))
-
 
 def load_catalog(path: str | Path) -> Catalog:
     """Read a catalogue from YAML: ``features: [...]`` and ``derived: [...]``."""

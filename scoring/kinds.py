@@ -203,8 +203,4 @@ def default_kinds() -> list[ScoreKind]:
     ]
 
 
-def kinds_by_name(kinds: list[ScoreKind]) -> dict[str, ScoreKind]:
-    return {k.name: k for k in kinds}
-
-
-__all__ = ["DAY_MS", "Bands", "ScoreKind", "default_kinds", "kinds_by_name"]
+__all__ = ["DAY_MS", "Bands", "ScoreKind", "default_kinds"]
