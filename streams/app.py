@@ -483,10 +483,22 @@ class LiveWorker:
         if stream is None or not (len(self.aligner) or self._ready):
             return
         async with self._score_lock:
-            ready = self._ready + (self.aligner.flush() if everything else self.aligner.release(self._caught_up))
-            self._ready = []
             if everything:
+                # Rebalance or shutdown: score what was already released (it is in order), but
+                # drop what the aligner still holds instead of scoring it out of order. Those
+                # messages were never acked, so the committed offset stops before them and Kafka
+                # delivers them again; dropping our references lets Faust's weak set of
+                # unacked messages empty, so wait_empty() does not block. (Scoring them here
+                # advanced customers' clocks, and the other topics' older events then
+                # arrived later than the allowed lateness and were lost.)
+                dropped = self.aligner.flush()
+                self.metrics.held_dropped.inc(len(dropped))
+                del dropped
                 self.received.clear()
+                ready = self._ready
+            else:
+                ready = self._ready + self.aligner.release(self._caught_up)
+            self._ready = []
             if ready:
                 await self._score_ready(stream, ready, [], [], Counter(), 0)
 
@@ -501,8 +513,8 @@ class LiveWorker:
         tp = TP(topic, partition)
         try:
             high = self.app.consumer.highwater(tp)
-        except Exception:  # noqa: BLE001 - consumer not ready: do not hold anything back
-            return True
+        except Exception:  # noqa: BLE001 - consumer not ready: hold (max_held bounds the wait)
+            return False
         if high is None:
             # Not fetched yet (just assigned): it may hold older events. Wait; the
             # first fetch response tells. (Treating it as caught up let a backlog's

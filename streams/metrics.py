@@ -88,6 +88,11 @@ class Metrics:
         self.lag = Gauge("leadpulse_consumer_lag", "Records behind the partition's high watermark",
                          ["topic", "partition"], registry=r)
         self.held = Gauge("leadpulse_events_held", "Valid events held for event-time alignment", registry=r)
+        self.held_dropped = Counter(
+            "leadpulse_events_held_dropped",
+            "Held events dropped at a rebalance or shutdown (unacked: Kafka delivers them again)",
+            registry=r,
+        )
         self.model_version = Gauge("leadpulse_model_version", "Labels learned by the model in use", ["kind"], registry=r)
         self.last_batch = Gauge("leadpulse_last_batch_timestamp_seconds", "Wall time of the last processed batch", registry=r)
 
