@@ -93,6 +93,7 @@ from streams.pipeline import (
     Incoming,
     Learner,
     ModelRefresher,
+    OrderedAcks,
     OutRecord,
     Pipeline,
     labelled_from_json,
@@ -234,6 +235,7 @@ class LiveWorker:
         self._score_stream: Any = None
         self.received: dict[TP, int] = {}  # next offset to receive, per input partition
         self._ready: list[Any] = []  # released by the aligner, gathered into a full batch
+        self.acks: OrderedAcks[Any] = OrderedAcks()  # ack in offset order per partition
         self.aligner: EventTimeAligner[tuple[Any, Any]] = EventTimeAligner(
             list(settings.topics.inputs.values()), max_held=settings.align_max_held,
             slack_ms=int(settings.align_slack_s * 1000),
@@ -458,6 +460,7 @@ class LiveWorker:
                 messages.append(msg)
                 tp = ev.message.tp
                 self.received[tp] = max(self.received.get(tp, 0), msg.offset + 1)
+                self.acks.received(tp, ev.message.offset)
             try:
                 by_shard, dead, counts = await self._call(self.pipeline.split, messages)
             except Exception as exc:  # noqa: BLE001 - decode never raises; a bug if it does
@@ -495,6 +498,9 @@ class LiveWorker:
                 self.metrics.held_dropped.inc(len(dropped))
                 del dropped
                 self.received.clear()
+                # Done-but-unacked events behind a dropped one are redelivered too (and skipped
+                # as duplicates): acking them could commit past the dropped offsets.
+                self.acks.clear()
                 ready = self._ready
             else:
                 ready = self._ready + self.aligner.release(self._caught_up)
@@ -557,7 +563,8 @@ class LiveWorker:
         await self.publish(records)
         done = dead_events + [fev for _, _, (_, fev) in ready]
         for fev in done:
-            await stream.ack(fev)
+            for ackable in self.acks.done(fev.message.tp, fev.message.offset, fev):
+                await stream.ack(ackable)
         now = time.time()
         self._track(done)
         self.metrics.count(counts, Counter(m.topic for m in (fev.message for fev in done)))

@@ -522,3 +522,44 @@ class Learner:
 
     def versions(self) -> dict[str, int]:
         return {name: m.version for name, m in self.registry.models.items()}
+
+
+class OrderedAcks(Generic[P]):
+    """Acks each partition's messages in offset order.
+
+    Faust commits the first run of consecutive acked offsets, and before a
+    partition's first commit it does not check that the run starts where the
+    partition does. Acking offset 11 while 10 is still held (by the event-time
+    aligner, or a dead letter acked before a held event) could then commit past
+    10, and a crash would lose it. So an offset is acked only when every lower
+    offset received on its partition is done.
+
+    >>> acks = OrderedAcks()
+    >>> for off in (10, 11, 12):
+    ...     acks.received(("t", 0), off)
+    >>> acks.done(("t", 0), 11, "e11"), acks.done(("t", 0), 10, "e10"), acks.done(("t", 0), 12, "e12")
+    ([], ['e10', 'e11'], ['e12'])
+    """
+
+    def __init__(self) -> None:
+        self._outstanding: dict[Any, list[int]] = {}
+        self._done: dict[Any, dict[int, P]] = {}
+
+    def received(self, tp: Any, offset: int) -> None:
+        heapq.heappush(self._outstanding.setdefault(tp, []), offset)
+
+    def done(self, tp: Any, offset: int, item: P) -> list[P]:
+        """Mark one message done; returns the items that may be acked now, in offset order."""
+        done = self._done.setdefault(tp, {})
+        done[offset] = item
+        heap = self._outstanding.get(tp, [])
+        out = []
+        while heap and heap[0] in done:
+            out.append(done.pop(heapq.heappop(heap)))
+        return out
+
+    def clear(self) -> None:
+        """Forget everything (rebalance, shutdown): unacked messages are delivered again."""
+        self._outstanding.clear()
+        self._done.clear()
+

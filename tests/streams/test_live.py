@@ -287,9 +287,10 @@ def test_two_workers_in_one_group_match_a_single_worker(deploy: Any, tmp_path: P
 
 @pytest.mark.xfail(
     strict=False,
-    reason="KNOWN BUG (issue 4, open): about 1 run in 4-5 loses some events after SIGKILL and "
-    "restart. Dropping held events at a rebalance (instead of scoring them out of order) fixed "
-    "the common case; the remaining cause is not found. Runs every time; x = failed, X = passed.",
+    reason="KNOWN BUG (issue 4, open): some events can be lost after SIGKILL and restart. "
+    "Two causes fixed (held events scored out of order at a rebalance; acks out of offset "
+    "order, which Faust can commit past before a partition's first commit); after that, "
+    "1 failure in 16 runs here, cause not found. Runs every time; x = failed, X = passed.",
 )
 def test_kill_9_mid_stream_then_restart_counts_nothing_twice_and_loses_nothing(
     deploy: Any, tmp_path: Path
