@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from features.events import AnyEvent
+from features.events import AnyEvent, action_of
 from features.spec import ACTIONS, DAY_MS, Catalog, DerivedSpec, FeatureSpec, default_catalog
 
 State = dict[str, float]
@@ -165,7 +165,7 @@ class FeatureEngine:
 
     def ops_for(self, event: AnyEvent) -> tuple[Op, ...]:
         """The state operations one event causes (empty when no feature cares)."""
-        action = event.status if event.type == "purchase" else event.action
+        action = action_of(event)
         specs = self._dispatch.get((event.type, action), ())
         ts = event.ts_ms
         ops: list[Op] = []

@@ -139,6 +139,16 @@ AnyEvent = WebEvent | PurchaseEvent | CampaignEvent
 _ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(Event)
 
 
+def action_of(event: AnyEvent) -> str:
+    """What happened: the web or campaign action; for a purchase, its status.
+
+    >>> action_of(decode('{"event_id":"e","customer_id":"c","ts":1704067200000,"type":"purchase",'
+    ...                  '"order_id":"o","amount":1,"currency":"EUR","status":"refunded"}'))
+    'refunded'
+    """
+    return event.status if event.type == "purchase" else event.action
+
+
 @dataclass(frozen=True, slots=True)
 class EventError:
     """A line or message that is not a valid event: the original bytes and why."""

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from features.engine import TIME_FIELD, FeatureEngine, State, apply_ops
-from features.events import AnyEvent, ms_to_iso
+from features.events import AnyEvent, action_of, ms_to_iso
 from features.spec import DAY_MS, Catalog
 from features.store import DUPLICATE, LATE, FeatureStore, InMemoryFeatureStore, Update
 from scoring.kinds import ScoreKind, default_kinds
@@ -213,18 +213,18 @@ class ScoringCore:
                 out.counts["late"] += 1
                 continue
             rec = records[ev.customer_id]
+            key = f"{ev.type}:{action_of(ev)}"
             if status == DUPLICATE:
                 # Outcomes are idempotent, so a redelivered outcome still labels what it should.
                 out.counts["duplicates"] += 1
-                self._mark_outcomes(rec, ev)
+                self._mark_outcomes(rec, ev, key)
                 continue
             out.counts["applied"] += 1
             state = working[ev.customer_id]
             apply_ops(state, up.ops)
-            self._mark_outcomes(rec, ev)
-            self._score_event(ev, rec, state, out)
-        previous = self.state.watermark(shard)
-        watermark = max(newest - self.lateness_ms, previous if previous is not None else newest - self.lateness_ms)
+            self._mark_outcomes(rec, ev, key)
+            self._score_event(ev, key, rec, state, out)
+        watermark = self._watermark(shard, newest - self.lateness_ms)
         self.state.save(records, shard, watermark)
         self._process_due(shard, watermark, out)
         return out
@@ -232,18 +232,20 @@ class ScoringCore:
     def advance(self, shard: str, until_ms: int) -> Outputs:
         """Move a shard's watermark to ``until_ms`` with no new events (end of a replay, idle shard)."""
         out = Outputs()
-        previous = self.state.watermark(shard)
-        watermark = max(until_ms, previous or until_ms)
+        watermark = self._watermark(shard, until_ms)
         self.state.save({}, shard, watermark)
         self._process_due(shard, watermark, out)
         return out
 
+    def _watermark(self, shard: str, candidate: int) -> int:
+        # A watermark never goes backwards.
+        previous = self.state.watermark(shard)
+        return candidate if previous is None else max(candidate, previous)
+
     # ------------------------------------------------------------------ events
-    def _mark_outcomes(self, rec: CustomerScoring, ev: AnyEvent) -> None:
+    def _mark_outcomes(self, rec: CustomerScoring, ev: AnyEvent, key: str) -> None:
         if not rec.pending:
             return
-        action = ev.status if ev.type == "purchase" else ev.action
-        key = f"{ev.type}:{action}"
         for p in rec.pending:
             kind = self.registry.kinds[p.kind]
             if (
@@ -253,9 +255,9 @@ class ScoringCore:
             ):
                 p.outcome = True
 
-    def _score_event(self, ev: AnyEvent, rec: CustomerScoring, state: State, out: Outputs) -> None:
-        action = ev.status if ev.type == "purchase" else ev.action
-        key = f"{ev.type}:{action}"
+    def _score_event(
+        self, ev: AnyEvent, key: str, rec: CustomerScoring, state: State, out: Outputs
+    ) -> None:
         strong = self._on_event.get(key, ())
         vector: dict[str, float | None] | None = None
         x: dict[str, float] | None = None
