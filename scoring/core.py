@@ -165,8 +165,11 @@ class ScoringCore:
         lateness_ms: int = 3_600_000,
         learn_inline: bool = True,
         sensitive: Sequence[str] = ("age", "age_band", "gender", "ethnicity", "religion"),
+        explain: bool = True,
     ) -> None:
         self.engine = engine
+        # Reasons cost a model pass per published score; a replay that only counts scores skips them.
+        self.explain = explain
         self.features = features
         self.state = state
         self.kinds = list(kinds or default_kinds())
@@ -360,7 +363,9 @@ class ScoringCore:
                 "probability": round(prob, 6), "band": band, "old_band": old_band,
                 "grade": int(round(prob * 10)), "model_version": res["model_version"],
                 "source": res["source"],
-                "reasons": [{"feature": f, "contribution": c} for f, c in res["reasons"]()],
+                "reasons": (
+                    [{"feature": f, "contribution": c} for f, c in res["reasons"]()] if self.explain else []
+                ),
                 "event_id": event_id, "cause": "event" if event_id else "idle_rescore",
                 "ts": ms_to_iso(ts),
             }

@@ -146,13 +146,18 @@ def _headline(reports: list[dict[str, Any]]) -> str:
             f"[{name}] {rep['events']:,} events ({rep['invalid']:,} invalid, {rep['duplicates']:,} duplicates) "
             f"in {rep['seconds']:.1f}s"
         )
-        lines.append(f"  {'kind':<22}{'labels':>9}{'pos':>8}{'AUC':>7}{'rule':>7}{'batch':>7}{'top/bot':>9}")
+        lines.append(
+            f"  {'kind':<22}{'labels':>9}{'pos':>8}{'AUC':>7}{'rule':>7}{'top/bot':>9}"
+            f"   {'online':>7}{'batch':>7}  (on the batch model's examples)"
+        )
         for kind, k in rep["kinds"].items():
             b = k["baselines"]
+            batch = b.get("batch_weekly", {})
+            same = batch.get("online_on_same_examples", {})
             lines.append(
                 f"  {kind:<22}{k['labels']:>9,}{k['positives']:>8,}{_f(k['auc']):>7}"
-                f"{_f(b['rule']['auc']):>7}{_f(b.get('batch_weekly', {}).get('auc')):>7}"
-                f"{_f(k['top_bottom_decile_ratio'], 1):>9}"
+                f"{_f(b['rule']['auc']):>7}{_f(k['top_bottom_decile_ratio'], 1):>9}"
+                f"   {_f(same.get('auc')):>7}{_f(batch.get('auc')):>7}"
             )
     return "\n".join(lines)
 

@@ -61,6 +61,12 @@ def test_auc_recomputed_from_scores_out_matches_report(history: Path, tmp_path: 
         assert got is not None and k["auc"] is not None and abs(got - k["auc"]) < 1e-3, kind
         rule = auc([r["rule_probability"] for r in mine], [r["label"] for r in mine])
         assert rule is not None and abs(rule - k["baselines"]["rule"]["auc"]) < 1e-3
+        warm = [r for r in mine if r["source"] == "model"]
+        if "model_only" in k:
+            got = auc([r["probability"] for r in warm], [r["label"] for r in warm])
+            assert got is not None and abs(got - k["model_only"]["auc"]) < 1e-3, kind
+            assert k["model_only"]["labels"] == len(warm) < len(mine)
+    assert any("model_only" in k for k in report["kinds"].values())
 
 
 def test_purchases_only_replay_sees_only_purchases(history: Path, tmp_path: Path) -> None:
