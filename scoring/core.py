@@ -457,6 +457,9 @@ class ScoringCore:
         matured: list[Labelled] = []
         for cid in due:
             rec = records[cid]
+            # Ticks of several kinds often fall on one moment (7d and 14d after a purchase):
+            # one vector and one model input per moment.
+            moments: dict[int, list[Any]] = {}
             for kind in self.kinds:
                 ks = rec.kinds.get(kind.name)
                 if ks is None or ks.next_tick is None or ks.next_tick > watermark:
@@ -464,13 +467,19 @@ class ScoringCore:
                 # Never score a moment earlier than what the state already contains.
                 as_of = max(ks.next_tick, int(states[cid].get(TIME_FIELD, 0)))
                 ks.next_tick = None
-                vector = self.engine.vector(states[cid], as_of)
+                moment = moments.get(as_of)
+                if moment is None:
+                    moment = moments[as_of] = [self.engine.vector(states[cid], as_of), None]
+                vector = moment[0]
                 idle = vector.get("days_since_last_event")
                 if idle is not None and idle * DAY_MS > 180 * DAY_MS:
                     continue  # long gone: stop rescoring until the customer shows up again
                 if self._eligible(kind, vector):
                     out.counts["idle_rescores"] += 1
-                    self._score(cid, rec, kind, vector, as_of, None, None, None, out)
+                    if kind.learned and moment[1] is None:
+                        moment[1] = model_input(vector, self.sensitive)
+                    x = moment[1] if kind.learned else None
+                    self._score(cid, rec, kind, vector, as_of, None, None, x, out)
             keep = []
             for p in rec.pending:
                 if p.end_ms <= watermark:
