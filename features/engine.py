@@ -157,6 +157,7 @@ class FeatureEngine:
             else:
                 self._readers.append((spec.name, reader, reader({}, 0)))
         self._derived = [(d.name, _compile_derived(d)) for d in self.catalog.derived]
+        self._reader_by_name = {name: read for name, read, _ in self._readers}
 
     @staticmethod
     def _distinct_base(spec: FeatureSpec) -> str:
@@ -263,6 +264,20 @@ class FeatureEngine:
             for name, window in specs:
                 since = as_of - window
                 out[name] = float(sum(1 for t in times if t > since))
+
+    def read(self, state: Mapping[str, float], name: str, as_of_ms: int) -> float | None:
+        """One base feature as of an event time, without computing the vector.
+
+        ``None`` for no value yet, and for a name that is not a base feature of
+        the catalogue (derived and distinct features need the vector).
+
+        >>> engine = FeatureEngine(default_catalog())
+        >>> engine.read({"orders_total": 2.0}, "orders_total", 0), engine.read({}, "nope", 0)
+        (2.0, None)
+        """
+        read = self._reader_by_name.get(name)
+        st = state if isinstance(state, dict) else dict(state)
+        return None if read is None else read(st, as_of_ms)
 
     def vector(self, state: Mapping[str, float], as_of_ms: int) -> dict[str, float | None]:
         """The customer's features as of an event time (``None`` = no value yet)."""

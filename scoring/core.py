@@ -276,6 +276,8 @@ class ScoringCore:
                 ks = rec.kinds.get(kind.name)
                 if ks is not None and ks.scored_at is not None and as_of - ks.scored_at < kind.rescore_ms:
                     continue
+            if not self._may_be_eligible(kind, state, as_of):
+                continue  # decided from two stored values: no vector for a kind that cannot score
             if vector is None:
                 vector = self.engine.vector(state, as_of)
             if not self._eligible(kind, vector):
@@ -287,6 +289,18 @@ class ScoringCore:
             if kind.learned and ev.type == "campaign" and x is not None:
                 inputs = {**x, f"channel_{ev.channel}": 1.0}
             self._score(ev.customer_id, rec, kind, vector, as_of, ev.event_id, match, inputs, out)
+
+    def _may_be_eligible(self, kind: ScoreKind, state: State, as_of: int) -> bool:
+        # The cheap half of _eligible, from the state: False only where _eligible is False too.
+        if not (kind.requires_purchase or kind.active_within_ms):
+            return True
+        if not (self.engine.read(state, "orders_total", as_of) or 0) >= 1:
+            return False
+        if kind.active_within_ms:
+            last = self.engine.read(state, "last_purchase_at", as_of)
+            if last is not None and as_of - last > kind.active_within_ms:
+                return False
+        return True
 
     def _eligible(self, kind: ScoreKind, vector: dict[str, float | None]) -> bool:
         if kind.requires_purchase and not (vector.get("orders_total") or 0) >= 1:
@@ -467,6 +481,8 @@ class ScoringCore:
                 # Never score a moment earlier than what the state already contains.
                 as_of = max(ks.next_tick, int(states[cid].get(TIME_FIELD, 0)))
                 ks.next_tick = None
+                if not self._may_be_eligible(kind, states[cid], as_of):
+                    continue
                 moment = moments.get(as_of)
                 if moment is None:
                     moment = moments[as_of] = [self.engine.vector(states[cid], as_of), None]
