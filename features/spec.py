@@ -236,12 +236,13 @@ def default_catalog() -> Catalog:
         DerivedSpec("days_since_last_click", "days_since", ("last_click_at",)),
         DerivedSpec("cart_without_purchase", "after", ("last_add_to_cart_at", "last_purchase_at")),
         DerivedSpec("unsubscribed", "present", ("unsubscribed_at",)),
-        # Beta(1, 4) prior: a customer with no sends reads as a typical 20% opener.
+        DerivedSpec("is_buyer", "present", ("first_purchase_at",)),
         # The customer's own rhythm: how long they usually wait, and how overdue they are now.
         DerivedSpec("days_between_purchases", "mean_gap",
                     ("first_purchase_at", "last_purchase_at", "orders_total")),
         DerivedSpec("purchase_overdue_ratio", "ratio",
                     ("days_since_last_purchase", "days_between_purchases")),
+        # Beta(1, 4) prior: a customer with no sends reads as a typical 20% opener.
         DerivedSpec("open_rate_90d", "ratio", ("opens_90d", "sends_90d"), prior=(1.0, 5.0)),
         DerivedSpec("click_rate_90d", "ratio", ("clicks_90d", "sends_90d"), prior=(0.25, 5.0)),
     ]

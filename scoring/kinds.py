@@ -122,7 +122,10 @@ PROPENSITY_PRIOR: dict[str, float] = {
     "days_since_last_purchase": -0.05,
 }
 CHURN_PRIOR: dict[str, float] = {
-    # Recency dominates churn: long silence, few orders, no recent engagement.
+    # Recency dominates churn: long silence, few orders, no recent engagement. A buyer starts
+    # at 30 points: most one-time buyers never return, so even right after a first purchase
+    # the prior is about 0.55, not 0 (which put every fresh one-time buyer at the bottom).
+    "is_buyer": 30.0,
     "days_since_last_purchase": 0.8,
     "orders_365d": -6.0,
     "web_engagement": -1.0,
