@@ -497,7 +497,7 @@ class LiveWorker:
                 dropped = self.aligner.flush()
                 self.metrics.held_dropped.inc(len(dropped))
                 del dropped
-                self.received.clear()
+                # `received` is reset by on_assigned, which follows every revocation.
                 # Done-but-unacked events behind a dropped one are redelivered too (and skipped
                 # as duplicates): acking them could commit past the dropped offsets.
                 self.acks.clear()
@@ -511,10 +511,10 @@ class LiveWorker:
     def _caught_up(self, topic: str, partition: int) -> bool:
         """Whether an input partition has no unread records for us (it holds nothing back).
 
-        True when what we received (or the position we were assigned at)
-        reaches the partition's high watermark from the last fetch. Faust's
-        own read position is no use here: it runs thousands of records ahead
-        of the agent, in the stream's buffer.
+        True when what we received (or the committed offset delivery started
+        from, see :meth:`on_assigned`) reaches the partition's high watermark
+        from the last fetch. Faust's own read position is no use here: it runs
+        thousands of records ahead of the agent, in the stream's buffer.
         """
         tp = TP(topic, partition)
         try:
@@ -529,16 +529,59 @@ class LiveWorker:
         return self.received.get(tp, 0) >= high
 
     async def on_assigned(self, assigned: set[TP]) -> None:
-        """Remember where each newly assigned input partition starts (its committed offset)."""
+        """Reset where each assigned input partition's delivery starts: its committed offset.
+
+        After every assignment, a first one or the same partitions again (the eager
+        protocol revokes everything at a rebalance), Faust seeks each assigned
+        partition to its committed offset and delivers from there. So what we
+        received before says nothing any more, and the start is the committed
+        offset (or the log start, with none: ``consumer_auto_offset_reset`` is
+        ``earliest``). Not the consumer's position: Faust resumes fetching while
+        this signal is still being handled, and the position is then the fetch
+        position, often already the partition's end. Taken for the start, it made
+        a partition look caught up before the agent had seen a single record of
+        it; the aligner let the shard's other topics run hours ahead, and that
+        partition's events were then dropped as late.
+        """
         inputs = set(self.settings.topics.inputs.values())
-        for tp in assigned:
-            if tp.topic in inputs and tp not in self.received:
-                try:
-                    pos = await self.app.consumer.position(tp)
-                except Exception:  # noqa: BLE001 - then we learn it from the first record
-                    continue
-                if pos is not None:
-                    self.received[tp] = max(self.received.get(tp, 0), pos)
+        # Before any await: nothing of this assignment has reached the agent yet. Until
+        # the starts are known, a partition counts as caught up only if it is empty.
+        self.received = {}
+        tps = sorted(tp for tp in assigned if tp.topic in inputs)
+        if not tps:
+            return
+        delay = 0.5
+        for _attempt in range(5):
+            try:
+                starts = await self._start_offsets(tps)
+                break
+            except Exception as exc:  # noqa: BLE001 - retried; then learnt from the first record
+                log.warning("reading committed offsets failed (%s); retrying in %.1fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay *= 2
+        else:
+            # Safe, not live: a partition with nothing left to read then holds its shard
+            # back until align_max_held forces events out.
+            log.error("committed offsets unknown: partitions count as caught up only once they deliver")
+            return
+        for tp, start in starts.items():
+            self.received[tp] = max(self.received.get(tp, 0), start)
+
+    async def _start_offsets(self, tps: list[TP]) -> dict[TP, int]:
+        """The offset Faust delivers each partition from: max(committed offset, log start)."""
+        earliest = await self.app.consumer.earliest_offsets(*tps)
+        # Faust has no public call for committed offsets: ask its aiokafka consumer, on the
+        # consumer's own thread (aiokafka is not thread-safe).
+        thread: Any = getattr(self.app.consumer, "_thread", None)
+        if thread is None:
+            raise RuntimeError("not an aiokafka consumer thread")
+
+        async def committed() -> dict[TP, int | None]:
+            consumer = thread._ensure_consumer()
+            return {tp: await consumer.committed(tp) for tp in tps}
+
+        found: dict[TP, int | None] = await thread.call_thread(committed)
+        return {tp: max(found.get(tp) or 0, earliest.get(tp) or 0) for tp in tps}
 
     async def _score_ready(
         self, stream: Any, ready: Sequence[Any], dead: list[OutRecord], dead_events: list[Any],
