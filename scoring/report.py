@@ -209,6 +209,11 @@ def _headline_sentence(k: dict[str, Any]) -> str:
     # "ranks worse than A (...) and worse than B (...)": one verb for both baselines.
     rest = [p.removeprefix("ranks ") if parts[0].startswith("ranks ") else p for p in parts[1:]]
     sentence = "The online model " + " and ".join(parts[:1] + rest) + "."
+    warm = k.get("model_only")
+    if warm and warm.get("auc") is not None and k.get("labels"):
+        share = warm["labels"] / k["labels"]
+        sentence += (f" The first {_pct(1 - share, 0)} of examples were scored by the cold-start rule;"
+                     f" on the model's own {_pct(share, 0)} its AUC is {warm['auc']:.3f}.")
     ratio = k.get("top_bottom_decile_ratio")
     if ratio is not None:
         useful = "above" if ratio >= USEFUL_RATIO else "below"
@@ -216,11 +221,6 @@ def _headline_sentence(k: dict[str, Any]) -> str:
             f" Its top decile converts {ratio:.1f}× as often as its bottom decile, "
             f"{useful} the {USEFUL_RATIO:.0f}× rule of thumb for a useful score"
         )
-        base = _base_rate(k)
-        if base is not None and base * USEFUL_RATIO > 1 and ratio < USEFUL_RATIO:
-            # With a 77% outcome rate no decile can reach 3x the bottom one unless it is below 33%.
-            sentence += (f" (with {_pct(base, 0)} of examples positive, that ratio is out of reach: "
-                         "judge this kind by AUC)")
         sentence += "."
     return sentence
 
