@@ -11,12 +11,14 @@ about 1M events by default).
 
     python scripts/bench_backtest.py --customers 2000 --days 365 --runs 3
     python scripts/bench_backtest.py --memory --customers 2000
+    python scripts/bench_backtest.py --no-redis --against 2fbf872   # this tree vs an older commit
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -24,7 +26,9 @@ import tempfile
 from pathlib import Path
 
 CHILD = r"""
-import json, resource, sys, time
+import json, os, resource, sys, time
+if os.environ.get("BENCH_TREE"):
+    sys.path.insert(0, os.environ["BENCH_TREE"])  # an older checkout, for --against
 from scoring.backtest import BacktestConfig, run_backtest
 from scoring.core import ScoringCore
 path, store, redis_url = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -45,10 +49,11 @@ print(json.dumps({"events": report["events"], "seconds": report["seconds"],
 """
 
 
-def run_child(path: Path, store: str, redis_url: str) -> dict:
+def run_child(path: Path, store: str, redis_url: str, tree: str = "") -> dict:
+    env = {**os.environ, "BENCH_TREE": tree}
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(path), store, redis_url],
-        check=True, capture_output=True, text=True,
+        check=True, capture_output=True, text=True, env=env, cwd=tree or None,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -66,6 +71,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-redis", action="store_true")
+    ap.add_argument("--against", metavar="REV",
+                    help="also run the in-process store at git revision REV, alternating (ratio vs REV)")
     ap.add_argument("--memory", action="store_true", help="fixed customers, short vs long history")
     ap.add_argument("--long-days", type=int, default=0, help="long history length (default: ~10x events)")
     args = ap.parse_args()
@@ -79,23 +86,33 @@ def main() -> int:
         events = simulate(args.customers, args.days, args.seed, path)
         print(f"{events:,} events, {args.customers:,} customers, {args.days} days")
         stores = ["memory"] if args.no_redis else ["memory", "redis"]
+        tree = ""
+        if args.against:
+            tree = str(Path(tmp) / "against")
+            subprocess.run(["git", "worktree", "add", "--detach", "-q", tree, args.against], check=True)
+            stores.append(f"memory@{args.against}")
         results: dict[str, list[dict]] = {s: [] for s in stores}
         server = None if args.no_redis else EmbeddedRedis().start()
         try:
             for i in range(args.runs):
                 for store in stores if i % 2 == 0 else list(reversed(stores)):
-                    r = run_child(path, store, server.url if server else "")
+                    old = "@" in store
+                    r = run_child(path, store.split("@")[0], server.url if server else "", tree if old else "")
                     results[store].append(r)
                     print(f"  run {i + 1} {store:<6} {r['eps']:>9,.0f} ev/s  peak RSS {r['peak_rss_mb']:.0f} MB")
         finally:
             if server:
                 server.stop()
+            if tree:
+                subprocess.run(["git", "worktree", "remove", "--force", tree], check=False)
         med = {s: statistics.median(r["eps"] for r in rs) for s, rs in results.items()}
         print("\nmedian events/s (backtest core, no batch baseline):")
         for s in stores:
             print(f"  {s:<6} {med[s]:>9,.0f}   runs: {[round(r['eps']) for r in results[s]]}")
         if "redis" in med:
             print(f"  ratio memory/redis: {med['memory'] / med['redis']:.2f}x")
+        if args.against:
+            print(f"  ratio memory now / memory@{args.against}: {med['memory'] / med[stores[-1]]:.2f}x")
     return 0
 
 
