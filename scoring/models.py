@@ -69,6 +69,34 @@ class OnlineModel:
     ``min_labels`` labels with at least ``min_per_class`` of each class; until
     then callers use a cold-start rule. A drift detector (ADWIN) watches the
     prequential log loss.
+
+    Adapting to change (settings, all constructor arguments):
+
+    - ``consolidate_max`` (1,000): most labels between two refits. The refit is
+      what follows a change, so it runs every few days of labels, not weekly.
+    - ``half_life`` (0 = off): exponential forgetting in the refit; a label
+      ``half_life`` labels older than the newest weighs half.
+    - ``drift_refit`` (off) with ``drift_min_rows`` (1,000): on an ADWIN drift,
+      keep only the labels of ADWIN's window (at least ``drift_min_rows``) and
+      refit at once.
+    - ``indicators`` (on): missing indicators are 0.0 when absent, so the model
+      can use missingness (River's scaler maps a feature it only ever sees as
+      1.0 to 0).
+
+    The last two are off by default because they cost accuracy on the
+    backtests: labels arrive in bursts (a campaign send matures thousands of
+    examples at once with a few dozen positives), so a short window or
+    half-life leaves too few positives, and ADWIN on log loss raises false
+    alarms on real histories.
+
+    >>> m = OnlineModel("demo", min_labels=20, min_per_class=5, consolidate_every=50,
+    ...                 half_life=100)
+    >>> for i in range(800):  # the concept flips at label 400; one label in 7 is noise
+    ...     x = i % 2
+    ...     y = x if i < 400 else 1 - x
+    ...     _ = m.learn({"x": float(x)}, y if i % 7 else 1 - y)
+    >>> m.predict({"x": 1.0}) < m.predict({"x": 0.0})
+    True
     """
 
     def __init__(
@@ -79,7 +107,12 @@ class OnlineModel:
         min_per_class: int = 20,
         consolidate_every: int = 0,
         window: int = 20_000,
-        consolidate_max: int = 5_000,
+        consolidate_max: int = 1_000,
+        *,
+        half_life: int = 0,
+        drift_refit: bool = False,
+        drift_min_rows: int = 1_000,
+        indicators: bool = True,
     ) -> None:
         self.kind = kind
         self.model_name = model
@@ -98,8 +131,20 @@ class OnlineModel:
         self.consolidations = 0
         self.version = 0
         self.positives = 0
+        # Forgetting: in a refit, a label ``half_life`` labels older than the newest counts
+        # half as much (exponential weights, 0 = all labels in the window count the same).
+        self.half_life = half_life
+        # On a drift the detector signals, drop the labels from before the change (ADWIN keeps
+        # only the recent part of its window that is consistent: its width, at least
+        # ``drift_min_rows``) and refit at once instead of waiting for the schedule.
+        self.drift_refit = drift_refit and self.consolidate_every > 0
+        self.drift_min_rows = drift_min_rows
         self.drift = drift.ADWIN(delta=0.002)
         self.drifts = 0
+        # Missing indicators (``<name>_missing``) are present only when 1: River's scaler
+        # then sees a constant and maps it to 0, so the model could not use missingness.
+        # With ``indicators`` every indicator seen once is passed as 0.0 when absent.
+        self.indicators: dict[str, None] | None = {} if indicators else None
 
     @property
     def ready(self) -> bool:
@@ -110,8 +155,28 @@ class OnlineModel:
             and negatives >= self.min_per_class
         )
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Snapshots taken before these settings existed keep the behaviour they had.
+        state.setdefault("half_life", 0)
+        state.setdefault("drift_refit", False)
+        state.setdefault("drift_min_rows", 1_000)
+        state.setdefault("indicators", None)
+        self.__dict__.update(state)
+
+    def _complete(self, x: ModelInput, learning: bool = False) -> ModelInput:
+        """``x`` with every known missing indicator that is absent set to 0.0."""
+        known = self.indicators
+        if known is None:
+            return x
+        if learning:  # only learning extends the model's inputs: predict has no side effect
+            for k in x:
+                if k not in known and k.endswith("_missing"):
+                    known[k] = None
+        absent = [k for k in known if k not in x]
+        return {**x, **dict.fromkeys(absent, 0.0)} if absent else x
+
     def predict(self, x: ModelInput) -> float:
-        proba = self.pipeline.predict_proba_one(x)
+        proba = self.pipeline.predict_proba_one(self._complete(x))
         return float(proba.get(True, 0.0))
 
     def learn(self, x: ModelInput, y: int, prob: float | None = None) -> bool:
@@ -119,6 +184,7 @@ class OnlineModel:
         if prob is not None:
             p = min(max(prob, 1e-6), 1 - 1e-6)
             self.drift.update(-math.log(p if y else 1 - p))
+        x = self._complete(x, learning=True)
         self.pipeline.learn_one(x, bool(y))
         self.version += 1
         self.positives += int(bool(y))
@@ -130,6 +196,12 @@ class OnlineModel:
                 self.consolidate()
         if prob is not None and self.drift.drift_detected:
             self.drifts += 1
+            if self.drift_refit:
+                keep = max(int(self.drift.width), self.drift_min_rows)
+                while len(self.recent) > keep:
+                    self.recent.popleft()
+                if self.ready:
+                    self.consolidate()
             return True
         return False
 
@@ -165,7 +237,13 @@ class OnlineModel:
         fit.coef_ = np.array([[current.get(k, 0.0) for k in names]])
         fit.intercept_ = np.array([lr.intercept])
         fit.classes_ = np.array([0, 1])
-        fit.fit(z, labels)
+        weights = None
+        if self.half_life > 0:
+            age = np.arange(len(labels) - 1, -1, -1, dtype=np.float64)
+            weights = np.exp2(-age / self.half_life)
+            # Same total weight as the rows, so C keeps its meaning as the window shrinks.
+            weights *= len(labels) / weights.sum()
+        fit.fit(z, labels, sample_weight=weights)
         for col, k in enumerate(names):
             lr._weights[k] = float(fit.coef_[0, col])
         lr.intercept = float(fit.intercept_[0])
@@ -192,7 +270,7 @@ class OnlineModel:
         this customer apart), since a tree has no additive terms.
         """
         scaler = self.pipeline["StandardScaler"]
-        z = scaler.transform_one(x)
+        z = scaler.transform_one(self._complete(x))
         if self.model_name == "logistic":
             weights = self.pipeline["LogisticRegression"].weights
             terms = {k: weights.get(k, 0.0) * v for k, v in z.items()}

@@ -1,0 +1,192 @@
+"""Online model adaptation: forgetting in the refit, drift-triggered refit, missing
+indicators, snapshots."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+from collections.abc import Iterator
+
+from scoring.models import OnlineModel
+
+Example = tuple[dict[str, float], int]
+
+
+def _stream(n: int, seed: int, flip_at: int | None = None) -> Iterator[Example]:
+    """Two signals; at ``flip_at`` the concept flips (what predicted a purchase now predicts none)."""
+    rng = random.Random(seed)
+    for i in range(n):
+        a, b = rng.gauss(0, 1), rng.gauss(0, 1)
+        sign = -1.0 if flip_at is not None and i >= flip_at else 1.0
+        logit = sign * (2.0 * a - 1.0 * b) - 0.5
+        yield {"a": a, "b": b}, int(rng.random() < 1 / (1 + math.exp(-logit)))
+
+
+def _run(model: OnlineModel, rows: list[Example]) -> list[float]:
+    """Prequential: score each example, then learn it with its score; returns per-example log loss."""
+    losses = []
+    for x, y in rows:
+        p = min(max(model.predict(x), 1e-9), 1 - 1e-9)
+        losses.append(-math.log(p if y else 1 - p))
+        model.learn(x, y, p if model.ready else None)
+    return losses
+
+
+def _model(**kw: object) -> OnlineModel:
+    # Positional arguments as the registry passes them: kind, model, min_labels, min_per_class,
+    # consolidate_every, window.
+    return OnlineModel("k", "logistic", 50, 10, 200, 20_000, **kw)  # type: ignore[arg-type]
+
+
+FLIP = 8_000
+AFTER = 2_000
+# Both adaptive settings on (the defaults leave them off: see OnlineModel's docstring).
+ADAPTIVE = {"half_life": 2_000, "drift_refit": True}
+
+
+def test_adaptive_model_recovers_faster_after_a_concept_flip() -> None:
+    rows = list(_stream(FLIP + 6_000, seed=1, flip_at=FLIP))
+    plain = _model(half_life=0, drift_refit=False)
+    adaptive = _model(**ADAPTIVE)
+    plain_loss = _run(plain, rows)
+    adaptive_loss = _run(adaptive, rows)
+    window = slice(FLIP, FLIP + AFTER)
+    plain_after = sum(plain_loss[window]) / AFTER
+    adaptive_after = sum(adaptive_loss[window]) / AFTER
+    assert adaptive.drifts >= 1 and adaptive.consolidations > plain.consolidations
+    # The plain model still averages the two concepts over its 20k window: near chance after 2k labels.
+    assert adaptive_after < plain_after - 0.1
+    # And the adaptive model is back near the loss it had before the flip.
+    before = sum(adaptive_loss[FLIP - AFTER : FLIP]) / AFTER
+    late = sum(adaptive_loss[FLIP + AFTER : FLIP + 2 * AFTER]) / AFTER
+    assert late < before + 0.05
+
+
+def test_adaptive_model_loses_little_when_nothing_changes() -> None:
+    rows = list(_stream(14_000, seed=2))
+    plain = _model(half_life=0, drift_refit=False)
+    adaptive = _model(**ADAPTIVE)
+    plain_loss = _run(plain, rows)
+    adaptive_loss = _run(adaptive, rows)
+    tail = slice(4_000, None)
+    n = len(rows) - 4_000
+    assert sum(adaptive_loss[tail]) / n < sum(plain_loss[tail]) / n + 0.01
+
+
+def test_drift_keeps_only_the_labels_since_the_change_and_refits() -> None:
+    model = _model(half_life=0, drift_refit=True, drift_min_rows=300)
+    rows = list(_stream(FLIP + 3_000, seed=3, flip_at=FLIP))
+    _run(model, rows[:FLIP])
+    assert model.drifts == 0 and len(model.recent) == FLIP
+    refits_before = model.consolidations
+    detected_at = None
+    for i, (x, y) in enumerate(rows[FLIP:], start=FLIP):
+        if model.learn(x, y, model.predict(x)):
+            detected_at = i
+            break
+    assert detected_at is not None, "the flip was not detected"
+    # At once: a refit, on ADWIN's kept window (at least drift_min_rows), not on the schedule.
+    assert model.consolidations == refits_before + 1
+    assert len(model.recent) == max(int(model.drift.width), 300) < FLIP
+    # A thousand labels later, the old concept is gone from the refit; without the drift
+    # handling the window would still hold 8,000 labels of it.
+    _run(model, rows[detected_at + 1 : FLIP + 1_000])
+    assert model.pipeline["LogisticRegression"].weights["a"] < 0
+    plain = _model(half_life=0, drift_refit=False)
+    _run(plain, rows[: FLIP + 1_000])
+    assert plain.pipeline["LogisticRegression"].weights["a"] > 0
+
+
+def test_drift_refit_off_changes_nothing_but_the_count() -> None:
+    model = _model(half_life=0, drift_refit=False)
+    _run(model, list(_stream(FLIP + 3_000, seed=3, flip_at=FLIP)))
+    assert model.drifts >= 1 and len(model.recent) == FLIP + 3_000
+
+
+def test_forgetting_weights_recent_labels_more() -> None:
+    """Without a detector's help, a short half-life alone follows the flipped concept."""
+    rows = list(_stream(FLIP + 3_000, seed=4, flip_at=FLIP))
+    forgetful = _model(half_life=1_000, drift_refit=False)
+    plain = _model(half_life=0, drift_refit=False)
+    for m in (forgetful, plain):
+        for x, y in rows:
+            m.learn(x, y)
+        m.consolidate()
+    assert forgetful.pipeline["LogisticRegression"].weights["a"] < 0
+    assert plain.pipeline["LogisticRegression"].weights["a"] > 0
+
+
+def _state(m: OnlineModel) -> tuple[object, ...]:
+    lr = m.pipeline["LogisticRegression"]
+    scaler = m.pipeline["StandardScaler"]
+    rows = [(v.tolist(), k.tolist(), y) for v, k, y in m.recent]
+    return (dict(lr.weights), lr.intercept, dict(scaler.means), dict(scaler.vars), rows, m.version,
+            m.positives, m.drifts, m.consolidations, m.since_consolidation,
+            m.drift.width, m.drift.estimation, m.drift.variance)
+
+
+def test_snapshot_restore_is_identical_after_drift_handling() -> None:
+    rows = list(_stream(FLIP + 4_000, seed=5, flip_at=FLIP))
+    model = _model(**ADAPTIVE)
+    _run(model, rows[: FLIP + 2_000])
+    assert model.drifts >= 1 and len(model.recent) < FLIP + 2_000
+    clone = OnlineModel.restore(model.snapshot())
+    assert _state(clone) == _state(model)
+    rest = rows[FLIP + 2_000 :]
+    # The same scores, bit for bit, and the same drift handling from there on.
+    assert _run(clone, rest) == _run(model, rest)
+    assert _state(clone) == _state(model)
+    # Pickle shares River's objects differently on the first round trip; from then on stable.
+    again = OnlineModel.restore(clone.snapshot())
+    assert again.snapshot() == clone.snapshot()
+
+
+def test_same_stream_same_model() -> None:
+    rows = list(_stream(FLIP + 2_000, seed=6, flip_at=FLIP))
+    a, b = _model(**ADAPTIVE), _model(**ADAPTIVE)
+    _run(a, rows)
+    _run(b, rows)
+    assert a.snapshot() == b.snapshot()
+
+
+def test_missing_indicators_carry_information() -> None:
+    """Only missingness predicts the label: usable only when an absent indicator reads 0."""
+    rng = random.Random(7)
+    rows: list[Example] = []
+    for _ in range(3_000):
+        missing = rng.random() < 0.5
+        x = {"noise": rng.gauss(0, 1)} | ({"last_click_missing": 1.0} if missing else {"last_click": 1.0})
+        rows.append((x, int(rng.random() < (0.1 if missing else 0.6))))
+    with_ind, without = _model(), _model(indicators=False)
+    for m in (with_ind, without):
+        for x, y in rows:
+            m.learn(x, y)
+    never, clicked = {"noise": 0.0, "last_click_missing": 1.0}, {"noise": 0.0, "last_click": 1.0}
+    assert with_ind.predict(clicked) - with_ind.predict(never) > 0.3
+    # Without: both inputs standardise to nothing (constant when present), the model cannot tell.
+    assert abs(without.predict(clicked) - without.predict(never)) < 0.05
+    assert list(with_ind.indicators or {}) == ["last_click_missing"]
+
+
+def test_only_learning_adds_an_indicator() -> None:
+    model = _model()
+    for x, y in list(_stream(500, seed=8)):
+        model.learn(x, y)
+    model.predict({"a": 1.0, "new_missing": 1.0})
+    assert model.indicators == {}
+    model.learn({"a": 1.0, "new_missing": 1.0}, 1)
+    assert list(model.indicators or {}) == ["new_missing"]
+
+
+def test_snapshots_from_before_the_settings_keep_their_behaviour() -> None:
+    model = _model(indicators=False)
+    rows = list(_stream(600, seed=9))
+    _run(model, rows[:300])
+    state = pickle.loads(pickle.dumps(vars(model)))  # a deep copy, as a stored snapshot is
+    for name in ("half_life", "drift_refit", "drift_min_rows", "indicators"):
+        del state[name]
+    old = OnlineModel.__new__(OnlineModel)
+    old.__setstate__(state)
+    assert (old.half_life, old.drift_refit, old.indicators) == (0, False, None)
+    assert _run(old, rows[300:]) == _run(model, rows[300:])
