@@ -57,6 +57,7 @@ class Deployment:
         self.workers: list[WorkerProcess] = []
         self.redis = redis.Redis.from_url(redis_url)
         self.logdir: Path | None = None  # keep worker logs here (pytest's tmp_path)
+        self.produced = 0  # input records replayed so far
 
     def start_worker(self) -> WorkerProcess:
         log = self.logdir / f"worker-{len(self.workers)}.log" if self.logdir else None
@@ -68,22 +69,19 @@ class Deployment:
         producer = make_producer(self.settings)
         try:
             with open(path, "rb") as lines:
-                return replay_lines(lines, producer, self.topics).as_dict()
+                stats = replay_lines(lines, producer, self.topics).as_dict()
+            self.produced += sum(stats["sent"].values())
+            return stats
         finally:
             producer.close()
 
-    def committed(self) -> int:
-        """Input records the group has committed so far (all partitions)."""
-        tps = [TopicPartition(t, p) for t in self.topics.inputs.values() for p in range(PARTITIONS)]
-        admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
-        try:
-            committed = admin.list_group_offsets({self.name: tps}).get(self.name, {})
-            return sum(max(0, c.offset) for c in committed.values())
-        finally:
-            admin.close()
-
     def wait_drained(self, timeout: float = 120.0) -> None:
-        """Until the group's committed offsets reach the end of every input partition."""
+        """Until the group has committed every input record replayed (and each partition's end).
+
+        The count matters: the broker's end offsets were seen lagging behind offsets
+        already committed, and a check on them alone returned while a shard's last
+        events were still being processed (the test then read the features too early).
+        """
         tps = [TopicPartition(t, p) for t in self.topics.inputs.values() for p in range(PARTITIONS)]
         consumer = KafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap)
         admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
@@ -94,7 +92,8 @@ class Deployment:
                 committed = admin.list_group_offsets({self.name: tps}).get(self.name, {})
                 behind = {tp: ends[tp] - max(0, committed[tp].offset if tp in committed else 0)
                           for tp in tps if ends[tp] > 0}
-                if all(v <= 0 for v in behind.values()):
+                done = sum(max(0, c.offset) for c in committed.values())
+                if all(v <= 0 for v in behind.values()) and done >= self.produced:
                     return
                 for w in self.workers:
                     if w.proc is not None and w.proc.returncode is None and not w.alive():
@@ -313,13 +312,8 @@ def test_kill_9_mid_stream_then_restart_counts_nothing_twice_and_loses_nothing(
     d.replay(path)  # a backlog, so the worker is busy when it is killed
     first = d.start_worker()
     first.wait_ready()
-    # Kill mid-stream, after a first commit when it comes in time: the restart then resumes
-    # from committed offsets that differ per topic (a commit-less crash is a full replay).
     deadline = time.monotonic() + 90
-    while True:
-        done = first.get_json("/health")["events"]
-        if done >= summary.events * 0.6 or (done >= summary.events * 0.3 and d.committed() > 0):
-            break
+    while first.get_json("/health")["events"] < summary.events * 0.3:
         assert time.monotonic() < deadline and first.alive(), first.log_tail()
         time.sleep(0.05)
     # A worker started on a backlog drops nothing as late (its partitions were assigned with
