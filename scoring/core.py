@@ -115,7 +115,9 @@ class ModelRegistry:
         self.exclude = tuple(exclude)
         self.models = {
             k.name: OnlineModel(
-                k.name, k.model, k.min_labels, k.min_per_class, k.consolidate_every, k.window
+                k.name, k.model, k.min_labels, k.min_per_class, k.consolidate_every, k.window,
+                k.consolidate_max, half_life=k.half_life, drift_refit=k.drift_refit,
+                drift_min_rows=k.drift_min_rows, indicators=k.missing_indicators,
             )
             for k in kinds
             if k.learned

@@ -71,6 +71,11 @@ class ScoreKind:
     min_labels: int = 50  # cold start until this many labels, with min_per_class of each
     consolidate_every: int = 200  # refit on the recent window after this many labels (0 = pure SGD)
     window: int = 20_000  # labels kept for consolidation
+    consolidate_max: int = 1_000  # at most this many labels between two refits
+    half_life: int = 0  # refit weights: a label this many labels older counts half (0 = off)
+    drift_refit: bool = False  # on an ADWIN drift, refit at once on the labels since the drift
+    drift_min_rows: int = 1_000  # ... but on at least this many
+    missing_indicators: bool = True  # absent "<name>_missing" inputs read 0.0
     min_per_class: int = 10
     bands: Bands = field(default_factory=Bands)
     rule_weights: Mapping[str, float] = field(default_factory=dict)  # rule / prior points

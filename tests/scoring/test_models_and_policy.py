@@ -106,3 +106,18 @@ def test_rfm_grades_follow_the_stream() -> None:
     worst = g.grade({"days_since_last_purchase": 99.0, "orders_total": 1.0, "spend_total": 10.0})
     assert best[:3] == (5, 5, 5) and best[3] == "champions"
     assert worst[:3] == (1, 1, 1) and worst[3] == "hibernating"
+
+
+def test_learning_settings_reach_the_models_from_config() -> None:
+    from scoring.config import scoring_config_from_dict
+    from scoring.core import ModelRegistry
+
+    cfg = scoring_config_from_dict({"kinds": {"churn_risk": {
+        "consolidate_max": 500, "half_life": 5000, "drift_refit": True, "drift_min_rows": 2000,
+        "missing_indicators": False,
+    }}})
+    models = ModelRegistry(cfg.kinds).models
+    churn, propensity = models["churn_risk"], models["purchase_propensity"]
+    assert (churn.consolidate_max, churn.half_life, churn.drift_refit, churn.drift_min_rows) == (500, 5000, True, 2000)
+    assert churn.indicators is None and propensity.indicators == {}
+    assert (propensity.consolidate_max, propensity.half_life, propensity.drift_refit) == (1000, 0, False)
