@@ -294,13 +294,6 @@ def test_two_workers_in_one_group_match_a_single_worker(deploy: Any, tmp_path: P
     assert not shards[0] & shards[1], "a shard (partition number) lives on one worker"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 4: three loss causes fixed (held events scored out of order at a rebalance; "
-    "acks out of offset order; a partition's start taken from the consumer's fetch position) and "
-    "the harness's early 'drained' check; 12 of 12 runs of this version pass here. Kept non-strict "
-    "until 30 clean runs; x = failed, X = passed.",
-)
 def test_kill_9_mid_stream_then_restart_counts_nothing_twice_and_loses_nothing(
     deploy: Any, tmp_path: Path
 ) -> None:
