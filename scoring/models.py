@@ -36,16 +36,30 @@ def model_input(vector: Mapping[str, float | None], exclude: Iterable[str] = ())
     >>> model_input({"orders_total": 3.0, "last_purchase_at": 1.7e12, "days_since_last_click": None})
     {'orders_total': 1.3862943611198906, 'days_since_last_click_missing': 1.0}
     """
-    skip = set(exclude)
+    skip = exclude if isinstance(exclude, tuple) else tuple(exclude)
+    plan = _PLANS.get(skip)
+    if plan is None:
+        plan = _PLANS[skip] = {}
+    log1p = math.log1p
     out: ModelInput = {}
     for name, value in vector.items():
-        if name.endswith("_at") or name in skip:
+        missing = plan.get(name)
+        if missing is None:
+            # Decided once per name: dropped ("") or the name of its missing indicator.
+            missing = plan[name] = "" if name.endswith("_at") or name in skip else name + "_missing"
+        if not missing:
             continue
         if value is None:
-            out[name + "_missing"] = 1.0
+            out[missing] = 1.0
+        elif value >= 0:
+            out[name] = log1p(value)
         else:
-            out[name] = math.copysign(math.log1p(abs(value)), value)
+            out[name] = -log1p(-value)
     return out
+
+
+# Per excluded-names tuple: feature name -> its missing-indicator name, or "" if dropped.
+_PLANS: dict[tuple[str, ...], dict[str, str]] = {}
 
 
 def _pipeline(model: str) -> Any:
