@@ -110,7 +110,9 @@ class BatchBaseline:
     def _fit(self, boundary: int) -> None:
         from sklearn.linear_model import LogisticRegression
 
-        train = [(r, y) for end, r, y in self.rows if end <= boundary]
+        # The rolling buffer holds up to 1.2x max_rows (it trims in steps): train on max_rows,
+        # the same window as the online model's refits.
+        train = [(r, y) for end, r, y in self.rows if end <= boundary][-self.max_rows :]
         labels = np.asarray([y for _, y in train])
         fit = None
         if len(train) >= 50 and 0 < labels.sum() < len(labels):
