@@ -252,10 +252,17 @@ def replay_lines(
     unroutable: str = "dlq",
     tick: Any = None,
     stop: threading.Event | None = None,
+    align_ms: int = 15 * 60_000,
 ) -> ReplayStats:
     """Send JSON Lines with a kafka-python producer (see the module docstring for routing).
 
     ``speed`` > 0 paces by event time (``speed`` event seconds per wall second).
+    ``align_ms`` > 0 flushes the producer whenever event time crosses a boundary
+    of that width. The producer batches each partition on its own, so at full
+    speed one input topic could reach the broker hours of event time ahead of
+    another; a worker reading while the replay runs would take the emptier
+    partition for caught up and drop its older events as late. Flushing bounds
+    the skew to ``align_ms`` (keep it below the worker's lateness).
     """
     from features.events import decode
 
@@ -263,6 +270,7 @@ def replay_lines(
     stats = ReplayStats()
     started = time.monotonic()
     first_ts: int | None = None
+    window: int | None = None
     for number, raw in enumerate(lines, start=1):
         if stop is not None and stop.is_set():
             break
@@ -295,6 +303,10 @@ def replay_lines(
                             break
                     else:
                         time.sleep(wait)
+            if align_ms > 0 and ts is not None:
+                if window is not None and ts // align_ms > window:
+                    producer.flush()
+                window = ts // align_ms if window is None else max(window, ts // align_ms)
             producer.send(topic, key=key, value=line, timestamp_ms=ts)
             stats.sent[topic] = stats.sent.get(topic, 0) + 1
         if tick is not None and stats.lines % 1000 == 0:

@@ -11,7 +11,7 @@ import pytest
 from features.events import decode
 from scoring.core import Labelled, ModelRegistry, ScoringCore
 from scoring.kinds import default_kinds
-from scoring.simulator import SimulationConfig, simulate
+from scoring.simulator import MAX_DISORDER_SECONDS, SimulationConfig, simulate
 from scoring.state import InMemoryModelStore
 from streams.live_cli import _route
 from streams.metrics import LatencyWindow, Metrics
@@ -250,3 +250,35 @@ def test_decode_reason_is_what_the_dead_letter_carries() -> None:
     out = Pipeline(ScoringCore.in_memory()).process([msg(bad, key=b"c")])
     reason = dict(out.records[0].headers)["__connect.errors.exception.message"].decode()
     assert reason == decode(bad).reason  # type: ignore[union-attr]
+
+
+def test_replay_flushes_at_event_time_boundaries_so_topics_stay_in_step() -> None:
+    from streams.live_cli import replay_lines
+
+    class Recorder:  # records the calls a kafka-python producer would get
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, int | None]] = []
+
+        def send(self, topic: str, key: bytes | None = None, value: bytes | None = None,
+                 timestamp_ms: int | None = None, headers: object = None) -> None:
+            self.calls.append(("send", timestamp_ms))
+
+        def flush(self) -> None:
+            self.calls.append(("flush", None))
+
+    lines = [orjson.dumps(ev) for ev in simulate(SimulationConfig(customers=30, days=3, seed=4))]
+    producer = Recorder()
+    stats = replay_lines(lines, producer, Topics(), align_ms=3_600_000)
+    assert sum(stats.sent.values()) == len(lines)
+    # Between two flushes, every event time lies in one hour (up to the file's own disorder).
+    windows: list[list[int]] = [[]]
+    for call, ts in producer.calls:
+        if call == "flush":
+            windows.append([])
+        else:
+            assert ts is not None
+            windows[-1].append(ts)
+    filled = [w for w in windows if w]
+    assert len(filled) > 24
+    for w in filled:
+        assert max(w) - min(w) < 3_600_000 + MAX_DISORDER_SECONDS * 1000
