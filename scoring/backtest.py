@@ -164,8 +164,7 @@ class _KindLog:
     labels: list[int] = field(default_factory=list)
     weeks: list[int] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
-    sources: Counter[str] = field(default_factory=Counter)
-    from_model: list[bool] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # model, cold_start or rule, per example
 
 
 def _week_iso(week: int) -> str:
@@ -240,8 +239,7 @@ def _run_backtest(
             log.rule.append(ex.rule_prob)
             log.labels.append(ex.label)
             log.weeks.append(ex.t_ms // WEEK_MS)
-            log.sources[ex.source] += 1
-            log.from_model.append(ex.source == "model")
+            log.sources.append(ex.source)
             log.groups.append(groups.get(ex.customer_id, "unknown"))
             batch_p = None
             if config.batch_baseline:
@@ -330,10 +328,10 @@ def _by_week(days: dict[str, Counter[str]]) -> dict[str, Counter[str]]:
 def _kind_report(log: _KindLog, config: BacktestConfig) -> dict[str, Any]:
     probs, labels = log.probs, log.labels
     out: dict[str, Any] = dict(summarize(probs, labels))
-    out["sources"] = dict(log.sources)
+    out["sources"] = dict(Counter(log.sources))
     # Pooled over the whole replay, ``auc`` mixes cold-start rule scores (another scale) with
     # model scores; the model's own figures are the ones a team sees once it is warm.
-    model_idx = [i for i, m in enumerate(log.from_model) if m]
+    model_idx = [i for i, source in enumerate(log.sources) if source == "model"]
     if model_idx and len(model_idx) < len(probs):
         out["model_only"] = {
             key: value

@@ -118,7 +118,7 @@ class OnlineModel:
       can use missingness (River's scaler maps a feature it only ever sees as
       1.0 to 0).
 
-    The last two are off by default because they cost accuracy on the
+    ``half_life`` and ``drift_refit`` are off by default because they cost accuracy on the
     backtests: labels arrive in bursts (a campaign send matures thousands of
     examples at once with a few dozen positives), so a short window or
     half-life leaves too few positives, and ADWIN on log loss raises false

@@ -304,9 +304,11 @@ def replay_lines(
                     else:
                         time.sleep(wait)
             if align_ms > 0 and ts is not None:
-                if window is not None and ts // align_ms > window:
-                    producer.flush()
-                window = ts // align_ms if window is None else max(window, ts // align_ms)
+                current = ts // align_ms
+                if window is None or current > window:
+                    if window is not None:
+                        producer.flush()
+                    window = current
             producer.send(topic, key=key, value=line, timestamp_ms=ts)
             stats.sent[topic] = stats.sent.get(topic, 0) + 1
         if tick is not None and stats.lines % 1000 == 0:
