@@ -276,7 +276,7 @@ def test_events_in_scores_alerts_triggers_and_dead_letters_out(deploy: Any, tmp_
 
 @pytest.mark.xfail(
     strict=False,
-    reason="KNOWN BUG (issue 4, open): in 2 of 5 clean-clone runs of the whole suite this session, a "
+    reason="KNOWN BUG (issue 4, open): in 3 of 6 clean-clone runs of the whole suite this session, a "
     "customer of the two-worker run missed events (its features lacked keys the single-worker "
     "run has). It passed 10 of 10 runs alone and within its module. The replay's per-partition "
     "batching was suspected (the replay now flushes every 15 min of event time), but the "
