@@ -62,7 +62,8 @@ class FeatureSpec:
     """One aggregated feature.
 
     ``source`` is ``"type"`` or ``"type:action|action"`` (for purchases the
-    action is the status), or ``"any"``. ``field`` names the numeric value for
+    action is the status), or ``"any"``; several such selectors join with
+    ``+`` (``"web+campaign:clicked"``). ``field`` names the numeric value for
     sum/max/min/decayed (``amount`` or an extra field); without it each event
     counts ``weights.get(action, 1)``. ``distinct`` counts distinct values of
     ``field`` (at most ``cap`` most recent are kept). ``buckets`` sets the
@@ -108,8 +109,11 @@ class FeatureSpec:
         """``[(event_type, actions)]``; an empty action tuple matches every action."""
         if self.source == "any":
             return [("any", ())]
-        etype, _, actions = self.source.partition(":")
-        return [(etype, tuple(a for a in actions.split("|") if a))]
+        out = []
+        for part in self.source.split("+"):
+            etype, _, actions = part.partition(":")
+            out.append((etype, tuple(a for a in actions.split("|") if a)))
+        return out
 
     @cached_property
     def window_ms(self) -> int:
@@ -177,6 +181,10 @@ def _windows(name: str, source: str, agg: Aggregation, windows: Sequence[str], *
     return [FeatureSpec(f"{name}_{w}", source, agg, window=w, **kw) for w in windows]
 
 
+# Events the customer caused (every web action, an order, a reaction to a campaign).
+ACTIVE = "web+purchase:completed+campaign:opened|clicked|converted|unsubscribed"
+
+
 def default_catalog() -> Catalog:
     """What marketing scoring uses: RFM, tenure, web activity, campaign engagement, decay.
 
@@ -197,6 +205,8 @@ def default_catalog() -> Catalog:
         FeatureSpec("last_purchase_at", "purchase:completed", "last_time", default=None),
         FeatureSpec("first_seen_at", "any", "first_time", default=None),
         FeatureSpec("last_seen_at", "any", "last_time", default=None),
+        # What the customer did, not what we sent: sends, deliveries and bounces are ours.
+        FeatureSpec("last_active_at", ACTIVE, "last_time", default=None),
         # Behavioural (web)
         *_windows("page_views", "web:page_view", "count", short),
         *_windows("product_views", "web:product_view", "count", short),
@@ -232,6 +242,7 @@ def default_catalog() -> Catalog:
         DerivedSpec("days_since_first_purchase", "days_since", ("first_purchase_at",)),
         DerivedSpec("tenure_days", "days_since", ("first_seen_at",), default=0.0),
         DerivedSpec("days_since_last_event", "days_since", ("last_seen_at",)),
+        DerivedSpec("days_since_last_active", "days_since", ("last_active_at",)),
         DerivedSpec("days_since_last_visit", "days_since", ("last_visit_at",)),
         DerivedSpec("days_since_last_click", "days_since", ("last_click_at",)),
         DerivedSpec("cart_without_purchase", "after", ("last_add_to_cart_at", "last_purchase_at")),

@@ -17,6 +17,10 @@ same point-in-time labels:
   the labels matured so far (the most recent ``batch_max_rows``), what a team
   with a nightly job would run.
 
+With ``change_at_ms`` (a known change: a new offer, a tracking change, a
+season), each learned kind also gets ``change``: AUC in the weeks before and
+after it, online and batch on the same examples (see :func:`_change`).
+
 >>> import json, tempfile
 >>> from scoring.simulator import SimulationConfig, simulate
 >>> lines = [json.dumps(e) for e in simulate(SimulationConfig(customers=30, days=20, seed=3))]
@@ -42,7 +46,7 @@ import numpy as np
 import orjson
 from threadpoolctl import threadpool_limits
 
-from features.events import AnyEvent, EventError, read_jsonl
+from features.events import AnyEvent, EventError, ms_to_iso, read_jsonl
 from features.spec import DAY_MS
 from scoring.core import Labelled, Outputs, ScoringCore
 from scoring.metrics import auc, calibration, log_loss, summarize
@@ -65,6 +69,8 @@ class BacktestConfig:
     scores_out: Path | None = None
     measure_memory: bool = False
     progress: Callable[[int], None] | None = None  # called with lines read so far
+    change_at_ms: int | None = None  # a known change (offer, season, tracking): before/after figures
+    change_weeks: int = 4
 
 
 def _reordered(events: Iterator[AnyEvent], window_ms: int) -> Iterator[AnyEvent]:
@@ -163,6 +169,7 @@ class _KindLog:
     batch: list[float] = field(default_factory=list)  # nan where the batch model had no fit yet
     labels: list[int] = field(default_factory=list)
     weeks: list[int] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)  # when each example was scored
     groups: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # model, cold_start or rule, per example
 
@@ -239,6 +246,7 @@ def _run_backtest(
             log.rule.append(ex.rule_prob)
             log.labels.append(ex.label)
             log.weeks.append(ex.t_ms // WEEK_MS)
+            log.times.append(ex.t_ms)
             log.sources.append(ex.source)
             log.groups.append(groups.get(ex.customer_id, "unknown"))
             batch_p = None
@@ -376,9 +384,42 @@ def _kind_report(log: _KindLog, config: BacktestConfig) -> dict[str, Any]:
         )
         weekly.append(row)
     out["weekly"] = weekly
+    if config.change_at_ms is not None:
+        out["change"] = _change(log, config.change_at_ms, config.change_weeks)
     if config.group_by:
         out["fairness"] = _fairness(log)
     return out
+
+
+def _change(log: _KindLog, at_ms: int, weeks: int) -> dict[str, Any]:
+    """AUC before and after a known change, week by week, online vs batch on the same examples.
+
+    Examples are placed by the time they were scored. ``before`` pools the
+    ``weeks`` weeks before the change; ``after`` gives each week after it, and
+    ``after_pooled`` all of them. Only examples the batch model also scored count,
+    so the two columns rank the same customers at the same moments.
+    """
+    times = np.asarray(log.times, dtype=np.int64)
+    batch = np.asarray(log.batch, dtype=float)
+    both = ~np.isnan(batch)
+
+    def figures(lo: int, hi: int) -> dict[str, Any]:
+        idx = np.flatnonzero(both & (times >= lo) & (times < hi))
+        y = [log.labels[i] for i in idx]
+        return {
+            "labels": len(idx), "positives": int(sum(y)),
+            "online_auc": _r(auc([log.probs[i] for i in idx], y)),
+            "batch_auc": _r(auc([float(batch[i]) for i in idx], y)),
+        }
+
+    span = weeks * WEEK_MS
+    after = [{"week": n + 1, **figures(at_ms + n * WEEK_MS, at_ms + (n + 1) * WEEK_MS)} for n in range(weeks)]
+    return {
+        "at": ms_to_iso(at_ms), "weeks": weeks,
+        "before": figures(at_ms - span, at_ms),
+        "after": after,
+        "after_pooled": figures(at_ms, at_ms + span),
+    }
 
 
 def _fairness(log: _KindLog, top_fraction: float = 0.2) -> dict[str, Any]:

@@ -117,7 +117,7 @@ class ModelRegistry:
             k.name: OnlineModel(
                 k.name, k.model, k.min_labels, k.min_per_class, k.consolidate_every, k.window,
                 k.consolidate_max, half_life=k.half_life, drift_refit=k.drift_refit,
-                drift_min_rows=k.drift_min_rows, indicators=k.missing_indicators,
+                drift_min_rows=k.drift_min_rows, indicators=k.missing_indicators, trial=k.trial,
             )
             for k in kinds
             if k.learned
@@ -131,7 +131,7 @@ class ModelRegistry:
             model = self.models.get(ex.kind)
             if model is None:
                 continue
-            if model.learn(ex.x, ex.label, ex.prob if ex.source == "model" else None):
+            if model.learn(ex.x, ex.label, ex.prob if ex.source == "model" else None, ex.rule_prob):
                 drifts.append(
                     {"kind": ex.kind, "model_version": model.version, "ts": ms_to_iso(ex.end_ms),
                      "detector": "ADWIN(log loss)", "drifts_total": model.drifts}

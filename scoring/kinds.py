@@ -77,6 +77,9 @@ class ScoreKind:
     drift_min_rows: int = 1_000  # ... but on at least this many
     missing_indicators: bool = True  # absent "<name>_missing" inputs read 0.0
     min_per_class: int = 10
+    # ... and until the model ranks this many recent labels at least as well as the rule did
+    # (scored before learning each, beside the rule; 0 = no trial).
+    trial: int = 1_000
     bands: Bands = field(default_factory=Bands)
     rule_weights: Mapping[str, float] = field(default_factory=dict)  # rule / prior points
     rule_scale: float = 50.0
@@ -127,11 +130,12 @@ PROPENSITY_PRIOR: dict[str, float] = {
     "days_since_last_purchase": -0.05,
 }
 CHURN_PRIOR: dict[str, float] = {
-    # Recency dominates churn: long silence, few orders, no recent engagement. A buyer starts
+    # Recency dominates churn: long silence, few orders, no recent engagement. Silence is the
+    # customer's own (visits, orders, reactions), not our sends. A buyer starts
     # at 30 points: most one-time buyers never return, so even right after a first purchase
     # the prior is about 0.55, not 0 (which put every fresh one-time buyer at the bottom).
     "is_buyer": 30.0,
-    "days_since_last_purchase": 0.8,
+    "days_since_last_active": 0.8,
     "orders_365d": -6.0,
     "web_engagement": -1.0,
     "campaign_engagement": -1.0,

@@ -28,6 +28,8 @@ import numpy as np
 from river import compose, drift, linear_model, optim, preprocessing, tree
 
 ModelInput = dict[str, float]
+# A trial needs this many labels of each class before its AUCs mean anything.
+TRIAL_MIN_PER_CLASS = 30
 
 
 def model_input(vector: Mapping[str, float | None], exclude: Iterable[str] = ()) -> ModelInput:
@@ -148,6 +150,7 @@ class OnlineModel:
         drift_refit: bool = False,
         drift_min_rows: int = 1_000,
         indicators: bool = True,
+        trial: int = 0,
     ) -> None:
         self.kind = kind
         self.model_name = model
@@ -180,9 +183,19 @@ class OnlineModel:
         # then sees a constant and maps it to 0, so the model could not use missingness.
         # With ``indicators`` every indicator seen once is passed as 0.0 when absent.
         self.indicators: dict[str, None] | None = {} if indicators else None
+        # Champion/challenger against the cold-start rule (0 = serve as soon as ready).
+        self.trial = trial
+        self.proven = trial == 0
+        self._trial: deque[tuple[float, float, int]] = deque(maxlen=max(trial, 1))
+        self._since_check = 0
 
     @property
     def ready(self) -> bool:
+        """Whether the model serves scores: enough labels, and it has beaten the rule on trial."""
+        return self.proven and self._enough_labels
+
+    @property
+    def _enough_labels(self) -> bool:
         negatives = self.version - self.positives
         return (
             self.version >= self.min_labels
@@ -190,12 +203,39 @@ class OnlineModel:
             and negatives >= self.min_per_class
         )
 
+    def _try(self, x: ModelInput, y: int, rule_prob: float) -> None:
+        """Trial: score the example before learning it, beside the rule; promote on a win.
+
+        A model fitted on a few hundred labels often ranks worse than a sensible
+        prior, and for weeks (measured: simulator churn, the model at AUC 0.58-0.63
+        while its prior ranked the same customers at 0.66-0.68). So it serves only
+        once it ranks the last ``trial`` matured labels at least as well as the rule
+        did, with at least ``TRIAL_MIN_PER_CLASS`` of each class among them.
+        """
+        self._trial.append((self.predict(x), rule_prob, y))
+        self._since_check += 1
+        if self._since_check < max(self.trial // 10, 10):
+            return
+        self._since_check = 0
+        rows = np.asarray(self._trial)
+        labels = rows[:, 2]
+        positives = int(labels.sum())
+        if min(positives, len(labels) - positives) < TRIAL_MIN_PER_CLASS:
+            return
+        if _auc(rows[:, 0], labels) >= _auc(rows[:, 1], labels):
+            self.proven = True
+            self._trial.clear()
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Snapshots taken before these settings existed keep the behaviour they had.
         state.setdefault("half_life", 0)
         state.setdefault("drift_refit", False)
         state.setdefault("drift_min_rows", 1_000)
         state.setdefault("indicators", None)
+        state.setdefault("trial", 0)
+        state.setdefault("proven", True)
+        state.setdefault("_trial", deque(maxlen=1))
+        state.setdefault("_since_check", 0)
         self.__dict__.update(state)
 
     def _complete(self, x: ModelInput, learning: bool = False) -> ModelInput:
@@ -214,8 +254,20 @@ class OnlineModel:
         proba = self.pipeline.predict_proba_one(self._complete(x))
         return float(proba.get(True, 0.0))
 
-    def learn(self, x: ModelInput, y: int, prob: float | None = None) -> bool:
-        """Learn one matured example; returns True when drift was detected."""
+    def learn(
+        self, x: ModelInput, y: int, prob: float | None = None, rule_prob: float | None = None
+    ) -> bool:
+        """Learn one matured example; returns True when drift was detected.
+
+        ``prob`` is the served probability (drift watch), ``rule_prob`` the
+        cold-start rule's on the same example (the trial; without it a model on
+        trial is promoted as soon as it has enough labels).
+        """
+        if not self.proven and self._enough_labels:
+            if rule_prob is None:
+                self.proven = True
+            else:
+                self._try(x, y, rule_prob)
         if prob is not None:
             p = min(max(prob, 1e-6), 1 - 1e-6)
             self.drift.update(-math.log(p if y else 1 - p))
@@ -227,7 +279,7 @@ class OnlineModel:
             self._remember(x, int(bool(y)))
             self.since_consolidation += 1
             due = max(self.consolidate_every, min(self.version // 5, self.consolidate_max))
-            if self.since_consolidation >= due and self.ready:
+            if self.since_consolidation >= due and self._enough_labels:
                 self.consolidate()
         if prob is not None and self.drift.drift_detected:
             self.drifts += 1
@@ -235,7 +287,7 @@ class OnlineModel:
                 keep = max(int(self.drift.width), self.drift_min_rows)
                 while len(self.recent) > keep:
                     self.recent.popleft()
-                if self.ready:
+                if self._enough_labels:
                     self.consolidate()
             return True
         return False
@@ -324,6 +376,24 @@ class OnlineModel:
         if not isinstance(model, OnlineModel):
             raise TypeError("not an OnlineModel snapshot")
         return model
+
+
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Rank AUC with ties counted half (the Mann-Whitney statistic).
+
+    >>> _auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
+    0.75
+    """
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # Average ranks over ties.
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(avg, counts)
+    pos = labels == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def rule_points(vector: Mapping[str, float | None], weights: Mapping[str, float]) -> float:

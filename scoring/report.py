@@ -177,6 +177,42 @@ def versus_sentence(online: float | None, baseline: float | None, name: str, whe
     return f"ranks {verb} than {name} (AUC {online:.3f} vs {baseline:.3f}, {diff:+.3f}{where})"
 
 
+def change_sentence(change: dict[str, Any]) -> str:
+    """How the online model fared against the batch LR right after a known change.
+
+    >>> change_sentence({"at": "2024-07-01T00:00:00.000+00:00", "weeks": 4,
+    ...     "before": {"online_auc": 0.80, "batch_auc": 0.80},
+    ...     "after_pooled": {"online_auc": 0.78, "batch_auc": 0.74},
+    ...     "after": [{"week": 1, "online_auc": 0.75, "batch_auc": 0.70}]})
+    'In the 4 weeks after the change on 2024-07-01, the online model ranks better than the weekly batch LR (AUC 0.780 vs 0.740, +0.040, on the same examples). In the week right after it: AUC 0.750 vs 0.700.'
+    """
+    pooled = change.get("after_pooled") or {}
+    text = (f"In the {change.get('weeks')} weeks after the change on {str(change.get('at'))[:10]}, the online "
+            "model " + versus_sentence(pooled.get("online_auc"), pooled.get("batch_auc"),
+                                        "the weekly batch LR", ", on the same examples") + ".")
+    first = (change.get("after") or [{}])[0]
+    if first.get("online_auc") is not None and first.get("batch_auc") is not None:
+        text += f" In the week right after it: AUC {first['online_auc']:.3f} vs {first['batch_auc']:.3f}."
+    return text
+
+
+CHANGE_HEAD = ("period", "labels", "positives", "online AUC", "weekly batch LR AUC", "online - batch")
+
+
+def _change_rows(change: dict[str, Any]) -> list[list[str]]:
+    weeks = change.get("weeks")
+    periods = [(f"{weeks} weeks before", change.get("before") or {})]
+    periods += [(f"week {r.get('week')} after", r) for r in change.get("after") or []]
+    periods.append((f"{weeks} weeks after, pooled", change.get("after_pooled") or {}))
+    rows = []
+    for name, f in periods:
+        on, ba = f.get("online_auc"), f.get("batch_auc")
+        diff = None if on is None or ba is None else on - ba
+        rows.append([_e(name), _num(f.get("labels"), 0), _num(f.get("positives"), 0), _num(on), _num(ba),
+                     "–" if diff is None else f"{diff:+.3f}"])
+    return rows
+
+
 def compare_sentence(a_name: str, a_auc: float | None, b_name: str, b_auc: float | None) -> str:
     """Which of two configurations ranks better on one kind.
 
@@ -346,7 +382,7 @@ def _has_weekly(rows: Sequence[dict[str, Any]], keys: Sequence[str], auc: bool) 
 def _weekly_chart(
     rows: Sequence[dict[str, Any]], keys: Sequence[tuple[str, str, str]], ylabel: str,
     drifts: Sequence[dict[str, Any]], kind: str, counts: bool = True, ref: float | None = None,
-    auc: bool = True,
+    auc: bool = True, change_at: str | None = None,
 ) -> Figure | str:
     rows = [r if _enough(r, auc) else {"week": r["week"], "labels": r.get("labels", 0)} for r in rows]
     present = [(key, name, colour) for key, name, colour in keys
@@ -381,6 +417,9 @@ def _weekly_chart(
     if ref is not None:
         ax.axhline(ref, color="#333333", linestyle="--", linewidth=1, label=f"{ref:g} (coin flip)")
     _drift_marks(ax, drifts, kind)
+    if change_at:
+        ax.axvline(datetime.fromisoformat(change_at).replace(tzinfo=None), color="#000000",
+                   linestyle="--", linewidth=1.4, label="known change")
     _format_dates(ax)
     ax.set_ylabel(ylabel)
     ax.legend(frameon=False, fontsize=8, ncol=6, loc="lower left", bbox_to_anchor=(0, 1.0))
@@ -585,6 +624,13 @@ def _kind_section(page: _Page, ri: int, rep: dict[str, Any], kind: str, k: dict[
             f"{_e(s)} {_num(n, 0)}" for s, n in sources.items()) +
             " (cold start = rule score until the model has seen enough labels).</p>")
     weekly = k.get("weekly") or []
+    change = k.get("change")
+    change_at = change.get("at") if change else None
+    if change:
+        page.add(f'<div class="change" data-change="{_e(kind)}"><h4>Before and after the known change</h4>')
+        page.add(f'<p class="sentence">{_e(change_sentence(change))}</p>')
+        page.add(_table(CHANGE_HEAD, _change_rows(change), "change"))
+        page.add("</div>")
     page.add('<div class="grid">')
     page.chart(ri, f"lift-{kind}", "Lift by decile",
                "Outcome rate in each tenth of examples, best-scored first, over the overall rate. "
@@ -606,14 +652,14 @@ def _kind_section(page: _Page, ri: int, rep: dict[str, Any], kind: str, k: dict[
                "detected by the online model.",
                lambda: _weekly_chart(weekly, (("auc", "online model", ONLINE), ("rule_auc", "rule baseline", RULE),
                                               ("batch_auc", "weekly batch LR", BATCH)),
-                                     "AUC", drifts, kind, ref=0.5))
+                                     "AUC", drifts, kind, ref=0.5, change_at=change_at))
     page.chart(ri, f"weekly-log-loss-{kind}", "Weekly log loss (prequential, lower is better)",
                f"Probability quality per week (weeks with fewer than {MIN_WEEK_LABELS} labels not drawn). "
                "The rule baseline is points mapped to a probability, not a calibrated model, so its "
                "log loss is left out.",
                lambda: _weekly_chart(weekly, (("log_loss", "online model", ONLINE),
                                               ("batch_log_loss", "weekly batch LR", BATCH)),
-                                     "log loss", drifts, kind, auc=False))
+                                     "log loss", drifts, kind, auc=False, change_at=change_at))
     fair = k.get("fairness")
     if fair:
         _fairness_section(page, ri, kind, fair)

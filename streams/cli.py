@@ -90,6 +90,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             drop_types=tuple(args.drop_types or ()) + (("web", "campaign") if args.purchases_only else ()),
             batch_baseline=not args.no_batch_baseline,
             group_by=args.group_by,
+            change_at_ms=_change_at_ms(args.change_at),
             scores_out=Path(args.scores_out) if args.scores_out and i == 0 else None,
         )
         with progress(f"backtest {scfg.name}", total) as tick, open(args.file, "rb") as lines:
@@ -190,12 +191,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--purchases-only", action="store_true", help="drop web and campaign events")
     p.add_argument("--drop-types", nargs="*", choices=["web", "purchase", "campaign"])
     p.add_argument("--group-by", help="event extra field for the fairness table (e.g. segment)")
+    p.add_argument("--change-at", metavar="TIME",
+                   help="a known change (ISO date or time): AUC before and after it, online vs batch")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--no-batch-baseline", action="store_true", help="skip the weekly batch LR baseline")
 
     for extend in EXTRA_PARSERS:
         extend(sub)
     return parser
+
+
+def _change_at_ms(text: str | None) -> int | None:
+    """``--change-at``: an RFC 3339 time, or a bare date (midnight UTC).
+
+    >>> _change_at_ms("2024-07-01"), _change_at_ms("2024-07-01T02:00:00+02:00"), _change_at_ms(None)
+    (1719792000000, 1719792000000, None)
+    """
+    from features.events import parse_ts_ms
+
+    if not text:
+        return None
+    return parse_ts_ms(f"{text}T00:00:00Z" if len(text.strip()) == 10 else text)
 
 
 # Other modules add subcommands here (live worker, replay, demo, import).

@@ -238,6 +238,27 @@ def test_derived_features(engine: FeatureEngine) -> None:
     assert v["days_since_last_purchase"] == pytest.approx(2.0, abs=1e-6)
 
 
+def test_activity_is_the_customers_own_not_our_sends(engine: FeatureEngine) -> None:
+    s = feed(engine, [ev("web", T0), ev("campaign", T0 + 5 * DAY_MS, action="sent"),
+                      ev("campaign", T0 + 6 * DAY_MS, action="delivered")])
+    v = engine.vector(s, T0 + 10 * DAY_MS)
+    assert v["days_since_last_event"] == pytest.approx(4.0)  # a send is an event...
+    assert v["days_since_last_active"] == pytest.approx(10.0)  # ...but not the customer's doing
+    feed(engine, [ev("campaign", T0 + 8 * DAY_MS, action="clicked"), ev("purchase", T0 + 7 * DAY_MS)], s)
+    assert engine.vector(s, T0 + 10 * DAY_MS)["days_since_last_active"] == pytest.approx(2.0)
+
+
+def test_a_source_joins_several_selectors() -> None:
+    spec = FeatureSpec("acts", "web:login+campaign:clicked|opened", "count")
+    assert spec.selectors() == [("web", ("login",)), ("campaign", ("clicked", "opened"))]
+    engine = FeatureEngine(Catalog((spec,)))
+    s = feed(engine, [ev("web", T0, action="login"), ev("web", T0, action="page_view"),
+                      ev("campaign", T0, action="opened"), ev("campaign", T0, action="sent")])
+    assert engine.vector(s, T0)["acts"] == 2.0
+    with pytest.raises(ValueError, match="unknown action"):
+        FeatureSpec("bad", "web:login+campaign:teleported", "count")
+
+
 def test_catalog_validation() -> None:
     with pytest.raises(ValueError, match="sensitive"):
         FeatureEngine(Catalog((FeatureSpec("age_sum", "web", "sum", field="age"),)), sensitive=("age",))

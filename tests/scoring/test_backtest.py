@@ -83,3 +83,31 @@ def test_fairness_table_per_group(history: Path) -> None:
     fair = report["kinds"]["purchase_propensity"]["fairness"]
     assert set(fair["groups"]) <= {"consumer", "smb", "enterprise", "unknown"}
     assert sum(g["examples"] for g in fair["groups"].values()) == report["kinds"]["purchase_propensity"]["labels"]
+
+
+def test_known_change_figures_recompute_from_scores_out(history: Path, tmp_path: Path) -> None:
+    from datetime import datetime
+
+    from features.events import parse_ts_ms
+
+    out = tmp_path / "scores.jsonl"
+    at = parse_ts_ms("2024-02-19T00:00:00Z")  # mid-history (the simulation starts on 2024-01-01)
+    report = _run(history, scores_out=out, change_at_ms=at, change_weeks=3)
+    rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    k = report["kinds"]["purchase_propensity"]
+    change = k["change"]
+    assert change["weeks"] == 3 and [r["week"] for r in change["after"]] == [1, 2, 3]
+    assert change["after_pooled"]["labels"] == sum(r["labels"] for r in change["after"]) > 0
+
+    def scored_ms(r: dict) -> int:
+        return int(datetime.fromisoformat(r["ts"]).timestamp() * 1000)
+
+    # Pooled after the change: the examples both models scored, from the scores file.
+    mine = [r for r in rows if r["kind"] == "purchase_propensity" and r["batch_probability"] is not None
+            and at <= scored_ms(r) < at + 3 * 7 * 86_400_000]
+    assert len(mine) == change["after_pooled"]["labels"]
+    for key, field in (("online_auc", "probability"), ("batch_auc", "batch_probability")):
+        got = auc([r[field] for r in mine], [r["label"] for r in mine])
+        want = change["after_pooled"][key]
+        assert got is not None and want is not None and abs(got - want) < 1e-3, key
+    assert "change" not in _run(history)["kinds"]["purchase_propensity"]

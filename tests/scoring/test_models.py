@@ -184,9 +184,53 @@ def test_snapshots_from_before_the_settings_keep_their_behaviour() -> None:
     rows = list(_stream(600, seed=9))
     _run(model, rows[:300])
     state = pickle.loads(pickle.dumps(vars(model)))  # a deep copy, as a stored snapshot is
-    for name in ("half_life", "drift_refit", "drift_min_rows", "indicators"):
+    for name in ("half_life", "drift_refit", "drift_min_rows", "indicators", "trial", "proven",
+                 "_trial", "_since_check"):
         del state[name]
     old = OnlineModel.__new__(OnlineModel)
     old.__setstate__(state)
     assert (old.half_life, old.drift_refit, old.indicators) == (0, False, None)
     assert _run(old, rows[300:]) == _run(model, rows[300:])
+
+
+def _trial_run(rule_knows_more: bool) -> tuple[OnlineModel, int | None]:
+    """Serve the rule until the model is ready; returns the model and the label it took over at.
+
+    The model sees only ``b``. The rule either sees the whole signal (``a`` too: no model
+    on ``b`` alone can rank as well) or is noise.
+    """
+    model = _model(trial=400)
+    noise = random.Random(1)
+    took_over = None
+    for i, (x, y) in enumerate(_stream(4_000, seed=4)):
+        if model.ready and took_over is None:
+            took_over = i
+        signal = 2.0 * x["a"] - 1.0 * x["b"]
+        rule = 1 / (1 + math.exp(-signal)) if rule_knows_more else noise.random()
+        model.learn({"b": x["b"]}, y, None, rule)
+    return model, took_over
+
+
+def test_a_model_on_trial_serves_only_once_it_ranks_as_well_as_the_rule() -> None:
+    beats_noise, at = _trial_run(rule_knows_more=False)
+    assert beats_noise.ready and at is not None and at <= 200
+    loses, never = _trial_run(rule_knows_more=True)
+    assert not loses.ready and never is None
+    assert loses.version == 4_000  # it kept learning all along, on trial
+    assert not _model(trial=400).ready and _model(trial=0).proven
+
+
+def test_without_the_rule_probability_a_trial_ends_when_labels_suffice() -> None:
+    model = _model(trial=400)
+    for x, y in _stream(60, seed=2):
+        model.learn(x, y)
+    assert model.ready
+
+
+def test_auc_of_the_trial_counts_ties_half() -> None:
+    import numpy as np
+
+    from scoring.models import _auc
+
+    assert _auc(np.array([0.5, 0.5, 0.5, 0.5]), np.array([0, 1, 0, 1])) == 0.5
+    assert _auc(np.array([0.9, 0.1]), np.array([1, 0])) == 1.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import html
 import io
 import json
 import os
@@ -22,7 +23,7 @@ import pytest
 from matplotlib.image import imread
 
 from scoring.backtest import BacktestConfig, run_backtest
-from scoring.report import chart_ids, compare_sentence, versus_sentence, write_html
+from scoring.report import change_sentence, chart_ids, compare_sentence, versus_sentence, write_html
 from scoring.simulator import SimulationConfig, simulate
 
 INSTALL_TIMEOUT_S = 900
@@ -113,12 +114,16 @@ def _not_blank(pixels: np.ndarray, min_ink: float = 0.01) -> tuple[bool, str]:
 
 
 # ------------------------------------------------------------------ reports
+CHANGE_MS = 1_707_955_200_000  # 2024-02-15T00:00:00Z
+
+
 @pytest.fixture(scope="module")
 def reports() -> list[dict[str, Any]]:
     """A small seeded history with a regime change, backtested in process (two 'configs')."""
     events = [json.dumps(e) for e in simulate(
         SimulationConfig(customers=150, days=90, seed=11, regime_change=True))]
-    report = run_backtest(events, BacktestConfig(group_by="segment"))
+    # The simulator's regime changes halfway: day 45 of 90, from 2024-01-01.
+    report = run_backtest(events, BacktestConfig(group_by="segment", change_at_ms=CHANGE_MS))
     report["config"]["name"] = "default"
     report["input"] = "simulated.jsonl"
     other = copy.deepcopy(report)
@@ -216,6 +221,15 @@ def test_headline_sentences_follow_the_numbers(reports: list[dict[str, Any]], tm
     assert "ranks worse than the rule baseline (AUC 0.550 vs 0.600, -0.050)" in text
 
 
+def test_known_change_has_its_table_and_sentence(reports: list[dict[str, Any]], single_page: Path) -> None:
+    text = single_page.read_text()
+    change = reports[0]["kinds"]["purchase_propensity"]["change"]
+    assert change["at"].startswith("2024-02-15")
+    assert 'data-change="purchase_propensity"' in text
+    assert html.escape(change_sentence(change)) in text
+    assert "weeks after, pooled" in text
+
+
 def test_cli_backtest_writes_report_html(tmp_path: Path) -> None:
     from streams.cli import main
 
@@ -224,4 +238,7 @@ def test_cli_backtest_writes_report_html(tmp_path: Path) -> None:
     assert main(["backtest", str(history), "--out", str(tmp_path / "bt"), "--no-batch-baseline"]) == 0
     text = (tmp_path / "bt" / "report.html").read_text()
     assert text.startswith("<!DOCTYPE html>") and 'data-chart="activity"' in text
+    assert main(["backtest", str(history), "--out", str(tmp_path / "bc"), "--change-at", "2024-01-15"]) == 0
+    report = json.loads((tmp_path / "bc" / "report.json").read_text())
+    assert all(k["change"]["at"].startswith("2024-01-15") for k in report["kinds"].values() if k.get("labels"))
 
