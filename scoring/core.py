@@ -347,7 +347,7 @@ class ScoringCore:
                 prob, source = model.predict(inputs), "model"
                 reasons = lambda: model.explain(inputs)  # noqa: E731
             else:
-                prob, source = rule_p, "cold_start"
+                prob, source = model.calibrate_rule(rule_p), "cold_start"
                 reasons = lambda: rule_explain(vector, kind.rule_weights)  # noqa: E731
         return {
             "probability": prob, "rule_probability": rule_p, "source": source,

@@ -188,6 +188,11 @@ class OnlineModel:
         self.proven = trial == 0
         self._trial: deque[tuple[float, float, int]] = deque(maxlen=max(trial, 1))
         self._since_check = 0
+        # Until the model serves, the rule does: its points-to-probability map is a shape, not
+        # a rate. Platt scaling on the matured labels turns it into one (see calibrate_rule).
+        self._prior: deque[tuple[float, int]] = deque(maxlen=max(trial, 1_000))
+        self.rule_fit: tuple[float, float] | None = None
+        self._prior_seen = 0
 
     @property
     def ready(self) -> bool:
@@ -236,6 +241,9 @@ class OnlineModel:
         state.setdefault("proven", True)
         state.setdefault("_trial", deque(maxlen=1))
         state.setdefault("_since_check", 0)
+        state.setdefault("_prior", deque(maxlen=1))
+        state.setdefault("rule_fit", None)
+        state.setdefault("_prior_seen", 0)
         self.__dict__.update(state)
 
     def _complete(self, x: ModelInput, learning: bool = False) -> ModelInput:
@@ -250,6 +258,36 @@ class OnlineModel:
         absent = [k for k in known if k not in x]
         return {**x, **dict.fromkeys(absent, 0.0)} if absent else x
 
+    def calibrate_rule(self, rule_prob: float) -> float:
+        """The cold-start rule's probability, Platt-scaled on the labels matured so far.
+
+        Identity until both classes have ``min_per_class`` labels. Scaling is
+        monotone, so the rule ranks exactly as before; what changes is that its
+        0-100 value (and band) now means a rate on the model's scale, so the
+        hand-over to the model does not jump, and pooled metrics do not mix
+        two scales.
+
+        >>> m = OnlineModel("demo", min_labels=10_000, min_per_class=5, trial=100)
+        >>> for i in range(200):
+        ...     _ = m.learn({"x": 0.0}, int(i % 10 == 0), rule_prob=0.9 if i % 10 == 0 else 0.6)
+        >>> m.calibrate_rule(0.6) < 0.1 < m.calibrate_rule(0.9), m.calibrate_rule(0.6) < m.calibrate_rule(0.7)
+        (True, True)
+        """
+        if self.rule_fit is None:
+            return rule_prob
+        a, b = self.rule_fit
+        return _sigmoid(a * _logit(rule_prob) + b)
+
+    def _observe_rule(self, rule_prob: float, y: int) -> None:
+        self._prior.append((rule_prob, y))
+        self._prior_seen += 1
+        if self._prior_seen % 50 and self.rule_fit is not None:
+            return
+        rows = np.asarray(self._prior)
+        positives = int(rows[:, 1].sum())
+        if min(positives, len(rows) - positives) >= self.min_per_class:
+            self.rule_fit = _platt(rows[:, 0], rows[:, 1])
+
     def predict(self, x: ModelInput) -> float:
         proba = self.pipeline.predict_proba_one(self._complete(x))
         return float(proba.get(True, 0.0))
@@ -263,6 +301,8 @@ class OnlineModel:
         cold-start rule's on the same example (the trial; without it a model on
         trial is promoted as soon as it has enough labels).
         """
+        if not self.proven and rule_prob is not None:
+            self._observe_rule(rule_prob, y)
         if not self.proven and self._enough_labels:
             if rule_prob is None:
                 self.proven = True
@@ -376,6 +416,38 @@ class OnlineModel:
         if not isinstance(model, OnlineModel):
             raise TypeError("not an OnlineModel snapshot")
         return model
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+
+
+def _platt(probs: np.ndarray, labels: np.ndarray, iterations: int = 25) -> tuple[float, float]:
+    """``(a, b)`` of ``sigmoid(a * logit(p) + b)`` by Newton's method (lightly ridged); ``a > 0``.
+
+    >>> a, b = _platt(np.array([0.2, 0.2, 0.8, 0.8]), np.array([0, 1, 1, 1]))
+    >>> a > 0 and _sigmoid(a * _logit(0.8) + b) > _sigmoid(a * _logit(0.2) + b)
+    True
+    """
+    z = np.log(np.clip(probs, 1e-6, 1 - 1e-6) / (1 - np.clip(probs, 1e-6, 1 - 1e-6)))
+    x = np.column_stack([z, np.ones_like(z)])
+    w = np.zeros(2)
+    ridge = 1e-3 * np.eye(2)
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -50, 50)))
+        grad = x.T @ (p - labels) + ridge @ w
+        hess = (x * (p * (1 - p))[:, None]).T @ x + ridge
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if float(np.abs(step).max()) < 1e-8:
+            break
+    # A rule that ranks backwards must not be turned around here (nor flattened to ties).
+    return max(float(w[0]), 1e-3), float(w[1])
 
 
 def _auc(scores: np.ndarray, labels: np.ndarray) -> float:

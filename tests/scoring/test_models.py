@@ -185,7 +185,7 @@ def test_snapshots_from_before_the_settings_keep_their_behaviour() -> None:
     _run(model, rows[:300])
     state = pickle.loads(pickle.dumps(vars(model)))  # a deep copy, as a stored snapshot is
     for name in ("half_life", "drift_refit", "drift_min_rows", "indicators", "trial", "proven",
-                 "_trial", "_since_check"):
+                 "_trial", "_since_check", "_prior", "rule_fit", "_prior_seen"):
         del state[name]
     old = OnlineModel.__new__(OnlineModel)
     old.__setstate__(state)
@@ -234,3 +234,25 @@ def test_auc_of_the_trial_counts_ties_half() -> None:
 
     assert _auc(np.array([0.5, 0.5, 0.5, 0.5]), np.array([0, 1, 0, 1])) == 0.5
     assert _auc(np.array([0.9, 0.1]), np.array([1, 0])) == 1.0
+
+
+def test_the_rule_serving_cold_start_is_calibrated_to_the_matured_labels() -> None:
+    # A rule that ranks well but speaks another scale: probabilities of 0.5-0.9 for an outcome
+    # that happens about 10% of the time.
+    rng = random.Random(3)
+    model = _model(trial=1_000)
+    rows = []
+    for _ in range(3_000):
+        signal = rng.random()
+        y = int(rng.random() < 0.2 * signal)
+        rows.append((0.5 + 0.4 * signal, y))
+    for rule, y in rows[:1_500]:
+        model.learn({"c": 1.0}, y, None, rule)  # a model with nothing to learn from stays on trial
+    assert not model.ready
+    held_out = rows[1_500:]
+    served = [model.calibrate_rule(rule) for rule, _ in held_out]
+    observed = sum(y for _, y in held_out) / len(held_out)
+    assert abs(sum(served) / len(served) - observed) < 0.02  # the rate, not the rule's 0.7
+    ranked = sorted(held_out, key=lambda r: r[0])
+    assert [model.calibrate_rule(r) for r, _ in ranked] == sorted(model.calibrate_rule(r) for r, _ in ranked)
+    assert _model().calibrate_rule(0.7) == 0.7  # no labels yet: the rule as it is
