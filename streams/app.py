@@ -96,6 +96,7 @@ from streams.pipeline import (
     OrderedAcks,
     OutRecord,
     Pipeline,
+    input_caught_up,
     labelled_from_json,
 )
 from streams.redis_state import RedisStateStore
@@ -229,11 +230,15 @@ class LiveWorker:
         self.positions: dict[TP, int] = {}  # next offset to process, per input partition
         self.failing: str | None = None
         self.started = time.time()
+        self.started_monotonic = time.monotonic()
         self._learn_lock = asyncio.Lock()
         self._unacked_labels: list[tuple[Any, Any]] = []  # (stream, event) awaiting a snapshot
         self._score_lock = asyncio.Lock()
         self._score_stream: Any = None
         self.received: dict[TP, int] = {}  # next offset to receive, per input partition
+        # When the agent last received a record of each input partition (or it was assigned),
+        # time.monotonic(): see _caught_up.
+        self.delivered_at: dict[TP, float] = {}
         self._ready: list[Any] = []  # released by the aligner, gathered into a full batch
         self.acks: OrderedAcks[Any] = OrderedAcks()  # ack in offset order per partition
         self.aligner: EventTimeAligner[tuple[Any, Any]] = EventTimeAligner(
@@ -454,12 +459,14 @@ class LiveWorker:
         """
         self._score_stream = stream
         async with self._score_lock:
+            now = time.monotonic()
             messages = []
             for ev in events:
                 msg = self._incoming(ev)
                 messages.append(msg)
                 tp = ev.message.tp
                 self.received[tp] = max(self.received.get(tp, 0), msg.offset + 1)
+                self.delivered_at[tp] = now
                 self.acks.received(tp, ev.message.offset)
             try:
                 by_shard, dead, counts = await self._call(self.pipeline.split, messages)
@@ -509,24 +516,62 @@ class LiveWorker:
                 await self._score_ready(stream, ready, [], [], Counter(), 0)
 
     def _caught_up(self, topic: str, partition: int) -> bool:
-        """Whether an input partition has no unread records for us (it holds nothing back).
+        """Whether an input partition holds its shard back no longer (nothing unread for us).
 
-        True when what we received (or the committed offset delivery started
-        from, see :meth:`on_assigned`) reaches the partition's high watermark
-        from the last fetch. Faust's own read position is no use here: it runs
-        thousands of records ahead of the agent, in the stream's buffer.
+        All three must hold:
+
+        1. What we received (or the committed offset delivery started from, see
+           :meth:`on_assigned`) reaches the partition's high watermark. Faust's own read
+           position is no use here: it runs thousands of records ahead of the agent, in
+           the stream's buffer.
+        2. That high watermark is fresh: it came with a fetch response no older than the
+           latest one of any input partition of the same shard. A partition is fetched
+           only while the consumer buffers nothing of it, so the shard's partitions carry
+           high watermarks of different moments. With a replay still producing, an old
+           one made a partition look read to its end while a sibling's newer fetch had
+           brought events produced after that partition's next, older events; those were
+           released, and the partition's older events then arrived later than the allowed
+           lateness and were dropped (the two-worker test's "known bug", 4 to 28 events
+           of a run, under CPU load). The consumer sends one fetch at a time to a broker
+           and handles the responses in order, so a response at least as recent as the
+           one that brought any held sibling event reports every record produced before
+           that event. (aiokafka writes a partition's high watermark before its poll
+           time: reading the times first, the high watermark is never older than they say.
+           Poll times are in ms, so two responses within one ms count as equally recent.)
+        3. The partition delivered nothing for ``align_idle_s`` (wall clock), or since its
+           assignment: like Kafka Streams' ``max.task.idle.ms``, it covers records that
+           other producers have not handed to the broker yet.
+
+        Live, this costs little: a partition that is not caught up holds back only events
+        later than its own newest one plus ``align_slack_s``, and an idle partition is in
+        every fetch, so it is as fresh as its siblings at once or after one more fetch.
+        The cost is in backlogs, where what a stale high watermark let through was wrong.
         """
         tp = TP(topic, partition)
         try:
+            # Poll times first, then the high watermark (see 2. above).
+            kafka = self._kafka_consumer()
+            polled = {t: kafka.last_poll_timestamp(TP(t, partition)) for t in self.settings.topics.inputs.values()}
             high = self.app.consumer.highwater(tp)
-        except Exception:  # noqa: BLE001 - consumer not ready: hold (max_held bounds the wait)
-            return False
-        if high is None:
-            # Not fetched yet (just assigned): it may hold older events. Wait; the
-            # first fetch response tells. (Treating it as caught up let a backlog's
-            # first batches run ahead of partitions fetched a moment later.)
-            return False
-        return self.received.get(tp, 0) >= high
+        except Exception:  # noqa: BLE001 - consumer not ready, partition not assigned: hold
+            return False  # (max_held bounds the wait)
+        # high or poll time None: not fetched yet (just assigned), it may hold older events.
+        # Wait; the first fetch response tells. (Treating it as caught up let a backlog's
+        # first batches run ahead of partitions fetched a moment later.)
+        idle = time.monotonic() - self.delivered_at.get(tp, self.started_monotonic)
+        return input_caught_up(
+            self.received.get(tp, 0), high, polled[topic], polled.values(), idle, self.settings.align_idle_s
+        )
+
+    def _kafka_consumer(self) -> Any:
+        """The aiokafka consumer inside Faust's consumer thread (read-only use from here).
+
+        Faust's ``highwater()`` reads the same per-partition state from this thread.
+        """
+        thread: Any = getattr(self.app.consumer, "_thread", None)
+        if thread is None:
+            raise RuntimeError("not an aiokafka consumer thread")
+        return thread._ensure_consumer()
 
     async def on_assigned(self, assigned: set[TP]) -> None:
         """Reset where each assigned input partition's delivery starts: its committed offset.
@@ -548,6 +593,8 @@ class LiveWorker:
         # the starts are known, a partition counts as caught up only if it is empty.
         self.received = {}
         tps = sorted(tp for tp in assigned if tp.topic in inputs)
+        now = time.monotonic()
+        self.delivered_at = dict.fromkeys(tps, now)  # idle counts from the assignment
         if not tps:
             return
         delay = 0.5
@@ -577,7 +624,7 @@ class LiveWorker:
             raise RuntimeError("not an aiokafka consumer thread")
 
         async def committed() -> dict[TP, int | None]:
-            consumer = thread._ensure_consumer()
+            consumer = self._kafka_consumer()
             return {tp: await consumer.committed(tp) for tp in tps}
 
         found: dict[TP, int | None] = await thread.call_thread(committed)

@@ -95,6 +95,7 @@ __all__ = [
     "OutRecord",
     "Pipeline",
     "dead_letter",
+    "input_caught_up",
     "labelled_from_json",
     "labelled_to_json",
 ]
@@ -373,6 +374,34 @@ class EventTimeAligner(Generic[P]):
         self._frontier.clear()
         self._held = 0
         return out
+
+
+def input_caught_up(
+    received: int, high: int | None, polled_ms: int | None, shard_polled_ms: Iterable[int | None],
+    idle_s: float, align_idle_s: float,
+) -> bool:
+    """Whether an input partition no longer holds its shard back in the :class:`EventTimeAligner`.
+
+    ``received``: next offset the agent will receive; ``high``: the partition's high
+    watermark from its last fetch response, handled at ``polled_ms`` (None: not fetched
+    yet); ``shard_polled_ms``: the same time for each input partition of the shard;
+    ``idle_s``: wall time since the partition last delivered (or was assigned). Caught up
+    means: everything up to the high watermark received, that high watermark no older
+    than any sibling's, and idle for ``align_idle_s``. The reasons are at
+    :meth:`streams.app.LiveWorker._caught_up`.
+
+    >>> input_caught_up(10, 10, 1_000, [1_000, 900, None], idle_s=2.0, align_idle_s=0.5)
+    True
+    >>> input_caught_up(10, 10, 900, [1_000, 900, None], idle_s=2.0, align_idle_s=0.5)  # stale
+    False
+    >>> input_caught_up(10, 10, 1_000, [1_000], idle_s=0.1, align_idle_s=0.5)  # just delivered
+    False
+    """
+    if high is None or polled_ms is None or received < high:
+        return False
+    if any(t is not None and t > polled_ms for t in shard_polled_ms):
+        return False
+    return idle_s >= align_idle_s
 
 
 class ModelRefresher:

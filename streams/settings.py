@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     align_slack_s: float = Field(
         600.0, ge=0, description="event-time slack of the alignment (below the scoring lateness)"
     )
+    align_idle_s: float = Field(
+        0.5, ge=0,
+        description="an input partition with nothing left to read holds its shard back until it has "
+        "delivered nothing for this long (wall clock), and a fetch at least as recent as its "
+        "siblings' confirms its end (like Kafka Streams' max.task.idle.ms)",
+    )
     align_max_held: int = Field(
         50_000, ge=0, description="events held at most to align input topics by event time (backlogs)"
     )

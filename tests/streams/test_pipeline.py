@@ -22,6 +22,7 @@ from streams.pipeline import (
     Learner,
     ModelRefresher,
     Pipeline,
+    input_caught_up,
     labelled_from_json,
     labelled_to_json,
 )
@@ -217,6 +218,19 @@ def test_aligner_releases_in_event_time_and_bounds_memory() -> None:
     assert [x[2] for x in out] == ["w20", "w30", "w40"]
     assert len(a) == 2
     assert sorted(x[2] for x in a.flush()) == ["other-shard", "p100"] and len(a) == 0
+
+
+def test_a_partition_is_caught_up_only_on_a_fresh_high_watermark_and_after_idling() -> None:
+    # Recorded in the two-worker test's failures: web received up to its high watermark, but
+    # that came with a fetch 162 ms older than purchase's, which had brought a newer event.
+    web, purchase, campaign = 85_814, 85_976, 85_976  # poll times (ms)
+    shard = [web, purchase, campaign]
+    assert not input_caught_up(169, 169, web, shard, idle_s=5.0, align_idle_s=0.5)
+    assert input_caught_up(169, 169, 86_000, [86_000, purchase, campaign], idle_s=5.0, align_idle_s=0.5)
+    assert not input_caught_up(168, 169, 86_000, [86_000], idle_s=5.0, align_idle_s=0.5)  # unread
+    assert not input_caught_up(0, None, None, [None], idle_s=5.0, align_idle_s=0.5)  # not fetched
+    assert not input_caught_up(169, 169, 86_000, [86_000], idle_s=0.2, align_idle_s=0.5)  # just delivered
+    assert input_caught_up(169, 169, 86_000, [86_000, None], idle_s=0.0, align_idle_s=0.0)
 
 
 def test_erase_publishes_a_tombstone_on_the_compacted_scores_topic(pipe: Pipeline) -> None:
