@@ -213,7 +213,8 @@ def _trial_run(rule_knows_more: bool) -> tuple[OnlineModel, int | None]:
 
 def test_a_model_on_trial_serves_only_once_it_ranks_as_well_as_the_rule() -> None:
     beats_noise, at = _trial_run(rule_knows_more=False)
-    assert beats_noise.ready and at is not None and at <= 200
+    # The trial opens at 50 labels (the cold-start minimum) and judges a full window of 400.
+    assert beats_noise.ready and at is not None and 450 <= at <= 500
     loses, never = _trial_run(rule_knows_more=True)
     assert not loses.ready and never is None
     assert loses.version == 4_000  # it kept learning all along, on trial
