@@ -207,7 +207,7 @@ def _change_rows(change: dict[str, Any]) -> list[list[str]]:
     rows = []
     for name, f in periods:
         on, ba = f.get("online_auc"), f.get("batch_auc")
-        diff = None if on is None or ba is None else on - ba
+        diff = None if on is None or ba is None else round(on - ba, 3) + 0.0  # no "-0.000"
         rows.append([_e(name), _num(f.get("labels"), 0), _num(f.get("positives"), 0), _num(on), _num(ba),
                      "–" if diff is None else f"{diff:+.3f}"])
     return rows
