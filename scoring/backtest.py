@@ -170,6 +170,7 @@ class _KindLog:
     labels: list[int] = field(default_factory=list)
     weeks: list[int] = field(default_factory=list)
     times: list[int] = field(default_factory=list)  # when each example was scored
+    moments: list[str] = field(default_factory=list)  # event or idle (Labelled.moment)
     groups: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # model, cold_start or rule, per example
 
@@ -247,6 +248,7 @@ def _run_backtest(
             log.labels.append(ex.label)
             log.weeks.append(ex.t_ms // WEEK_MS)
             log.times.append(ex.t_ms)
+            log.moments.append(ex.moment)
             log.sources.append(ex.source)
             log.groups.append(groups.get(ex.customer_id, "unknown"))
             batch_p = None
@@ -384,10 +386,42 @@ def _kind_report(log: _KindLog, config: BacktestConfig) -> dict[str, Any]:
         )
         weekly.append(row)
     out["weekly"] = weekly
+    if "idle" in log.moments:
+        out["by_moment"] = _by_moment(log)
     if config.change_at_ms is not None:
         out["change"] = _change(log, config.change_at_ms, config.change_weeks)
     if config.group_by:
         out["fairness"] = _fairness(log)
+    return out
+
+
+def _by_moment(log: _KindLog) -> dict[str, Any]:
+    """The figures apart for examples scored at an event and at an idle rescore.
+
+    The two are different populations: right after a purchase most customers are
+    far from churning; weeks into a silence most are. A decile ratio over both
+    mixes them, so each is reported on its own too, with the online model and the
+    batch LR on the examples both scored.
+    """
+    out: dict[str, Any] = {}
+    batch = np.asarray(log.batch, dtype=float)
+    for moment in ("event", "idle"):
+        idx = [i for i, m in enumerate(log.moments) if m == moment]
+        if not idx:
+            continue
+        y = [log.labels[i] for i in idx]
+        figures = {k: v for k, v in summarize([log.probs[i] for i in idx], y).items() if k != "decile_rates"}
+        both = [i for i in idx if not math.isnan(batch[i])]
+        if both:
+            yb = [log.labels[i] for i in both]
+            keys = ("labels", "auc", "top_bottom_decile_ratio")
+            figures["online_on_batch_examples"] = {
+                k: v for k, v in summarize([log.probs[i] for i in both], yb).items() if k in keys
+            }
+            figures["batch_weekly"] = {
+                k: v for k, v in summarize([float(batch[i]) for i in both], yb).items() if k in keys
+            }
+        out[moment] = figures
     return out
 
 

@@ -62,6 +62,7 @@ from scoring.state import (
 from scoring.triggers import BAND_RANK, Policy, in_control, jump_from
 
 HISTORY_LIMIT = 8
+IDLE = ":idle"  # suffix of the example ids of idle rescores
 # Per customer and kind: a flood of sends must not grow a customer's record without bound.
 MAX_PENDING_PER_KIND = 32
 
@@ -91,8 +92,14 @@ class Labelled:
             "probability": round(self.prob, 6),
             "rule_probability": round(self.rule_prob, 6),
             "source": self.source,
+            "moment": self.moment,
             "label": self.label,
         }
+
+    @property
+    def moment(self) -> str:
+        """``event`` (scored at one of the customer's events) or ``idle`` (a scheduled rescore)."""
+        return "idle" if self.example_id.endswith(IDLE) else "event"
 
 
 @dataclass
@@ -402,7 +409,9 @@ class ScoringCore:
                 out.counts["pending_capped"] += 1
                 return
             ks.registered_at = ts
-            example_id = f"{kind.name}:{cid}:{ts}" + (f":{match}" if match else "")
+            # Idle rescores say so in the id: their examples are another population (silent
+            # customers) than those scored at an event, and the backtest reports both apart.
+            example_id = f"{kind.name}:{cid}:{ts}" + (f":{match}" if match else "") + ("" if event_id else IDLE)
             # The rule prior rides along: it is the rule-only baseline of the backtest.
             rec.pending.append(
                 Pending(kind.name, example_id, ts, ts + kind.horizon_ms, res["x"], prob,
@@ -509,7 +518,7 @@ class ScoringCore:
                     keep.append(p)
             rec.pending = keep
         self.state.save(records, shard, None)
-        matured.sort(key=lambda e: (e.end_ms, e.example_id))
+        matured.sort(key=lambda e: (e.end_ms, e.example_id.removesuffix(IDLE)))
         out.labelled.extend(matured)
         out.counts["labelled"] += len(matured)
         if self.learn_inline and matured:

@@ -196,6 +196,26 @@ def change_sentence(change: dict[str, Any]) -> str:
     return text
 
 
+MOMENT_HEAD = ("scored at", "labels", "positives", "AUC", "top/bottom decile",
+               "same examples: online / batch AUC", "same examples: online / batch top/bottom")
+
+
+def _moment_rows(moments: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for moment, name in (("event", "an event"), ("idle", "an idle rescore")):
+        f = moments.get(moment)
+        if not f:
+            continue
+        on, ba = f.get("online_on_batch_examples") or {}, f.get("batch_weekly") or {}
+        rows.append([
+            name, _num(f.get("labels"), 0), _num(f.get("positives"), 0), _num(f.get("auc")),
+            _num(f.get("top_bottom_decile_ratio"), 1),
+            f"{_num(on.get('auc'))} / {_num(ba.get('auc'))}",
+            f"{_num(on.get('top_bottom_decile_ratio'), 1)} / {_num(ba.get('top_bottom_decile_ratio'), 1)}",
+        ])
+    return rows
+
+
 CHANGE_HEAD = ("period", "labels", "positives", "online AUC", "weekly batch LR AUC", "online - batch")
 
 
@@ -623,6 +643,13 @@ def _kind_section(page: _Page, ri: int, rep: dict[str, Any], kind: str, k: dict[
         page.add('<p class="small">Scores by source: ' + ", ".join(
             f"{_e(s)} {_num(n, 0)}" for s, n in sources.items()) +
             " (cold start = rule score until the model has seen enough labels).</p>")
+    moments = k.get("by_moment")
+    if moments:
+        page.add(f'<div class="moments" data-moments="{_e(kind)}">')
+        page.add('<p class="small">By scoring moment: at one of the customer\'s events, or at a scheduled '
+                 "rescore of a silent customer (two populations: the decile ratio over both mixes them).</p>")
+        page.add(_table(MOMENT_HEAD, _moment_rows(moments), "moments"))
+        page.add("</div>")
     weekly = k.get("weekly") or []
     change = k.get("change")
     change_at = change.get("at") if change else None

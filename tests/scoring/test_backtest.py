@@ -111,3 +111,24 @@ def test_known_change_figures_recompute_from_scores_out(history: Path, tmp_path:
         want = change["after_pooled"][key]
         assert got is not None and want is not None and abs(got - want) < 1e-3, key
     assert "change" not in _run(history)["kinds"]["purchase_propensity"]
+
+
+def test_figures_by_scoring_moment_recompute_from_scores_out(history: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scores.jsonl"
+    report = _run(history, scores_out=out)
+    rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert {r["moment"] for r in rows} == {"event", "idle"}
+    assert all(r["example_id"].endswith(":idle") == (r["moment"] == "idle") for r in rows)
+    split = [k for k in report["kinds"].values() if "by_moment" in k]
+    assert split  # idle rescores register examples (propensity and churn tick)
+    for kind, k in report["kinds"].items():
+        if "by_moment" not in k:
+            continue
+        parts = k["by_moment"]
+        assert sum(p["labels"] for p in parts.values()) == k["labels"]
+        for moment, figures in parts.items():
+            mine = [r for r in rows if r["kind"] == kind and r["moment"] == moment]
+            assert len(mine) == figures["labels"]
+            got = auc([r["probability"] for r in mine], [r["label"] for r in mine])
+            if figures["auc"] is not None:
+                assert got is not None and abs(got - figures["auc"]) < 1e-3, (kind, moment)

@@ -228,6 +228,8 @@ def test_known_change_has_its_table_and_sentence(reports: list[dict[str, Any]], 
     assert 'data-change="purchase_propensity"' in text
     assert html.escape(change_sentence(change)) in text
     assert "weeks after, pooled" in text
+    assert "by_moment" in reports[0]["kinds"]["churn_risk"] or "by_moment" in reports[0]["kinds"]["purchase_propensity"]
+    assert 'data-moments="' in text and "an idle rescore" in text
 
 
 def test_cli_backtest_writes_report_html(tmp_path: Path) -> None:
