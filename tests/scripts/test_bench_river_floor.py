@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -11,21 +11,13 @@ import pytest
 
 from scoring.simulator import SimulationConfig, write_jsonl
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_river_floor.py"
 
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_river_floor", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_floor_counts_every_label_the_backtest_learned(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_floor_counts_every_label_the_backtest_learned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], load_script: Callable[[str], ModuleType]
+) -> None:
     path = tmp_path / "h.jsonl"
     write_jsonl(SimulationConfig(customers=60, days=40, seed=3), path)
-    script = _script()
+    script = load_script("bench_river_floor")
     report, learned, predictions = script.record(path)
     for kind, examples in learned.items():
         assert len(examples) == report["kinds"][kind]["labels"] > 0

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "real_history.py"
-
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("real_history", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+Loader = Callable[[str], ModuleType]
 
 
 def _cdnow_like(path: Path, customers: int = 60) -> int:
@@ -37,18 +29,20 @@ def _cdnow_like(path: Path, customers: int = 60) -> int:
     return len(rows) - 1
 
 
-def test_to_csv_skips_the_header_and_keeps_every_row(tmp_path: Path) -> None:
+def test_to_csv_skips_the_header_and_keeps_every_row(tmp_path: Path, load_script: Loader) -> None:
     n = _cdnow_like(tmp_path / "master.txt")
-    rows = _script().to_csv(tmp_path / "master.txt", tmp_path / "out.csv")
+    rows = load_script("real_history").to_csv(tmp_path / "master.txt", tmp_path / "out.csv")
     lines = (tmp_path / "out.csv").read_text().splitlines()
     assert rows == n == len(lines) - 1
     assert lines[0] == "customer,date,cds,dollars" and lines[1].count(",") == 3
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="subprocess layout")
-def test_imports_and_backtests_a_local_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_imports_and_backtests_a_local_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], load_script: Loader
+) -> None:
     n = _cdnow_like(tmp_path / "master.txt")
-    assert _script().main(["--file", str(tmp_path / "master.txt"), "--out", str(tmp_path / "out")]) == 0
+    assert load_script("real_history").main(["--file", str(tmp_path / "master.txt"), "--out", str(tmp_path / "out")]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["events"] == n and report["invalid"] == 0
     assert "purchase_propensity" in report["kinds"]
