@@ -26,15 +26,10 @@ def auc(probs: Sequence[float], labels: Sequence[int]) -> float | None:
         return None
     order = np.argsort(p, kind="mergesort")
     ranks = np.empty(len(p), dtype=float)
-    sorted_p = p[order]
-    # Average ranks over ties so equal scores are neither rewarded nor punished.
-    i = 0
-    while i < len(p):
-        j = i
-        while j + 1 < len(p) and sorted_p[j + 1] == sorted_p[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
+    # Average ranks over ties so equal scores are neither rewarded nor punished: a run of
+    # equal scores from sorted position i to j gets (i + j) / 2 + 1.
+    _, first, counts = np.unique(p[order], return_index=True, return_counts=True)
+    ranks[order] = np.repeat(first + (counts - 1) / 2.0 + 1.0, counts)
     return float((ranks[y == 1].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
 
 

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from river import compose, drift, linear_model, optim, preprocessing, tree
 
+from scoring.metrics import auc
+
 ModelInput = dict[str, float]
 # A trial needs this many labels of each class before its AUCs mean anything.
 TRIAL_MIN_PER_CLASS = 30
@@ -193,7 +195,7 @@ class OnlineModel:
         self._since_check = 0
         # Until the model serves, the rule does: its points-to-probability map is a shape, not
         # a rate. Platt scaling on the matured labels turns it into one (see calibrate_rule).
-        self._prior: deque[tuple[float, int]] = deque(maxlen=max(trial, 1_000))
+        self._prior: deque[tuple[float, int]] = deque(maxlen=5 * RULE_FIT_LABELS)
         self.rule_fit: tuple[float, float] | None = None
         self._prior_seen = 0
 
@@ -232,7 +234,8 @@ class OnlineModel:
         # A full window: on a few hundred labels, AUC differences of a few hundredths are noise.
         if len(labels) < self.trial or min(positives, len(labels) - positives) < TRIAL_MIN_PER_CLASS:
             return
-        if _auc(rows[:, 0], labels) >= _auc(rows[:, 1], labels):
+        outcomes = [int(v) for v in labels]
+        if (auc(rows[:, 0].tolist(), outcomes) or 0.0) >= (auc(rows[:, 1].tolist(), outcomes) or 0.0):
             self.proven = True
             self._trial.clear()
 
@@ -459,24 +462,6 @@ def _platt(probs: np.ndarray, labels: np.ndarray, iterations: int = 25) -> tuple
             break
     # A rule that ranks backwards must not be turned around here (nor flattened to ties).
     return max(float(w[0]), 1e-3), float(w[1])
-
-
-def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Rank AUC with ties counted half (the Mann-Whitney statistic).
-
-    >>> _auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
-    0.75
-    """
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # Average ranks over ties.
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(avg, counts)
-    pos = labels == 1
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def rule_points(vector: Mapping[str, float | None], weights: Mapping[str, float]) -> float:

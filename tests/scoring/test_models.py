@@ -228,15 +228,6 @@ def test_without_the_rule_probability_a_trial_ends_when_labels_suffice() -> None
     assert model.ready
 
 
-def test_auc_of_the_trial_counts_ties_half() -> None:
-    import numpy as np
-
-    from scoring.models import _auc
-
-    assert _auc(np.array([0.5, 0.5, 0.5, 0.5]), np.array([0, 1, 0, 1])) == 0.5
-    assert _auc(np.array([0.9, 0.1]), np.array([1, 0])) == 1.0
-
-
 def test_the_rule_serving_cold_start_is_calibrated_to_the_matured_labels() -> None:
     # A rule that ranks well but speaks another scale: probabilities of 0.5-0.9 for an outcome
     # that happens about 10% of the time.
