@@ -168,7 +168,6 @@ class _KindLog:
     rule: list[float] = field(default_factory=list)
     batch: list[float] = field(default_factory=list)  # nan where the batch model had no fit yet
     labels: list[int] = field(default_factory=list)
-    weeks: list[int] = field(default_factory=list)
     times: list[int] = field(default_factory=list)  # when each example was scored
     moments: list[str] = field(default_factory=list)  # event or idle (Labelled.moment)
     groups: list[str] = field(default_factory=list)
@@ -246,7 +245,6 @@ def _run_backtest(
             log.probs.append(ex.prob)
             log.rule.append(ex.rule_prob)
             log.labels.append(ex.label)
-            log.weeks.append(ex.t_ms // WEEK_MS)
             log.times.append(ex.t_ms)
             log.moments.append(ex.moment)
             log.sources.append(ex.source)
@@ -366,8 +364,8 @@ def _kind_report(log: _KindLog, config: BacktestConfig) -> dict[str, Any]:
         baselines["batch_weekly"] = b
     out["baselines"] = baselines
     weekly = []
-    weeks = np.asarray(log.weeks)
-    for w in sorted(set(log.weeks)):
+    weeks = np.asarray(log.times, dtype=np.int64) // WEEK_MS
+    for w in sorted(set(weeks.tolist())):
         idx = np.flatnonzero(weeks == w)
         y = [labels[i] for i in idx]
         row = {
