@@ -563,15 +563,19 @@ class LiveWorker:
             self.received.get(tp, 0), high, polled[topic], polled.values(), idle, self.settings.align_idle_s
         )
 
+    def _consumer_thread(self) -> Any:
+        """Faust's consumer thread, which owns the aiokafka consumer."""
+        thread: Any = getattr(self.app.consumer, "_thread", None)
+        if thread is None:
+            raise RuntimeError("not an aiokafka consumer thread")
+        return thread
+
     def _kafka_consumer(self) -> Any:
         """The aiokafka consumer inside Faust's consumer thread (read-only use from here).
 
         Faust's ``highwater()`` reads the same per-partition state from this thread.
         """
-        thread: Any = getattr(self.app.consumer, "_thread", None)
-        if thread is None:
-            raise RuntimeError("not an aiokafka consumer thread")
-        return thread._ensure_consumer()
+        return self._consumer_thread()._ensure_consumer()
 
     async def on_assigned(self, assigned: set[TP]) -> None:
         """Reset where each assigned input partition's delivery starts: its committed offset.
@@ -619,9 +623,7 @@ class LiveWorker:
         earliest = await self.app.consumer.earliest_offsets(*tps)
         # Faust has no public call for committed offsets: ask its aiokafka consumer, on the
         # consumer's own thread (aiokafka is not thread-safe).
-        thread: Any = getattr(self.app.consumer, "_thread", None)
-        if thread is None:
-            raise RuntimeError("not an aiokafka consumer thread")
+        thread = self._consumer_thread()
 
         async def committed() -> dict[TP, int | None]:
             consumer = self._kafka_consumer()
