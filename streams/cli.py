@@ -206,12 +206,15 @@ def _change_at_ms(text: str | None) -> int | None:
 
     >>> _change_at_ms("2024-07-01"), _change_at_ms("2024-07-01T02:00:00+02:00"), _change_at_ms(None)
     (1719792000000, 1719792000000, None)
+    >>> _change_at_ms(" 2024-07-01 ")
+    1719792000000
     """
     from features.events import parse_ts_ms
 
+    text = (text or "").strip()
     if not text:
         return None
-    return parse_ts_ms(f"{text}T00:00:00Z" if len(text.strip()) == 10 else text)
+    return parse_ts_ms(f"{text}T00:00:00Z" if len(text) == 10 else text)
 
 
 # Other modules add subcommands here (live worker, replay, demo, import).
