@@ -8,13 +8,19 @@
 -- ARGV[1]  allowed lateness (ms)
 -- ARGV[2]  TTL in seconds for both keys (0 = no TTL)
 -- ARGV[3]  JSON array of updates [[event_id, ts_ms, [op, ...]], ...]
+-- ARGV[4]  the state version the caller holds ('' = none)
 --          op = ["r", name, slots, idx, amount, mode] | ["a", field, amount]
 --             | ["x", field, value] | ["n", field, value]
 --             | ["d", name, ts, amount, half_life] | ["s", base, value, ts, cap]
 --
--- Returns {statuses, before}: statuses is one letter per update (a = applied,
--- d = duplicate, l = late); before is the hash as it was before the batch, a
--- JSON array [field1, value1, ...] of the raw stored strings (HGETALL).
+-- Returns {statuses, before, version}: statuses is one letter per update (a =
+-- applied, d = duplicate, l = late); before is the hash as it was before the
+-- batch, a JSON array [field1, value1, ...] of the raw stored strings (HGETALL),
+-- or '' when the caller already holds that state (ARGV[4] is its version);
+-- version is the state's version after the batch ('' while there is none).
+--
+-- The version (field _v) changes with every batch that applies something, so a
+-- caller that cached a state can tell whether anyone else changed it since.
 --
 -- Nothing is written before every update has been validated, and all writes
 -- come after the last possible error, so a bad batch changes nothing.
@@ -27,8 +33,10 @@ local fkey, idkey = KEYS[1], KEYS[2]
 local lateness = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local updates = cjson.decode(ARGV[3])
+local known = ARGV[4] or ''
 
 local TIME_FIELD = '_t'
+local VERSION_FIELD = '_v'
 -- InMemoryFeatureStore forgets old ids only once it holds more than this many.
 local ID_SOFT_LIMIT = 64
 
@@ -68,16 +76,90 @@ for i = 1, #updates do
   end
 end
 
--- Load the state: numbers in `state`, stored text in `orig`.
-local raw = redis.call('HGETALL', fkey)
+-- The fields a ring operation touches (the slot's bucket index and value).
+local function ring_keys(name, slots, idx)
+  -- fmod is exact on doubles; Python's % is non-negative for slots > 0.
+  local slot = fmod(idx, slots)
+  if slot < 0 then slot = slot + slots end
+  local sslot = format('%d', slot)
+  return name .. '|' .. sslot .. 'i', name .. '|' .. sslot .. 'v'
+end
+
+-- The fields this batch can touch, and per distinct base how many values it may add.
+local need, seen = {}, {}
+local function want(k)
+  if not seen[k] then
+    seen[k] = true
+    need[#need + 1] = k
+  end
+end
+want(TIME_FIELD)
+want(VERSION_FIELD)
+local adds = {} -- base -> {count, smallest cap}
+for i = 1, #updates do
+  local ops = updates[i][3]
+  for j = 1, #ops do
+    local op = ops[j]
+    local code = op[1]
+    if code == 'r' then
+      local ikey, vkey = ring_keys(op[2], op[3], op[4])
+      want(ikey)
+      want(vkey)
+    elseif code == 'd' then
+      want(op[2] .. '|v')
+      want(op[2] .. '|t')
+    elseif code == 's' then
+      want(op[2] .. '|d|' .. op[3])
+      want(op[2] .. '|n')
+      local a = adds[op[2]]
+      if a == nil then adds[op[2]] = { 1, op[5] } else
+        a[1] = a[1] + 1
+        if op[5] < a[2] then a[2] = op[5] end
+      end
+    else
+      want(op[2])
+    end
+  end
+end
+
+-- Load the state: numbers in `state`, stored text in `orig`. A caller holding the
+-- current version needs only the touched fields back in Lua; anyone else needs the
+-- whole hash (to be sent back), and so does a batch that may evict distinct values.
 local state, orig = {}, {}
-for i = 1, #raw, 2 do
-  local v = tonumber(raw[i + 1])
-  if v == nil then
+local raw = nil
+local function load(fields, values)
+  for i = 1, #fields do
+    local text = values[i]
+    if text then
+      local v = tonumber(text)
+      if v == nil then return false end
+      state[fields[i]] = v
+      orig[fields[i]] = text
+    end
+  end
+  return true
+end
+local full = known == '' or #need > 4000 -- unpack() is bounded by the Lua C stack
+if not full then
+  if not load(need, redis.call('HMGET', fkey, unpack(need))) then
     return redis.error_reply('ERR leadpulse: non-numeric field in feature hash')
   end
-  state[raw[i]] = v
-  orig[raw[i]] = raw[i + 1]
+  full = orig[VERSION_FIELD] ~= known
+  for base, a in pairs(adds) do
+    if (state[base .. '|n'] or 0) + a[1] > a[2] then full = true end
+  end
+end
+if full then
+  raw = redis.call('HGETALL', fkey)
+  local fields, values = {}, {}
+  for i = 1, #raw, 2 do
+    fields[#fields + 1] = raw[i]
+    values[#values + 1] = raw[i + 1]
+  end
+  state, orig = {}, {}
+  if not load(fields, values) then
+    return redis.error_reply('ERR leadpulse: non-numeric field in feature hash')
+  end
 end
 local dirty = {}
 
@@ -98,6 +180,7 @@ local function bytes_lt(a, b)
   return #a < #b
 end
 
+-- Only reached with the whole hash loaded (see the load above).
 local function evict_oldest(prefix, nkey)
   -- Smallest (time, key) goes, as Python's min() over (value, key) tuples.
   local plen = #prefix
@@ -118,12 +201,8 @@ local function apply_ops(ops)
     local op = ops[j]
     local code = op[1]
     if code == 'r' then
-      local name, slots, idx, amount, mode = op[2], op[3], op[4], op[5], op[6]
-      -- fmod is exact on doubles; Python's % is non-negative for slots > 0.
-      local slot = fmod(idx, slots)
-      if slot < 0 then slot = slot + slots end
-      local sslot = format('%d', slot)
-      local ikey, vkey = name .. '|' .. sslot .. 'i', name .. '|' .. sslot .. 'v'
+      local idx, amount, mode = op[4], op[5], op[6]
+      local ikey, vkey = ring_keys(op[2], op[3], idx)
       local held = state[ikey]
       if held == nil or idx > held then
         set(ikey, idx)
@@ -198,7 +277,16 @@ for i = 1, #updates do
   end
 end
 
+local version = orig[VERSION_FIELD] or ''
 if applied then
+  -- Above the last version and at least the server clock in microseconds: a state
+  -- erased and created anew never comes back with a version a cache still holds.
+  local now = redis.call('TIME')
+  local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  local next_version = (state[VERSION_FIELD] or 0) + 1
+  if now_us > next_version then next_version = now_us end
+  set(VERSION_FIELD, next_version)
+  version = format('%.17g', state[VERSION_FIELD])
   local hset, hdel = { 'HSET', fkey }, { 'HDEL', fkey }
   for k in pairs(dirty) do
     local v = state[k]
@@ -232,4 +320,10 @@ end
 
 -- The before-state travels as one JSON array of strings: a single bulk reply is far
 -- cheaper for the client to parse than a multi-bulk of hundreds of elements.
-return { table.concat(statuses), #raw > 0 and cjson.encode(raw) or '[]' }
+local before = '[]'
+if known ~= '' and known == orig[VERSION_FIELD] then
+  before = ''
+elseif raw ~= nil and #raw > 0 then
+  before = cjson.encode(raw)
+end
+return { table.concat(statuses), before, version }

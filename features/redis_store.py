@@ -8,7 +8,9 @@ lateness), then ``duplicate`` (event id already applied), else ``applied``.
 Layout, hash-tagged so Redis Cluster keeps a customer on one slot:
 
 - ``lp:{<tag>}:f``: the flat feature state (field -> number as ``%.17g`` text,
-  so ``float()`` recovers the exact double);
+  so ``float()`` recovers the exact double), plus ``_v``, the state's version,
+  which every batch that applies something moves up (to the server clock in
+  microseconds at least, so a state erased and made again never repeats one);
 - ``lp:{<tag>}:ids``: sorted set of applied event ids scored by event time,
   trimmed to the lateness window like the in-memory store does.
 
@@ -18,6 +20,17 @@ TTL (default 400 days) refreshed whenever an update is applied.
 
 :meth:`RedisFeatureStore.apply` costs one network round trip per batch: one
 pipelined ``EVALSHA`` of ``features/apply.lua`` per customer in the batch.
+
+**State cache.** The store keeps the states it last saw (``cache_size``
+customers, least recently used first out) with their versions. The script
+sends a customer's state back only when the cached version is not the stored
+one, so a worker that owns a customer's partition neither ships nor decodes
+the whole state per batch; the store applies the batch's operations to its
+copy (the same :func:`~features.engine.apply_ops` as the in-memory store). A
+state changed by anyone else (another worker after a rebalance, an erase, a
+TTL expiry) has another version and is fetched again: the cache can be cold,
+never wrong. :meth:`~RedisFeatureStore.read` asks only for the versions of
+cached customers, and for whole states where those differ.
 
 >>> key_tag("c1"), key_tag("a{b}")[:9]
 ('c1', '~b8a4b706')
@@ -32,6 +45,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
+from collections import OrderedDict
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -39,7 +54,7 @@ from typing import Any
 import orjson
 import redis
 
-from features.engine import Op, State
+from features.engine import TIME_FIELD, Op, State, apply_ops
 from features.store import APPLIED, DUPLICATE, LATE, BatchResult, Update
 
 __all__ = ["RedisFeatureStore", "key_tag", "DEFAULT_TTL_SECONDS"]
@@ -47,6 +62,8 @@ __all__ = ["RedisFeatureStore", "key_tag", "DEFAULT_TTL_SECONDS"]
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL_SECONDS = 400 * 86_400
+DEFAULT_CACHE_SIZE = 10_000
+VERSION_FIELD = "_v"  # not a feature: stripped from every state this module returns
 _STATUS = {"a": APPLIED, "d": DUPLICATE, "l": LATE}
 # Operation code -> tuple length (see features.engine.Op).
 _ARITY = {"r": 6, "a": 3, "x": 3, "n": 3, "d": 5, "s": 5}
@@ -82,9 +99,21 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
-def _state_from_json(blob: bytes | str) -> State:
+def _state_from_json(blob: bytes | str) -> tuple[str, State]:
+    """``(version, state)`` from the script's JSON array of raw fields and values."""
     flat = orjson.loads(blob)
-    return {flat[i]: float(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+    intern = sys.intern  # every customer has the same field names: share one copy
+    state = {intern(flat[i]): float(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+    version = state.pop(VERSION_FIELD, None)
+    return ("" if version is None else f"{version:.17g}"), state
+
+
+def _state_from_hash(raw: dict[Any, Any]) -> tuple[str, State]:
+    """``(version, state)`` from an HGETALL reply."""
+    intern = sys.intern
+    state = {intern(_text(k)): float(v) for k, v in raw.items()}
+    version = state.pop(VERSION_FIELD, None)
+    return ("" if version is None else f"{version:.17g}"), state
 
 
 def _check_ops(ops: tuple[Op, ...] | list[Op]) -> None:
@@ -102,7 +131,8 @@ class RedisFeatureStore:
     """:class:`~features.store.FeatureStore` on Redis (standalone or Cluster-friendly keys).
 
     ``lateness_ms`` must match the in-memory store's for identical results;
-    ``ttl_seconds=0`` disables expiry; ``prefix`` namespaces every key.
+    ``ttl_seconds=0`` disables expiry; ``prefix`` namespaces every key;
+    ``cache_size`` bounds the state cache (customers; 0 turns it off).
 
     >>> import redis
     >>> store = RedisFeatureStore(redis.Redis(), lateness_ms=60_000, prefix="t")
@@ -116,15 +146,18 @@ class RedisFeatureStore:
         lateness_ms: int = 3_600_000,
         ttl_seconds: int = DEFAULT_TTL_SECONDS,
         prefix: str = "lp",
+        cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
-        if lateness_ms < 0 or ttl_seconds < 0:
-            raise ValueError("lateness_ms and ttl_seconds must be >= 0")
+        if lateness_ms < 0 or ttl_seconds < 0 or cache_size < 0:
+            raise ValueError("lateness_ms, ttl_seconds and cache_size must be >= 0")
         self.client = client
         self.lateness_ms = int(lateness_ms)
         self.ttl_seconds = int(ttl_seconds)
         self.prefix = prefix
         self._script = client.register_script(_load_script())
         self._sha: str = self._script.sha
+        self.cache_size = int(cache_size)
+        self._cache: OrderedDict[str, tuple[str, State]] = OrderedDict()  # cid -> (version, state)
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> RedisFeatureStore:
@@ -169,20 +202,44 @@ class RedisFeatureStore:
         result = BatchResult([""] * len(updates))
         if not groups:
             return result
-        calls: list[tuple[str, tuple[Any, ...]]] = []
+        calls: list[tuple[Any, ...]] = []
+        cached: dict[str, State] = {}
         for cid, idxs in groups.items():
             payload = orjson.dumps(
                 [(updates[i].event_id, updates[i].ts_ms, updates[i].ops) for i in idxs]
             )
             fkey, idkey = self.keys_for(cid)
-            calls.append((cid, (2, fkey, idkey, self.lateness_ms, self.ttl_seconds, payload)))
-        replies = self._evalsha_all([args for _, args in calls])
-        for (cid, _), reply, idxs in zip(calls, replies, groups.values(), strict=True):
+            known = self._cache.get(cid)
+            if known is not None:
+                cached[cid] = known[1]
+            calls.append((2, fkey, idkey, self.lateness_ms, self.ttl_seconds, payload,
+                          known[0] if known else ""))
+        replies = self._evalsha_all(calls)
+        for (cid, idxs), reply in zip(groups.items(), replies, strict=True):
             codes = _text(reply[0])
             for i, code in zip(idxs, codes, strict=True):
                 result.statuses[i] = _STATUS[code]
-            result.before[cid] = _state_from_json(reply[1])
+            blob = reply[1]
+            if blob:
+                before = _state_from_json(blob)[1]
+            elif cid in cached:
+                before = cached[cid]
+            else:  # the script sends '' only for a version we sent
+                raise RuntimeError("feature script skipped a state the store does not hold")
+            result.before[cid] = before
+            if self.cache_size:
+                applied = [updates[i] for i, code in zip(idxs, codes, strict=True) if code == "a"]
+                self._remember(cid, _text(reply[2]), _after(before, applied))
         return result
+
+    def _remember(self, cid: str, version: str, state: State) -> None:
+        if not version:
+            self._cache.pop(cid, None)
+            return
+        self._cache[cid] = (version, state)
+        self._cache.move_to_end(cid)
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
     def _evalsha_all(self, arglist: list[tuple[Any, ...]]) -> list[Any]:
         """EVALSHA each argument tuple in one pipeline; load the script on NOSCRIPT."""
@@ -216,12 +273,34 @@ class RedisFeatureStore:
         >>> store.read(["c1", "nobody"])  # doctest: +SKIP
         {'c1': {...}, 'nobody': {}}
         """
-        pipe = self.client.pipeline(transaction=False)
-        for cid in customer_ids:
-            pipe.hgetall(self.keys_for(cid)[0])
-        out: dict[str, State] = {}
-        for cid, raw in zip(customer_ids, pipe.execute(), strict=True):
-            out[cid] = {_text(k): float(v) for k, v in raw.items()}
+        out: dict[str, State] = {cid: {} for cid in customer_ids}
+        ask = list(out)
+        # Taken before any reply is handled: remembering one state may evict another.
+        known = {cid: self._cache[cid] for cid in ask if cid in self._cache}
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for cid in ask:
+                fkey = self.keys_for(cid)[0]
+                if attempt == 0 and cid in known:
+                    pipe.hget(fkey, VERSION_FIELD)  # is our copy still the stored state?
+                else:
+                    pipe.hgetall(fkey)
+            stale = []
+            for cid, raw in zip(ask, pipe.execute(), strict=True):
+                if isinstance(raw, dict):
+                    version, state = _state_from_hash(raw)
+                    out[cid] = dict(state)
+                    if self.cache_size:
+                        self._remember(cid, version, state)
+                elif raw is not None and _text(raw) == known[cid][0]:
+                    out[cid] = dict(known[cid][1])
+                    if cid in self._cache:
+                        self._cache.move_to_end(cid)
+                else:
+                    stale.append(cid)
+            if not stale:
+                break
+            ask = stale
         return out
 
     def erase(self, customer_id: str) -> int:
@@ -233,6 +312,7 @@ class RedisFeatureStore:
         >>> store.erase("c1")  # doctest: +SKIP
         2
         """
+        self._cache.pop(customer_id, None)
         keys = set(self.keys_for(customer_id))
         for key in self.client.scan_iter(match=self.customer_pattern(customer_id), count=1000):
             keys.add(_text(key))
@@ -244,3 +324,14 @@ class RedisFeatureStore:
         """Event ids kept for de-duplication (tests compare this with the in-memory store)."""
         members: list[Any] = list(self.client.zrange(self.keys_for(customer_id)[1], 0, -1))
         return {_text(m) for m in members}
+
+
+def _after(before: State, applied: Sequence[Update]) -> State:
+    """The state after ``applied`` updates, as the script computed it (store semantics)."""
+    state = dict(before)
+    for up in applied:
+        newest = state.get(TIME_FIELD)
+        apply_ops(state, up.ops)
+        if newest is None or up.ts_ms > newest:
+            state[TIME_FIELD] = float(up.ts_ms)
+    return state

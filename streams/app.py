@@ -257,7 +257,10 @@ class LiveWorker:
         scfg = load_scoring_config(s.scoring_config)
         self.redis = s.redis_client()
         ttl = s.redis_ttl_days * 86_400
-        self.features = RedisFeatureStore(self.redis, lateness_ms=scfg.lateness_ms, ttl_seconds=ttl, prefix=s.redis_prefix)
+        self.features = RedisFeatureStore(
+            self.redis, lateness_ms=scfg.lateness_ms, ttl_seconds=ttl, prefix=s.redis_prefix,
+            cache_size=s.redis_state_cache,
+        )
         self.state = RedisStateStore(self.redis, s.redis_prefix, ttl)
         self.engine = FeatureEngine(scfg.catalog, scfg.sensitive)
         registry = ModelRegistry(scfg.kinds, scfg.sensitive)

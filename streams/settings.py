@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     redis_ssl_ca_certs: str | None = None
     redis_prefix: str = "lp"
     redis_ttl_days: int = Field(400, ge=0, description="idle customers expire after this; 0 = never")
+    redis_state_cache: int = Field(
+        10_000, ge=0,
+        description="feature states kept in the worker (customers); a state changed elsewhere is refetched; 0 = off",
+    )
 
     # Worker
     app_id: str = "leadpulse"

@@ -542,3 +542,71 @@ def test_property_shuffle_within_lateness_same_vector(
                     assert va[name] == vb[name], name
                 else:  # float sums and decays depend on the order of additions
                     assert _close(va[name], vb[name], 1e-9), (name, va[name], vb[name])
+
+
+# -- the Redis store's state cache --------------------------------------------------
+
+
+@PROPERTY
+@given(streams(), st.lists(st.integers(0, 2), min_size=1, max_size=40))
+def test_property_two_cached_writers_equal_memory(
+    redis_client: redis.Redis, stream: tuple[list[AnyEvent], list[int]], turns: list[int]
+) -> None:
+    """Batches shared between two workers' stores (one with a one-customer cache) and
+    an occasional erase by a third: every reply and read still equals the in-memory
+    store's, because a state changed elsewhere has another version and is fetched."""
+    redis_client.flushall()
+    events, cuts = stream
+    mem = InMemoryFeatureStore(lateness_ms=LATENESS)
+    workers = [RedisFeatureStore(redis_client, lateness_ms=LATENESS),
+               RedisFeatureStore(redis_client, lateness_ms=LATENESS, cache_size=1)]
+    for n, batch in enumerate(_batches(events, cuts)):
+        turn = turns[n % len(turns)]
+        if turn == 2 and n % 5 == 4:  # deletion on request, through another instance
+            victim = batch[0].customer_id
+            RedisFeatureStore(redis_client).erase(victim)
+            mem.erase(victim)
+        red = workers[turn % 2]
+        rm, rr = mem.apply(batch), red.apply(batch)
+        assert rr.statuses == rm.statuses
+        assert rr.before == rm.before
+        assert red.read(CUSTOMERS) == mem.read(CUSTOMERS)
+    for red in workers:
+        assert red.read(CUSTOMERS) == mem.read(CUSTOMERS)
+
+
+def test_cached_state_is_not_sent_back(rstore: RedisFeatureStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import features.redis_store as module
+
+    decoded: list[int] = []
+    real = module._state_from_json
+    monkeypatch.setattr(module, "_state_from_json", lambda blob: decoded.append(1) or real(blob))
+    rstore.apply([up(ev("web", T0))])
+    assert decoded == [1]  # a customer the store has not seen: the state comes back
+    first = state(rstore)
+    res = rstore.apply([up(ev("web", T0 + 1)), up(ev("purchase", T0 + 2, amount=5))])
+    assert decoded == [1] and res.before == {"c1": first}
+    assert state(rstore)["spend_total"] == 5.0
+
+
+def test_state_changed_elsewhere_is_fetched(redis_client: redis.Redis) -> None:
+    a, b = (RedisFeatureStore(redis_client, lateness_ms=LATENESS) for _ in range(2))
+    a.apply([up(ev("web", T0))])
+    b.apply([up(ev("purchase", T0 + 1, amount=7))])  # another worker, after a rebalance
+    res = a.apply([up(ev("web", T0 + 2))])
+    assert res.before["c1"]["spend_total"] == 7.0
+    assert vec(a, T0 + 2)["page_views_1h"] == 2.0
+    redis_client.delete(a.keys_for("c1")[0])  # the key expired
+    assert state(a) == {}
+    assert a.apply([up(ev("web", T0 + 3))]).before == {"c1": {}}
+
+
+def test_cache_is_bounded_and_can_be_off(redis_client: redis.Redis) -> None:
+    small = RedisFeatureStore(redis_client, cache_size=2)
+    off = RedisFeatureStore(redis_client, cache_size=0, prefix="off")
+    for store in (small, off):
+        store.apply([up(ev("web", T0 + i, customer=f"c{i}")) for i in range(5)])
+    assert len(small._cache) == 2 and not off._cache
+    assert small.read(["c0", "c4"]) == off.read(["c0", "c4"])
+    with pytest.raises(ValueError):
+        RedisFeatureStore(redis_client, cache_size=-1)
