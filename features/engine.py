@@ -158,6 +158,54 @@ class FeatureEngine:
                 self._readers.append((spec.name, reader, reader({}, 0)))
         self._derived = [(d.name, _compile_derived(d)) for d in self.catalog.derived]
         self._reader_by_name = {name: read for name, read, _ in self._readers}
+        self._compile_bulk()
+
+    def _compile_bulk(self) -> None:
+        """Plain data for :meth:`vector`, which reads every feature in one go.
+
+        The per-feature readers probe every slot of a ring, though a customer's ring
+        holds a couple of buckets: 26 rings x 13 slots of probes per vector. In bulk,
+        set operations in C find which keys the state holds, and Python touches only those.
+        """
+        # Every feature's value for an empty state, in the vector's order (derived last).
+        self._empty: dict[str, float | None] = {name: empty for name, _, empty in self._readers}
+        for specs in self._distinct_specs.values():
+            self._empty.update((name, 0.0) for name, _ in specs)
+        self._empty.update((name, None) for name, _ in self._derived)
+        self._plain: list[tuple[str, float | None]] = []
+        self._decayed: list[tuple[str, str, str, int]] = []
+        # Ring slots in (ring, slot) order, the order the per-feature reader sums them in:
+        # rank of the slot's index key, and (feature, index key, value key, bucket, n, max?, default).
+        self._slot_rank: dict[str, int] = {}
+        self._slots: list[tuple[str, str, str, int, int, bool, float | None]] = []
+        known = {TIME_FIELD, *(f"{base}|n" for base in self._distinct_specs)}
+        for spec in self.catalog.features:
+            name = spec.name
+            if spec.agg == "distinct":
+                continue
+            if spec.window:
+                n = spec.buckets
+                for s in range(n + 1):
+                    ikey, vkey = f"{name}|{s}i", f"{name}|{s}v"
+                    self._slot_rank[ikey] = len(self._slots)
+                    self._slots.append(
+                        (name, ikey, vkey, spec.window_ms // n, n, spec.agg == "max", spec.default)
+                    )
+                    known.update((ikey, vkey))
+            elif spec.agg == "decayed":
+                vkey, tkey = f"{name}|v", f"{name}|t"
+                self._decayed.append((name, vkey, tkey, spec.half_life_ms))
+                known.update((vkey, tkey))
+            else:
+                self._plain.append((name, spec.default))
+                known.add(name)
+        self._ring_keys = frozenset(self._slot_rank)
+        self._distinct_reads = [
+            (f"{base}|n", f"{base}|d|", specs) for base, specs in self._distinct_specs.items()
+        ]
+        # Keys that are never a distinct value: what is left of a state is a handful of values.
+        prefixes = tuple(prefix for _, prefix, _ in self._distinct_reads)
+        self._known = frozenset(k for k in known if not (prefixes and k.startswith(prefixes)))
 
     @staticmethod
     def _distinct_base(spec: FeatureSpec) -> str:
@@ -252,19 +300,6 @@ class FeatureEngine:
 
         return read_plain
 
-    def _read_distinct(self, state: State, as_of: int, out: dict[str, float | None]) -> None:
-        # One pass over the state serves every distinct feature, and none when no values exist.
-        for base, specs in self._distinct_specs.items():
-            if not state.get(f"{base}|n"):
-                for name, _ in specs:
-                    out[name] = 0.0
-                continue
-            prefix = f"{base}|d|"
-            times = [v for k, v in state.items() if k.startswith(prefix) and v <= as_of]
-            for name, window in specs:
-                since = as_of - window
-                out[name] = float(sum(1 for t in times if t > since))
-
     def read(self, state: Mapping[str, float], name: str, as_of_ms: int) -> float | None:
         """One base feature as of an event time, without computing the vector.
 
@@ -280,23 +315,71 @@ class FeatureEngine:
         return None if read is None else read(st, as_of_ms)
 
     def vector(self, state: Mapping[str, float], as_of_ms: int) -> dict[str, float | None]:
-        """The customer's features as of an event time (``None`` = no value yet)."""
+        """The customer's features as of an event time (``None`` = no value yet).
+
+        The same values as reading each feature with its reader (:meth:`read`).
+        """
         st = state if isinstance(state, dict) else dict(state)
-        # Most customers touch few features: with a small state, read only the features
-        # that have state and default the rest; a large state costs more to scan than to read.
-        if len(st) <= 64:
-            present = {k.partition("|")[0] for k in st}
-            values: dict[str, float | None] = {
-                name: read(st, as_of_ms) if name in present else empty
-                for name, read, empty in self._readers
-            }
-        else:
-            values = {name: read(st, as_of_ms) for name, read, _ in self._readers}
+        get = st.get
+        values = self._empty.copy()
+        for name, default in self._plain:
+            values[name] = get(name, default)
+        for name, vkey, tkey, half_life in self._decayed:
+            last = get(tkey)
+            if last is not None:
+                values[name] = st[vkey] * 2.0 ** (-max(as_of_ms - last, 0) / half_life)
+        # The frozenset walks the state's keys (a keys view & a frozenset walks the frozenset).
+        live = self._ring_keys.intersection(st)
+        if live:
+            self._read_rings(st, as_of_ms, sorted(map(self._slot_rank.__getitem__, live)), values)
         if self._distinct_specs:
             self._read_distinct(st, as_of_ms, values)
         for name, derive in self._derived:
             values[name] = derive(values, as_of_ms)
         return values
+
+    def _read_rings(
+        self, st: State, as_of: int, ranks: list[int], values: dict[str, float | None]
+    ) -> None:
+        # Slots come grouped by ring and in slot order: sums add in the readers' order.
+        slots = self._slots
+        current = ""
+        lo = hi = 0
+        total = 0.0
+        best: float | None = None
+        use_max = False
+        default: float | None = None
+        for rank in ranks:
+            name, ikey, vkey, bucket, n, is_max, dflt = slots[rank]
+            if name != current:
+                if current:
+                    values[current] = (best if best is not None else default) if use_max else total
+                current, use_max, default = name, is_max, dflt
+                hi = as_of // bucket
+                lo = hi - n
+                total, best = 0.0, None
+            idx = st[ikey]
+            if lo < idx <= hi:
+                if use_max:
+                    v = st[vkey]
+                    best = v if best is None or v > best else best
+                else:
+                    total += st[vkey]
+        values[current] = (best if best is not None else default) if use_max else total
+
+    def _read_distinct(self, st: State, as_of: int, values: dict[str, float | None]) -> None:
+        # Values are the keys no feature declares: a C-level set difference finds them all.
+        rest: set[str] | None = None
+        for nkey, prefix, specs in self._distinct_reads:
+            if not st.get(nkey):
+                continue  # zeros from the template
+            if rest is None:
+                # set(st) first: a keys view minus a set walks the (larger) set instead.
+                rest = set(st).difference(self._known)
+            times = [t for t in (st[k] for k in rest if k.startswith(prefix)) if t <= as_of]
+            for name, window in specs:
+                since = as_of - window
+                values[name] = float(len([t for t in times if t > since]))
 
 
 def _compile_derived(d: DerivedSpec) -> Callable[[dict[str, float | None], int], float | None]:
