@@ -429,11 +429,16 @@ def _change(log: _KindLog, at_ms: int, weeks: int) -> dict[str, Any]:
     Examples are placed by the time they were scored. ``before`` pools the
     ``weeks`` weeks before the change; ``after`` gives each week after it, and
     ``after_pooled`` all of them. Only examples the batch model also scored count,
-    so the two columns rank the same customers at the same moments.
+    so the two columns rank the same customers at the same moments. Without a
+    batch baseline (``--no-batch-baseline``) every example counts, for the online
+    model alone.
     """
     times = np.asarray(log.times, dtype=np.int64)
     batch = np.asarray(log.batch, dtype=float)
     both = ~np.isnan(batch)
+    with_batch = bool(both.any())
+    if not with_batch:
+        both[:] = True
 
     def figures(lo: int, hi: int) -> dict[str, Any]:
         idx = np.flatnonzero(both & (times >= lo) & (times < hi))
@@ -441,7 +446,7 @@ def _change(log: _KindLog, at_ms: int, weeks: int) -> dict[str, Any]:
         return {
             "labels": len(idx), "positives": int(sum(y)),
             "online_auc": _r(auc([log.probs[i] for i in idx], y)),
-            "batch_auc": _r(auc([float(batch[i]) for i in idx], y)),
+            "batch_auc": _r(auc([float(batch[i]) for i in idx], y)) if with_batch else None,
         }
 
     span = weeks * WEEK_MS

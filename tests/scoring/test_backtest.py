@@ -111,6 +111,12 @@ def test_known_change_figures_recompute_from_scores_out(history: Path, tmp_path:
         want = change["after_pooled"][key]
         assert got is not None and want is not None and abs(got - want) < 1e-3, key
     assert "change" not in _run(history)["kinds"]["purchase_propensity"]
+    # Without the batch baseline the online model's figures count every example.
+    alone = _run(history, change_at_ms=at, change_weeks=3, batch_baseline=False)
+    pooled = alone["kinds"]["purchase_propensity"]["change"]["after_pooled"]
+    every = [r for r in rows if r["kind"] == "purchase_propensity" and at <= scored_ms(r) < at + 3 * 7 * 86_400_000]
+    assert pooled["labels"] == len(every) >= len(mine) and pooled["batch_auc"] is None
+    assert abs(pooled["online_auc"] - auc([r["probability"] for r in every], [r["label"] for r in every])) < 1e-3
 
 
 def test_figures_by_scoring_moment_recompute_from_scores_out(history: Path, tmp_path: Path) -> None:
