@@ -62,7 +62,7 @@ __all__ = ["RedisFeatureStore", "key_tag", "DEFAULT_TTL_SECONDS"]
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL_SECONDS = 400 * 86_400
-DEFAULT_CACHE_SIZE = 10_000
+DEFAULT_CACHE_SIZE = 5_000  # about 16 KB each with the default catalogue (147 fields on average)
 VERSION_FIELD = "_v"  # not a feature: stripped from every state this module returns
 _STATUS = {"a": APPLIED, "d": DUPLICATE, "l": LATE}
 # Operation code -> tuple length (see features.engine.Op).

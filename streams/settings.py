@@ -61,8 +61,8 @@ class Settings(BaseSettings):
     redis_prefix: str = "lp"
     redis_ttl_days: int = Field(400, ge=0, description="idle customers expire after this; 0 = never")
     redis_state_cache: int = Field(
-        10_000, ge=0,
-        description="feature states kept in the worker (customers); a state changed elsewhere is refetched; 0 = off",
+        5_000, ge=0,
+        description="feature states kept in the worker (customers, ~16 KB each); a state changed elsewhere is refetched; 0 = off",
     )
 
     # Worker
