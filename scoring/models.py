@@ -98,8 +98,9 @@ class AdaGrad(optim.AdaGrad):
     def _step_with_dict(self, w: Any, g: Any) -> Any:
         lr, eps, g2 = self.learning_rate, self.eps, self.g2
         for i, gi in g.items():
-            g2[i] += gi**2
-            w[i] -= lr / (g2[i] + eps) ** 0.5 * gi
+            acc = g2[i] + gi**2  # one lookup fewer than g2[i] += ... then g2[i]
+            g2[i] = acc
+            w[i] -= lr / (acc + eps) ** 0.5 * gi
         return w
 
 
@@ -259,7 +260,9 @@ class OnlineModel:
         known = self.indicators
         if known is None:
             return x
-        if learning:  # only learning extends the model's inputs: predict has no side effect
+        # Only learning extends the model's inputs: predict has no side effect. The set
+        # difference (in C) is nearly always empty; new names are added in x's order.
+        if learning and x.keys() - known.keys():
             for k in x:
                 if k not in known and k.endswith("_missing"):
                     known[k] = None
@@ -356,15 +359,16 @@ class OnlineModel:
         from sklearn.linear_model import LogisticRegression
 
         self.since_consolidation = 0
-        labels = np.fromiter((y for _, _, y in self.recent), dtype=np.int8, count=len(self.recent))
+        n = len(self.recent)
+        labels = np.fromiter((y for _, _, y in self.recent), dtype=np.int8, count=n)
         if labels.min() == labels.max():
             return
         scaler = self.pipeline["StandardScaler"]
         lr = self.pipeline["LogisticRegression"]
         names = list(self.columns)
         width = len(names)
-        raw = np.zeros((len(self.recent), width))
-        present = np.zeros((len(self.recent), width), dtype=bool)
+        raw = np.zeros((n, width))
+        present = np.zeros((n, width), dtype=bool)
         for i, (values, mask, _) in enumerate(self.recent):
             raw[i, : len(values)] = values
             present[i, : len(mask)] = mask
@@ -372,7 +376,11 @@ class OnlineModel:
         stds = np.sqrt(np.array([scaler.vars.get(k, 0.0) for k in names]))
         safe = np.where(stds > 0, stds, 1.0)
         # Absent inputs contribute nothing in River's linear model: keep them at 0 here too.
-        z = np.where(present & (stds > 0), (raw - means) / safe, 0.0)
+        # In place, the same arithmetic as (raw - means) / safe without two temporaries.
+        z = raw
+        z -= means
+        z /= safe
+        z[~(present & (stds > 0))] = 0.0
         current = lr.weights
         fit = LogisticRegression(C=1.0, max_iter=200, tol=1e-3, warm_start=True)
         fit.coef_ = np.array([[current.get(k, 0.0) for k in names]])
@@ -392,15 +400,16 @@ class OnlineModel:
 
     def _remember(self, x: ModelInput, y: int) -> None:
         # Dense rows over a growing column index: the refit stacks them without dict work.
-        for k in x:
-            if k not in self.columns:
-                self.columns[k] = len(self.columns)
-        values = np.zeros(len(self.columns))
-        mask = np.zeros(len(self.columns), dtype=bool)
-        for k, v in x.items():
-            col = self.columns[k]
-            values[col] = v
-            mask[col] = True
+        columns = self.columns
+        if x.keys() - columns.keys():
+            for k in x:
+                if k not in columns:
+                    columns[k] = len(columns)
+        at = np.fromiter(map(columns.__getitem__, x), dtype=np.intp, count=len(x))
+        values = np.zeros(len(columns))
+        values[at] = np.fromiter(x.values(), dtype=np.float64, count=len(x))
+        mask = np.zeros(len(columns), dtype=bool)
+        mask[at] = True
         self.recent.append((values, mask, y))
 
     def explain(self, x: ModelInput, top: int = 3) -> list[tuple[str, float]]:
