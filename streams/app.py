@@ -261,7 +261,7 @@ class LiveWorker:
             self.redis, lateness_ms=scfg.lateness_ms, ttl_seconds=ttl, prefix=s.redis_prefix,
             cache_size=s.redis_state_cache,
         )
-        self.state = RedisStateStore(self.redis, s.redis_prefix, ttl)
+        self.state = RedisStateStore(self.redis, s.redis_prefix, ttl, cache_size=s.redis_state_cache)
         self.engine = FeatureEngine(scfg.catalog, scfg.sensitive)
         registry = ModelRegistry(scfg.kinds, scfg.sensitive)
         self.core = ScoringCore(

@@ -1,7 +1,8 @@
 """Scoring state and model snapshots in Redis (the live worker's stores).
 
-- ``lp:{<tag>}:s``: one customer's scoring record (JSON), under the same hash
-  tag as its features, so erasing a customer's tag erases it too;
+- ``lp:{<tag>}:s``: one customer's scoring record: a 16-character version, then
+  the record as JSON; under the same hash tag as its features, so erasing a
+  customer's tag erases it too;
 - ``lp:due:<shard>``: sorted set customer -> next due time (event ms);
 - ``lp:wm:<shard>``: the shard's watermark;
 - ``lp:model:<kind>``: hash ``version`` + ``blob`` (a model snapshot).
@@ -9,12 +10,21 @@
 Shards are source partitions: when Kafka moves a partition to another worker,
 its due index and watermark move with it.
 
+The store keeps the records it saved last (``cache_size`` customers) with their
+versions. Loading one of those reads only the stored version (``GETRANGE``)
+and, if it is still ours, hands back the record itself instead of decoding
+the JSON again. A load takes the record out of the cache and the save puts it
+back, so a batch that fails between the two leaves nothing cached that Redis
+does not hold.
+
 >>> import redis  # doctest: +SKIP
 >>> store = RedisStateStore(redis.Redis.from_url("redis://127.0.0.1:6379/0"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import redis
@@ -22,14 +32,30 @@ import redis
 from features.redis_store import key_tag
 from scoring.state import CustomerScoring
 
+VERSION_BYTES = 16  # hex: 8 random per store instance, then a counter
+
+
+def _record(blob: bytes | str) -> CustomerScoring:
+    raw = blob.encode() if isinstance(blob, str) else blob
+    # Records written before versions existed are plain JSON.
+    return CustomerScoring.from_json(raw if raw[:1] == b"{" else raw[VERSION_BYTES:])
+
 
 class RedisStateStore:
     """Implements :class:`scoring.state.StateStore` and :class:`scoring.state.ModelStore`."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "lp", ttl_seconds: int = 400 * 86400) -> None:
+    def __init__(
+        self, client: redis.Redis, prefix: str = "lp", ttl_seconds: int = 400 * 86400, cache_size: int = 5_000
+    ) -> None:
+        if cache_size < 0:
+            raise ValueError("cache_size must be >= 0")
         self.client = client
         self.prefix = prefix
         self.ttl_seconds = ttl_seconds
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[bytes, CustomerScoring]] = OrderedDict()
+        self._instance = os.urandom(4).hex().encode()
+        self._saves = 0
 
     def _key(self, customer_id: str) -> str:
         return f"{self.prefix}:{{{key_tag(customer_id)}}}:s"
@@ -37,24 +63,47 @@ class RedisStateStore:
     def load(self, customer_ids: Sequence[str]) -> dict[str, CustomerScoring]:
         if not customer_ids:
             return {}
+        cids = list(dict.fromkeys(customer_ids))
+        # Taken out: the caller owns the record until it saves it back.
+        held = {c: e for c in cids if (e := self._cache.pop(c, None)) is not None}
         # A pipeline, not MGET: in Redis Cluster customers live on different slots.
         pipe = self.client.pipeline(transaction=False)
-        for c in customer_ids:
-            pipe.get(self._key(c))
-        blobs = pipe.execute()
-        return {
-            c: CustomerScoring.from_json(b) if b else CustomerScoring()
-            for c, b in zip(customer_ids, blobs, strict=True)
-        }
+        for c in cids:
+            if c in held:
+                pipe.getrange(self._key(c), 0, VERSION_BYTES - 1)
+            else:
+                pipe.get(self._key(c))
+        out: dict[str, CustomerScoring] = {}
+        stale = []
+        for c, raw in zip(cids, pipe.execute(), strict=True):
+            if c in held:
+                if raw == held[c][0]:
+                    out[c] = held[c][1]
+                else:  # saved by someone else since (another worker), or erased
+                    stale.append(c)
+            else:
+                out[c] = _record(raw) if raw else CustomerScoring()
+        if stale:
+            pipe = self.client.pipeline(transaction=False)
+            for c in stale:
+                pipe.get(self._key(c))
+            for c, raw in zip(stale, pipe.execute(), strict=True):
+                out[c] = _record(raw) if raw else CustomerScoring()
+        return {c: out[c] for c in cids}
 
     def save(self, records: dict[str, CustomerScoring], shard: str, watermark: int | None) -> None:
         pipe = self.client.pipeline(transaction=False)
         due_key = f"{self.prefix}:due:{shard}"
+        versions = []
         for cid, rec in records.items():
+            self._saves = (self._saves + 1) % (1 << 32)
+            version = self._instance + b"%08x" % self._saves
+            versions.append(version)
+            blob = version + rec.to_json()
             if self.ttl_seconds:
-                pipe.set(self._key(cid), rec.to_json(), ex=self.ttl_seconds)
+                pipe.set(self._key(cid), blob, ex=self.ttl_seconds)
             else:
-                pipe.set(self._key(cid), rec.to_json())
+                pipe.set(self._key(cid), blob)
             due = rec.next_due()
             if due is None:
                 pipe.zrem(due_key, cid)
@@ -63,6 +112,12 @@ class RedisStateStore:
         if watermark is not None:
             pipe.set(f"{self.prefix}:wm:{shard}", watermark)
         pipe.execute()
+        if self.cache_size:
+            for (cid, rec), version in zip(records.items(), versions, strict=True):
+                self._cache[cid] = (version, rec)
+                self._cache.move_to_end(cid)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
 
     def due(self, shard: str, until_ms: int, limit: int = 10_000) -> list[str]:
         key = f"{self.prefix}:due:{shard}"
@@ -83,6 +138,7 @@ class RedisStateStore:
         return None if raw is None else int(raw)
 
     def erase(self, customer_id: str) -> None:
+        self._cache.pop(customer_id, None)
         self.client.delete(self._key(customer_id))
         for key in self.client.scan_iter(match=f"{self.prefix}:due:*", count=1000):
             self.client.zrem(key, customer_id)

@@ -62,7 +62,8 @@ class Settings(BaseSettings):
     redis_ttl_days: int = Field(400, ge=0, description="idle customers expire after this; 0 = never")
     redis_state_cache: int = Field(
         5_000, ge=0,
-        description="feature states kept in the worker (customers, ~16 KB each); a state changed elsewhere is refetched; 0 = off",
+        description="customers whose feature state and scoring record the worker keeps in memory "
+        "(~10-25 KB each); what changed elsewhere is fetched again; 0 = off",
     )
 
     # Worker

@@ -1,0 +1,81 @@
+"""RedisStateStore against a real redis-server: the record cache changes no output."""
+
+from __future__ import annotations
+
+import zlib
+
+import orjson
+import pytest
+import redis
+
+from features.engine import FeatureEngine
+from features.redis_store import RedisFeatureStore
+from scoring.core import ScoringCore
+from scoring.simulator import SimulationConfig, simulate
+from scoring.state import CustomerScoring, KindState, Pending
+from streams.pipeline import Incoming, Pipeline
+from streams.redis_state import RedisStateStore
+
+
+def _messages(n: int) -> list[Incoming]:
+    out = []
+    for i, ev in enumerate(simulate(SimulationConfig(customers=60, days=60, seed=4))):
+        if i >= n:
+            break
+        key = ev["customer_id"].encode()
+        out.append(Incoming(ev["type"], zlib.crc32(key) % 3, i, key, orjson.dumps(ev), 0))
+    return out
+
+
+def _run(core: ScoringCore, messages: list[Incoming]) -> list[tuple[str, bytes | None]]:
+    pipe = Pipeline(core)
+    records = []
+    for i in range(0, len(messages), 200):
+        records += [(r.topic, r.value) for r in pipe.process(messages[i:i + 200]).records]
+    return records
+
+
+def test_cached_records_change_no_output(redis_client: redis.Redis) -> None:
+    messages = _messages(4000)
+    reference = _run(ScoringCore.in_memory(), messages)
+    outputs = {}
+    for size in (5_000, 3, 0):
+        redis_client.flushall()
+        state = RedisStateStore(redis_client, cache_size=size)
+        core = ScoringCore(FeatureEngine(), RedisFeatureStore(redis_client), state)
+        outputs[size] = _run(core, messages)
+        assert len(state._cache) <= size
+    assert len(reference) > 1000
+    assert outputs[5_000] == outputs[3] == outputs[0] == reference
+
+
+def _record(value: float) -> CustomerScoring:
+    return CustomerScoring({"k": KindState(value=value)}, [Pending("k", "e1", 1, 2, {"a": 1.0}, 0.5, "model")])
+
+
+def test_a_record_saved_elsewhere_is_read_again(redis_client: redis.Redis) -> None:
+    a, b = RedisStateStore(redis_client), RedisStateStore(redis_client)
+    a.save({"c1": _record(1.0)}, "0", None)
+    mine = a.load(["c1"])["c1"]
+    a.save({"c1": mine}, "0", None)
+    b.save({"c1": _record(2.0)}, "0", None)  # another worker, after a rebalance
+    assert a.load(["c1"])["c1"].kinds["k"].value == 2.0
+    b.erase("c1")
+    assert a.load(["c1"])["c1"] == CustomerScoring()
+
+
+def test_a_failed_batch_leaves_nothing_cached(redis_client: redis.Redis) -> None:
+    store = RedisStateStore(redis_client)
+    store.save({"c1": _record(1.0)}, "0", None)
+    rec = store.load(["c1"])["c1"]
+    rec.kinds["k"].value = 99.0  # changed, then the batch fails before its save
+    again = store.load(["c1"])["c1"]
+    assert again is not rec and again.kinds["k"].value == 1.0
+
+
+def test_records_without_a_version_still_load(redis_client: redis.Redis) -> None:
+    store = RedisStateStore(redis_client)
+    redis_client.set(store._key("c1"), _record(3.0).to_json())  # written before versions
+    assert store.load(["c1"])["c1"] == _record(3.0)
+    with pytest.raises(ValueError):
+        RedisStateStore(redis_client, cache_size=-1)
