@@ -28,6 +28,7 @@ that bucket is still inside the window.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -44,6 +45,32 @@ State = dict[str, float]
 Op = tuple[Any, ...]
 TIME_FIELD = "_t"  # the customer's newest event time: the clock for lateness
 
+# Keys built for every operation and every read, one shared (interned) string each: formatting
+# them anew cost more than the rest of an operation, every state held its own copies, and
+# set operations on the keys find a shared string by identity.
+_SLOT_KEYS: dict[tuple[str, int], tuple[str, str]] = {}
+_DECAYED_KEYS: dict[str, tuple[str, str]] = {}
+
+
+def slot_keys(name: str, slot: int) -> tuple[str, str]:
+    """The fields of one ring slot: its bucket index and its value.
+
+    >>> slot_keys("orders_90d", 3)
+    ('orders_90d|3i', 'orders_90d|3v')
+    """
+    keys = _SLOT_KEYS.get((name, slot))
+    if keys is None:
+        keys = _SLOT_KEYS[(name, slot)] = (sys.intern(f"{name}|{slot}i"), sys.intern(f"{name}|{slot}v"))
+    return keys
+
+
+def decayed_keys(name: str) -> tuple[str, str]:
+    """The fields of a decayed sum: its value and the time it was last updated."""
+    keys = _DECAYED_KEYS.get(name)
+    if keys is None:
+        keys = _DECAYED_KEYS[name] = (sys.intern(f"{name}|v"), sys.intern(f"{name}|t"))
+    return keys
+
 
 def apply_ops(state: State, ops: tuple[Op, ...] | list[Op]) -> None:
     """Apply operations to a flat state in place: the reference semantics.
@@ -57,8 +84,7 @@ def apply_ops(state: State, ops: tuple[Op, ...] | list[Op]) -> None:
         code = op[0]
         if code == "r":
             _, name, slots, idx, amount, mode = op
-            slot = idx % slots
-            ikey, vkey = f"{name}|{slot}i", f"{name}|{slot}v"
+            ikey, vkey = _SLOT_KEYS.get((name, idx % slots)) or slot_keys(name, idx % slots)
             held = state.get(ikey)
             if held is None or idx > held:
                 state[ikey] = float(idx)
@@ -78,7 +104,7 @@ def apply_ops(state: State, ops: tuple[Op, ...] | list[Op]) -> None:
                 state[op[1]] = float(op[2])
         elif code == "d":
             _, name, ts, amount, half_life = op
-            vkey, tkey = f"{name}|v", f"{name}|t"
+            vkey, tkey = _DECAYED_KEYS.get(name) or decayed_keys(name)
             last = state.get(tkey)
             if last is None:
                 state[vkey], state[tkey] = float(amount), float(ts)
@@ -121,6 +147,8 @@ def _number(value: Any) -> float | None:
 
 
 Reader = Callable[[State, int], float | None]
+# A sliding window as vector() reads it: (feature, bucket ms, buckets, keeps max?, default).
+_Ring = tuple[str, int, int, bool, float | None]
 
 
 class FeatureEngine:
@@ -175,9 +203,9 @@ class FeatureEngine:
         self._plain: list[tuple[str, float | None]] = []
         self._decayed: list[tuple[str, str, str, int]] = []
         # Ring slots in (ring, slot) order, the order the per-feature reader sums them in:
-        # rank of the slot's index key, and (feature, index key, value key, bucket, n, max?, default).
+        # rank of the slot's index key, and (ring, index key, value key).
         self._slot_rank: dict[str, int] = {}
-        self._slots: list[tuple[str, str, str, int, int, bool, float | None]] = []
+        self._slots: list[tuple[_Ring, str, str]] = []
         known = {TIME_FIELD, *(f"{base}|n" for base in self._distinct_specs)}
         for spec in self.catalog.features:
             name = spec.name
@@ -185,15 +213,14 @@ class FeatureEngine:
                 continue
             if spec.window:
                 n = spec.buckets
+                ring = (name, spec.window_ms // n, n, spec.agg == "max", spec.default)
                 for s in range(n + 1):
-                    ikey, vkey = f"{name}|{s}i", f"{name}|{s}v"
+                    ikey, vkey = slot_keys(name, s)
                     self._slot_rank[ikey] = len(self._slots)
-                    self._slots.append(
-                        (name, ikey, vkey, spec.window_ms // n, n, spec.agg == "max", spec.default)
-                    )
+                    self._slots.append((ring, ikey, vkey))
                     known.update((ikey, vkey))
             elif spec.agg == "decayed":
-                vkey, tkey = f"{name}|v", f"{name}|t"
+                vkey, tkey = decayed_keys(name)
                 self._decayed.append((name, vkey, tkey, spec.half_life_ms))
                 known.update((vkey, tkey))
             else:
@@ -263,7 +290,7 @@ class FeatureEngine:
         if spec.window:
             bucket = spec.window_ms // spec.buckets
             n = spec.buckets
-            keys = tuple((f"{name}|{s}i", f"{name}|{s}v") for s in range(n + 1))
+            keys = tuple(slot_keys(name, s) for s in range(n + 1))
             use_max = spec.agg == "max"
 
             def read_ring(state: State, as_of: int) -> float | None:
@@ -284,7 +311,7 @@ class FeatureEngine:
 
             return read_ring
         if spec.agg == "decayed":
-            vkey, tkey = f"{name}|v", f"{name}|t"
+            vkey, tkey = decayed_keys(name)
             half_life = spec.half_life_ms
 
             def read_decayed(state: State, as_of: int) -> float | None:
@@ -343,29 +370,28 @@ class FeatureEngine:
     ) -> None:
         # Slots come grouped by ring and in slot order: sums add in the readers' order.
         slots = self._slots
-        current = ""
-        lo = hi = 0
-        total = 0.0
+        ring = None
+        lo = hi = total = 0.0
         best: float | None = None
-        use_max = False
-        default: float | None = None
         for rank in ranks:
-            name, ikey, vkey, bucket, n, is_max, dflt = slots[rank]
-            if name != current:
-                if current:
-                    values[current] = (best if best is not None else default) if use_max else total
-                current, use_max, default = name, is_max, dflt
-                hi = as_of // bucket
-                lo = hi - n
+            owner, ikey, vkey = slots[rank]
+            if owner is not ring:
+                if ring is not None:
+                    values[ring[0]] = (best if best is not None else ring[4]) if ring[3] else total
+                ring = owner
+                # Floats: indices are stored as floats, and float-to-int comparisons are slow.
+                hi = float(as_of // ring[1])
+                lo = hi - ring[2]
                 total, best = 0.0, None
             idx = st[ikey]
             if lo < idx <= hi:
-                if use_max:
+                if ring[3]:
                     v = st[vkey]
                     best = v if best is None or v > best else best
                 else:
                     total += st[vkey]
-        values[current] = (best if best is not None else default) if use_max else total
+        if ring is not None:
+            values[ring[0]] = (best if best is not None else ring[4]) if ring[3] else total
 
     def _read_distinct(self, st: State, as_of: int, values: dict[str, float | None]) -> None:
         # Values are the keys no feature declares: a C-level set difference finds them all.
