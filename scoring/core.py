@@ -187,11 +187,13 @@ class ScoringCore:
         self.policy = policy or Policy()
         self.lateness_ms = lateness_ms
         self.learn_inline = learn_inline
-        self._on_event: dict[str, list[ScoreKind]] = {}
+        # Kind names per event key: a kind missing from a list of kinds costs a dataclass
+        # __eq__ (every field) per element, a name missing from a set one hash lookup.
+        self._on_event: dict[str, set[str]] = {}
         self._rescore_on: dict[str, frozenset[str]] = {}
         for kind in self.kinds:
             for key in kind.only_on or kind.score_on:
-                self._on_event.setdefault(key, []).append(kind)
+                self._on_event.setdefault(key, set()).add(kind.name)
             self._rescore_on[kind.name] = frozenset(kind.rescore_on)
         self._triggers_by_kind: dict[str, list[Any]] = {}
         for rule in self.policy.triggers:
@@ -276,9 +278,9 @@ class ScoringCore:
         # Out-of-order events within lateness: the state may already hold later events.
         as_of = max(ev.ts_ms, int(state.get(TIME_FIELD, ev.ts_ms)))
         for kind in self.kinds:
-            if kind.only_on and kind not in strong:
+            if kind.only_on and kind.name not in strong:
                 continue
-            if kind not in strong:
+            if kind.name not in strong:
                 allowed = self._rescore_on[kind.name]
                 if allowed and ev.type not in allowed and key not in allowed:
                     continue
