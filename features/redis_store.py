@@ -26,7 +26,7 @@ customers, least recently used first out) with their versions. The script
 sends a customer's state back only when the cached version is not the stored
 one, so a worker that owns a customer's partition neither ships nor decodes
 the whole state per batch; the store applies the batch's operations to its
-copy (the same :func:`~features.engine.apply_ops` as the in-memory store). A
+copy (the same :func:`~features.store.apply_update` as the in-memory store). A
 state changed by anyone else (another worker after a rebalance, an erase, a
 TTL expiry) has another version and is fetched again: the cache can be cold,
 never wrong. :meth:`~RedisFeatureStore.read` asks only for the versions of
@@ -54,8 +54,8 @@ from typing import Any
 import orjson
 import redis
 
-from features.engine import TIME_FIELD, Op, State, apply_ops
-from features.store import APPLIED, DUPLICATE, LATE, BatchResult, Update
+from features.engine import Op, State
+from features.store import APPLIED, DUPLICATE, LATE, BatchResult, Update, apply_update
 
 __all__ = ["RedisFeatureStore", "key_tag", "DEFAULT_TTL_SECONDS"]
 
@@ -99,13 +99,13 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
-def _state_from_json(blob: bytes | str) -> tuple[str, State]:
-    """``(version, state)`` from the script's JSON array of raw fields and values."""
+def _state_from_json(blob: bytes | str) -> State:
+    """The state from the script's JSON array of raw fields and values (its version dropped)."""
     flat = orjson.loads(blob)
     intern = sys.intern  # every customer has the same field names: share one copy
     state = {intern(flat[i]): float(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
-    version = state.pop(VERSION_FIELD, None)
-    return ("" if version is None else f"{version:.17g}"), state
+    state.pop(VERSION_FIELD, None)
+    return state
 
 
 def _state_from_hash(raw: dict[Any, Any]) -> tuple[str, State]:
@@ -221,7 +221,7 @@ class RedisFeatureStore:
                 result.statuses[i] = _STATUS[code]
             blob = reply[1]
             if blob:
-                before = _state_from_json(blob)[1]
+                before = _state_from_json(blob)
             elif cid in cached:
                 before = cached[cid]
             else:  # the script sends '' only for a version we sent
@@ -330,8 +330,5 @@ def _after(before: State, applied: Sequence[Update]) -> State:
     """The state after ``applied`` updates, as the script computed it (store semantics)."""
     state = dict(before)
     for up in applied:
-        newest = state.get(TIME_FIELD)
-        apply_ops(state, up.ops)
-        if newest is None or up.ts_ms > newest:
-            state[TIME_FIELD] = float(up.ts_ms)
+        apply_update(state, up)
     return state

@@ -73,6 +73,23 @@ class FeatureStore(Protocol):
     def erase(self, customer_id: str) -> int: ...
 
 
+def apply_update(state: State, up: Update) -> bool:
+    """Apply an accepted update to a state in place; whether it moved the customer's clock.
+
+    Every store applies an update this way (the Redis script mirrors it).
+
+    >>> st: State = {}
+    >>> apply_update(st, Update("c1", "e1", 5, (("a", "n", 1.0),))), st
+    (True, {'n': 1.0, '_t': 5.0})
+    """
+    newest = state.get(TIME_FIELD)
+    apply_ops(state, up.ops)
+    if newest is None or up.ts_ms > newest:
+        state[TIME_FIELD] = float(up.ts_ms)
+        return True
+    return False
+
+
 class InMemoryFeatureStore:
     """The reference store: plain dicts, same semantics as Redis, no TTL."""
 
@@ -100,12 +117,10 @@ class InMemoryFeatureStore:
             return LATE
         if up.event_id in ids:
             return DUPLICATE
-        apply_ops(state, up.ops)
+        advanced = apply_update(state, up)
         ids[up.event_id] = up.ts_ms
-        if newest is None or up.ts_ms > newest:
-            state[TIME_FIELD] = float(up.ts_ms)
-            if len(ids) > 64:
-                self._forget_old_ids(ids, up.ts_ms - self.lateness_ms)
+        if advanced and len(ids) > 64:
+            self._forget_old_ids(ids, up.ts_ms - self.lateness_ms)
         return APPLIED
 
     @staticmethod
