@@ -81,6 +81,9 @@ class Labelled:
     source: str
     label: int
     x: dict[str, float]
+    # A sample of the fresh stream (learn_at: fresh), not a matured example: its label is
+    # the slow class at registration, or the outcome's class when the outcome happened.
+    fresh: bool = False
 
     def record(self) -> dict[str, Any]:
         """The ``--scores-out`` line (no features)."""
@@ -110,6 +113,7 @@ class Outputs:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     triggers: list[dict[str, Any]] = field(default_factory=list)
     labelled: list[Labelled] = field(default_factory=list)
+    fresh: list[Labelled] = field(default_factory=list)  # learn_at: fresh samples, in order
     drifts: list[dict[str, Any]] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
 
@@ -125,6 +129,7 @@ class ModelRegistry:
                 k.name, k.model, k.min_labels, k.min_per_class, k.consolidate_every, k.window,
                 k.consolidate_max, half_life=k.half_life, drift_refit=k.drift_refit,
                 drift_min_rows=k.drift_min_rows, indicators=k.missing_indicators, trial=k.trial,
+                fresh=k.learn_at == "fresh", outcome_label=k.label_on_outcome,
             )
             for k in kinds
             if k.learned
@@ -132,13 +137,15 @@ class ModelRegistry:
         self.rfm = RfmGrader()
 
     def learn(self, examples: Sequence[Labelled]) -> list[dict[str, Any]]:
-        """Learn matured examples in order; returns drift events."""
+        """Learn matured examples and fresh samples in order; returns drift events."""
         drifts = []
         for ex in examples:
             model = self.models.get(ex.kind)
             if model is None:
                 continue
-            if model.learn(ex.x, ex.label, ex.prob if ex.source == "model" else None, ex.rule_prob):
+            if ex.fresh:
+                model.learn_fresh(ex.x, ex.label)
+            elif model.learn(ex.x, ex.label, ex.prob if ex.source == "model" else None, ex.rule_prob):
                 drifts.append(
                     {"kind": ex.kind, "model_version": model.version, "ts": ms_to_iso(ex.end_ms),
                      "detector": "ADWIN(log loss)", "drifts_total": model.drifts}
@@ -231,13 +238,14 @@ class ScoringCore:
             if status == DUPLICATE:
                 # Outcomes are idempotent, so a redelivered outcome still labels what it should.
                 out.counts["duplicates"] += 1
-                self._mark_outcomes(rec, ev, key)
+                self._mark_outcomes(rec, ev, key, out)
                 continue
             out.counts["applied"] += 1
             state = working[ev.customer_id]
             apply_ops(state, up.ops)
-            self._mark_outcomes(rec, ev, key)
+            self._mark_outcomes(rec, ev, key, out)
             self._score_event(ev, key, rec, state, out)
+        self._learn_fresh(out, 0)
         watermark = self._watermark(shard, newest - self.lateness_ms)
         self.state.save(records, shard, watermark)
         self._process_due(shard, watermark, out)
@@ -257,7 +265,7 @@ class ScoringCore:
         return candidate if previous is None else max(candidate, previous)
 
     # ------------------------------------------------------------------ events
-    def _mark_outcomes(self, rec: CustomerScoring, ev: AnyEvent, key: str) -> None:
+    def _mark_outcomes(self, rec: CustomerScoring, ev: AnyEvent, key: str, out: Outputs) -> None:
         if not rec.pending:
             return
         for p in rec.pending:
@@ -267,7 +275,16 @@ class ScoringCore:
                 and p.t_ms < ev.ts_ms <= p.end_ms
                 and (kind.match_field is None or str(getattr(ev, kind.match_field, None)) == p.match)
             ):
+                if not p.outcome and kind.learn_at == "fresh":
+                    # The example's second sample, with the features of its scored moment.
+                    out.fresh.append(Labelled(p.kind, ev.customer_id, p.example_id, p.t_ms, ev.ts_ms,
+                                              p.prob, p.rule_prob, p.source, kind.label_on_outcome,
+                                              p.x, True))
                 p.outcome = True
+
+    def _learn_fresh(self, out: Outputs, start: int) -> None:
+        if self.learn_inline and len(out.fresh) > start:
+            self.registry.learn(out.fresh[start:])
 
     def _score_event(
         self, ev: AnyEvent, key: str, rec: CustomerScoring, state: State, out: Outputs
@@ -419,6 +436,10 @@ class ScoringCore:
                 Pending(kind.name, example_id, ts, ts + kind.horizon_ms, res["x"], prob,
                         res["source"], match, False, res["rule_probability"])
             )
+            if kind.learn_at == "fresh":
+                out.fresh.append(Labelled(kind.name, cid, example_id, ts, ts, prob,
+                                          res["rule_probability"], res["source"],
+                                          kind.label_without_outcome, res["x"], True))
 
     def _alert(
         self, cid: str, kind: ScoreKind, ks: KindState, value: float, band: str,
@@ -479,6 +500,7 @@ class ScoringCore:
             self._process_due_once(due, shard, watermark, out)
 
     def _process_due_once(self, due: list[str], shard: str, watermark: int, out: Outputs) -> None:
+        fresh_from = len(out.fresh)
         records = self.state.load(due)
         # Most customers are due only because an example matured: that needs no feature
         # state, and on Redis each state read is a round trip's worth of decoding.
@@ -530,6 +552,7 @@ class ScoringCore:
         matured.sort(key=lambda e: (e.end_ms, e.example_id.removesuffix(IDLE)))
         out.labelled.extend(matured)
         out.counts["labelled"] += len(matured)
+        self._learn_fresh(out, fresh_from)
         if self.learn_inline and matured:
             out.drifts.extend(self.registry.learn(matured))
 

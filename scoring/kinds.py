@@ -23,6 +23,7 @@ from features.spec import DAY_MS, parse_duration_ms
 
 KindType = Literal["learned", "rule", "rfm"]
 ModelName = Literal["logistic", "tree"]
+LearnAt = Literal["horizon", "fresh"]
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,19 @@ class ScoreKind:
     # ... and until the model ranks this many recent labels at least as well as the rule did
     # (scored before learning each, beside the rule; 0 = no trial).
     trial: int = 1_000
+    # When examples are learned: "horizon" (each at its horizon close, with its final
+    # label) or "fresh" (at once with the slow class, again at its outcome; the model
+    # corrects for the bias: fake negative calibration, see OnlineModel.learn_fresh).
+    learn_at: LearnAt = "horizon"
     bands: Bands = field(default_factory=Bands)
     rule_weights: Mapping[str, float] = field(default_factory=dict)  # rule / prior points
     rule_scale: float = 50.0
+
+    def __post_init__(self) -> None:
+        if self.learn_at not in ("horizon", "fresh"):
+            raise ValueError(f"{self.name}: learn_at must be 'horizon' or 'fresh', not {self.learn_at!r}")
+        if {self.label_on_outcome, self.label_without_outcome} != {0, 1}:
+            raise ValueError(f"{self.name}: label_on_outcome and label_without_outcome must be 0 and 1")
 
     @cached_property
     def horizon_ms(self) -> int:

@@ -157,6 +157,8 @@ class OnlineModel:
         drift_min_rows: int = 1_000,
         indicators: bool = True,
         trial: int = 0,
+        fresh: bool = False,
+        outcome_label: int = 1,
     ) -> None:
         self.kind = kind
         self.model_name = model
@@ -199,6 +201,12 @@ class OnlineModel:
         self._prior: deque[tuple[float, int]] = deque(maxlen=5 * RULE_FIT_LABELS)
         self.rule_fit: tuple[float, float] | None = None
         self._prior_seen = 0
+        # Fresh learning (fake-negative calibration): the model learns the stream of
+        # learn_fresh samples, in which every example counts once with the slow class at
+        # once and a second time with the outcome's class if the outcome comes; predict
+        # turns that stream's probability back into the outcome's (see fnc_correct).
+        self.fresh = fresh
+        self.outcome_label = outcome_label
 
     @property
     def ready(self) -> bool:
@@ -253,6 +261,8 @@ class OnlineModel:
         state.setdefault("_prior", deque(maxlen=1))
         state.setdefault("rule_fit", None)
         state.setdefault("_prior_seen", 0)
+        state.setdefault("fresh", False)
+        state.setdefault("outcome_label", 1)
         self.__dict__.update(state)
 
     def _complete(self, x: ModelInput, learning: bool = False) -> ModelInput:
@@ -307,7 +317,8 @@ class OnlineModel:
 
     def predict(self, x: ModelInput) -> float:
         proba = self.pipeline.predict_proba_one(self._complete(x))
-        return float(proba.get(True, 0.0))
+        p = float(proba.get(True, 0.0))
+        return fnc_correct(p, self.outcome_label) if self.fresh else p
 
     def learn(
         self, x: ModelInput, y: int, prob: float | None = None, rule_prob: float | None = None
@@ -316,7 +327,9 @@ class OnlineModel:
 
         ``prob`` is the served probability (drift watch), ``rule_prob`` the
         cold-start rule's on the same example (the trial; without it a model on
-        trial is promoted as soon as it has enough labels).
+        trial is promoted as soon as it has enough labels). A ``fresh`` model
+        does not fit matured labels (it learned them through :meth:`learn_fresh`);
+        they still drive its trial, its rule calibration and its drift watch.
         """
         if not self.proven and rule_prob is not None:
             self._observe_rule(rule_prob, y)
@@ -328,16 +341,8 @@ class OnlineModel:
         if prob is not None:
             p = min(max(prob, 1e-6), 1 - 1e-6)
             self.drift.update(-math.log(p if y else 1 - p))
-        x = self._complete(x, learning=True)
-        self.pipeline.learn_one(x, bool(y))
-        self.version += 1
-        self.positives += int(bool(y))
-        if self.consolidate_every:
-            self._remember(x, int(bool(y)))
-            self.since_consolidation += 1
-            due = max(self.consolidate_every, min(self.version // 5, self.consolidate_max))
-            if self.since_consolidation >= due and self._enough_labels:
-                self.consolidate()
+        if not self.fresh:
+            self._fit_one(x, y)
         if prob is not None and self.drift.drift_detected:
             self.drifts += 1
             if self.drift_refit:
@@ -348,6 +353,31 @@ class OnlineModel:
                     self.consolidate()
             return True
         return False
+
+    def learn_fresh(self, x: ModelInput, y: int) -> None:
+        """Learn one sample of the fresh stream (only a model built with ``fresh=True``).
+
+        Every example is learned once with the class that needs the whole horizon
+        (``1 - outcome_label``) when it is registered, and once more with
+        ``outcome_label`` when its outcome happens: the model sees new behaviour
+        within days instead of a horizon later, and :func:`fnc_correct` undoes the
+        bias this stream has (Ktena et al. 2019, fake negative calibration).
+        """
+        if not self.fresh:
+            raise ValueError(f"{self.kind}: learn_fresh on a model that learns at horizon close")
+        self._fit_one(x, y)
+
+    def _fit_one(self, x: ModelInput, y: int) -> None:
+        x = self._complete(x, learning=True)
+        self.pipeline.learn_one(x, bool(y))
+        self.version += 1
+        self.positives += int(bool(y))
+        if self.consolidate_every:
+            self._remember(x, int(bool(y)))
+            self.since_consolidation += 1
+            due = max(self.consolidate_every, min(self.version // 5, self.consolidate_max))
+            if self.since_consolidation >= due and self._enough_labels:
+                self.consolidate()
 
     def consolidate(self) -> None:
         """Refit the logistic weights on the recent window, in the scaler's current space.
@@ -439,6 +469,26 @@ class OnlineModel:
         if not isinstance(model, OnlineModel):
             raise TypeError("not an OnlineModel snapshot")
         return model
+
+
+def fnc_correct(p: float, outcome_label: int = 1) -> float:
+    """The outcome-based probability behind a model of the fake-negative stream.
+
+    In that stream every example appears once with the slow class and, if its
+    outcome happens (probability ``q``), once more with ``outcome_label``; a
+    calibrated model of it gives ``r = q / (1 + q)`` for the outcome's class, so
+    ``q = r / (1 - r)`` (Ktena et al. 2019, "Addressing delayed feedback for
+    continuous training with neural networks in CTR prediction"). Monotone: the
+    ranking, and so the AUC, is the stream model's.
+
+    >>> round(fnc_correct(0.2), 4), fnc_correct(0.5), fnc_correct(0.9)
+    (0.25, 1.0, 1.0)
+    >>> round(fnc_correct(0.8, outcome_label=0), 4)  # churn: the outcome (a purchase) is class 0
+    0.75
+    """
+    r = p if outcome_label == 1 else 1.0 - p
+    q = 1.0 if r >= 0.5 else r / (1.0 - r)
+    return q if outcome_label == 1 else 1.0 - q
 
 
 def _logit(p: float) -> float:

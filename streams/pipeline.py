@@ -38,7 +38,8 @@ Output records (values are JSON objects)::
                         "reason": "purchase_propensity entered hot (63)", "control": false, "ts": "..."}
     leadpulse.labels   {"kind": "churn_risk", "customer_id": "c1", "example_id": "...",
                         "t_ms": ..., "end_ms": ..., "prob": 0.2, "rule_prob": 0.3,
-                        "source": "cold_start", "label": 0, "x": {"orders_total": 0.69, ...}}
+                        "source": "cold_start", "label": 0, "x": {"orders_total": 0.69, ...},
+                        "fresh": false}  (true: a learn_at: fresh sample, not a matured label)
     leadpulse.drift    {"kind": "churn_risk", "model_version": 5120, "ts": "...",
                         "detector": "ADWIN(log loss)", "drifts_total": 2}
     leadpulse.dlq      the original bytes, headers as above
@@ -169,7 +170,7 @@ def labelled_to_json(ex: Labelled) -> bytes:
     return orjson.dumps({
         "kind": ex.kind, "customer_id": ex.customer_id, "example_id": ex.example_id,
         "t_ms": ex.t_ms, "end_ms": ex.end_ms, "prob": ex.prob, "rule_prob": ex.rule_prob,
-        "source": ex.source, "label": ex.label, "x": ex.x,
+        "source": ex.source, "label": ex.label, "x": ex.x, "fresh": ex.fresh,
     })
 
 
@@ -181,6 +182,7 @@ def labelled_from_json(raw: bytes) -> Labelled:
             str(d["kind"]), str(d["customer_id"]), str(d["example_id"]), int(d["t_ms"]),
             int(d["end_ms"]), float(d["prob"]), float(d["rule_prob"]), str(d["source"]),
             int(d["label"]), {str(k): float(v) for k, v in d["x"].items()},
+            bool(d.get("fresh", False)),  # records from before fresh learning have none
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"not a labelled example: {type(exc).__name__}") from exc
@@ -279,7 +281,8 @@ class Pipeline:
             out.records.append(OutRecord(topics.alerts, rec["customer_id"].encode(), _json(rec)))
         for rec in result.triggers:
             out.records.append(OutRecord(topics.triggers, rec["customer_id"].encode(), _json(rec)))
-        for ex in result.labelled:
+        # Fresh samples first: in process() the core learns them before the batch's matured labels.
+        for ex in (*result.fresh, *result.labelled):
             out.records.append(OutRecord(topics.labels, ex.customer_id.encode(), labelled_to_json(ex)))
         for drift in result.drifts:  # only with learn_inline=True
             out.records.append(OutRecord(topics.drift, drift["kind"].encode(), _json(drift)))
@@ -287,6 +290,7 @@ class Pipeline:
         out.counts["alerts"] += len(result.alerts)
         out.counts["triggers"] += len(result.triggers)
         out.counts["labels"] += len(result.labelled)
+        out.counts["fresh_samples"] += len(result.fresh)
         out.counts["drift"] += len(result.drifts)
 
     def erase_records(self, customer_id: str) -> list[OutRecord]:
