@@ -104,6 +104,7 @@ def one_run(mode: str, run: int, kafka: EmbeddedKafka, redis_url: str, data: lis
         "kafka_bootstrap": kafka.bootstrap, "redis_url": redis_url, "partitions": PARTITIONS,
         "app_id": name, "redis_prefix": name, "web_port": free_port(),
         "broker_session_timeout_s": 10, "broker_rebalance_timeout_s": 3,
+        "scorer_process": mode != "thread",
         **{f"topics__{k}": v for k, v in topics.model_dump().items()},
     }
     settings = load_settings(**{k: v for k, v in env.items() if not k.startswith("topics__")}, topics=topics)
@@ -135,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=500.0, help="events/s during the latency phase")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--thread", action="store_true",
+                   help="also run the pipeline with the scoring core in a thread of the worker "
+                   "(scorer_process off), side by side")
     args = p.parse_args(argv)
+    modes = ["bare", "pipeline"] + (["thread"] if args.thread else [])
 
     data = events(args.events + args.latency_events, seed=1)
     if len(data) < args.events + args.latency_events:
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     with EmbeddedKafka() as kafka, EmbeddedRedis() as redis_server:
         for run in range(args.runs):
-            order = ("bare", "pipeline") if run % 2 == 0 else ("pipeline", "bare")
+            order = modes[run % len(modes):] + modes[:run % len(modes)]  # rotate: no mode always first
             for mode in order:
                 r = one_run(mode, run, kafka, redis_server.url, data, args.events, args.latency_events, args.rate)
                 results.append(r)
@@ -155,15 +160,18 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "events": args.events, "runs": args.runs, "latency_rate": args.rate,
         "bare": {k: med("bare", k) for k in ("events_per_s", "p50_ms", "p99_ms")},
-        "pipeline": {k: med("pipeline", k) for k in ("events_per_s", "p50_ms", "p99_ms")},
+        **{mode: {k: med(mode, k) for k in ("events_per_s", "p50_ms", "p99_ms")} for mode in modes[1:]},
     }
     summary["ratio"] = round(summary["pipeline"]["events_per_s"] / summary["bare"]["events_per_s"], 3)
     print(f"\n{'':<10}{'events/s':>12}{'p50 ms':>10}{'p99 ms':>10}   (medians of {args.runs} runs, "
           f"{args.events:,} events; latency at {args.rate:g} events/s)")
-    for mode in ("bare", "pipeline"):
+    for mode in modes:
         m = summary[mode]
         print(f"{mode:<10}{m['events_per_s']:>12,.0f}{m['p50_ms']:>10.1f}{m['p99_ms']:>10.1f}")
     print(f"ratio pipeline/bare: {summary['ratio']:.2f} (target >= 0.5)")
+    if args.thread:
+        summary["ratio_thread"] = round(summary["thread"]["events_per_s"] / summary["bare"]["events_per_s"], 3)
+        print(f"ratio thread/bare: {summary['ratio_thread']:.2f} (the core in a thread of the worker)")
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summary, "runs": results}, indent=2))
     return 0

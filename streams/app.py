@@ -81,25 +81,21 @@ import redis
 from faust.types import TP
 from faust.web import Request, Response, View
 
-from features.engine import TIME_FIELD, FeatureEngine
-from features.events import ms_to_iso
-from features.redis_store import RedisFeatureStore
 from scoring.config import load_scoring_config
-from scoring.core import ModelRegistry, ScoringCore
+from scoring.core import ModelRegistry
 from streams.metrics import CONTENT_TYPE, LatencyWindow, Metrics
 from streams.pipeline import (
     CheckpointStore,
     EventTimeAligner,
     Incoming,
     Learner,
-    ModelRefresher,
     OrderedAcks,
     OutRecord,
-    Pipeline,
     input_caught_up,
     labelled_from_json,
 )
 from streams.redis_state import RedisStateStore
+from streams.scorer import Scorer, ScorerProcess
 from streams.settings import Settings
 
 __all__ = ["LiveWorker", "RedisCheckpointStore", "ensure_topics", "faust_credentials", "run_worker"]
@@ -226,7 +222,11 @@ class LiveWorker:
         self.bare = bare
         self.metrics = Metrics()
         self.latency = LatencyWindow()
+        # Scoring calls (into the scoring process, or the core itself) and the learner each
+        # have one thread: calls of each kind stay in order, and learning overlaps scoring.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leadpulse-core")
+        self.learn_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leadpulse-learn")
+        self.model_versions: dict[str, int] = {}
         self.positions: dict[TP, int] = {}  # next offset to process, per input partition
         self.failing: str | None = None
         self.started = time.time()
@@ -235,6 +235,8 @@ class LiveWorker:
         self._unacked_labels: list[tuple[Any, Any]] = []  # (stream, event) awaiting a snapshot
         self._score_lock = asyncio.Lock()
         self._score_stream: Any = None
+        self._scoring: asyncio.Future[None] | None = None  # the batch being scored
+        self._publishing: asyncio.Future[None] | None = None  # the batch being published
         self.received: dict[TP, int] = {}  # next offset to receive, per input partition
         # When the agent last received a record of each input partition (or it was assigned),
         # time.monotonic(): see _caught_up.
@@ -247,7 +249,7 @@ class LiveWorker:
         )
         if not bare:
             self._build_core()
-            if self.settings.align_slack_s * 1000 >= self.core.lateness_ms:
+            if self.settings.align_slack_s * 1000 >= self.lateness_ms:
                 raise ValueError("align_slack_s must be below the allowed lateness of the scoring config")
         self.app = self._build_app()
 
@@ -255,24 +257,9 @@ class LiveWorker:
     def _build_core(self) -> None:
         s = self.settings
         scfg = load_scoring_config(s.scoring_config)
+        self.lateness_ms = scfg.lateness_ms
         self.redis = s.redis_client()
-        ttl = s.redis_ttl_days * 86_400
-        self.features = RedisFeatureStore(
-            self.redis, lateness_ms=scfg.lateness_ms, ttl_seconds=ttl, prefix=s.redis_prefix,
-            cache_size=s.redis_state_cache,
-        )
-        self.state = RedisStateStore(self.redis, s.redis_prefix, ttl, cache_size=s.redis_state_cache)
-        self.engine = FeatureEngine(scfg.catalog, scfg.sensitive)
-        registry = ModelRegistry(scfg.kinds, scfg.sensitive)
-        self.core = ScoringCore(
-            self.engine, self.features, self.state, registry, kinds=scfg.kinds, policy=scfg.policy,
-            lateness_ms=scfg.lateness_ms, learn_inline=False, sensitive=scfg.sensitive,
-        )
-        self.pipeline = Pipeline(
-            self.core, s.topics, max_event_bytes=s.max_event_bytes,
-            require_key_match=s.require_key_match, source=s.app_id,
-        )
-        self.refresher = ModelRefresher(registry, self.state, s.model_refresh_s)
+        self.scorer: Scorer | ScorerProcess = ScorerProcess(s) if s.scorer_process else Scorer(s)
         self.learner = Learner(
             ModelRegistry(scfg.kinds, scfg.sensitive), RedisCheckpointStore(self.redis, s.redis_prefix),
             every_labels=s.snapshot_every_labels, every_s=s.snapshot_every_s,
@@ -326,7 +313,7 @@ class LiveWorker:
         else:
             @app.agent(inputs, name="leadpulse.score")
             async def score(stream: Any) -> None:
-                await self._call(self.refresher.maybe_refresh, True)
+                await self._call(self.scorer.refresh, True)
                 async for events in stream.noack_take(s.batch_size, within=s.batch_within_s):
                     await self.score_batch(stream, events)
 
@@ -359,9 +346,12 @@ class LiveWorker:
 
     # ------------------------------------------------------------------ helpers
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a synchronous (Redis, CPU) call on the single core thread."""
+        """Run a synchronous (Redis, CPU) call off the event loop: the learner's on its
+        own thread, everything else on the scoring thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, functools.partial(fn, *args))
+        owner = getattr(fn, "__self__", None)
+        executor = self.learn_executor if owner is not None and owner is getattr(self, "learner", None) else self.executor
+        return await loop.run_in_executor(executor, functools.partial(fn, *args))
 
     async def _retrying(self, stage: str, fn: Callable[..., T], *args: Any) -> T:
         delay = 0.5
@@ -472,15 +462,17 @@ class LiveWorker:
                 self.delivered_at[tp] = now
                 self.acks.received(tp, ev.message.offset)
             try:
-                by_shard, dead, counts = await self._call(self.pipeline.split, messages)
+                by_shard, dead, counts = await self._call(self.scorer.split, messages)
             except Exception as exc:  # noqa: BLE001 - decode never raises; a bug if it does
                 await self._fatal("decode", exc)
                 return
-            faust_events = {id(m): ev for m, ev in zip(messages, events, strict=True)}
-            valid = [(msg, ev) for pairs in by_shard.values() for msg, ev in pairs]
-            held = {id(msg) for msg, _ in valid}
-            dead_events = [ev for m, ev in zip(messages, events, strict=True) if id(m) not in held]
-            self.aligner.add((msg, ev.ts_ms, (ev, faust_events[id(msg)])) for msg, ev in valid)
+            # Records are matched by position: from a scoring process they come back as copies.
+            originals = {(m.topic, m.partition, m.offset): (m, ev) for m, ev in zip(messages, events, strict=True)}
+            valid = [(originals[(m.topic, m.partition, m.offset)], ts)
+                     for pairs in by_shard.values() for m, ts in pairs]
+            held = {(m.topic, m.partition, m.offset) for (m, _), _ in valid}
+            dead_events = [ev for key, (_, ev) in originals.items() if key not in held]
+            self.aligner.add((msg, ts, (msg, fev)) for (msg, fev), ts in valid)
             self._ready.extend(self.aligner.release(self._caught_up))
             # Live, the aligner holds nothing and every batch goes at once. Working off a
             # backlog, it releases a little per batch: gather a full batch first (the
@@ -494,6 +486,9 @@ class LiveWorker:
         """Release held events (all of them when a rebalance or shutdown is under way)."""
         stream = self._score_stream
         if stream is None or not (len(self.aligner) or self._ready):
+            if everything and (self._scoring is not None or self._publishing is not None):
+                async with self._score_lock:
+                    await self.in_flight_done()
             return
         async with self._score_lock:
             if everything:
@@ -507,6 +502,7 @@ class LiveWorker:
                 dropped = self.aligner.flush()
                 self.metrics.held_dropped.inc(len(dropped))
                 del dropped
+                await self.in_flight_done()  # their acks come before the slate is wiped
                 # `received` is reset by on_assigned, which follows every revocation.
                 # Done-but-unacked events behind a dropped one are redelivered too (and skipped
                 # as duplicates): acking them could commit past the dropped offsets.
@@ -517,6 +513,9 @@ class LiveWorker:
             self._ready = []
             if ready:
                 await self._score_ready(stream, ready, [], [], Counter(), 0)
+            if everything:
+                await self.in_flight_done()  # a rebalance commits what is acked: all of it
+                await self._call(self.scorer.forget)  # the dropped records' decoded copies
 
     def _caught_up(self, topic: str, partition: int) -> bool:
         """Whether an input partition holds its shard back no longer (nothing unread for us).
@@ -639,14 +638,40 @@ class LiveWorker:
         self, stream: Any, ready: Sequence[Any], dead: list[OutRecord], dead_events: list[Any],
         counts: Counter[str], received: int,
     ) -> None:
+        """Hand a batch to the scoring stage; returns once the batch before it is scored.
+
+        Three batches overlap: the agent takes and decodes batch N+1 (Faust's per-event
+        work) while N is scored (in the scoring process, or on the scoring thread) and
+        N-1 is published. Each stage keeps batch order, so outputs and acks stay in order.
+        """
+        await self.scoring_done()
+        self._scoring = asyncio.ensure_future(
+            self._score_stage(stream, ready, dead, dead_events, counts, received)
+        )
+
+    async def scoring_done(self) -> None:
+        """Wait until the batch being scored is scored (and handed to publishing)."""
+        task, self._scoring = self._scoring, None
+        if task is not None:
+            await task
+
+    async def in_flight_done(self) -> None:
+        """Wait until every batch handed over is scored, published and acked."""
+        await self.scoring_done()
+        await self.publish_done()
+
+    async def _score_stage(
+        self, stream: Any, ready: Sequence[Any], dead: list[OutRecord], dead_events: list[Any],
+        counts: Counter[str], received: int,
+    ) -> None:
         started = time.perf_counter()
-        pairs = [(msg, ev) for msg, _, (ev, _) in ready]
+        to_score = [msg for msg, _, _ in ready]
         records = list(dead)
         score_ts: list[int] = []
-        if pairs:
+        if to_score:
             try:
-                await self._retrying("redis", self.refresher.maybe_refresh)
-                result = await self._retrying("process", self.pipeline.score, pairs)
+                await self._retrying("redis", self.scorer.refresh)
+                result, self.model_versions = await self._retrying("process", self.scorer.score, to_score)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
@@ -655,8 +680,23 @@ class LiveWorker:
             records += result.records
             counts = counts + result.counts
             score_ts = result.score_event_ts_ms
-        await self.publish(records)
+        await self.publish_done()
         done = dead_events + [fev for _, _, (_, fev) in ready]
+        self._publishing = asyncio.ensure_future(
+            self._publish_batch(stream, records, done, counts, score_ts, received, started)
+        )
+
+    async def publish_done(self) -> None:
+        """Wait until the batch in flight is published and acked."""
+        task, self._publishing = self._publishing, None
+        if task is not None:
+            await task
+
+    async def _publish_batch(
+        self, stream: Any, records: list[OutRecord], done: list[Any], counts: Counter[str],
+        score_ts: list[int], received: int, started: float,
+    ) -> None:
+        await self.publish(records)
         for fev in done:
             for ackable in self.acks.done(fev.message.tp, fev.message.offset, fev):
                 await stream.ack(ackable)
@@ -670,7 +710,7 @@ class LiveWorker:
         self.metrics.last_batch.set(now)
         self.latency.extend(self.metrics.observe_event_to_score(score_ts, now))
         self.latency.mark(len(done), now)
-        for kind, version in self.refresher.versions().items():
+        for kind, version in self.model_versions.items():
             self.metrics.model_version.labels(kind=kind).set(version)
 
     async def learn_batch(self, stream: Any, events: Sequence[Any]) -> None:
@@ -727,26 +767,6 @@ class LiveWorker:
         log.info("model snapshot saved (labels up to offset %d)", covered)
 
     # ------------------------------------------------------------------ queries
-    def customer_scores(self, customer_id: str) -> dict[str, Any] | None:
-        """Last published scores, and each one recomputed now with its top reasons."""
-        current = self.core.current(customer_id)
-        if not current:
-            return None
-        state = self.features.read([customer_id])[customer_id]
-        as_of = int(state.get(TIME_FIELD, 0))
-        if state and as_of:
-            vector = self.engine.vector(state, as_of)
-            for kind in self.core.kinds:
-                if kind.name not in current or kind.type == "rfm":
-                    continue  # RFM grading updates its sketches: not from a read
-                res = self.core.compute(kind, vector)
-                current[kind.name]["now"] = {
-                    "value": round(100.0 * res["probability"], 1), "source": res["source"],
-                    "model_version": res["model_version"],
-                    "reasons": [{"feature": f, "contribution": c} for f, c in res["reasons"]()],
-                }
-        return {"customer_id": customer_id, "as_of": ms_to_iso(as_of) if as_of else None, "scores": current}
-
     def health(self) -> tuple[dict[str, Any], int]:
         consumer_ready = True
         try:
@@ -775,7 +795,7 @@ class LiveWorker:
             "last_batch_age_s": round(time.time() - self.latency.last_at, 1) if self.latency.last_at else None,
         }
         if not self.bare:
-            body["model_versions"] = self.refresher.versions()
+            body["model_versions"] = self.model_versions
         return body, 200 if status == "ok" else 503
 
     def _authorized(self, request: Request) -> bool:
@@ -824,7 +844,7 @@ class LiveWorker:
             async def get(self, request: Request, customer_id: str) -> Response:
                 if not worker._authorized(request):
                     return self.error(401, "unauthorized")
-                body = await worker._call(worker.customer_scores, customer_id)
+                body = await worker._call(worker.scorer.customer_scores, customer_id)
                 if body is None:
                     return self.error(404, "no scores for this customer")
                 return self.json(body)
@@ -834,8 +854,7 @@ class LiveWorker:
             async def delete(self, request: Request, customer_id: str) -> Response:
                 if not worker._authorized(request):
                     return self.error(401, "unauthorized")
-                await worker._call(worker.core.erase, customer_id)
-                await worker.publish(worker.pipeline.erase_records(customer_id))
+                await worker.publish(await worker._call(worker.scorer.erase, customer_id))
                 log.info("erased a customer on request")
                 return self.json({"erased": True})
 
@@ -850,4 +869,9 @@ def run_worker(settings: Settings, *, bare: bool = False, loglevel: str = "info"
     """Create topics if missing, then run one worker until SIGTERM/SIGINT (exits the process)."""
     ensure_topics(settings)
     worker = LiveWorker(settings, bare=bare)
-    faust.Worker(worker.app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
+    runner = faust.Worker(worker.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    # Faust's start-up spinner, at log levels from warning up, sets the root logger to DEBUG so
+    # every record reaches it: each of aiokafka's per-send debug calls then built a record
+    # (4% of the event loop in a profile). Our output is a log file, not a terminal.
+    runner.spinner = None
+    runner.execute_from_commandline()

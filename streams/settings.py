@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     web_api_token: SecretStr | None = Field(
         None, description="if set, /customers/* requires 'Authorization: Bearer <token>'"
     )
+    scorer_process: bool = Field(
+        True, description="score in a child process of the worker, so the Kafka event loop and "
+        "the scoring core each use a CPU (one Python process is bound by one); off: a thread",
+    )
     producer_linger_ms: int = Field(5, ge=0, le=1000, description="output producer batching delay")
     learner_tick_s: float = Field(0.5, gt=0, description="learner checks for a due snapshot this often")
     align_slack_s: float = Field(

@@ -1,0 +1,233 @@
+"""The worker's scoring side, in the worker's process or in a child process of its own.
+
+A live worker is bound by one core: Faust's event loop (fetching, acking,
+publishing) and the scoring core (decoding, Redis, models) share one Python
+interpreter lock. :class:`ScorerProcess` runs the same :class:`Scorer` in a
+child process, so the loop and the core each get a CPU; the worker talks to it
+over a pipe, one request at a time (the worker already makes its core calls one
+at a time, from one thread).
+
+What crosses the pipe is small: raw Kafka records in, output records out. A
+decoded event stays in the process that decoded it (:meth:`Scorer.split` keeps
+it until :meth:`Scorer.score` asks for it), and only its shard and event time go
+back to the worker, which aligns input topics by event time.
+
+>>> from streams.settings import Settings
+>>> isinstance(Settings(scorer_process=False).scorer_process, bool)
+True
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing
+import pickle
+import signal
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from features.engine import TIME_FIELD, FeatureEngine
+from features.events import AnyEvent, EventError, decode, ms_to_iso
+from features.redis_store import RedisFeatureStore
+from scoring.config import load_scoring_config
+from scoring.core import ModelRegistry, ScoringCore
+from streams.pipeline import BatchOutput, Incoming, ModelRefresher, OutRecord, Pipeline
+from streams.redis_state import RedisStateStore
+from streams.settings import Settings
+
+Split = tuple[dict[str, list[tuple[Incoming, int]]], list[OutRecord], Counter[str]]
+
+__all__ = ["Scorer", "ScorerDied", "ScorerProcess", "Split"]
+
+
+class Scorer:
+    """Decode and score batches, hot-swap models, answer customer queries (Redis-backed)."""
+
+    def __init__(self, settings: Settings) -> None:
+        s = settings
+        scfg = load_scoring_config(s.scoring_config)
+        self.redis = s.redis_client()
+        ttl = s.redis_ttl_days * 86_400
+        self.features = RedisFeatureStore(
+            self.redis, lateness_ms=scfg.lateness_ms, ttl_seconds=ttl, prefix=s.redis_prefix,
+            cache_size=s.redis_state_cache,
+        )
+        self.state = RedisStateStore(self.redis, s.redis_prefix, ttl, cache_size=s.redis_state_cache)
+        self.engine = FeatureEngine(scfg.catalog, scfg.sensitive)
+        registry = ModelRegistry(scfg.kinds, scfg.sensitive)
+        self.core = ScoringCore(
+            self.engine, self.features, self.state, registry, kinds=scfg.kinds, policy=scfg.policy,
+            lateness_ms=scfg.lateness_ms, learn_inline=False, sensitive=scfg.sensitive,
+        )
+        self.pipeline = Pipeline(
+            self.core, s.topics, max_event_bytes=s.max_event_bytes,
+            require_key_match=s.require_key_match, source=s.app_id,
+        )
+        self.refresher = ModelRefresher(registry, self.state, s.model_refresh_s)
+        self.max_event_bytes = s.max_event_bytes
+        self._decoded: dict[tuple[str, int, int], AnyEvent] = {}
+
+    def split(self, messages: Sequence[Incoming]) -> Split:
+        """Decode a batch: valid records by shard with their event time, dead letters, counts."""
+        by_shard, dead, counts = self.pipeline.split(messages)
+        light: dict[str, list[tuple[Incoming, int]]] = {}
+        for shard, pairs in by_shard.items():
+            for msg, ev in pairs:
+                self._decoded[(msg.topic, msg.partition, msg.offset)] = ev
+            light[shard] = [(msg, ev.ts_ms) for msg, ev in pairs]
+        return light, dead, counts
+
+    def score(self, messages: Sequence[Incoming]) -> tuple[BatchOutput, dict[str, int]]:
+        """Score records that :meth:`split` found valid; also returns the model versions."""
+        pairs = []
+        for msg in messages:
+            ev = self._decoded.pop((msg.topic, msg.partition, msg.offset), None)
+            if ev is None:  # a retried call: the first attempt took it already
+                found = decode(msg.value or b"", self.max_event_bytes)
+                if isinstance(found, EventError):
+                    raise ValueError("a record that decoded before no longer does")
+                ev = found
+            pairs.append((msg, ev))
+        return self.pipeline.score(pairs), self.refresher.versions()
+
+    def forget(self) -> None:
+        """Drop decoded records that will not be scored (a rebalance: they come again)."""
+        self._decoded.clear()
+
+    def refresh(self, force: bool = False) -> list[str]:
+        """Hot-swap models whose snapshot is newer (at most every ``model_refresh_s``)."""
+        return self.refresher.maybe_refresh(force)
+
+    def customer_scores(self, customer_id: str) -> dict[str, Any] | None:
+        """Last published scores, and each one recomputed now with its top reasons."""
+        current = self.core.current(customer_id)
+        if not current:
+            return None
+        state = self.features.read([customer_id])[customer_id]
+        as_of = int(state.get(TIME_FIELD, 0))
+        if state and as_of:
+            vector = self.engine.vector(state, as_of)
+            for kind in self.core.kinds:
+                if kind.name not in current or kind.type == "rfm":
+                    continue  # RFM grading updates its sketches: not from a read
+                res = self.core.compute(kind, vector)
+                current[kind.name]["now"] = {
+                    "value": round(100.0 * res["probability"], 1), "source": res["source"],
+                    "model_version": res["model_version"],
+                    "reasons": [{"feature": f, "contribution": c} for f, c in res["reasons"]()],
+                }
+        return {"customer_id": customer_id, "as_of": ms_to_iso(as_of) if as_of else None, "scores": current}
+
+    def erase(self, customer_id: str) -> list[OutRecord]:
+        """Forget a customer in Redis; returns the records to publish (a tombstone)."""
+        self.core.erase(customer_id)
+        return self.pipeline.erase_records(customer_id)
+
+
+class ScorerDied(RuntimeError):
+    """The scoring process is gone; the worker stops (Kafka redelivers what it had)."""
+
+
+class ScorerProcess:
+    """A :class:`Scorer` in a child process, with the same methods.
+
+    Calls block the calling thread until the child answers; call from one
+    thread at a time (a lock enforces it). An exception in the child is raised
+    here with its type (Redis errors stay retryable). The child exits when the
+    worker closes the pipe, or dies: it ignores SIGINT and SIGTERM so that a
+    worker shutting down can still score what it released.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        ctx = multiprocessing.get_context("spawn")  # never fork a process with threads running
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_serve, args=(child, settings, logging.getLogger().getEffectiveLevel()),
+            name="leadpulse-scorer", daemon=True,
+        )
+        self._proc.start()
+        child.close()
+        self._lock = threading.Lock()
+        # Before multiprocessing's own exit hook, which would SIGTERM (ignored) and wait forever.
+        atexit.register(self.close)
+
+    def _call(self, name: str, *args: Any) -> Any:
+        with self._lock:
+            try:
+                self._conn.send((name, args))
+                ok, value = self._conn.recv()
+            except (EOFError, OSError) as exc:
+                raise ScorerDied(f"the scoring process exited (code {self._proc.exitcode})") from exc
+        if not ok:
+            raise value
+        return value
+
+    def split(self, messages: Sequence[Incoming]) -> Split:
+        return self._call("split", messages)
+
+    def score(self, messages: Sequence[Incoming]) -> tuple[BatchOutput, dict[str, int]]:
+        return self._call("score", messages)
+
+    def forget(self) -> None:
+        self._call("forget")
+
+    def refresh(self, force: bool = False) -> list[str]:
+        return self._call("refresh", force)
+
+    def customer_scores(self, customer_id: str) -> dict[str, Any] | None:
+        return self._call("customer_scores", customer_id)
+
+    def erase(self, customer_id: str) -> list[OutRecord]:
+        return self._call("erase", customer_id)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the child (it finishes the call in progress first); closing twice is fine."""
+        with self._lock:
+            self._conn.close()
+        atexit.unregister(self.close)
+        self._proc.join(timeout)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(timeout)
+
+
+_CALLS = frozenset({"split", "score", "forget", "refresh", "customer_scores", "erase"})
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it pickles, else a RuntimeError naming its type (never its message: PII)."""
+    try:
+        pickle.dumps(exc)
+    except Exception:  # noqa: BLE001 - any pickling failure
+        return RuntimeError(f"{type(exc).__name__} in the scoring process")
+    return exc
+
+
+def _serve(conn: Any, settings: Settings, loglevel: int) -> None:
+    """The child's loop: one request, one answer, until the worker closes the pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=loglevel, format="[%(asctime)s] [scorer] [%(levelname)s] %(name)s: %(message)s")
+    scorer: Scorer | None = None
+    while True:
+        try:
+            name, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            if name not in _CALLS:
+                raise ValueError(f"unknown call {name!r}")
+            if scorer is None:  # built on first use: a Redis outage at start is then retried
+                scorer = Scorer(settings)
+            reply: tuple[bool, Any] = (True, getattr(scorer, name)(*args))
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the worker
+            reply = (False, _portable(exc))
+        try:
+            conn.send(reply)
+        except (EOFError, OSError):
+            return
+        except Exception as exc:  # noqa: BLE001 - a reply that does not pickle
+            conn.send((False, RuntimeError(f"{type(exc).__name__} sending the reply to {name}")))

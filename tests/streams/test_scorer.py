@@ -1,0 +1,90 @@
+"""The worker's scoring side in a child process: the same outputs as in the worker's own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import zlib
+
+import orjson
+import pytest
+
+from scoring.simulator import SimulationConfig, simulate
+from streams.pipeline import Incoming
+from streams.scorer import Scorer, ScorerDied, ScorerProcess
+from streams.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def _messages(n: int) -> list[Incoming]:
+    out = []
+    for i, ev in enumerate(simulate(SimulationConfig(customers=60, days=60, seed=4))):
+        if i >= n:
+            break
+        key = ev["customer_id"].encode()
+        out.append(Incoming(f"leadpulse.events.{ev['type']}", zlib.crc32(key) % 3, i, key, orjson.dumps(ev), 0))
+    out.append(Incoming("leadpulse.events.web", 0, n, b"c1", b"{not json", 0))
+    return out
+
+
+def _run(scorer: Scorer | ScorerProcess, messages: list[Incoming]) -> list[tuple[str, bytes | None]]:
+    records: list[tuple[str, bytes | None]] = []
+    for i in range(0, len(messages), 250):
+        by_shard, dead, counts = scorer.split(messages[i:i + 250])
+        assert counts["in"] == len(messages[i:i + 250])
+        valid = [msg for pairs in by_shard.values() for msg, _ in pairs]
+        out, versions = scorer.score(valid)
+        assert set(versions) == {"purchase_propensity", "churn_risk", "campaign_response"}
+        records += [(r.topic, r.value) for r in dead + out.records]
+    return records
+
+
+def test_a_scoring_process_gives_the_outputs_of_an_in_process_scorer(redis_url: str) -> None:
+    messages = _messages(3000)
+    local = Scorer(Settings(redis_url=redis_url, redis_prefix="sc-local"))
+    remote = ScorerProcess(Settings(redis_url=redis_url, redis_prefix="sc-remote"))
+    try:
+        expected = _run(local, messages)
+        got = _run(remote, messages)
+        assert got == expected
+        assert any(topic == "leadpulse.dlq" for topic, _ in got)
+        assert sum(topic == "leadpulse.scores" for topic, _ in got) > 100
+        cid = orjson.loads(messages[0].value or b"")["customer_id"]
+        assert remote.customer_scores(cid) == local.customer_scores(cid)
+        assert remote.customer_scores("nobody") is None
+        [tombstone] = remote.erase(cid)
+        assert tombstone.value is None and remote.customer_scores(cid) is None
+    finally:
+        remote.close()
+    assert not remote._proc.is_alive()
+
+
+def test_errors_come_back_with_their_type_and_a_dead_process_stops_the_worker(redis_url: str) -> None:
+    remote = ScorerProcess(Settings(redis_url=redis_url, redis_prefix="sc-err"))
+    try:
+        # Scoring a record that was never split decodes it again; one that does not decode is a bug.
+        with pytest.raises(ValueError, match="decoded before no longer does"):
+            remote.score([Incoming("leadpulse.events.web", 0, 1, b"c1", b"{oops", 0)])
+        assert remote.refresh(True) == []  # the process still serves after an error
+        assert remote._proc.pid is not None
+        os.kill(remote._proc.pid, signal.SIGKILL)
+        remote._proc.join(10)
+        with pytest.raises(ScorerDied):
+            remote.refresh(True)
+    finally:
+        remote.close()
+
+
+def test_the_scoring_process_ignores_sigterm_and_exits_with_the_pipe(redis_url: str) -> None:
+    remote = ScorerProcess(Settings(redis_url=redis_url, redis_prefix="sc-term"))
+    try:
+        assert remote.refresh(True) == []
+        assert remote._proc.pid is not None
+        # A worker's process group gets SIGTERM at shutdown: the scorer must outlive the worker's
+        # last batch, and leave with it.
+        os.kill(remote._proc.pid, signal.SIGTERM)
+        assert remote.refresh(True) == []
+    finally:
+        remote.close(timeout=10)
+    assert remote._proc.exitcode == 0
