@@ -33,6 +33,7 @@ For each batch:
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,8 @@ from scoring.state import (
     StateStore,
 )
 from scoring.triggers import BAND_RANK, Policy, in_control, jump_from
+
+log = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 8
 IDLE = ":idle"  # suffix of the example ids of idle rescores
@@ -135,6 +138,8 @@ class ModelRegistry:
             if k.learned
         }
         self.rfm = RfmGrader()
+        self.skipped_fresh = 0  # fresh samples for a kind that learns at horizon close
+        self._ignored: set[tuple[str, int]] = set()  # snapshots of the other learning mode
 
     def learn(self, examples: Sequence[Labelled]) -> list[dict[str, Any]]:
         """Learn matured examples and fresh samples in order; returns drift events."""
@@ -143,9 +148,16 @@ class ModelRegistry:
             model = self.models.get(ex.kind)
             if model is None:
                 continue
+            if ex.fresh and not model.fresh:
+                # A fresh sample for a kind that learns at horizon close: learn_at changed while
+                # such records were still on the labels topic. Not this model's stream.
+                self.skipped_fresh += 1
+                continue
             if ex.fresh:
-                model.learn_fresh(ex.x, ex.label)
-            elif model.learn(ex.x, ex.label, ex.prob if ex.source == "model" else None, ex.rule_prob):
+                # A registration sample is known when the example is scored (end = start).
+                model.learn_fresh(ex.x, ex.label, ex.example_id if ex.end_ms == ex.t_ms else None)
+            elif model.learn(ex.x, ex.label, ex.prob if ex.source == "model" else None, ex.rule_prob,
+                             ex.example_id):
                 drifts.append(
                     {"kind": ex.kind, "model_version": model.version, "ts": ms_to_iso(ex.end_ms),
                      "detector": "ADWIN(log loss)", "drifts_total": model.drifts}
@@ -162,7 +174,17 @@ class ModelRegistry:
         for name, model in self.models.items():
             found = store.load_model(name)
             if found and found[0] != model.version:
-                self.models[name] = OnlineModel.restore(found[1])
+                restored = OnlineModel.restore(found[1])
+                if restored.fresh != model.fresh:
+                    # Learned in the other mode (learn_at changed): its stream and its
+                    # correction do not fit this config. Keep ours; our learner's next
+                    # snapshot replaces the stored one.
+                    if (name, found[0]) not in self._ignored:
+                        self._ignored.add((name, found[0]))
+                        log.warning("snapshot of %s ignored: learned with learn_at=%s", name,
+                                    "fresh" if restored.fresh else "horizon")
+                    continue
+                self.models[name] = restored
                 swapped.append(name)
         return swapped
 

@@ -207,6 +207,7 @@ class OnlineModel:
         # turns that stream's probability back into the outcome's (see fnc_correct).
         self.fresh = fresh
         self.outcome_label = outcome_label
+        self._trial_preds: dict[str, float] = {}  # fresh, on trial: example id -> prediction
 
     @property
     def ready(self) -> bool:
@@ -222,7 +223,7 @@ class OnlineModel:
             and negatives >= self.min_per_class
         )
 
-    def _try(self, x: ModelInput, y: int, rule_prob: float) -> None:
+    def _try(self, x: ModelInput, y: int, rule_prob: float, model_prob: float | None = None) -> None:
         """Trial: score the example before learning it, beside the rule; promote on a win.
 
         A model fitted on a few hundred labels often ranks worse than a sensible
@@ -232,7 +233,7 @@ class OnlineModel:
         least as well as the rule did, with at least ``TRIAL_MIN_PER_CLASS`` of each
         class among them.
         """
-        self._trial.append((self.predict(x), rule_prob, y))
+        self._trial.append((self.predict(x) if model_prob is None else model_prob, rule_prob, y))
         self._since_check += 1
         if self._since_check < max(self.trial // 10, 10):
             return
@@ -263,6 +264,7 @@ class OnlineModel:
         state.setdefault("_prior_seen", 0)
         state.setdefault("fresh", False)
         state.setdefault("outcome_label", 1)
+        state.setdefault("_trial_preds", {})
         self.__dict__.update(state)
 
     def _complete(self, x: ModelInput, learning: bool = False) -> ModelInput:
@@ -321,7 +323,8 @@ class OnlineModel:
         return fnc_correct(p, self.outcome_label) if self.fresh else p
 
     def learn(
-        self, x: ModelInput, y: int, prob: float | None = None, rule_prob: float | None = None
+        self, x: ModelInput, y: int, prob: float | None = None, rule_prob: float | None = None,
+        example_id: str | None = None,
     ) -> bool:
         """Learn one matured example; returns True when drift was detected.
 
@@ -329,15 +332,22 @@ class OnlineModel:
         cold-start rule's on the same example (the trial; without it a model on
         trial is promoted as soon as it has enough labels). A ``fresh`` model
         does not fit matured labels (it learned them through :meth:`learn_fresh`);
-        they still drive its trial, its rule calibration and its drift watch.
+        they still drive its trial, its rule calibration and its drift watch. Its
+        trial uses the prediction it made before it first learned the example
+        (kept by ``example_id``), not one from a model that has fitted it.
         """
+        held = self._trial_preds.pop(example_id, None) if self.fresh and example_id else None
         if not self.proven and rule_prob is not None:
             self._observe_rule(rule_prob, y)
         if not self.proven and self._enough_labels:
             if rule_prob is None:
                 self.proven = True
-            else:
+            elif not self.fresh:
                 self._try(x, y, rule_prob)
+            elif held is not None:
+                self._try(x, y, rule_prob, held)
+            if self.proven:
+                self._trial_preds.clear()
         if prob is not None:
             p = min(max(prob, 1e-6), 1 - 1e-6)
             self.drift.update(-math.log(p if y else 1 - p))
@@ -354,7 +364,7 @@ class OnlineModel:
             return True
         return False
 
-    def learn_fresh(self, x: ModelInput, y: int) -> None:
+    def learn_fresh(self, x: ModelInput, y: int, example_id: str | None = None) -> None:
         """Learn one sample of the fresh stream (only a model built with ``fresh=True``).
 
         Every example is learned once with the class that needs the whole horizon
@@ -362,9 +372,13 @@ class OnlineModel:
         ``outcome_label`` when its outcome happens: the model sees new behaviour
         within days instead of a horizon later, and :func:`fnc_correct` undoes the
         bias this stream has (Ktena et al. 2019, fake negative calibration).
+        ``example_id`` on the first sample of an example (its registration) keeps
+        the model's prediction before fitting it, for the trial at maturity.
         """
         if not self.fresh:
             raise ValueError(f"{self.kind}: learn_fresh on a model that learns at horizon close")
+        if example_id is not None and not self.proven:
+            self._trial_preds[example_id] = self.predict(x)
         self._fit_one(x, y)
 
     def _fit_one(self, x: ModelInput, y: int) -> None:

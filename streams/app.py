@@ -651,9 +651,12 @@ class LiveWorker:
 
     async def scoring_done(self) -> None:
         """Wait until the batch being scored is scored (and handed to publishing)."""
-        task, self._scoring = self._scoring, None
+        task = self._scoring
         if task is not None:
-            await task
+            # Shielded: a waiter cancelled at shutdown must not cancel the batch half-way.
+            await asyncio.shield(task)
+            if self._scoring is task:
+                self._scoring = None
 
     async def in_flight_done(self) -> None:
         """Wait until every batch handed over is scored, published and acked."""
@@ -680,7 +683,13 @@ class LiveWorker:
             records += result.records
             counts = counts + result.counts
             score_ts = result.score_event_ts_ms
-        await self.publish_done()
+        try:
+            await self.publish_done()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a task: nobody else would see it
+            await self._fatal("publish", exc)
+            return
         done = dead_events + [fev for _, _, (_, fev) in ready]
         self._publishing = asyncio.ensure_future(
             self._publish_batch(stream, records, done, counts, score_ts, received, started)
@@ -688,18 +697,26 @@ class LiveWorker:
 
     async def publish_done(self) -> None:
         """Wait until the batch in flight is published and acked."""
-        task, self._publishing = self._publishing, None
+        task = self._publishing
         if task is not None:
-            await task
+            await asyncio.shield(task)
+            if self._publishing is task:
+                self._publishing = None
 
     async def _publish_batch(
         self, stream: Any, records: list[OutRecord], done: list[Any], counts: Counter[str],
         score_ts: list[int], received: int, started: float,
     ) -> None:
-        await self.publish(records)
-        for fev in done:
-            for ackable in self.acks.done(fev.message.tp, fev.message.offset, fev):
-                await stream.ack(ackable)
+        try:
+            await self.publish(records)
+            for fev in done:
+                for ackable in self.acks.done(fev.message.tp, fev.message.offset, fev):
+                    await stream.ack(ackable)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a task: nobody else would see it
+            await self._fatal("publish", exc)
+            return
         now = time.time()
         self._track(done)
         self.metrics.count(counts, Counter(m.topic for m in (fev.message for fev in done)))
@@ -854,7 +871,11 @@ class LiveWorker:
             async def delete(self, request: Request, customer_id: str) -> Response:
                 if not worker._authorized(request):
                     return self.error(401, "unauthorized")
-                await worker.publish(await worker._call(worker.scorer.erase, customer_id))
+                async with worker._score_lock:
+                    # A batch still in flight may hold the customer's scores: they go out
+                    # first, so the tombstone is the compacted topic's last word.
+                    await worker.in_flight_done()
+                    await worker.publish(await worker._call(worker.scorer.erase, customer_id))
                 log.info("erased a customer on request")
                 return self.json({"erased": True})
 

@@ -584,23 +584,41 @@ class OrderedAcks(Generic[P]):
 
     def __init__(self) -> None:
         self._outstanding: dict[Any, list[int]] = {}
+        self._known: dict[Any, set[int]] = {}  # the same offsets, for membership
         self._done: dict[Any, dict[int, P]] = {}
 
     def received(self, tp: Any, offset: int) -> None:
         heapq.heappush(self._outstanding.setdefault(tp, []), offset)
+        self._known.setdefault(tp, set()).add(offset)
 
     def done(self, tp: Any, offset: int, item: P) -> list[P]:
-        """Mark one message done; returns the items that may be acked now, in offset order."""
+        """Mark one message done; returns the items that may be acked now, in offset order.
+
+        A message received before :meth:`clear` is never acked (Kafka delivers it
+        again) and is not kept: Faust waits at a rebalance until its unacked
+        messages are acked or gone.
+
+        >>> acks = OrderedAcks()
+        >>> acks.received(("t", 0), 5); acks.clear()
+        >>> acks.done(("t", 0), 5, "e5"), acks._done
+        ([], {})
+        """
+        known = self._known.get(tp)
+        if known is None or offset not in known:
+            return []
         done = self._done.setdefault(tp, {})
         done[offset] = item
-        heap = self._outstanding.get(tp, [])
+        heap = self._outstanding[tp]
         out = []
         while heap and heap[0] in done:
-            out.append(done.pop(heapq.heappop(heap)))
+            first = heapq.heappop(heap)
+            known.discard(first)
+            out.append(done.pop(first))
         return out
 
     def clear(self) -> None:
         """Forget everything (rebalance, shutdown): unacked messages are delivered again."""
         self._outstanding.clear()
+        self._known.clear()
         self._done.clear()
 

@@ -198,10 +198,10 @@ _CALLS = frozenset({"split", "score", "forget", "refresh", "customer_scores", "e
 
 
 def _portable(exc: BaseException) -> BaseException:
-    """``exc`` if it pickles, else a RuntimeError naming its type (never its message: PII)."""
+    """``exc`` if it pickles both ways, else a RuntimeError naming its type (never its message: PII)."""
     try:
-        pickle.dumps(exc)
-    except Exception:  # noqa: BLE001 - any pickling failure
+        pickle.loads(pickle.dumps(exc))  # noqa: S301 - our own bytes, this process
+    except Exception:  # noqa: BLE001 - any pickling failure, either way
         return RuntimeError(f"{type(exc).__name__} in the scoring process")
     return exc
 

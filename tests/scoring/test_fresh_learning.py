@@ -181,3 +181,29 @@ def test_backtest_scores_the_same_examples_in_both_modes(tmp_path: Path) -> None
         outcome_class = cores["fresh"].registry.kinds[kind].label_on_outcome
         matured_outcomes = f["positives"] if outcome_class == 1 else f["labels"] - f["positives"]
         assert cores["fresh"].registry.models[kind].version >= f["labels"] + matured_outcomes
+
+
+def test_the_trial_of_a_fresh_model_uses_its_prediction_from_before_it_learned_the_example() -> None:
+    core = fresh_core()
+    core.process([purchase("a", T0, "p1")])
+    [prop] = pending(core, "a", "purchase_propensity")
+    model = core.registry.models["purchase_propensity"]
+    assert not model.proven and prop.example_id in model._trial_preds
+    core.advance("0", T0 + 8 * DAY_MS)
+    assert prop.example_id not in model._trial_preds  # used (or dropped) at maturity
+
+
+def test_a_snapshot_of_the_other_learning_mode_is_not_loaded() -> None:
+    from scoring.state import InMemoryModelStore
+
+    store = InMemoryModelStore()
+    horizon = ModelRegistry(scoring_config_from_dict({}).kinds)
+    horizon.models["purchase_propensity"].learn({"x": 1.0}, 1)
+    horizon.save(store)
+    fresh = ModelRegistry(scoring_config_from_dict(FRESH).kinds)
+    assert "purchase_propensity" not in fresh.refresh(store)
+    assert fresh.models["purchase_propensity"].fresh
+    # ...and a fresh sample left on the labels topic after switching back is skipped, not fatal.
+    sample = Labelled("purchase_propensity", "c1", "e1", 1, 1, 0.1, 0.1, "model", 0, {"x": 1.0}, True)
+    horizon.learn([sample])
+    assert horizon.skipped_fresh == 1 and horizon.models["purchase_propensity"].version == 1
