@@ -651,12 +651,15 @@ class LiveWorker:
 
     async def scoring_done(self) -> None:
         """Wait until the batch being scored is scored (and handed to publishing)."""
-        task = self._scoring
+        await self._settle("_scoring")
+
+    async def _settle(self, slot: str) -> None:
+        task = getattr(self, slot)
         if task is not None:
             # Shielded: a waiter cancelled at shutdown must not cancel the batch half-way.
             await asyncio.shield(task)
-            if self._scoring is task:
-                self._scoring = None
+            if getattr(self, slot) is task:
+                setattr(self, slot, None)
 
     async def in_flight_done(self) -> None:
         """Wait until every batch handed over is scored, published and acked."""
@@ -697,11 +700,7 @@ class LiveWorker:
 
     async def publish_done(self) -> None:
         """Wait until the batch in flight is published and acked."""
-        task = self._publishing
-        if task is not None:
-            await asyncio.shield(task)
-            if self._publishing is task:
-                self._publishing = None
+        await self._settle("_publishing")
 
     async def _publish_batch(
         self, stream: Any, records: list[OutRecord], done: list[Any], counts: Counter[str],

@@ -9,7 +9,6 @@ that a restart changes nothing, and that the correction gives back the outcome's
 
 from __future__ import annotations
 
-import copy
 import random
 from pathlib import Path
 
@@ -22,9 +21,8 @@ from scoring.core import Labelled, ModelRegistry, ScoringCore
 from scoring.kinds import ScoreKind
 from scoring.models import OnlineModel, fnc_correct
 from scoring.simulator import SimulationConfig, write_jsonl
-from scoring.state import CustomerScoring
 from streams.pipeline import labelled_from_json, labelled_to_json
-from tests.scoring.test_label_join import T0, _timeline, pending, purchase
+from tests.scoring.test_label_join import T0, _timeline, pending, purchase, restart
 
 FRESH = {"kinds": {k: {"learn_at": "fresh"} for k in ("purchase_propensity", "churn_risk", "campaign_response")}}
 
@@ -105,17 +103,7 @@ def test_restart_in_the_middle_changes_nothing_when_learning_fresh() -> None:
 
     first = fresh_core()
     got = _run(first, events[:half])
-    restarted = fresh_core()
-    restarted.features = copy.deepcopy(first.features)
-    restarted.state = copy.deepcopy(first.state)
-    restarted.state._records = {
-        c: CustomerScoring.from_json(r.to_json()) for c, r in first.state._records.items()
-    }
-    restarted.registry = ModelRegistry(restarted.kinds)
-    for name, m in first.registry.models.items():
-        restarted.registry.models[name] = OnlineModel.restore(m.snapshot())
-    restarted.registry.rfm = copy.deepcopy(first.registry.rfm)
-    got += _run(restarted, events[half:])
+    got += _run(restart(first, fresh_core()), events[half:])
     assert got == expected
     assert any(t[2] for t in expected if len(t) == 4), "the timeline must produce fresh samples"
 

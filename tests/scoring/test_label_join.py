@@ -143,6 +143,20 @@ def _run(core: ScoringCore, events: list[AnyEvent]) -> list[tuple]:
     return outs
 
 
+def restart(first: ScoringCore, fresh: ScoringCore) -> ScoringCore:
+    """``fresh`` with everything ``first`` persisted, the way a restarted worker reads it."""
+    fresh.features = copy.deepcopy(first.features)
+    fresh.state = copy.deepcopy(first.state)
+    fresh.state._records = {  # round-trip every record through its JSON form
+        c: CustomerScoring.from_json(r.to_json()) for c, r in first.state._records.items()
+    }
+    fresh.registry = ModelRegistry(fresh.kinds)
+    for name, m in first.registry.models.items():
+        fresh.registry.models[name] = OnlineModel.restore(m.snapshot())
+    fresh.registry.rfm = copy.deepcopy(first.registry.rfm)
+    return fresh
+
+
 def test_restart_in_the_middle_changes_nothing() -> None:
     events = _timeline()
     half = (len(events) // 100) * 50
@@ -151,18 +165,7 @@ def test_restart_in_the_middle_changes_nothing() -> None:
 
     first = ScoringCore.in_memory()
     got = _run(first, events[:half])
-    # "Restart": persist everything the way a worker would, build a fresh core from it.
-    restarted = ScoringCore.in_memory()
-    restarted.features = copy.deepcopy(first.features)
-    restarted.state = copy.deepcopy(first.state)
-    restarted.state._records = {  # round-trip every record through its JSON form
-        c: CustomerScoring.from_json(r.to_json()) for c, r in first.state._records.items()
-    }
-    restarted.registry = ModelRegistry(restarted.kinds)
-    for name, m in first.registry.models.items():
-        restarted.registry.models[name] = OnlineModel.restore(m.snapshot())
-    restarted.registry.rfm = copy.deepcopy(first.registry.rfm)
-    got += _run(restarted, events[half:])
+    got += _run(restart(first, ScoringCore.in_memory()), events[half:])
     assert got == expected
     assert any(len(t) == 3 for t in expected), "the timeline must produce labels"
 

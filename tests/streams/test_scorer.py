@@ -4,28 +4,20 @@ from __future__ import annotations
 
 import os
 import signal
-import zlib
 
 import orjson
 import pytest
 
-from scoring.simulator import SimulationConfig, simulate
 from streams.pipeline import Incoming
 from streams.scorer import Scorer, ScorerDied, ScorerProcess
 from streams.settings import Settings
+from tests.streams.test_redis_state import _messages as simulated_messages
 
 pytestmark = pytest.mark.integration
 
 
 def _messages(n: int) -> list[Incoming]:
-    out = []
-    for i, ev in enumerate(simulate(SimulationConfig(customers=60, days=60, seed=4))):
-        if i >= n:
-            break
-        key = ev["customer_id"].encode()
-        out.append(Incoming(f"leadpulse.events.{ev['type']}", zlib.crc32(key) % 3, i, key, orjson.dumps(ev), 0))
-    out.append(Incoming("leadpulse.events.web", 0, n, b"c1", b"{not json", 0))
-    return out
+    return [*simulated_messages(n), Incoming("leadpulse.events.web", 0, n, b"c1", b"{not json", 0)]
 
 
 def _run(scorer: Scorer | ScorerProcess, messages: list[Incoming]) -> list[tuple[str, bytes | None]]:
