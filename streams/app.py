@@ -15,12 +15,14 @@ deserialization). It batches with ``stream.noack_take(batch_size,
 within=batch_within_s)``: the same buffer as ``stream.take``, but acks are
 ours. ``take`` acks a batch in a ``finally`` -- also when processing raised or
 the worker is stopping mid-batch -- so a failed batch would be committed
-unprocessed. Per batch: :meth:`streams.pipeline.Pipeline.process` (decode,
-dead letters, ``core.process`` per source partition, JSON outputs) runs on a
-single core thread (it is synchronous and talks to Redis; one thread also
-serialises it with model hot swaps and HTTP erasures), every output is sent
-and its broker ack awaited, and only then are the input events acked, so
-Faust commits their offsets.
+unprocessed. Per batch, the scorer (:class:`streams.scorer.Scorer`, in a child
+process by default, else in this one) decodes and dead-letters, then scores
+(``core.process`` per source partition, JSON outputs). Calls to it go through
+one thread, in order, with model hot swaps and HTTP erasures. Every output is
+sent and its broker ack awaited, and only then are the input events acked, so
+Faust commits their offsets. Batches overlap in three stages: the agent takes
+batch N+1 while N is scored and N-1 is published; each stage keeps batch
+order.
 
 ``learn`` consumes the labels topic (one partition: one active learner per
 consumer group) and runs :class:`streams.pipeline.Learner`; model snapshots
@@ -40,8 +42,9 @@ Delivery semantics
   events it applies, so if a worker dies *after* Redis applied a batch and
   *before* the broker acknowledged the outputs, the redelivered events are
   duplicates and their score changes are not published again (the next event
-  of that customer publishes the current score). A duplicate event therefore
-  never produces a second alert.
+  of that customer publishes the current score). With batches overlapping, the
+  hole spans the two batches in flight. A duplicate event therefore never
+  produces a second alert.
 - Labels and models: exactly once per snapshot (see above); drift events are
   at least once.
 
