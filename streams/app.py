@@ -348,19 +348,19 @@ class LiveWorker:
         return app
 
     # ------------------------------------------------------------------ helpers
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a synchronous (Redis, CPU) call off the event loop: the learner's on its
-        own thread, everything else on the scoring thread."""
+    async def _call(self, fn: Callable[..., T], *args: Any, on: ThreadPoolExecutor | None = None) -> T:
+        """Run a synchronous (Redis, CPU) call off the event loop, on the scoring thread
+        unless ``on`` names another (the learner's)."""
         loop = asyncio.get_running_loop()
-        owner = getattr(fn, "__self__", None)
-        executor = self.learn_executor if owner is not None and owner is getattr(self, "learner", None) else self.executor
-        return await loop.run_in_executor(executor, functools.partial(fn, *args))
+        return await loop.run_in_executor(on or self.executor, functools.partial(fn, *args))
 
-    async def _retrying(self, stage: str, fn: Callable[..., T], *args: Any) -> T:
+    async def _retrying(
+        self, stage: str, fn: Callable[..., T], *args: Any, on: ThreadPoolExecutor | None = None
+    ) -> T:
         delay = 0.5
         while True:
             try:
-                result = await self._call(fn, *args)
+                result = await self._call(fn, *args, on=on)
             except TRANSIENT as exc:
                 self.metrics.errors.labels(stage=stage).inc()
                 self.failing = f"{stage}: {type(exc).__name__}"
@@ -689,13 +689,7 @@ class LiveWorker:
             records += result.records
             counts = counts + result.counts
             score_ts = result.score_event_ts_ms
-        try:
-            await self.publish_done()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a task: nobody else would see it
-            await self._fatal("publish", exc)
-            return
+        await self.publish_done()  # _publish_batch reports its own failures
         done = dead_events + [fev for _, _, (_, fev) in ready]
         self._publishing = asyncio.ensure_future(
             self._publish_batch(stream, records, done, counts, score_ts, received, started)
@@ -743,7 +737,7 @@ class LiveWorker:
         async with self._learn_lock:
             try:
                 learned_before = self.learner.learned
-                drifts = await self._retrying("learn", self.learner.learn, items)
+                drifts = await self._retrying("learn", self.learner.learn, items, on=self.learn_executor)
                 self.metrics.labels_learned.inc(self.learner.learned - learned_before)
             except asyncio.CancelledError:
                 raise
@@ -776,7 +770,7 @@ class LiveWorker:
             self._unacked_labels.clear()
             self.learner.invalidate()
             return
-        covered = await self._retrying("snapshot", self.learner.checkpoint)
+        covered = await self._retrying("snapshot", self.learner.checkpoint, on=self.learn_executor)
         if covered is None:
             return
         self.metrics.snapshots.inc()
