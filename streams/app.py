@@ -49,8 +49,10 @@ Delivery semantics
   at least once.
 
 Redis or broker errors that look transient are retried with backoff (the
-batch stays unacked, ``/health`` turns ``degraded``); anything else crashes the
-worker so the orchestrator restarts it and Kafka redelivers.
+batch stays unacked, ``/health`` turns ``degraded``); a retried batch reuses the
+source partitions it had already scored, so their outputs are not lost as
+duplicates (a partition interrupted half-way still loses its own). Anything else
+crashes the worker so the orchestrator restarts it and Kafka redelivers.
 
 Web views (on ``web_host:web_port``): ``GET /customers/{id}/scores``,
 ``DELETE /customers/{id}``, ``GET /health``, ``GET /metrics``, ``GET /latency``.

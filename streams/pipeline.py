@@ -80,7 +80,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from features.events import MAX_EVENT_BYTES, AnyEvent, EventError, decode
-from scoring.core import Labelled, ModelRegistry, ScoringCore
+from scoring.core import Labelled, ModelRegistry, Outputs, ScoringCore
 from scoring.state import ModelStore
 from streams.settings import Topics
 
@@ -260,8 +260,16 @@ class Pipeline:
         out.counts.update(counts)
         return out
 
-    def score(self, pairs: Sequence[tuple[Incoming, AnyEvent]]) -> BatchOutput:
-        """Score decoded events: grouped by shard, each shard's events in event time."""
+    def score(
+        self, pairs: Sequence[tuple[Incoming, AnyEvent]], done: dict[str, Outputs] | None = None
+    ) -> BatchOutput:
+        """Score decoded events: grouped by shard, each shard's events in event time.
+
+        ``done`` keeps each shard's result as soon as it is complete. Pass the same
+        dict when retrying the same batch after an error: shards already applied
+        are not applied again. Run again, their events would count as duplicates
+        and their outputs would be lost.
+        """
         by_shard: dict[str, list[tuple[Incoming, AnyEvent]]] = {}
         for msg, ev in pairs:
             by_shard.setdefault(str(msg.partition), []).append((msg, ev))
@@ -271,7 +279,12 @@ class Pipeline:
             # The three input topics interleave arbitrarily inside a batch: apply a
             # shard's events in event time (stable, so equal times keep arrival order).
             group.sort(key=lambda p: p[1].ts_ms)
-            result = self.core.process([ev for _, ev in group], shard=shard)
+            if done is not None and shard in done:
+                result = done[shard]
+            else:
+                result = self.core.process([ev for _, ev in group], shard=shard)
+                if done is not None:
+                    done[shard] = result
             out.shards.append(shard)
             out.counts.update(result.counts)
             self._encode(result, group, out)

@@ -33,7 +33,7 @@ from features.engine import TIME_FIELD, FeatureEngine
 from features.events import AnyEvent, EventError, decode, ms_to_iso
 from features.redis_store import RedisFeatureStore
 from scoring.config import load_scoring_config
-from scoring.core import ModelRegistry, ScoringCore
+from scoring.core import ModelRegistry, Outputs, ScoringCore
 from streams.pipeline import BatchOutput, Incoming, ModelRefresher, OutRecord, Pipeline
 from streams.redis_state import RedisStateStore
 from streams.settings import Settings
@@ -69,6 +69,9 @@ class Scorer:
         self.refresher = ModelRefresher(registry, self.state, s.model_refresh_s)
         self.max_event_bytes = s.max_event_bytes
         self._decoded: dict[tuple[str, int, int], AnyEvent] = {}
+        # The shards already scored of the batch last attempted: a retry of that batch after
+        # an error (Redis away) reuses them, so their outputs are not lost as duplicates.
+        self._attempt: tuple[tuple[tuple[str, int, int], ...], dict[str, Outputs]] | None = None
 
     def split(self, messages: Sequence[Incoming]) -> Split:
         """Decode a batch: valid records by shard with their event time, dead letters, counts."""
@@ -91,7 +94,12 @@ class Scorer:
                     raise ValueError("a record that decoded before no longer does")
                 ev = found
             pairs.append((msg, ev))
-        return self.pipeline.score(pairs), self.refresher.versions()
+        batch = tuple((m.topic, m.partition, m.offset) for m in messages)
+        if self._attempt is None or self._attempt[0] != batch:
+            self._attempt = (batch, {})
+        out = self.pipeline.score(pairs, done=self._attempt[1])
+        self._attempt = None
+        return out, self.refresher.versions()
 
     def forget(self) -> None:
         """Drop decoded records that will not be scored (a rebalance: they come again)."""
