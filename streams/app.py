@@ -318,7 +318,8 @@ class LiveWorker:
         else:
             @app.agent(inputs, name="leadpulse.score")
             async def score(stream: Any) -> None:
-                await self._call(self.scorer.refresh, True)
+                # Retried like any Redis call: a worker started before Redis waits for it.
+                await self._retrying("redis", self.scorer.refresh, True)
                 async for events in stream.noack_take(s.batch_size, within=s.batch_within_s):
                     await self.score_batch(stream, events)
 
