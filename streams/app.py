@@ -473,10 +473,10 @@ class LiveWorker:
                 await self._fatal("decode", exc)
                 return
             # Records are matched by position: from a scoring process they come back as copies.
-            originals = {(m.topic, m.partition, m.offset): (m, ev) for m, ev in zip(messages, events, strict=True)}
-            valid = [(originals[(m.topic, m.partition, m.offset)], ts)
+            originals = {m.position: (m, ev) for m, ev in zip(messages, events, strict=True)}
+            valid = [(originals[m.position], ts)
                      for pairs in by_shard.values() for m, ts in pairs]
-            held = {(m.topic, m.partition, m.offset) for (m, _), _ in valid}
+            held = {m.position for (m, _), _ in valid}
             dead_events = [ev for key, (_, ev) in originals.items() if key not in held]
             self.aligner.add((msg, ts, (msg, fev)) for (msg, fev), ts in valid)
             self._ready.extend(self.aligner.release(self._caught_up))

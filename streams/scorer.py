@@ -79,7 +79,7 @@ class Scorer:
         light: dict[str, list[tuple[Incoming, int]]] = {}
         for shard, pairs in by_shard.items():
             for msg, ev in pairs:
-                self._decoded[(msg.topic, msg.partition, msg.offset)] = ev
+                self._decoded[msg.position] = ev
             light[shard] = [(msg, ev.ts_ms) for msg, ev in pairs]
         return light, dead, counts
 
@@ -87,14 +87,14 @@ class Scorer:
         """Score records that :meth:`split` found valid; also returns the model versions."""
         pairs = []
         for msg in messages:
-            ev = self._decoded.pop((msg.topic, msg.partition, msg.offset), None)
+            ev = self._decoded.pop(msg.position, None)
             if ev is None:  # a retried call: the first attempt took it already
                 found = decode(msg.value or b"", self.max_event_bytes)
                 if isinstance(found, EventError):
                     raise ValueError("a record that decoded before no longer does")
                 ev = found
             pairs.append((msg, ev))
-        batch = tuple((m.topic, m.partition, m.offset) for m in messages)
+        batch = tuple(m.position for m in messages)
         if self._attempt is None or self._attempt[0] != batch:
             self._attempt = (batch, {})
         out = self.pipeline.score(pairs, done=self._attempt[1])
