@@ -21,7 +21,8 @@ import heapq
 import math
 import pickle
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,9 @@ TRIAL_MIN_PER_CLASS = 30
 # The cold-start rule is calibrated once, on its first this many matured labels (or more,
 # until TRIAL_MIN_PER_CLASS of each class have come).
 RULE_FIT_LABELS = 200
+# A logistic model that learns at horizon close fits its labels this many at a time (and at
+# every refit), in numpy instead of River's per-label dict work: see OnlineModel._flush.
+CHUNK = 64
 
 
 def model_input(vector: Mapping[str, float | None], exclude: Iterable[str] = ()) -> ModelInput:
@@ -104,6 +108,85 @@ class AdaGrad(optim.AdaGrad):
         return w
 
 
+class Window:
+    """The most recent ``maxlen`` learned rows, dense, oldest first: what a refit fits.
+
+    A ring buffer of one row per label over a growing column index (a column per input
+    name, in order of first sight; absent inputs are 0 and not ``present``), so a refit
+    stacks 20,000 rows with one fancy index instead of a Python loop.
+
+    >>> w = Window(maxlen=3)
+    >>> for i in range(4):
+    ...     w.extend(np.full((1, i % 2 + 1), float(i)), np.ones((1, i % 2 + 1), bool), np.array([i % 2]))
+    >>> values, present, labels = w.matrices(2)
+    >>> len(w), values.tolist(), labels.tolist()
+    (3, [[1.0, 1.0], [2.0, 0.0], [3.0, 3.0]], [1, 0, 1])
+    """
+
+    def __init__(self, maxlen: int) -> None:
+        self.maxlen = maxlen
+        self.values = np.zeros((0, 0))
+        self.present = np.zeros((0, 0), dtype=bool)
+        self.labels = np.zeros(0, dtype=np.int8)
+        self.start = 0  # slot of the oldest row
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _slots(self) -> np.ndarray:
+        return (self.start + np.arange(self.size)) % max(len(self.labels), 1)
+
+    def _reserve(self, rows: int, width: int) -> None:
+        capacity, held = self.values.shape
+        rows = min(rows, self.maxlen)
+        if rows <= capacity and width <= held:
+            return
+        # Doubling: a window that fills label by label is copied a logarithmic number of times.
+        capacity = min(self.maxlen, max(rows, 2 * capacity, 256)) if rows > capacity else capacity
+        width = max(width, held) + (8 if width > held else 0)
+        order = self._slots()
+        values = np.zeros((capacity, width))
+        present = np.zeros((capacity, width), dtype=bool)
+        labels = np.zeros(capacity, dtype=np.int8)
+        values[: self.size, :held] = self.values[order]
+        present[: self.size, :held] = self.present[order]
+        labels[: self.size] = self.labels[order]
+        self.values, self.present, self.labels, self.start = values, present, labels, 0
+
+    def extend(self, values: np.ndarray, present: np.ndarray, labels: np.ndarray) -> None:
+        """Append rows (oldest first); the oldest rows beyond ``maxlen`` go."""
+        values, present, labels = values[-self.maxlen :], present[-self.maxlen :], labels[-self.maxlen :]
+        n, width = values.shape
+        self._reserve(self.size + n, width)
+        capacity = len(self.labels)
+        slots = (self.start + self.size + np.arange(n)) % capacity
+        self.values[slots] = 0.0
+        self.values[slots, :width] = values
+        self.present[slots] = False
+        self.present[slots, :width] = present
+        self.labels[slots] = labels
+        overflow = max(self.size + n - capacity, 0)
+        self.start = (self.start + overflow) % capacity
+        self.size += n - overflow
+
+    def keep_last(self, rows: int) -> None:
+        """Drop the oldest rows, keeping ``rows``."""
+        if self.size > rows:
+            self.start = (self.start + self.size - rows) % len(self.labels)
+            self.size = rows
+
+    def matrices(self, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of values, presence and labels, oldest first, over the first ``width`` columns."""
+        order = self._slots()
+        held = self.values.shape[1]
+        values = np.zeros((self.size, width))
+        present = np.zeros((self.size, width), dtype=bool)
+        values[:, : min(width, held)] = self.values[order, :width]
+        present[:, : min(width, held)] = self.present[order, :width]
+        return values, present, self.labels[order]
+
+
 class OnlineModel:
     """One River pipeline with the bookkeeping a production score needs.
 
@@ -171,8 +254,16 @@ class OnlineModel:
         # while labels are few and cost stays bounded later. 0 = pure SGD.
         self.consolidate_every = consolidate_every if model == "logistic" else 0
         self.consolidate_max = consolidate_max
-        self.recent: deque[tuple[np.ndarray, np.ndarray, int]] = deque(maxlen=window)
+        self.recent = Window(window)
         self.columns: dict[str, int] = {}
+        # Labels fitted but not yet in the pipeline (fewer than CHUNK; see _flush). They count
+        # in ``version``, and a snapshot keeps them, so a model's state after a stream of labels
+        # does not depend on how the stream was split into calls.
+        self.batched = model == "logistic" and not fresh
+        # Each with its label and how many missing indicators were known then (see _dense).
+        self._buffer: list[tuple[ModelInput, int, int]] = []
+        # predict's linear form of the pipeline (see _compile); derived, never pickled.
+        self._linear: tuple[dict[str, tuple[float, float]], float] | None = None
         self.since_consolidation = 0
         self.consolidations = 0
         self.version = 0
@@ -223,6 +314,11 @@ class OnlineModel:
             and negatives >= self.min_per_class
         )
 
+    @property
+    def window_labels(self) -> int:
+        """Labels the next refit fits: the window, and the buffered labels it will take in."""
+        return min(len(self.recent) + len(self._buffer), self.recent.maxlen)
+
     def _try(self, x: ModelInput, y: int, rule_prob: float, model_prob: float | None = None) -> None:
         """Trial: score the example before learning it, beside the rule; promote on a win.
 
@@ -249,6 +345,16 @@ class OnlineModel:
             self.proven = True
             self._trial.clear()
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        # Buffered inputs name their keys with the caller's string objects; pickle shares equal
+        # strings only when they are one object. Spelled with the column index's own keys, a
+        # snapshot of a restored model pickles to the same bytes as the model it came from.
+        names = {k: k for k in self.columns}
+        state["_buffer"] = [({names.get(k, k): v for k, v in x.items()}, y, n) for x, y, n in self._buffer]
+        state["_linear"] = None
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Snapshots taken before these settings existed keep the behaviour they had.
         state.setdefault("half_life", 0)
@@ -265,6 +371,15 @@ class OnlineModel:
         state.setdefault("fresh", False)
         state.setdefault("outcome_label", 1)
         state.setdefault("_trial_preds", {})
+        state.setdefault("batched", False)
+        state.setdefault("_buffer", [])
+        state.setdefault("_linear", None)
+        recent = state.get("recent")
+        if isinstance(recent, deque):  # the window before it was a ring buffer
+            window = Window(recent.maxlen or len(recent))
+            for values, mask, y in recent:
+                window.extend(values[None, :], mask[None, :], np.array([y]))
+            state["recent"] = window
         self.__dict__.update(state)
 
     def _complete(self, x: ModelInput, learning: bool = False) -> ModelInput:
@@ -318,6 +433,8 @@ class OnlineModel:
             self.rule_fit = _platt(rows[:, 0], rows[:, 1])
 
     def predict(self, x: ModelInput) -> float:
+        if self.batched:
+            return self._predict_linear(x)
         proba = self.pipeline.predict_proba_one(self._complete(x))
         p = float(proba.get(True, 0.0))
         return fnc_correct(p, self.outcome_label) if self.fresh else p
@@ -356,9 +473,8 @@ class OnlineModel:
         if prob is not None and self.drift.drift_detected:
             self.drifts += 1
             if self.drift_refit:
-                keep = max(int(self.drift.width), self.drift_min_rows)
-                while len(self.recent) > keep:
-                    self.recent.popleft()
+                self._flush()  # the labels up to this one belong to the window it trims
+                self.recent.keep_last(max(int(self.drift.width), self.drift_min_rows))
                 if self._enough_labels:
                     self.consolidate()
             return True
@@ -381,13 +497,68 @@ class OnlineModel:
             self._trial_preds[example_id] = self.predict(x)
         self._fit_one(x, y)
 
+    def _predict_linear(self, x: ModelInput) -> float:
+        """``predict_proba_one`` of the pipeline, as one pass over ``x``'s inputs.
+
+        Scaling then the dot product is linear in each input: ``a * value + c`` per
+        input, with every known missing indicator's term for "absent" (value 0) in
+        the constant. Equal to River's arithmetic up to float rounding:
+
+        >>> m = OnlineModel("demo", min_labels=2, min_per_class=1)
+        >>> for i in range(200):
+        ...     _ = m.learn({"x": float(i % 3), "y_missing": 1.0} if i % 2 else {"x": 1.0}, i % 2)
+        >>> river = m.pipeline.predict_proba_one(m._complete({"x": 2.0}))[True]
+        >>> abs(m.predict({"x": 2.0}) - river) < 1e-12
+        True
+        """
+        coef, z = self._linear or self._compile()
+        get = coef.get
+        for k, v in x.items():
+            term = get(k)
+            if term is not None:
+                z += term[0] * v + term[1]
+        return _sigmoid(z)
+
+    def _compile(self) -> tuple[dict[str, tuple[float, float]], float]:
+        scaler = self.pipeline["StandardScaler"]
+        lr = self.pipeline["LogisticRegression"]
+        weights = lr.weights
+        known = self.indicators or {}
+        coef: dict[str, tuple[float, float]] = {}
+        constant = lr.intercept
+        for k, var in scaler.vars.items():
+            w = weights.get(k, 0.0)
+            if not var or not w:
+                continue  # River standardises a constant input to 0; no weight, no term
+            std = var**0.5
+            offset = -w * scaler.means[k] / std
+            if k in known:
+                constant += offset  # absent reads 0.0
+                coef[k] = (w / std, 0.0)
+            else:
+                coef[k] = (w / std, offset)
+        self._linear = coef, constant
+        return self._linear
+
     def _fit_one(self, x: ModelInput, y: int) -> None:
-        x = self._complete(x, learning=True)
-        self.pipeline.learn_one(x, bool(y))
+        label = int(bool(y))
         self.version += 1
-        self.positives += int(bool(y))
+        self.positives += label
+        if self.batched:
+            known = self.indicators
+            if known is not None and x.keys() - self.columns.keys():
+                self._complete(x, learning=True)  # registers new indicators, in x's order
+            self._buffer.append((x, label, 0 if known is None else len(known)))
+            # Chunks grow with the labels seen (one in 16, up to CHUNK): while labels are few,
+            # each one still moves the model at once.
+            if len(self._buffer) >= min(CHUNK, max(1, self.version // 16)):
+                self._flush()
+        else:
+            x = self._complete(x, learning=True)
+            self.pipeline.learn_one(x, bool(y))
+            if self.consolidate_every:
+                self._remember(x, label)
         if self.consolidate_every:
-            self._remember(x, int(bool(y)))
             self.since_consolidation += 1
             due = max(self.consolidate_every, min(self.version // 5, self.consolidate_max))
             if self.since_consolidation >= due and self._enough_labels:
@@ -402,20 +573,14 @@ class OnlineModel:
         """
         from sklearn.linear_model import LogisticRegression
 
+        self._flush()
         self.since_consolidation = 0
-        n = len(self.recent)
-        labels = np.fromiter((y for _, _, y in self.recent), dtype=np.int8, count=n)
-        if labels.min() == labels.max():
+        names = list(self.columns)
+        raw, present, labels = self.recent.matrices(len(names))
+        if not len(labels) or labels.min() == labels.max():
             return
         scaler = self.pipeline["StandardScaler"]
         lr = self.pipeline["LogisticRegression"]
-        names = list(self.columns)
-        width = len(names)
-        raw = np.zeros((n, width))
-        present = np.zeros((n, width), dtype=bool)
-        for i, (values, mask, _) in enumerate(self.recent):
-            raw[i, : len(values)] = values
-            present[i, : len(mask)] = mask
         means = np.array([scaler.means.get(k, 0.0) for k in names])
         stds = np.sqrt(np.array([scaler.vars.get(k, 0.0) for k in names]))
         safe = np.where(stds > 0, stds, 1.0)
@@ -440,21 +605,124 @@ class OnlineModel:
         for col, k in enumerate(names):
             lr._weights[k] = float(fit.coef_[0, col])
         lr.intercept = float(fit.intercept_[0])
+        self._linear = None
         self.consolidations += 1
 
     def _remember(self, x: ModelInput, y: int) -> None:
-        # Dense rows over a growing column index: the refit stacks them without dict work.
+        values, present = self._dense([x], [0])
+        self.recent.extend(values, present, np.array([y], dtype=np.int8))
+
+    def _dense(self, xs: Sequence[ModelInput], known: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows over the growing column index (new names get the next columns, in order).
+
+        Row ``i`` also has the first ``known[i]`` missing indicators present (as 0.0
+        where absent): what :meth:`_complete` gave it when it was learned.
+        """
         columns = self.columns
-        if x.keys() - columns.keys():
-            for k in x:
-                if k not in columns:
-                    columns[k] = len(columns)
-        at = np.fromiter(map(columns.__getitem__, x), dtype=np.intp, count=len(x))
-        values = np.zeros(len(columns))
-        values[at] = np.fromiter(x.values(), dtype=np.float64, count=len(x))
-        mask = np.zeros(len(columns), dtype=bool)
-        mask[at] = True
-        self.recent.append((values, mask, y))
+        # Inputs come from one vector template: rows with the same names in the same order
+        # share one column lookup and fill one block.
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, x in enumerate(xs):
+            names = tuple(x)
+            rows = groups.get(names)
+            if rows is None:
+                rows = groups[names] = []
+                for k in names:
+                    if k not in columns:
+                        columns[k] = len(columns)
+            rows.append(i)
+        values = np.zeros((len(xs), len(columns)))
+        present = np.zeros((len(xs), len(columns)), dtype=bool)
+        for names, rows in groups.items():
+            at = np.fromiter(map(columns.__getitem__, names), dtype=np.intp, count=len(names))
+            block = np.fromiter(chain.from_iterable(xs[i].values() for i in rows), dtype=np.float64,
+                                count=len(rows) * len(names)).reshape(len(rows), len(names))
+            cells = np.ix_(np.asarray(rows, dtype=np.intp), at)
+            values[cells] = block
+            present[cells] = True
+        if self.indicators and any(known):
+            indicator_cols = np.fromiter(map(columns.__getitem__, self.indicators), dtype=np.intp)
+            counts = np.asarray(known)[:, None]
+            present[:, indicator_cols] |= np.arange(len(indicator_cols)) < counts
+        return values, present
+
+    def _flush(self) -> None:
+        """Fit the buffered labels into the pipeline: scaler statistics, then AdaGrad steps.
+
+        River's ``learn_one`` per label spent most of its time on dict work. Here the
+        chunk is one dense matrix: the scaler merges the chunk's mean and variance
+        into its running ones (Chan et al.; what ``StandardScaler.learn_many`` does,
+        per column over the rows that have the input), and the logistic regression
+        takes one AdaGrad step per label in order, with every gradient taken at the
+        weights from before the chunk. The step sizes are the per-label ones (the
+        squared gradients accumulate label by label); only the gradients are up to
+        ``CHUNK`` labels stale, a small difference next to the refit that follows.
+        """
+        if not self._buffer:
+            return
+        xs = [x for x, _, _ in self._buffer]
+        labels = np.array([y for _, y, _ in self._buffer], dtype=np.int8)
+        known = [n for _, _, n in self._buffer]
+        self._buffer = []
+        self._linear = None
+        values, present = self._dense(xs, known)
+        names = list(self.columns)
+        seen = np.flatnonzero(present.any(axis=0))
+        keys = [names[j] for j in seen]
+        mean, std = self._scale_many(keys, values[:, seen], present[:, seen])
+        self._sgd_many(keys, values[:, seen], present[:, seen], labels, mean, std)
+        if self.consolidate_every:
+            self.recent.extend(values, present, labels)
+
+    def _scale_many(
+        self, keys: list[str], values: np.ndarray, present: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Merge a chunk into the scaler's running statistics; returns the new means and stds."""
+        scaler = self.pipeline["StandardScaler"]
+        count = present.sum(axis=0).astype(np.float64)
+        chunk_mean = values.sum(axis=0) / count  # values are 0 where absent
+        deviation = np.where(present, values - chunk_mean, 0.0)
+        chunk_var = (deviation * deviation).sum(axis=0) / count
+        old_count = np.array([scaler.counts.get(k, 0) for k in keys], dtype=np.float64)
+        old_mean = np.array([scaler.means.get(k, 0.0) for k in keys])
+        old_var = np.array([scaler.vars.get(k, 0.0) for k in keys])
+        total = old_count + count
+        delta = chunk_mean - old_mean
+        mean = old_mean + delta * (count / total)
+        # Population variance, as River's Welford update keeps it.
+        var = (old_count * old_var + count * chunk_var + delta * delta * (old_count * count / total)) / total
+        for k, n, m, v in zip(keys, total.tolist(), mean.tolist(), var.tolist(), strict=True):
+            scaler.counts[k] = int(n)
+            scaler.means[k] = m
+            scaler.vars[k] = v
+        return mean, np.sqrt(var)
+
+    def _sgd_many(
+        self, keys: list[str], values: np.ndarray, present: np.ndarray, labels: np.ndarray,
+        mean: np.ndarray, std: np.ndarray,
+    ) -> None:
+        """One AdaGrad step per row, in order, each with its gradient at the chunk's start."""
+        lr = self.pipeline["LogisticRegression"]
+        opt = lr.optimizer
+        # River standardises an input of zero variance to 0, and a present input with a zero
+        # value still takes its L2 shrinkage; an absent one takes no step at all.
+        z = np.where(present & (std > 0), (values - mean) / np.where(std > 0, std, 1.0), 0.0)
+        current = lr.weights
+        w = np.array([current.get(k, 0.0) for k in keys])
+        raw = np.clip(z @ w + lr.intercept, -50.0, 50.0)
+        loss_gradient = 1.0 / (1.0 + np.exp(-raw)) - labels  # log loss: sigmoid(raw) - y
+        grad = np.where(present, loss_gradient[:, None] * z + lr.l2 * w, 0.0)
+        start = opt.n_iterations
+        steps = range(start, start + len(labels))
+        rates = np.array([opt.lr.get(t) for t in steps])
+        g2 = np.array([opt.g2.get(k, 0.0) for k in keys]) + np.cumsum(grad * grad, axis=0)
+        w = w - (rates[:, None] / np.sqrt(g2 + opt.eps) * grad).sum(axis=0)
+        intercept_rates = np.array([lr.intercept_lr.get(t) for t in steps])
+        lr.intercept = float(lr.intercept - (intercept_rates * loss_gradient).sum())
+        opt.n_iterations = start + len(labels)
+        for k, wk, acc in zip(keys, w.tolist(), g2[-1].tolist(), strict=True):
+            lr._weights[k] = wk
+            opt.g2[k] = acc
 
     def explain(self, x: ModelInput, top: int = 3) -> list[tuple[str, float]]:
         """Top contributing features.
