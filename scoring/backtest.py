@@ -94,9 +94,13 @@ class BatchBaseline:
     bounded however long the history.
     """
 
-    def __init__(self, retrain_ms: int, max_rows: int) -> None:
+    def __init__(self, retrain_ms: int, max_rows: int, frozen_at_ms: int | None = None) -> None:
         self.retrain_ms = retrain_ms
         self.max_rows = max_rows
+        # With a known change: the last fit before it, kept to score the examples after it, as
+        # a model that stopped learning at the change would (see :meth:`frozen`).
+        self.frozen_at_ms = frozen_at_ms
+        self._frozen: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
         self.columns: dict[str, int] = {}
         self.rows: list[tuple[int, np.ndarray, int]] = []  # (end, x, label), rolling
         # (boundary, (mean, scale, coef, intercept) or None), ascending by boundary
@@ -136,9 +140,15 @@ class BatchBaseline:
             model.fit((m - mean) / scale, labels)
             fit = (mean, scale, model.coef_[0].copy(), float(model.intercept_[0]))
         self.fits.append((boundary, fit))
+        if self.frozen_at_ms is not None and boundary <= self.frozen_at_ms and fit is not None:
+            self._frozen = fit
 
-    def observe(self, ex: Labelled) -> float | None:
-        """Score ``ex`` with the model of the last weekly fit before it, then keep it for training."""
+    def observe(self, ex: Labelled) -> tuple[float | None, float | None]:
+        """Score ``ex`` with the model of the last weekly fit before it, then keep it for training.
+
+        Returns that probability and, for an example scored after the known change,
+        the probability of the fit frozen at the change (else None for each).
+        """
         row = self._dense(ex.x)
         boundary = (ex.end_ms // self.retrain_ms) * self.retrain_ms
         if boundary > self.fitted_until:
@@ -147,19 +157,35 @@ class BatchBaseline:
         prob = None
         for b, fit in reversed(self.fits):
             if b <= ex.t_ms:
-                if fit is not None:
-                    mean, scale, coef, intercept = fit
-                    n = len(coef)
-                    z = float(((row[:n] - mean) / scale) @ coef) + intercept
-                    prob = 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+                prob = _fitted_probability(fit, row)
                 break
+        frozen = None
+        if self.frozen_at_ms is not None and ex.t_ms >= self.frozen_at_ms:
+            frozen = _fitted_probability(self._frozen, row)
         self.rows.append((ex.end_ms, row, ex.label))
         if len(self.rows) > self.max_rows * 1.2:
             self.rows = self.rows[-self.max_rows :]
         # Old fits serve only examples scored before them; examples mature in time order.
         while len(self.fits) > 2 and self.fits[1][0] <= ex.t_ms - 400 * DAY_MS:
             self.fits.pop(0)
-        return prob
+        return prob, frozen
+
+
+def _fitted_probability(
+    fit: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None, row: np.ndarray
+) -> float | None:
+    """A weekly fit's probability for one dense row (None: no fit yet).
+
+    >>> one = (np.zeros(1), np.ones(1), np.array([2.0]), 0.0)
+    >>> round(_fitted_probability(one, np.array([1.0, 5.0])), 4), _fitted_probability(None, np.zeros(1))
+    (0.8808, None)
+    """
+    if fit is None:
+        return None
+    mean, scale, coef, intercept = fit
+    n = len(coef)  # rows grow as new inputs appear; the fit knows the first n
+    z = float(((row[:n] - mean) / scale) @ coef) + intercept
+    return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
 
 
 @dataclass
@@ -167,6 +193,7 @@ class _KindLog:
     probs: list[float] = field(default_factory=list)
     rule: list[float] = field(default_factory=list)
     batch: list[float] = field(default_factory=list)  # nan where the batch model had no fit yet
+    frozen: list[float] = field(default_factory=list)  # after a known change: the fit frozen at it, else nan
     labels: list[int] = field(default_factory=list)
     times: list[int] = field(default_factory=list)  # when each example was scored
     moments: list[str] = field(default_factory=list)  # event or idle (Labelled.moment)
@@ -249,16 +276,20 @@ def _run_backtest(
             log.moments.append(ex.moment)
             log.sources.append(ex.source)
             log.groups.append(groups.get(ex.customer_id, "unknown"))
-            batch_p = None
+            batch_p = frozen_p = None
             if config.batch_baseline:
                 base = baselines.setdefault(
-                    ex.kind, BatchBaseline(config.batch_retrain_ms, config.batch_max_rows)
+                    ex.kind,
+                    BatchBaseline(config.batch_retrain_ms, config.batch_max_rows, config.change_at_ms),
                 )
-                batch_p = base.observe(ex)
+                batch_p, frozen_p = base.observe(ex)
             log.batch.append(math.nan if batch_p is None else batch_p)
+            log.frozen.append(math.nan if frozen_p is None else frozen_p)
             if scores_out:
                 rec = ex.record()
                 rec["batch_probability"] = None if batch_p is None else round(batch_p, 6)
+                if config.change_at_ms is not None:
+                    rec["frozen_probability"] = None if frozen_p is None else round(frozen_p, 6)
                 scores_out.write(orjson.dumps(rec) + b"\n")
 
     batch: list[AnyEvent] = []
@@ -432,9 +463,16 @@ def _change(log: _KindLog, at_ms: int, weeks: int) -> dict[str, Any]:
     so the two columns rank the same customers at the same moments. Without a
     batch baseline (``--no-batch-baseline``) every example counts, for the online
     model alone.
+
+    After the change, ``frozen_auc`` is the AUC of the weekly LR's last fit
+    before the change, on the same examples: a model that stopped learning
+    there. Online minus frozen is what learning on after the change was worth;
+    if it is small, the change did not make old knowledge wrong, so there was
+    little for any model to recover.
     """
     times = np.asarray(log.times, dtype=np.int64)
     batch = np.asarray(log.batch, dtype=float)
+    frozen = np.asarray(log.frozen, dtype=float)
     both = ~np.isnan(batch)
     with_batch = bool(both.any())
     if not with_batch:
@@ -443,11 +481,19 @@ def _change(log: _KindLog, at_ms: int, weeks: int) -> dict[str, Any]:
     def figures(lo: int, hi: int) -> dict[str, Any]:
         idx = np.flatnonzero(both & (times >= lo) & (times < hi))
         y = [log.labels[i] for i in idx]
-        return {
+        row: dict[str, Any] = {
             "labels": len(idx), "positives": int(sum(y)),
             "online_auc": _r(auc([log.probs[i] for i in idx], y)),
             "batch_auc": _r(auc([float(batch[i]) for i in idx], y)) if with_batch else None,
         }
+        if lo >= at_ms:
+            # Every example the batch model scored after the change has a frozen score too,
+            # unless the batch model had no fit before the change (then none has).
+            kept = [i for i in idx if not math.isnan(frozen[i])] if with_batch else []
+            row["frozen_auc"] = (
+                _r(auc([float(frozen[i]) for i in kept], y)) if kept and len(kept) == len(idx) else None
+            )
+        return row
 
     span = weeks * WEEK_MS
     after = [{"week": n + 1, **figures(at_ms + n * WEEK_MS, at_ms + (n + 1) * WEEK_MS)} for n in range(weeks)]

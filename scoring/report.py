@@ -185,6 +185,9 @@ def change_sentence(change: dict[str, Any]) -> str:
     ...     "after_pooled": {"online_auc": 0.78, "batch_auc": 0.74},
     ...     "after": [{"week": 1, "online_auc": 0.75, "batch_auc": 0.70}]})
     'In the 4 weeks after the change on 2024-07-01, the online model ranks better than the weekly batch LR (AUC 0.780 vs 0.740, +0.040, on the same examples). In the week right after it: AUC 0.750 vs 0.700.'
+    >>> change_sentence({"at": "2024-07-01", "weeks": 4, "after": [],
+    ...     "after_pooled": {"online_auc": 0.80, "batch_auc": 0.80, "frozen_auc": 0.79}})[-82:]
+    'fit before it) ranks the same examples at AUC 0.790: learning on was worth +0.010.'
     """
     pooled = change.get("after_pooled") or {}
     text = (f"In the {change.get('weeks')} weeks after the change on {str(change.get('at'))[:10]}, the online "
@@ -193,6 +196,10 @@ def change_sentence(change: dict[str, Any]) -> str:
     first = (change.get("after") or [{}])[0]
     if first.get("online_auc") is not None and first.get("batch_auc") is not None:
         text += f" In the week right after it: AUC {first['online_auc']:.3f} vs {first['batch_auc']:.3f}."
+    frozen, online = pooled.get("frozen_auc"), pooled.get("online_auc")
+    if frozen is not None and online is not None:
+        text += (f" A model frozen at the change (the weekly LR's last fit before it) ranks the same examples"
+                 f" at AUC {frozen:.3f}: learning on was worth {online - frozen:+.3f}.")
     return text
 
 
@@ -216,7 +223,8 @@ def _moment_rows(moments: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-CHANGE_HEAD = ("period", "labels", "positives", "online AUC", "weekly batch LR AUC", "online - batch")
+CHANGE_HEAD = ("period", "labels", "positives", "online AUC", "weekly batch LR AUC", "online - batch",
+               "frozen at the change AUC", "online - frozen")
 
 
 def _change_rows(change: dict[str, Any]) -> list[list[str]]:
@@ -226,11 +234,21 @@ def _change_rows(change: dict[str, Any]) -> list[list[str]]:
     periods.append((f"{weeks} weeks after, pooled", change.get("after_pooled") or {}))
     rows = []
     for name, f in periods:
-        on, ba = f.get("online_auc"), f.get("batch_auc")
-        diff = None if on is None or ba is None else round(on - ba, 3) + 0.0  # no "-0.000"
+        on, ba, fr = f.get("online_auc"), f.get("batch_auc"), f.get("frozen_auc")
         rows.append([_e(name), _num(f.get("labels"), 0), _num(f.get("positives"), 0), _num(on), _num(ba),
-                     "–" if diff is None else f"{diff:+.3f}"])
+                     _signed_diff(on, ba), _num(fr), _signed_diff(on, fr)])
     return rows
+
+
+def _signed_diff(a: float | None, b: float | None) -> str:
+    """``a - b`` to 3 places with its sign, or a dash.
+
+    >>> _signed_diff(0.8, 0.75), _signed_diff(0.7, 0.7), _signed_diff(None, 0.7)
+    ('+0.050', '+0.000', '–')
+    """
+    if a is None or b is None:
+        return "–"
+    return f"{round(a - b, 3) + 0.0:+.3f}"  # + 0.0: no "-0.000"
 
 
 def compare_sentence(a_name: str, a_auc: float | None, b_name: str, b_auc: float | None) -> str:

@@ -106,10 +106,21 @@ def test_known_change_figures_recompute_from_scores_out(history: Path, tmp_path:
     mine = [r for r in rows if r["kind"] == "purchase_propensity" and r["batch_probability"] is not None
             and at <= scored_ms(r) < at + 3 * 7 * 86_400_000]
     assert len(mine) == change["after_pooled"]["labels"]
-    for key, field in (("online_auc", "probability"), ("batch_auc", "batch_probability")):
+    for key, field in (("online_auc", "probability"), ("batch_auc", "batch_probability"),
+                       ("frozen_auc", "frozen_probability")):
         got = auc([r[field] for r in mine], [r["label"] for r in mine])
         want = change["after_pooled"][key]
         assert got is not None and want is not None and abs(got - want) < 1e-3, key
+    assert "frozen_auc" not in change["before"]
+    assert all(r["frozen_probability"] is None for r in rows if scored_ms(r) < at)
+    # Frozen means the weekly fit in force at the change: until the next weekly refit it is the
+    # batch model itself; after that refit the two differ.
+    week = 7 * 86_400_000
+    refit = (at // week + 1) * week
+    same = [r for r in mine if scored_ms(r) < refit]
+    later = [r for r in mine if scored_ms(r) >= refit + week]
+    assert same and all(r["frozen_probability"] == r["batch_probability"] for r in same)
+    assert later and any(r["frozen_probability"] != r["batch_probability"] for r in later)
     assert "change" not in _run(history)["kinds"]["purchase_propensity"]
     # Without the batch baseline the online model's figures count every example.
     alone = _run(history, change_at_ms=at, change_weeks=3, batch_baseline=False)
