@@ -186,8 +186,8 @@ def change_sentence(change: dict[str, Any]) -> str:
     ...     "after": [{"week": 1, "online_auc": 0.75, "batch_auc": 0.70}]})
     'In the 4 weeks after the change on 2024-07-01, the online model ranks better than the weekly batch LR (AUC 0.780 vs 0.740, +0.040, on the same examples). In the week right after it: AUC 0.750 vs 0.700.'
     >>> change_sentence({"at": "2024-07-01", "weeks": 4, "after": [],
-    ...     "after_pooled": {"online_auc": 0.80, "batch_auc": 0.80, "frozen_auc": 0.79}})[-82:]
-    'fit before it) ranks the same examples at AUC 0.790: learning on was worth +0.010.'
+    ...     "after_pooled": {"online_auc": 0.80, "batch_auc": 0.80, "frozen_auc": 0.79}})[-74:]
+    "at AUC 0.790: learning on after it moved the online model's AUC by +0.010."
     """
     pooled = change.get("after_pooled") or {}
     text = (f"In the {change.get('weeks')} weeks after the change on {str(change.get('at'))[:10]}, the online "
@@ -199,7 +199,7 @@ def change_sentence(change: dict[str, Any]) -> str:
     frozen, online = pooled.get("frozen_auc"), pooled.get("online_auc")
     if frozen is not None and online is not None:
         text += (f" A model frozen at the change (the weekly LR's last fit before it) ranks the same examples"
-                 f" at AUC {frozen:.3f}: learning on was worth {online - frozen:+.3f}.")
+                 f" at AUC {frozen:.3f}: learning on after it moved the online model's AUC by {online - frozen:+.3f}.")
     return text
 
 
