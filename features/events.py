@@ -51,19 +51,24 @@ Channel = Literal["email", "sms", "push", "web", "ads"]
 
 
 def parse_ts_ms(value: Any) -> int:
-    """Epoch milliseconds from RFC 3339 text (with offset) or epoch milliseconds.
+    """Epoch milliseconds from RFC 3339 text (with offset), epoch milliseconds or epoch seconds.
+
+    A number below 10^11 is read as seconds: as milliseconds it would fall in
+    1973, outside the accepted years, so no valid timestamp changes meaning.
 
     >>> parse_ts_ms("2024-01-01T00:00:00Z"), parse_ts_ms(1704067200000)
     (1704067200000, 1704067200000)
+    >>> parse_ts_ms(1704067200), parse_ts_ms("1704067200.25")
+    (1704067200000, 1704067200250)
     """
     if isinstance(value, bool):
         raise ValueError("timestamp must be RFC 3339 text or epoch milliseconds")
     if isinstance(value, int | float):
-        ms = int(value)
+        ms = _epoch_ms(value)
     elif isinstance(value, str):
         text = value.strip()
-        if text.lstrip("-").isdigit():
-            ms = int(text)
+        if text.lstrip("-").replace(".", "", 1).isdigit():
+            ms = _epoch_ms(float(text) if "." in text else int(text))
         else:
             try:
                 parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
@@ -79,6 +84,21 @@ def parse_ts_ms(value: Any) -> int:
     return ms
 
 
+def _epoch_ms(number: float) -> int:
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError("timestamp is not a number")
+    return round(number * 1000) if abs(number) < 1e11 else int(number)
+
+
+def _id_text(value: Any) -> Any:
+    """Ids may come as JSON integers (many systems number their customers); they are text here.
+
+    >>> _id_text(42), _id_text("c42"), _id_text(True)
+    ('42', 'c42', True)
+    """
+    return str(value) if type(value) is int else value
+
+
 class _Base(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, str_strip_whitespace=True)
 
@@ -90,6 +110,8 @@ class _Base(BaseModel):
     @classmethod
     def _ts(cls, value: Any) -> int:
         return parse_ts_ms(value)
+
+    _ids = field_validator("event_id", "customer_id", mode="before")(_id_text)
 
     def extra(self, name: str) -> Any:
         """An unknown field carried on the event (``None`` when absent)."""
@@ -121,6 +143,8 @@ class PurchaseEvent(_Base):
     items: list[Item] | None = None
     status: Literal["completed", "refunded"] = "completed"
 
+    _order_id = field_validator("order_id", mode="before")(_id_text)
+
     @field_validator("currency")
     @classmethod
     def _upper(cls, value: str) -> str:
@@ -132,6 +156,8 @@ class CampaignEvent(_Base):
     campaign_id: Annotated[str, Field(min_length=1)]
     channel: Channel
     action: CampaignAction
+
+    _campaign_id = field_validator("campaign_id", mode="before")(_id_text)
 
 
 Event = Annotated[WebEvent | PurchaseEvent | CampaignEvent, Field(discriminator="type")]

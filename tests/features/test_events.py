@@ -73,6 +73,11 @@ def test_three_types_discriminated() -> None:
         (T0, T0),
         (str(T0), T0),
         (float(T0), T0),
+        # Epoch seconds: any number below 10^11 (as milliseconds it would be 1973, refused).
+        (T0 // 1000, T0),
+        (str(T0 // 1000), T0),
+        (T0 / 1000 + 0.25, T0 + 250),
+        (f"{T0 // 1000}.25", T0 + 250),
     ],
 )
 def test_timestamps_rfc3339_with_offset_and_epoch_ms(ts: Any, expected: int) -> None:
@@ -86,7 +91,8 @@ def test_timestamps_rfc3339_with_offset_and_epoch_ms(ts: Any, expected: int) -> 
         ("2024-01-01T00:00:00", "no UTC offset"),
         ("yesterday", "not an RFC 3339"),
         (0, "absurd"),
-        (1_704_067_200, "absurd"),  # epoch *seconds* are a unit bug, not 1970
+        (5, "absurd"),  # epoch seconds, but 1970
+        (1_704_067_200_000_000, "absurd"),  # microseconds are a unit bug
         (4_200_000_000_000, "absurd"),
         ("1889-01-01T00:00:00Z", "absurd"),
         (1e300, "absurd"),
@@ -118,7 +124,8 @@ def test_unknown_extra_fields_kept_and_reencoded() -> None:
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        (web(event_id=7), "event_id: Input should be a valid string"),
+        (web(event_id=7.5), "event_id: Input should be a valid string"),
+        (web(customer_id=True), "customer_id: Input should be a valid string"),
         (web(event_id=""), "event_id: String should have at least 1 character"),
         (web(customer_id=None), "customer_id:"),
         (web(action="teleport"), "action:"),
@@ -136,6 +143,14 @@ def test_unknown_extra_fields_kept_and_reencoded() -> None:
 )
 def test_wrong_types_and_values(body: dict[str, Any], reason: str) -> None:
     assert reason in bad(body)
+
+
+def test_integer_ids_are_read_as_text() -> None:
+    # Many shops number their customers and orders: JSON integers are accepted as ids.
+    p = ok(purchase(event_id=1, customer_id=123, order_id=77))
+    assert (p.event_id, p.customer_id, p.order_id) == ("1", "123", "77")
+    assert ok(campaign(campaign_id=5)).campaign_id == "5"
+    assert ok(web(customer_id=123)) == ok(web(customer_id="123"))
 
 
 def test_lax_numeric_string_amount_is_coerced() -> None:
@@ -166,7 +181,7 @@ def _jsonl(n: int, n_bad: int, seed: int = 7) -> tuple[list[bytes], set[int]]:
         lambda b: b"not json at all",
         lambda b: orjson.dumps({**orjson.loads(b), "ts": "2024-13-45T99:00:00Z"}),
         lambda b: orjson.dumps({**orjson.loads(b), "type": "fax"}),
-        lambda b: orjson.dumps({**orjson.loads(b), "customer_id": 12}),
+        lambda b: orjson.dumps({**orjson.loads(b), "customer_id": 12.5}),
         lambda b: orjson.dumps({**orjson.loads(b), "ts": 5}),
         lambda b: orjson.dumps([orjson.loads(b)]),
         lambda b: b + b"x" * MAX_EVENT_BYTES,
