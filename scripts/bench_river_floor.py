@@ -10,6 +10,9 @@ pipelines learning one example at a time: ``learn_one`` per matured label and
 2. Times a fresh River pipeline of the same configuration learning those inputs in
    the same order, and predicting them, ``--runs`` times (medians).
 3. Prints the ceiling: events/s if features, labels, scoring logic and I/O were free.
+4. Times the same inputs through :class:`scoring.models.OnlineModel` as the core uses
+   it (logistic kinds: labels fitted in chunks, predictions through the pipeline's
+   linear form; no refits), and prints that ceiling too.
 
     python scripts/bench_river_floor.py --customers 1000 --days 365 --runs 3
     python scripts/bench_river_floor.py --file history.jsonl
@@ -72,6 +75,20 @@ def time_river(examples: list[tuple[dict[str, float], bool]], model: str) -> tup
     return learn_s, time.perf_counter() - start
 
 
+def time_model(examples: list[tuple[dict[str, float], bool]], kind: str, model: str) -> tuple[float, float]:
+    """Seconds for a fresh OnlineModel (no refits, no trial) to learn every example, and to predict each."""
+    online = models.OnlineModel(kind, model)
+    start = time.perf_counter()
+    for x, y in examples:
+        online.learn(x, int(y))
+    online._flush()
+    learn_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for x, _ in examples:
+        online.predict(x)
+    return learn_s, time.perf_counter() - start
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--file", type=Path, help="a JSON Lines history (default: simulate one)")
@@ -93,19 +110,30 @@ def main(argv: list[str] | None = None) -> int:
     model_of = {name: m.model_name for name, m in ModelRegistry(default_kinds()).models.items()}
     events = report["events"]
     rows = []
-    learn_total = predict_total = 0.0
+    learn_total = predict_total = model_total = 0.0
     for kind, examples in sorted(learned.items()):
-        timings = [time_river(examples, model_of.get(kind, "logistic")) for _ in range(args.runs)]
+        name = model_of.get(kind, "logistic")
+        # Alternating, so machine noise hits both alike.
+        timings, online = [], []
+        for _ in range(args.runs):
+            timings.append(time_river(examples, name))
+            online.append(time_model(examples, kind, name))
         learn_us = statistics.median(t[0] for t in timings) / len(examples) * 1e6
         predict_us = statistics.median(t[1] for t in timings) / len(examples) * 1e6
+        model_learn_us = statistics.median(t[0] for t in online) / len(examples) * 1e6
+        model_predict_us = statistics.median(t[1] for t in online) / len(examples) * 1e6
         learn_total += learn_us * len(examples)
         predict_total += predict_us * predictions[kind]
+        model_total += model_learn_us * len(examples) + model_predict_us * predictions[kind]
         rows.append({
             "kind": kind, "labels": len(examples), "predictions": predictions[kind],
             "inputs_per_example": round(statistics.mean(len(x) for x, _ in examples), 1),
             "learn_one_us": round(learn_us, 1), "predict_proba_one_us": round(predict_us, 1),
+            "online_model_learn_us": round(model_learn_us, 1),
+            "online_model_predict_us": round(model_predict_us, 1),
         })
     river_s = (learn_total + predict_total) / 1e6
+    model_s = model_total / 1e6
     out = {
         "events": events, "backtest_events_per_second": report["events_per_second"],
         "labels_per_event": round(sum(r["labels"] for r in rows) / events, 3),
@@ -113,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         "river_seconds": round(river_s, 2), "backtest_seconds": report["seconds"],
         "river_share_of_backtest": round(river_s / report["seconds"], 3),
         "ceiling_events_per_second": round(events / river_s) if river_s else None,
+        "online_model_seconds": round(model_s, 2),
+        "online_model_ceiling_events_per_second": round(events / model_s) if model_s else None,
         "kinds": rows, "runs": args.runs,
     }
     print(json.dumps(out, indent=2))
