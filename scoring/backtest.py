@@ -73,17 +73,32 @@ class BacktestConfig:
     change_weeks: int = 4
 
 
-def _reordered(events: Iterator[AnyEvent], window_ms: int) -> Iterator[AnyEvent]:
-    """Yield events in time order, holding at most ``window_ms`` of disorder."""
+def _reordered(
+    events: Iterator[AnyEvent], window_ms: int, counts: Counter[str] | None = None
+) -> Iterator[AnyEvent]:
+    """Yield events in time order, holding at most ``window_ms`` of disorder.
+
+    An event older than one already released is beyond that: it still goes through
+    (the core judges lateness per customer) and counts as ``out_of_order``.
+    """
     heap: list[tuple[int, int, AnyEvent]] = []
-    newest = None
+    newest = released = None
+
+    def release() -> AnyEvent:
+        nonlocal released
+        out = heapq.heappop(heap)[2]
+        if released is not None and out.ts_ms < released and counts is not None:
+            counts["out_of_order"] += 1
+        released = out.ts_ms if released is None else max(released, out.ts_ms)
+        return out
+
     for seq, ev in enumerate(events):
         heapq.heappush(heap, (ev.ts_ms, seq, ev))
         newest = ev.ts_ms if newest is None else max(newest, ev.ts_ms)
         while heap and heap[0][0] < newest - window_ms:
-            yield heapq.heappop(heap)[2]
+            yield release()
     while heap:
-        yield heapq.heappop(heap)[2]
+        yield release()
 
 
 class BatchBaseline:
@@ -294,7 +309,7 @@ def _run_backtest(
 
     batch: list[AnyEvent] = []
     try:
-        for ev in _reordered(valid_events(), config.reorder_window_ms):
+        for ev in _reordered(valid_events(), config.reorder_window_ms, counts):
             first_ts = ev.ts_ms if first_ts is None else first_ts
             last_ts = ev.ts_ms
             if batch and ev.ts_ms - batch[0].ts_ms > config.max_batch_span_ms:
@@ -327,6 +342,8 @@ def _run_backtest(
         "invalid_reasons": dict(reasons.most_common()),
         "duplicates": counts["duplicates"],
         "late": counts["late"],
+        # Beyond the reorder window: the file was not in time order (the CLI sorts it first).
+        "out_of_order": counts["out_of_order"],
         "dropped_by_type": counts["dropped_by_type"],
         "seconds": round(seconds, 3),
         "events_per_second": round(processed / seconds, 1) if seconds > 0 else None,

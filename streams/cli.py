@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,29 @@ def progress(label: str, total: int | None = None) -> Iterator[Callable[[int], N
 def count_lines(path: Path) -> int:
     with open(path, "rb") as handle:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+
+
+@contextmanager
+def time_ordered_lines(path: Path, window_ms: int) -> Iterator[Iterable[bytes]]:
+    """The file's lines in event-time order.
+
+    A file in time order (within ``window_ms``, the lateness the replay absorbs) is
+    streamed as it is. Any other order (by customer, as SQL exports often are)
+    would advance the event-time clock ahead of customers still to come and
+    corrupt every label, so such a file is sorted in memory first, and stderr
+    says so.
+    """
+    from features.events import out_of_order, time_sorted
+
+    with open(path, "rb") as handle:
+        behind = out_of_order(handle, window_ms)
+    with open(path, "rb") as handle:
+        if not behind:
+            yield handle
+            return
+        print(f"{path.name}: {behind:,} events are more than {window_ms / 60_000:g} min older than a "
+              "line above them (not in time order): sorting the file in memory first", file=sys.stderr)
+        yield time_sorted(handle)
 
 
 @command("simulate")
@@ -93,7 +116,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             change_at_ms=_change_at_ms(args.change_at),
             scores_out=Path(args.scores_out) if args.scores_out and i == 0 else None,
         )
-        with progress(f"backtest {scfg.name}", total) as tick, open(args.file, "rb") as lines:
+        with progress(f"backtest {scfg.name}", total) as tick, \
+                time_ordered_lines(Path(args.file), scfg.lateness_ms) as lines:
             bcfg.progress = tick
             report = run_backtest(lines, bcfg, core)
         report["config"]["name"] = scfg.name

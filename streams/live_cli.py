@@ -52,7 +52,7 @@ from typing import IO, Any
 
 import orjson
 
-from streams.cli import EXTRA_PARSERS, command, count_lines, progress
+from streams.cli import EXTRA_PARSERS, command, count_lines, progress, time_ordered_lines
 
 __all__ = ["WorkerProcess", "replay_lines", "worker_env"]
 
@@ -336,7 +336,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     total = count_lines(path) if sys.stderr.isatty() else None
     producer = make_producer(settings)
     try:
-        with progress(f"replay {path.name}", total) as tick, open(path, "rb") as handle:
+        # The worker absorbs an hour of disorder (the default lateness); any other order
+        # would be sorted by event time first.
+        with progress(f"replay {path.name}", total) as tick, time_ordered_lines(path, 3_600_000) as handle:
             stats = replay_lines(handle, producer, settings.topics, speed=args.speed,
                                  unroutable=args.unroutable, tick=tick)
     finally:
