@@ -98,6 +98,8 @@ def wait_for(worker: WorkerProcess, count: int, timeout: float) -> dict[str, Any
 
 def one_run(mode: str, run: int, kafka: EmbeddedKafka, redis_url: str, data: list[Any],
             n: int, lat_n: int, rate: float) -> dict[str, Any]:
+    # "pipeline@2000": the pipeline with another batch size (events per stream.take).
+    mode, _, batch = mode.partition("@")
     name = f"bench-{mode}-{run}-{time.monotonic_ns() % 10**8}"
     topics = Topics(**{k: f"{name}.{v}" for k, v in Topics().model_dump().items()})
     env = {
@@ -105,6 +107,7 @@ def one_run(mode: str, run: int, kafka: EmbeddedKafka, redis_url: str, data: lis
         "app_id": name, "redis_prefix": name, "web_port": free_port(),
         "broker_session_timeout_s": 10, "broker_rebalance_timeout_s": 3,
         "scorer_process": mode != "thread",
+        **({"batch_size": int(batch)} if batch else {}),
         **{f"topics__{k}": v for k, v in topics.model_dump().items()},
     }
     settings = load_settings(**{k: v for k, v in env.items() if not k.startswith("topics__")}, topics=topics)
@@ -125,7 +128,7 @@ def one_run(mode: str, run: int, kafka: EmbeddedKafka, redis_url: str, data: lis
     finally:
         producer.close()
         worker.stop()
-    return {"mode": mode, "run": run, "events_per_s": round(throughput, 1),
+    return {"mode": f"{mode}@{batch}" if batch else mode, "run": run, "events_per_s": round(throughput, 1),
             "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "latency_samples": lat["samples"]}
 
 
@@ -136,11 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=500.0, help="events/s during the latency phase")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--batch-sizes", default="",
+                   help="also run the pipeline with these batch sizes (comma-separated), side by side")
     p.add_argument("--thread", action="store_true",
                    help="also run the pipeline with the scoring core in a thread of the worker "
                    "(scorer_process off), side by side")
     args = p.parse_args(argv)
     modes = ["bare", "pipeline"] + (["thread"] if args.thread else [])
+    modes += [f"pipeline@{int(b)}" for b in args.batch_sizes.split(",") if b.strip()]
 
     data = events(args.events + args.latency_events, seed=1)
     if len(data) < args.events + args.latency_events:
@@ -169,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         m = summary[mode]
         print(f"{mode:<10}{m['events_per_s']:>12,.0f}{m['p50_ms']:>10.1f}{m['p99_ms']:>10.1f}")
     print(f"ratio pipeline/bare: {summary['ratio']:.2f} (target >= 0.5)")
+    for mode in modes[2:]:
+        if "@" in mode:
+            summary[f"ratio_{mode}"] = round(summary[mode]["events_per_s"] / summary["bare"]["events_per_s"], 3)
+            print(f"ratio {mode}/bare: {summary[f'ratio_{mode}']:.2f}")
     if args.thread:
         summary["ratio_thread"] = round(summary["thread"]["events_per_s"] / summary["bare"]["events_per_s"], 3)
         print(f"ratio thread/bare: {summary['ratio_thread']:.2f} (the core in a thread of the worker)")
