@@ -559,7 +559,7 @@ class OnlineModel:
         self.positives += label
         if self.batched:
             known = self.indicators
-            if known is not None and x.keys() - self.columns.keys():
+            if known is not None and not self.columns.keys() >= x.keys():
                 self._complete(x, learning=True)  # registers new indicators, in x's order
             self._buffer.append((x, label, 0 if known is None else len(known)))
             # Chunks grow with the labels seen (one in 16, up to CHUNK): while labels are few,
@@ -726,11 +726,10 @@ class OnlineModel:
         loss_gradient = 1.0 / (1.0 + np.exp(-raw)) - labels  # log loss: sigmoid(raw) - y
         grad = np.where(present, loss_gradient[:, None] * z + lr.l2 * w, 0.0)
         start = opt.n_iterations
-        steps = range(start, start + len(labels))
-        rates = np.array([opt.lr.get(t) for t in steps])
+        rates = _rates(opt.lr, start, len(labels))
         g2 = np.array([opt.g2.get(k, 0.0) for k in keys]) + np.cumsum(grad * grad, axis=0)
         w = w - (rates[:, None] / np.sqrt(g2 + opt.eps) * grad).sum(axis=0)
-        intercept_rates = np.array([lr.intercept_lr.get(t) for t in steps])
+        intercept_rates = _rates(lr.intercept_lr, start, len(labels))
         lr.intercept = float(lr.intercept - (intercept_rates * loss_gradient).sum())
         opt.n_iterations = start + len(labels)
         for k, wk, acc in zip(keys, w.tolist(), g2[-1].tolist(), strict=True):
@@ -764,6 +763,17 @@ class OnlineModel:
         if not isinstance(model, OnlineModel):
             raise TypeError("not an OnlineModel snapshot")
         return model
+
+
+def _rates(schedule: Any, start: int, n: int) -> np.ndarray:
+    """A River learning-rate schedule's rates for steps ``start`` .. ``start + n - 1``.
+
+    >>> _rates(optim.schedulers.Constant(0.1), 5, 3).tolist()
+    [0.1, 0.1, 0.1]
+    """
+    if isinstance(schedule, optim.schedulers.Constant):
+        return np.full(n, float(schedule.learning_rate))  # ours: no call per step
+    return np.array([schedule.get(t) for t in range(start, start + n)], dtype=np.float64)
 
 
 def fnc_correct(p: float, outcome_label: int = 1) -> float:
