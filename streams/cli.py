@@ -8,12 +8,13 @@ function over the packages, so the same things can be done from Python.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -42,8 +43,27 @@ def progress(label: str, total: int | None = None) -> Iterator[Callable[[int], N
         yield lambda n: bar.update(task, completed=n)
 
 
+def open_input(path: Path) -> IO[bytes]:
+    r"""Open a data file for reading bytes; gzip-compressed files (by content, not name) are
+    decompressed on the fly, since exports are often shipped as ``.jsonl.gz`` or ``.csv.gz``.
+
+    >>> import gzip, tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "events.jsonl.gz"
+    >>> _ = path.write_bytes(gzip.compress(b'{"a": 1}\n'))
+    >>> with open_input(path) as handle:
+    ...     handle.read()
+    b'{"a": 1}\n'
+    """
+    handle = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+    if handle.read(2) == b"\x1f\x8b":
+        handle.close()
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    handle.seek(0)
+    return handle
+
+
 def count_lines(path: Path) -> int:
-    with open(path, "rb") as handle:
+    with open_input(path) as handle:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
 
 
@@ -59,9 +79,9 @@ def time_ordered_lines(path: Path, window_ms: int) -> Iterator[Iterable[bytes]]:
     """
     from features.events import out_of_order, time_sorted
 
-    with open(path, "rb") as handle:
+    with open_input(path) as handle:
         behind = out_of_order(handle, window_ms)
-    with open(path, "rb") as handle:
+    with open_input(path) as handle:
         if not behind:
             yield handle
             return

@@ -24,12 +24,13 @@ stdout, and writes the events sorted by time, ready for ``leadpulse backtest``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from streams.cli import EXTRA_PARSERS, command, count_lines, progress
+from streams.cli import EXTRA_PARSERS, command, count_lines, open_input, progress
 
 EXAMPLE = """examples:
   # UCI Online Retail (one row per line item, cancellations have negative quantities)
@@ -109,8 +110,8 @@ def cmd_import_transactions(args: argparse.Namespace) -> int:
     stdin = args.file == "-"
     total = count_lines(Path(args.file)) - 1 if sys.stderr.isatty() and not stdin else None
     # surrogateescape: bytes that are not valid in the encoding skip their row, not the file.
-    handle = sys.stdin if stdin else open(args.file, encoding=args.encoding, errors="surrogateescape",  # noqa: SIM115
-                                          newline="")
+    handle = sys.stdin if stdin else io.TextIOWrapper(
+        open_input(Path(args.file)), encoding=args.encoding, errors="surrogateescape", newline="")
     try:
         with progress("import", total) as tick:
             result = import_transactions(handle, config, delimiter=args.delimiter, progress=tick)

@@ -162,6 +162,16 @@ def test_cli_reports_line_numbers_without_customer_ids(
           "--order", "InvoiceNo", "--quantity", "Quantity", "--price", "UnitPrice",
           "--product", "StockCode", "--default-currency", "GBP", "--out", str(again)])
     assert again.read_bytes() == out.read_bytes()
+    # ... and so does the same table shipped gzip-compressed (told by its content).
+    import gzip
+
+    packed = tmp_path / "retail.csv.gz"
+    packed.write_bytes(gzip.compress(src.read_bytes()))
+    unpacked = tmp_path / "unpacked.jsonl"
+    main(["import-transactions", str(packed), "--customer", "CustomerID", "--time", "InvoiceDate",
+          "--order", "InvoiceNo", "--quantity", "Quantity", "--price", "UnitPrice",
+          "--product", "StockCode", "--default-currency", "GBP", "--out", str(unpacked)])
+    assert unpacked.read_bytes() == out.read_bytes()
 
 
 # ------------------------------------------------------------------- parsing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -165,8 +166,10 @@ def test_a_file_sorted_by_customer_is_put_in_time_order_first(tmp_path: Path) ->
     as_is = run_backtest(by_customer.read_bytes().splitlines(), BacktestConfig(batch_baseline=False))
     assert as_is["out_of_order"] > len(lines) // 4  # the library says so; the CLI sorts
 
+    packed = tmp_path / "by_customer.jsonl.gz"  # exports often come compressed
+    packed.write_bytes(gzip.compress(by_customer.read_bytes()))
     reports = {}
-    for name, path in (("timely", timely), ("by_customer", by_customer)):
+    for name, path in (("timely", timely), ("by_customer", by_customer), ("packed", packed)):
         assert main(["backtest", str(path), "--out", str(tmp_path / name), "--no-batch-baseline"]) == 0
         reports[name] = json.loads((tmp_path / name / "report.json").read_text())
     for r in reports.values():
@@ -174,4 +177,4 @@ def test_a_file_sorted_by_customer_is_put_in_time_order_first(tmp_path: Path) ->
         for key in ("seconds", "events_per_second", "input"):
             r.pop(key)
     assert reports["by_customer"]["kinds"] == reports["timely"]["kinds"]
-    assert reports["by_customer"] == reports["timely"]
+    assert reports["by_customer"] == reports["timely"] == reports["packed"]
