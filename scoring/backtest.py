@@ -73,6 +73,22 @@ class BacktestConfig:
     change_weeks: int = 4
 
 
+def _note_invalid(examples: dict[str, list[int]], reason: str, line: int, most: int = 50) -> None:
+    """Count a full invalid reason with its first line (at most ``most`` distinct reasons kept).
+
+    >>> seen: dict[str, list[int]] = {}
+    >>> for n, r in enumerate(["a", "b", "a"], start=1):
+    ...     _note_invalid(seen, r, n)
+    >>> seen
+    {'a': [2, 1], 'b': [1, 2]}
+    """
+    found = examples.get(reason)
+    if found is not None:
+        found[0] += 1
+    elif len(examples) < most:
+        examples[reason] = [1, line]
+
+
 def _reordered(
     events: Iterator[AnyEvent], window_ms: int, counts: Counter[str] | None = None
 ) -> Iterator[AnyEvent]:
@@ -241,6 +257,7 @@ def _run_backtest(
     started = time.perf_counter()
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
+    examples: dict[str, list[int]] = {}  # full reason -> [count, first line]
     logs: dict[str, _KindLog] = defaultdict(_KindLog)
     baselines: dict[str, BatchBaseline] = {}
     groups: dict[str, str] = {}
@@ -260,6 +277,7 @@ def _run_backtest(
             if isinstance(item, EventError):
                 counts["invalid"] += 1
                 reasons[item.reason.split(":")[0]] += 1
+                _note_invalid(examples, item.reason, number)
                 continue
             if item.type in config.drop_types:
                 counts["dropped_by_type"] += 1
@@ -340,6 +358,11 @@ def _run_backtest(
         "events": processed,
         "invalid": counts["invalid"],
         "invalid_reasons": dict(reasons.most_common()),
+        # The reasons in full (they carry field names, never values), most frequent first.
+        "invalid_examples": [
+            {"reason": r, "count": c, "first_line": line}
+            for r, (c, line) in sorted(examples.items(), key=lambda kv: (-kv[1][0], kv[1][1]))[:10]
+        ],
         "duplicates": counts["duplicates"],
         "late": counts["late"],
         # Beyond the reorder window: the file was not in time order (the CLI sorts it first).

@@ -140,6 +140,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
                 time_ordered_lines(Path(args.file), scfg.lateness_ms) as lines:
             bcfg.progress = tick
             report = run_backtest(lines, bcfg, core)
+            # Line numbers in the report are the file's own unless it had to be sorted.
+            report["input_sorted"] = isinstance(lines, list)
         report["config"]["name"] = scfg.name
         report["input"] = str(args.file)
         reports.append(report)
@@ -191,6 +193,9 @@ def _headline(reports: list[dict[str, Any]]) -> str:
             f"[{name}] {rep['events']:,} events ({rep['invalid']:,} invalid, {rep['duplicates']:,} duplicates) "
             f"in {rep['seconds']:.1f}s"
         )
+        for bad in rep.get("invalid_examples", [])[:3]:
+            where = f", first at line {bad['first_line']:,}" if rep.get("input_sorted") is False else ""
+            lines.append(f"  invalid: {bad['count']:,} x {bad['reason'][:110]}{where}")
         lines.append(
             f"  {'kind':<22}{'labels':>9}{'pos':>8}{'AUC':>7}{'rule':>7}{'top/bot':>9}"
             f"   {'online':>7}{'batch':>7}  (on the batch model's examples)"

@@ -43,6 +43,18 @@ def test_report_counts_bad_lines_and_duplicates_without_crashing(history: Path) 
         assert "rule" in k["baselines"] and "batch_weekly" in k["baselines"]
 
 
+def test_invalid_lines_are_explained_in_full(history: Path) -> None:
+    report = _run(history)
+    shown = report["invalid_examples"]
+    assert shown and sum(e["count"] for e in shown) <= report["invalid"]
+    assert [e["count"] for e in shown] == sorted((e["count"] for e in shown), reverse=True)
+    lines = history.read_bytes().splitlines()
+    for e in shown:  # the first line named has that very reason
+        from features.events import decode
+
+        assert decode(lines[e["first_line"] - 1]).reason == e["reason"]
+
+
 def test_same_input_gives_the_same_report(history: Path) -> None:
     a, b = _run(history), _run(history)
     for r in (a, b):
@@ -172,9 +184,10 @@ def test_a_file_sorted_by_customer_is_put_in_time_order_first(tmp_path: Path) ->
     for name, path in (("timely", timely), ("by_customer", by_customer), ("packed", packed)):
         assert main(["backtest", str(path), "--out", str(tmp_path / name), "--no-batch-baseline"]) == 0
         reports[name] = json.loads((tmp_path / name / "report.json").read_text())
+    assert [reports[n]["input_sorted"] for n in ("timely", "by_customer", "packed")] == [False, True, True]
     for r in reports.values():
         assert r["out_of_order"] == 0
-        for key in ("seconds", "events_per_second", "input"):
+        for key in ("seconds", "events_per_second", "input", "input_sorted"):
             r.pop(key)
     assert reports["by_customer"]["kinds"] == reports["timely"]["kinds"]
     assert reports["by_customer"] == reports["timely"] == reports["packed"]
