@@ -153,6 +153,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         path = write_report({"compare": True, "a": reports[0], "b": reports[1]}, out_dir)
     _write_html(out_dir, reports)
     print(_headline(reports))
+    if not reports[0]["events"] and reports[0]["invalid"] and _looks_like_csv(Path(args.file)):
+        print("hint: this looks like a CSV table, not JSON Lines events: turn it into purchase events "
+              "with 'leadpulse import-transactions' first (see its --help)", file=sys.stderr)
     print(f"report: {path}")
     return 0
 
@@ -183,6 +186,13 @@ def _core(scfg: Any, redis_url: str | None) -> Any:
         engine, store, InMemoryStateStore(), kinds=scfg.kinds, policy=scfg.policy,
         lateness_ms=scfg.lateness_ms, sensitive=scfg.sensitive,
     )
+
+
+def _looks_like_csv(path: Path) -> bool:
+    """A first line with separators and no JSON object: a table given where events belong."""
+    with open_input(path) as handle:
+        first = handle.readline(4096).strip()
+    return not first.startswith(b"{") and any(sep in first for sep in (b",", b";", b"\t", b"|"))
 
 
 def _headline(reports: list[dict[str, Any]]) -> str:

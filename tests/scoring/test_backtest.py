@@ -55,6 +55,16 @@ def test_invalid_lines_are_explained_in_full(history: Path) -> None:
         assert decode(lines[e["first_line"] - 1]).reason == e["reason"]
 
 
+def test_a_csv_given_to_backtest_gets_a_hint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from streams.cli import main
+
+    table = tmp_path / "orders.csv"
+    table.write_text("customer,date,amount\n1,2024-01-01,10.5\n")
+    assert main(["backtest", str(table), "--out", str(tmp_path / "out"), "--no-batch-baseline"]) == 0
+    err = capsys.readouterr().err
+    assert "looks like a CSV table" in err and "import-transactions" in err
+
+
 def test_same_input_gives_the_same_report(history: Path) -> None:
     a, b = _run(history), _run(history)
     for r in (a, b):
