@@ -223,6 +223,8 @@ def _route(line: bytes, topics: Mapping[str, str]) -> tuple[str | None, bytes | 
 
     >>> _route(b'{"type":"web","customer_id":"c1","ts":"2024-01-01T00:00:00Z"}', {"web": "w"})
     ('w', b'c1', 1704067200000)
+    >>> _route(b'{"type":"web","customer_id":42,"ts":1704067200}', {"web": "w"})
+    ('w', b'42', 1704067200000)
     >>> _route(b'[1]', {"web": "w"})
     (None, None, None)
     """
@@ -235,6 +237,8 @@ def _route(line: bytes, topics: Mapping[str, str]) -> tuple[str | None, bytes | 
     if not isinstance(obj, dict) or obj.get("type") not in topics:
         return None, None, None
     cid = obj.get("customer_id")
+    if type(cid) is int:  # an integer id is the customer "123" (features.events reads it so)
+        cid = str(cid)
     key = cid.encode() if isinstance(cid, str) and cid else None
     try:
         ts: int | None = parse_ts_ms(obj.get("ts"))
