@@ -38,7 +38,11 @@ TRIAL_MIN_PER_CLASS = 30
 RULE_FIT_LABELS = 200
 # A logistic model that learns at horizon close fits its labels this many at a time (and at
 # every refit), in numpy instead of River's per-label dict work: see OnlineModel._flush.
-CHUNK = 64
+# Staler gradients the larger it is: on the simulator (5,000 customers), churn AUC was
+# within 0.0011 of per-label learning with chunks of 8, 16 or 32, and 0.0035 below it at 64.
+CHUNK = 32
+# ... and while labels are few, one label in this many (chunk = version // CHUNK_GROWTH).
+CHUNK_GROWTH = 16
 
 
 def model_input(vector: Mapping[str, float | None], exclude: Iterable[str] = ()) -> ModelInput:
@@ -562,9 +566,9 @@ class OnlineModel:
             if known is not None and not self.columns.keys() >= x.keys():
                 self._complete(x, learning=True)  # registers new indicators, in x's order
             self._buffer.append((x, label, 0 if known is None else len(known)))
-            # Chunks grow with the labels seen (one in 16, up to CHUNK): while labels are few,
+            # Chunks grow with the labels seen (one in CHUNK_GROWTH, up to CHUNK): while labels are few,
             # each one still moves the model at once.
-            if len(self._buffer) >= min(CHUNK, max(1, self.version // 16)):
+            if len(self._buffer) >= min(CHUNK, max(1, self.version // CHUNK_GROWTH)):
                 self._flush()
         else:
             x = self._complete(x, learning=True)
