@@ -132,6 +132,7 @@ class ModelRegistry:
                 k.name, k.model, k.min_labels, k.min_per_class, k.consolidate_every, k.window,
                 k.consolidate_max, half_life=k.half_life, drift_refit=k.drift_refit,
                 drift_min_rows=k.drift_min_rows, indicators=k.missing_indicators, trial=k.trial,
+                trial_max=k.trial_max,
                 fresh=k.learn_at == "fresh", outcome_label=k.label_on_outcome,
             )
             for k in kinds

@@ -81,6 +81,9 @@ class ScoreKind:
     # ... and until the model ranks this many recent labels at least as well as the rule did
     # (scored before learning each, beside the rule; 0 = no trial).
     trial: int = 1_000
+    # ... reaching back up to this many labels while the last ``trial`` hold fewer than 30 of
+    # a class (rare outcomes: a 1% rate gives 10 per 1,000); 0 = exactly ``trial``.
+    trial_max: int = 50_000
     # When examples are learned: "horizon" (each at its horizon close, with its final
     # label) or "fresh" (at once with the slow class, again at its outcome; the model
     # corrects for the bias: fake negative calibration, see OnlineModel.learn_fresh).

@@ -257,6 +257,7 @@ class OnlineModel:
         drift_min_rows: int = 1_000,
         indicators: bool = True,
         trial: int = 0,
+        trial_max: int = 0,
         fresh: bool = False,
         outcome_label: int = 1,
     ) -> None:
@@ -302,11 +303,16 @@ class OnlineModel:
         # Champion/challenger against the cold-start rule (0 = serve as soon as ready).
         self.trial = trial
         self.proven = trial == 0
-        self._trial: deque[tuple[float, float, int]] = deque(maxlen=max(trial, 1))
+        # The trial window reaches back further (up to ``trial_max`` labels) while the last
+        # ``trial`` hold fewer than TRIAL_MIN_PER_CLASS of a class: with outcomes rarer than
+        # 3%, a fixed 1,000-label window never did, and the model never served.
+        self.trial_max = max(trial_max, trial)
+        self._trial: deque[tuple[float, float, int]] = deque(maxlen=max(self.trial_max, 1))
         self._since_check = 0
         # Until the model serves, the rule does: its points-to-probability map is a shape, not
         # a rate. Platt scaling on the matured labels turns it into one (see calibrate_rule).
-        self._prior: deque[tuple[float, int]] = deque(maxlen=5 * RULE_FIT_LABELS)
+        self._prior: deque[tuple[float, int]] = deque(maxlen=max(5 * RULE_FIT_LABELS, self.trial_max))
+        self._prior_positives = 0  # among _prior
         self.rule_fit: tuple[float, float] | None = None
         self._prior_seen = 0
         # Fresh learning (fake-negative calibration): the model learns the stream of
@@ -348,16 +354,17 @@ class OnlineModel:
         """
         self._trial.append((self.predict(x) if model_prob is None else model_prob, rule_prob, y))
         self._since_check += 1
-        if self._since_check < max(self.trial // 10, 10):
+        # Checked every tenth of the window: a check costs the window's length.
+        if self._since_check < max(self.trial // 10, 10, len(self._trial) // 10):
             return
         self._since_check = 0
-        rows = np.asarray(self._trial)
-        labels = rows[:, 2]
-        positives = int(labels.sum())
         # A full window: on a few hundred labels, AUC differences of a few hundredths are noise.
-        if len(labels) < self.trial or min(positives, len(labels) - positives) < TRIAL_MIN_PER_CLASS:
+        take = recent_with_both(np.fromiter((y for _, _, y in self._trial), dtype=np.int8),
+                                self.trial, TRIAL_MIN_PER_CLASS)
+        if take is None:
             return
-        outcomes = [int(v) for v in labels]
+        rows = np.asarray(self._trial)[-take:]
+        outcomes = [int(v) for v in rows[:, 2]]
         if (auc(rows[:, 0].tolist(), outcomes) or 0.0) >= (auc(rows[:, 1].tolist(), outcomes) or 0.0):
             self.proven = True
             self._trial.clear()
@@ -388,6 +395,9 @@ class OnlineModel:
         state.setdefault("fresh", False)
         state.setdefault("outcome_label", 1)
         state.setdefault("_trial_preds", {})
+        state.setdefault("trial_max", state.get("trial", 0))
+        if "_prior_positives" not in state:
+            state["_prior_positives"] = sum(y for _, y in state.get("_prior", ()))
         state.setdefault("batched", False)
         state.setdefault("_buffer", [])
         state.setdefault("_linear", None)
@@ -440,13 +450,15 @@ class OnlineModel:
         # refitting every 50 labels took simulator churn's monthly AUC from 0.66 to 0.60).
         if self.rule_fit is not None:
             return
+        if len(self._prior) == self._prior.maxlen:
+            self._prior_positives -= self._prior[0][1]
         self._prior.append((rule_prob, y))
+        self._prior_positives += y
         self._prior_seen += 1
         if self._prior_seen < RULE_FIT_LABELS or self._prior_seen % 50:
             return
-        rows = np.asarray(self._prior)
-        positives = int(rows[:, 1].sum())
-        if min(positives, len(rows) - positives) >= TRIAL_MIN_PER_CLASS:
+        if min(self._prior_positives, len(self._prior) - self._prior_positives) >= TRIAL_MIN_PER_CLASS:
+            rows = np.asarray(self._prior)
             self.rule_fit = _platt(rows[:, 0], rows[:, 1])
 
     def predict(self, x: ModelInput) -> float:
@@ -778,6 +790,24 @@ def _rates(schedule: Any, start: int, n: int) -> np.ndarray:
     if isinstance(schedule, optim.schedulers.Constant):
         return np.full(n, float(schedule.learning_rate))  # ours: no call per step
     return np.array([schedule.get(t) for t in range(start, start + n)], dtype=np.float64)
+
+
+def recent_with_both(labels: np.ndarray, least: int, per_class: int) -> int | None:
+    """How many of the most recent labels to take: at least ``least``, and as many more as it
+    takes to hold ``per_class`` of each class; None if even all of them do not.
+
+    >>> recent_with_both(np.array([0, 1, 1, 0, 1, 0]), 2, 2)  # the last 4 hold two of each
+    4
+    >>> recent_with_both(np.array([0, 1, 1, 0, 1, 0]), 5, 2), recent_with_both(np.array([0, 0, 1]), 2, 2)
+    (5, None)
+    """
+    n = len(labels)
+    if n < least:
+        return None
+    ones = np.cumsum(labels[::-1], dtype=np.int64)
+    zeros = np.arange(1, n + 1) - ones
+    both = np.flatnonzero((ones >= per_class) & (zeros >= per_class))
+    return max(least, int(both[0]) + 1) if both.size else None
 
 
 def fnc_correct(p: float, outcome_label: int = 1) -> float:

@@ -341,3 +341,28 @@ def test_snapshots_with_the_old_window_still_refit_the_same() -> None:
     model.consolidate()
     old.consolidate()
     assert old.pipeline["LogisticRegression"].weights == model.pipeline["LogisticRegression"].weights
+
+
+def test_trial_reaches_back_far_enough_for_a_rare_outcome() -> None:
+    # 1% positives: the last 1,000 labels hold about 10, never the 30 per class a trial needs.
+    # A fixed window never promotes the model; one that reaches back (trial_max) does.
+    import random
+
+    from scoring.models import OnlineModel
+
+    rnd = random.Random(4)
+    stream = []
+    for _ in range(12_000):
+        y = int(rnd.random() < 0.01)
+        stream.append(({"x": rnd.gauss(2.0 * y, 1.0)}, y, rnd.random()))  # the rule is noise
+    fixed = OnlineModel("k", min_labels=50, min_per_class=5, trial=1_000)
+    reaching = OnlineModel("k", min_labels=50, min_per_class=5, trial=1_000, trial_max=20_000)
+    for x, y, rule in stream:
+        fixed.learn(x, y, rule_prob=rule)
+        reaching.learn(x, y, rule_prob=rule)
+    assert not fixed.ready and reaching.ready
+    # The rule's calibration needs 30 of each class too: it reaches back as far.
+    assert fixed.rule_fit is None and reaching.rule_fit is not None
+    # Restored from a snapshot, the window settings stay.
+    again = OnlineModel.restore(reaching.snapshot())
+    assert again.trial_max == 20_000 and again.ready

@@ -240,7 +240,9 @@ def test_erase_publishes_a_tombstone_on_the_compacted_scores_topic(pipe: Pipelin
 
 def test_replay_routing() -> None:
     assert _route(purchase("e1"), T.inputs) == (T.purchase, b"c1", 1709287200000)
-    assert _route(b'{"type":"web","customer_id":7,"ts":"nope"}', T.inputs) == (T.web, None, None)
+    # An integer id is the customer "7", as the worker decodes it; a bad ts leaves Kafka's own.
+    assert _route(b'{"type":"web","customer_id":7,"ts":"nope"}', T.inputs) == (T.web, b"7", None)
+    assert _route(b'{"type":"web","customer_id":7.5,"ts":"nope"}', T.inputs) == (T.web, None, None)
     assert _route(b'{"type":"call_center"}', T.inputs)[0] is None
     assert _route(b"{oops", T.inputs)[0] is None
 
