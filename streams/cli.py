@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--purchases-only", action="store_true", help="no web or campaign events")
 
     p = sub.add_parser("backtest", help="replay a JSON Lines file through the scoring core")
-    p.add_argument("file")
+    p.add_argument("file", help="JSON Lines events, in any order (sorted by ts first when needed); gzip is fine")
     p.add_argument("--out", required=True, help="directory for report.json / report.html")
     p.add_argument("--config", help="scoring config YAML (kinds, policy, lateness)")
     p.add_argument("--compare", help="a second config YAML, run on the same events side by side")

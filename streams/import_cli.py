@@ -51,7 +51,7 @@ def add_parser(sub: Any) -> None:
                     "cannot be read are skipped and reported by line number and reason.",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("file", help="CSV file with a header line ('-' for stdin)")
+    p.add_argument("file", help="CSV file with a header line, gzip is fine ('-' for stdin)")
     p.add_argument("--out", required=True, help="JSON Lines file to write")
     cols = p.add_argument_group("columns")
     cols.add_argument("--customer", required=True, metavar="COL", help="customer id column")

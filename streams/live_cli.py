@@ -534,7 +534,7 @@ def _add_parsers(sub: Any) -> None:
     p.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
 
     p = sub.add_parser("replay", help="publish a JSON Lines file to the input topics")
-    p.add_argument("file")
+    p.add_argument("file", help="JSON Lines events, in any order (sorted by ts first when needed); gzip is fine")
     p.add_argument("--speed", type=float, default=0.0,
                    help="event seconds per wall second (0 = as fast as possible)")
     p.add_argument("--unroutable", default="dlq",
