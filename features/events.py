@@ -90,10 +90,10 @@ def _epoch_ms(number: float) -> int:
     return round(number * 1000) if abs(number) < 1e11 else int(number)
 
 
-def _id_text(value: Any) -> Any:
+def id_text(value: Any) -> Any:
     """Ids may come as JSON integers (many systems number their customers); they are text here.
 
-    >>> _id_text(42), _id_text("c42"), _id_text(True)
+    >>> id_text(42), id_text("c42"), id_text(True)
     ('42', 'c42', True)
     """
     return str(value) if type(value) is int else value
@@ -111,7 +111,7 @@ class _Base(BaseModel):
     def _ts(cls, value: Any) -> int:
         return parse_ts_ms(value)
 
-    _ids = field_validator("event_id", "customer_id", mode="before")(_id_text)
+    _ids = field_validator("event_id", "customer_id", mode="before")(id_text)
 
     def extra(self, name: str) -> Any:
         """An unknown field carried on the event (``None`` when absent)."""
@@ -143,7 +143,7 @@ class PurchaseEvent(_Base):
     items: list[Item] | None = None
     status: Literal["completed", "refunded"] = "completed"
 
-    _order_id = field_validator("order_id", mode="before")(_id_text)
+    _order_id = field_validator("order_id", mode="before")(id_text)
 
     @field_validator("currency")
     @classmethod
@@ -157,7 +157,7 @@ class CampaignEvent(_Base):
     channel: Channel
     action: CampaignAction
 
-    _campaign_id = field_validator("campaign_id", mode="before")(_id_text)
+    _campaign_id = field_validator("campaign_id", mode="before")(id_text)
 
 
 Event = Annotated[WebEvent | PurchaseEvent | CampaignEvent, Field(discriminator="type")]

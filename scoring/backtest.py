@@ -89,9 +89,7 @@ def _note_invalid(examples: dict[str, list[int]], reason: str, line: int, most: 
         examples[reason] = [1, line]
 
 
-def _reordered(
-    events: Iterator[AnyEvent], window_ms: int, counts: Counter[str] | None = None
-) -> Iterator[AnyEvent]:
+def _reordered(events: Iterator[AnyEvent], window_ms: int, counts: Counter[str]) -> Iterator[AnyEvent]:
     """Yield events in time order, holding at most ``window_ms`` of disorder.
 
     An event older than one already released is beyond that: it still goes through
@@ -103,7 +101,7 @@ def _reordered(
     def release() -> AnyEvent:
         nonlocal released
         out = heapq.heappop(heap)[2]
-        if released is not None and out.ts_ms < released and counts is not None:
+        if released is not None and out.ts_ms < released:
             counts["out_of_order"] += 1
         released = out.ts_ms if released is None else max(released, out.ts_ms)
         return out
@@ -129,7 +127,7 @@ class BatchBaseline:
         self.retrain_ms = retrain_ms
         self.max_rows = max_rows
         # With a known change: the last fit before it, kept to score the examples after it, as
-        # a model that stopped learning at the change would (see :meth:`frozen`).
+        # a model that stopped learning at the change would (see :meth:`observe`).
         self.frozen_at_ms = frozen_at_ms
         self._frozen: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
         self.columns: dict[str, int] = {}

@@ -228,7 +228,7 @@ def _route(line: bytes, topics: Mapping[str, str]) -> tuple[str | None, bytes | 
     >>> _route(b'[1]', {"web": "w"})
     (None, None, None)
     """
-    from features.events import parse_ts_ms
+    from features.events import id_text, parse_ts_ms
 
     try:
         obj = orjson.loads(line)
@@ -236,9 +236,7 @@ def _route(line: bytes, topics: Mapping[str, str]) -> tuple[str | None, bytes | 
         return None, None, None
     if not isinstance(obj, dict) or obj.get("type") not in topics:
         return None, None, None
-    cid = obj.get("customer_id")
-    if type(cid) is int:  # an integer id is the customer "123" (features.events reads it so)
-        cid = str(cid)
+    cid = id_text(obj.get("customer_id"))  # 123 is the customer "123", as the worker decodes it
     key = cid.encode() if isinstance(cid, str) and cid else None
     try:
         ts: int | None = parse_ts_ms(obj.get("ts"))
@@ -333,6 +331,8 @@ def make_producer(settings: Any, **overrides: Any) -> Any:
 
 @command("replay")
 def cmd_replay(args: argparse.Namespace) -> int:
+    from scoring.config import load_scoring_config
+
     settings = load_settings()
     path = Path(args.file)
     if not path.is_file():
@@ -340,9 +340,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     total = count_lines(path) if sys.stderr.isatty() else None
     producer = make_producer(settings)
     try:
-        # The worker absorbs an hour of disorder (the default lateness); any other order
-        # would be sorted by event time first.
-        with progress(f"replay {path.name}", total) as tick, time_ordered_lines(path, 3_600_000) as handle:
+        # Disorder within the workers' lateness is theirs to absorb; any other order is sorted
+        # by event time first.
+        lateness_ms = load_scoring_config(settings.scoring_config).lateness_ms
+        with progress(f"replay {path.name}", total) as tick, time_ordered_lines(path, lateness_ms) as handle:
             stats = replay_lines(handle, producer, settings.topics, speed=args.speed,
                                  unroutable=args.unroutable, tick=tick)
     finally:
