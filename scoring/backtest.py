@@ -131,19 +131,37 @@ class BatchBaseline:
         self.frozen_at_ms = frozen_at_ms
         self._frozen: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
         self.columns: dict[str, int] = {}
-        self.rows: list[tuple[int, np.ndarray, int]] = []  # (end, x, label), rolling
+        # The rolling rows, dense: row i is (ends[i], values[i], labels[i]), oldest first;
+        # a column per input name, 0.0 where a row lacks it.
+        self.values = np.zeros((0, 0))
+        self.ends = np.zeros(0, dtype=np.int64)
+        self.labels = np.zeros(0, dtype=np.int8)
+        self.size = 0
         # (boundary, (mean, scale, coef, intercept) or None), ascending by boundary
         self.fits: list[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray, float] | None]] = []
         self.fitted_until = -1
         self._warm: Any = None
 
     def _dense(self, x: dict[str, float]) -> np.ndarray:
+        """Write ``x`` into the next free row (not yet counted in ``size``) and return it."""
+        columns = self.columns
         for k in x:
-            if k not in self.columns:
-                self.columns[k] = len(self.columns)
-        row = np.zeros(len(self.columns), dtype=np.float64)
+            if k not in columns:
+                columns[k] = len(columns)
+        capacity, width = self.values.shape
+        if self.size >= capacity or len(columns) > width:
+            # Doubling; the buffer never holds more than 1.2 x max_rows + 1 (observe trims).
+            grown = np.zeros((max(2 * capacity, 1024) if self.size >= capacity else capacity,
+                              max(len(columns) + 8, width)))
+            grown[: self.size, :width] = self.values[: self.size]
+            ends = np.zeros(len(grown), dtype=np.int64)
+            labels = np.zeros(len(grown), dtype=np.int8)
+            ends[: self.size], labels[: self.size] = self.ends[: self.size], self.labels[: self.size]
+            self.values, self.ends, self.labels = grown, ends, labels
+        row = self.values[self.size]
+        row[:] = 0.0
         for k, v in x.items():
-            row[self.columns[k]] = v
+            row[columns[k]] = v
         return row
 
     def _fit(self, boundary: int) -> None:
@@ -151,13 +169,11 @@ class BatchBaseline:
 
         # The rolling buffer holds up to 1.2x max_rows (it trims in steps): train on max_rows,
         # the same window as the online model's refits.
-        train = [(r, y) for end, r, y in self.rows if end <= boundary][-self.max_rows :]
-        labels = np.asarray([y for _, y in train])
+        train = np.flatnonzero(self.ends[: self.size] <= boundary)[-self.max_rows :]
+        labels = self.labels[train].astype(np.int64)
         fit = None
         if len(train) >= 50 and 0 < labels.sum() < len(labels):
-            m = np.zeros((len(train), len(self.columns)))
-            for i, (r, _) in enumerate(train):
-                m[i, : len(r)] = r
+            m = self.values[train, : len(self.columns)]
             mean, scale = m.mean(axis=0), m.std(axis=0)
             scale[scale == 0] = 1.0
             # Warm start from last week's fit: a nightly job would do the same, and it is 5x faster.
@@ -191,9 +207,15 @@ class BatchBaseline:
         frozen = None
         if self.frozen_at_ms is not None and ex.t_ms >= self.frozen_at_ms:
             frozen = _fitted_probability(self._frozen, row)
-        self.rows.append((ex.end_ms, row, ex.label))
-        if len(self.rows) > self.max_rows * 1.2:
-            self.rows = self.rows[-self.max_rows :]
+        self.ends[self.size], self.labels[self.size] = ex.end_ms, ex.label
+        self.size += 1
+        if self.size > self.max_rows * 1.2:
+            keep = slice(self.size - self.max_rows, self.size)
+            n = self.max_rows
+            self.values[:n], self.ends[:n], self.labels[:n] = (
+                self.values[keep].copy(), self.ends[keep].copy(), self.labels[keep].copy()
+            )
+            self.size = n
         # Old fits serve only examples scored before them; examples mature in time order.
         while len(self.fits) > 2 and self.fits[1][0] <= ex.t_ms - 400 * DAY_MS:
             self.fits.pop(0)

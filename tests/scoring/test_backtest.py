@@ -201,3 +201,37 @@ def test_a_file_sorted_by_customer_is_put_in_time_order_first(tmp_path: Path) ->
             r.pop(key)
     assert reports["by_customer"]["kinds"] == reports["timely"]["kinds"]
     assert reports["by_customer"] == reports["timely"] == reports["packed"]
+
+
+def test_batch_baseline_fits_the_last_matured_rows_of_its_bounded_window() -> None:
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from scoring.backtest import BatchBaseline
+    from scoring.core import Labelled
+
+    week = 7 * 86_400_000
+    rng = np.random.default_rng(3)
+    base = BatchBaseline(retrain_ms=week, max_rows=100)
+    seen: list[tuple[dict[str, float], int]] = []
+    for i in range(400):
+        end = week + i * (week // 40)  # ten weeks of labels, 40 a week
+        # A column that appears late: earlier rows read 0.0 in it.
+        x = {"a": float(rng.normal()), **({"late": 1.0} if i >= 250 else {})}
+        label = int(x["a"] + rng.normal() > 0)
+        base.observe(Labelled("k", f"c{i}", f"e{i}", end - week, end, 0.5, 0.5, "model", label, x))
+        seen.append((x, label))
+        assert base.size <= 120  # 1.2 x max_rows
+    # The last fit ran when the first label of the last week came, before keeping that label:
+    # it trained on the newest 100 rows of the weeks before.
+    boundary, fit = base.fits[-1]
+    assert fit is not None
+    train = [(x, y) for i, (x, y) in enumerate(seen) if week + i * (week // 40) < boundary][-100:]
+    m = np.array([[x["a"], x.get("late", 0.0)] for x, _ in train])
+    mean, scale = m.mean(axis=0), m.std(axis=0)
+    scale[scale == 0] = 1.0
+    ref = LogisticRegression(max_iter=200, C=1.0).fit((m - mean) / scale, [y for _, y in train])
+    np.testing.assert_allclose(fit[0], mean)  # exactly those rows
+    np.testing.assert_allclose(fit[1], scale)
+    # The baseline warm-starts from last week's fit: the same optimum, to the solver's tolerance.
+    np.testing.assert_allclose(fit[2], ref.coef_[0], atol=1e-3)
