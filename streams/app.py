@@ -474,8 +474,8 @@ class LiveWorker:
                 return
             # Records are matched by position: from a scoring process they come back as copies.
             originals = {m.position: (m, ev) for m, ev in zip(messages, events, strict=True)}
-            valid = [(originals[m.position], ts)
-                     for pairs in by_shard.values() for m, ts in pairs]
+            valid = [(originals[position], ts)
+                     for pairs in by_shard.values() for position, ts in pairs]
             held = {m.position for (m, _), _ in valid}
             dead_events = [ev for key, (_, ev) in originals.items() if key not in held]
             self.aligner.add((msg, ts, (msg, fev)) for (msg, fev), ts in valid)
@@ -677,12 +677,11 @@ class LiveWorker:
         counts: Counter[str], received: int,
     ) -> None:
         started = time.perf_counter()
-        to_score = [msg for msg, _, _ in ready]
+        to_score = [msg.position for msg, _, _ in ready]
         records = list(dead)
         score_ts: list[int] = []
         if to_score:
             try:
-                await self._retrying("redis", self.scorer.refresh)
                 result, self.model_versions = await self._retrying("process", self.scorer.score, to_score)
             except asyncio.CancelledError:
                 raise

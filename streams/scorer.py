@@ -7,10 +7,12 @@ child process, so the loop and the core each get a CPU; the worker talks to it
 over a pipe, one request at a time (the worker already makes its core calls one
 at a time, from one thread).
 
-What crosses the pipe is small: raw Kafka records in, output records out. A
-decoded event stays in the process that decoded it (:meth:`Scorer.split` keeps
-it until :meth:`Scorer.score` asks for it), and only its shard and event time go
-back to the worker, which aligns input topics by event time.
+What crosses the pipe is small: raw Kafka records in once, output records out.
+A decoded event stays in the process that decoded it (:meth:`Scorer.split` keeps
+it until :meth:`Scorer.score` asks for it by position), and only its position and
+event time go back to the worker, which aligns input topics by event time. The
+worker's process is the busier of the two (Faust's loop, publishing), so every
+record it pickles or unpickles counts.
 
 >>> from streams.settings import Settings
 >>> isinstance(Settings(scorer_process=False).scorer_process, bool)
@@ -30,7 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from features.engine import TIME_FIELD, FeatureEngine
-from features.events import AnyEvent, EventError, decode, ms_to_iso
+from features.events import AnyEvent, ms_to_iso
 from features.redis_store import RedisFeatureStore
 from scoring.config import load_scoring_config
 from scoring.core import ModelRegistry, Outputs, ScoringCore
@@ -38,9 +40,10 @@ from streams.pipeline import BatchOutput, Incoming, ModelRefresher, OutRecord, P
 from streams.redis_state import RedisStateStore
 from streams.settings import Settings
 
-Split = tuple[dict[str, list[tuple[Incoming, int]]], list[OutRecord], Counter[str]]
+Position = tuple[str, int, int]  # (topic, partition, offset): Incoming.position
+Split = tuple[dict[str, list[tuple[Position, int]]], list[OutRecord], Counter[str]]
 
-__all__ = ["Scorer", "ScorerDied", "ScorerProcess", "Split"]
+__all__ = ["Position", "Scorer", "ScorerDied", "ScorerProcess", "Split"]
 
 
 class Scorer:
@@ -68,36 +71,44 @@ class Scorer:
         )
         self.refresher = ModelRefresher(registry, self.state, s.model_refresh_s)
         self.max_event_bytes = s.max_event_bytes
-        self._decoded: dict[tuple[str, int, int], AnyEvent] = {}
+        self._decoded: dict[Position, tuple[Incoming, AnyEvent]] = {}
         # The shards already scored of the batch last attempted: a retry of that batch after
         # an error (Redis away) reuses them, so their outputs are not lost as duplicates.
         self._attempt: tuple[tuple[tuple[str, int, int], ...], dict[str, Outputs]] | None = None
 
     def split(self, messages: Sequence[Incoming]) -> Split:
-        """Decode a batch: valid records by shard with their event time, dead letters, counts."""
+        """Decode a batch: positions of valid records by shard with their event time,
+        dead letters, counts.
+
+        The decoded events stay here until :meth:`score` asks for them by position: from
+        a scoring process, only positions and times go back and forth (the raw bytes
+        cross the pipe once).
+        """
         by_shard, dead, counts = self.pipeline.split(messages)
-        light: dict[str, list[tuple[Incoming, int]]] = {}
+        light: dict[str, list[tuple[Position, int]]] = {}
         for shard, pairs in by_shard.items():
             for msg, ev in pairs:
-                self._decoded[msg.position] = ev
-            light[shard] = [(msg, ev.ts_ms) for msg, ev in pairs]
+                self._decoded[msg.position] = (msg, ev)
+            light[shard] = [(msg.position, ev.ts_ms) for msg, ev in pairs]
         return light, dead, counts
 
-    def score(self, messages: Sequence[Incoming]) -> tuple[BatchOutput, dict[str, int]]:
-        """Score records that :meth:`split` found valid; also returns the model versions."""
-        pairs = []
-        for msg in messages:
-            ev = self._decoded.pop(msg.position, None)
-            if ev is None:  # a retried call: the first attempt took it already
-                found = decode(msg.value or b"", self.max_event_bytes)
-                if isinstance(found, EventError):
-                    raise ValueError("a record that decoded before no longer does")
-                ev = found
-            pairs.append((msg, ev))
-        batch = tuple(m.position for m in messages)
+    def score(self, positions: Sequence[Position]) -> tuple[BatchOutput, dict[str, int]]:
+        """Score records that :meth:`split` found valid; also returns the model versions.
+
+        Hot-swaps newer models first (at most every ``model_refresh_s``).
+        """
+        self.refresh()
+        missing = [p for p in positions if p not in self._decoded]
+        if missing:
+            raise ValueError(f"{len(missing)} records to score were never split (or forgotten)")
+        pairs = [self._decoded[p] for p in positions]
+        batch = tuple(positions)
         if self._attempt is None or self._attempt[0] != batch:
             self._attempt = (batch, {})
         out = self.pipeline.score(pairs, done=self._attempt[1])
+        # Only now: a call that failed half-way is retried with the same positions.
+        for p in positions:
+            del self._decoded[p]
         self._attempt = None
         return out, self.refresher.versions()
 
@@ -176,8 +187,8 @@ class ScorerProcess:
     def split(self, messages: Sequence[Incoming]) -> Split:
         return self._call("split", messages)
 
-    def score(self, messages: Sequence[Incoming]) -> tuple[BatchOutput, dict[str, int]]:
-        return self._call("score", messages)
+    def score(self, positions: Sequence[Position]) -> tuple[BatchOutput, dict[str, int]]:
+        return self._call("score", positions)
 
     def forget(self) -> None:
         self._call("forget")

@@ -25,7 +25,8 @@ def _run(scorer: Scorer | ScorerProcess, messages: list[Incoming]) -> list[tuple
     for i in range(0, len(messages), 250):
         by_shard, dead, counts = scorer.split(messages[i:i + 250])
         assert counts["in"] == len(messages[i:i + 250])
-        valid = [msg for pairs in by_shard.values() for msg, _ in pairs]
+        valid = [position for pairs in by_shard.values() for position, _ in pairs]
+        assert all(isinstance(p, tuple) and len(p) == 3 for p in valid)  # positions, not records
         out, versions = scorer.score(valid)
         assert set(versions) == {"purchase_propensity", "churn_risk", "campaign_response"}
         records += [(r.topic, r.value) for r in dead + out.records]
@@ -55,9 +56,9 @@ def test_a_scoring_process_gives_the_outputs_of_an_in_process_scorer(redis_url: 
 def test_errors_come_back_with_their_type_and_a_dead_process_stops_the_worker(redis_url: str) -> None:
     remote = ScorerProcess(Settings(redis_url=redis_url, redis_prefix="sc-err"))
     try:
-        # Scoring a record that was never split decodes it again; one that does not decode is a bug.
-        with pytest.raises(ValueError, match="decoded before no longer does"):
-            remote.score([Incoming("leadpulse.events.web", 0, 1, b"c1", b"{oops", 0)])
+        # Scoring a record that was never split (or was forgotten at a rebalance) is a bug.
+        with pytest.raises(ValueError, match="never split"):
+            remote.score([("leadpulse.events.web", 0, 1)])
         assert remote.refresh(True) == []  # the process still serves after an error
         assert remote._proc.pid is not None
         os.kill(remote._proc.pid, signal.SIGKILL)
@@ -80,3 +81,30 @@ def test_the_scoring_process_ignores_sigterm_and_exits_with_the_pipe(redis_url: 
     finally:
         remote.close(timeout=10)
     assert remote._proc.exitcode == 0
+
+
+def test_a_score_call_that_fails_half_way_is_retried_with_the_same_positions(redis_url: str) -> None:
+    messages = simulated_messages(1500)
+    expected = _run(Scorer(Settings(redis_url=redis_url, redis_prefix="sc-once")), messages)
+    scorer = Scorer(Settings(redis_url=redis_url, redis_prefix="sc-retry"))
+    apply, calls = scorer.core.features.apply, []
+
+    def flaky(updates):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 2:  # the second of the first batch's three shards: the first is applied
+            raise ConnectionError("redis went away")
+        return apply(updates)
+
+    scorer.core.features.apply = flaky  # type: ignore[method-assign]
+    records: list[tuple[str, bytes | None]] = []
+    for i in range(0, len(messages), 250):
+        by_shard, dead, _ = scorer.split(messages[i:i + 250])
+        valid = [position for pairs in by_shard.values() for position, _ in pairs]
+        try:
+            out, _ = scorer.score(valid)
+        except ConnectionError:
+            assert i == 0
+            out, _ = scorer.score(valid)  # the worker retries the same batch
+        records += [(r.topic, r.value) for r in dead + out.records]
+    assert len(calls) > 3 and records == expected
+    assert not scorer._decoded  # nothing left behind once scored
