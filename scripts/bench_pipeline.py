@@ -98,7 +98,10 @@ def wait_for(worker: WorkerProcess, count: int, timeout: float) -> dict[str, Any
 
 def one_run(mode: str, run: int, kafka: EmbeddedKafka, redis_url: str, data: list[Any],
             n: int, lat_n: int, rate: float) -> dict[str, Any]:
-    # "pipeline@2000": the pipeline with another batch size (events per stream.take).
+    # "pipeline@2000": the pipeline with another batch size (events per stream.take);
+    # "pipeline#1": with another number of scoring processes.
+    label = mode
+    mode, _, procs = mode.partition("#")
     mode, _, batch = mode.partition("@")
     name = f"bench-{mode}-{run}-{time.monotonic_ns() % 10**8}"
     topics = Topics(**{k: f"{name}.{v}" for k, v in Topics().model_dump().items()})
@@ -108,6 +111,7 @@ def one_run(mode: str, run: int, kafka: EmbeddedKafka, redis_url: str, data: lis
         "broker_session_timeout_s": 10, "broker_rebalance_timeout_s": 3,
         "scorer_process": mode != "thread",
         **({"batch_size": int(batch)} if batch else {}),
+        **({"scorer_processes": int(procs)} if procs else {}),
         **{f"topics__{k}": v for k, v in topics.model_dump().items()},
     }
     settings = load_settings(**{k: v for k, v in env.items() if not k.startswith("topics__")}, topics=topics)
@@ -128,7 +132,7 @@ def one_run(mode: str, run: int, kafka: EmbeddedKafka, redis_url: str, data: lis
     finally:
         producer.close()
         worker.stop()
-    return {"mode": f"{mode}@{batch}" if batch else mode, "run": run, "events_per_s": round(throughput, 1),
+    return {"mode": label, "run": run, "events_per_s": round(throughput, 1),
             "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "latency_samples": lat["samples"]}
 
 
@@ -144,9 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--thread", action="store_true",
                    help="also run the pipeline with the scoring core in a thread of the worker "
                    "(scorer_process off), side by side")
+    p.add_argument("--scorer-processes", default="",
+                   help="also run the pipeline with these numbers of scoring processes "
+                   "(comma-separated; the default is the settings' scorer_processes), side by side")
     args = p.parse_args(argv)
     modes = ["bare", "pipeline"] + (["thread"] if args.thread else [])
     modes += [f"pipeline@{int(b)}" for b in args.batch_sizes.split(",") if b.strip()]
+    modes += [f"pipeline#{int(n)}" for n in args.scorer_processes.split(",") if n.strip()]
 
     data = events(args.events + args.latency_events, seed=1)
     if len(data) < args.events + args.latency_events:
@@ -169,14 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         **{mode: {k: med(mode, k) for k in ("events_per_s", "p50_ms", "p99_ms")} for mode in modes[1:]},
     }
     summary["ratio"] = round(summary["pipeline"]["events_per_s"] / summary["bare"]["events_per_s"], 3)
-    print(f"\n{'':<10}{'events/s':>12}{'p50 ms':>10}{'p99 ms':>10}   (medians of {args.runs} runs, "
+    print(f"\n{'':<12}{'events/s':>12}{'p50 ms':>10}{'p99 ms':>10}   (medians of {args.runs} runs, "
           f"{args.events:,} events; latency at {args.rate:g} events/s)")
     for mode in modes:
         m = summary[mode]
-        print(f"{mode:<10}{m['events_per_s']:>12,.0f}{m['p50_ms']:>10.1f}{m['p99_ms']:>10.1f}")
+        print(f"{mode:<12}{m['events_per_s']:>12,.0f}{m['p50_ms']:>10.1f}{m['p99_ms']:>10.1f}")
     print(f"ratio pipeline/bare: {summary['ratio']:.2f} (target >= 0.5)")
     for mode in modes[2:]:
-        if "@" in mode:
+        if "@" in mode or "#" in mode:
             summary[f"ratio_{mode}"] = round(summary[mode]["events_per_s"] / summary["bare"]["events_per_s"], 3)
             print(f"ratio {mode}/bare: {summary[f'ratio_{mode}']:.2f}")
     if args.thread:

@@ -100,7 +100,7 @@ from streams.pipeline import (
     labelled_from_json,
 )
 from streams.redis_state import RedisStateStore
-from streams.scorer import Scorer, ScorerProcess
+from streams.scorer import Scorer, ScorerPool, ScorerProcess
 from streams.settings import Settings
 
 __all__ = ["LiveWorker", "RedisCheckpointStore", "ensure_topics", "faust_credentials", "run_worker"]
@@ -264,7 +264,13 @@ class LiveWorker:
         scfg = load_scoring_config(s.scoring_config)
         self.lateness_ms = scfg.lateness_ms
         self.redis = s.redis_client()
-        self.scorer: Scorer | ScorerProcess = ScorerProcess(s) if s.scorer_process else Scorer(s)
+        self.scorer: Scorer | ScorerProcess | ScorerPool
+        if not s.scorer_process:
+            self.scorer = Scorer(s)
+        elif s.scorer_processes > 1:
+            self.scorer = ScorerPool(s, s.scorer_processes)
+        else:
+            self.scorer = ScorerProcess(s)
         self.learner = Learner(
             ModelRegistry(scfg.kinds, scfg.sensitive), RedisCheckpointStore(self.redis, s.redis_prefix),
             every_labels=s.snapshot_every_labels, every_s=s.snapshot_every_s,

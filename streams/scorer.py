@@ -29,6 +29,7 @@ import signal
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from features.engine import TIME_FIELD, FeatureEngine
@@ -43,7 +44,7 @@ from streams.settings import Settings
 Position = tuple[str, int, int]  # (topic, partition, offset): Incoming.position
 Split = tuple[dict[str, list[tuple[Position, int]]], list[OutRecord], Counter[str]]
 
-__all__ = ["Position", "Scorer", "ScorerDied", "ScorerProcess", "Split"]
+__all__ = ["Position", "Scorer", "ScorerDied", "ScorerPool", "ScorerProcess", "Split"]
 
 
 class Scorer:
@@ -211,6 +212,113 @@ class ScorerProcess:
         if self._proc.is_alive():
             self._proc.kill()
             self._proc.join(timeout)
+
+
+class ScorerPool:
+    """Several :class:`ScorerProcess` children, each owning the shards ``partition % size``.
+
+    One child keeps one core busy at best, and it waits on Redis for part of each
+    batch. With two, a 2-core machine's idle share goes to scoring. A shard's
+    events always go to the same child, so each shard's watermark, due index and
+    event order stay with one process, exactly as with one child; a customer's
+    records all come from one shard, so their order is kept. Records of different
+    shards may come in another order than from one child.
+
+    Each child learns its own RFM quintile edges from the shards it scores, as
+    separate workers already do. Queries (a customer's scores, an erasure) go to
+    the first child: everything they read is in Redis, and the other children's
+    caches check Redis's version before using a copy.
+    """
+
+    def __init__(self, settings: Settings, size: int) -> None:
+        if size < 1:
+            raise ValueError("a scorer pool needs at least one process")
+        self.children = [ScorerProcess(settings) for _ in range(size)]
+        self._fan = ThreadPoolExecutor(max_workers=size, thread_name_prefix="leadpulse-scorers")
+        # The children that scored the batch last attempted: a retry after an error calls only
+        # the others (the rest have scored and forgotten their part).
+        self._attempt: tuple[tuple[Position, ...], dict[int, tuple[BatchOutput, dict[str, int]]]] | None = None
+
+    def _child_of(self, partition: int) -> int:
+        return partition % len(self.children)
+
+    def _all(self, name: str, parts: dict[int, Any]) -> tuple[dict[int, Any], BaseException | None]:
+        """Call ``name`` on each child with its part, at once; results, and the first failure."""
+        futures = {i: self._fan.submit(getattr(self.children[i], name), *part) for i, part in parts.items()}
+        results: dict[int, Any] = {}
+        failed: BaseException | None = None
+        for i, future in futures.items():
+            try:
+                results[i] = future.result()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, after every child answered
+                failed = failed or exc
+        return results, failed
+
+    def split(self, messages: Sequence[Incoming]) -> Split:
+        parts: dict[int, tuple[list[Incoming]]] = {}
+        for msg in messages:
+            parts.setdefault(self._child_of(msg.partition), ([],))[0].append(msg)
+        results, failed = self._all("split", parts)
+        if failed is not None:
+            raise failed
+        light: dict[str, list[tuple[Position, int]]] = {}
+        dead: list[OutRecord] = []
+        counts: Counter[str] = Counter()
+        for i in sorted(results):
+            shard_light, shard_dead, shard_counts = results[i]
+            light.update(shard_light)
+            dead += shard_dead
+            counts += shard_counts
+        return light, dead, counts
+
+    def score(self, positions: Sequence[Position]) -> tuple[BatchOutput, dict[str, int]]:
+        batch = tuple(positions)
+        if self._attempt is None or self._attempt[0] != batch:
+            self._attempt = (batch, {})
+        done = self._attempt[1]
+        parts: dict[int, tuple[list[Position]]] = {}
+        for position in positions:
+            i = self._child_of(position[1])
+            if i not in done:
+                parts.setdefault(i, ([],))[0].append(position)
+        results, failed = self._all("score", parts)
+        done.update(results)
+        if failed is not None:
+            raise failed
+        self._attempt = None
+        out = BatchOutput()
+        versions: dict[str, int] = {}
+        for i in sorted(done):
+            part, child_versions = done[i]
+            out.records += part.records
+            out.counts += part.counts
+            out.score_event_ts_ms += part.score_event_ts_ms
+            out.shards += part.shards
+            for kind, version in child_versions.items():
+                versions[kind] = max(version, versions.get(kind, version))
+        return out, versions
+
+    def forget(self) -> None:
+        _, failed = self._all("forget", {i: () for i in range(len(self.children))})
+        if failed is not None:
+            raise failed
+
+    def refresh(self, force: bool = False) -> list[str]:
+        results, failed = self._all("refresh", {i: (force,) for i in range(len(self.children))})
+        if failed is not None:
+            raise failed
+        return sorted({kind for kinds in results.values() for kind in kinds})
+
+    def customer_scores(self, customer_id: str) -> dict[str, Any] | None:
+        return self.children[0].customer_scores(customer_id)
+
+    def erase(self, customer_id: str) -> list[OutRecord]:
+        return self.children[0].erase(customer_id)
+
+    def close(self, timeout: float = 10.0) -> None:
+        for child in self.children:
+            child.close(timeout)
+        self._fan.shutdown(wait=False)
 
 
 _CALLS = frozenset({"split", "score", "forget", "refresh", "customer_scores", "erase"})

@@ -89,6 +89,10 @@ class Settings(BaseSettings):
         True, description="score in a child process of the worker, so the Kafka event loop and "
         "the scoring core each use a CPU (one Python process is bound by one); off: a thread",
     )
+    scorer_processes: int = Field(
+        2, ge=1, le=64, description="with scorer_process: this many scoring processes, each "
+        "owning the input partitions p with p % scorer_processes equal to its index",
+    )
     producer_linger_ms: int = Field(5, ge=0, le=1000, description="output producer batching delay")
     learner_tick_s: float = Field(0.5, gt=0, description="learner checks for a due snapshot this often")
     align_slack_s: float = Field(

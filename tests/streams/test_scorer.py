@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from streams.pipeline import Incoming
-from streams.scorer import Scorer, ScorerDied, ScorerProcess
+from streams.scorer import Scorer, ScorerDied, ScorerPool, ScorerProcess
 from streams.settings import Settings
 from tests.streams.test_redis_state import _messages as simulated_messages
 
@@ -20,7 +20,7 @@ def _messages(n: int) -> list[Incoming]:
     return [*simulated_messages(n), Incoming("leadpulse.events.web", 0, n, b"c1", b"{not json", 0)]
 
 
-def _run(scorer: Scorer | ScorerProcess, messages: list[Incoming]) -> list[tuple[str, bytes | None]]:
+def _run(scorer: Scorer | ScorerProcess | ScorerPool, messages: list[Incoming]) -> list[tuple[str, bytes | None]]:
     records: list[tuple[str, bytes | None]] = []
     for i in range(0, len(messages), 250):
         by_shard, dead, counts = scorer.split(messages[i:i + 250])
@@ -108,3 +108,70 @@ def test_a_score_call_that_fails_half_way_is_retried_with_the_same_positions(red
         records += [(r.topic, r.value) for r in dead + out.records]
     assert len(calls) > 3 and records == expected
     assert not scorer._decoded  # nothing left behind once scored
+
+
+def _by_customer(records: list[tuple[str, bytes | None]]) -> dict[str, list[tuple[str, bytes | None]]]:
+    """Records per customer, in order; RFM grades left out: each scoring process learns its
+    own quintile edges from the customers it scores (as separate workers do)."""
+    out: dict[str, list[tuple[str, bytes | None]]] = {}
+    for topic, value in records:
+        record = orjson.loads(value) if value and topic != "leadpulse.dlq" else {}
+        if record.get("kind") == "rfm_segment":
+            continue
+        out.setdefault(record.get("customer_id", ""), []).append((topic, value))
+    return out
+
+
+def test_a_pool_of_scoring_processes_gives_each_customer_the_outputs_of_one_scorer(redis_url: str) -> None:
+    messages = _messages(3000)
+    expected = _run(Scorer(Settings(redis_url=redis_url, redis_prefix="sc-one")), messages)
+    pool = ScorerPool(Settings(redis_url=redis_url, redis_prefix="sc-pool"), 2)
+    try:
+        got = _run(pool, messages)
+        # Each child owns its partitions; a customer's records come in the same order.
+        assert _by_customer(got) == _by_customer(expected)
+        assert len(_by_customer(got)) > 40 and sum(map(len, _by_customer(got).values())) > 1000
+        # Both children scored: the shards (partitions 0-2) are split between them.
+        assert {p % 2 for p in {m.partition for m in messages}} == {0, 1}
+        cid = orjson.loads(messages[0].value or b"")["customer_id"]
+        assert pool.customer_scores(cid) is not None
+        assert pool.refresh(True) == []
+    finally:
+        pool.close()
+    assert not any(child._proc.is_alive() for child in pool.children)
+
+
+def test_a_pool_retry_calls_only_the_children_that_failed(redis_url: str) -> None:
+    messages = simulated_messages(1500)
+    expected = _run(Scorer(Settings(redis_url=redis_url, redis_prefix="sc-pool-one")), messages)
+    pool = ScorerPool(Settings(redis_url=redis_url, redis_prefix="sc-pool-retry"), 2)
+    calls: list[int] = []
+    try:
+        first, second = pool.children
+        real_first, real_second = first.score, second.score
+
+        def counted(positions):  # type: ignore[no-untyped-def]
+            calls.append(0)
+            return real_first(positions)
+
+        def flaky_once(positions):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            if calls.count(1) == 1:
+                raise ConnectionError("redis went away")
+            return real_second(positions)
+
+        first.score, second.score = counted, flaky_once  # type: ignore[method-assign]
+        records: list[tuple[str, bytes | None]] = []
+        for i in range(0, len(messages), 250):
+            by_shard, dead, _ = pool.split(messages[i:i + 250])
+            valid = [position for pairs in by_shard.values() for position, _ in pairs]
+            try:
+                out, _ = pool.score(valid)
+            except ConnectionError:
+                assert i == 0 and sorted(calls) == [0, 1]  # both children were called at once
+                out, _ = pool.score(valid)
+                assert calls.count(0) == 1  # the child that had scored its part is not called again
+            records += [(r.topic, r.value) for r in dead + out.records]
+        assert _by_customer(records) == _by_customer(expected)
+    finally:
+        pool.close()
