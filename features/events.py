@@ -252,6 +252,26 @@ def read_jsonl(lines: Iterable[bytes | str]) -> Iterator[tuple[int, AnyEvent | E
             yield number, decode(stripped)
 
 
+def event_time_ms(raw: bytes | None, max_bytes: int = MAX_EVENT_BYTES) -> int | None:
+    """A raw event's time, read without validating the rest (``None``: not readable).
+
+    The time :func:`decode` gives a valid event, for a fraction of its cost: the live
+    worker aligns its input topics by it, and its scoring processes decode the events.
+
+    >>> event_time_ms(b'{"type":"web","ts":"2024-01-01T01:00:00+01:00"}'), event_time_ms(b'{oops')
+    (1704067200000, None)
+    """
+    if raw is None or len(raw) > max_bytes:
+        return None
+    try:
+        obj = orjson.loads(raw)
+        if not isinstance(obj, dict) or obj.get("type") not in ("web", "purchase", "campaign"):
+            return None
+        return parse_ts_ms(obj.get("ts"))
+    except (orjson.JSONDecodeError, ValueError):
+        return None
+
+
 def _ts_key(line: bytes | str) -> int:
     # Unreadable lines sort first: they are invalid wherever they stand.
     try:

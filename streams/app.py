@@ -86,6 +86,7 @@ import redis
 from faust.types import TP
 from faust.web import Request, Response, View
 
+from features.events import event_time_ms
 from scoring.config import load_scoring_config
 from scoring.core import ModelRegistry
 from streams.metrics import CONTENT_TYPE, LatencyWindow, Metrics
@@ -457,34 +458,27 @@ class LiveWorker:
         self.latency.mark(len(events), now)
 
     async def score_batch(self, stream: Any, events: Sequence[Any]) -> None:
-        """Decode a batch, hold valid events for event-time alignment, score what is ready.
+        """Hold a batch's records for event-time alignment, score what is ready.
 
-        Dead letters are published and acked with this batch; valid events are
-        acked once the batch that scores them has published its outputs.
+        Each record's event time is read alone (:func:`features.events.event_time_ms`);
+        the scoring process decodes and validates. A record with no readable time is
+        not held: it goes with the next batch scored, which dead-letters it. Every
+        record is acked once the batch that scored it has published its outputs.
         """
         self._score_stream = stream
         async with self._score_lock:
             now = time.monotonic()
-            messages = []
+            max_bytes = self.settings.max_event_bytes
+            timed = []
             for ev in events:
                 msg = self._incoming(ev)
-                messages.append(msg)
                 tp = ev.message.tp
                 self.received[tp] = max(self.received.get(tp, 0), msg.offset + 1)
                 self.delivered_at[tp] = now
                 self.acks.received(tp, ev.message.offset)
-            try:
-                by_shard, dead, counts = await self._call(self.scorer.split, messages)
-            except Exception as exc:  # noqa: BLE001 - decode never raises; a bug if it does
-                await self._fatal("decode", exc)
-                return
-            # Records are matched by position: from a scoring process they come back as copies.
-            originals = {m.position: (m, ev) for m, ev in zip(messages, events, strict=True)}
-            valid = [(originals[position], ts)
-                     for pairs in by_shard.values() for position, ts in pairs]
-            held = {m.position for (m, _), _ in valid}
-            dead_events = [ev for key, (_, ev) in originals.items() if key not in held]
-            self.aligner.add((msg, ts, (msg, fev)) for (msg, fev), ts in valid)
+                timed.append((msg, event_time_ms(msg.value, max_bytes), ev))
+            self._ready.extend((msg, 0, (msg, ev)) for msg, ts, ev in timed if ts is None)
+            self.aligner.add((msg, ts, (msg, ev)) for msg, ts, ev in timed if ts is not None)
             self._ready.extend(self.aligner.release(self._caught_up))
             # Live, the aligner holds nothing and every batch goes at once. Working off a
             # backlog, it releases a little per batch: gather a full batch first (the
@@ -492,7 +486,7 @@ class LiveWorker:
             ready: list[Any] = []
             if len(self._ready) >= self.settings.batch_size or not len(self.aligner):
                 ready, self._ready = self._ready, []
-            await self._score_ready(stream, ready, dead, dead_events, counts, len(events))
+            await self._score_ready(stream, ready, len(events))
 
     async def flush_held(self, everything: bool) -> None:
         """Release held events (all of them when a rebalance or shutdown is under way)."""
@@ -524,10 +518,9 @@ class LiveWorker:
                 ready = self._ready + self.aligner.release(self._caught_up)
             self._ready = []
             if ready:
-                await self._score_ready(stream, ready, [], [], Counter(), 0)
+                await self._score_ready(stream, ready, 0)
             if everything:
                 await self.in_flight_done()  # a rebalance commits what is acked: all of it
-                await self._call(self.scorer.forget)  # the dropped records' decoded copies
 
     def _caught_up(self, topic: str, partition: int) -> bool:
         """Whether an input partition holds its shard back no longer (nothing unread for us).
@@ -646,20 +639,16 @@ class LiveWorker:
         found: dict[TP, int | None] = await thread.call_thread(committed)
         return {tp: max(found.get(tp) or 0, earliest.get(tp) or 0) for tp in tps}
 
-    async def _score_ready(
-        self, stream: Any, ready: Sequence[Any], dead: list[OutRecord], dead_events: list[Any],
-        counts: Counter[str], received: int,
-    ) -> None:
+    async def _score_ready(self, stream: Any, ready: Sequence[Any], received: int) -> None:
         """Hand a batch to the scoring stage; returns once the batch before it is scored.
 
-        Three batches overlap: the agent takes and decodes batch N+1 (Faust's per-event
-        work) while N is scored (in the scoring process, or on the scoring thread) and
-        N-1 is published. Each stage keeps batch order, so outputs and acks stay in order.
+        Three batches overlap: the agent takes and aligns batch N+1 (Faust's per-event
+        work) while N is decoded and scored (in the scoring processes, or on the scoring
+        thread) and N-1 is published. Each stage keeps batch order, so outputs and acks
+        stay in order.
         """
         await self.scoring_done()
-        self._scoring = asyncio.ensure_future(
-            self._score_stage(stream, ready, dead, dead_events, counts, received)
-        )
+        self._scoring = asyncio.ensure_future(self._score_stage(stream, ready, received))
 
     async def scoring_done(self) -> None:
         """Wait until the batch being scored is scored (and handed to publishing)."""
@@ -678,13 +667,11 @@ class LiveWorker:
         await self.scoring_done()
         await self.publish_done()
 
-    async def _score_stage(
-        self, stream: Any, ready: Sequence[Any], dead: list[OutRecord], dead_events: list[Any],
-        counts: Counter[str], received: int,
-    ) -> None:
+    async def _score_stage(self, stream: Any, ready: Sequence[Any], received: int) -> None:
         started = time.perf_counter()
-        to_score = [msg.position for msg, _, _ in ready]
-        records = list(dead)
+        to_score = [msg for msg, _, _ in ready]
+        records: list[OutRecord] = []
+        counts: Counter[str] = Counter()
         score_ts: list[int] = []
         if to_score:
             try:
@@ -695,10 +682,10 @@ class LiveWorker:
                 await self._fatal("process", exc)
                 return
             records += result.records
-            counts = counts + result.counts
+            counts = result.counts
             score_ts = result.score_event_ts_ms
         await self.publish_done()  # _publish_batch reports its own failures
-        done = dead_events + [fev for _, _, (_, fev) in ready]
+        done = [fev for _, _, (_, fev) in ready]
         self._publishing = asyncio.ensure_future(
             self._publish_batch(stream, records, done, counts, score_ts, received, started)
         )

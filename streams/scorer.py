@@ -7,12 +7,13 @@ child process, so the loop and the core each get a CPU; the worker talks to it
 over a pipe, one request at a time (the worker already makes its core calls one
 at a time, from one thread).
 
-What crosses the pipe is small: raw Kafka records in once, output records out.
-A decoded event stays in the process that decoded it (:meth:`Scorer.split` keeps
-it until :meth:`Scorer.score` asks for it by position), and only its position and
-event time go back to the worker, which aligns input topics by event time. The
-worker's process is the busier of the two (Faust's loop, publishing), so every
-record it pickles or unpickles counts.
+One call per batch crosses the pipe: raw Kafka records in, the records to publish
+out. The worker aligns its input topics by event time before that call, reading each
+record's time alone (:func:`features.events.event_time_ms`); the scoring process
+decodes and validates. So the worker's loop never waits for a scoring process to
+decode a batch before taking the next one: the worker's process is the busier of
+the two (Faust's loop, publishing), and with a round trip to decode first, both
+processes idled half of the time waiting on each other.
 
 >>> from streams.settings import Settings
 >>> isinstance(Settings(scorer_process=False).scorer_process, bool)
@@ -27,13 +28,12 @@ import multiprocessing
 import pickle
 import signal
 import threading
-from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from features.engine import TIME_FIELD, FeatureEngine
-from features.events import AnyEvent, ms_to_iso
+from features.events import ms_to_iso
 from features.redis_store import RedisFeatureStore
 from scoring.config import load_scoring_config
 from scoring.core import ModelRegistry, Outputs, ScoringCore
@@ -42,9 +42,8 @@ from streams.redis_state import RedisStateStore
 from streams.settings import Settings
 
 Position = tuple[str, int, int]  # (topic, partition, offset): Incoming.position
-Split = tuple[dict[str, list[tuple[Position, int]]], list[OutRecord], Counter[str]]
 
-__all__ = ["Position", "Scorer", "ScorerDied", "ScorerPool", "ScorerProcess", "Split"]
+__all__ = ["Position", "Scorer", "ScorerDied", "ScorerPool", "ScorerProcess"]
 
 
 class Scorer:
@@ -72,50 +71,28 @@ class Scorer:
         )
         self.refresher = ModelRefresher(registry, self.state, s.model_refresh_s)
         self.max_event_bytes = s.max_event_bytes
-        self._decoded: dict[Position, tuple[Incoming, AnyEvent]] = {}
         # The shards already scored of the batch last attempted: a retry of that batch after
         # an error (Redis away) reuses them, so their outputs are not lost as duplicates.
         self._attempt: tuple[tuple[tuple[str, int, int], ...], dict[str, Outputs]] | None = None
 
-    def split(self, messages: Sequence[Incoming]) -> Split:
-        """Decode a batch: positions of valid records by shard with their event time,
-        dead letters, counts.
+    def score(self, messages: Sequence[Incoming]) -> tuple[BatchOutput, dict[str, int]]:
+        """Decode and score a batch: dead letters first, then each shard's records; also
+        returns the model versions.
 
-        The decoded events stay here until :meth:`score` asks for them by position: from
-        a scoring process, only positions and times go back and forth (the raw bytes
-        cross the pipe once).
-        """
-        by_shard, dead, counts = self.pipeline.split(messages)
-        light: dict[str, list[tuple[Position, int]]] = {}
-        for shard, pairs in by_shard.items():
-            for msg, ev in pairs:
-                self._decoded[msg.position] = (msg, ev)
-            light[shard] = [(msg.position, ev.ts_ms) for msg, ev in pairs]
-        return light, dead, counts
-
-    def score(self, positions: Sequence[Position]) -> tuple[BatchOutput, dict[str, int]]:
-        """Score records that :meth:`split` found valid; also returns the model versions.
-
-        Hot-swaps newer models first (at most every ``model_refresh_s``).
+        Hot-swaps newer models first (at most every ``model_refresh_s``). Called again
+        with the same records after an error (Redis away), it does not apply again the
+        shards it had applied, so their outputs are not lost as duplicates.
         """
         self.refresh()
-        missing = [p for p in positions if p not in self._decoded]
-        if missing:
-            raise ValueError(f"{len(missing)} records to score were never split (or forgotten)")
-        pairs = [self._decoded[p] for p in positions]
-        batch = tuple(positions)
+        batch = tuple(m.position for m in messages)
         if self._attempt is None or self._attempt[0] != batch:
             self._attempt = (batch, {})
-        out = self.pipeline.score(pairs, done=self._attempt[1])
-        # Only now: a call that failed half-way is retried with the same positions.
-        for p in positions:
-            del self._decoded[p]
+        by_shard, dead, counts = self.pipeline.split(messages)
+        out = self.pipeline.score([p for pairs in by_shard.values() for p in pairs], done=self._attempt[1])
+        out.records[:0] = dead
+        out.counts.update(counts)
         self._attempt = None
         return out, self.refresher.versions()
-
-    def forget(self) -> None:
-        """Drop decoded records that will not be scored (a rebalance: they come again)."""
-        self._decoded.clear()
 
     def refresh(self, force: bool = False) -> list[str]:
         """Hot-swap models whose snapshot is newer (at most every ``model_refresh_s``)."""
@@ -185,14 +162,8 @@ class ScorerProcess:
             raise value
         return value
 
-    def split(self, messages: Sequence[Incoming]) -> Split:
-        return self._call("split", messages)
-
-    def score(self, positions: Sequence[Position]) -> tuple[BatchOutput, dict[str, int]]:
-        return self._call("score", positions)
-
-    def forget(self) -> None:
-        self._call("forget")
+    def score(self, messages: Sequence[Incoming]) -> tuple[BatchOutput, dict[str, int]]:
+        return self._call("score", messages)
 
     def refresh(self, force: bool = False) -> list[str]:
         return self._call("refresh", force)
@@ -254,33 +225,16 @@ class ScorerPool:
                 failed = failed or exc
         return results, failed
 
-    def split(self, messages: Sequence[Incoming]) -> Split:
-        parts: dict[int, tuple[list[Incoming]]] = {}
-        for msg in messages:
-            parts.setdefault(self._child_of(msg.partition), ([],))[0].append(msg)
-        results, failed = self._all("split", parts)
-        if failed is not None:
-            raise failed
-        light: dict[str, list[tuple[Position, int]]] = {}
-        dead: list[OutRecord] = []
-        counts: Counter[str] = Counter()
-        for i in sorted(results):
-            shard_light, shard_dead, shard_counts = results[i]
-            light.update(shard_light)
-            dead += shard_dead
-            counts += shard_counts
-        return light, dead, counts
-
-    def score(self, positions: Sequence[Position]) -> tuple[BatchOutput, dict[str, int]]:
-        batch = tuple(positions)
+    def score(self, messages: Sequence[Incoming]) -> tuple[BatchOutput, dict[str, int]]:
+        batch = tuple(m.position for m in messages)
         if self._attempt is None or self._attempt[0] != batch:
             self._attempt = (batch, {})
         done = self._attempt[1]
-        parts: dict[int, tuple[list[Position]]] = {}
-        for position in positions:
-            i = self._child_of(position[1])
+        parts: dict[int, tuple[list[Incoming]]] = {}
+        for msg in messages:
+            i = self._child_of(msg.partition)
             if i not in done:
-                parts.setdefault(i, ([],))[0].append(position)
+                parts.setdefault(i, ([],))[0].append(msg)
         results, failed = self._all("score", parts)
         done.update(results)
         if failed is not None:
@@ -297,11 +251,6 @@ class ScorerPool:
             for kind, version in child_versions.items():
                 versions[kind] = max(version, versions.get(kind, version))
         return out, versions
-
-    def forget(self) -> None:
-        _, failed = self._all("forget", {i: () for i in range(len(self.children))})
-        if failed is not None:
-            raise failed
 
     def refresh(self, force: bool = False) -> list[str]:
         results, failed = self._all("refresh", {i: (force,) for i in range(len(self.children))})
@@ -321,7 +270,7 @@ class ScorerPool:
         self._fan.shutdown(wait=False)
 
 
-_CALLS = frozenset({"split", "score", "forget", "refresh", "customer_scores", "erase"})
+_CALLS = frozenset({"score", "refresh", "customer_scores", "erase"})
 
 
 def _portable(exc: BaseException) -> BaseException:

@@ -214,3 +214,22 @@ def test_jsonl_thousand_lines_hundred_malformed(tmp_path: Path) -> None:
     assert {type(e) for e in events} == {WebEvent, PurchaseEvent, CampaignEvent}
     # the in-memory path gives the same answer
     assert [type(r) for _, r in read_jsonl(lines)] == [type(r) for _, r in results]
+
+
+def test_event_time_ms_reads_the_time_decode_gives_without_validating_the_rest() -> None:
+    from features.events import decode, event_time_ms
+
+    lines = [
+        b'{"event_id":"e","customer_id":"c","ts":"2024-03-01T10:00:00+02:00","type":"web","action":"login"}',
+        b'{"event_id":"e","customer_id":7,"ts":1709280000,"type":"purchase","order_id":"o","amount":5,"currency":"EUR"}',
+        b'{"event_id":"e","customer_id":"c","ts":1709280000123,"type":"campaign","action":"sent",'
+        b'"campaign_id":"k","channel":"email"}',
+    ]
+    for line in lines:
+        ev = decode(line)
+        assert not hasattr(ev, "reason") and event_time_ms(line) == ev.ts_ms  # type: ignore[union-attr]
+    # Invalid otherwise, but its time is readable: the worker aligns it, the scorer dead-letters it.
+    assert event_time_ms(b'{"ts":"2024-03-01T10:00:00Z","type":"web","action":"fly"}') == 1709287200000
+    for bad in (b"{oops", b"[1]", b'{"ts":"2024-03-01","type":"web"}', b'{"ts":"2024-03-01T10:00:00Z"}',
+                b'{"type":"web","ts":true}', None, b'{"type":"web","ts":"' + b"9" * 300 + b'"}'):
+        assert event_time_ms(bad, max_bytes=256) is None

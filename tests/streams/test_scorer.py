@@ -23,13 +23,10 @@ def _messages(n: int) -> list[Incoming]:
 def _run(scorer: Scorer | ScorerProcess | ScorerPool, messages: list[Incoming]) -> list[tuple[str, bytes | None]]:
     records: list[tuple[str, bytes | None]] = []
     for i in range(0, len(messages), 250):
-        by_shard, dead, counts = scorer.split(messages[i:i + 250])
-        assert counts["in"] == len(messages[i:i + 250])
-        valid = [position for pairs in by_shard.values() for position, _ in pairs]
-        assert all(isinstance(p, tuple) and len(p) == 3 for p in valid)  # positions, not records
-        out, versions = scorer.score(valid)
+        out, versions = scorer.score(messages[i:i + 250])
+        assert out.counts["in"] == len(messages[i:i + 250])
         assert set(versions) == {"purchase_propensity", "churn_risk", "campaign_response"}
-        records += [(r.topic, r.value) for r in dead + out.records]
+        records += [(r.topic, r.value) for r in out.records]
     return records
 
 
@@ -56,9 +53,9 @@ def test_a_scoring_process_gives_the_outputs_of_an_in_process_scorer(redis_url: 
 def test_errors_come_back_with_their_type_and_a_dead_process_stops_the_worker(redis_url: str) -> None:
     remote = ScorerProcess(Settings(redis_url=redis_url, redis_prefix="sc-err"))
     try:
-        # Scoring a record that was never split (or was forgotten at a rebalance) is a bug.
-        with pytest.raises(ValueError, match="never split"):
-            remote.score([("leadpulse.events.web", 0, 1)])
+        # An error in the child comes back with its type, and the child serves on.
+        with pytest.raises(ValueError, match="unknown call"):
+            remote._call("nope")
         assert remote.refresh(True) == []  # the process still serves after an error
         assert remote._proc.pid is not None
         os.kill(remote._proc.pid, signal.SIGKILL)
@@ -98,16 +95,13 @@ def test_a_score_call_that_fails_half_way_is_retried_with_the_same_positions(red
     scorer.core.features.apply = flaky  # type: ignore[method-assign]
     records: list[tuple[str, bytes | None]] = []
     for i in range(0, len(messages), 250):
-        by_shard, dead, _ = scorer.split(messages[i:i + 250])
-        valid = [position for pairs in by_shard.values() for position, _ in pairs]
         try:
-            out, _ = scorer.score(valid)
+            out, _ = scorer.score(messages[i:i + 250])
         except ConnectionError:
             assert i == 0
-            out, _ = scorer.score(valid)  # the worker retries the same batch
-        records += [(r.topic, r.value) for r in dead + out.records]
+            out, _ = scorer.score(messages[i:i + 250])  # the worker retries the same batch
+        records += [(r.topic, r.value) for r in out.records]
     assert len(calls) > 3 and records == expected
-    assert not scorer._decoded  # nothing left behind once scored
 
 
 def _by_customer(records: list[tuple[str, bytes | None]]) -> dict[str, list[tuple[str, bytes | None]]]:
@@ -150,28 +144,26 @@ def test_a_pool_retry_calls_only_the_children_that_failed(redis_url: str) -> Non
         first, second = pool.children
         real_first, real_second = first.score, second.score
 
-        def counted(positions):  # type: ignore[no-untyped-def]
+        def counted(messages):  # type: ignore[no-untyped-def]
             calls.append(0)
-            return real_first(positions)
+            return real_first(messages)
 
-        def flaky_once(positions):  # type: ignore[no-untyped-def]
+        def flaky_once(messages):  # type: ignore[no-untyped-def]
             calls.append(1)
             if calls.count(1) == 1:
                 raise ConnectionError("redis went away")
-            return real_second(positions)
+            return real_second(messages)
 
         first.score, second.score = counted, flaky_once  # type: ignore[method-assign]
         records: list[tuple[str, bytes | None]] = []
         for i in range(0, len(messages), 250):
-            by_shard, dead, _ = pool.split(messages[i:i + 250])
-            valid = [position for pairs in by_shard.values() for position, _ in pairs]
             try:
-                out, _ = pool.score(valid)
+                out, _ = pool.score(messages[i:i + 250])
             except ConnectionError:
                 assert i == 0 and sorted(calls) == [0, 1]  # both children were called at once
-                out, _ = pool.score(valid)
+                out, _ = pool.score(messages[i:i + 250])
                 assert calls.count(0) == 1  # the child that had scored its part is not called again
-            records += [(r.topic, r.value) for r in dead + out.records]
+            records += [(r.topic, r.value) for r in out.records]
         assert _by_customer(records) == _by_customer(expected)
     finally:
         pool.close()
