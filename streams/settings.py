@@ -90,8 +90,9 @@ class Settings(BaseSettings):
         "the scoring core each use a CPU (one Python process is bound by one); off: a thread",
     )
     scorer_processes: int = Field(
-        2, ge=1, le=64, description="with scorer_process: this many scoring processes, each "
-        "owning the input partitions p with p % scorer_processes equal to its index",
+        1, ge=1, le=64, description="with scorer_process: this many scoring processes, each "
+        "owning the input partitions p with p % scorer_processes equal to its index (more "
+        "when the scoring processes, not the worker's own, are what is busy)",
     )
     producer_linger_ms: int = Field(5, ge=0, le=1000, description="output producer batching delay")
     learner_tick_s: float = Field(0.5, gt=0, description="learner checks for a due snapshot this often")
