@@ -49,7 +49,7 @@ from threadpoolctl import threadpool_limits
 from features.events import AnyEvent, EventError, ms_to_iso, read_jsonl
 from features.spec import DAY_MS
 from scoring.core import Labelled, Outputs, ScoringCore
-from scoring.metrics import auc, calibration, log_loss, summarize
+from scoring.metrics import auc, auc_difference_ci, calibration, log_loss, summarize
 
 WEEK_MS = 7 * DAY_MS
 
@@ -250,6 +250,7 @@ class _KindLog:
     moments: list[str] = field(default_factory=list)  # event or idle (Labelled.moment)
     groups: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # model, cold_start or rule, per example
+    customers: list[str] = field(default_factory=list)  # for intervals that resample customers
 
 
 def _week_iso(week: int) -> str:
@@ -328,6 +329,7 @@ def _run_backtest(
             log.times.append(ex.t_ms)
             log.moments.append(ex.moment)
             log.sources.append(ex.source)
+            log.customers.append(ex.customer_id)
             log.groups.append(groups.get(ex.customer_id, "unknown"))
             batch_p = frozen_p = None
             if config.batch_baseline:
@@ -524,6 +526,10 @@ def _change(log: _KindLog, at_ms: int, weeks: int) -> dict[str, Any]:
     batch baseline (``--no-batch-baseline``) every example counts, for the online
     model alone.
 
+    ``before`` and ``after_pooled`` carry 95% bootstrap intervals of online minus batch
+    (and minus frozen) AUC, resampling customers: week-by-week gaps of a few thousandths
+    are often inside them.
+
     After the change, ``frozen_auc`` is the AUC of the weekly LR's last fit
     before the change, on the same examples: a model that stopped learning
     there. Online minus frozen is what learning on after the change was worth;
@@ -538,7 +544,7 @@ def _change(log: _KindLog, at_ms: int, weeks: int) -> dict[str, Any]:
     if not with_batch:
         both[:] = True
 
-    def figures(lo: int, hi: int) -> dict[str, Any]:
+    def figures(lo: int, hi: int, pooled: bool = False) -> dict[str, Any]:
         idx = np.flatnonzero(both & (times >= lo) & (times < hi))
         y = [log.labels[i] for i in idx]
         row: dict[str, Any] = {
@@ -553,15 +559,24 @@ def _change(log: _KindLog, at_ms: int, weeks: int) -> dict[str, Any]:
             row["frozen_auc"] = (
                 _r(auc([float(frozen[i]) for i in kept], y)) if kept and len(kept) == len(idx) else None
             )
+        if pooled and with_batch:
+            # How sure the difference is: customers resampled, 95% bootstrap interval.
+            online = [log.probs[i] for i in idx]
+            who = [log.customers[i] for i in idx]
+            ci = auc_difference_ci(online, [float(batch[i]) for i in idx], y, who)
+            row["online_minus_batch_ci95"] = None if ci is None else [_r(v) for v in ci]
+            if row.get("frozen_auc") is not None:
+                ci = auc_difference_ci(online, [float(frozen[i]) for i in idx], y, who)
+                row["online_minus_frozen_ci95"] = None if ci is None else [_r(v) for v in ci]
         return row
 
     span = weeks * WEEK_MS
     after = [{"week": n + 1, **figures(at_ms + n * WEEK_MS, at_ms + (n + 1) * WEEK_MS)} for n in range(weeks)]
     return {
         "at": ms_to_iso(at_ms), "weeks": weeks,
-        "before": figures(at_ms - span, at_ms),
+        "before": figures(at_ms - span, at_ms, pooled=True),
         "after": after,
-        "after_pooled": figures(at_ms, at_ms + span),
+        "after_pooled": figures(at_ms, at_ms + span, pooled=True),
     }
 
 

@@ -196,6 +196,11 @@ def change_sentence(change: dict[str, Any]) -> str:
     first = (change.get("after") or [{}])[0]
     if first.get("online_auc") is not None and first.get("batch_auc") is not None:
         text += f" In the week right after it: AUC {first['online_auc']:.3f} vs {first['batch_auc']:.3f}."
+    ci = pooled.get("online_minus_batch_ci95")
+    if ci:
+        inside = ci[0] <= 0 <= ci[1]
+        text += (f" The 95% interval of that difference, resampling customers, is {ci[0]:+.3f} to {ci[1]:+.3f}"
+                 + (": no difference can be told." if inside else "."))
     frozen, online = pooled.get("frozen_auc"), pooled.get("online_auc")
     if frozen is not None and online is not None:
         text += (f" A model frozen at the change (the weekly LR's last fit before it) ranks the same examples"
@@ -236,8 +241,20 @@ def _change_rows(change: dict[str, Any]) -> list[list[str]]:
     for name, f in periods:
         on, ba, fr = f.get("online_auc"), f.get("batch_auc"), f.get("frozen_auc")
         rows.append([_e(name), _num(f.get("labels"), 0), _num(f.get("positives"), 0), _num(on), _num(ba),
-                     _signed_diff(on, ba), _num(fr), _signed_diff(on, fr)])
+                     _signed_diff(on, ba) + _interval(f.get("online_minus_batch_ci95")), _num(fr),
+                     _signed_diff(on, fr) + _interval(f.get("online_minus_frozen_ci95"))])
     return rows
+
+
+def _interval(ci: list[float] | None) -> str:
+    """A 95% interval after a difference, or nothing.
+
+    >>> _interval([-0.012, 0.0205]), _interval(None)
+    (' (95%: -0.012 to +0.021)', '')
+    """
+    if not ci:
+        return ""
+    return f" (95%: {ci[0]:+.3f} to {ci[1]:+.3f})"
 
 
 def _signed_diff(a: float | None, b: float | None) -> str:

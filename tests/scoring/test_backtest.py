@@ -135,6 +135,13 @@ def test_known_change_figures_recompute_from_scores_out(history: Path, tmp_path:
         want = change["after_pooled"][key]
         assert got is not None and want is not None and abs(got - want) < 1e-3, key
     assert "frozen_auc" not in change["before"]
+    # The intervals of the differences hold the differences (resampling customers).
+    pooled = change["after_pooled"]
+    for other, ci_key in (("batch_auc", "online_minus_batch_ci95"), ("frozen_auc", "online_minus_frozen_ci95")):
+        lo, hi = pooled[ci_key]
+        assert lo <= pooled["online_auc"] - pooled[other] + 1e-6 and pooled["online_auc"] - pooled[other] <= hi + 1e-6
+        assert hi - lo > 0.001  # a few hundred customers: the interval is not a point
+    assert len(change["before"]["online_minus_batch_ci95"]) == 2
     assert all(r["frozen_probability"] is None for r in rows if scored_ms(r) < at)
     # Frozen means the weekly fit in force at the change: until the next weekly refit it is the
     # batch model itself; after that refit the two differ.

@@ -45,3 +45,24 @@ def test_calibration_bins_cover_every_example() -> None:
     bins = calibration(p, [0, 0, 1, 1])
     assert sum(c for _, _, c in bins) == 4
     assert bins[1] == (0.15, 0.5, 2)
+
+
+def test_auc_difference_interval_resamples_customers_not_examples() -> None:
+    import numpy as np
+
+    from scoring.metrics import auc_difference_ci
+
+    rng = np.random.default_rng(4)
+    n = 400
+    y = (rng.random(n) < 0.3).astype(int)
+    good = y + rng.normal(0, 0.8, n)  # ranks well
+    poor = y + rng.normal(0, 3.0, n)  # ranks worse
+    ids = [str(i) for i in range(n)]
+    lo, hi = auc_difference_ci(good, poor, y, ids)
+    assert 0 < lo < hi  # clearly better
+    assert auc_difference_ci(good, good, y, ids) == (0.0, 0.0)
+    # The same customers scored ten times each: no more information, so no narrower interval.
+    rep = lambda a: np.repeat(a, 10)  # noqa: E731
+    lo10, hi10 = auc_difference_ci(rep(good), rep(poor), rep(y), np.repeat(ids, 10).tolist())
+    assert (hi10 - lo10) > 0.7 * (hi - lo)
+    assert auc_difference_ci(good, poor, [0] * n, ids) is None
