@@ -219,7 +219,20 @@ def _headline(reports: list[dict[str, Any]]) -> str:
                 f"{_f(b['rule']['auc']):>7}{_f(k['top_bottom_decile_ratio'], 1):>9}"
                 f"   {_f(same.get('auc')):>7}{_f(batch.get('auc')):>7}"
             )
+        for kind, k in rep["kinds"].items():
+            pooled = (k.get("change") or {}).get("after_pooled") or {}
+            on, ba, fr = pooled.get("online_auc"), pooled.get("batch_auc"), pooled.get("frozen_auc")
+            if on is None or ba is None:
+                continue
+            text = f"  after the change, {kind}: online - batch {on - ba:+.3f}{_ci(pooled.get('online_minus_batch_ci95'))}"
+            if fr is not None:
+                text += f", online - frozen {on - fr:+.3f}{_ci(pooled.get('online_minus_frozen_ci95'))}"
+            lines.append(text)
     return "\n".join(lines)
+
+
+def _ci(ci: list[float] | None) -> str:
+    return f" (95%: {ci[0]:+.3f} to {ci[1]:+.3f})" if ci else ""
 
 
 def _f(v: float | None, digits: int = 3) -> str:

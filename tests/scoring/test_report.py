@@ -232,7 +232,7 @@ def test_known_change_has_its_table_and_sentence(reports: list[dict[str, Any]], 
     assert 'data-moments="' in text and "an idle rescore" in text
 
 
-def test_cli_backtest_writes_report_html(tmp_path: Path) -> None:
+def test_cli_backtest_writes_report_html(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from streams.cli import main
 
     history = tmp_path / "h.jsonl"
@@ -241,6 +241,15 @@ def test_cli_backtest_writes_report_html(tmp_path: Path) -> None:
     text = (tmp_path / "bt" / "report.html").read_text()
     assert text.startswith("<!DOCTYPE html>") and 'data-chart="activity"' in text
     assert main(["backtest", str(history), "--out", str(tmp_path / "bc"), "--change-at", "2024-01-15"]) == 0
+    printed = capsys.readouterr().out
     report = json.loads((tmp_path / "bc" / "report.json").read_text())
+    checked = 0
+    for kind, k in report["kinds"].items():
+        pooled = k.get("change", {}).get("after_pooled", {})
+        if pooled.get("online_auc") is not None and pooled.get("batch_auc") is not None:
+            diff = f"online - batch {pooled['online_auc'] - pooled['batch_auc']:+.3f}"
+            assert f"after the change, {kind}: {diff}" in printed
+            checked += 1
+    assert checked  # the command line says how each kind fared after the change
     assert all(k["change"]["at"].startswith("2024-01-15") for k in report["kinds"].values() if k.get("labels"))
 
