@@ -263,9 +263,14 @@ def event_time_ms(raw: bytes | None, max_bytes: int = MAX_EVENT_BYTES) -> int | 
     """
     if raw is None or len(raw) > max_bytes:
         return None
+    return _line_ts(raw, types=("web", "purchase", "campaign"))
+
+
+def _line_ts(line: bytes | str, types: tuple[str, ...] | None = None) -> int | None:
+    # The ``ts`` of a JSON object line (of one of ``types``, if given); None when unreadable.
     try:
-        obj = orjson.loads(raw)
-        if not isinstance(obj, dict) or obj.get("type") not in ("web", "purchase", "campaign"):
+        obj = orjson.loads(line)
+        if not isinstance(obj, dict) or (types is not None and obj.get("type") not in types):
             return None
         return parse_ts_ms(obj.get("ts"))
     except (orjson.JSONDecodeError, ValueError):
@@ -274,11 +279,8 @@ def event_time_ms(raw: bytes | None, max_bytes: int = MAX_EVENT_BYTES) -> int | 
 
 def _ts_key(line: bytes | str) -> int:
     # Unreadable lines sort first: they are invalid wherever they stand.
-    try:
-        obj = orjson.loads(line)
-        return parse_ts_ms(obj.get("ts")) if isinstance(obj, dict) else -1
-    except (orjson.JSONDecodeError, ValueError):
-        return -1
+    ts = _line_ts(line)
+    return -1 if ts is None else ts
 
 
 def out_of_order(lines: Iterable[bytes | str], window_ms: int) -> int:

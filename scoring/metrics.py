@@ -65,11 +65,11 @@ def auc_difference_ci(
     for scores in (a, b):
         levels, codes = np.unique(np.asarray(scores, dtype=float), return_inverse=True)
         coded.append((codes, len(levels)))
+    (ca, la), (cb, lb) = coded
     rng = np.random.default_rng(seed)
     diffs = []
     for _ in range(rounds):
         weights = np.bincount(rng.integers(0, n, n), minlength=n)[members].astype(float)
-        (ca, la), (cb, lb) = coded
         d = _weighted_auc(ca, y, weights, la) - _weighted_auc(cb, y, weights, lb)
         if d == d:  # a draw with one class only has no AUC
             diffs.append(d)

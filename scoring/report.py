@@ -241,15 +241,15 @@ def _change_rows(change: dict[str, Any]) -> list[list[str]]:
     for name, f in periods:
         on, ba, fr = f.get("online_auc"), f.get("batch_auc"), f.get("frozen_auc")
         rows.append([_e(name), _num(f.get("labels"), 0), _num(f.get("positives"), 0), _num(on), _num(ba),
-                     _signed_diff(on, ba) + _interval(f.get("online_minus_batch_ci95")), _num(fr),
-                     _signed_diff(on, fr) + _interval(f.get("online_minus_frozen_ci95"))])
+                     _signed_diff(on, ba) + interval_text(f.get("online_minus_batch_ci95")), _num(fr),
+                     _signed_diff(on, fr) + interval_text(f.get("online_minus_frozen_ci95"))])
     return rows
 
 
-def _interval(ci: list[float] | None) -> str:
-    """A 95% interval after a difference, or nothing.
+def interval_text(ci: list[float] | None) -> str:
+    """A 95% interval after a difference, or nothing (the report's and the command line's).
 
-    >>> _interval([-0.012, 0.0205]), _interval(None)
+    >>> interval_text([-0.012, 0.0205]), interval_text(None)
     (' (95%: -0.012 to +0.021)', '')
     """
     if not ci:

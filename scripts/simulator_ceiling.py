@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,31 +48,20 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import GroupKFold
 
+from features.events import parse_ts_ms
+from features.spec import DAY_MS
 from scoring.metrics import auc
 from scoring.simulator import SEGMENTS, SimulationConfig, ground_truth
 
-DAY_S = 86_400.0
 TRAITS = ("propensity", "engagement", "responsiveness", "churn_hazard", "one_shot", "wake_rate")
 # Columns of the latent-truth matrix: [dormant, days_dormant, *TRAITS, segment, idle].
 STATIC = slice(2, 2 + len(TRAITS) + 1)  # the traits and the segment code
 COLUMNS = ("n", "pos", "online", "rule", "latent", "static", "dormant")
 
 
-def _instant(iso: str) -> float:
-    """Epoch seconds of an ISO timestamp with an offset (an instant, not a wall time).
-
-    >>> _instant("2024-01-01T01:00:00+01:00") == _instant("2024-01-01T00:00:00+00:00")
-    True
-    """
-    t = datetime.fromisoformat(iso)
-    if t.tzinfo is None:
-        raise ValueError(f"timestamp without an offset: {iso!r}")
-    return t.timestamp()
-
-
 def _spells(truth: dict[str, Any]) -> list[tuple[float, float]]:
-    """Dormant spells as [start, end) epoch seconds; an open spell ends at infinity."""
-    return [(_instant(a), math.inf if b is None else _instant(b)) for a, b in truth["dormant_spells"]]
+    """Dormant spells as [start, end) epoch ms; an open spell ends at infinity."""
+    return [(parse_ts_ms(a), math.inf if b is None else parse_ts_ms(b)) for a, b in truth["dormant_spells"]]
 
 
 def load_scores(path: Path) -> dict[str, list[dict[str, Any]]]:
@@ -98,11 +86,11 @@ def latent_matrix(
     for i, row in enumerate(rows):
         cid = row["customer_id"]
         t = truth[cid]
-        ts = _instant(row["ts"])
+        ts = parse_ts_ms(row["ts"])  # an instant: offsets compared, not wall times
         dormant, since = 0.0, -1.0
         for start, end in spells[cid]:
             if start <= ts < end:
-                dormant, since = 1.0, (ts - start) / DAY_S
+                dormant, since = 1.0, (ts - start) / DAY_MS
                 break
         x[i, 0], x[i, 1] = dormant, since
         x[i, 2 : 2 + len(TRAITS)] = [float(t[name]) for name in TRAITS]

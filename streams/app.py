@@ -673,7 +673,7 @@ class LiveWorker:
         records: list[OutRecord] = []
         counts: Counter[str] = Counter()
         score_ts: list[int] = []
-        if to_score:
+        if to_score:  # (dead letters come from the scoring process too, with the records)
             try:
                 result, self.model_versions = await self._retrying("process", self.scorer.score, to_score)
             except asyncio.CancelledError:
@@ -681,9 +681,7 @@ class LiveWorker:
             except Exception as exc:  # noqa: BLE001
                 await self._fatal("process", exc)
                 return
-            records += result.records
-            counts = result.counts
-            score_ts = result.score_event_ts_ms
+            records, counts, score_ts = result.records, result.counts, result.score_event_ts_ms
         await self.publish_done()  # _publish_batch reports its own failures
         done = [fev for _, _, (_, fev) in ready]
         self._publishing = asyncio.ensure_future(

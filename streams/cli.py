@@ -196,6 +196,8 @@ def _looks_like_csv(path: Path) -> bool:
 
 
 def _headline(reports: list[dict[str, Any]]) -> str:
+    from scoring.report import interval_text
+
     lines = []
     for rep in reports:
         name = rep["config"].get("name", "default")
@@ -224,15 +226,12 @@ def _headline(reports: list[dict[str, Any]]) -> str:
             on, ba, fr = pooled.get("online_auc"), pooled.get("batch_auc"), pooled.get("frozen_auc")
             if on is None or ba is None:
                 continue
-            text = f"  after the change, {kind}: online - batch {on - ba:+.3f}{_ci(pooled.get('online_minus_batch_ci95'))}"
+            text = (f"  after the change, {kind}: online - batch {on - ba:+.3f}"
+                    + interval_text(pooled.get("online_minus_batch_ci95")))
             if fr is not None:
-                text += f", online - frozen {on - fr:+.3f}{_ci(pooled.get('online_minus_frozen_ci95'))}"
+                text += f", online - frozen {on - fr:+.3f}" + interval_text(pooled.get("online_minus_frozen_ci95"))
             lines.append(text)
     return "\n".join(lines)
-
-
-def _ci(ci: list[float] | None) -> str:
-    return f" (95%: {ci[0]:+.3f} to {ci[1]:+.3f})" if ci else ""
 
 
 def _f(v: float | None, digits: int = 3) -> str:

@@ -261,10 +261,13 @@ class Pipeline:
             by_shard.setdefault(str(msg.partition), []).append((msg, ev))
         return by_shard, dead, counts
 
-    def process(self, messages: Sequence[Incoming]) -> BatchOutput:
-        """One batch in, records to publish out (dead letters first, then per shard)."""
+    def process(self, messages: Sequence[Incoming], done: dict[str, Outputs] | None = None) -> BatchOutput:
+        """One batch in, records to publish out (dead letters first, then per shard).
+
+        ``done``: as for :meth:`score`, when retrying the same batch after an error.
+        """
         by_shard, dead, counts = self.split(messages)
-        out = self.score([p for pairs in by_shard.values() for p in pairs])
+        out = self.score([p for pairs in by_shard.values() for p in pairs], done=done)
         out.records[:0] = dead
         out.counts.update(counts)
         return out

@@ -70,7 +70,6 @@ class Scorer:
             require_key_match=s.require_key_match, source=s.app_id,
         )
         self.refresher = ModelRefresher(registry, self.state, s.model_refresh_s)
-        self.max_event_bytes = s.max_event_bytes
         # The shards already scored of the batch last attempted: a retry of that batch after
         # an error (Redis away) reuses them, so their outputs are not lost as duplicates.
         self._attempt: tuple[tuple[tuple[str, int, int], ...], dict[str, Outputs]] | None = None
@@ -87,10 +86,7 @@ class Scorer:
         batch = tuple(m.position for m in messages)
         if self._attempt is None or self._attempt[0] != batch:
             self._attempt = (batch, {})
-        by_shard, dead, counts = self.pipeline.split(messages)
-        out = self.pipeline.score([p for pairs in by_shard.values() for p in pairs], done=self._attempt[1])
-        out.records[:0] = dead
-        out.counts.update(counts)
+        out = self.pipeline.process(messages, done=self._attempt[1])
         self._attempt = None
         return out, self.refresher.versions()
 
@@ -189,7 +185,9 @@ class ScorerPool:
     """Several :class:`ScorerProcess` children, each owning the shards ``partition % size``.
 
     One child keeps one core busy at best, and it waits on Redis for part of each
-    batch. With two, a 2-core machine's idle share goes to scoring. A shard's
+    batch: more help where the scoring processes are what is busy. (On the 2-core
+    machine of our benchmarks two are no faster than one: the worker's own process is
+    the busy one there, so the default is one child.) A shard's
     events always go to the same child, so each shard's watermark, due index and
     event order stay with one process, exactly as with one child; a customer's
     records all come from one shard, so their order is kept. Records of different
