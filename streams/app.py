@@ -98,7 +98,7 @@ from streams.pipeline import (
     OrderedAcks,
     OutRecord,
     input_caught_up,
-    labelled_from_json,
+    labels_from_record,
 )
 from streams.redis_state import RedisStateStore
 from streams.scorer import Scorer, ScorerPool, ScorerProcess
@@ -724,7 +724,7 @@ class LiveWorker:
         items = []
         for ev in events:
             try:
-                items.append((ev.message.offset, labelled_from_json(ev.value)))
+                items.extend((ev.message.offset, ex) for ex in labels_from_record(ev.value))
             except ValueError:
                 self.metrics.errors.labels(stage="label_decode").inc()
         async with self._learn_lock:

@@ -36,10 +36,12 @@ Output records (values are JSON objects)::
     leadpulse.triggers {"customer_id": "c1", "trigger": "hot_lead", "action": "route_to_sales",
                         "kind": "purchase_propensity", "value": 63.0, "band": "hot",
                         "reason": "purchase_propensity entered hot (63)", "control": false, "ts": "..."}
-    leadpulse.labels   {"kind": "churn_risk", "customer_id": "c1", "example_id": "...",
-                        "t_ms": ..., "end_ms": ..., "prob": 0.2, "rule_prob": 0.3,
-                        "source": "cold_start", "label": 0, "x": {"orders_total": 0.69, ...},
-                        "fresh": false}  (true: a learn_at: fresh sample, not a matured label)
+    leadpulse.labels   [{"kind": "churn_risk", "customer_id": "c1", "example_id": "...",
+                         "t_ms": ..., "end_ms": ..., "prob": 0.2, "rule_prob": 0.3,
+                         "source": "cold_start", "label": 0, "x": {"orders_total": 0.69, ...},
+                         "fresh": false}, ...]  (fresh true: a learn_at: fresh sample, not a
+                        matured label; a JSON array of a batch's examples, in learning order,
+                        up to 256 KB a record; a single object is read too)
     leadpulse.drift    {"kind": "churn_risk", "model_version": 5120, "ts": "...",
                         "detector": "ADWIN(log loss)", "drifts_total": 2}
     leadpulse.dlq      the original bytes, headers as above
@@ -99,7 +101,14 @@ __all__ = [
     "input_caught_up",
     "labelled_from_json",
     "labelled_to_json",
+    "labels_from_record",
+    "labels_to_records",
 ]
+
+# A labels record carries many examples: each Kafka record costs the worker's producer and
+# the learner's consumer about as much as a whole label does, one per example doubled the
+# records the worker moved. Kept well below Kafka's default 1 MB message limit.
+LABELS_RECORD_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,14 +204,61 @@ def labelled_from_json(raw: bytes) -> Labelled:
     """Inverse of :func:`labelled_to_json`; raises ``ValueError`` on a bad record."""
     try:
         d = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not a labelled example: {type(exc).__name__}") from exc
+    return _labelled(d)
+
+
+def _labelled(d: Any) -> Labelled:
+    try:
         return Labelled(
             str(d["kind"]), str(d["customer_id"]), str(d["example_id"]), int(d["t_ms"]),
             int(d["end_ms"]), float(d["prob"]), float(d["rule_prob"]), str(d["source"]),
             int(d["label"]), {str(k): float(v) for k, v in d["x"].items()},
             bool(d.get("fresh", False)),  # records from before fresh learning have none
         )
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"not a labelled example: {type(exc).__name__}") from exc
+
+
+def labels_to_records(examples: Iterable[Labelled], topic: str, key: bytes = b"labels",
+                      max_bytes: int = LABELS_RECORD_BYTES) -> list[OutRecord]:
+    """Examples for the labels topic, in order, as few records as ``max_bytes`` allows.
+
+    >>> ex = Labelled("churn_risk", "c1", "x1", 1, 2, 0.2, 0.3, "model", 1, {"a": 1.0})
+    >>> records = labels_to_records([ex] * 5, "labels", max_bytes=400)
+    >>> [len(labels_from_record(r.value)) for r in records]
+    [2, 2, 1]
+    """
+    records: list[OutRecord] = []
+    chunk: list[bytes] = []
+    size = 0
+    for ex in examples:
+        item = labelled_to_json(ex)
+        if chunk and size + len(item) + 1 > max_bytes:
+            records.append(OutRecord(topic, key, b"[" + b",".join(chunk) + b"]"))
+            chunk, size = [], 0
+        chunk.append(item)
+        size += len(item) + 1
+    if chunk:
+        records.append(OutRecord(topic, key, b"[" + b",".join(chunk) + b"]"))
+    return records
+
+
+def labels_from_record(raw: bytes) -> list[Labelled]:
+    """The examples of one labels record (an array, or one object as older workers wrote).
+
+    Raises ``ValueError`` on a bad record: it is learned whole or not at all.
+
+    >>> ex = Labelled("churn_risk", "c1", "x1", 1, 2, 0.2, 0.3, "model", 1, {"a": 1.0})
+    >>> labels_from_record(labelled_to_json(ex)) == [ex]
+    True
+    """
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not a labels record: {type(exc).__name__}") from exc
+    return [_labelled(d) for d in (data if isinstance(data, list) else [data])]
 
 
 def _json(record: dict[str, Any]) -> bytes:
@@ -286,6 +342,7 @@ class Pipeline:
         for msg, ev in pairs:
             by_shard.setdefault(str(msg.partition), []).append((msg, ev))
         out = BatchOutput()
+        labels: list[Labelled] = []
         for shard in sorted(by_shard, key=lambda s: int(s) if s.isdigit() else s):
             group = by_shard[shard]
             # The three input topics interleave arbitrarily inside a batch: apply a
@@ -299,10 +356,14 @@ class Pipeline:
                     done[shard] = result
             out.shards.append(shard)
             out.counts.update(result.counts)
-            self._encode(result, group, out)
+            self._encode(result, group, out, labels)
+        # The whole batch's examples in a few records, shard by shard as the core made them.
+        out.records.extend(labels_to_records(labels, self.topics.labels))
         return out
 
-    def _encode(self, result: Any, pairs: list[tuple[Incoming, AnyEvent]], out: BatchOutput) -> None:
+    def _encode(
+        self, result: Any, pairs: list[tuple[Incoming, AnyEvent]], out: BatchOutput, labels: list[Labelled]
+    ) -> None:
         topics = self.topics
         sent_at = {ev.event_id: msg.timestamp_ms for msg, ev in pairs}
         for rec in result.scores:
@@ -315,8 +376,8 @@ class Pipeline:
         for rec in result.triggers:
             out.records.append(OutRecord(topics.triggers, rec["customer_id"].encode(), _json(rec)))
         # Fresh samples first: in process() the core learns them before the batch's matured labels.
-        for ex in (*result.fresh, *result.labelled):
-            out.records.append(OutRecord(topics.labels, ex.customer_id.encode(), labelled_to_json(ex)))
+        labels.extend(result.fresh)
+        labels.extend(result.labelled)
         for drift in result.drifts:  # only with learn_inline=True
             out.records.append(OutRecord(topics.drift, drift["kind"].encode(), _json(drift)))
         out.counts["scores_published"] += len(result.scores)
@@ -555,12 +616,17 @@ class Learner:
         self._restored = False
 
     def learn(self, items: Sequence[tuple[int, Labelled]]) -> list[dict[str, Any]]:
-        """Learn ``(offset, example)`` pairs in order; returns drift events."""
+        """Learn ``(offset, example)`` pairs in order; returns drift events.
+
+        The examples of one labels record share its offset: learned all, or (a
+        redelivery) skipped all.
+        """
         if not self._restored or self.store.load_offset() != self.snapshot_offset:
             self.restore()
+        start = self.next_offset
         todo = []
         for offset, ex in items:
-            if self.next_offset is not None and offset < self.next_offset:
+            if start is not None and offset < start:
                 self.skipped += 1
                 continue
             todo.append(ex)

@@ -25,6 +25,8 @@ from streams.pipeline import (
     input_caught_up,
     labelled_from_json,
     labelled_to_json,
+    labels_from_record,
+    labels_to_records,
 )
 from streams.settings import Topics
 
@@ -143,13 +145,42 @@ def test_matured_examples_go_to_the_labels_topic_and_are_not_learned_inline() ->
     pipe = Pipeline(core)
     events = [dict(e) for e in simulate(SimulationConfig(customers=30, days=60, seed=2))]
     labels = []
+    records = 0
     for i in range(0, len(events), 200):
         chunk = events[i:i + 200]
         out = pipe.process([msg(orjson.dumps(e), key=e["customer_id"].encode(), topic=T.inputs[e["type"]])
                             for e in chunk])
-        labels += [labelled_from_json(r.value) for r in out.records if r.topic == T.labels]
+        mine = [r for r in out.records if r.topic == T.labels]
+        records += len(mine)
+        labels += [ex for r in mine for ex in labels_from_record(r.value)]
+        assert len(mine) <= 1, "a batch's examples travel together (they fit one record here)"
+        assert sum(len(labels_from_record(r.value)) for r in mine) == out.counts["labels"]
     assert labels and all(isinstance(x, Labelled) and x.x for x in labels)
+    assert records < len(labels) / 5
     assert all(m.version == 0 for m in core.registry.models.values())
+
+
+def test_labels_records_keep_order_and_stay_under_their_size_limit() -> None:
+    examples = [_example(i, i % 2) for i in range(300)]
+    records = labels_to_records(examples, T.labels, max_bytes=4096)
+    assert len(records) > 1 and all(r.topic == T.labels and len(r.value) <= 4096 for r in records)
+    assert [ex for r in records for ex in labels_from_record(r.value)] == examples
+    # A worker from before labels were batched wrote one object per record.
+    assert labels_from_record(labelled_to_json(examples[3])) == [examples[3]]
+    with pytest.raises(ValueError):
+        labels_from_record(b'[{"kind": "x"}]')
+    with pytest.raises(ValueError):
+        labels_from_record(b"not json")
+
+
+def test_learner_learns_a_records_examples_together_and_skips_them_together() -> None:
+    learner = Learner(ModelRegistry(default_kinds()), CheckpointStore(InMemoryModelStore()), every_labels=5)
+    batch = [(0, _example(i, i % 2)) for i in range(3)] + [(1, _example(i, i % 2)) for i in range(3, 8)]
+    learner.learn(batch)
+    assert learner.learned == 8 and learner.next_offset == 2
+    learner.learn(batch + [(2, _example(9, 1))])  # records 0 and 1 again, then a new one
+    assert learner.learned == 9 and learner.skipped == 8
+    assert learner.registry.models["churn_risk"].version == 9
 
 
 def test_labelled_round_trip_and_bad_records() -> None:

@@ -8,7 +8,7 @@ import signal
 import orjson
 import pytest
 
-from streams.pipeline import Incoming
+from streams.pipeline import Incoming, labelled_to_json, labels_from_record
 from streams.scorer import Scorer, ScorerDied, ScorerPool, ScorerProcess
 from streams.settings import Settings
 from tests.streams.test_redis_state import _messages as simulated_messages
@@ -109,6 +109,10 @@ def _by_customer(records: list[tuple[str, bytes | None]]) -> dict[str, list[tupl
     own quintile edges from the customers it scores (as separate workers do)."""
     out: dict[str, list[tuple[str, bytes | None]]] = {}
     for topic, value in records:
+        if topic == "leadpulse.labels" and value:  # one record holds a batch's examples
+            for ex in labels_from_record(value):
+                out.setdefault(ex.customer_id, []).append((topic, labelled_to_json(ex)))
+            continue
         record = orjson.loads(value) if value and topic != "leadpulse.dlq" else {}
         if record.get("kind") == "rfm_segment":
             continue
