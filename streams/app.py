@@ -88,7 +88,7 @@ from faust.web import Request, Response, View
 
 from features.events import event_time_ms
 from scoring.config import load_scoring_config
-from scoring.core import ModelRegistry
+from scoring.core import Labelled, ModelRegistry
 from streams.metrics import CONTENT_TYPE, LatencyWindow, Metrics
 from streams.pipeline import (
     CheckpointStore,
@@ -721,7 +721,7 @@ class LiveWorker:
 
     async def learn_batch(self, stream: Any, events: Sequence[Any]) -> None:
         """Learn labels in offset order; ack them only after the snapshot that holds them."""
-        items = []
+        items: list[tuple[int, Labelled]] = []
         for ev in events:
             try:
                 items.extend((ev.message.offset, ex) for ex in labels_from_record(ev.value))
