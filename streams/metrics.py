@@ -126,20 +126,38 @@ class LatencyWindow:
 
     def __init__(self, size: int = 200_000) -> None:
         self.samples: deque[float] = deque(maxlen=size)
-        self.first_at: float | None = None
+        self.first_at: float | None = None  # first batch done (it may have held every event)
         self.last_at: float | None = None
+        # The first batch that finished events, and how many: a backlog's start-up, while the
+        # event-time alignment waits for every input partition to deliver, ends there.
+        self.first_events_at: float | None = None
+        self.first_events = 0
         self.events = 0
 
     def mark(self, n_events: int, now: float | None = None) -> None:
-        """Count processed events and remember when the first and last were done."""
+        """Count processed events and remember when the first and last were done.
+
+        >>> w = LatencyWindow()
+        >>> w.mark(0, now=10.0); w.mark(500, now=12.0); w.mark(500, now=13.0)
+        >>> w.summary()["first_at"], w.summary()["first_events_at"], w.summary()["steady_events_per_s"]
+        (10.0, 12.0, 500.0)
+        """
         now = time.time() if now is None else now
         if self.first_at is None:
             self.first_at = now
+        if n_events and self.first_events_at is None:
+            self.first_events_at, self.first_events = now, n_events
         self.last_at = now
         self.events += n_events
 
     def extend(self, latencies: Iterable[float]) -> None:
         self.samples.extend(latencies)
+
+    def _steady_rate(self) -> float | None:
+        # Events after the first batch that finished any, over the time since it finished.
+        if self.first_events_at is None or self.last_at is None or self.last_at <= self.first_events_at:
+            return None
+        return round((self.events - self.first_events) / (self.last_at - self.first_events_at), 1)
 
     def summary(self) -> dict[str, Any]:
         ordered = sorted(self.samples)
@@ -152,7 +170,9 @@ class LatencyWindow:
         return {
             "events": self.events,
             "first_at": self.first_at,
+            "first_events_at": self.first_events_at,
             "last_at": self.last_at,
+            "steady_events_per_s": self._steady_rate(),
             "samples": len(ordered),
             "p50_ms": pct(0.50),
             "p90_ms": pct(0.90),
