@@ -185,9 +185,10 @@ class ScorerPool:
     """Several :class:`ScorerProcess` children, each owning the shards ``partition % size``.
 
     One child keeps one core busy at best, and it waits on Redis for part of each
-    batch: more help where the scoring processes are what is busy. (On the 2-core
-    machine of our benchmarks two are no faster than one: the worker's own process is
-    the busy one there, so the default is one child.) A shard's
+    batch: more help where the scoring processes are what is busy and cores are free.
+    (On the 2-core machine of our benchmarks two are within noise of one: they compete
+    for the same two cores with the worker, Redis and the broker, so the default is one
+    child.) A shard's
     events always go to the same child, so each shard's watermark, due index and
     event order stay with one process, exactly as with one child; a customer's
     records all come from one shard, so their order is kept. Records of different
