@@ -29,6 +29,7 @@ from scoring.simulator import SimulationConfig, write_jsonl
 from streams.app import ensure_topics
 from streams.embedded import free_port
 from streams.live_cli import WorkerProcess, load_settings, make_producer, replay_lines
+from streams.pipeline import labels_from_record
 from streams.settings import Topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -230,7 +231,15 @@ def test_events_in_scores_alerts_triggers_and_dead_letters_out(deploy: Any, tmp_
     assert all(isinstance(json.loads(r.value)["control"], bool) for r in triggers)
     assert metric(worker, "leadpulse_scores_published_total") == len(scores)
     assert metric(worker, "leadpulse_alerts_total") == len(alerts)
-    assert d.read(d.topics.labels, partitions=1), "matured examples reach the learner"
+    # Matured examples reach the learner, a batch's in one record, and it learns every one.
+    label_records = d.read(d.topics.labels, partitions=1)
+    examples = sum(len(labels_from_record(r.value)) for r in label_records)
+    assert examples == metric(worker, "leadpulse_labels_total") > 5 * len(label_records) > 0
+    deadline = time.monotonic() + 60
+    while metric(worker, "leadpulse_labels_learned_total") < examples:
+        assert time.monotonic() < deadline, "the learner fell behind the labels topic"
+        time.sleep(0.5)
+    assert metric(worker, "leadpulse_labels_learned_total") == examples
 
     # Redelivery of everything (a replay after a crash): features unchanged, and no redelivered
     # event publishes anything. (Batches still move the watermark's due work along: idle
