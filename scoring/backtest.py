@@ -443,6 +443,11 @@ def _kind_report(log: _KindLog, config: BacktestConfig) -> dict[str, Any]:
     out["gains"] = _gains(probs, labels)
     baselines: dict[str, Any] = {"rule": summarize(log.rule, labels)}
     baselines["rule"]["gains"] = _gains(log.rule, labels)
+    # Whether the online model's lead (or lag) is more than noise: 95% bootstrap interval of
+    # online minus baseline AUC on the same examples, resampling whole customers.
+    baselines["rule"]["online_minus_rule_ci95"] = _interval(
+        auc_difference_ci(probs, log.rule, labels, log.customers)
+    )
     batch = np.asarray(log.batch, dtype=float)
     has_batch = ~np.isnan(batch)
     if config.batch_baseline and has_batch.any():
@@ -452,6 +457,9 @@ def _kind_report(log: _KindLog, config: BacktestConfig) -> dict[str, Any]:
         # On the same examples, for a fair comparison (the batch model needs a first week of labels).
         online_same = summarize([probs[i] for i in idx], y)
         b["online_on_same_examples"] = {k: online_same[k] for k in ("auc", "top_bottom_decile_ratio", "lift_top_decile")}
+        b["online_minus_batch_ci95"] = _interval(
+            auc_difference_ci([probs[i] for i in idx], batch[idx].tolist(), y, [log.customers[i] for i in idx])
+        )
         b["coverage"] = round(float(has_batch.mean()), 4)
         b["gains"] = _gains(batch[idx].tolist(), y)
         baselines["batch_weekly"] = b
@@ -484,6 +492,10 @@ def _kind_report(log: _KindLog, config: BacktestConfig) -> dict[str, Any]:
     if config.group_by:
         out["fairness"] = _fairness(log)
     return out
+
+
+def _interval(ci: tuple[float, float] | None) -> list[float | None] | None:
+    return None if ci is None else [_r(v) for v in ci]
 
 
 def _by_moment(log: _KindLog) -> dict[str, Any]:
@@ -564,10 +576,10 @@ def _change(log: _KindLog, at_ms: int, weeks: int) -> dict[str, Any]:
             online = [log.probs[i] for i in idx]
             who = [log.customers[i] for i in idx]
             ci = auc_difference_ci(online, [float(batch[i]) for i in idx], y, who)
-            row["online_minus_batch_ci95"] = None if ci is None else [_r(v) for v in ci]
+            row["online_minus_batch_ci95"] = _interval(ci)
             if row.get("frozen_auc") is not None:
                 ci = auc_difference_ci(online, [float(frozen[i]) for i in idx], y, who)
-                row["online_minus_frozen_ci95"] = None if ci is None else [_r(v) for v in ci]
+                row["online_minus_frozen_ci95"] = _interval(ci)
         return row
 
     span = weeks * WEEK_MS

@@ -158,23 +158,40 @@ def _base_rate(summary: dict[str, Any]) -> float | None:
 
 
 # ------------------------------------------------------------------- sentences
-def versus_sentence(online: float | None, baseline: float | None, name: str, where: str = "") -> str:
+def versus_sentence(
+    online: float | None, baseline: float | None, name: str, where: str = "",
+    ci: list[float] | None = None,
+) -> str:
     """How the online model ranks against a baseline, from the two AUCs.
+
+    With ``ci``, the 95% interval of the difference, the verdict is the interval's:
+    better or worse only when it excludes 0. Without one, differences below
+    ``AUC_TIE`` read as a tie.
 
     >>> versus_sentence(0.74, 0.63, "the rule baseline")
     'ranks better than the rule baseline (AUC 0.740 vs 0.630, +0.110)'
     >>> versus_sentence(0.735, 0.74, "the weekly batch LR", ", on the same examples")
     'ranks about as well as the weekly batch LR (AUC 0.735 vs 0.740, on the same examples)'
+    >>> versus_sentence(0.745, 0.74, "the rule baseline", ci=[0.002, 0.008])
+    'ranks better than the rule baseline (AUC 0.745 vs 0.740, +0.005 (95%: +0.002 to +0.008))'
+    >>> versus_sentence(0.765, 0.75, "the rule baseline", ci=[-0.004, 0.034])
+    'ranks about as well as the rule baseline (AUC 0.765 vs 0.750, +0.015 (95%: -0.004 to +0.034))'
     >>> versus_sentence(None, 0.7, "the rule baseline")
     'cannot be compared with the rule baseline (AUC undefined: one class only)'
     """
     if online is None or baseline is None:
         return f"cannot be compared with {name} (AUC undefined: one class only)"
     diff = online - baseline
-    if abs(diff) < AUC_TIE:
-        return f"ranks about as well as {name} (AUC {online:.3f} vs {baseline:.3f}{where})"
+    if ci:
+        tie = ci[0] <= 0 <= ci[1]
+        told = f", {diff:+.3f}{interval_text(ci)}"
+    else:
+        tie = abs(diff) < AUC_TIE
+        told = "" if tie else f", {diff:+.3f}"
+    if tie:
+        return f"ranks about as well as {name} (AUC {online:.3f} vs {baseline:.3f}{told}{where})"
     verb = "better" if diff > 0 else "worse"
-    return f"ranks {verb} than {name} (AUC {online:.3f} vs {baseline:.3f}, {diff:+.3f}{where})"
+    return f"ranks {verb} than {name} (AUC {online:.3f} vs {baseline:.3f}{told}{where})"
 
 
 def change_sentence(change: dict[str, Any]) -> str:
@@ -288,13 +305,15 @@ def _headline_sentence(k: dict[str, Any]) -> str:
     parts = []
     rule = base.get("rule")
     if rule is not None:
-        parts.append(versus_sentence(k.get("auc"), rule.get("auc"), "the rule baseline"))
+        parts.append(versus_sentence(k.get("auc"), rule.get("auc"), "the rule baseline",
+                                     ci=rule.get("online_minus_rule_ci95")))
     batch = base.get("batch_weekly")
     if batch is not None:
         same = batch.get("online_on_same_examples") or {}
         cov = batch.get("coverage")
         where = ", on the same examples" if cov is None else f", on the {_pct(cov, 0)} of examples both scored"
-        parts.append(versus_sentence(same.get("auc"), batch.get("auc"), "the weekly batch LR", where))
+        parts.append(versus_sentence(same.get("auc"), batch.get("auc"), "the weekly batch LR", where,
+                                     ci=batch.get("online_minus_batch_ci95")))
     else:
         parts.append("has no batch baseline to compare with (not run, or no week with both classes)")
     # "ranks worse than A (...) and worse than B (...)": one verb for both baselines.

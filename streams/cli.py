@@ -222,6 +222,19 @@ def _headline(reports: list[dict[str, Any]]) -> str:
                 f"   {_f(same.get('auc')):>7}{_f(batch.get('auc')):>7}"
             )
         for kind, k in rep["kinds"].items():
+            b = k["baselines"]
+            on_rule = b["rule"].get("online_minus_rule_ci95")
+            batch = b.get("batch_weekly", {})
+            same = batch.get("online_on_same_examples", {})
+            text = ""
+            if on_rule and k["auc"] is not None and b["rule"]["auc"] is not None:
+                text += f"online - rule {k['auc'] - b['rule']['auc']:+.3f}" + interval_text(on_rule)
+            if batch.get("online_minus_batch_ci95") and same.get("auc") is not None and batch.get("auc") is not None:
+                text += ("; " if text else "") + f"online - batch {same['auc'] - batch['auc']:+.3f}" + interval_text(
+                    batch["online_minus_batch_ci95"])
+            if text:
+                lines.append(f"  {kind}: {text}")
+        for kind, k in rep["kinds"].items():
             pooled = (k.get("change") or {}).get("after_pooled") or {}
             on, ba, fr = pooled.get("online_auc"), pooled.get("batch_auc"), pooled.get("frozen_auc")
             if on is None or ba is None:

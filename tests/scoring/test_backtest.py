@@ -242,3 +242,37 @@ def test_batch_baseline_fits_the_last_matured_rows_of_its_bounded_window() -> No
     np.testing.assert_allclose(fit[1], scale)
     # The baseline warm-starts from last week's fit: the same optimum, to the solver's tolerance.
     np.testing.assert_allclose(fit[2], ref.coef_[0], atol=1e-3)
+
+
+def test_whole_run_intervals_hold_the_differences_and_decide_the_headline(history: Path) -> None:
+    from scoring.report import _headline_sentence
+
+    report = _run(history)
+    for kind in ("purchase_propensity", "campaign_response"):  # (churn is cold start throughout here)
+        k = report["kinds"][kind]
+        rule, batch = k["baselines"]["rule"], k["baselines"]["batch_weekly"]
+        pairs = ((k["auc"], rule["auc"], rule["online_minus_rule_ci95"]),
+                 (batch["online_on_same_examples"]["auc"], batch["auc"], batch["online_minus_batch_ci95"]))
+        for online, baseline, ci in pairs:
+            lo, hi = ci
+            assert lo <= online - baseline + 1e-6 and online - baseline <= hi + 1e-6, kind
+            assert hi - lo > 0.001, kind  # a few hundred customers: not a point
+        # The sentence follows the interval: a tie exactly when it holds 0.
+        sentence = _headline_sentence(k)
+        lo, hi = rule["online_minus_rule_ci95"]
+        assert ("about as well as the rule baseline" in sentence) == (lo <= 0 <= hi), (kind, sentence)
+        assert "95%" in sentence
+
+
+def test_the_command_line_prints_each_kinds_differences_with_their_intervals(
+    history: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streams.cli import main
+
+    assert main(["backtest", str(history), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    for kind in ("purchase_propensity", "campaign_response"):
+        lo, hi = report["kinds"][kind]["baselines"]["rule"]["online_minus_rule_ci95"]
+        line = next(x for x in printed.splitlines() if x.strip().startswith(f"{kind}: online - rule"))
+        assert f"(95%: {lo:+.3f} to {hi:+.3f})" in line and "online - batch" in line

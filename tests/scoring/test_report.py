@@ -213,11 +213,20 @@ def test_headline_sentences_follow_the_numbers(reports: list[dict[str, Any]], tm
     assert "variant ranks worse" in compare_sentence("default", 0.8, "variant", 0.7)
     rep = copy.deepcopy(reports[0])
     k = rep["kinds"]["purchase_propensity"]
-    k["auc"], k["baselines"]["rule"]["auc"] = 0.9, 0.6
+    rule = k["baselines"]["rule"]
+    k["auc"], rule["auc"], rule["online_minus_rule_ci95"] = 0.9, 0.6, [0.25, 0.35]
     text = write_html([rep], tmp_path / "a.html").read_text()
-    assert "ranks better than the rule baseline (AUC 0.900 vs 0.600, +0.300)" in text
-    k["auc"] = 0.55
+    assert "ranks better than the rule baseline (AUC 0.900 vs 0.600, +0.300 (95%: +0.250 to +0.350))" in text
+    k["auc"], rule["online_minus_rule_ci95"] = 0.55, [-0.08, -0.02]
     text = write_html([rep], tmp_path / "b.html").read_text()
+    assert "ranks worse than the rule baseline (AUC 0.550 vs 0.600, -0.050 (95%: -0.080 to -0.020))" in text
+    # An interval that holds 0 is a tie, however large the difference looks.
+    rule["online_minus_rule_ci95"] = [-0.09, 0.004]
+    text = write_html([rep], tmp_path / "c.html").read_text()
+    assert "ranks about as well as the rule baseline (AUC 0.550 vs 0.600, -0.050 (95%: -0.090 to +0.004))" in text
+    # Reports from before the intervals: differences below AUC_TIE read as a tie.
+    del rule["online_minus_rule_ci95"]
+    text = write_html([rep], tmp_path / "d.html").read_text()
     assert "ranks worse than the rule baseline (AUC 0.550 vs 0.600, -0.050)" in text
 
 
