@@ -335,24 +335,32 @@ def test_kill_9_mid_stream_then_restart_counts_nothing_twice_and_loses_nothing(
     d.replay(path)  # a backlog, so the worker is busy when it is killed
     first = d.start_worker()
     first.wait_ready()
+    model_key = f"{d.name}:model:purchase_propensity"
     deadline = time.monotonic() + 90
-    while first.get_json("/health")["events"] < summary.events * 0.3:
+    # Mid-stream, and after the learner's first snapshot: the restart must resume from it.
+    while first.get_json("/health")["events"] < summary.events * 0.3 or not d.redis.hget(model_key, "version"):
         assert time.monotonic() < deadline and first.alive(), first.log_tail()
         time.sleep(0.05)
     # A worker started on a backlog drops nothing as late (its partitions were assigned with
     # nothing committed: a partition counted as caught up too early let the others run ahead).
     assert metric(first, "leadpulse_events_late_total") == 0
-    model_key = f"{d.name}:model:churn_risk"
     first.kill()
     assert not first.alive()
     version_at_kill = int(d.redis.hget(model_key, "version") or 0)
+    assert version_at_kill > 0
 
     second = d.start_worker()
     second.wait_ready()
     d.wait_drained()
     assert_same_features(d.features(sorted(want)), want)
     health = second.get_json("/health")
-    assert health["model_versions"]["churn_risk"] >= version_at_kill  # resumed from the snapshot
+    # Resumed from the snapshot, and learned on: every label the first worker had not
+    # snapshotted came again from the labels topic.
+    assert health["model_versions"]["purchase_propensity"] >= version_at_kill
+    deadline = time.monotonic() + 60
+    while int(d.redis.hget(model_key, "version") or 0) <= version_at_kill:
+        assert time.monotonic() < deadline, "the restarted learner took no snapshot"
+        time.sleep(0.5)
     # Work done after the last commit came again: not applied a second time (duplicate, or late).
     redelivered = metric(second, "leadpulse_events_late_total") + metric(second, "leadpulse_events_duplicate_total")
     assert redelivered > 0 and statuses["late"] == statuses["duplicate"] == 0
