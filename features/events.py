@@ -20,6 +20,7 @@ layer can dead-letter it with the original bytes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +41,11 @@ MAX_EVENT_BYTES = 64 * 1024
 # Outside these bounds a timestamp is a bug upstream, not a customer's history.
 MIN_TS_MS = int(datetime(1990, 1, 1, tzinfo=UTC).timestamp() * 1000)
 MAX_TS_MS = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
+# An event stamped later than this beyond the wall clock is a clock or bug upstream: taken
+# as valid, it would move its customer's clock ahead, and every real event of that customer
+# after it would then be dropped as later than the allowed lateness, lost instead of
+# dead-lettered. A device clock a few hours ahead still passes.
+MAX_FUTURE_MS = 86_400_000
 
 WebAction = Literal[
     "page_view", "product_view", "add_to_cart", "remove_from_cart", "search", "signup", "login"
@@ -84,6 +90,10 @@ def parse_ts_ms(value: Any) -> int:
     return ms
 
 
+def _future_limit_ms() -> int:
+    return int(time.time() * 1000) + MAX_FUTURE_MS
+
+
 def _epoch_ms(number: float) -> int:
     if number != number or number in (float("inf"), float("-inf")):
         raise ValueError("timestamp is not a number")
@@ -109,7 +119,10 @@ class _Base(BaseModel):
     @field_validator("ts_ms", mode="before")
     @classmethod
     def _ts(cls, value: Any) -> int:
-        return parse_ts_ms(value)
+        ms = parse_ts_ms(value)
+        if ms > _future_limit_ms():
+            raise ValueError("timestamp more than a day ahead of the clock (a clock or bug upstream)")
+        return ms
 
     _ids = field_validator("event_id", "customer_id", mode="before")(id_text)
 
@@ -263,7 +276,9 @@ def event_time_ms(raw: bytes | None, max_bytes: int = MAX_EVENT_BYTES) -> int | 
     """
     if raw is None or len(raw) > max_bytes:
         return None
-    return _line_ts(raw, types=("web", "purchase", "campaign"))
+    ts = _line_ts(raw, types=("web", "purchase", "campaign"))
+    # One that decode() rejects as too far ahead must not move the alignment's frontier either.
+    return None if ts is None or ts > _future_limit_ms() else ts
 
 
 def _line_ts(line: bytes | str, types: tuple[str, ...] | None = None) -> int | None:

@@ -233,3 +233,18 @@ def test_event_time_ms_reads_the_time_decode_gives_without_validating_the_rest()
     for bad in (b"{oops", b"[1]", b'{"ts":"2024-03-01","type":"web"}', b'{"ts":"2024-03-01T10:00:00Z"}',
                 b'{"type":"web","ts":true}', None, b'{"type":"web","ts":"' + b"9" * 300 + b'"}'):
         assert event_time_ms(bad, max_bytes=256) is None
+
+
+def test_an_event_stamped_more_than_a_day_ahead_of_the_clock_is_invalid() -> None:
+    import time
+
+    from features.events import MAX_FUTURE_MS, event_time_ms
+
+    now = int(time.time() * 1000)
+    ahead = orjson.dumps(web(ts=now + MAX_FUTURE_MS + 3_600_000))
+    assert bad(ahead).startswith("validation: ts:") and "ahead of the clock" in bad(ahead)
+    # ... so it cannot move the live worker's alignment frontier either: not readable there.
+    assert event_time_ms(ahead) is None
+    # A device clock a few hours fast still passes.
+    soon = orjson.dumps(web(ts=now + 3 * 3_600_000))
+    assert ok(soon).ts_ms == now + 3 * 3_600_000 and event_time_ms(soon) == now + 3 * 3_600_000

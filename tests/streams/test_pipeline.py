@@ -77,6 +77,20 @@ def test_invalid_records_are_dead_lettered_with_connect_headers(pipe: Pipeline) 
     assert batch.counts["invalid"] == 3 and batch.counts["applied"] == 1
 
 
+def test_an_event_from_a_clock_years_ahead_is_dead_lettered_and_loses_nothing_after_it(pipe: Pipeline) -> None:
+    # Taken as valid, it would move c1's clock to 2090 and the real events after it would
+    # all be dropped as late: lost, not dead-lettered.
+    batch = pipe.process([
+        msg(purchase("p-ahead", ts="2090-03-01T10:00:00Z"), offset=1),
+        msg(purchase("p1", ts="2024-03-01T10:00:00Z"), offset=2),
+        msg(web("w1", ts="2024-03-01T11:00:00Z"), offset=3, topic=T.web),
+    ])
+    [dead] = [r for r in batch.records if r.topic == T.dlq]
+    assert orjson.loads(dead.value)["event_id"] == "p-ahead"
+    assert b"ahead of the clock" in dict(dead.headers)["__connect.errors.exception.message"]
+    assert batch.counts["applied"] == 2 and batch.counts["late"] == 0
+
+
 def test_key_must_be_the_customer_id_unless_disabled() -> None:
     strict = Pipeline(ScoringCore.in_memory(learn_inline=False))
     out = strict.process([msg(purchase("e1"), key=b"someone-else"), msg(purchase("e2"), key=None)])
