@@ -119,6 +119,9 @@ class Outputs:
     fresh: list[Labelled] = field(default_factory=list)  # learn_at: fresh samples, in order
     drifts: list[dict[str, Any]] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
+    # Positions in the batch of the events not applied as later than the allowed lateness:
+    # the live pipeline keeps their records on the late topic instead of losing them.
+    late: list[int] = field(default_factory=list)
 
 
 class ModelRegistry:
@@ -252,9 +255,10 @@ class ScoringCore:
         working: dict[str, State] = {c: dict(result.before.get(c, {})) for c in customers}
         newest = max(ev.ts_ms for ev in events)
         out.counts["events"] += len(events)
-        for ev, up, status in zip(events, updates, result.statuses, strict=True):
+        for i, (ev, up, status) in enumerate(zip(events, updates, result.statuses, strict=True)):
             if status == LATE:
                 out.counts["late"] += 1
+                out.late.append(i)
                 continue
             rec = records[ev.customer_id]
             key = f"{ev.type}:{action_of(ev)}"

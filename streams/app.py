@@ -163,8 +163,8 @@ def faust_credentials(settings: Settings) -> Any:
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
     """Create missing topics; check co-partitioning. Returns ``{topic: partitions}``.
 
-    Inputs, scores (``cleanup.policy=compact``), alerts, triggers and the DLQ
-    get ``settings.partitions``; the labels and drift topics get one partition
+    Inputs, scores (``cleanup.policy=compact``), alerts, triggers, the DLQ and
+    the late topic get ``settings.partitions``; the labels and drift topics get one partition
     (one learner, ordered labels). Existing topics are left alone, but input
     topics with different partition counts, or a labels topic with more than
     one partition, are refused.
@@ -176,7 +176,9 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
     from kafka.errors import TopicAlreadyExistsError
 
     t = settings.topics
-    wanted = {name: settings.partitions for name in (*t.inputs.values(), t.scores, t.alerts, t.triggers, t.dlq)}
+    wanted = {
+        name: settings.partitions for name in (*t.inputs.values(), t.scores, t.alerts, t.triggers, t.dlq, t.late)
+    }
     wanted.update({t.labels: 1, t.drift: 1})
     admin = KafkaAdminClient(
         client_id=f"{settings.app_id}-admin", request_timeout_ms=int(timeout_s * 1000),

@@ -45,6 +45,8 @@ Output records (values are JSON objects)::
     leadpulse.drift    {"kind": "churn_risk", "model_version": 5120, "ts": "...",
                         "detector": "ADWIN(log loss)", "drifts_total": 2}
     leadpulse.dlq      the original bytes, headers as above
+    leadpulse.late     with keep_late: valid events not applied as later than the allowed
+                       lateness, the original bytes, the same headers (stage ``lateness``)
 
 Central learning: scorers run the core with ``learn_inline=False``; matured
 examples go to the single-partition labels topic, where exactly one
@@ -109,6 +111,12 @@ __all__ = [
 # the learner's consumer about as much as a whole label does, one per example doubled the
 # records the worker moved. Kept well below Kafka's default 1 MB message limit.
 LABELS_RECORD_BYTES = 256 * 1024
+# Why a valid event was not applied. Event ids are remembered only inside the lateness
+# window, so a redelivery of an event applied longer ago than that reads as late too.
+LATE_REASON = (
+    "later than the allowed lateness behind the customer's newest event; not applied "
+    "(or a redelivery of an event applied before that)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +174,8 @@ class BatchOutput:
 
 
 def dead_letter(
-    msg: Incoming, reason: str, dlq_topic: str, stage: str = "decode", source: str = "leadpulse"
+    msg: Incoming, reason: str, dlq_topic: str, stage: str = "decode", source: str = "leadpulse",
+    error_class: str = "features.events.EventError",
 ) -> OutRecord:
     """A dead-letter record: original key and bytes, Kafka Connect style error headers.
 
@@ -179,7 +188,7 @@ def dead_letter(
         ("__connect.errors.partition", str(msg.partition).encode()),
         ("__connect.errors.offset", str(msg.offset).encode()),
         ("__connect.errors.exception.message", reason.encode("utf-8", "replace")),
-        ("__connect.errors.exception.class.name", b"features.events.EventError"),
+        ("__connect.errors.exception.class.name", error_class.encode()),
         ("__connect.errors.stage", stage.encode()),
         ("__connect.errors.connector.name", source.encode()),
     )
@@ -272,6 +281,12 @@ class Pipeline:
     ``customer_id`` is dead-lettered (stage ``key_check``), because per-shard
     scoring state is only consistent when every event of a customer arrives
     on the partition its key hashes to.
+
+    ``keep_late``: valid events not applied as later than the allowed lateness go to
+    the late topic as received (stage ``lateness``); otherwise they are only counted.
+    Off by default: event ids are remembered only inside the lateness window, so a
+    redelivery of events applied longer ago reads as late too (a file replayed twice
+    puts most of itself there).
     """
 
     def __init__(
@@ -282,12 +297,14 @@ class Pipeline:
         max_event_bytes: int = MAX_EVENT_BYTES,
         require_key_match: bool = True,
         source: str = "leadpulse",
+        keep_late: bool = False,
     ) -> None:
         self.core = core
         self.topics = topics or Topics()
         self.max_event_bytes = max_event_bytes
         self.require_key_match = require_key_match
         self.source = source
+        self.keep_late = keep_late
 
     def split(
         self, messages: Iterable[Incoming]
@@ -365,6 +382,9 @@ class Pipeline:
         self, result: Any, pairs: list[tuple[Incoming, AnyEvent]], out: BatchOutput, labels: list[Labelled]
     ) -> None:
         topics = self.topics
+        for i in result.late if self.keep_late else ():
+            out.records.append(dead_letter(pairs[i][0], LATE_REASON, topics.late, stage="lateness",
+                                           source=self.source, error_class="features.store.LATE"))
         sent_at = {ev.event_id: msg.timestamp_ms for msg, ev in pairs}
         for rec in result.scores:
             out.records.append(OutRecord(topics.scores, rec["customer_id"].encode(), _json(rec)))

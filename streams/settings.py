@@ -26,6 +26,7 @@ class Topics(BaseModel):
     alerts: str = "leadpulse.alerts"
     triggers: str = "leadpulse.triggers"
     dlq: str = "leadpulse.dlq"
+    late: str = "leadpulse.late"  # valid events later than the allowed lateness, as received
     labels: str = "leadpulse.labels"  # matured examples -> the one learner
     drift: str = "leadpulse.drift"
 
@@ -81,6 +82,11 @@ class Settings(BaseSettings):
     # Live pipeline (streams/app.py)
     require_key_match: bool = Field(
         True, description="dead-letter valid events whose Kafka key is not their customer_id"
+    )
+    keep_late: bool = Field(
+        False, description="publish valid events later than the allowed lateness to the late topic "
+        "as received, instead of only counting them. Off by default: a redelivery of events applied "
+        "longer ago than the lateness reads as late too (event ids are remembered only inside it)",
     )
     web_api_token: SecretStr | None = Field(
         None, description="if set, /customers/* requires 'Authorization: Bearer <token>'"

@@ -48,7 +48,7 @@ class Deployment:
             "kafka_bootstrap": bootstrap, "redis_url": redis_url, "partitions": PARTITIONS,
             "app_id": name, "redis_prefix": name, "broker_session_timeout_s": 10,
             "broker_rebalance_timeout_s": 3, "snapshot_every_labels": 50, "snapshot_every_s": 2,
-            "model_refresh_s": 1, "batch_size": 200,
+            "model_refresh_s": 1, "batch_size": 200, "keep_late": True,
             **{f"topics__{k}": v for k, v in self.topics.model_dump().items()},
         }
         self.settings = load_settings(
@@ -220,6 +220,10 @@ def test_events_in_scores_alerts_triggers_and_dead_letters_out(deploy: Any, tmp_
     # customer had moved on by more than the lateness: that depends on arrival order).
     not_applied = metric(worker, "leadpulse_events_late_total") + metric(worker, "leadpulse_events_duplicate_total")
     assert not_applied == statuses["duplicate"] + statuses["late"] == summary.duplicates
+    # What came later than the lateness is kept as received, not lost.
+    late = d.read(d.topics.late)
+    assert len(late) == metric(worker, "leadpulse_events_late_total")
+    assert all(dict(r.headers)["__connect.errors.stage"] == b"lateness" for r in late)
 
     scores, alerts, triggers = (d.read(t) for t in (d.topics.scores, d.topics.alerts, d.topics.triggers))
     assert scores and alerts and triggers

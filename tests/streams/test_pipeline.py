@@ -91,6 +91,31 @@ def test_an_event_from_a_clock_years_ahead_is_dead_lettered_and_loses_nothing_af
     assert batch.counts["applied"] == 2 and batch.counts["late"] == 0
 
 
+def test_events_later_than_the_lateness_are_kept_on_the_late_topic_as_received() -> None:
+    pipe = Pipeline(ScoringCore.in_memory(learn_inline=False), keep_late=True)
+    first = pipe.process([msg(purchase("p1", ts="2024-03-01T10:00:00Z"), offset=1)])
+    assert not [r for r in first.records if r.topic == T.late]
+    late_line = web("w-old", ts="2024-03-01T08:00:00Z")  # two hours behind c1's clock (lateness 1 h)
+    batch = pipe.process([
+        msg(late_line, offset=2, topic=T.web),
+        msg(web("w-ok", ts="2024-03-01T09:30:00Z"), offset=3, topic=T.web),  # inside the lateness
+        msg(purchase("p1", ts="2024-03-01T10:00:00Z"), offset=4),  # a duplicate: counted, not kept
+    ])
+    [kept] = [r for r in batch.records if r.topic == T.late]
+    assert kept.value == late_line and kept.key == b"c1"
+    h = dict(kept.headers)
+    assert h["__connect.errors.stage"] == b"lateness" and h["__connect.errors.offset"] == b"2"
+    assert h["__connect.errors.topic"] == T.web.encode()
+    assert b"lateness" in h["__connect.errors.exception.message"] and b"c1" not in h["__connect.errors.exception.message"]
+    assert (batch.counts["late"], batch.counts["applied"], batch.counts["duplicates"]) == (1, 1, 1)
+    assert not [r for r in batch.records if r.topic == T.dlq], "late is not invalid"
+    # Off (the default), they are counted only.
+    default = Pipeline(ScoringCore.in_memory(learn_inline=False))
+    default.process([msg(purchase("p1", ts="2024-03-01T10:00:00Z"), offset=1)])
+    off = default.process([msg(late_line, offset=2, topic=T.web)])
+    assert off.counts["late"] == 1 and not [r for r in off.records if r.topic == T.late]
+
+
 def test_key_must_be_the_customer_id_unless_disabled() -> None:
     strict = Pipeline(ScoringCore.in_memory(learn_inline=False))
     out = strict.process([msg(purchase("e1"), key=b"someone-else"), msg(purchase("e2"), key=None)])
