@@ -21,7 +21,7 @@ layer can dead-letter it with the original bytes.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,8 +90,12 @@ def parse_ts_ms(value: Any) -> int:
     return ms
 
 
-def _future_limit_ms() -> int:
-    return int(time.time() * 1000) + MAX_FUTURE_MS
+def _event_ts_ms(value: Any) -> int:
+    # An event's time: parse_ts_ms, and not more than MAX_FUTURE_MS ahead of the clock.
+    ms = parse_ts_ms(value)
+    if ms > int(time.time() * 1000) + MAX_FUTURE_MS:
+        raise ValueError("timestamp more than a day ahead of the clock (a clock or bug upstream)")
+    return ms
 
 
 def _epoch_ms(number: float) -> int:
@@ -119,10 +123,7 @@ class _Base(BaseModel):
     @field_validator("ts_ms", mode="before")
     @classmethod
     def _ts(cls, value: Any) -> int:
-        ms = parse_ts_ms(value)
-        if ms > _future_limit_ms():
-            raise ValueError("timestamp more than a day ahead of the clock (a clock or bug upstream)")
-        return ms
+        return _event_ts_ms(value)
 
     _ids = field_validator("event_id", "customer_id", mode="before")(id_text)
 
@@ -276,18 +277,19 @@ def event_time_ms(raw: bytes | None, max_bytes: int = MAX_EVENT_BYTES) -> int | 
     """
     if raw is None or len(raw) > max_bytes:
         return None
-    ts = _line_ts(raw, types=("web", "purchase", "campaign"))
-    # One that decode() rejects as too far ahead must not move the alignment's frontier either.
-    return None if ts is None or ts > _future_limit_ms() else ts
+    # decode()'s own reading: one it rejects as too far ahead cannot move the frontier either.
+    return _line_ts(raw, types=("web", "purchase", "campaign"), parse=_event_ts_ms)
 
 
-def _line_ts(line: bytes | str, types: tuple[str, ...] | None = None) -> int | None:
+def _line_ts(
+    line: bytes | str, types: tuple[str, ...] | None = None, parse: Callable[[Any], int] = parse_ts_ms
+) -> int | None:
     # The ``ts`` of a JSON object line (of one of ``types``, if given); None when unreadable.
     try:
         obj = orjson.loads(line)
         if not isinstance(obj, dict) or (types is not None and obj.get("type") not in types):
             return None
-        return parse_ts_ms(obj.get("ts"))
+        return parse(obj.get("ts"))
     except (orjson.JSONDecodeError, ValueError):
         return None
 
