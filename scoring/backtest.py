@@ -455,10 +455,11 @@ def _kind_report(log: _KindLog, config: BacktestConfig) -> dict[str, Any]:
         y = [labels[i] for i in idx]
         b = summarize(batch[idx].tolist(), y)
         # On the same examples, for a fair comparison (the batch model needs a first week of labels).
-        online_same = summarize([probs[i] for i in idx], y)
+        online = [probs[i] for i in idx]
+        online_same = summarize(online, y)
         b["online_on_same_examples"] = {k: online_same[k] for k in ("auc", "top_bottom_decile_ratio", "lift_top_decile")}
         b["online_minus_batch_ci95"] = _interval(
-            auc_difference_ci([probs[i] for i in idx], batch[idx].tolist(), y, [log.customers[i] for i in idx])
+            auc_difference_ci(online, batch[idx].tolist(), y, [log.customers[i] for i in idx])
         )
         b["coverage"] = round(float(has_batch.mean()), 4)
         b["gains"] = _gains(batch[idx].tolist(), y)

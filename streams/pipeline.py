@@ -101,7 +101,6 @@ __all__ = [
     "Pipeline",
     "dead_letter",
     "input_caught_up",
-    "labelled_from_json",
     "labelled_to_json",
     "labels_from_record",
     "labels_to_records",
@@ -199,7 +198,7 @@ def labelled_to_json(ex: Labelled) -> bytes:
     """A matured example for the labels topic (the model input ``x`` included).
 
     >>> ex = Labelled("churn_risk", "c1", "x1", 1, 2, 0.2, 0.3, "model", 1, {"a": 1.0})
-    >>> labelled_from_json(labelled_to_json(ex)) == ex
+    >>> labels_from_record(labelled_to_json(ex)) == [ex]
     True
     """
     return orjson.dumps({
@@ -207,15 +206,6 @@ def labelled_to_json(ex: Labelled) -> bytes:
         "t_ms": ex.t_ms, "end_ms": ex.end_ms, "prob": ex.prob, "rule_prob": ex.rule_prob,
         "source": ex.source, "label": ex.label, "x": ex.x, "fresh": ex.fresh,
     })
-
-
-def labelled_from_json(raw: bytes) -> Labelled:
-    """Inverse of :func:`labelled_to_json`; raises ``ValueError`` on a bad record."""
-    try:
-        d = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"not a labelled example: {type(exc).__name__}") from exc
-    return _labelled(d)
 
 
 def _labelled(d: Any) -> Labelled:

@@ -72,7 +72,7 @@ class Scorer:
         self.refresher = ModelRefresher(registry, self.state, s.model_refresh_s)
         # The shards already scored of the batch last attempted: a retry of that batch after
         # an error (Redis away) reuses them, so their outputs are not lost as duplicates.
-        self._attempt: tuple[tuple[tuple[str, int, int], ...], dict[str, Outputs]] | None = None
+        self._attempt: tuple[tuple[Position, ...], dict[str, Outputs]] | None = None
 
     def score(self, messages: Sequence[Incoming]) -> tuple[BatchOutput, dict[str, int]]:
         """Decode and score a batch: dead letters first, then each shard's records; also
@@ -188,11 +188,10 @@ class ScorerPool:
     batch: more help where the scoring processes are what is busy and cores are free.
     (On the 2-core machine of our benchmarks two are within noise of one: they compete
     for the same two cores with the worker, Redis and the broker, so the default is one
-    child.) A shard's
-    events always go to the same child, so each shard's watermark, due index and
-    event order stay with one process, exactly as with one child; a customer's
-    records all come from one shard, so their order is kept. Records of different
-    shards may come in another order than from one child.
+    child.) A shard's events always go to the same child, so each shard's watermark,
+    due index and event order stay with one process, exactly as with one child; a
+    customer's records all come from one shard, so their order is kept. Records of
+    different shards may come in another order than from one child.
 
     Each child learns its own RFM quintile edges from the shards it scores, as
     separate workers already do. Queries (a customer's scores, an erasure) go to

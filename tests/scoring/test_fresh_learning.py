@@ -21,7 +21,7 @@ from scoring.core import Labelled, ModelRegistry, ScoringCore
 from scoring.kinds import ScoreKind
 from scoring.models import OnlineModel, fnc_correct
 from scoring.simulator import SimulationConfig, write_jsonl
-from streams.pipeline import labelled_from_json, labelled_to_json
+from streams.pipeline import labelled_to_json, labels_from_record
 from tests.scoring.test_label_join import T0, _timeline, pending, purchase, restart
 
 FRESH = {"kinds": {k: {"learn_at": "fresh"} for k in ("purchase_propensity", "churn_risk", "campaign_response")}}
@@ -144,10 +144,10 @@ def test_a_model_that_learns_at_horizon_close_refuses_fresh_samples() -> None:
 
 def test_fresh_samples_round_trip_through_the_labels_topic() -> None:
     ex = Labelled("churn_risk", "c1", "x1", 1, 1, 0.2, 0.3, "model", 1, {"a": 1.0}, True)
-    assert labelled_from_json(labelled_to_json(ex)) == ex
+    assert labels_from_record(labelled_to_json(ex)) == [ex]
     old = b'{"kind":"k","customer_id":"c","example_id":"e","t_ms":1,"end_ms":2,"prob":0.1,' \
           b'"rule_prob":0.2,"source":"model","label":0,"x":{}}'
-    assert labelled_from_json(old).fresh is False
+    assert labels_from_record(old)[0].fresh is False
 
 
 def test_backtest_scores_the_same_examples_in_both_modes(tmp_path: Path) -> None:
