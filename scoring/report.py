@@ -202,22 +202,22 @@ def change_sentence(change: dict[str, Any]) -> str:
     ...     "after_pooled": {"online_auc": 0.78, "batch_auc": 0.74},
     ...     "after": [{"week": 1, "online_auc": 0.75, "batch_auc": 0.70}]})
     'In the 4 weeks after the change on 2024-07-01, the online model ranks better than the weekly batch LR (AUC 0.780 vs 0.740, +0.040, on the same examples). In the week right after it: AUC 0.750 vs 0.700.'
+    >>> change_sentence({"at": "2024-07-01", "weeks": 4, "after": [], "after_pooled": {
+    ...     "online_auc": 0.765, "batch_auc": 0.75, "online_minus_batch_ci95": [-0.004, 0.034]}})[47:]
+    'the online model ranks about as well as the weekly batch LR (AUC 0.765 vs 0.750, +0.015 (95%: -0.004 to +0.034), on the same examples).'
     >>> change_sentence({"at": "2024-07-01", "weeks": 4, "after": [],
     ...     "after_pooled": {"online_auc": 0.80, "batch_auc": 0.80, "frozen_auc": 0.79}})[-74:]
     "at AUC 0.790: learning on after it moved the online model's AUC by +0.010."
     """
     pooled = change.get("after_pooled") or {}
+    # The verdict is the interval's when there is one (resampling customers), as in the headline.
     text = (f"In the {change.get('weeks')} weeks after the change on {str(change.get('at'))[:10]}, the online "
             "model " + versus_sentence(pooled.get("online_auc"), pooled.get("batch_auc"),
-                                        "the weekly batch LR", ", on the same examples") + ".")
+                                        "the weekly batch LR", ", on the same examples",
+                                        ci=pooled.get("online_minus_batch_ci95")) + ".")
     first = (change.get("after") or [{}])[0]
     if first.get("online_auc") is not None and first.get("batch_auc") is not None:
         text += f" In the week right after it: AUC {first['online_auc']:.3f} vs {first['batch_auc']:.3f}."
-    ci = pooled.get("online_minus_batch_ci95")
-    if ci:
-        inside = ci[0] <= 0 <= ci[1]
-        text += (f" The 95% interval of that difference, resampling customers, is {ci[0]:+.3f} to {ci[1]:+.3f}"
-                 + (": no difference can be told." if inside else "."))
     frozen, online = pooled.get("frozen_auc"), pooled.get("online_auc")
     if frozen is not None and online is not None:
         text += (f" A model frozen at the change (the weekly LR's last fit before it) ranks the same examples"

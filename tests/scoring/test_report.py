@@ -230,6 +230,20 @@ def test_headline_sentences_follow_the_numbers(reports: list[dict[str, Any]], tm
     assert "ranks worse than the rule baseline (AUC 0.550 vs 0.600, -0.050)" in text
 
 
+def test_change_sentence_verdict_follows_its_interval() -> None:
+    pooled = {"online_auc": 0.78, "batch_auc": 0.76, "online_minus_batch_ci95": [-0.001, 0.041]}
+    change = {"at": "2024-07-01", "weeks": 4, "after": [], "after_pooled": pooled}
+    # +0.020 is past AUC_TIE, but the interval holds 0: a tie, and said once.
+    text = change_sentence(change)
+    assert "ranks about as well as the weekly batch LR" in text and "better" not in text
+    assert text.count("95%") == 1
+    pooled["online_minus_batch_ci95"] = [0.004, 0.036]
+    assert "ranks better than the weekly batch LR (AUC 0.780 vs 0.760, +0.020 (95%: +0.004 to +0.036)" in (
+        change_sentence(change))
+    del pooled["online_minus_batch_ci95"]  # reports from before the intervals
+    assert "ranks better than the weekly batch LR (AUC 0.780 vs 0.760, +0.020, on the same" in change_sentence(change)
+
+
 def test_known_change_has_its_table_and_sentence(reports: list[dict[str, Any]], single_page: Path) -> None:
     text = single_page.read_text()
     change = reports[0]["kinds"]["purchase_propensity"]["change"]
