@@ -36,7 +36,7 @@ import math
 import time
 import tracemalloc
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -251,6 +251,9 @@ class _KindLog:
     groups: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # model, cold_start or rule, per example
     customers: list[str] = field(default_factory=list)  # for intervals that resample customers
+    # With a known change: the model inputs of the examples scored in the weeks after it, by
+    # index into the lists above (for the hindsight fit; bounded by those weeks' labels).
+    after_change_x: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 def _week_iso(week: int) -> str:
@@ -340,6 +343,9 @@ def _run_backtest(
                 batch_p, frozen_p = base.observe(ex)
             log.batch.append(math.nan if batch_p is None else batch_p)
             log.frozen.append(math.nan if frozen_p is None else frozen_p)
+            at = config.change_at_ms
+            if at is not None and at <= ex.t_ms < at + config.change_weeks * WEEK_MS and ex.x is not None:
+                log.after_change_x[len(log.probs) - 1] = ex.x
             if scores_out:
                 rec = ex.record()
                 rec["batch_probability"] = None if batch_p is None else round(batch_p, 6)
@@ -548,6 +554,13 @@ def _change(log: _KindLog, at_ms: int, weeks: int) -> dict[str, Any]:
     there. Online minus frozen is what learning on after the change was worth;
     if it is small, the change did not make old knowledge wrong, so there was
     little for any model to recover.
+
+    ``after_pooled`` also has ``hindsight_auc``: a logistic regression fitted
+    on those after-change examples themselves, out of fold by customer (see
+    :func:`hindsight_probabilities`). It knows the new regime as no model
+    running at the time could, so it bounds, roughly, what any model of this
+    family on these inputs could have recovered: hindsight minus frozen is how
+    much there was to win back.
     """
     times = np.asarray(log.times, dtype=np.int64)
     batch = np.asarray(log.batch, dtype=float)
@@ -581,6 +594,15 @@ def _change(log: _KindLog, at_ms: int, weeks: int) -> dict[str, Any]:
             if row.get("frozen_auc") is not None:
                 ci = auc_difference_ci(online, [float(frozen[i]) for i in idx], y, who)
                 row["online_minus_frozen_ci95"] = _interval(ci)
+        if pooled and lo >= at_ms:
+            who = [log.customers[i] for i in idx]
+            # Every pooled example was logged with its inputs (learned kinds always have them).
+            rows = [x for i in idx if (x := log.after_change_x.get(int(i))) is not None]
+            hindsight = hindsight_probabilities(rows, y, who) if len(rows) == len(idx) else None
+            row["hindsight_auc"] = None if hindsight is None else _r(auc(hindsight, y))
+            if hindsight is not None:
+                online = [log.probs[i] for i in idx]
+                row["online_minus_hindsight_ci95"] = _interval(auc_difference_ci(online, hindsight, y, who))
         return row
 
     span = weeks * WEEK_MS
@@ -591,6 +613,53 @@ def _change(log: _KindLog, at_ms: int, weeks: int) -> dict[str, Any]:
         "after": after,
         "after_pooled": figures(at_ms, at_ms + span, pooled=True),
     }
+
+
+def hindsight_probabilities(
+    rows: Sequence[dict[str, float]], labels: Sequence[int], customers: Sequence[str], folds: int = 5
+) -> list[float] | None:
+    """Out-of-fold probabilities of a logistic regression fitted on the examples themselves.
+
+    Customers are split into ``folds`` groups; each group's examples are scored by
+    a fit on the other groups (standardised inputs, absent inputs 0, C=1), so no
+    customer is scored by a model that saw it. ``None`` when there are fewer
+    customers than folds or a training split holds one class only.
+
+    >>> rows = [{"x": float(i % 2), "noise": float(i % 7)} for i in range(200)]
+    >>> labels = [i % 2 for i in range(200)]
+    >>> who = [f"c{i // 4}" for i in range(200)]
+    >>> probs = hindsight_probabilities(rows, labels, who)
+    >>> auc(probs, labels) > 0.99
+    True
+    >>> hindsight_probabilities(rows[:8], labels[:8], who[:8]) is None  # 2 customers, 5 folds
+    True
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    groups = np.unique(np.asarray(customers), return_inverse=True)[1]
+    if groups.max(initial=-1) + 1 < folds:
+        return None
+    names = sorted({k for r in rows for k in r})
+    column = {k: j for j, k in enumerate(names)}
+    x = np.zeros((len(rows), len(names)))
+    for i, r in enumerate(rows):
+        for k, v in r.items():
+            x[i, column[k]] = v
+    y = np.asarray(labels, dtype=np.int64)
+    # Customers dealt to folds in a fixed shuffled order: the same input gives the same figure.
+    fold_of = np.random.default_rng(0).permutation(groups.max() + 1)[groups] % folds
+    out = np.zeros(len(rows))
+    for f in range(folds):
+        test, train = fold_of == f, fold_of != f
+        if not test.any():
+            continue
+        if y[train].min() == y[train].max():
+            return None
+        mean, scale = x[train].mean(axis=0), x[train].std(axis=0)
+        scale[scale == 0] = 1.0
+        fit = LogisticRegression(C=1.0, max_iter=300).fit((x[train] - mean) / scale, y[train])
+        out[test] = fit.predict_proba((x[test] - mean) / scale)[:, 1]
+    return out.tolist()
 
 
 def _fairness(log: _KindLog, top_fraction: float = 0.2) -> dict[str, Any]:

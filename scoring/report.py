@@ -222,6 +222,11 @@ def change_sentence(change: dict[str, Any]) -> str:
     if frozen is not None and online is not None:
         text += (f" A model frozen at the change (the weekly LR's last fit before it) ranks the same examples"
                  f" at AUC {frozen:.3f}: learning on after it moved the online model's AUC by {online - frozen:+.3f}.")
+    hindsight = pooled.get("hindsight_auc")
+    if hindsight is not None and frozen is not None:
+        text += (f" A logistic regression fitted on these weeks' own labels, in hindsight (out of fold by"
+                 f" customer), ranks them at AUC {hindsight:.3f}: at most about {hindsight - frozen:+.3f} was there"
+                 " to recover.")
     return text
 
 
@@ -246,7 +251,7 @@ def _moment_rows(moments: dict[str, Any]) -> list[list[str]]:
 
 
 CHANGE_HEAD = ("period", "labels", "positives", "online AUC", "weekly batch LR AUC", "online - batch",
-               "frozen at the change AUC", "online - frozen")
+               "frozen at the change AUC", "online - frozen", "fitted on these weeks, in hindsight AUC")
 
 
 def _change_rows(change: dict[str, Any]) -> list[list[str]]:
@@ -259,7 +264,8 @@ def _change_rows(change: dict[str, Any]) -> list[list[str]]:
         on, ba, fr = f.get("online_auc"), f.get("batch_auc"), f.get("frozen_auc")
         rows.append([_e(name), _num(f.get("labels"), 0), _num(f.get("positives"), 0), _num(on), _num(ba),
                      _signed_diff(on, ba) + interval_text(f.get("online_minus_batch_ci95")), _num(fr),
-                     _signed_diff(on, fr) + interval_text(f.get("online_minus_frozen_ci95"))])
+                     _signed_diff(on, fr) + interval_text(f.get("online_minus_frozen_ci95")),
+                     _num(f.get("hindsight_auc"))])
     return rows
 
 

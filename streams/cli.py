@@ -243,6 +243,10 @@ def _headline(reports: list[dict[str, Any]]) -> str:
                     + interval_text(pooled.get("online_minus_batch_ci95")))
             if fr is not None:
                 text += f", online - frozen {on - fr:+.3f}" + interval_text(pooled.get("online_minus_frozen_ci95"))
+            hs = pooled.get("hindsight_auc")
+            if hs is not None:
+                text += f", online - hindsight fit {on - hs:+.3f}" + interval_text(
+                    pooled.get("online_minus_hindsight_ci95"))
             lines.append(text)
     return "\n".join(lines)
 

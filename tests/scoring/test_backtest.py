@@ -6,10 +6,11 @@ import gzip
 import json
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
-from scoring.backtest import BacktestConfig, run_backtest, write_report
+from scoring.backtest import BacktestConfig, hindsight_probabilities, run_backtest, write_report
 from scoring.metrics import auc
 from scoring.simulator import SimulationConfig, write_jsonl
 
@@ -142,6 +143,12 @@ def test_known_change_figures_recompute_from_scores_out(history: Path, tmp_path:
         assert lo <= pooled["online_auc"] - pooled[other] + 1e-6 and pooled["online_auc"] - pooled[other] <= hi + 1e-6
         assert hi - lo > 0.001  # a few hundred customers: the interval is not a point
     assert len(change["before"]["online_minus_batch_ci95"]) == 2
+    # The hindsight fit: out of fold by customer on the pooled examples, with its own interval.
+    # (On this small history it is a noisy fit: a few dozen positives. It is no upper bound there.)
+    assert pooled["hindsight_auc"] is not None and 0.0 <= pooled["hindsight_auc"] <= 1.0
+    lo, hi = pooled["online_minus_hindsight_ci95"]
+    assert lo <= pooled["online_auc"] - pooled["hindsight_auc"] + 1e-6 <= hi + 2e-6
+    assert "hindsight_auc" not in change["before"] and "hindsight_auc" not in change["after"][0]
     assert all(r["frozen_probability"] is None for r in rows if scored_ms(r) < at)
     # Frozen means the weekly fit in force at the change: until the next weekly refit it is the
     # batch model itself; after that refit the two differ.
@@ -276,3 +283,19 @@ def test_the_command_line_prints_each_kinds_differences_with_their_intervals(
         lo, hi = report["kinds"][kind]["baselines"]["rule"]["online_minus_rule_ci95"]
         line = next(x for x in printed.splitlines() if x.strip().startswith(f"{kind}: online - rule"))
         assert f"(95%: {lo:+.3f} to {hi:+.3f})" in line and "online - batch" in line
+
+
+def test_hindsight_fit_learns_the_new_regime_out_of_fold() -> None:
+    rng = np.random.default_rng(5)
+    n = 3000
+    x = rng.normal(size=n)
+    # After a change the input means the opposite: a model frozen before it ranks backwards,
+    # one fitted on the new labels ranks right, and it never scores a customer it was fitted on.
+    y = (rng.random(n) < 1 / (1 + np.exp(2.0 * x))).astype(int).tolist()
+    rows = [{"x": float(v)} for v in x]
+    who = [f"c{i // 3}" for i in range(n)]
+    frozen = (1 / (1 + np.exp(-2.0 * x))).tolist()
+    probs = hindsight_probabilities(rows, y, who)
+    assert probs is not None and auc(frozen, y) < 0.3 < 0.7 < auc(probs, y)
+    assert probs == hindsight_probabilities(rows, y, who)  # the same input, the same figure
+    assert hindsight_probabilities(rows, [0] * n, who) is None  # one class: nothing to fit
