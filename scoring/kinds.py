@@ -223,6 +223,9 @@ def default_kinds() -> list[ScoreKind]:
             score_on=("purchase:completed",),
             rescore="7d",
             rescore_on=("purchase",),
+            # Regraded weekly while the customer is silent: recency is what changes then, and
+            # scored only at purchases every grade had R = 5 (0 days) and R's edges were all 0.
+            tick="7d",
             requires_purchase=True,
             bands=Bands(warm=40, hot=75),
         ),

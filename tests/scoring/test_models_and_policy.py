@@ -108,6 +108,31 @@ def test_rfm_grades_follow_the_stream() -> None:
     assert worst[:3] == (1, 1, 1) and worst[3] == "hibernating"
 
 
+def test_rfm_recency_grade_falls_while_a_buyer_stays_silent() -> None:
+    """RFM is regraded weekly (tick) between purchases, so R has a spread and falls with silence."""
+    from features.events import decode
+
+    core = ScoringCore.in_memory()
+    events = []
+    for c in range(60):  # buyers whose last purchase falls over the first ten weeks
+        t = T0 + (c % 10) * 7 * DAY + c * 3_600_000
+        events.append(decode(f'{{"event_id":"p{c}","customer_id":"c{c}","ts":{t},"type":"purchase",'
+                             f'"order_id":"o{c}","amount":{20 + c},"currency":"EUR"}}'))
+    events.sort(key=lambda e: e.ts_ms)
+    grades: dict[str, list[str]] = {}
+    for start in range(0, len(events), 10):
+        for rec in core.process(events[start:start + 10]).scores:
+            if rec["kind"] == "rfm_segment":
+                grades.setdefault(rec["customer_id"], []).append(rec["rfm"])
+    for rec in core.advance("0", T0 + 30 * 7 * DAY).scores:
+        if rec["kind"] == "rfm_segment":
+            grades.setdefault(rec["customer_id"], []).append(rec["rfm"])
+    first_buyer = grades["c0"]
+    # Graded at the purchase, then again as the silence grows: R ends lower than it started.
+    assert len(first_buyer) >= 2 and int(first_buyer[-1][0]) < int(first_buyer[0][0])
+    assert {g[0] for gs in grades.values() for g in gs} >= {"1", "5"}  # both ends of the scale occur
+
+
 def test_learning_settings_reach_the_models_from_config() -> None:
     from scoring.config import scoring_config_from_dict
     from scoring.core import ModelRegistry
