@@ -125,7 +125,7 @@ class Outputs:
 
 
 class ModelRegistry:
-    """One model per learned score kind plus the RFM grader; snapshots go to a ModelStore."""
+    """One model per learned score kind; snapshots go to a ModelStore."""
 
     def __init__(self, kinds: Sequence[ScoreKind], exclude: Sequence[str] = ()) -> None:
         self.kinds = {k.name: k for k in kinds}
@@ -141,7 +141,6 @@ class ModelRegistry:
             for k in kinds
             if k.learned
         }
-        self.rfm = RfmGrader()
         self.skipped_fresh = 0  # fresh samples for a kind that learns at horizon close
         self._ignored: set[tuple[str, int]] = set()  # snapshots of the other learning mode
 
@@ -220,6 +219,11 @@ class ScoringCore:
         self.policy = policy or Policy()
         self.lateness_ms = lateness_ms
         self.learn_inline = learn_inline
+        # The RFM grader of the shard being processed: each shard learns its own quintile
+        # edges and keeps them with its state (see StateStore), so its grades do not depend on
+        # which worker holds it, or on a restart. Read from the store at every batch.
+        self.rfm = RfmGrader()
+        self._rfm_seen = 0
         # Kind names per event key: a kind missing from a list of kinds costs a dataclass
         # __eq__ (every field) per element, a name missing from a set one hash lookup.
         self._on_event: dict[str, set[str]] = {}
@@ -248,6 +252,7 @@ class ScoringCore:
         out = Outputs()
         if not events:
             return out
+        self._use_grader(shard)
         updates = [Update.of(ev, self.engine.ops_for(ev)) for ev in events]
         result = self.features.apply(updates)
         customers = list(dict.fromkeys(ev.customer_id for ev in events))
@@ -274,17 +279,29 @@ class ScoringCore:
             self._score_event(ev, key, rec, state, out)
         self._learn_fresh(out, 0)
         watermark = self._watermark(shard, newest - self.lateness_ms)
-        self.state.save(records, shard, watermark)
+        self.state.save(records, shard, watermark, self._changed_grader())
         self._process_due(shard, watermark, out)
         return out
 
     def advance(self, shard: str, until_ms: int) -> Outputs:
         """Move a shard's watermark to ``until_ms`` with no new events (end of a replay, idle shard)."""
         out = Outputs()
+        self._use_grader(shard)
         watermark = self._watermark(shard, until_ms)
         self.state.save({}, shard, watermark)
         self._process_due(shard, watermark, out)
         return out
+
+    def _use_grader(self, shard: str) -> None:
+        self.rfm = self.state.grader(shard) or RfmGrader()
+        self._rfm_seen = self.rfm.seen
+
+    def _changed_grader(self) -> RfmGrader | None:
+        # Saved with the records of the batch that changed it: both or neither survive a crash.
+        if self.rfm.seen == self._rfm_seen:
+            return None
+        self._rfm_seen = self.rfm.seen
+        return self.rfm
 
     def _watermark(self, shard: str, candidate: int) -> int:
         # A watermark never goes backwards.
@@ -379,8 +396,8 @@ class ScoringCore:
         rule_p = points_to_probability(rule_points(vector, kind.rule_weights), kind.rule_scale)
         version = 0
         if kind.type == "rfm":
-            r, f, m, seg = self.registry.rfm.grade(vector)
-            self.registry.rfm.observe(vector)
+            r, f, m, seg = self.rfm.grade(vector)
+            self.rfm.observe(vector)
             prob = (r + f + m - 3) / 12.0
             grades = [("recency", float(r)), ("frequency", float(f)), ("monetary", float(m))]
             source, reasons = "rule", (lambda: grades)
@@ -575,7 +592,7 @@ class ScoringCore:
                 else:
                     keep.append(p)
             rec.pending = keep
-        self.state.save(records, shard, None)
+        self.state.save(records, shard, None, self._changed_grader())
         matured.sort(key=lambda e: (e.end_ms, e.example_id.removesuffix(IDLE)))
         out.labelled.extend(matured)
         out.counts["labelled"] += len(matured)

@@ -26,6 +26,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from scoring.rfm import RfmGrader
+
 
 @dataclass
 class Pending:
@@ -87,11 +89,21 @@ class CustomerScoring:
 
 
 class StateStore(Protocol):
-    """Where scoring state lives; ``save`` also maintains the due index and watermark."""
+    """Where scoring state lives; ``save`` also maintains the due index and watermark.
+
+    A shard also keeps its RFM grader (the quintile sketches of its customers): saved
+    with the batch that changed it, so a restarted or reassigned shard grades on from
+    where it was, whichever worker holds it.
+    """
 
     def load(self, customer_ids: Sequence[str]) -> dict[str, CustomerScoring]: ...
 
-    def save(self, records: dict[str, CustomerScoring], shard: str, watermark: int | None) -> None: ...
+    def save(
+        self, records: dict[str, CustomerScoring], shard: str, watermark: int | None,
+        grader: RfmGrader | None = None,
+    ) -> None: ...
+
+    def grader(self, shard: str) -> RfmGrader | None: ...
 
     def due(self, shard: str, until_ms: int, limit: int = 10_000) -> list[str]: ...
 
@@ -108,6 +120,7 @@ class InMemoryStateStore:
         self._due: dict[str, list[tuple[int, str]]] = {}
         self._due_at: dict[str, tuple[str, int]] = {}
         self._watermarks: dict[str, int] = {}
+        self._graders: dict[str, RfmGrader] = {}
 
     def load(self, customer_ids: Sequence[str]) -> dict[str, CustomerScoring]:
         out = {}
@@ -118,7 +131,12 @@ class InMemoryStateStore:
             out[cid] = rec
         return out
 
-    def save(self, records: dict[str, CustomerScoring], shard: str, watermark: int | None) -> None:
+    def save(
+        self, records: dict[str, CustomerScoring], shard: str, watermark: int | None,
+        grader: RfmGrader | None = None,
+    ) -> None:
+        if grader is not None:
+            self._graders[shard] = grader
         heap = self._due.setdefault(shard, [])
         for cid, rec in records.items():
             self._records[cid] = rec
@@ -144,6 +162,9 @@ class InMemoryStateStore:
 
     def watermark(self, shard: str) -> int | None:
         return self._watermarks.get(shard)
+
+    def grader(self, shard: str) -> RfmGrader | None:
+        return self._graders.get(shard)
 
     def erase(self, customer_id: str) -> None:
         self._records.pop(customer_id, None)

@@ -5,6 +5,7 @@
   customer's tag erases it too;
 - ``lp:due:<shard>``: sorted set customer -> next due time (event ms);
 - ``lp:wm:<shard>``: the shard's watermark;
+- ``lp:rfm:<shard>``: the shard's RFM grader (quintile sketches, pickled);
 - ``lp:model:<kind>``: hash ``version`` + ``blob`` (a model snapshot).
 
 Shards are source partitions: when Kafka moves a partition to another worker,
@@ -30,6 +31,7 @@ from collections.abc import Sequence
 import redis
 
 from features.redis_store import key_tag
+from scoring.rfm import RfmGrader
 from scoring.state import CustomerScoring
 
 VERSION_BYTES = 16  # hex: 8 random per store instance, then a counter
@@ -91,8 +93,13 @@ class RedisStateStore:
                 out[c] = _record(raw) if raw else CustomerScoring()
         return {c: out[c] for c in cids}
 
-    def save(self, records: dict[str, CustomerScoring], shard: str, watermark: int | None) -> None:
+    def save(
+        self, records: dict[str, CustomerScoring], shard: str, watermark: int | None,
+        grader: RfmGrader | None = None,
+    ) -> None:
         pipe = self.client.pipeline(transaction=False)
+        if grader is not None:
+            pipe.set(f"{self.prefix}:rfm:{shard}", grader.snapshot())
         due_key = f"{self.prefix}:due:{shard}"
         versions = []
         for cid, rec in records.items():
@@ -136,6 +143,10 @@ class RedisStateStore:
     def watermark(self, shard: str) -> int | None:
         raw = self.client.get(f"{self.prefix}:wm:{shard}")
         return None if raw is None else int(raw)
+
+    def grader(self, shard: str) -> RfmGrader | None:
+        raw = self.client.get(f"{self.prefix}:rfm:{shard}")
+        return None if raw is None else RfmGrader.restore(raw if isinstance(raw, bytes) else raw.encode())
 
     def erase(self, customer_id: str) -> None:
         self._cache.pop(customer_id, None)

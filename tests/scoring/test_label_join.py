@@ -153,7 +153,6 @@ def restart(first: ScoringCore, fresh: ScoringCore) -> ScoringCore:
     fresh.registry = ModelRegistry(fresh.kinds)
     for name, m in first.registry.models.items():
         fresh.registry.models[name] = OnlineModel.restore(m.snapshot())
-    fresh.registry.rfm = copy.deepcopy(first.registry.rfm)
     return fresh
 
 
