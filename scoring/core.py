@@ -51,6 +51,7 @@ from scoring.models import (
     rule_explain,
     rule_points,
 )
+from scoring.rfm import METRICS as RFM_METRICS
 from scoring.rfm import RfmGrader
 from scoring.state import (
     CustomerScoring,
@@ -68,6 +69,10 @@ HISTORY_LIMIT = 8
 IDLE = ":idle"  # suffix of the example ids of idle rescores
 # Per customer and kind: a flood of sends must not grow a customer's record without bound.
 MAX_PENDING_PER_KIND = 32
+
+
+# What an RFM grade reads, and the idle check before it (see _process_due_once).
+RFM_INPUTS = (*RFM_METRICS.values(), "days_since_last_event")
 
 
 @dataclass(frozen=True, slots=True)
@@ -571,8 +576,15 @@ class ScoringCore:
                     continue
                 moment = moments.get(as_of)
                 if moment is None:
-                    moment = moments[as_of] = [self.engine.vector(states[cid], as_of), None]
-                vector = moment[0]
+                    moment = moments[as_of] = [None, None]
+                if moment[0] is not None:
+                    vector = moment[0]
+                elif kind.type == "rfm":
+                    # A weekly regrade needs three features, not the vector (with the default
+                    # kinds RFM comes last: a moment another kind scored has its vector already).
+                    vector = self.engine.values(states[cid], as_of, RFM_INPUTS)
+                else:
+                    vector = moment[0] = self.engine.vector(states[cid], as_of)
                 idle = vector.get("days_since_last_event")
                 if idle is not None and idle * DAY_MS > 180 * DAY_MS:
                     continue  # long gone: stop rescoring until the customer shows up again

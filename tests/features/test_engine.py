@@ -282,6 +282,28 @@ def test_ops_are_json_plain_tuples(engine: FeatureEngine) -> None:
     assert engine.ops_for(ev("campaign", T0, action="bounced"))  # last_seen_at etc.
 
 
+def test_values_equal_the_vectors_for_the_names_asked(engine: FeatureEngine) -> None:
+    from scoring.simulator import SimulationConfig, simulate
+
+    states: dict[str, State] = {}
+    checked = 0
+    names = ("orders_total", "spend_total", "days_since_last_purchase", "days_since_last_event",
+             "days_between_purchases", "page_views_24h", "web_engagement")
+    for i, raw in enumerate(simulate(SimulationConfig(customers=40, days=60, seed=7))):
+        e = decode(orjson.dumps(raw))
+        assert not isinstance(e, str) and hasattr(e, "customer_id")
+        state = states.setdefault(e.customer_id, {})
+        apply_ops(state, engine.ops_for(e))
+        if i % 7 == 0:  # now, and weeks later (windows slide out, recency grows)
+            for as_of in (e.ts_ms, e.ts_ms + 20 * DAY_MS):
+                vector = engine.vector(state, as_of)
+                assert engine.values(state, as_of, names) == {n: vector[n] for n in names}
+                checked += 1
+    assert checked > 200
+    with pytest.raises(ValueError, match="sessions_7d"):
+        engine.values({}, T0, ("sessions_7d",))  # a distinct count needs the whole vector
+
+
 # -- lateness and idempotency in the reference store ----------------------------------
 
 
