@@ -203,6 +203,9 @@ def change_sentence(change: dict[str, Any]) -> str:
     ...     "after": [{"week": 1, "online_auc": 0.75, "batch_auc": 0.70}]})
     'In the 4 weeks after the change on 2024-07-01, the online model ranks better than the weekly batch LR (AUC 0.780 vs 0.740, +0.040, on the same examples). In the week right after it: AUC 0.750 vs 0.700.'
     >>> change_sentence({"at": "2024-07-01", "weeks": 4, "after": [], "after_pooled": {
+    ...     "online_auc": 0.80, "batch_auc": 0.80, "frozen_auc": 0.70, "hindsight_auc": 0.78}})[-67:]
+    'AUC 0.780: about +0.080 over the frozen model was there to recover.'
+    >>> change_sentence({"at": "2024-07-01", "weeks": 4, "after": [], "after_pooled": {
     ...     "online_auc": 0.765, "batch_auc": 0.75, "online_minus_batch_ci95": [-0.004, 0.034]}})[47:]
     'the online model ranks about as well as the weekly batch LR (AUC 0.765 vs 0.750, +0.015 (95%: -0.004 to +0.034), on the same examples).'
     >>> change_sentence({"at": "2024-07-01", "weeks": 4, "after": [],
@@ -224,9 +227,11 @@ def change_sentence(change: dict[str, Any]) -> str:
                  f" at AUC {frozen:.3f}: learning on after it moved the online model's AUC by {online - frozen:+.3f}.")
     hindsight = pooled.get("hindsight_auc")
     if hindsight is not None and frozen is not None:
+        gain = hindsight - frozen
         text += (f" A logistic regression fitted on these weeks' own labels, in hindsight (out of fold by"
-                 f" customer), ranks them at AUC {hindsight:.3f}: at most about {hindsight - frozen:+.3f} was there"
-                 " to recover.")
+                 f" customer), ranks them at AUC {hindsight:.3f}: "
+                 + (f"about {gain:+.3f} over the frozen model was there to recover." if gain > 0.005 else
+                    "no better than the frozen model, so there was next to nothing to recover."))
     return text
 
 
