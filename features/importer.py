@@ -71,8 +71,9 @@ import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, tzinfo
+from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -117,7 +118,7 @@ class ImportConfig:
     time_format: str | None = None  # strptime format, or "epoch_s" / "epoch_ms" / "excel"
     date_order: DateOrder = "auto"
     timezone: str = "UTC"  # for times without an offset
-    decimal_comma: bool = False
+    decimal_comma: bool | None = None  # None: the file decides (see _decide_decimal)
     refunds: Literal["event", "skip"] = "event"
 
     def columns(self) -> list[str]:
@@ -159,6 +160,8 @@ class ImportResult:
     refund_events: int = 0
     identical_rows: int = 0
     date_order: str = "not needed"
+    delimiter: str = ","
+    decimal: str = "point"
 
     def skipped_by_reason(self) -> dict[str, int]:
         return dict(Counter(e.reason.split(":")[0] for e in self.errors).most_common())
@@ -172,6 +175,8 @@ class ImportResult:
             "skipped_by_reason": self.skipped_by_reason(),
             "identical_rows": self.identical_rows,
             "date_order": self.date_order,
+            "delimiter": {"\t": "tab"}.get(self.delimiter, self.delimiter),
+            "decimal": self.decimal,
             "first_event": self.events[0]["ts"] if self.events else None,
             "last_event": self.events[-1]["ts"] if self.events else None,
         }
@@ -187,7 +192,7 @@ _GROUPED_COMMA = re.compile(r"\d{1,3}([. ]\d{3})+(,\d*)?")
 _PLAIN = re.compile(r"(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
-def parse_number(text: str | None, decimal_comma: bool = False, what: str = "amount") -> float:
+def parse_number(text: str | None, decimal_comma: bool | None = False, what: str = "amount") -> float:
     """A number as people type it in exports; raises :class:`RowProblem` with a reason.
 
     >>> parse_number("1,234.50"), parse_number("(12.5)"), parse_number("12.50-"), parse_number("€ 3")
@@ -406,21 +411,42 @@ def _records(lines: Iterable[str], delimiter: str) -> Iterator[tuple[int, list[s
         start = reader.line_num + 1
 
 
+def sniff_delimiter(header: str) -> str:
+    r"""The field separator a header line uses: the most frequent of , ; tab | (comma if none).
+
+    >>> sniff_delimiter("Kunde;Datum;Betrag\n"), sniff_delimiter('"a,b"\tc\td'), sniff_delimiter("one")
+    (';', '\t', ',')
+    """
+    unquoted = re.sub(r'"[^"]*"', "", header)  # a quoted name may hold any of them
+    counts = {d: unquoted.count(d) for d in (",", ";", "\t", "|")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
 def import_transactions(
-    lines: Iterable[str], config: ImportConfig, delimiter: str = ",",
+    lines: Iterable[str], config: ImportConfig, delimiter: str = "auto",
     progress: Callable[[int], None] | None = None,
 ) -> ImportResult:
     """Read a transaction CSV (an iterable of text lines, header first) into purchase events.
 
     Raises :class:`ImportFailed` when the command itself is wrong (a column
     missing from the header, dates that no row disambiguates); bad rows are
-    skipped and reported in the result.
+    skipped and reported in the result. ``delimiter="auto"`` takes the header's
+    separator (:func:`sniff_delimiter`); ``config.decimal_comma=None`` lets the
+    numbers decide (:func:`_decide_decimal`).
     """
     config.check()
     zone = _zone(config.timezone)
-    delimiter = DELIMITERS.get(delimiter, delimiter)
-    records = _records(lines, delimiter)
     result = ImportResult()
+    lines = iter(lines)
+    if delimiter == "auto":
+        first = next(lines, None)
+        if first is not None:
+            lines = chain([first], lines)
+        delimiter = sniff_delimiter(first or "")
+    delimiter = DELIMITERS.get(delimiter, delimiter)
+    result.delimiter = delimiter
+    records = _records(lines, delimiter)
     try:
         _, header = next(records)
     except StopIteration:
@@ -459,6 +485,7 @@ def import_transactions(
                 else:
                     needs_order += 1
     order = _decide_date_order(config, evidence, needs_order, result)
+    config = _decide_decimal(config, raw, result)
     parsed: list[_Line] = []
     seen: Counter[str] = Counter()
     for number, row in raw:
@@ -470,6 +497,41 @@ def import_transactions(
     result.events = _events(parsed, config, result)
     result.errors.sort(key=lambda e: e.line)
     return result
+
+
+_COMMA_DECIMAL = re.compile(r"[-+(]?\D{0,4}(\d+|\d{1,3}(\.\d{3})+),\d{1,2}\)?-?\D{0,4}")
+_POINT_DECIMAL = re.compile(r"[-+(]?\D{0,4}(\d+|\d{1,3}(,\d{3})+)\.\d{1,2}\)?-?\D{0,4}")
+
+
+def _decide_decimal(
+    config: ImportConfig, raw: list[tuple[int, dict[str, str]]], result: ImportResult
+) -> ImportConfig:
+    """Decimal comma or point, when not told: the file decides, as for slash dates.
+
+    A number with one or two digits after a comma (``12,5``, ``1.234,50``) is a
+    decimal comma; one or two after a point (``12.5``, ``1,234.50``), a decimal
+    point. Three digits (``1,234``) could be either and say nothing. Comma only
+    when some number says so and none says point: a file with both is read with a
+    point, and its comma numbers are reported row by row.
+    """
+    if config.decimal_comma is not None:
+        result.decimal = "comma" if config.decimal_comma else "point"
+        return config
+    columns = [c for c in (config.amount, config.price, config.quantity) if c]
+    comma = point = 0
+    for _, row in raw:
+        for c in columns:
+            cell = row[c].strip()
+            if _COMMA_DECIMAL.fullmatch(cell):
+                comma += 1
+            elif _POINT_DECIMAL.fullmatch(cell):
+                point += 1
+    if comma and not point:
+        result.decimal = f"comma (from {comma:,} number{'s' if comma > 1 else ''} like 12,50)"
+        return replace(config, decimal_comma=True)
+    result.decimal = "point" + (f" ({comma:,} numbers like 12,50 are skipped: --decimal-comma reads them)"
+                                if comma else "")
+    return replace(config, decimal_comma=False)
 
 
 def _decide_date_order(

@@ -75,7 +75,8 @@ def add_parser(sub: Any) -> None:
                       help="carry this column on events (e.g. a segment or country for "
                            "backtest --group-by); repeatable. Never carry personal data.")
     fmt = p.add_argument_group("reading")
-    fmt.add_argument("--delimiter", default=",", help="field separator: , ; tab | (default ,)")
+    fmt.add_argument("--delimiter", default="auto",
+                     help="field separator: , ; tab | (default: the header's, the most frequent of these)")
     fmt.add_argument("--encoding", default="utf-8-sig",
                      help="file encoding (default utf-8; latin-1 / cp1252 for older exports)")
     fmt.add_argument("--time-format", metavar="FMT",
@@ -86,7 +87,12 @@ def add_parser(sub: Any) -> None:
                           "whose day is above 12; the import stops if none settles it)")
     fmt.add_argument("--timezone", default="UTC",
                      help="time zone of times without an offset (IANA name, default UTC)")
-    fmt.add_argument("--decimal-comma", action="store_true", help="amounts like 1.234,50")
+    decimal = fmt.add_mutually_exclusive_group()
+    decimal.add_argument("--decimal-comma", dest="decimal_comma", action="store_const", const=True,
+                         default=None, help="amounts like 1.234,50 (default: decided by the numbers, "
+                                            "comma when some read 12,50 and none 12.50)")
+    decimal.add_argument("--decimal-point", dest="decimal_comma", action="store_const", const=False,
+                         help="amounts like 1,234.50, whatever the numbers look like")
     fmt.add_argument("--refunds", choices=["event", "skip"], default="event",
                      help="negative amounts / quantities: refund events (default) or skip")
     fmt.add_argument("--max-errors", type=int, default=20,

@@ -355,3 +355,37 @@ def test_semicolon_decimal_comma_export() -> None:
                                               timezone="Europe/Berlin"),
                                  delimiter="semicolon")
     assert [(e["amount"], e["ts"]) for e in result.events] == [(1234.5, "2011-12-09T12:50:00.000+00:00")]
+
+
+def test_separator_and_decimal_comma_are_read_from_the_file() -> None:
+    text = "Kunde;Datum;Betrag\nk1;09.12.2011;1.234,50\nk2;10.12.2011;12,5\nk3;13.12.2011;7\n"
+    result = import_transactions(io.StringIO(text, newline=""),
+                                 ImportConfig(customer="Kunde", time="Datum", amount="Betrag"))
+    assert [e["amount"] for e in result.events] == [1234.5, 12.5, 7.0] and not result.errors
+    summary = result.summary()
+    assert summary["delimiter"] == ";" and summary["decimal"].startswith("comma (from 2 numbers")
+
+
+def test_decimal_point_wins_when_the_numbers_disagree() -> None:
+    # 1,234.50 and 3.25 say point; 12,50 says comma: read with a point, the comma row reported.
+    text = "c,t,a\nk1,2024-01-01,\"1,234.50\"\nk2,2024-01-02,3.25\nk3,2024-01-03,\"12,50\"\nk4,2024-01-04,\"1,234\"\n"
+    result = import_transactions(io.StringIO(text, newline=""), ImportConfig(customer="c", time="t", amount="a"))
+    assert [e["amount"] for e in result.events] == [1234.5, 3.25, 1234.0]
+    assert [e.line for e in result.errors] == [4] and "--decimal-comma" in result.errors[0].reason
+    assert result.summary()["delimiter"] == "," and "1 numbers like 12,50" in result.summary()["decimal"]
+    # Told, the file does not decide: with --decimal-comma, 12,50 and 1,234 are decimals and
+    # 1,234.50 is the row that cannot be read.
+    told = import_transactions(io.StringIO(text, newline=""),
+                               ImportConfig(customer="c", time="t", amount="a", decimal_comma=True))
+    assert [e["amount"] for e in told.events] == [3.25, 12.5, 1.234] and [e.line for e in told.errors] == [2]
+
+
+def test_cli_imports_a_semicolon_decimal_comma_export_without_format_flags(tmp_path: Path) -> None:
+    from streams.cli import main
+
+    src = tmp_path / "umsatz.csv"
+    src.write_text("Kundennummer;Rechnungsdatum;Betrag\nK1;31.01.2016;12,00\nK2;01.02.2016;7,5\n")
+    out = tmp_path / "u.jsonl"
+    assert main(["import-transactions", str(src), "--customer", "Kundennummer", "--time", "Rechnungsdatum",
+                 "--amount", "Betrag", "--out", str(out)]) == 0
+    assert [json.loads(line)["amount"] for line in out.read_text().splitlines()] == [12.0, 7.5]
