@@ -101,7 +101,7 @@ def test_a_new_worker_grades_rfm_on_from_the_shards_saved_sketches(redis_client:
     redis_client.flushall()
     half = 2000
     restarted = _rfm_grades(_run(core(), messages[:half]) + _run(core(), messages[half:]))
-    assert len(straight) > 50 and {g[2][0] for g in straight} >= {"1", "5"}
+    assert len(straight) > 25 and {g[2][0] for g in straight} >= {"1", "5"}
     # One process that never let go of its sketches grades the same: each shard's edges were
     # learned on across batches and the restart, not begun again.
     assert restarted == straight == _rfm_grades(_run(ScoringCore.in_memory(), messages))
