@@ -19,6 +19,12 @@ broker), alternating the order between runs:
 Medians over ``--runs`` runs are printed side by side with the ratio
 (target: pipeline >= 0.5 x bare), and written as JSON with ``--json``.
 
+On Linux each run also says where the CPU went while the backlog drained (from
+the first to the last processed batch): CPU microseconds per event of the
+worker's own process, its child processes (the scoring processes), Redis and
+the broker, and how many cores they used together (``/proc``, sampled every
+0.2 s; elsewhere these figures are absent).
+
     .venv/bin/python scripts/bench_pipeline.py --events 30000 --runs 3
 """
 
@@ -26,8 +32,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -97,8 +105,68 @@ def wait_for(worker: WorkerProcess, count: int, timeout: float) -> dict[str, Any
         time.sleep(0.2)
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of one process so far (None: gone, or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+class CpuSampler:
+    """CPU seconds of named process groups, sampled every ``every_s`` (wall clock stamps)."""
+
+    def __init__(self, groups: dict[str, Any], every_s: float = 0.2) -> None:
+        self.groups = groups  # name -> callable returning the group's pids now
+        self.every_s = every_s
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            row = {}
+            for name, pids in self.groups.items():
+                row[name] = sum(c for pid in pids() if (c := _cpu_seconds(pid)) is not None)
+            self.samples.append((time.time(), row))
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def per_event(self, start: float, end: float, events: int) -> dict[str, float] | None:
+        """CPU µs per event of each group between two wall times, and the cores used."""
+        inside = [(t, row) for t, row in self.samples if start <= t <= end]
+        if len(inside) < 2 or not events:
+            return None
+        (t0, a), (t1, b) = inside[0], inside[-1]
+        out = {name: round(1e6 * (b[name] - a.get(name, 0.0)) / events, 1) for name in b}
+        out["cores"] = round(sum(b[n] - a.get(n, 0.0) for n in b) / max(t1 - t0, 1e-9), 2)
+        return out
+
+
 def one_run(mode: str, run: int, kafka: EmbeddedKafka, redis_url: str, data: list[Any],
-            n: int, lat_n: int, rate: float) -> dict[str, Any]:
+            n: int, lat_n: int, rate: float, servers: dict[str, int] | None = None) -> dict[str, Any]:
     # "pipeline@2000": the pipeline with another batch size (events per stream.take);
     # "pipeline#1": with another number of scoring processes.
     label = mode
@@ -121,10 +189,17 @@ def one_run(mode: str, run: int, kafka: EmbeddedKafka, redis_url: str, data: lis
     producer = make_producer(settings, acks=1)
     produce(producer, topics, data[:n])
     worker = WorkerProcess(env, bare=(mode == "bare")).start()
+    assert worker.proc is not None
+    main_pid = worker.proc.pid
+    groups: dict[str, Any] = {"main": lambda: [main_pid], "children": lambda: _children(main_pid)}
+    groups.update({name: (lambda pid=pid: [pid]) for name, pid in (servers or {}).items()})
     try:
         worker.wait_ready(timeout=120)
-        done = wait_for(worker, n, timeout=600)
+        with CpuSampler(groups) as cpu:
+            done = wait_for(worker, n, timeout=600)
+            time.sleep(0.25)  # one sample past the last batch
         throughput = n / max(1e-9, done["last_at"] - done["first_at"])
+        cpu_us = cpu.per_event(done["first_at"], done["last_at"] + 0.25, n)
         # Before its first finished batch the pipeline may hold everything it received: the
         # event-time alignment waits until every input partition has delivered (see the README).
         held_s = (done["first_events_at"] or done["first_at"]) - done["first_at"]
@@ -139,7 +214,8 @@ def one_run(mode: str, run: int, kafka: EmbeddedKafka, redis_url: str, data: lis
         worker.stop()
     return {"mode": label, "run": run, "events_per_s": round(throughput, 1),
             "held_s": round(held_s, 2), "steady_events_per_s": steady,
-            "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "latency_samples": lat["samples"]}
+            "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "latency_samples": lat["samples"],
+            "cpu_us_per_event": cpu_us}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         for run in range(args.runs):
             order = modes[run % len(modes):] + modes[:run % len(modes)]  # rotate: no mode always first
             for mode in order:
-                r = one_run(mode, run, kafka, redis_server.url, data, args.events, args.latency_events, args.rate)
+                servers = {"redis": redis_server.pid, "broker": kafka.pid}
+                r = one_run(mode, run, kafka, redis_server.url, data, args.events, args.latency_events,
+                            args.rate, servers)
                 results.append(r)
                 print(json.dumps(r), flush=True)
 
@@ -191,6 +269,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{mode:<12}{m['events_per_s']:>12,.0f}{m['p50_ms']:>10.1f}{m['p99_ms']:>10.1f}"
               f"{m['held_s']:>9.2f}{m['steady_events_per_s']:>9,.0f}")
     print(f"ratio pipeline/bare: {summary['ratio']:.2f} (target >= 0.5)")
+    for mode in modes:
+        rows = [r["cpu_us_per_event"] for r in results if r["mode"] == mode and r.get("cpu_us_per_event")]
+        if rows:
+            parts = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
+            summary[mode]["cpu_us_per_event"] = parts
+            shown = ", ".join(f"{k} {v:,.0f}" for k, v in parts.items() if k != "cores")
+            print(f"cpu while draining, {mode}: {shown} us/event; {parts['cores']:.2f} cores (medians)")
     for mode in modes[2:]:
         if "@" in mode or "#" in mode:
             summary[f"ratio_{mode}"] = round(summary[mode]["events_per_s"] / summary["bare"]["events_per_s"], 3)
