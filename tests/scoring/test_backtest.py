@@ -34,8 +34,10 @@ def test_report_counts_bad_lines_and_duplicates_without_crashing(history: Path) 
     assert report["invalid"] > 0 and sum(report["invalid_reasons"].values()) == report["invalid"]
     assert report["duplicates"] > 0
     assert report["events"] + report["invalid"] == report["lines"]
-    for key in ("seconds", "events_per_second"):
+    for key in ("seconds", "events_per_second", "labels_per_second"):
         assert report[key] > 0
+    labels = sum(k["labels"] for k in report["kinds"].values())
+    assert abs(report["labels_per_second"] - labels / report["seconds"]) <= 0.05 * report["labels_per_second"]
     for kind in ("purchase_propensity", "campaign_response"):
         k = report["kinds"][kind]
         assert k["labels"] > 0 and 0 < k["positives"] < k["labels"]
@@ -69,7 +71,7 @@ def test_a_csv_given_to_backtest_gets_a_hint(tmp_path: Path, capsys: pytest.Capt
 def test_same_input_gives_the_same_report(history: Path) -> None:
     a, b = _run(history), _run(history)
     for r in (a, b):
-        r.pop("seconds"), r.pop("events_per_second")
+        r.pop("seconds"), r.pop("events_per_second"), r.pop("labels_per_second")
     assert a == b
 
 
@@ -211,7 +213,7 @@ def test_a_file_sorted_by_customer_is_put_in_time_order_first(tmp_path: Path) ->
     assert [reports[n]["input_sorted"] for n in ("timely", "by_customer", "packed")] == [False, True, True]
     for r in reports.values():
         assert r["out_of_order"] == 0
-        for key in ("seconds", "events_per_second", "input", "input_sorted"):
+        for key in ("seconds", "events_per_second", "labels_per_second", "input", "input_sorted"):
             r.pop(key)
     assert reports["by_customer"]["kinds"] == reports["timely"]["kinds"]
     assert reports["by_customer"] == reports["timely"] == reports["packed"]
