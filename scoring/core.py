@@ -580,7 +580,7 @@ class ScoringCore:
                 if moment[0] is not None:
                     vector = moment[0]
                 elif kind.type == "rfm":
-                    # A weekly regrade needs three features, not the vector (with the default
+                    # An idle regrade needs three features, not the vector (with the default
                     # kinds RFM comes last: a moment another kind scored has its vector already).
                     vector = self.engine.values(states[cid], as_of, RFM_INPUTS)
                 else:
