@@ -225,8 +225,8 @@ class ScoringCore:
         self.lateness_ms = lateness_ms
         self.learn_inline = learn_inline
         # The RFM grader of the shard being processed: each shard learns its own quintile
-        # edges and keeps them with its state (see StateStore), so its grades do not depend on
-        # which worker holds it, or on a restart. Read from the store at every batch.
+        # edges and keeps them with its state (see StateStore), so they go on from where they
+        # were whichever worker holds the shard, and across a restart. Read at every batch.
         self.rfm = RfmGrader()
         self._rfm_seen = 0
         # Kind names per event key: a kind missing from a list of kinds costs a dataclass

@@ -193,8 +193,8 @@ class ScorerPool:
     customer's records all come from one shard, so their order is kept. Records of
     different shards may come in another order than from one child.
 
-    Each shard keeps its RFM quintile edges in Redis with its state, so grades do
-    not depend on the number of children. Queries (a customer's scores, an erasure) go to
+    Each shard keeps its RFM quintile edges in Redis with its state, so they go on
+    from where they were whichever child scores the shard. Queries (a customer's scores, an erasure) go to
     the first child: everything they read is in Redis, and the other children's
     caches check Redis's version before using a copy.
     """
