@@ -210,16 +210,7 @@ def parse_number(text: str | None, decimal_comma: bool | None = False, what: str
     """
     if text is None or not text.strip():
         raise RowProblem(f"missing {what}")
-    s = text.strip().replace("\u00a0", " ").replace("\u202f", " ")
-    negative = False
-    if s.startswith("(") and s.endswith(")"):
-        negative, s = True, s[1:-1].strip()
-    s = re.sub(r"^[A-Za-z]{3}\s*|\s*[A-Za-z]{3}$", "", s.strip("€$£¥ ")).strip()  # "EUR 12", "12 USD"
-    if s.endswith("-"):
-        negative, s = not negative, s[:-1].strip()
-    if s.startswith(("-", "+")):
-        negative, s = (not negative) if s[0] == "-" else negative, s[1:].strip()
-    s = s.strip("€$£¥ ").strip()
+    s, negative = _bare_number(text)
     if decimal_comma:
         if _GROUPED_COMMA.fullmatch(s):
             s = s.replace(".", "").replace(" ", "")
@@ -236,6 +227,24 @@ def parse_number(text: str | None, decimal_comma: bool | None = False, what: str
     if math.isinf(value) or math.isnan(value):
         raise RowProblem(f"bad {what}: not a finite number")
     return -value if negative else value
+
+
+def _bare_number(text: str) -> tuple[str, bool]:
+    """A number's digits and separators without currency, sign or parentheses; and whether negative.
+
+    >>> _bare_number(" (EUR 1.234,50) "), _bare_number("12,50- €")
+    (('1.234,50', True), ('12,50', True))
+    """
+    s = text.strip().replace("\u00a0", " ").replace("\u202f", " ")
+    negative = False
+    if s.startswith("(") and s.endswith(")"):
+        negative, s = True, s[1:-1].strip()
+    s = re.sub(r"^[A-Za-z]{3}\s*|\s*[A-Za-z]{3}$", "", s.strip("€$£¥ ")).strip()  # "EUR 12", "12 USD"
+    if s.endswith("-"):
+        negative, s = not negative, s[:-1].strip()
+    if s.startswith(("-", "+")):
+        negative, s = (not negative) if s[0] == "-" else negative, s[1:].strip()
+    return s.strip("€$£¥ ").strip(), negative
 
 
 # --------------------------------------------------------------------- times
@@ -499,8 +508,9 @@ def import_transactions(
     return result
 
 
-_COMMA_DECIMAL = re.compile(r"[-+(]?\D{0,4}(\d+|\d{1,3}(\.\d{3})+),\d{1,2}\)?-?\D{0,4}")
-_POINT_DECIMAL = re.compile(r"[-+(]?\D{0,4}(\d+|\d{1,3}(,\d{3})+)\.\d{1,2}\)?-?\D{0,4}")
+# Of a number's bare form (_bare_number): what parse_number reads past currency and sign.
+_COMMA_DECIMAL = re.compile(r"(\d+|\d{1,3}(\.\d{3})+),\d{1,2}")
+_POINT_DECIMAL = re.compile(r"(\d+|\d{1,3}(,\d{3})+)\.\d{1,2}")
 
 
 def _decide_decimal(
@@ -521,7 +531,7 @@ def _decide_decimal(
     comma = point = 0
     for _, row in raw:
         for c in columns:
-            cell = row[c].strip()
+            cell = _bare_number(row[c])[0]
             if _COMMA_DECIMAL.fullmatch(cell):
                 comma += 1
             elif _POINT_DECIMAL.fullmatch(cell):

@@ -590,23 +590,22 @@ def _change(log: _KindLog, at_ms: int, weeks: int) -> dict[str, Any]:
             row["frozen_auc"] = (
                 _r(auc([float(frozen[i]) for i in kept], y)) if kept and len(kept) == len(idx) else None
             )
-        if pooled and with_batch:
-            # How sure the difference is: customers resampled, 95% bootstrap interval.
+        if pooled:
             online = [log.probs[i] for i in idx]
             who = [log.customers[i] for i in idx]
+        if pooled and with_batch:
+            # How sure the difference is: customers resampled, 95% bootstrap interval.
             ci = auc_difference_ci(online, [float(batch[i]) for i in idx], y, who)
             row["online_minus_batch_ci95"] = _interval(ci)
             if row.get("frozen_auc") is not None:
                 ci = auc_difference_ci(online, [float(frozen[i]) for i in idx], y, who)
                 row["online_minus_frozen_ci95"] = _interval(ci)
         if pooled and lo >= at_ms:
-            who = [log.customers[i] for i in idx]
             # Every pooled example was logged with its inputs (learned kinds always have them).
             rows = [x for i in idx if (x := log.after_change_x.get(int(i))) is not None]
             hindsight = hindsight_probabilities(rows, y, who) if len(rows) == len(idx) else None
             row["hindsight_auc"] = None if hindsight is None else _r(auc(hindsight, y))
             if hindsight is not None:
-                online = [log.probs[i] for i in idx]
                 row["online_minus_hindsight_ci95"] = _interval(auc_difference_ci(online, hindsight, y, who))
         return row
 

@@ -194,9 +194,9 @@ class ScorerPool:
     different shards may come in another order than from one child.
 
     Each shard keeps its RFM quintile edges in Redis with its state, so they go on
-    from where they were whichever child scores the shard. Queries (a customer's scores, an erasure) go to
-    the first child: everything they read is in Redis, and the other children's
-    caches check Redis's version before using a copy.
+    from where they were whichever child scores the shard. Queries (a customer's
+    scores, an erasure) go to the first child: everything they read is in Redis, and
+    the other children's caches check Redis's version before using a copy.
     """
 
     def __init__(self, settings: Settings, size: int) -> None:
