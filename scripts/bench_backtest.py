@@ -41,6 +41,11 @@ if store == "redis":
     client = redis.Redis.from_url(redis_url)
     client.flushall()
     core = ScoringCore(FeatureEngine(), RedisFeatureStore(client), InMemoryStateStore())
+try:  # what `leadpulse backtest` does first (older trees, for --against, lack it)
+    from streams.runtime import tune_gc
+    tune_gc()
+except ImportError:
+    pass
 with open(path, "rb") as lines:
     report = run_backtest(lines, BacktestConfig(batch_baseline=False), core)
 print(json.dumps({"events": report["events"], "seconds": report["seconds"],

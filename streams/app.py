@@ -101,6 +101,7 @@ from streams.pipeline import (
     labels_from_record,
 )
 from streams.redis_state import RedisStateStore
+from streams.runtime import tune_gc
 from streams.scorer import Scorer, ScorerPool, ScorerProcess
 from streams.settings import Settings
 
@@ -886,4 +887,5 @@ def run_worker(settings: Settings, *, bare: bool = False, loglevel: str = "info"
     # every record reaches it: each of aiokafka's per-send debug calls then built a record
     # (4% of the event loop in a profile). Our output is a log file, not a terminal.
     runner.spinner = None
+    tune_gc()
     runner.execute_from_commandline()

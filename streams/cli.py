@@ -116,7 +116,9 @@ def _plain(obj: Any) -> dict[str, Any]:
 def cmd_backtest(args: argparse.Namespace) -> int:
     from scoring.backtest import BacktestConfig, run_backtest, write_report
     from scoring.config import load_scoring_config
+    from streams.runtime import tune_gc
 
+    tune_gc()  # a replay allocates by the million and frees nearly all of it at once
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.scores_out:

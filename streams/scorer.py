@@ -39,6 +39,7 @@ from scoring.config import load_scoring_config
 from scoring.core import ModelRegistry, Outputs, ScoringCore
 from streams.pipeline import BatchOutput, Incoming, ModelRefresher, OutRecord, Pipeline
 from streams.redis_state import RedisStateStore
+from streams.runtime import tune_gc
 from streams.settings import Settings
 
 Position = tuple[str, int, int]  # (topic, partition, offset): Incoming.position
@@ -285,6 +286,7 @@ def _serve(conn: Any, settings: Settings, loglevel: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=loglevel, format="[%(asctime)s] [scorer] [%(levelname)s] %(name)s: %(message)s")
+    tune_gc()
     scorer: Scorer | None = None
     while True:
         try:
