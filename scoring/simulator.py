@@ -36,6 +36,11 @@ The generative story, one simulated day at a time (event time, not wall time):
   much less (more window shopping, more purchases with no web trace), email
   stops converting while SMS and push clicks start to, and the consumer and
   smb segments swap roles, so an online model must adapt.
+  ``regime="privacy"`` changes the measurement instead (what Apple's Mail
+  Privacy Protection did to email in 2021): from the midpoint, the mail app of
+  about 45% of customers opens every delivered email within a minute, whether
+  or not anyone reads it, so opens, open rates and "last active" stop telling
+  interest or dormancy for them. Clicks still need a real read.
 * **Dirty data** (optional, in :func:`write_jsonl` only): malformed JSON,
   missing fields, wrong types, negative amounts, absurd timestamps, unknown
   types and exact duplicates.
@@ -58,6 +63,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import deque
@@ -144,6 +150,8 @@ _WEB_OFFSET_MIN = 60
 _UTC_OFFSET_MIN = 0
 # Random stream ids (one numpy Generator per concern, all from the seed).
 _S_WORLD, _S_DYNAMICS, _S_DETAILS, _S_DIRT = 1, 2, 3, 4
+# Its own stream: drawing the trait leaves every other draw, and so every other regime, as it was.
+_S_MAIL_PROXY = 5
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,7 @@ class SimulationConfig:
     seed: int = 0
     start: datetime = datetime(2024, 1, 1, tzinfo=UTC)
     regime_change: bool = False
+    regime: str = "behaviour"  # what changes at the midpoint: "behaviour" or "privacy" (see above)
     dirty: float = 0.0
     web: bool = True
     campaigns: bool = True
@@ -172,6 +181,8 @@ class SimulationConfig:
             raise ValueError("dirty must be in [0, 0.9)")
         if self.seed < 0:
             raise ValueError("seed must be >= 0")
+        if self.regime not in REGIMES:
+            raise ValueError(f"regime must be one of {', '.join(REGIMES)}")
         if self.start.tzinfo is None:
             object.__setattr__(self, "start", self.start.replace(tzinfo=UTC))
 
@@ -321,6 +332,7 @@ class _Regime:
     direct_rate: float  # purchases with no mission (phone, store, app), per propensity
     abandon: float
     seg_shift: tuple[float, ...]  # log multiplier on mission rate by segment
+    proxy_opens: bool = False  # mail apps that open every delivered email (privacy regime)
 
 
 _REGIME_A = _Regime(
@@ -369,6 +381,12 @@ _REGIME_B = _Regime(
 )
 
 
+# After a privacy change: the same behaviour, measured differently (proxy opens).
+_REGIME_PRIVACY = dataclasses.replace(_REGIME_A, proxy_opens=True)
+REGIMES = ("behaviour", "privacy")
+MAIL_PROXY_SHARE = 0.45  # customers whose mail app opens on delivery, once the change is on
+
+
 # --------------------------------------------------------------------------- world
 
 
@@ -404,6 +422,7 @@ class _World:
     qty_mean: FloatArray
     optin: BoolArray  # (n, 3): email, sms, push
     bad_email: BoolArray
+    mail_proxy: BoolArray  # their mail app opens every delivered email (privacy regime only)
     fav: IntArray  # (n, 2) favourite categories
     arrival_day: IntArray
     arrival_ms: IntArray
@@ -611,6 +630,7 @@ def _world(config: SimulationConfig) -> _World:
         qty_mean=qty_mean,
         optin=optin,
         bad_email=bad_email,
+        mail_proxy=_rng(config.seed, _S_MAIL_PROXY).random(n) < MAIL_PROXY_SHARE,
         fav=fav,
         arrival_day=arrival_day,
         arrival_ms=arrival_ms.astype(np.int64),
@@ -735,7 +755,9 @@ def _dynamics(w: _World, record: _Record | None = None) -> Iterator[_DayPlan]:
 
     cart_flows = [w.campaigns[w.flow_ids["cart-email"]], w.campaigns[w.flow_ids["cart-push"]]]
     for d in range(cfg.days):
-        reg = _REGIME_B if (cfg.regime_change and d >= w.mid) else _REGIME_A
+        reg = _REGIME_A
+        if cfg.regime_change and d >= w.mid:
+            reg = _REGIME_PRIVACY if cfg.regime == "privacy" else _REGIME_B
         day_ms = w.start_ms + d * DAY_MS
         s = float(w.season[d] * w.weekly[d])
 
@@ -968,6 +990,14 @@ def _send_outcomes(
         unsub_b = ok & can_unsub & ~click & (u[:, 3] < unsub_p)
         after = np.where(open_b, opened, delivered)
         unsub = np.where(unsub_b, after + (90_000 * np.exp(normals[:, 2])).astype(np.int64), none)
+        if ch == _EMAIL and reg.proxy_opens:
+            # The mail app fetches the message (and its tracking pixel) on delivery: the
+            # tool records that first open, read or not. Clicks and unsubscribes above
+            # come from real reads.
+            proxy = ok & w.mail_proxy[cust]
+            fetched = delivered + (20_000 * np.exp(0.6 * normals[:, 2])).astype(np.int64)
+            first = np.where(open_b, np.minimum(opened, fetched), fetched)
+            opened = np.where(proxy, first, opened)
     return _Sends(camp, cust, sent_ms, delivered, bounced, opened, clicked, unsub)
 
 

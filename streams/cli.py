@@ -96,7 +96,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     cfg = SimulationConfig(
         customers=args.customers, days=args.days, seed=args.seed,
-        regime_change=args.regime_change, dirty=args.dirty if args.dirty is not None else 0.0,
+        regime_change=args.regime_change or args.regime is not None,
+        regime=args.regime or "behaviour", dirty=args.dirty if args.dirty is not None else 0.0,
         web=not args.purchases_only, campaigns=not args.purchases_only,
     )
     summary = write_jsonl(cfg, args.out)
@@ -267,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--regime-change", action="store_true", help="behaviour drivers change halfway")
+    p.add_argument("--regime", choices=("behaviour", "privacy"),
+                   help="what changes halfway (implies --regime-change): behaviour (the default) or "
+                   "privacy, mail apps of 45%% of customers opening every email on delivery")
     p.add_argument("--dirty", type=float, nargs="?", const=0.02, default=None,
                    help="mix in malformed and duplicate lines (fraction, default 0.02)")
     p.add_argument("--purchases-only", action="store_true", help="no web or campaign events")

@@ -102,6 +102,10 @@ class RedisStateStore:
             pipe.set(f"{self.prefix}:rfm:{shard}", grader.snapshot())
         due_key = f"{self.prefix}:due:{shard}"
         versions = []
+        # One ZADD and one ZREM for the batch, not one per customer: the due index took
+        # as many commands as the records themselves.
+        dues: dict[str, int] = {}
+        undue: list[str] = []
         for cid, rec in records.items():
             self._saves = (self._saves + 1) % (1 << 32)
             version = self._instance + b"%08x" % self._saves
@@ -113,9 +117,13 @@ class RedisStateStore:
                 pipe.set(self._key(cid), blob)
             due = rec.next_due()
             if due is None:
-                pipe.zrem(due_key, cid)
+                undue.append(cid)
             else:
-                pipe.zadd(due_key, {cid: due})
+                dues[cid] = due
+        if undue:
+            pipe.zrem(due_key, *undue)
+        if dues:
+            pipe.zadd(due_key, dues)
         if watermark is not None:
             pipe.set(f"{self.prefix}:wm:{shard}", watermark)
         pipe.execute()

@@ -383,6 +383,34 @@ def test_regime_change_alters_behaviour_after_the_midpoint() -> None:
     assert regime["after"]["sms_push_share"] > base["after"]["sms_push_share"] + 0.2
 
 
+def test_privacy_change_inflates_email_opens_and_nothing_else() -> None:
+    private = dataclasses.replace(YEAR, regime_change=True, regime="privacy")
+    mid = YEAR.days // 2
+    base, changed = events_of(YEAR), events_of(private)
+    # Only the measurement changes: every event but the opens is the same, clicks included
+    # (ids and the few late deliveries are drawn per event, so more opens shift those that follow).
+    def without_opens(events: tuple[dict[str, Any], ...]) -> list[str]:
+        return sorted(
+            json.dumps({k: v for k, v in e.items() if k != "event_id"}, sort_keys=True)
+            for e in events if e.get("action") != "opened"
+        )
+
+    assert without_opens(base) == without_opens(changed)
+
+    def open_rate(events: tuple[dict[str, Any], ...], after: bool) -> float:
+        counts: Counter[str] = Counter()
+        for e in events:
+            if e["type"] == "campaign" and e["channel"] == "email" and (day_of(e, YEAR) >= mid) == after:
+                counts[e["action"]] += 1
+        return counts["opened"] / counts["delivered"]
+
+    assert open_rate(changed, after=False) == open_rate(base, after=False)
+    # Mail apps of 45% of customers open every delivered email from the midpoint.
+    assert open_rate(changed, after=True) > open_rate(base, after=True) + 0.2
+    with pytest.raises(ValueError):
+        SimulationConfig(regime="weather")
+
+
 # --------------------------------------------------------------------------- files and dirt
 
 
