@@ -171,13 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, required=True, help="as given to simulate")
     parser.add_argument("--seed", type=int, required=True, help="as given to simulate")
     parser.add_argument("--regime-change", action="store_true", help="as given to simulate")
+    parser.add_argument("--regime", choices=("behaviour", "privacy"), help="as given to simulate")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds, grouped by customer")
     parser.add_argument("--json", dest="json_out", help="also write the figures here as JSON")
     args = parser.parse_args(argv)
     if args.folds < 2:
         parser.error("--folds must be at least 2")
     config = SimulationConfig(
-        customers=args.customers, days=args.days, seed=args.seed, regime_change=args.regime_change
+        customers=args.customers, days=args.days, seed=args.seed,
+        regime_change=args.regime_change or args.regime is not None, regime=args.regime or "behaviour",
     )
     try:
         figures = ceiling(Path(args.scores), config, args.folds)
