@@ -91,6 +91,7 @@ from scoring.config import load_scoring_config
 from scoring.core import Labelled, ModelRegistry
 from streams.metrics import CONTENT_TYPE, LatencyWindow, Metrics
 from streams.pipeline import (
+    BatchOutput,
     CheckpointStore,
     EventTimeAligner,
     Incoming,
@@ -244,7 +245,8 @@ class LiveWorker:
         self._unacked_labels: list[tuple[Any, Any]] = []  # (stream, event) awaiting a snapshot
         self._score_lock = asyncio.Lock()
         self._score_stream: Any = None
-        self._scoring: asyncio.Future[None] | None = None  # the batch being scored
+        self._scoring: asyncio.Future[None] | None = None  # the newest batch handed to scoring
+        self._scoring_older: asyncio.Future[None] | None = None  # the one before it, if unfinished
         self._publishing: asyncio.Future[None] | None = None  # the batch being published
         self.received: dict[TP, int] = {}  # next offset to receive, per input partition
         # When the agent last received a record of each input partition (or it was assigned),
@@ -643,19 +645,54 @@ class LiveWorker:
         return {tp: max(found.get(tp) or 0, earliest.get(tp) or 0) for tp in tps}
 
     async def _score_ready(self, stream: Any, ready: Sequence[Any], received: int) -> None:
-        """Hand a batch to the scoring stage; returns once the batch before it is scored.
+        """Hand a batch to the scoring stage; returns once the batch two before it is scored.
 
-        Three batches overlap: the agent takes and aligns batch N+1 (Faust's per-event
-        work) while N is decoded and scored (in the scoring processes, or on the scoring
-        thread) and N-1 is published. Each stage keeps batch order, so outputs and acks
-        stay in order.
+        Batches overlap: the agent takes and aligns batch N+2 (Faust's per-event work)
+        while N+1 waits on the scoring thread, N is decoded and scored (in the scoring
+        processes, or on that thread) and N-1 is published. The scoring thread takes
+        N+1 the moment N returns: handed over only once N was done, N+1 waited for the
+        event loop (busy with Faust's per-message tasks) to resume the agent first, and
+        the scoring process idled about a quarter of a backlog's drain. Each stage keeps
+        batch order (one scoring thread, retrying a failed batch before the next; each
+        batch publishes after the one before), so outputs and acks stay in order.
         """
-        await self.scoring_done()
-        self._scoring = asyncio.ensure_future(self._score_stage(stream, ready, received))
+        if self._scoring_older is not None:
+            await asyncio.shield(self._scoring_older)
+        to_score = [msg for msg, _, _ in ready]
+        scored = (asyncio.get_running_loop().run_in_executor(self.executor, self._score_now, to_score)
+                  if to_score else None)
+        before = self._scoring if self._scoring is not None and not self._scoring.done() else None
+        self._scoring_older = before
+        self._scoring = asyncio.ensure_future(self._score_stage(stream, ready, received, scored, before))
+
+    def _score_now(self, messages: list[Incoming]) -> tuple[BatchOutput, dict[str, int]]:
+        """On the scoring thread: score one batch, retrying transient failures in place.
+
+        In place, so the batch queued behind it cannot overtake it (and the scorer's memo of
+        shards already applied stays the retried batch's). Gives up when the worker stops.
+        """
+        delay = 0.5
+        while True:
+            try:
+                result = self.scorer.score(messages)
+            except TRANSIENT as exc:
+                self.metrics.errors.labels(stage="process").inc()
+                self.failing = f"process: {type(exc).__name__}"
+                if self.app.should_stop:
+                    raise
+                log.warning("process failed (%s); retrying in %.1fs", type(exc).__name__, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+                continue
+            if self.failing and self.failing.startswith("process"):
+                self.failing = None
+            return result
 
     async def scoring_done(self) -> None:
-        """Wait until the batch being scored is scored (and handed to publishing)."""
-        await self._settle("_scoring")
+        """Wait until every batch handed to scoring is scored (and handed to publishing)."""
+        await self._settle("_scoring")  # the newest waits for the one before it
+        if self._scoring is None:
+            self._scoring_older = None
 
     async def _settle(self, slot: str) -> None:
         task = getattr(self, slot)
@@ -670,21 +707,25 @@ class LiveWorker:
         await self.scoring_done()
         await self.publish_done()
 
-    async def _score_stage(self, stream: Any, ready: Sequence[Any], received: int) -> None:
+    async def _score_stage(
+        self, stream: Any, ready: Sequence[Any], received: int,
+        scored: asyncio.Future[tuple[BatchOutput, dict[str, int]]] | None, before: asyncio.Future[None] | None,
+    ) -> None:
         started = time.perf_counter()
-        to_score = [msg for msg, _, _ in ready]
         records: list[OutRecord] = []
         counts: Counter[str] = Counter()
         score_ts: list[int] = []
-        if to_score:  # (dead letters come from the scoring process too, with the records)
+        if scored is not None:  # (dead letters come from the scoring process too, with the records)
             try:
-                result, self.model_versions = await self._retrying("process", self.scorer.score, to_score)
+                result, self.model_versions = await scored
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
                 await self._fatal("process", exc)
                 return
             records, counts, score_ts = result.records, result.counts, result.score_event_ts_ms
+        if before is not None:
+            await asyncio.shield(before)  # publish in batch order
         await self.publish_done()  # _publish_batch reports its own failures
         done = [fev for _, _, (_, fev) in ready]
         self._publishing = asyncio.ensure_future(
