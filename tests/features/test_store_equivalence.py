@@ -610,3 +610,60 @@ def test_cache_is_bounded_and_can_be_off(redis_client: redis.Redis) -> None:
     assert small.read(["c0", "c4"]) == off.read(["c0", "c4"])
     with pytest.raises(ValueError):
         RedisFeatureStore(redis_client, cache_size=-1)
+
+
+def _stored(client: redis.Redis, store: RedisFeatureStore, cid: str) -> Any:
+    """Every stored byte of a customer but the version (it follows the server clock)."""
+    fkey, idkey = store.keys_for(cid)
+    fields = {k: v for k, v in client.hgetall(fkey).items() if k != b"_v"}
+    return fields, client.zrange(idkey, 0, -1, withscores=True)
+
+
+def test_a_held_state_is_written_by_apply_known_to_the_same_bytes(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cached = RedisFeatureStore(redis_client, lateness_ms=LATENESS, prefix="held")
+    scripted = RedisFeatureStore(redis_client, lateness_ms=LATENESS, prefix="plain", cache_size=0)
+    used: list[str] = []
+    real = RedisFeatureStore._run_scripts
+
+    def spy(self: RedisFeatureStore, calls: list[Any]) -> list[Any]:
+        if self is cached:
+            used.extend("known" if script is cached._known else "full" for script, _ in calls)
+        return real(self, calls)
+
+    monkeypatch.setattr(RedisFeatureStore, "_run_scripts", spy)
+    rng = random.Random(5)
+    batches = [[up(ev("web", T0, category="a"))]]
+    for b in range(1, 30):
+        t = T0 + b * 600_000
+        batch = [up(ev(rng.choice(["web", "purchase", "campaign"]), t + rng.randint(-LATENESS, 60_000),
+                       category=rng.choice("abcdefg"))) for _ in range(rng.randint(1, 6))]
+        batch.append(up(ev("web", t - 3 * LATENESS)))  # late
+        batch.append(batch[0])  # a duplicate inside the batch
+        batches.append(batch)
+    for batch in batches:
+        a, b = cached.apply(batch), scripted.apply(batch)
+        assert a.statuses == b.statuses
+        assert a.before == b.before
+    assert used[0] == "full" and set(used[1:]) == {"known"}
+    assert _stored(redis_client, cached, "c1") == _stored(redis_client, scripted, "c1")
+    assert state(cached) == state(scripted)
+
+    # A redelivery: apply_known.lua refuses (the ids are stored), apply.lua decides.
+    used.clear()
+    again = cached.apply(batches[-1])
+    assert used == ["known", "full"]
+    assert set(again.statuses) <= {"duplicate", "late"} and "duplicate" in again.statuses
+    assert _stored(redis_client, cached, "c1") == _stored(redis_client, scripted, "c1")
+
+    # Another writer moved the version: refused as stale, then decided by apply.lua.
+    other = RedisFeatureStore(redis_client, lateness_ms=LATENESS, prefix="held")
+    late_batch = [up(ev("purchase", T0 + 40 * 600_000, amount=3))]
+    other.apply(late_batch)
+    scripted.apply(late_batch)
+    used.clear()
+    final = [up(ev("web", T0 + 41 * 600_000))]
+    assert cached.apply(final).statuses == scripted.apply(final).statuses == ["applied"]
+    assert used == ["known", "full"]
+    assert _stored(redis_client, cached, "c1") == _stored(redis_client, scripted, "c1")
