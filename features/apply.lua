@@ -24,6 +24,8 @@
 --
 -- Nothing is written before every update has been validated, and all writes
 -- come after the last possible error, so a bad batch changes nothing.
+--
+-- write_state() comes from features/write_state.lua, which the store prepends.
 
 if redis.replicate_commands then
   redis.replicate_commands()
@@ -287,7 +289,7 @@ if applied then
   if now_us > next_version then next_version = now_us end
   set(VERSION_FIELD, next_version)
   version = format('%.17g', state[VERSION_FIELD])
-  local hset, hdel = { 'HSET', fkey }, { 'HDEL', fkey }
+  local hset, hdel = {}, {}
   for k in pairs(dirty) do
     local v = state[k]
     if v == nil then
@@ -300,22 +302,7 @@ if applied then
       end
     end
   end
-  -- HSET in chunks: unpack() is bounded by the Lua C stack.
-  local CHUNK = 2000
-  for first = 3, #hset, CHUNK do
-    local last = first + CHUNK - 1
-    if last > #hset then last = #hset end
-    redis.call('HSET', fkey, unpack(hset, first, last))
-  end
-  for first = 3, #hdel, CHUNK do
-    local last = first + CHUNK - 1
-    if last > #hdel then last = #hdel end
-    redis.call('HDEL', fkey, unpack(hdel, first, last))
-  end
-  if ttl > 0 then
-    redis.call('EXPIRE', fkey, ttl)
-    redis.call('EXPIRE', idkey, ttl)
-  end
+  write_state(fkey, idkey, hset, hdel, ttl)
 end
 
 -- The before-state travels as one JSON array of strings: a single bulk reply is far

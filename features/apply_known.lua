@@ -18,13 +18,14 @@
 --          set = [field, text, ...] written with %.17g; del = [field, ...]
 --
 -- Returns {'ok', version} or {'stale'} / {'dup'} (nothing written).
+-- write_state() comes from features/write_state.lua, which the store prepends.
 
 local fkey, idkey = KEYS[1], KEYS[2]
 local lateness = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local known = ARGV[3]
 local plan = cjson.decode(ARGV[4])
-local applied, sets, dels = plan[1], plan[2], plan[3]
+local applied, dels = plan[1], plan[3]
 
 -- InMemoryFeatureStore forgets old ids only once it holds more than this many (as apply.lua).
 local ID_SOFT_LIMIT = 64
@@ -59,22 +60,7 @@ local next_version = tonumber(known) + 1
 if now_us > next_version then next_version = now_us end
 local version = string.format('%.17g', next_version)
 
--- HSET / HDEL in chunks: unpack() is bounded by the Lua C stack.
-local CHUNK = 2000
-local hset = { '_v', version }
-for i = 1, #sets do hset[#hset + 1] = sets[i] end
-for first = 1, #hset, CHUNK do
-  local last = first + CHUNK - 1
-  if last > #hset then last = #hset end
-  redis.call('HSET', fkey, unpack(hset, first, last))
-end
-for first = 1, #dels, CHUNK do
-  local last = first + CHUNK - 1
-  if last > #dels then last = #dels end
-  redis.call('HDEL', fkey, unpack(dels, first, last))
-end
-if ttl > 0 then
-  redis.call('EXPIRE', fkey, ttl)
-  redis.call('EXPIRE', idkey, ttl)
-end
+local sets = { '_v', version }
+for i = 1, #plan[2] do sets[#sets + 1] = plan[2][i] end
+write_state(fkey, idkey, sets, dels, ttl)
 return { 'ok', version }

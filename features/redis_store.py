@@ -83,7 +83,10 @@ _GLOB_SPECIAL = frozenset("*?[]\\")
 
 
 def _load_script(name: str = "apply.lua") -> str:
-    return resources.files("features").joinpath(name).read_text(encoding="utf-8")
+    """A feature script with the write helper both share prepended (Redis has no imports)."""
+    files = resources.files("features")
+    shared = files.joinpath("write_state.lua").read_text(encoding="utf-8")
+    return shared + "\n" + files.joinpath(name).read_text(encoding="utf-8")
 
 
 def key_tag(customer_id: str) -> str:
