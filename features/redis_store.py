@@ -171,7 +171,6 @@ class RedisFeatureStore:
         self.prefix = prefix
         self._script = client.register_script(_load_script())
         self._known = client.register_script(_load_script("apply_known.lua"))
-        self._shas = {id(self._script): self._script.sha, id(self._known): self._known.sha}
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[str, tuple[str, State]] = OrderedDict()  # cid -> (version, state)
 
@@ -222,14 +221,14 @@ class RedisFeatureStore:
         # the in-memory store's code, and send only what changed (apply_known.lua checks the
         # version and the ids, then writes). The script that interprets every operation
         # itself (apply.lua) took 73% of Redis's time, about 50 µs per event.
-        planned: dict[str, tuple[list[str], State, State]] = {}
+        planned: dict[str, tuple[list[str], State, tuple[str, State]]] = {}
         calls: list[tuple[str, Any, tuple[Any, ...]]] = []
         for cid, idxs in groups.items():
             known = self._cache.get(cid)
-            fkey, idkey = self.keys_for(cid)
             if known is not None:
                 codes, after, payload = self._plan(known[1], [updates[i] for i in idxs])
-                planned[cid] = (codes, after, known[1])
+                planned[cid] = (codes, after, known)
+                fkey, idkey = self.keys_for(cid)
                 calls.append((cid, self._known, (2, fkey, idkey, self.lateness_ms, self.ttl_seconds, known[0],
                                                   payload)))
             else:
@@ -239,21 +238,21 @@ class RedisFeatureStore:
         for (cid, script, _), reply in zip(calls, replies, strict=True):
             idxs = groups[cid]
             if script is self._known:
+                codes, after, known = planned[cid]
                 if _text(reply[0]) == "ok":
-                    codes, after, before = planned[cid]
                     for i, code in zip(idxs, codes, strict=True):
                         result.statuses[i] = code
-                    result.before[cid] = before
+                    result.before[cid] = known[1]
                     self._remember(cid, _text(reply[1]), after)
                     continue
-                # Someone else wrote since (stale), or a redelivery (dup): let apply.lua decide.
-                self._cache.pop(cid, None)
-                redo.append((cid, self._script, self._full_args(cid, idxs, updates, "")))
+                # Someone else wrote since (stale: apply.lua sends the state back), or a
+                # redelivery (dup: the held state is still current and stays here).
+                redo.append((cid, self._script, self._full_args(cid, idxs, updates, known[0])))
                 continue
             self._take_full(cid, idxs, updates, reply, None, result)
         if redo:
             for (cid, _, _), reply in zip(redo, self._run_scripts([(sc, a) for _, sc, a in redo]), strict=True):
-                self._take_full(cid, groups[cid], updates, reply, None, result)
+                self._take_full(cid, groups[cid], updates, reply, planned[cid][2][1], result)
         return result
 
     def _full_args(self, cid: str, idxs: list[int], updates: Sequence[Update], known: str) -> tuple[Any, ...]:
@@ -331,7 +330,7 @@ class RedisFeatureStore:
             pipe = self.client.pipeline(transaction=False)
             for i in pending:
                 script, args = calls[i]
-                pipe.execute_command("EVALSHA", self._shas[id(script)], *args)
+                pipe.execute_command("EVALSHA", script.sha, *args)
             out = pipe.execute(raise_on_error=False)
             retry: list[int] = []
             for i, reply in zip(pending, out, strict=True):
@@ -347,7 +346,7 @@ class RedisFeatureStore:
             # only the calls that did not run.
             log.info("feature scripts not cached on server; loading them")
             for script in {id(calls[i][0]): calls[i][0] for i in retry}.values():
-                self._shas[id(script)] = self.client.script_load(script.script)
+                self.client.script_load(script.script)  # the SHA1 of its text: script.sha again
             pending = retry
         return replies
 
