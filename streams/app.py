@@ -377,15 +377,22 @@ class LiveWorker:
             try:
                 result = await self._call(fn, *args, on=on)
             except TRANSIENT as exc:
-                self.metrics.errors.labels(stage=stage).inc()
-                self.failing = f"{stage}: {type(exc).__name__}"
+                self._failed(stage, exc)
                 log.warning("%s failed (%s); retrying in %.1fs", stage, type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
-            if self.failing and self.failing.startswith(stage):
-                self.failing = None
+            self._recovered(stage)
             return result
+
+    def _failed(self, stage: str, exc: BaseException) -> None:
+        """Count a transient failure and show it on /health until the stage works again."""
+        self.metrics.errors.labels(stage=stage).inc()
+        self.failing = f"{stage}: {type(exc).__name__}"
+
+    def _recovered(self, stage: str) -> None:
+        if self.failing and self.failing.startswith(stage):
+            self.failing = None
 
     async def publish(self, records: Sequence[OutRecord]) -> None:
         """Send records and wait for every broker ack; on any failure resend them all.
@@ -407,15 +414,13 @@ class LiveWorker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any send failure: retry the batch's outputs
-                self.metrics.errors.labels(stage="publish").inc()
-                self.failing = f"publish: {type(exc).__name__}"
+                self._failed("publish", exc)
                 log.warning("publishing %d records failed (%s); retrying in %.1fs",
                             len(records), type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
-            if self.failing and self.failing.startswith("publish"):
-                self.failing = None
+            self._recovered("publish")
             return
 
     async def _fatal(self, stage: str, exc: BaseException) -> None:
@@ -676,16 +681,14 @@ class LiveWorker:
             try:
                 result = self.scorer.score(messages)
             except TRANSIENT as exc:
-                self.metrics.errors.labels(stage="process").inc()
-                self.failing = f"process: {type(exc).__name__}"
+                self._failed("process", exc)
                 if self.app.should_stop:
                     raise
                 log.warning("process failed (%s); retrying in %.1fs", type(exc).__name__, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
-            if self.failing and self.failing.startswith("process"):
-                self.failing = None
+            self._recovered("process")
             return result
 
     async def scoring_done(self) -> None:
