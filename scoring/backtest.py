@@ -69,6 +69,9 @@ class BacktestConfig:
     scores_out: Path | None = None
     measure_memory: bool = False
     progress: Callable[[int], None] | None = None  # called with lines read so far
+    # Called with every matured example, model input included, in the order they mature
+    # (scripts/hindsight_bound.py fits models in hindsight on exactly these examples).
+    on_labelled: Callable[[Labelled], None] | None = None
     change_at_ms: int | None = None  # a known change (offer, season, tracking): before/after figures
     change_weeks: int = 4
 
@@ -325,6 +328,8 @@ def _run_backtest(
             per_day[rec["ts"][:10]]["triggers"] += 1
         drifts.extend(out.drifts)
         for ex in out.labelled:
+            if config.on_labelled:
+                config.on_labelled(ex)
             log = logs[ex.kind]
             log.probs.append(ex.prob)
             log.rule.append(ex.rule_prob)
