@@ -52,9 +52,8 @@ from scoring.backtest import BacktestConfig, run_backtest
 from scoring.core import Labelled
 from scoring.metrics import auc, lift_summary
 
-FITS = ("lr_oof", "gbdt_oof")
-FORWARD = ("online_2nd", "lr_fwd", "gbdt_fwd")
-COLUMNS = ("online", "rule", "model_only", "cold_only", *FITS, *FORWARD)
+COLUMNS = ("online", "rule", "model_only", "cold_only", "lr_oof", "gbdt_oof", "online_2nd", "lr_fwd", "gbdt_fwd")
+NONE: dict[str, float | None] = {"auc": None, "ratio": None}  # too few examples, or one class
 
 
 class Examples:
@@ -91,9 +90,7 @@ class Examples:
         return out
 
 
-def collect(
-    path: Path, drop_types: tuple[str, ...] = (), sample_pct: int = 100
-) -> tuple[dict[str, Examples], dict[str, Any]]:
+def collect(path: Path, drop_types: tuple[str, ...] = (), sample_pct: int = 100) -> dict[str, Examples]:
     """Replay ``path`` and keep the matured examples of a ``sample_pct`` % of customers (by id hash)."""
     kinds: dict[str, Examples] = {}
 
@@ -105,13 +102,13 @@ def collect(
         kinds.setdefault(ex.kind, Examples()).add(ex)
 
     with path.open("rb") as lines:
-        report = run_backtest(lines, BacktestConfig(batch_baseline=False, drop_types=drop_types, on_labelled=keep))
-    return kinds, report
+        run_backtest(lines, BacktestConfig(batch_baseline=False, drop_types=drop_types, on_labelled=keep))
+    return kinds
 
 
 def _figure(probs: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
     if len(y) < 20 or y.min() == y.max():
-        return {"auc": None, "ratio": None}
+        return dict(NONE)
     return {"auc": auc(probs.tolist(), y.tolist()), "ratio": lift_summary(probs.tolist(), y.tolist())["top_bottom_decile_ratio"]}
 
 
@@ -124,7 +121,7 @@ def _models() -> dict[str, Callable[[], Any]]:
 
 def _fit_predict(make: Callable[[], Any], x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
     if y[train].min() == y[train].max():  # one class to learn from: its rate is all there is
-        return np.full(int(test.sum()) if test.dtype == bool else len(test), float(y[train].mean()))
+        return np.full(len(y[test]), float(y[train].mean()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter on separable folds
         return make().fit(x[train], y[train]).predict_proba(x[test])[:, 1]
@@ -151,11 +148,11 @@ def bound(examples: Examples, folds: int = 5) -> dict[str, dict[str, float | Non
                 oof[test] = _fit_predict(make, x, y, train, test)
             out[f"{name}_oof"] = _figure(oof, y)
         else:
-            out[f"{name}_oof"] = _figure(np.zeros(0), np.zeros(0, dtype=int))
+            out[f"{name}_oof"] = dict(NONE)
         if late.any() and known.any() and y[known].min() != y[known].max():
             out[f"{name}_fwd"] = _figure(_fit_predict(make, x, y, known, late), y[late])
         else:
-            out[f"{name}_fwd"] = _figure(np.zeros(0), np.zeros(0, dtype=int))
+            out[f"{name}_fwd"] = dict(NONE)
     return out
 
 
@@ -184,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.sample <= 100:
         parser.error("--sample is a percentage, 1 to 100")
     drop = tuple(t for t in args.drop_types.split(",") if t)
-    kinds, _ = collect(Path(args.history), drop, args.sample)
+    kinds = collect(Path(args.history), drop, args.sample)
     figures: dict[str, dict[str, Any]] = {}
     for name, examples in sorted(kinds.items()):
         figures[name] = {"n": len(examples.y), "pos": int(sum(examples.y)), **bound(examples, args.folds)}

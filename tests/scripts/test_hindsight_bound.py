@@ -53,13 +53,9 @@ def test_the_forward_fit_learns_only_labels_that_had_matured_at_the_split(
     hb = load_script("hindsight_bound")
     rng = np.random.default_rng(0)
     examples = hb.Examples()
-    # Scored before the split, but labelled only after it: a batch job at the split has none of them.
-    for i in range(200):
-        x = float(rng.normal())
-        examples.add(_example(i, 10_000 + i, x, int(x > 0), f"c{i}"))
-    for i in range(200, 400):
-        x = float(rng.normal())
-        examples.add(_example(i, 10_000 + i, x, int(x > 0), f"c{i}"))
+    # Every label matures after the split (at 10,000 and later): a batch job at the split has none.
+    for i, x in enumerate(rng.normal(size=400)):
+        examples.add(_example(i, 10_000 + i, float(x), int(x > 0), f"c{i}"))
     figures = hb.bound(examples, folds=3)
     assert figures["lr_fwd"]["auc"] is None and figures["gbdt_fwd"]["auc"] is None
     assert figures["lr_oof"]["auc"] > 0.95  # the labels follow the input exactly: in hindsight, found
