@@ -304,6 +304,7 @@ class LiveWorker:
             "value_serializer": "raw",
             "producer_acks": -1,
             "producer_linger_ms": s.producer_linger_ms,
+            "consumer_max_fetch_size": s.consumer_max_fetch_bytes,
             "web_enabled": True,
             "web_bind": s.web_host,
             "web_host": s.web_host,

@@ -101,6 +101,12 @@ class Settings(BaseSettings):
         "when the scoring processes, not the worker's own, are what is busy)",
     )
     producer_linger_ms: int = Field(5, ge=0, le=1000, description="output producer batching delay")
+    consumer_max_fetch_bytes: int = Field(
+        262_144, ge=1024,
+        description="most bytes one fetch returns per input partition. Small enough that a "
+        "backlog arrives from every partition in the first fetches, so the event-time alignment "
+        "can release events at once (a larger record batch still comes whole)",
+    )
     learner_tick_s: float = Field(0.5, gt=0, description="learner checks for a due snapshot this often")
     align_slack_s: float = Field(
         600.0, ge=0, description="event-time slack of the alignment (below the scoring lateness)"

@@ -1,0 +1,17 @@
+import pytest
+from pydantic import ValidationError
+
+from streams.app import LiveWorker
+from streams.settings import Settings
+
+
+def test_the_fetch_size_per_partition_reaches_the_faust_app_settings():
+    worker = LiveWorker(Settings(consumer_max_fetch_bytes=65_536, app_id="fetch-test"), bare=True)
+    assert worker.app.conf.consumer_max_fetch_size == 65_536
+    default = LiveWorker(Settings(app_id="fetch-default"), bare=True)
+    assert default.app.conf.consumer_max_fetch_size == Settings().consumer_max_fetch_bytes == 262_144
+
+
+def test_a_fetch_size_below_one_kilobyte_is_refused():
+    with pytest.raises(ValidationError):
+        Settings(consumer_max_fetch_bytes=100)
