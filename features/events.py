@@ -38,8 +38,12 @@ from pydantic import (
 )
 
 MAX_EVENT_BYTES = 64 * 1024
-# Outside these bounds a timestamp is a bug upstream, not a customer's history.
-MIN_TS_MS = int(datetime(1990, 1, 1, tzinfo=UTC).timestamp() * 1000)
+# Outside these bounds a timestamp is a bug upstream, not a customer's history. The floor is
+# 10^11 ms (1973-03-03): a number below it is read as epoch seconds (see parse_ts_ms), so no
+# valid time changes meaning, and 0 (the epoch, the usual unset time) is refused. Histories
+# from the 1970s and 1980s (donor files, old retail panels) pass.
+MIN_TS_MS = 10**11
+MIN_TS_TEXT = "1973-03-03"
 MAX_TS_MS = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
 # An event stamped later than this beyond the wall clock is a clock or bug upstream: taken
 # as valid, it would move its customer's clock ahead, and every real event of that customer
@@ -59,8 +63,9 @@ Channel = Literal["email", "sms", "push", "web", "ads"]
 def parse_ts_ms(value: Any) -> int:
     """Epoch milliseconds from RFC 3339 text (with offset), epoch milliseconds or epoch seconds.
 
-    A number below 10^11 is read as seconds: as milliseconds it would fall in
-    1973, outside the accepted years, so no valid timestamp changes meaning.
+    A number below 10^11 is read as seconds: as milliseconds it would fall
+    before 1973-03-03, outside the accepted times, so no valid timestamp changes
+    meaning. Accepted: from 1973-03-03 to the end of 2099.
 
     >>> parse_ts_ms("2024-01-01T00:00:00Z"), parse_ts_ms(1704067200000)
     (1704067200000, 1704067200000)
@@ -86,7 +91,7 @@ def parse_ts_ms(value: Any) -> int:
     else:
         raise ValueError("timestamp must be RFC 3339 text or epoch milliseconds")
     if not MIN_TS_MS <= ms < MAX_TS_MS:
-        raise ValueError("timestamp outside 1990..2100 (absurd)")
+        raise ValueError(f"timestamp outside {MIN_TS_TEXT}..2100 (absurd)")
     return ms
 
 

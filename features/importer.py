@@ -80,7 +80,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
-from features.events import MAX_TS_MS, MIN_TS_MS, EventError, decode, encode, ms_to_iso
+from features.events import MAX_TS_MS, MIN_TS_MS, MIN_TS_TEXT, EventError, decode, encode, ms_to_iso
 
 DateOrder = Literal["auto", "dmy", "mdy"]
 
@@ -271,7 +271,7 @@ def _to_ms(dt: datetime, zone: tzinfo) -> int:
         dt = dt.replace(tzinfo=zone)
     ms = round(dt.timestamp() * 1000)
     if not MIN_TS_MS <= ms < MAX_TS_MS:
-        raise RowProblem("time out of range: before 1990 or after 2100")
+        raise RowProblem(f"time out of range: before {MIN_TS_TEXT} or after 2100")
     return ms
 
 

@@ -78,6 +78,10 @@ def test_three_types_discriminated() -> None:
         (str(T0 // 1000), T0),
         (T0 / 1000 + 0.25, T0 + 250),
         (f"{T0 // 1000}.25", T0 + 250),
+        # Old histories: 1985 as text, epoch milliseconds and epoch seconds.
+        ("1985-06-01T00:00:00Z", 486_432_000_000),
+        (486_432_000_000, 486_432_000_000),
+        (486_432_000, 486_432_000_000),
     ],
 )
 def test_timestamps_rfc3339_with_offset_and_epoch_ms(ts: Any, expected: int) -> None:
@@ -95,6 +99,8 @@ def test_timestamps_rfc3339_with_offset_and_epoch_ms(ts: Any, expected: int) -> 
         (1_704_067_200_000_000, "absurd"),  # microseconds are a unit bug
         (4_200_000_000_000, "absurd"),
         ("1889-01-01T00:00:00Z", "absurd"),
+        ("1973-03-01T00:00:00Z", "absurd"),  # below 10^11 ms, where numbers are read as seconds
+        (99_999_999_999, "absurd"),  # read as seconds: year 5138
         (1e300, "absurd"),
         (True, "RFC 3339 text or epoch"),
         (None, "RFC 3339 text or epoch"),
