@@ -1,7 +1,11 @@
-"""Scoring configuration from YAML: which kinds, their parameters, the alert policy.
+"""Scoring configuration from YAML: which kinds, their parameters, the alert policy, features.
 
 Everything has a default; a file only says what differs. Two files are two
-configurations a backtest can compare on the same events.
+configurations a backtest can compare on the same events. A file can tune the
+default kinds, switch them off, declare new kinds, and add features to the
+default catalogue. Every mistake is a :class:`ConfigError` that names where it
+is (``kinds.churn_risk.horizon: ...``) when the file is read, not at the first
+event that needs the value.
 
 >>> cfg = scoring_config_from_dict({"lateness": "2h",
 ...     "kinds": {"purchase_propensity": {"model": "tree", "horizon": "14d"},
@@ -9,22 +13,43 @@ configurations a backtest can compare on the same events.
 ...     "policy": {"jump_points": 20}})
 >>> [k.name for k in cfg.kinds], cfg.kinds[0].model, cfg.policy.jump_points, cfg.lateness_ms
 (['purchase_propensity', 'churn_risk', 'campaign_response', 'engagement'], 'tree', 20, 7200000)
+>>> try:
+...     scoring_config_from_dict({"kinds": {"churn_risk": {"horizon": "60 days"}}})
+... except ConfigError as exc:
+...     print(exc)
+kinds.churn_risk.horizon: not a duration: '60 days' (use e.g. 30m, 24h, 7d, 2w)
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, get_args
 
 import yaml
 
-from features.spec import Catalog, default_catalog, load_catalog, parse_duration_ms
-from scoring.kinds import Bands, ScoreKind, default_kinds
-from scoring.triggers import Policy, TriggerRule
+from features.spec import (
+    ACTIONS,
+    Aggregation,
+    Catalog,
+    DerivedKind,
+    DerivedSpec,
+    FeatureSpec,
+    default_catalog,
+    parse_duration_ms,
+)
+from scoring.kinds import Bands, KindType, LearnAt, ModelName, ScoreKind, default_kinds
+from scoring.triggers import BAND_RANK, Policy, TriggerRule
 
 DEFAULT_SENSITIVE = ("age", "age_band", "gender", "ethnicity", "religion")
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A scoring configuration that cannot be used, with where and why."""
 
 
 @dataclass(frozen=True)
@@ -37,37 +62,21 @@ class ScoringConfig:
     name: str = "default"
 
 
-def scoring_config_from_dict(data: dict[str, Any], name: str = "custom") -> ScoringConfig:
-    """Build a config from plain data (the parsed YAML); unknown keys are errors."""
-    allowed = {"lateness", "kinds", "policy", "catalog", "sensitive", "name"}
-    unknown = set(data) - allowed
-    if unknown:
-        raise ValueError(f"unknown config keys: {sorted(unknown)} (allowed: {sorted(allowed)})")
-    kinds = []
-    overrides: dict[str, dict[str, Any]] = dict(data.get("kinds") or {})
-    known = {k.name for k in default_kinds()}
-    for missing in set(overrides) - known:
-        raise ValueError(f"unknown score kind {missing!r} (known: {sorted(known)})")
-    for kind in default_kinds():
-        o = dict(overrides.get(kind.name) or {})
-        if not o.pop("enabled", True):
-            continue
-        if "bands" in o:
-            o["bands"] = Bands(**o["bands"])
-        for tuple_field in ("score_on", "only_on", "rescore_on", "outcome"):
-            if tuple_field in o:
-                o[tuple_field] = tuple(o[tuple_field])
-        kinds.append(dataclasses.replace(kind, **o))
-    pol = dict(data.get("policy") or {})
-    if "triggers" in pol:
-        pol["triggers"] = tuple(TriggerRule(**t) for t in pol["triggers"])
-    catalog = load_catalog(data["catalog"]) if data.get("catalog") else default_catalog()
+def scoring_config_from_dict(data: Mapping[str, Any], name: str = "custom") -> ScoringConfig:
+    """Build a config from plain data (the parsed YAML); every mistake is a :class:`ConfigError`."""
+    _mapping("the config", data)
+    _known_keys("the config", data, {"lateness", "kinds", "policy", "catalog", "sensitive", "name"})
+    catalog = _catalog(data.get("catalog"))
+    kinds = _kinds(_mapping("kinds", data.get("kinds") or {}), catalog)
+    sensitive = data.get("sensitive", DEFAULT_SENSITIVE)
+    if not isinstance(sensitive, list | tuple) or not all(isinstance(s, str) for s in sensitive):
+        raise ConfigError("sensitive: a list of feature or field names")
     return ScoringConfig(
         kinds=kinds,
-        policy=Policy(**pol),
-        lateness_ms=parse_duration_ms(data.get("lateness", "1h")),
+        policy=_policy(_mapping("policy", data.get("policy") or {}), kinds),
+        lateness_ms=_duration("lateness", data.get("lateness", "1h")),
         catalog=catalog,
-        sensitive=tuple(data.get("sensitive", DEFAULT_SENSITIVE)),
+        sensitive=tuple(sensitive),
         name=str(data.get("name", name)),
     )
 
@@ -76,7 +85,250 @@ def load_scoring_config(path: str | Path | None) -> ScoringConfig:
     """Read a YAML file (``None`` gives the defaults)."""
     if path is None:
         return ScoringConfig()
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = _read_yaml(Path(path)) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return scoring_config_from_dict(data, name=Path(path).stem)
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return scoring_config_from_dict(data, name=Path(path).stem)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- kinds
+
+# Event keys: "type" or "type:action" (a purchase's action is its status).
+_EVENT_FIELDS = ("score_on", "only_on", "rescore_on", "outcome")
+_DURATIONS = ("rescore", "register", "horizon", "tick", "active_within")
+_AT_LEAST = {  # field: smallest allowed value
+    "min_labels": 1, "min_per_class": 1, "consolidate_every": 0, "window": 1, "consolidate_max": 1,
+    "half_life": 0, "drift_min_rows": 1, "trial": 0, "trial_max": 0,
+}
+
+
+def _kinds(overrides: Mapping[str, Any], catalog: Catalog) -> list[ScoreKind]:
+    defaults = {k.name: k for k in default_kinds()}
+    out = []
+    for name in [*defaults, *(n for n in overrides if n not in defaults)]:
+        where = f"kinds.{name}"
+        o = dict(_mapping(where, overrides.get(name) or {}))
+        if not o.pop("enabled", True):
+            continue
+        base = defaults.get(name)
+        if base is None:
+            if "type" not in o:
+                raise ConfigError(
+                    f"{where}: unknown score kind; a new kind needs 'type' (learned, rule or rfm). "
+                    f"The default kinds are {sorted(defaults)}"
+                )
+            base = _build(ScoreKind, where, {"name": name})
+        _known_keys(where, o, {f.name for f in dataclasses.fields(ScoreKind)} - {"name"})
+        if "bands" in o:
+            o["bands"] = _bands(f"{where}.bands", o["bands"])
+        for key in _EVENT_FIELDS:
+            if key in o:
+                o[key] = _event_keys(f"{where}.{key}", o[key], with_action=key == "outcome")
+        kind = _build(dataclasses.replace, where, o, base)
+        _check_kind(where, kind, catalog)
+        out.append(kind)
+    return out
+
+
+def _check_kind(where: str, kind: ScoreKind, catalog: Catalog) -> None:
+    _choice(f"{where}.type", kind.type, get_args(KindType))
+    _choice(f"{where}.model", kind.model, get_args(ModelName))
+    _choice(f"{where}.learn_at", kind.learn_at, get_args(LearnAt))
+    for key in _DURATIONS:
+        value = getattr(kind, key)
+        if value is not None:
+            _duration(f"{where}.{key}", value)
+    if parse_duration_ms(kind.horizon) <= 0:
+        raise ConfigError(f"{where}.horizon: must be longer than 0")
+    for key, least in _AT_LEAST.items():
+        value = getattr(kind, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"{where}.{key}: a whole number of at least {least}, not {value!r}")
+    if kind.min_per_class * 2 > kind.min_labels:
+        raise ConfigError(f"{where}: min_labels ({kind.min_labels}) must hold min_per_class "
+                          f"({kind.min_per_class}) of each class")
+    if not isinstance(kind.rule_scale, int | float) or kind.rule_scale <= 0:
+        raise ConfigError(f"{where}.rule_scale: a number above 0")
+    weights = kind.rule_weights
+    if not isinstance(weights, Mapping):
+        raise ConfigError(f"{where}.rule_weights: a mapping of feature name to points")
+    unknown = sorted(set(weights) - set(catalog.names))
+    if unknown:
+        raise ConfigError(f"{where}.rule_weights: unknown features {unknown} (the catalogue has "
+                          f"{len(catalog.names)}: {', '.join(catalog.names)})")
+    for feat, points in weights.items():
+        if isinstance(points, bool) or not isinstance(points, int | float):
+            raise ConfigError(f"{where}.rule_weights.{feat}: a number of points, not {points!r}")
+    if kind.learned and not kind.outcome:
+        raise ConfigError(f"{where}.outcome: a learned kind needs the events that are its outcome")
+
+
+def _event_keys(where: str, value: Any, with_action: bool) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
+        raise ConfigError(f"{where}: a list of events such as 'purchase:completed'")
+    for item in items:
+        etype, sep, action = item.partition(":")
+        if etype not in ACTIONS or (sep and action not in ACTIONS[etype]) or (with_action and not sep):
+            shown = ", ".join(f"{t}:{a}" for t in ACTIONS for a in sorted(ACTIONS[t]))
+            raise ConfigError(f"{where}: unknown event {item!r} (use 'type:action' with one of: {shown}"
+                              + ("" if with_action else "; or a type alone: web, purchase, campaign") + ")")
+    return tuple(items)
+
+
+def _bands(where: str, value: Any) -> Bands:
+    bands = _build(Bands, where, _mapping(where, value))
+    numbers = (bands.warm, bands.hot, bands.hysteresis)
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers):
+        raise ConfigError(f"{where}: warm, hot and hysteresis are numbers")
+    if not 0 <= bands.warm < bands.hot <= 100:
+        raise ConfigError(f"{where}: needs 0 <= warm < hot <= 100, not warm {bands.warm}, hot {bands.hot}")
+    if not 0 <= bands.hysteresis < bands.hot - bands.warm:
+        raise ConfigError(f"{where}.hysteresis: at least 0 and below hot - warm")
+    return bands
+
+
+# --------------------------------------------------------------------------- policy
+
+def _policy(values: Mapping[str, Any], kinds: list[ScoreKind]) -> Policy:
+    pol = dict(values)
+    _known_keys("policy", pol, {f.name for f in dataclasses.fields(Policy)})
+    if "triggers" in pol:
+        rules = pol["triggers"]
+        if not isinstance(rules, list):
+            raise ConfigError("policy.triggers: a list of trigger rules")
+        pol["triggers"] = tuple(_trigger(f"policy.triggers[{i}]", t, kinds) for i, t in enumerate(rules))
+    policy = _build(Policy, "policy", pol)
+    for key in ("min_change", "jump_points", "control_fraction"):
+        value = getattr(policy, key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"policy.{key}: a number of at least 0, not {value!r}")
+    if policy.control_fraction > 1:
+        raise ConfigError("policy.control_fraction: a fraction from 0 to 1")
+    _duration("policy.jump_window", policy.jump_window)
+    _duration("policy.alert_cooldown", policy.alert_cooldown)
+    if "triggers" not in values:  # the default rules, for the kinds that are on
+        names = {k.name for k in kinds}
+        policy = dataclasses.replace(policy, triggers=tuple(t for t in policy.triggers if t.kind in names))
+    return policy
+
+
+def _trigger(where: str, value: Any, kinds: list[ScoreKind]) -> TriggerRule:
+    rule = _build(TriggerRule, where, _mapping(where, value))
+    names = [k.name for k in kinds]
+    if rule.kind not in names:
+        raise ConfigError(f"{where}.kind: {rule.kind!r} is not a score kind of this config ({names})")
+    if rule.band is not None and rule.band not in BAND_RANK:
+        raise ConfigError(f"{where}.band: one of cold, warm, hot, not {rule.band!r}")
+    if (rule.band is None) == (rule.min_idle_days is None):
+        raise ConfigError(f"{where}: give either band or min_idle_days")
+    _duration(f"{where}.cooldown", rule.cooldown)
+    return rule
+
+
+# --------------------------------------------------------------------------- catalogue
+
+def _catalog(value: Any) -> Catalog:
+    """``catalog:`` inline, or the path of a YAML file with the same keys.
+
+    ``features`` and ``derived`` are added to the default catalogue; with
+    ``defaults: false`` they are the whole catalogue.
+    """
+    if value is None:
+        return default_catalog()
+    where = "catalog"
+    if isinstance(value, str):
+        where = f"catalog ({value})"
+        value = _read_yaml(Path(value)) or {}
+    data = _mapping(where, value)
+    _known_keys(where, data, {"features", "derived", "defaults"})
+    base = default_catalog() if data.get("defaults", True) else Catalog(())
+    features = [_feature(f"{where}.features[{i}]", f)
+                for i, f in enumerate(_list(f"{where}.features", data.get("features") or []))]
+    derived = [_derived(f"{where}.derived[{i}]", d)
+               for i, d in enumerate(_list(f"{where}.derived", data.get("derived") or []))]
+    try:
+        return Catalog(base.features + tuple(features), base.derived + tuple(derived))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _feature(where: str, value: Any) -> FeatureSpec:
+    spec = _build(FeatureSpec, where, _mapping(where, value))
+    _choice(f"{where}.agg", spec.agg, get_args(Aggregation))
+    for key in ("window", "half_life"):
+        if getattr(spec, key) is not None:
+            _duration(f"{where}.{key}", getattr(spec, key))
+    return spec
+
+
+def _derived(where: str, value: Any) -> DerivedSpec:
+    d = dict(_mapping(where, value))
+    if "inputs" in d:
+        d["inputs"] = tuple(_list(f"{where}.inputs", d["inputs"]))
+    if "prior" in d:
+        d["prior"] = tuple(_list(f"{where}.prior", d["prior"]))
+    spec = _build(DerivedSpec, where, d)
+    _choice(f"{where}.kind", spec.kind, get_args(DerivedKind))
+    need = {"ratio": 2, "after": 2, "present": 1, "days_since": 1, "mean_gap": 3}[spec.kind]
+    if len(spec.inputs) != need:
+        raise ConfigError(f"{where}.inputs: {spec.kind} takes {need} input(s), not {len(spec.inputs)}")
+    return spec
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+
+
+def _build(factory: Any, where: str, values: Mapping[str, Any], *args: Any) -> Any:
+    """``factory(*args, **values)``, its errors (unknown keys, wrong values) named by ``where``."""
+    if factory is not dataclasses.replace:
+        _known_keys(where, values, {f.name for f in dataclasses.fields(factory) if f.init})
+    try:
+        return factory(*args, **values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _known_keys(where: str, values: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = set(values) - allowed
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _mapping(where: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping (key: value), not {type(value).__name__}")
+    return value
+
+
+def _list(where: str, value: Any) -> list[Any]:
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{where}: expected a list, not {type(value).__name__}")
+    return list(value)
+
+
+def _choice(where: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{where}: one of {', '.join(map(str, allowed))}, not {value!r}")
+
+
+def _duration(where: str, value: Any) -> int:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: a duration such as 7d, not {value!r}")
+    try:
+        return parse_duration_ms(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+__all__ = ["DEFAULT_SENSITIVE", "ConfigError", "ScoringConfig", "load_scoring_config",
+           "scoring_config_from_dict"]

@@ -8,6 +8,7 @@ import signal
 import orjson
 import pytest
 
+from features.events import parse_ts_ms
 from streams.pipeline import Incoming, labelled_to_json, labels_from_record
 from streams.scorer import Scorer, ScorerDied, ScorerPool, ScorerProcess
 from streams.settings import Settings
@@ -171,3 +172,25 @@ def test_a_pool_retry_calls_only_the_children_that_failed(redis_url: str) -> Non
         assert _by_customer(records) == _by_customer(expected)
     finally:
         pool.close()
+
+
+def test_a_custom_config_scores_its_own_kinds_and_features_on_redis(redis_url: str, tmp_path) -> None:
+    import yaml
+
+    from tests.scoring.test_config import UPSELL
+
+    path = tmp_path / "upsell.yaml"
+    path.write_text(yaml.safe_dump(UPSELL))
+    scorer = Scorer(Settings(redis_url=redis_url, redis_prefix="sc-custom", scoring_config=str(path)))
+    kinds: set[str] = set()
+    versions: dict[str, int] = {}
+    for i in range(0, 3000, 250):
+        out, versions = scorer.score(simulated_messages(3000)[i:i + 250])
+        kinds |= {orjson.loads(r.value)["kind"] for r in out.records if r.topic == "leadpulse.scores" and r.value}
+    assert {"repeat_purchase_30d", "vip_points"} <= kinds and "rfm_segment" not in kinds
+    assert "repeat_purchase_30d" in versions
+    # The added feature is computed from the state kept in Redis, like the default ones.
+    web = [orjson.loads(m.value or b"") for m in simulated_messages(3000) if m.topic.endswith("web")]
+    cid, last = web[-1]["customer_id"], max(parse_ts_ms(e["ts"]) for e in web if e["customer_id"] == web[-1]["customer_id"])
+    vector = scorer.engine.vector(scorer.features.read([cid])[cid], last)
+    assert vector["sessions_90d"] >= 1 and vector["sessions_90d"] >= vector["sessions_30d"]

@@ -1,0 +1,131 @@
+"""A user's own scoring configuration: mistakes are named where they are, new kinds and
+features work end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from features.engine import FeatureEngine
+from scoring.backtest import BacktestConfig, run_backtest
+from scoring.config import ConfigError, load_scoring_config, scoring_config_from_dict
+from scoring.core import ScoringCore
+from scoring.simulator import SimulationConfig, write_jsonl
+
+UPSELL: dict[str, Any] = {
+    "catalog": {"features": [
+        {"name": "sessions_90d", "source": "web", "agg": "distinct", "field": "session_id", "window": "90d"},
+    ]},
+    "kinds": {
+        "rfm_segment": {"enabled": False},
+        "repeat_purchase_30d": {
+            "type": "learned", "score_on": ["purchase:completed"], "rescore_on": ["web", "purchase"],
+            "tick": "7d", "register": "7d", "horizon": "30d", "outcome": ["purchase:completed"],
+            "requires_purchase": True, "min_labels": 30, "trial": 0,
+            "rule_weights": {"orders_365d": 8, "sessions_90d": 1, "days_since_last_purchase": -0.1},
+        },
+        "vip_points": {"type": "rule", "rule_weights": {"spend_365d": 0.05, "orders_365d": 5}},
+    },
+    "policy": {"triggers": [
+        {"name": "repeat_likely", "kind": "repeat_purchase_30d", "action": "send_cross_sell", "band": "hot"},
+    ]},
+}
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"kinds": {"churn_risk": {"horizon": "60 days"}}}, "kinds.churn_risk.horizon: not a duration"),
+    ({"kinds": {"churn_risk": {"modle": "tree"}}}, "kinds.churn_risk: unknown keys ['modle']"),
+    ({"kinds": {"churn_risk": {"model": "forest"}}}, "kinds.churn_risk.model: one of logistic, tree"),
+    ({"kinds": {"purchse_propensity": {"horizon": "7d"}}}, "kinds.purchse_propensity: unknown score kind"),
+    ({"kinds": {"churn_risk": {"outcome": ["purchase:bought"]}}}, "kinds.churn_risk.outcome: unknown event"),
+    ({"kinds": {"churn_risk": {"outcome": ["purchase"]}}}, "kinds.churn_risk.outcome: unknown event"),
+    ({"kinds": {"churn_risk": {"rescore_on": ["web", "mail"]}}}, "kinds.churn_risk.rescore_on: unknown event"),
+    ({"kinds": {"churn_risk": {"bands": {"warm": 80, "hot": 50}}}}, "kinds.churn_risk.bands: needs 0 <= warm"),
+    ({"kinds": {"churn_risk": {"bands": {"warn": 20}}}}, "kinds.churn_risk.bands: unknown keys ['warn']"),
+    ({"kinds": {"churn_risk": {"min_labels": 0}}}, "kinds.churn_risk.min_labels: a whole number of at least 1"),
+    ({"kinds": {"churn_risk": {"min_labels": 12, "min_per_class": 10}}}, "must hold min_per_class"),
+    ({"kinds": {"churn_risk": {"rule_weights": {"orders_totl": 1}}}},
+     "kinds.churn_risk.rule_weights: unknown features ['orders_totl']"),
+    ({"kinds": {"churn_risk": {"rule_weights": {"orders_total": "lots"}}}},
+     "kinds.churn_risk.rule_weights.orders_total: a number"),
+    ({"kinds": {"new_kind": {"type": "learned", "horizon": "0d"}}}, "kinds.new_kind.horizon: must be longer"),
+    ({"kinds": {"new_kind": {"type": "magic"}}}, "kinds.new_kind.type: one of learned, rule, rfm"),
+    ({"kinds": ["churn_risk"]}, "kinds: expected a mapping"),
+    ({"lateness": "1 hour"}, "lateness: not a duration"),
+    ({"policy": {"jump_points": -5}}, "policy.jump_points: a number of at least 0"),
+    ({"policy": {"control_fraction": 1.5}}, "policy.control_fraction: a fraction"),
+    ({"policy": {"cooldown": "1d"}}, "policy: unknown keys ['cooldown']"),
+    ({"policy": {"triggers": [{"name": "t", "kind": "churn_risk", "action": "x"}]}},
+     "policy.triggers[0]: give either band or min_idle_days"),
+    ({"policy": {"triggers": [{"name": "t", "kind": "nope", "action": "x", "band": "hot"}]}},
+     "policy.triggers[0].kind: 'nope' is not a score kind"),
+    ({"policy": {"triggers": [{"name": "t", "kind": "churn_risk", "action": "x", "band": "boiling"}]}},
+     "policy.triggers[0].band: one of cold, warm, hot"),
+    ({"catalog": {"features": [{"name": "x_7d", "source": "web:teleport", "agg": "count"}]}},
+     "catalog.features[0]: x_7d: unknown action 'teleport'"),
+    ({"catalog": {"features": [{"name": "x", "source": "web", "agg": "median"}]}},
+     "catalog.features[0].agg: one of count"),
+    ({"catalog": {"features": [{"name": "x", "source": "web", "agg": "count", "window": "a week"}]}},
+     "catalog.features[0]: not a duration"),
+    ({"catalog": {"features": [{"name": "orders_total", "source": "web", "agg": "count"}]}},
+     "catalog: duplicate feature names: ['orders_total']"),
+    ({"catalog": {"derived": [{"name": "r", "kind": "ratio", "inputs": ["nope_a", "nope_b"]}]}},
+     "catalog: r: unknown inputs"),
+    ({"catalog": {"derived": [{"name": "r", "kind": "ratio", "inputs": ["orders_total"]}]}},
+     "catalog.derived[0].inputs: ratio takes 2 input(s), not 1"),
+    ({"catalog": {"extra": []}}, "catalog: unknown keys ['extra']"),
+    ({"sensitive": "age"}, "sensitive: a list"),
+    ({"kind": {}}, "the config: unknown keys ['kind']"),
+])
+def test_a_mistake_is_a_config_error_that_says_where(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        scoring_config_from_dict(data)
+    assert message in str(info.value), str(info.value)
+
+
+def test_a_file_names_itself_in_its_errors_and_bad_yaml_is_one(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("{kinds: [")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
+        load_scoring_config(bad)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("kinds: {churn_risk: {horizon: 2 months}}\n")
+    with pytest.raises(ConfigError, match=r"wrong\.yaml: kinds\.churn_risk\.horizon: not a duration"):
+        load_scoring_config(wrong)
+
+
+def test_features_are_added_to_the_default_catalogue_unless_defaults_is_false(tmp_path: Path) -> None:
+    added = scoring_config_from_dict(UPSELL)
+    default = scoring_config_from_dict({})
+    assert added.catalog.names == [*default.catalog.names[:len(default.catalog.features)], "sessions_90d",
+                                   *default.catalog.names[len(default.catalog.features):]]
+    alone = tmp_path / "catalog.yaml"
+    alone.write_text("defaults: false\nfeatures:\n  - {name: orders_total, source: 'purchase:completed', agg: count}\n")
+    own = scoring_config_from_dict({"catalog": str(alone), "kinds": {
+        name: {"enabled": False} for name in ("purchase_propensity", "churn_risk", "campaign_response",
+                                              "engagement", "rfm_segment")
+    } | {"orders": {"type": "rule", "rule_weights": {"orders_total": 10}}}})
+    assert own.catalog.names == ["orders_total"] and [k.name for k in own.kinds] == ["orders"]
+
+
+def test_switching_a_kind_off_drops_its_default_triggers() -> None:
+    cfg = scoring_config_from_dict({"kinds": {"churn_risk": {"enabled": False}}})
+    kinds = {t.kind for t in cfg.policy.triggers}
+    assert "churn_risk" not in kinds and "purchase_propensity" in kinds
+
+
+def test_a_new_learned_kind_with_a_new_feature_is_scored_learned_and_reported(tmp_path: Path) -> None:
+    cfg = scoring_config_from_dict(UPSELL)
+    upsell = next(k for k in cfg.kinds if k.name == "repeat_purchase_30d")
+    assert upsell.learned and upsell.horizon_ms == 30 * 86_400_000 and upsell.outcome == ("purchase:completed",)
+    history = tmp_path / "events.jsonl"
+    write_jsonl(SimulationConfig(customers=400, days=150, seed=3), history)
+    core = ScoringCore.in_memory(catalog=cfg.catalog, kinds=cfg.kinds, policy=cfg.policy)
+    assert "sessions_90d" in FeatureEngine(cfg.catalog).vector({}, 0)
+    report = run_backtest(history.read_bytes().splitlines(), BacktestConfig(batch_baseline=False), core)
+    figures = report["kinds"]["repeat_purchase_30d"]
+    assert figures["labels"] > 100 and 0 < figures["positives"] < figures["labels"]
+    assert 0.0 <= figures["auc"] <= 1.0 and figures["sources"].get("model", 0) > 0
+    assert "rfm_segment" not in report["kinds"]
