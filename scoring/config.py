@@ -130,6 +130,9 @@ def _kinds(overrides: Mapping[str, Any], catalog: Catalog) -> list[ScoreKind]:
         kind = _build(dataclasses.replace, where, o, base)
         _check_kind(where, kind, catalog)
         out.append(kind)
+    rfm = [k.name for k in out if k.type == "rfm"]
+    if len(rfm) > 1:  # one grader (quintile sketches) per shard
+        raise ConfigError(f"kinds: at most one kind of type rfm, not {rfm}")
     return out
 
 

@@ -53,6 +53,7 @@ UPSELL: dict[str, Any] = {
     ({"kinds": {"new_kind": {"type": "learned", "horizon": "0d"}}}, "kinds.new_kind.horizon: must be longer"),
     ({"kinds": {"new_kind": {"type": "magic"}}}, "kinds.new_kind.type: one of learned, rule, rfm"),
     ({"kinds": ["churn_risk"]}, "kinds: expected a mapping"),
+    ({"kinds": {"rfm_again": {"type": "rfm"}}}, "kinds: at most one kind of type rfm"),
     ({"lateness": "1 hour"}, "lateness: not a duration"),
     ({"policy": {"jump_points": -5}}, "policy.jump_points: a number of at least 0"),
     ({"policy": {"control_fraction": 1.5}}, "policy.control_fraction: a fraction"),
