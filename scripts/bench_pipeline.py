@@ -246,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(comma-separated; the default is the settings' scorer_processes), side by side")
     p.add_argument("--fetch-bytes", default="",
                    help="also run the bare consumer and the pipeline with these fetch sizes per input "
-                   "partition (comma-separated bytes; the default is the settings' "
-                   "consumer_max_fetch_bytes), side by side")
+                   "partition (comma-separated bytes; the defaults are the settings' "
+                   "consumer_max_fetch_bytes for the pipeline, 1 MB for the bare consumer), side by side")
     args = p.parse_args(argv)
     modes = ["bare", "pipeline"] + (["thread"] if args.thread else [])
     modes += [f"pipeline@{int(b)}" for b in args.batch_sizes.split(",") if b.strip()]
