@@ -251,7 +251,32 @@ def _headline(reports: list[dict[str, Any]]) -> str:
                 text += f", online - hindsight fit {on - hs:+.3f}" + interval_text(
                     pooled.get("online_minus_hindsight_ci95"))
             lines.append(text)
+        for kind, k in rep["kinds"].items():
+            if k.get("by_moment"):
+                lines.append(f"  {kind} by scoring moment: " + _moments(k["by_moment"]))
     return "\n".join(lines)
+
+
+def _moments(by_moment: dict[str, Any]) -> str:
+    """Examples scored at an event and at an idle rescore, apart: two populations (see README).
+
+    >>> _moments({"event": {"labels": 10, "auc": 0.7, "top_bottom_decile_ratio": 4.0,
+    ...   "online_on_batch_examples": {"auc": 0.71, "top_bottom_decile_ratio": 4.2},
+    ...   "batch_weekly": {"auc": 0.69, "top_bottom_decile_ratio": 4.1}}})
+    'at events 10 labels, AUC 0.700, top/bot 4.0 (online / batch on the same examples 0.710 / 0.690, 4.2 / 4.1)'
+    """
+    parts = []
+    for moment, name in (("event", "at events"), ("idle", "at idle rescores")):
+        m = by_moment.get(moment)
+        if not m:
+            continue
+        text = f"{name} {m['labels']:,} labels, AUC {_f(m['auc'])}, top/bot {_f(m['top_bottom_decile_ratio'], 1)}"
+        on, ba = m.get("online_on_batch_examples") or {}, m.get("batch_weekly") or {}
+        if on.get("auc") is not None and ba.get("auc") is not None:
+            text += (f" (online / batch on the same examples {_f(on['auc'])} / {_f(ba['auc'])}, "
+                     f"{_f(on.get('top_bottom_decile_ratio'), 1)} / {_f(ba.get('top_bottom_decile_ratio'), 1)})")
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def _f(v: float | None, digits: int = 3) -> str:

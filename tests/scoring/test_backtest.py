@@ -285,6 +285,12 @@ def test_the_command_line_prints_each_kinds_differences_with_their_intervals(
         lo, hi = report["kinds"][kind]["baselines"]["rule"]["online_minus_rule_ci95"]
         line = next(x for x in printed.splitlines() if x.strip().startswith(f"{kind}: online - rule"))
         assert f"(95%: {lo:+.3f} to {hi:+.3f})" in line and "online - batch" in line
+    # Kinds rescored while customers are idle also get their two populations apart.
+    moments = report["kinds"]["purchase_propensity"]["by_moment"]
+    line = next(x for x in printed.splitlines() if x.strip().startswith("purchase_propensity by scoring moment"))
+    for moment, name in (("event", "at events"), ("idle", "at idle rescores")):
+        m = moments[moment]
+        assert f"{name} {m['labels']:,} labels, AUC {m['auc']:.3f}" in line
 
 
 def test_hindsight_fit_learns_the_new_regime_out_of_fold() -> None:
