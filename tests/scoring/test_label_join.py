@@ -195,3 +195,24 @@ def test_pending_examples_stay_bounded_per_customer() -> None:
     out = core.process(sends)
     assert len(pending(core, "a", "campaign_response")) == MAX_PENDING_PER_KIND
     assert out.counts["pending_capped"] == 10
+
+
+def test_a_nightly_order_export_counts_when_lateness_covers_its_delay() -> None:
+    # Orders loaded from a nightly export arrive up to a day after the same customer's web
+    # events. Within the lateness they are applied and label what was scored before them;
+    # beyond it they are counted as late and change nothing.
+    def day(core: ScoringCore) -> tuple[dict, list]:
+        core.process([web("a", T0 + 10 * HOUR, "w1", "add_to_cart")])  # scored: a propensity example
+        core.process([web("a", T0 + 32 * HOUR, "w2")])  # the next morning, on the site again
+        out = core.process([purchase("a", T0 + 20 * HOUR, "p1")])  # last night's order, loaded now
+        state = core.features.read(["a"])["a"]
+        return {"late": out.counts["late"], "orders": core.engine.read(state, "orders_total", T0 + 33 * HOUR)}, \
+            pending(core, "a", "purchase_propensity")
+
+    strict, strict_pending = day(ScoringCore.in_memory())  # default lateness: 1 h
+    assert strict == {"late": 1, "orders": 0.0}
+    assert not any(p.outcome for p in strict_pending)
+    nightly, nightly_pending = day(ScoringCore.in_memory(lateness_ms=30 * HOUR))
+    assert nightly == {"late": 0, "orders": 1.0}
+    [first] = [p for p in nightly_pending if p.t_ms == T0 + 10 * HOUR]
+    assert first.outcome is True  # the order fell inside the example's horizon
