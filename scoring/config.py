@@ -111,7 +111,10 @@ def _kinds(overrides: Mapping[str, Any], catalog: Catalog) -> list[ScoreKind]:
     for name in [*defaults, *(n for n in overrides if n not in defaults)]:
         where = f"kinds.{name}"
         o = dict(_mapping(where, overrides.get(name) or {}))
-        if not o.pop("enabled", True):
+        enabled = o.pop("enabled", True)
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"{where}.enabled: true or false, not {enabled!r}")
+        if not enabled:
             continue
         base = defaults.get(name)
         if base is None:

@@ -53,6 +53,8 @@ UPSELL: dict[str, Any] = {
     ({"kinds": {"new_kind": {"type": "learned", "horizon": "0d"}}}, "kinds.new_kind.horizon: must be longer"),
     ({"kinds": {"new_kind": {"type": "magic"}}}, "kinds.new_kind.type: one of learned, rule, rfm"),
     ({"kinds": ["churn_risk"]}, "kinds: expected a mapping"),
+    ({"kinds": {"churn_risk": {"enabled": "false"}}}, "kinds.churn_risk.enabled: true or false"),
+    ({"kinds": {"churn_risk": {"horizon": 60}}}, "kinds.churn_risk.horizon: a duration such as 7d"),
     ({"kinds": {"rfm_again": {"type": "rfm"}}}, "kinds: at most one kind of type rfm"),
     ({"lateness": "1 hour"}, "lateness: not a duration"),
     ({"policy": {"jump_points": -5}}, "policy.jump_points: a number of at least 0"),
