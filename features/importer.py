@@ -70,7 +70,7 @@ import hashlib
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from itertools import chain
@@ -120,6 +120,10 @@ class ImportConfig:
     timezone: str = "UTC"  # for times without an offset
     decimal_comma: bool | None = None  # None: the file decides (see _decide_decimal)
     refunds: Literal["event", "skip"] = "event"
+    # Amounts in several currencies: convert each row into ``convert_to`` (one amount in
+    # code X is ``rates[X]`` in convert_to). Features sum amounts, so they need one currency.
+    convert_to: str | None = None
+    rates: Mapping[str, float] = field(default_factory=dict)
 
     def columns(self) -> list[str]:
         cols = [self.customer, self.time, self.amount, self.order, self.currency, self.status,
@@ -132,6 +136,14 @@ class ImportConfig:
         if not re.fullmatch(r"[A-Za-z]{3}", self.default_currency):
             raise ImportFailed("default currency must be a 3-letter ISO code such as EUR")
         _zone(self.timezone)
+        if self.rates and not self.convert_to:
+            raise ImportFailed("rates need the currency to convert into (--convert-to)")
+        for code in (*self.rates, *([self.convert_to] if self.convert_to else [])):
+            if not re.fullmatch(r"[A-Za-z]{3}", code):
+                raise ImportFailed(f"currency {code!r}: a 3-letter ISO code such as EUR")
+        for code, rate in self.rates.items():
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0:
+                raise ImportFailed(f"rate of {code.upper()}: a number above 0")
         reserved = {"event_id", "customer_id", "ts", "type", "order_id", "amount", "currency",
                     "items", "status"}
         clash = [c for c in self.extra if c in reserved]
@@ -159,6 +171,7 @@ class ImportResult:
     rows: int = 0
     refund_events: int = 0
     identical_rows: int = 0
+    converted: Counter[str] = field(default_factory=Counter)  # rows converted, by their currency
     date_order: str = "not needed"
     delimiter: str = ","
     decimal: str = "point"
@@ -174,6 +187,7 @@ class ImportResult:
             "rows_skipped": len(self.errors),
             "skipped_by_reason": self.skipped_by_reason(),
             "identical_rows": self.identical_rows,
+            **({"converted_rows": dict(self.converted.most_common())} if self.converted else {}),
             "date_order": self.date_order,
             "delimiter": {"\t": "tab"}.get(self.delimiter, self.delimiter),
             "decimal": self.decimal,
@@ -409,6 +423,7 @@ class _Line:
     item: dict[str, Any] | None
     extra: dict[str, str]
     key: str  # content hash, for ids without an order column
+    source_currency: str  # the row's own currency, before any conversion
 
 
 def _records(lines: Iterable[str], delimiter: str) -> Iterator[tuple[int, list[str]]]:
@@ -499,9 +514,13 @@ def import_transactions(
     seen: Counter[str] = Counter()
     for number, row in raw:
         try:
-            parsed.append(_parse_row(number, row, config, order, zone, seen))
+            line = _parse_row(number, row, config, order, zone, seen)
         except RowProblem as exc:
             result.errors.append(RowError(number, str(exc)))
+            continue
+        parsed.append(line)
+        if line.source_currency != line.currency:
+            result.converted[line.source_currency] += 1
     result.identical_rows = sum(n - 1 for n in seen.values() if n > 1)
     result.events = _events(parsed, config, result)
     result.errors.sort(key=lambda e: e.line)
@@ -617,6 +636,13 @@ def _parse_row(
             if not re.fullmatch(r"[A-Za-z]{3}", cur):
                 raise RowProblem("bad currency: not a 3-letter code")
             currency = cur
+    currency = source = currency.upper()
+    if config.convert_to and currency != config.convert_to.upper():
+        rate = next((r for code, r in config.rates.items() if code.upper() == currency), None)
+        if rate is None:
+            raise RowProblem(f"no rate for currency {currency} (give --rate {currency}=...)")
+        currency = config.convert_to.upper()
+        amount, price = amount * rate, None if price is None else price * rate
     item: dict[str, Any] | None = None
     if config.product or config.price or config.quantity:
         q = abs(quantity) if quantity is not None else 1.0
@@ -629,8 +655,8 @@ def _parse_row(
     extra = {c: row[c].strip() for c in config.extra if row[c].strip()}
     key = _digest(*(row[c] for c in config.columns()))
     seen[key] += 1
-    return _Line(number, customer, order_id, ts, abs(amount), refund, currency.upper(), item, extra,
-                 f"{key}#{seen[key]}")
+    return _Line(number, customer, order_id, ts, abs(amount), refund, currency, item, extra,
+                 f"{key}#{seen[key]}", source)
 
 
 def _events(lines: list[_Line], config: ImportConfig, result: ImportResult) -> list[dict[str, Any]]:

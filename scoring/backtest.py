@@ -284,6 +284,7 @@ def _run_backtest(
     started = time.perf_counter()
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
+    currencies: Counter[str] = Counter()  # purchases by currency: amounts are summed as given
     examples: dict[str, list[int]] = {}  # full reason -> [count, first line]
     logs: dict[str, _KindLog] = defaultdict(_KindLog)
     baselines: dict[str, BatchBaseline] = {}
@@ -309,6 +310,8 @@ def _run_backtest(
             if item.type in config.drop_types:
                 counts["dropped_by_type"] += 1
                 continue
+            if item.type == "purchase":
+                currencies[item.currency] += 1
             if config.group_by:
                 value = item.extra(config.group_by)
                 if value is not None:
@@ -401,6 +404,7 @@ def _run_backtest(
         # Beyond the reorder window: the file was not in time order (the CLI sorts it first).
         "out_of_order": counts["out_of_order"],
         "dropped_by_type": counts["dropped_by_type"],
+        "purchase_currencies": dict(currencies.most_common()),
         "seconds": round(seconds, 3),
         "events_per_second": round(processed / seconds, 1) if seconds > 0 else None,
         # On sparse histories the work is in labels (idle customers rescored on schedule),

@@ -208,6 +208,11 @@ def _headline(reports: list[dict[str, Any]]) -> str:
             f"[{name}] {rep['events']:,} events ({rep['invalid']:,} invalid, {rep['duplicates']:,} duplicates) "
             f"in {rep['seconds']:.1f}s"
         )
+        currencies = rep.get("purchase_currencies") or {}
+        if len(currencies) > 1:
+            shown = ", ".join(f"{code} {n:,}" for code, n in list(currencies.items())[:5])
+            lines.append(f"  note: purchases in {len(currencies)} currencies ({shown}) are summed as given; "
+                         "convert them first (import-transactions --convert-to)")
         for bad in rep.get("invalid_examples", [])[:3]:
             where = f", first at line {bad['first_line']:,}" if rep.get("input_sorted") is False else ""
             lines.append(f"  invalid: {bad['count']:,} x {bad['reason'][:110]}{where}")

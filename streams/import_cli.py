@@ -64,6 +64,12 @@ def add_parser(sub: Any) -> None:
     cur.add_argument("--currency", metavar="COL", help="currency code column")
     cur.add_argument("--default-currency", default="EUR", metavar="CODE",
                      help="currency of every row when there is no currency column (default EUR)")
+    cols.add_argument("--convert-to", metavar="CODE",
+                      help="convert every amount into this currency (features sum amounts, so a "
+                           "history in several currencies needs one); with --rate for the others")
+    cols.add_argument("--rate", metavar="CODE=RATE", action="append", default=[],
+                      help="one amount in CODE is RATE in the --convert-to currency, e.g. GBP=1.17; "
+                           "repeatable. A row in a currency without a rate is skipped and reported")
     cols.add_argument("--status", metavar="COL",
                       help="status column: refunded/cancelled/returned -> refund, "
                            "completed/paid/shipped/... -> purchase, anything else skipped")
@@ -102,6 +108,24 @@ def add_parser(sub: Any) -> None:
 EXTRA_PARSERS.append(add_parser)
 
 
+def _rates(pairs: list[str]) -> dict[str, float]:
+    """``["GBP=1.17"]`` -> ``{"GBP": 1.17}``.
+
+    >>> _rates(["GBP=1.17", "usd = 0.92"])
+    {'GBP': 1.17, 'USD': 0.92}
+    """
+    out = {}
+    for pair in pairs:
+        code, sep, rate = pair.partition("=")
+        try:
+            out[code.strip().upper()] = float(rate)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"--rate {pair!r}: give CODE=RATE, e.g. GBP=1.17")
+    return out
+
+
 @command("import-transactions")
 def cmd_import_transactions(args: argparse.Namespace) -> int:
     from features.importer import ImportConfig, import_transactions, write_events
@@ -112,6 +136,7 @@ def cmd_import_transactions(args: argparse.Namespace) -> int:
         quantity=args.quantity, price=args.price, product=args.product, category=args.category,
         extra=tuple(args.extra), time_format=args.time_format, date_order=args.date_order,
         timezone=args.timezone, decimal_comma=args.decimal_comma, refunds=args.refunds,
+        convert_to=args.convert_to, rates=_rates(args.rate),
     )
     stdin = args.file == "-"
     total = count_lines(Path(args.file)) - 1 if sys.stderr.isatty() and not stdin else None

@@ -389,3 +389,37 @@ def test_cli_imports_a_semicolon_decimal_comma_export_without_format_flags(tmp_p
     assert main(["import-transactions", str(src), "--customer", "Kundennummer", "--time", "Rechnungsdatum",
                  "--amount", "Betrag", "--out", str(out)]) == 0
     assert [json.loads(line)["amount"] for line in out.read_text().splitlines()] == [12.0, 7.5]
+
+
+def test_amounts_in_several_currencies_are_converted_into_one() -> None:
+    config = ImportConfig(customer="c", time="t", order="o", quantity="q", price="p", currency="cur",
+                          convert_to="eur", rates={"GBP": 1.2, "usd": 0.5})
+    result = _import("""
+c,o,t,q,p,cur
+a,1,2024-01-02 10:00,2,5.00,GBP
+a,1,2024-01-02 10:01,1,3.00,GBP
+b,2,2024-01-03 09:00,4,1.00,usd
+b,3,2024-01-04 09:00,1,9.00,EUR
+c,4,2024-01-05 09:00,1,9.00,CHF
+""", config)
+    by_order = {e["order_id"]: e for e in result.events}
+    assert {o: (e["amount"], e["currency"]) for o, e in by_order.items()} == {
+        "1": (15.6, "EUR"), "2": (2.0, "EUR"), "3": (9.0, "EUR")}
+    assert [i["price"] for i in by_order["1"]["items"]] == [6.0, 3.6]  # unit prices too
+    assert [(e.line, e.reason) for e in result.errors] == [(6, "no rate for currency CHF (give --rate CHF=...)")]
+    assert result.summary()["converted_rows"] == {"GBP": 2, "USD": 1}
+    # Without conversion each row keeps its currency, and the summary says nothing of it.
+    plain = _import("c,o,t,q,p,cur\na,1,2024-01-02,1,5,GBP\n", ImportConfig(
+        customer="c", time="t", order="o", quantity="q", price="p", currency="cur"))
+    assert plain.events[0]["currency"] == "GBP" and "converted_rows" not in plain.summary()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"rates": {"GBP": 1.2}}, "rates need the currency to convert into"),
+    ({"convert_to": "EURO"}, "a 3-letter ISO code"),
+    ({"convert_to": "EUR", "rates": {"GBP": 0}}, "rate of GBP: a number above 0"),
+    ({"convert_to": "EUR", "rates": {"GBP": float("nan")}}, "rate of GBP: a number above 0"),
+])
+def test_conversion_settings_are_checked_before_reading(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ImportFailed, match=message):
+        _import("c,t,a\nx,2024-01-01,5\n", ImportConfig(customer="c", time="t", amount="a", **kwargs))

@@ -339,3 +339,23 @@ def test_a_history_from_the_1980s_scores_as_it_does_today(tmp_path: Path) -> Non
         assert kind["labels"] > 0
         for key in ("labels", "positives", "auc", "log_loss", "top_bottom_decile_ratio", "decile_rates"):
             assert then["kinds"][name][key] == kind[key], (name, key)
+
+
+def test_purchases_in_several_currencies_are_counted_and_the_command_line_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streams.cli import main
+
+    lines = [
+        orjson.dumps({"event_id": f"e{i}", "customer_id": f"c{i % 7}", "ts": 1_704_067_200_000 + i * 3_600_000,
+                      "type": "purchase", "order_id": f"o{i}", "amount": 10, "currency": cur})
+        for i, cur in enumerate(["EUR"] * 30 + ["gbp"] * 12 + ["USD"] * 3)
+    ]
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    assert main(["backtest", str(path), "--out", str(tmp_path / "out"), "--no-batch-baseline"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["purchase_currencies"] == {"EUR": 30, "GBP": 12, "USD": 3}
+    assert "note: purchases in 3 currencies (EUR 30, GBP 12, USD 3) are summed as given" in capsys.readouterr().out
+    one = run_backtest(lines[:30], BacktestConfig(batch_baseline=False))
+    assert one["purchase_currencies"] == {"EUR": 30}
