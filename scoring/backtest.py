@@ -421,6 +421,8 @@ def _run_backtest(
         "triggers": sum(c["triggers"] for c in per_day.values()),
         "drifts": drifts,
         "kinds": kinds_report,
+        # Each learned kind's model at the end of the replay: what it weighs on this history.
+        "models": {name: model.summary() for name, model in core.registry.models.items()},
         "per_day": {d: dict(c) for d, c in sorted(per_day.items())},
         "bands_per_week": {
             k: [{"week": w, **dict(c)} for w, c in sorted(_by_week(v).items())]

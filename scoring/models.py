@@ -769,6 +769,35 @@ class OnlineModel:
         ranked = heapq.nsmallest(top, terms.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
         return [(k, round(v, 4)) for k, v in ranked if v != 0.0]
 
+    def summary(self, top: int = 10) -> dict[str, Any]:
+        """What the model is now, for people: labels, whether it serves, and what it weighs.
+
+        ``weights`` (logistic models): the largest coefficients, per standard
+        deviation of the (log-compressed) input, so they compare across features;
+        positive raises the probability. Labels still buffered for the next chunk
+        are not in them yet. Reading changes nothing.
+
+        >>> m = OnlineModel("demo", min_labels=2, min_per_class=1, trial=0)
+        >>> for i in range(64):
+        ...     _ = m.learn({"visits": float(i % 2), "noise": 1.0}, i % 2)
+        >>> s = m.summary(top=1)
+        >>> s["labels"], s["positives"], s["serving"], s["weights"][0]["feature"]
+        (64, 32, True, 'visits')
+        """
+        out: dict[str, Any] = {
+            "kind": self.kind, "model": self.model_name, "labels": self.version,
+            "positives": self.positives, "serving": self.ready, "trial_passed": self.proven,
+            "rule_calibrated": self.rule_fit is not None, "refits": self.consolidations,
+            "drifts": self.drifts,
+        }
+        if self.model_name == "logistic":
+            lr = self.pipeline["LogisticRegression"]
+            weights = dict(lr.weights)  # a copy: the learner may add inputs meanwhile
+            ranked = heapq.nsmallest(top, weights.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
+            out["intercept"] = round(float(lr.intercept), 4)
+            out["weights"] = [{"feature": k, "weight": round(float(w), 4)} for k, w in ranked if w]
+        return out
+
     def snapshot(self) -> bytes:
         """Bytes that :meth:`restore` turns back into an identical model (trusted storage only)."""
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)

@@ -852,6 +852,19 @@ class LiveWorker:
             body["model_versions"] = self.model_versions
         return body, 200 if status == "ok" else 503
 
+    async def models(self) -> dict[str, Any]:
+        """The learner's models, when this worker learns (it holds the labels partition)."""
+        labels_tp = TP(self.settings.topics.labels, 0)
+        try:
+            learner_here = labels_tp in self.app.consumer.assignment()
+        except Exception:  # noqa: BLE001 - consumer not started yet
+            learner_here = False
+        body: dict[str, Any] = {"learner_here": learner_here, "model_versions": self.model_versions}
+        if learner_here:
+            async with self._learn_lock:  # between two learning calls: a consistent picture
+                body["models"] = {name: m.summary() for name, m in self.learner.registry.models.items()}
+        return body
+
     def _authorized(self, request: Request) -> bool:
         token = self.settings.web_api_token
         if token is None:
@@ -892,6 +905,15 @@ class LiveWorker:
 
         if self.bare:
             return
+
+        @app.page("/models", name="leadpulse_models")
+        class Models(View):
+            """Each learned kind's model: labels, whether it serves, its largest weights."""
+
+            async def get(self, request: Request) -> Response:
+                if not worker._authorized(request):
+                    return self.error(401, "unauthorized")
+                return self.json(await worker.models())
 
         @app.page("/customers/{customer_id}/scores", name="leadpulse_customer_scores")
         class CustomerScores(View):

@@ -259,6 +259,14 @@ def _headline(reports: list[dict[str, Any]]) -> str:
         for kind, k in rep["kinds"].items():
             if k.get("by_moment"):
                 lines.append(f"  {kind} by scoring moment: " + _moments(k["by_moment"]))
+        for kind, m in (rep.get("models") or {}).items():
+            if not m["labels"]:
+                continue  # e.g. campaign response on a purchases-only history
+            state = "serving" if m["serving"] else "not serving (cold start or on trial)"
+            line = f"  {kind} model at the end: {m['labels']:,} labels ({m['positives']:,} positive), {state}"
+            if m.get("weights"):
+                line += "; weighs most: " + ", ".join(f"{w['feature']} {w['weight']:+.2f}" for w in m["weights"][:4])
+            lines.append(line)
     return "\n".join(lines)
 
 

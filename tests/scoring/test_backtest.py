@@ -291,6 +291,12 @@ def test_the_command_line_prints_each_kinds_differences_with_their_intervals(
     for moment, name in (("event", "at events"), ("idle", "at idle rescores")):
         m = moments[moment]
         assert f"{name} {m['labels']:,} labels, AUC {m['auc']:.3f}" in line
+    # ... and what each model weighs at the end: it learned every label the report counts.
+    model = report["models"]["purchase_propensity"]
+    assert model["labels"] == report["kinds"]["purchase_propensity"]["labels"] and model["weights"]
+    line = next(x for x in printed.splitlines() if x.strip().startswith("purchase_propensity model at the end"))
+    top = model["weights"][0]
+    assert f"{model['labels']:,} labels" in line and f"{top['feature']} {top['weight']:+.2f}" in line
 
 
 def test_hindsight_fit_learns_the_new_regime_out_of_fold() -> None:

@@ -279,6 +279,13 @@ def test_events_in_scores_alerts_triggers_and_dead_letters_out(deploy: Any, tmp_
     assert len(tombstones) == 1
     health = worker.get_json("/health")
     assert health["status"] == "ok" and health["lag_total"] == 0
+    # One worker holds the labels partition: it learns, and says what its models weigh.
+    models = worker.get_json("/models")
+    assert models["learner_here"] is True
+    learned = {name: m for name, m in models["models"].items() if m["labels"]}
+    assert learned and all(m["weights"] and m["labels"] >= m["positives"] for m in learned.values())
+    # Scorers serve snapshots, which lag behind the learner, never ahead of it.
+    assert all(models["models"][k]["labels"] >= v for k, v in models["model_versions"].items())
     text = worker.get_text("/metrics")
     for name in ("leadpulse_events_in_total", "leadpulse_events_invalid_total", "leadpulse_batch_seconds_bucket",
                  "leadpulse_event_to_score_seconds_bucket", "leadpulse_consumer_lag", "leadpulse_triggers_total",
