@@ -715,6 +715,16 @@ def _kind_section(page: _Page, ri: int, rep: dict[str, Any], kind: str, k: dict[
                  "rescore of a silent customer (two populations: the decile ratio over both mixes them).</p>")
         page.add(_table(MOMENT_HEAD, _moment_rows(moments), "moments"))
         page.add("</div>")
+    model = (rep.get("models") or {}).get(kind)
+    if model and model.get("weights"):
+        page.add(f'<div class="weights" data-weights="{_e(kind)}">')
+        page.add(f'<p class="small">The model at the end of the replay: {_num(model["labels"], 0)} labels, '
+                 f'{"serving" if model["serving"] else "not serving yet (cold start or on trial)"}. Its largest '
+                 "weights, per standard deviation of the log-compressed input; positive raises the "
+                 "probability (a name ending in _missing: the input had no value).</p>")
+        page.add(_table(("feature", "weight"), [[_e(w["feature"]), _num(w["weight"])] for w in model["weights"]],
+                        "weights"))
+        page.add("</div>")
     weekly = k.get("weekly") or []
     change = k.get("change")
     change_at = change.get("at") if change else None

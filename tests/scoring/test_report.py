@@ -255,6 +255,17 @@ def test_known_change_has_its_table_and_sentence(reports: list[dict[str, Any]], 
     assert 'data-moments="' in text and "an idle rescore" in text
 
 
+def test_each_learned_kind_shows_its_models_largest_weights(reports: list[dict[str, Any]], single_page: Path) -> None:
+    text = single_page.read_text()
+    weighed = [kind for kind, model in reports[0]["models"].items() if model.get("weights")]
+    assert weighed
+    for kind in weighed:
+        model = reports[0]["models"][kind]
+        section = text.split(f'data-weights="{kind}"', 1)[1].split("</div>", 1)[0]
+        first = model["weights"][0]
+        assert f"<td>{html.escape(first['feature'])}</td><td>{first['weight']:.3f}</td>" in section
+
+
 def test_cli_backtest_writes_report_html(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from streams.cli import main
 
