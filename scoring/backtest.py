@@ -31,6 +31,7 @@ True
 
 from __future__ import annotations
 
+import csv
 import heapq
 import math
 import time
@@ -67,6 +68,8 @@ class BacktestConfig:
     batch_max_rows: int = 20_000
     group_by: str | None = None  # an extra field on events (segment, region) for the fairness table
     scores_out: Path | None = None
+    # Every customer scored as of the last event (.csv, else JSON Lines): who to act on now.
+    customers_out: Path | None = None
     measure_memory: bool = False
     progress: Callable[[int], None] | None = None  # called with lines read so far
     # Called with every matured example, model input included, in the order they mature
@@ -284,6 +287,7 @@ def _run_backtest(
     started = time.perf_counter()
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
+    seen_customers: dict[str, None] = {}  # in order of first event (for customers_out)
     currencies: Counter[str] = Counter()  # purchases by currency: amounts are summed as given
     examples: dict[str, list[int]] = {}  # full reason -> [count, first line]
     logs: dict[str, _KindLog] = defaultdict(_KindLog)
@@ -310,6 +314,8 @@ def _run_backtest(
             if item.type in config.drop_types:
                 counts["dropped_by_type"] += 1
                 continue
+            if config.customers_out:
+                seen_customers[item.customer_id] = None
             if item.type == "purchase":
                 currencies[item.currency] += 1
             if config.group_by:
@@ -380,6 +386,9 @@ def _run_backtest(
         if scores_out:
             scores_out.close()
     seconds = time.perf_counter() - started
+    customers_written = None
+    if config.customers_out and last_ts is not None:
+        customers_written = write_customer_scores(core, list(seen_customers), last_ts, config.customers_out)
     peak = None
     if config.measure_memory:
         peak = tracemalloc.get_traced_memory()[1]
@@ -405,6 +414,9 @@ def _run_backtest(
         "out_of_order": counts["out_of_order"],
         "dropped_by_type": counts["dropped_by_type"],
         "purchase_currencies": dict(currencies.most_common()),
+        **({"customers_out": {"path": str(config.customers_out), "customers": customers_written,
+                              "as_of": datetime.fromtimestamp(last_ts / 1000, UTC).isoformat()}}
+           if customers_written is not None and last_ts is not None else {}),
         "seconds": round(seconds, 3),
         "events_per_second": round(processed / seconds, 1) if seconds > 0 else None,
         # On sparse histories the work is in labels (idle customers rescored on schedule),
@@ -438,6 +450,48 @@ def _run_backtest(
         },
     }
     return report
+
+
+def write_customer_scores(core: ScoringCore, customer_ids: Sequence[str], as_of_ms: int, path: Path) -> int:
+    """Score every customer as of one moment (the end of a replay) into a file; returns how many.
+
+    ``.csv`` gives a column per kind and figure (value, band, source; probability and
+    reasons for learned kinds; segment and R-F-M grades for RFM), empty where a kind
+    does not apply; any other suffix gives JSON Lines, one object per customer.
+    Scoring changes nothing (:meth:`ScoringCore.scores_now`).
+    """
+    fields = ["customer_id", "as_of"]
+    for kind in core.kinds:
+        if kind.only_on:
+            continue  # scored only at its events (a campaign send): see scores_now
+        fields += [f"{kind.name}_{f}" for f in ("value", "band", "source")]
+        if kind.learned:
+            fields += [f"{kind.name}_probability", f"{kind.name}_reasons"]
+        if kind.type == "rfm":
+            fields += [f"{kind.name}_segment", f"{kind.name}_rfm"]
+    as_of = datetime.fromtimestamp(as_of_ms / 1000, UTC).isoformat()
+    as_csv = path.suffix.lower() == ".csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fields) if as_csv else None
+        if writer:
+            writer.writeheader()
+        for start in range(0, len(customer_ids), 1000):
+            chunk = customer_ids[start:start + 1000]
+            states = core.features.read(chunk)
+            for cid in chunk:
+                scores = core.scores_now(core.engine.vector(states[cid], as_of_ms))
+                if writer is None:
+                    handle.write(orjson.dumps({"customer_id": cid, "as_of": as_of, "scores": scores}).decode() + "\n")
+                    continue
+                row: dict[str, Any] = {"customer_id": cid, "as_of": as_of}
+                for name, sc in scores.items():
+                    row.update({f"{name}_{f}": sc[f] for f in ("value", "band", "source")})
+                    row[f"{name}_probability"] = sc["probability"]
+                    row[f"{name}_reasons"] = "; ".join(f"{r['feature']} {r['contribution']:+.3f}" for r in sc["reasons"])
+                    row.update({f"{name}_{f}": sc[f] for f in ("segment", "rfm") if f in sc})
+                writer.writerow({k: v for k, v in row.items() if k in fields})
+    return len(customer_ids)
 
 
 def _by_week(days: dict[str, Counter[str]]) -> dict[str, Counter[str]]:

@@ -613,6 +613,38 @@ class ScoringCore:
             out.drifts.extend(self.registry.learn(matured))
 
     # ------------------------------------------------------------------ queries
+    def scores_now(self, vector: dict[str, float | None]) -> dict[str, dict[str, Any]]:
+        """Every kind's score for one feature vector, changing nothing.
+
+        Nothing is published, learned or kept, and RFM grades against the current quintile
+        edges without adding to them. A kind the customer is not eligible for (churn risk
+        for one who never bought, or who has been silent longer than its window) is left
+        out, and so is a kind scored only at certain events (``only_on``: campaign response
+        is about one send). Reasons are the top contributing features, as in published scores.
+
+        >>> core = ScoringCore.in_memory()
+        >>> scores = core.scores_now(core.engine.vector({}, 1_704_067_200_000))
+        >>> sorted(scores), scores["engagement"]["band"]
+        (['engagement', 'purchase_propensity'], 'cold')
+        """
+        out: dict[str, dict[str, Any]] = {}
+        for kind in self.kinds:
+            if kind.only_on or not self._eligible(kind, vector):
+                continue
+            if kind.type == "rfm":
+                r, f, m, segment = self.rfm.grade(vector)
+                prob, source, reasons = (r + f + m - 3) / 12.0, "rule", []
+                extra: dict[str, Any] = {"segment": segment, "rfm": f"{r}{f}{m}"}
+            else:
+                res = self.compute(kind, vector)
+                prob, source, reasons, extra = res["probability"], res["source"], res["reasons"](), {}
+            value = round(100.0 * prob, 1)
+            out[kind.name] = {
+                "value": value, "probability": round(prob, 6), "band": kind.bands.of(value),
+                "source": source, "reasons": [{"feature": f, "contribution": c} for f, c in reasons], **extra,
+            }
+        return out
+
     def current(self, customer_id: str) -> dict[str, Any]:
         """A customer's last published scores (for the HTTP API)."""
         rec = self.state.load([customer_id])[customer_id]

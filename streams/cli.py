@@ -138,6 +138,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             group_by=args.group_by,
             change_at_ms=_change_at_ms(args.change_at),
             scores_out=Path(args.scores_out) if args.scores_out and i == 0 else None,
+            customers_out=Path(args.customers_out) if args.customers_out and i == 0 else None,
         )
         with progress(f"backtest {scfg.name}", total) as tick, \
                 time_ordered_lines(Path(args.file), scfg.lateness_ms) as lines:
@@ -320,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", help="a second config YAML, run on the same events side by side")
     p.add_argument("--redis", help="use RedisFeatureStore at this URL instead of the in-process store")
     p.add_argument("--scores-out", help="write every labelled example (JSON Lines)")
+    p.add_argument("--customers-out", metavar="FILE",
+                   help="write every customer's scores as of the last event, with bands and reasons "
+                   "(.csv: a column per kind and figure; otherwise JSON Lines)")
     p.add_argument("--purchases-only", action="store_true", help="drop web and campaign events")
     p.add_argument("--drop-types", nargs="*", choices=["web", "purchase", "campaign"])
     p.add_argument("--group-by", help="event extra field for the fairness table (e.g. segment)")

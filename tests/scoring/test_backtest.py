@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -365,3 +366,43 @@ def test_purchases_in_several_currencies_are_counted_and_the_command_line_says_s
     assert "note: purchases in 3 currencies (EUR 30, GBP 12, USD 3) are summed as given" in capsys.readouterr().out
     one = run_backtest(lines[:30], BacktestConfig(batch_baseline=False))
     assert one["purchase_currencies"] == {"EUR": 30}
+
+
+def test_customers_out_scores_every_customer_as_of_the_last_event(history: Path, tmp_path: Path) -> None:
+    import csv
+
+    from scoring.backtest import write_customer_scores
+    from scoring.core import ScoringCore
+
+    core = ScoringCore.in_memory()
+    out = tmp_path / "customers.csv"
+    report = run_backtest(history.read_bytes().splitlines(), BacktestConfig(batch_baseline=False, customers_out=out),
+                          core)
+    rows = list(csv.DictReader(out.open()))
+    from features.events import EventError, read_jsonl
+
+    customers = {ev.customer_id for _, ev in read_jsonl(history.read_bytes().splitlines())
+                 if not isinstance(ev, EventError)}
+    assert report["customers_out"]["customers"] == len(rows) == len({r["customer_id"] for r in rows})
+    assert {r["customer_id"] for r in rows} == customers and len(rows) > 200
+    assert {r["as_of"] for r in rows} == {report["last_event"]}
+    assert not any(k.startswith("campaign_response") for k in rows[0])  # a per-send score
+    as_of = int(datetime.fromisoformat(report["last_event"]).timestamp() * 1000)
+    for row in rows[:40]:
+        state = core.features.read([row["customer_id"]])[row["customer_id"]]
+        now = core.scores_now(core.engine.vector(state, as_of))
+        assert row["purchase_propensity_value"] == str(now["purchase_propensity"]["value"])
+        assert row["purchase_propensity_band"] == now["purchase_propensity"]["band"]
+        assert (row["churn_risk_value"] == "") == ("churn_risk" not in now)  # eligible buyers only
+        if "rfm_segment" in now:
+            assert row["rfm_segment_segment"] == now["rfm_segment"]["segment"]
+    assert any(r["churn_risk_value"] for r in rows) and any(r["rfm_segment_segment"] for r in rows)
+    # Scoring changes nothing: the same again, and JSON Lines says the same.
+    again = tmp_path / "again.csv"
+    write_customer_scores(core, [r["customer_id"] for r in rows], as_of, again)
+    assert again.read_text() == out.read_text()
+    lines = tmp_path / "customers.jsonl"
+    write_customer_scores(core, [r["customer_id"] for r in rows], as_of, lines)
+    first = orjson.loads(lines.read_bytes().splitlines()[0])
+    assert first["customer_id"] == rows[0]["customer_id"]
+    assert str(first["scores"]["purchase_propensity"]["value"]) == rows[0]["purchase_propensity_value"]
