@@ -633,15 +633,18 @@ class ScoringCore:
                 continue
             if kind.type == "rfm":
                 r, f, m, segment = self.rfm.grade(vector)
-                prob, source, reasons = (r + f + m - 3) / 12.0, "rule", []
+                prob, source, version = (r + f + m - 3) / 12.0, "rule", 0
+                reasons = [("recency", float(r)), ("frequency", float(f)), ("monetary", float(m))]
                 extra: dict[str, Any] = {"segment": segment, "rfm": f"{r}{f}{m}"}
             else:
                 res = self.compute(kind, vector)
-                prob, source, reasons, extra = res["probability"], res["source"], res["reasons"](), {}
+                prob, source, version, reasons, extra = (
+                    res["probability"], res["source"], res["model_version"], res["reasons"](), {})
             value = round(100.0 * prob, 1)
             out[kind.name] = {
                 "value": value, "probability": round(prob, 6), "band": kind.bands.of(value),
-                "source": source, "reasons": [{"feature": f, "contribution": c} for f, c in reasons], **extra,
+                "source": source, "model_version": version,
+                "reasons": [{"feature": f, "contribution": c} for f, c in reasons], **extra,
             }
         return out
 

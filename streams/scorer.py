@@ -103,16 +103,11 @@ class Scorer:
         state = self.features.read([customer_id])[customer_id]
         as_of = int(state.get(TIME_FIELD, 0))
         if state and as_of:
-            vector = self.engine.vector(state, as_of)
-            for kind in self.core.kinds:
-                if kind.name not in current or kind.type == "rfm":
-                    continue  # RFM grading updates its sketches: not from a read
-                res = self.core.compute(kind, vector)
-                current[kind.name]["now"] = {
-                    "value": round(100.0 * res["probability"], 1), "source": res["source"],
-                    "model_version": res["model_version"],
-                    "reasons": [{"feature": f, "contribution": c} for f, c in res["reasons"]()],
-                }
+            # RFM is left at its published grade: the edges loaded here may be another shard's.
+            rfm = {k.name for k in self.core.kinds if k.type == "rfm"}
+            for name, now in self.core.scores_now(self.engine.vector(state, as_of)).items():
+                if name in current and name not in rfm:
+                    current[name]["now"] = {k: now[k] for k in ("value", "source", "model_version", "reasons")}
         return {"customer_id": customer_id, "as_of": ms_to_iso(as_of) if as_of else None, "scores": current}
 
     def erase(self, customer_id: str) -> list[OutRecord]:
