@@ -298,7 +298,11 @@ def _f(v: float | None, digits: int = 3) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="leadpulse", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="leadpulse",
+        description="Streaming customer and lead scoring: simulate, import and backtest histories "
+        "offline; run live workers on Kafka and Redis. Start with 'leadpulse demo'.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("simulate", help="write realistic events with ground truth (JSON Lines)")
