@@ -23,6 +23,7 @@ kinds.churn_risk.horizon: not a duration: '60 days' (use e.g. 30m, 24h, 7d, 2w)
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,6 +232,8 @@ def _trigger(where: str, value: Any, kinds: list[ScoreKind]) -> TriggerRule:
         raise ConfigError(f"{where}.band: one of cold, warm, hot, not {rule.band!r}")
     if (rule.band is None) == (rule.min_idle_days is None):
         raise ConfigError(f"{where}: give either band or min_idle_days")
+    if rule.min_idle_days is not None and not _number(rule.min_idle_days, least=0):
+        raise ConfigError(f"{where}.min_idle_days: a number of days, not {rule.min_idle_days!r}")
     _duration(f"{where}.cooldown", rule.cooldown)
     return rule
 
@@ -265,6 +268,14 @@ def _catalog(value: Any) -> Catalog:
 def _feature(where: str, value: Any) -> FeatureSpec:
     spec = _build(FeatureSpec, where, _mapping(where, value))
     _choice(f"{where}.agg", spec.agg, get_args(Aggregation))
+    if not isinstance(spec.weights, Mapping) or not all(_number(w) for w in spec.weights.values()):
+        raise ConfigError(f"{where}.weights: a mapping of action to a number")
+    if isinstance(spec.cap, bool) or not isinstance(spec.cap, int) or spec.cap < 1:
+        raise ConfigError(f"{where}.cap: a whole number of at least 1")
+    if spec.default is not None and not _number(spec.default):
+        raise ConfigError(f"{where}.default: a number, or null for 'no value yet'")
+    if spec.field is not None and not isinstance(spec.field, str):
+        raise ConfigError(f"{where}.field: the name of an event field")
     for key in ("window", "half_life"):
         if getattr(spec, key) is not None:
             _duration(f"{where}.{key}", getattr(spec, key))
@@ -279,6 +290,10 @@ def _derived(where: str, value: Any) -> DerivedSpec:
         d["prior"] = tuple(_list(f"{where}.prior", d["prior"]))
     spec = _build(DerivedSpec, where, d)
     _choice(f"{where}.kind", spec.kind, get_args(DerivedKind))
+    if len(spec.prior) != 2 or not all(_number(v) for v in spec.prior):
+        raise ConfigError(f"{where}.prior: two numbers (added to the numerator and the denominator)")
+    if spec.default is not None and not _number(spec.default):
+        raise ConfigError(f"{where}.default: a number, or null")
     need = {"ratio": 2, "after": 2, "present": 1, "days_since": 1, "mean_gap": 3}[spec.kind]
     if len(spec.inputs) != need:
         raise ConfigError(f"{where}.inputs: {spec.kind} takes {need} input(s), not {len(spec.inputs)}")
@@ -325,6 +340,11 @@ def _list(where: str, value: Any) -> list[Any]:
 def _choice(where: str, value: Any, allowed: tuple[Any, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{where}: one of {', '.join(map(str, allowed))}, not {value!r}")
+
+
+def _number(value: Any, least: float | None = None) -> bool:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return ok and (least is None or value >= least)
 
 
 def _duration(where: str, value: Any) -> int:
