@@ -484,7 +484,7 @@ def write_customer_scores(core: ScoringCore, customer_ids: Sequence[str], as_of_
                 if writer is None:
                     handle.write(orjson.dumps({"customer_id": cid, "as_of": as_of, "scores": scores}).decode() + "\n")
                     continue
-                row: dict[str, Any] = {"customer_id": cid, "as_of": as_of}
+                row: dict[str, Any] = {"customer_id": _sheet_safe(cid), "as_of": as_of}
                 for name, sc in scores.items():
                     row.update({f"{name}_{f}": sc[f] for f in ("value", "band", "source")})
                     row[f"{name}_probability"] = sc["probability"]
@@ -492,6 +492,17 @@ def write_customer_scores(core: ScoringCore, customer_ids: Sequence[str], as_of_
                     row.update({f"{name}_{f}": sc[f] for f in ("segment", "rfm") if f in sc})
                 writer.writerow({k: v for k, v in row.items() if k in fields})
     return len(customer_ids)
+
+
+def _sheet_safe(text: str) -> str:
+    """A cell a spreadsheet shows as text: one that starts like a formula gets a leading quote.
+
+    Customer ids come from the user's systems, and a CSV is opened in spreadsheets.
+
+    >>> _sheet_safe("c-42"), _sheet_safe("=HYPERLINK(1)"), _sheet_safe("-7")
+    ('c-42', "'=HYPERLINK(1)", '-7')
+    """
+    return "'" + text if text[:1] in ("=", "+", "@", "\t", "\r") else text
 
 
 def _by_week(days: dict[str, Counter[str]]) -> dict[str, Counter[str]]:
