@@ -72,6 +72,10 @@ def scoring_config_from_dict(data: Mapping[str, Any], name: str = "custom") -> S
     sensitive = data.get("sensitive", DEFAULT_SENSITIVE)
     if not isinstance(sensitive, list | tuple) or not all(isinstance(s, str) for s in sensitive):
         raise ConfigError("sensitive: a list of feature or field names")
+    for spec in catalog.features:  # a feature over a sensitive field would be a model input
+        if spec.field in sensitive:
+            raise ConfigError(f"catalog: {spec.name} aggregates {spec.field!r}, which is sensitive and "
+                              "never a model input (take it off `sensitive` if it may be one)")
     return ScoringConfig(
         kinds=kinds,
         policy=_policy(_mapping("policy", data.get("policy") or {}), kinds),

@@ -88,6 +88,8 @@ UPSELL: dict[str, Any] = {
     ({"policy": {"triggers": [{"name": "t", "kind": "churn_risk", "action": "x", "min_idle_days": "45"}]}},
      "policy.triggers[0].min_idle_days: a number of days"),
     ({"sensitive": "age"}, "sensitive: a list"),
+    ({"catalog": {"features": [{"name": "max_age", "source": "any", "agg": "max", "field": "age"}]}},
+     "catalog: max_age aggregates 'age', which is sensitive"),
     ({"kind": {}}, "the config: unknown keys ['kind']"),
 ])
 def test_a_mistake_is_a_config_error_that_says_where(data: dict[str, Any], message: str) -> None:
