@@ -423,3 +423,33 @@ c,4,2024-01-05 09:00,1,9.00,CHF
 def test_conversion_settings_are_checked_before_reading(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ImportFailed, match=message):
         _import("c,t,a\nx,2024-01-01,5\n", ImportConfig(customer="c", time="t", amount="a", **kwargs))
+
+
+def test_cli_converts_currencies_and_then_backtest_scores_each_customer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streams.cli import main
+
+    src = tmp_path / "orders.csv"
+    rows = ["customer,date,amount,currency"]
+    for i in range(120):
+        rows.append(f"c{i % 40},2024-{1 + i % 6:02d}-{1 + i % 27:02d},{10 + i % 9}.50,{('EUR', 'GBP', 'USD')[i % 3]}")
+    src.write_text("\n".join(rows) + "\n")
+    events = tmp_path / "orders.jsonl"
+    assert main(["import-transactions", str(src), "--customer", "customer", "--time", "date", "--amount", "amount",
+                 "--currency", "currency", "--convert-to", "EUR", "--rate", "GBP=1.2", "--rate", "USD=0.5",
+                 "--out", str(events)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["converted_rows"] == {"GBP": 40, "USD": 40} and summary["events_written"] == 120
+    assert {json.loads(line)["currency"] for line in events.read_text().splitlines()} == {"EUR"}
+    # A malformed --rate stops the command with a message, not a traceback.
+    assert main(["import-transactions", str(src), "--customer", "customer", "--time", "date", "--amount", "amount",
+                 "--convert-to", "EUR", "--rate", "GBP:1.2", "--out", str(events)]) != 0
+    assert "--rate 'GBP:1.2': give CODE=RATE" in capsys.readouterr().err
+    customers = tmp_path / "customers.csv"
+    assert main(["backtest", str(events), "--out", str(tmp_path / "bt"), "--no-batch-baseline",
+                 "--customers-out", str(customers)]) == 0
+    report = json.loads((tmp_path / "bt" / "report.json").read_text())
+    assert report["purchase_currencies"] == {"EUR": 120}
+    lines = customers.read_text().splitlines()
+    assert lines[0].startswith("customer_id,as_of,purchase_propensity_value") and len(lines) == 41
