@@ -142,3 +142,18 @@ def test_a_new_learned_kind_with_a_new_feature_is_scored_learned_and_reported(tm
     assert figures["labels"] > 100 and 0 < figures["positives"] < figures["labels"]
     assert 0.0 <= figures["auc"] <= 1.0 and figures["sources"].get("model", 0) > 0
     assert "rfm_segment" not in report["kinds"]
+
+
+def test_every_yaml_example_in_the_readme_is_a_valid_config() -> None:
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, flags=re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        cfg = scoring_config_from_dict(yaml.safe_load(block))
+        assert cfg.kinds
+    upsell = scoring_config_from_dict(yaml.safe_load(blocks[1]))
+    assert "repeat_purchase_30d" in [k.name for k in upsell.kinds] and "sessions_90d" in upsell.catalog.names
