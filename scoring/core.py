@@ -613,7 +613,9 @@ class ScoringCore:
             out.drifts.extend(self.registry.learn(matured))
 
     # ------------------------------------------------------------------ queries
-    def scores_now(self, vector: dict[str, float | None]) -> dict[str, dict[str, Any]]:
+    def scores_now(
+        self, vector: dict[str, float | None], types: tuple[str, ...] = ("learned", "rule", "rfm")
+    ) -> dict[str, dict[str, Any]]:
         """Every kind's score for one feature vector, changing nothing.
 
         Nothing is published, learned or kept, and RFM grades against the current quintile
@@ -621,6 +623,7 @@ class ScoringCore:
         for one who never bought, or who has been silent longer than its window) is left
         out, and so is a kind scored only at certain events (``only_on``: campaign response
         is about one send). Reasons are the top contributing features, as in published scores.
+        ``types`` keeps only kinds of these types.
 
         >>> core = ScoringCore.in_memory()
         >>> scores = core.scores_now(core.engine.vector({}, 1_704_067_200_000))
@@ -629,7 +632,7 @@ class ScoringCore:
         """
         out: dict[str, dict[str, Any]] = {}
         for kind in self.kinds:
-            if kind.only_on or not self._eligible(kind, vector):
+            if kind.only_on or kind.type not in types or not self._eligible(kind, vector):
                 continue
             if kind.type == "rfm":
                 r, f, m, segment = self.rfm.grade(vector)

@@ -104,9 +104,9 @@ class Scorer:
         as_of = int(state.get(TIME_FIELD, 0))
         if state and as_of:
             # RFM is left at its published grade: the edges loaded here may be another shard's.
-            rfm = {k.name for k in self.core.kinds if k.type == "rfm"}
-            for name, now in self.core.scores_now(self.engine.vector(state, as_of)).items():
-                if name in current and name not in rfm:
+            vector = self.engine.vector(state, as_of)
+            for name, now in self.core.scores_now(vector, types=("learned", "rule")).items():
+                if name in current:
                     current[name]["now"] = {k: now[k] for k in ("value", "source", "model_version", "reasons")}
         return {"customer_id": customer_id, "as_of": ms_to_iso(as_of) if as_of else None, "scores": current}
 
