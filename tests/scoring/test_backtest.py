@@ -406,3 +406,30 @@ def test_customers_out_scores_every_customer_as_of_the_last_event(history: Path,
     first = orjson.loads(lines.read_bytes().splitlines()[0])
     assert first["customer_id"] == rows[0]["customer_id"]
     assert str(first["scores"]["purchase_propensity"]["value"]) == rows[0]["purchase_propensity_value"]
+
+
+def test_on_purchases_at_random_no_score_shows_skill() -> None:
+    # Every customer buys at the same constant rate (a Poisson process), so nothing in the past
+    # predicts the future. A score that ranked such labels better than chance would be
+    # reading its outcome (leakage) or being judged on what it learned from (not test-then-train).
+    def history(rates: list[float]) -> list[bytes]:
+        rng = np.random.default_rng(21)
+        t0, span = 1_640_995_200_000, 500 * 86_400_000  # 2022-01-01, 500 days
+        lines = []
+        for c, rate in enumerate(rates):
+            for k, t in enumerate(np.sort(rng.uniform(0, span, rng.poisson(rate)))):
+                lines.append(orjson.dumps({"event_id": f"e{c}-{k}", "customer_id": f"c{c}", "ts": int(t0 + t),
+                                           "type": "purchase", "order_id": f"o{c}-{k}", "amount": 20.0,
+                                           "currency": "EUR"}))
+        return sorted(lines, key=lambda line: orjson.loads(line)["ts"])
+
+    report = run_backtest(history([7.5] * 400), BacktestConfig(batch_baseline=False))
+    for kind in ("purchase_propensity", "churn_risk"):
+        k = report["kinds"][kind]
+        assert k["labels"] > 5_000 and k["positives"] > 500
+        assert abs(k["auc"] - 0.5) < 0.03, (kind, k["auc"])
+        assert abs(k["baselines"]["rule"]["auc"] - 0.5) < 0.03, (kind, k["baselines"]["rule"]["auc"])
+    # The same customers with rates that differ (2 or 20 orders in 500 days): now the past
+    # tells, and the same figures move well away from chance.
+    skilled = run_backtest(history([2.0, 20.0] * 200), BacktestConfig(batch_baseline=False))
+    assert skilled["kinds"]["purchase_propensity"]["auc"] > 0.6
