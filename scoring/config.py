@@ -135,7 +135,10 @@ def _kinds(overrides: Mapping[str, Any], catalog: Catalog) -> list[ScoreKind]:
         for key in _EVENT_FIELDS:
             if key in o:
                 o[key] = _event_keys(f"{where}.{key}", o[key], with_action=key == "outcome")
-        kind = _build(dataclasses.replace, where, o, base)
+        try:
+            kind = dataclasses.replace(base, **o)  # keys checked above
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
         _check_kind(where, kind, catalog)
         out.append(kind)
     rfm = [k.name for k in out if k.type == "rfm"]
@@ -313,12 +316,12 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
 
 
-def _build(factory: Any, where: str, values: Mapping[str, Any], *args: Any) -> Any:
-    """``factory(*args, **values)``, its errors (unknown keys, wrong values) named by ``where``."""
-    if factory is not dataclasses.replace:
-        _known_keys(where, values, {f.name for f in dataclasses.fields(factory) if f.init})
+def _build(cls: type[T], where: str, values: Mapping[str, Any]) -> T:
+    """``cls(**values)`` for a dataclass, its errors (unknown keys, wrong values) named by ``where``."""
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]  # T is always a dataclass here
+    _known_keys(where, values, {f.name for f in fields if f.init})
     try:
-        return factory(*args, **values)
+        return cls(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
