@@ -390,19 +390,22 @@ class ScoringCore:
 
     # ------------------------------------------------------------------ scoring
     def compute(
-        self, kind: ScoreKind, vector: dict[str, float | None], x: dict[str, float] | None = None
+        self, kind: ScoreKind, vector: dict[str, float | None], x: dict[str, float] | None = None,
+        observe: bool = True,
     ) -> dict[str, Any]:
         """One score for a feature vector (no state change except RFM sketches).
 
         ``reasons`` is a function: explanations cost time and are built only for
-        scores that get published.
+        scores that get published. ``observe=False``: an RFM grade against the
+        current edges, without adding the customer to the sketches (a read).
         """
         extra: dict[str, Any] = {}
         rule_p = points_to_probability(rule_points(vector, kind.rule_weights), kind.rule_scale)
         version = 0
         if kind.type == "rfm":
             r, f, m, seg = self.rfm.grade(vector)
-            self.rfm.observe(vector)
+            if observe:
+                self.rfm.observe(vector)
             prob = (r + f + m - 3) / 12.0
             grades = [("recency", float(r)), ("frequency", float(f)), ("monetary", float(m))]
             source, reasons = "rule", (lambda: grades)
@@ -634,20 +637,14 @@ class ScoringCore:
         for kind in self.kinds:
             if kind.only_on or kind.type not in types or not self._eligible(kind, vector):
                 continue
-            if kind.type == "rfm":
-                r, f, m, segment = self.rfm.grade(vector)
-                prob, source, version = (r + f + m - 3) / 12.0, "rule", 0
-                reasons = [("recency", float(r)), ("frequency", float(f)), ("monetary", float(m))]
-                extra: dict[str, Any] = {"segment": segment, "rfm": f"{r}{f}{m}"}
-            else:
-                res = self.compute(kind, vector)
-                prob, source, version, reasons, extra = (
-                    res["probability"], res["source"], res["model_version"], res["reasons"](), {})
+            res = self.compute(kind, vector, observe=False)
+            prob = res["probability"]
             value = round(100.0 * prob, 1)
             out[kind.name] = {
                 "value": value, "probability": round(prob, 6), "band": kind.bands.of(value),
-                "source": source, "model_version": version,
-                "reasons": [{"feature": f, "contribution": c} for f, c in reasons], **extra,
+                "source": res["source"], "model_version": res["model_version"],
+                "reasons": [{"feature": f, "contribution": c} for f, c in res["reasons"]()],
+                **{k: res[k] for k in ("segment", "rfm") if k in res},
             }
         return out
 
