@@ -164,7 +164,7 @@ def _check_kind(where: str, kind: ScoreKind, catalog: Catalog) -> None:
     if kind.min_per_class * 2 > kind.min_labels:
         raise ConfigError(f"{where}: min_labels ({kind.min_labels}) must hold min_per_class "
                           f"({kind.min_per_class}) of each class")
-    if not isinstance(kind.rule_scale, int | float) or kind.rule_scale <= 0:
+    if not _number(kind.rule_scale) or kind.rule_scale <= 0:
         raise ConfigError(f"{where}.rule_scale: a number above 0")
     weights = kind.rule_weights
     if not isinstance(weights, Mapping):
@@ -174,7 +174,7 @@ def _check_kind(where: str, kind: ScoreKind, catalog: Catalog) -> None:
         raise ConfigError(f"{where}.rule_weights: unknown features {unknown} (the catalogue has "
                           f"{len(catalog.names)}: {', '.join(catalog.names)})")
     for feat, points in weights.items():
-        if isinstance(points, bool) or not isinstance(points, int | float):
+        if not _number(points):
             raise ConfigError(f"{where}.rule_weights.{feat}: a number of points, not {points!r}")
     if kind.learned and not kind.outcome:
         raise ConfigError(f"{where}.outcome: a learned kind needs the events that are its outcome")
@@ -196,7 +196,7 @@ def _event_keys(where: str, value: Any, with_action: bool) -> tuple[str, ...]:
 def _bands(where: str, value: Any) -> Bands:
     bands = _build(Bands, where, _mapping(where, value))
     numbers = (bands.warm, bands.hot, bands.hysteresis)
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers):
+    if not all(_number(v) for v in numbers):
         raise ConfigError(f"{where}: warm, hot and hysteresis are numbers")
     if not 0 <= bands.warm < bands.hot <= 100:
         raise ConfigError(f"{where}: needs 0 <= warm < hot <= 100, not warm {bands.warm}, hot {bands.hot}")
@@ -218,7 +218,7 @@ def _policy(values: Mapping[str, Any], kinds: list[ScoreKind]) -> Policy:
     policy = _build(Policy, "policy", pol)
     for key in ("min_change", "jump_points", "control_fraction"):
         value = getattr(policy, key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        if not _number(value, least=0):
             raise ConfigError(f"policy.{key}: a number of at least 0, not {value!r}")
     if policy.control_fraction > 1:
         raise ConfigError("policy.control_fraction: a fraction from 0 to 1")
