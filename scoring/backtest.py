@@ -473,7 +473,8 @@ def write_customer_scores(core: ScoringCore, customer_ids: Sequence[str], as_of_
     as_csv = path.suffix.lower() == ".csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fields) if as_csv else None
+        # Extra keys (a rule kind's probability and reasons) are not columns: ignored.
+        writer = csv.DictWriter(handle, fields, extrasaction="ignore") if as_csv else None
         if writer:
             writer.writeheader()
         for start in range(0, len(customer_ids), 1000):
@@ -490,7 +491,7 @@ def write_customer_scores(core: ScoringCore, customer_ids: Sequence[str], as_of_
                     row[f"{name}_probability"] = sc["probability"]
                     row[f"{name}_reasons"] = "; ".join(f"{r['feature']} {r['contribution']:+.3f}" for r in sc["reasons"])
                     row.update({f"{name}_{f}": sc[f] for f in ("segment", "rfm") if f in sc})
-                writer.writerow({k: v for k, v in row.items() if k in fields})
+                writer.writerow(row)
     return len(customer_ids)
 
 
