@@ -803,9 +803,12 @@ class LiveWorker:
             if self._unacked_labels and (urgent or self.learner.due()):
                 await self._checkpoint()
 
+    def _holds_labels(self) -> bool:
+        """Whether this worker learns: it holds the labels topic's one partition."""
+        return TP(self.settings.topics.labels, 0) in self.app.consumer.assignment()
+
     async def _checkpoint(self) -> None:
-        labels_tp = TP(self.settings.topics.labels, 0)
-        if labels_tp not in self.app.consumer.assignment():
+        if not self._holds_labels():
             # The labels partition moved: whatever we learned since our last
             # snapshot is relearned by the new owner; restore before learning again.
             self._unacked_labels.clear()
@@ -854,9 +857,8 @@ class LiveWorker:
 
     async def models(self) -> dict[str, Any]:
         """The learner's models, when this worker learns (it holds the labels partition)."""
-        labels_tp = TP(self.settings.topics.labels, 0)
         try:
-            learner_here = labels_tp in self.app.consumer.assignment()
+            learner_here = self._holds_labels()
         except Exception:  # noqa: BLE001 - consumer not started yet
             learner_here = False
         body: dict[str, Any] = {"learner_here": learner_here, "model_versions": self.model_versions}
