@@ -43,7 +43,7 @@ MAX_EVENT_BYTES = 64 * 1024
 # valid time changes meaning, and 0 (the epoch, the usual unset time) is refused. Histories
 # from the 1970s and 1980s (donor files, old retail panels) pass.
 MIN_TS_MS = 10**11
-MIN_TS_TEXT = "1973-03-03"
+MIN_TS_TEXT = datetime.fromtimestamp(MIN_TS_MS / 1000, UTC).date().isoformat()  # 1973-03-03
 MAX_TS_MS = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
 # An event stamped later than this beyond the wall clock is a clock or bug upstream: taken
 # as valid, it would move its customer's clock ahead, and every real event of that customer
