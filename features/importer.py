@@ -46,6 +46,16 @@ Rules, chosen for what real exports look like:
 - **Ids.** Customer and order ids are trimmed; ``17850.0`` (a number that went
   through a spreadsheet or pandas) is read as ``17850``.
 
+- **Event logs.** With ``action`` set (``leadpulse import-events``), the table
+  is a log of what customers did: each row's action cell says which event it
+  is, read with :data:`ACTION_ALIASES` (``view``, ``addtocart``,
+  ``transaction``, ``email_opened``, ...) and the ``actions`` overrides. Web
+  and campaign rows become one event each; purchase rows become purchases as
+  above, grouped by order, or without an order column by session (a log often
+  has a row per product bought). Rows whose action nothing reads are skipped
+  and their values counted (``unmapped_actions``). No ``url`` is imported: query
+  strings carry e-mail addresses and tokens.
+
 >>> csv_text = '''customer,invoice,date,qty,price
 ... c1,536365,12/1/2010 08:26,6,2.55
 ... c1,536365,12/1/2010 08:26,8,3.39
@@ -94,6 +104,72 @@ COMPLETED_STATUSES = frozenset({
 })
 DELIMITERS = {"comma": ",", "semicolon": ";", "tab": "\t", "\\t": "\t", "pipe": "|"}
 
+# What an event log's action values mean: (event type, action). Keys are normalised
+# (lower case, "-" and " " as "_"); the words of Google Analytics, Segment, Snowplow and
+# public shop logs (Retailrocket's view/addtocart/transaction, REES46's view/cart/purchase).
+_VOCABULARY: dict[tuple[str, str], tuple[str, ...]] = {
+    ("web", "page_view"): ("page_view", "pageview", "page", "screen_view", "view_page", "visit"),
+    ("web", "product_view"): ("product_view", "view", "item_view", "view_item", "productview",
+                              "product_viewed", "detail", "product_detail", "viewed"),
+    ("web", "add_to_cart"): ("add_to_cart", "addtocart", "cart", "add", "add_cart",
+                             "added_to_cart", "product_added"),
+    ("web", "remove_from_cart"): ("remove_from_cart", "removefromcart", "remove_cart",
+                                  "product_removed"),
+    ("web", "search"): ("search", "products_searched", "view_search_results"),
+    ("web", "signup"): ("signup", "sign_up", "register", "registration", "signed_up"),
+    ("web", "login"): ("login", "log_in", "sign_in", "signin", "signed_in"),
+    ("purchase", "completed"): ("purchase", "transaction", "order", "buy", "purchased",
+                                "order_completed", "sale"),
+    ("purchase", "refunded"): ("refund", "refunded", "return", "returned", "order_refunded",
+                               "cancel", "cancelled", "canceled"),
+    # Campaign words are read with an "email_" prefix too (email_opened, email_link_clicked).
+    ("campaign", "sent"): ("sent", "send"),
+    ("campaign", "delivered"): ("delivered", "delivery"),
+    ("campaign", "opened"): ("opened", "open"),
+    ("campaign", "clicked"): ("clicked", "click", "link_clicked"),
+    ("campaign", "converted"): ("converted", "conversion", "convert"),
+    ("campaign", "unsubscribed"): ("unsubscribed", "unsubscribe", "optout", "opt_out"),
+    ("campaign", "bounced"): ("bounced", "bounce"),
+}
+ACTION_ALIASES: dict[str, tuple[str, str]] = {
+    prefix + word: target
+    for target, words in _VOCABULARY.items()
+    for word in words
+    for prefix in ("", "email_")[: 2 if target[0] == "campaign" else 1]
+}
+# What --map may name: each leadpulse action (refund for a refunded purchase), or skip.
+TARGETS = frozenset({
+    *(a for t, a in _VOCABULARY if t != "purchase"), "purchase", "refund", "skip",
+})
+CHANNELS = frozenset({"email", "sms", "push", "web", "ads"})
+
+
+def norm_action(value: str) -> str:
+    """An action cell as the alias table spells it: lower case, ``_`` for spaces and dashes."""
+    return re.sub(r"[\s-]+", "_", value.strip().lower())
+
+
+def action_table(overrides: Mapping[str, str] = {}) -> dict[str, tuple[str, str]]:
+    """Normalised action value -> ``(event type, action)``: the aliases, then ``overrides``.
+
+    A value mapped to ``skip`` gives ``("skip", "")``; look values up with :func:`norm_action`.
+
+    >>> table = action_table({"PV": "page_view", "wishlist": "skip"})
+    >>> [table.get(norm_action(v)) for v in ("addtocart", "View", "transaction", "pv", "wishlist", "like")]
+    [('web', 'add_to_cart'), ('web', 'product_view'), ('purchase', 'completed'), ('web', 'page_view'), ('skip', ''), None]
+    >>> table[norm_action("Email Opened")]
+    ('campaign', 'opened')
+    """
+    table = dict(ACTION_ALIASES)
+    for raw, target in overrides.items():
+        if target == "skip":
+            table[norm_action(raw)] = ("skip", "")
+        elif target in ("purchase", "refund"):
+            table[norm_action(raw)] = ("purchase", "completed" if target == "purchase" else "refunded")
+        else:
+            table[norm_action(raw)] = next(t for t in _VOCABULARY if t[1] == target)
+    return table
+
 
 class ImportFailed(ValueError):
     """The whole import cannot go on (missing column, ambiguous dates): fix the command."""
@@ -124,15 +200,32 @@ class ImportConfig:
     # code X is ``rates[X]`` in convert_to). Features sum amounts, so they need one currency.
     convert_to: str | None = None
     rates: Mapping[str, float] = field(default_factory=dict)
+    # An event log (views, carts, purchases, email opens in one table): ``action`` is the
+    # column saying what each row is, read with ACTION_ALIASES and the ``actions`` overrides
+    # (value -> leadpulse action, or "skip"). Without it every row is a purchase.
+    action: str | None = None
+    actions: Mapping[str, str] = field(default_factory=dict)
+    session: str | None = None  # web sessions; purchases of one session are one order without ``order``
+    campaign: str | None = None  # campaign id, for sent / opened / clicked rows
+    channel: str | None = None  # email, sms, push, web, ads; otherwise default_channel
+    default_channel: str = "email"
+    event_id: str | None = None  # the log's own event id, kept so later replays deduplicate
 
     def columns(self) -> list[str]:
         cols = [self.customer, self.time, self.amount, self.order, self.currency, self.status,
-                self.quantity, self.price, self.product, self.category, *self.extra]
+                self.quantity, self.price, self.product, self.category, self.action, self.session,
+                self.campaign, self.channel, self.event_id, *self.extra]
         return list(dict.fromkeys(c for c in cols if c))
 
     def check(self) -> None:
-        if not self.amount and not self.price:
+        if not self.amount and not self.price and not self.action:
             raise ImportFailed("give an amount column (--amount) or a unit price column (--price)")
+        for value, target in self.actions.items():
+            if target not in TARGETS:
+                raise ImportFailed(f"--map {value}={target}: the action must be one of "
+                                   f"{', '.join(sorted(TARGETS))}")
+        if self.default_channel not in CHANNELS:
+            raise ImportFailed(f"default channel {self.default_channel!r}: one of {', '.join(sorted(CHANNELS))}")
         if not re.fullmatch(r"[A-Za-z]{3}", self.default_currency):
             raise ImportFailed("default currency must be a 3-letter ISO code such as EUR")
         _zone(self.timezone)
@@ -145,7 +238,8 @@ class ImportConfig:
             if isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0:
                 raise ImportFailed(f"rate of {code.upper()}: a number above 0")
         reserved = {"event_id", "customer_id", "ts", "type", "order_id", "amount", "currency",
-                    "items", "status"}
+                    "items", "status", "action", "session_id", "product_id", "category",
+                    "campaign_id", "channel", "url"}
         clash = [c for c in self.extra if c in reserved]
         if clash:
             raise ImportFailed(f"--extra column(s) {', '.join(clash)} clash with event fields; rename them")
@@ -172,12 +266,26 @@ class ImportResult:
     refund_events: int = 0
     identical_rows: int = 0
     converted: Counter[str] = field(default_factory=Counter)  # rows converted, by their currency
+    types: Counter[str] = field(default_factory=Counter)  # events written by type (event logs)
+    unmapped: Counter[str] = field(default_factory=Counter)  # event log action values not read
+    amounts: str = ""  # a note when an event log's purchases have no amounts
     date_order: str = "not needed"
     delimiter: str = ","
     decimal: str = "point"
 
     def skipped_by_reason(self) -> dict[str, int]:
         return dict(Counter(e.reason.split(":")[0] for e in self.errors).most_common())
+
+    def unmapped_actions(self) -> dict[str, int]:
+        """Action values no alias or --map reads, with their row counts.
+
+        Shown only when they look like a vocabulary (at most 20 short values): a column
+        of many values is not actions (a name, an e-mail), and is never echoed.
+        """
+        if len(self.unmapped) > 20 or any(len(v) > 40 for v in self.unmapped):
+            return {f"({len(self.unmapped):,} distinct values: is --action the right column?)":
+                    sum(self.unmapped.values())}
+        return dict(self.unmapped.most_common())
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -188,6 +296,9 @@ class ImportResult:
             "skipped_by_reason": self.skipped_by_reason(),
             "identical_rows": self.identical_rows,
             **({"converted_rows": dict(self.converted.most_common())} if self.converted else {}),
+            **({"event_types": dict(self.types.most_common())} if self.types else {}),
+            **({"amounts": self.amounts} if self.amounts else {}),
+            **({"unmapped_actions": self.unmapped_actions()} if self.unmapped else {}),
             "date_order": self.date_order,
             "delimiter": {"\t": "tab"}.get(self.delimiter, self.delimiter),
             "decimal": self.decimal,
@@ -267,6 +378,7 @@ _SLASH = re.compile(
     r"(?:[ T,]+(?P<H>\d{1,2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d{1,6}))?)?\s*(?P<p>[AaPp][Mm])?)?"
 )
 EXCEL_EPOCH = datetime(1899, 12, 30)
+_UTC_SUFFIX = re.compile(r"\s*\b(UTC|GMT)$", re.IGNORECASE)
 # Bytes a file opened with errors="surrogateescape" could not decode.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
@@ -324,6 +436,8 @@ def parse_time(
     1323435000000
     >>> from zoneinfo import ZoneInfo
     >>> parse_time("2011-12-09 13:50", zone=ZoneInfo("Europe/Paris"))
+    1323435000000
+    >>> parse_time("2011-12-09 12:50:00 UTC", zone=ZoneInfo("Europe/Paris"))
     1323435000000
     >>> parse_time("12/9/2011")
     Traceback (most recent call last):
@@ -385,6 +499,7 @@ def parse_time(
             raise RowProblem(f"bad time: not a valid date as {'day/month' if order == 'dmy' else 'month/day'}"
                              "/year") from None
         return _to_ms(dt, zone)
+    s = _UTC_SUFFIX.sub("+00:00", s)  # "2019-10-01 00:00:04 UTC", as warehouse exports write it
     try:
         parsed = datetime.fromisoformat(s.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -511,10 +626,29 @@ def import_transactions(
     order = _decide_date_order(config, evidence, needs_order, result)
     config = _decide_decimal(config, raw, result)
     parsed: list[_Line] = []
+    activity: list[dict[str, Any]] = []  # web and campaign events of an event log
     seen: Counter[str] = Counter()
+    table = action_table(config.actions) if config.action else None
     for number, row in raw:
+        kind = ("purchase", "completed")
+        if table is not None:
+            assert config.action is not None
+            value = norm_action(row[config.action])
+            found = table.get(value)
+            if found is None:
+                result.unmapped[value] += 1
+                result.errors.append(RowError(number, "unknown action (see unmapped_actions in the "
+                                                      "summary; --map VALUE=ACTION reads it)"))
+                continue
+            if found[0] == "skip":
+                result.errors.append(RowError(number, "action skipped (--map VALUE=skip)"))
+                continue
+            kind = found
         try:
-            line = _parse_row(number, row, config, order, zone, seen)
+            if kind[0] != "purchase":
+                activity.append(_activity(number, row, config, kind, order, zone, seen))
+                continue
+            line = _parse_row(number, row, config, order, zone, seen, kind[1] == "refunded")
         except RowProblem as exc:
             result.errors.append(RowError(number, str(exc)))
             continue
@@ -523,8 +657,27 @@ def import_transactions(
             result.converted[line.source_currency] += 1
     result.identical_rows = sum(n - 1 for n in seen.values() if n > 1)
     result.events = _events(parsed, config, result)
+    if config.action:
+        if not config.amount and not config.price and parsed:
+            result.amounts = "none (no --amount or --price): purchases have amount 0, spend features read 0"
+        result.events = sorted(result.events + _valid(activity, result),
+                               key=lambda e: (e["ts"], e["event_id"]))
+        result.types = Counter(e["type"] for e in result.events)
     result.errors.sort(key=lambda e: e.line)
     return result
+
+
+def _valid(bodies: list[dict[str, Any]], result: ImportResult) -> list[dict[str, Any]]:
+    """The event-log rows that decode as events, in their canonical form; the others reported."""
+    events = []
+    for body in bodies:
+        line = body.pop("_line")
+        event = decode(orjson.dumps(body))
+        if isinstance(event, EventError):  # a guard: _activity's checks should make this unreachable
+            result.errors.append(RowError(line, "invalid event: " + event.reason.split(":")[0]))
+            continue
+        events.append(orjson.loads(encode(event)))
+    return events
 
 
 # Of a number's bare form (_bare_number): what parse_number reads past currency and sign.
@@ -599,15 +752,65 @@ def _status(value: str) -> str | None:
     return None
 
 
-def _parse_row(
-    number: int, row: dict[str, str], config: ImportConfig, order: DateOrder, zone: tzinfo,
-    seen: Counter[str],
-) -> _Line:
+def _customer(row: dict[str, str], config: ImportConfig) -> str:
     customer = _clean_id(row[config.customer])
     if not customer:
         raise RowProblem("missing customer")
     if len(customer) > 200:
         raise RowProblem("bad customer: longer than 200 characters")
+    return customer
+
+
+def _cell(row: dict[str, str], column: str | None) -> str:
+    """A trimmed id-like cell (product, session, campaign), at most 200 characters; '' if none."""
+    return _clean_id(row[column])[:200] if column else ""
+
+
+def _activity(
+    number: int, row: dict[str, str], config: ImportConfig, kind: tuple[str, str],
+    order: DateOrder, zone: tzinfo, seen: Counter[str],
+) -> dict[str, Any]:
+    """A web or campaign event of an event log (``_line`` holds its line number)."""
+    etype, action = kind
+    body: dict[str, Any] = {"customer_id": _customer(row, config),
+                            "ts": ms_to_iso(parse_time(row[config.time], config.time_format, order, zone)),
+                            "type": etype, "action": action}
+    if etype == "web":
+        for column, name in ((config.session, "session_id"), (config.product, "product_id"),
+                             (config.category, "category")):
+            value = _cell(row, column)
+            if value:
+                body[name] = value
+    else:
+        if not config.campaign:
+            raise RowProblem("campaign action without a campaign column (--campaign)")
+        campaign = _cell(row, config.campaign)
+        if not campaign:
+            raise RowProblem("missing campaign")
+        channel = (row[config.channel].strip().lower() if config.channel else "") or config.default_channel
+        if channel not in CHANNELS:
+            raise RowProblem(f"bad channel: not one of {', '.join(sorted(CHANNELS))}")
+        body.update(campaign_id=campaign, channel=channel)
+    for column in config.extra:
+        if row[column].strip():
+            body.setdefault(column, row[column].strip())
+    key = _digest(*(row[c] for c in config.columns()))
+    seen[key] += 1
+    if config.event_id:
+        body["event_id"] = _cell(row, config.event_id)
+        if not body["event_id"]:
+            raise RowProblem("missing event id")
+    else:
+        body["event_id"] = "imp-" + _digest(key, str(seen[key]))
+    body["_line"] = number
+    return body
+
+
+def _parse_row(
+    number: int, row: dict[str, str], config: ImportConfig, order: DateOrder, zone: tzinfo,
+    seen: Counter[str], refund_action: bool = False,
+) -> _Line:
+    customer = _customer(row, config)
     order_id: str | None = None
     if config.order:
         order_id = _clean_id(row[config.order])
@@ -621,7 +824,8 @@ def _parse_row(
         amount = parse_number(row[config.amount], config.decimal_comma, "amount")
     else:
         amount = (price or 0.0) * (1.0 if quantity is None else quantity)
-    refund = amount < 0 or (quantity is not None and quantity < 0) or (price is not None and price < 0)
+    refund = (refund_action or amount < 0 or (quantity is not None and quantity < 0)
+              or (price is not None and price < 0))
     if config.status:
         status = _status(row[config.status])
         if status is None:
@@ -655,8 +859,12 @@ def _parse_row(
     extra = {c: row[c].strip() for c in config.extra if row[c].strip()}
     key = _digest(*(row[c] for c in config.columns()))
     seen[key] += 1
+    group = f"{key}#{seen[key]}"
+    if config.action and not config.order and _cell(row, config.session):
+        # An event log's purchase rows are often one per product: a session's are one order.
+        group = "session#" + _digest(_cell(row, config.session))
     return _Line(number, customer, order_id, ts, abs(amount), refund, currency, item, extra,
-                 f"{key}#{seen[key]}", source)
+                 group, source)
 
 
 def _events(lines: list[_Line], config: ImportConfig, result: ImportResult) -> list[dict[str, Any]]:
@@ -713,6 +921,7 @@ def write_events(events: Iterable[dict[str, Any]], path: str | Path) -> int:
 
 
 __all__ = [
-    "ImportConfig", "ImportFailed", "ImportResult", "RowError", "RowProblem", "import_transactions",
-    "parse_number", "parse_time", "slash_evidence", "write_events",
+    "ACTION_ALIASES", "ImportConfig", "ImportFailed", "ImportResult", "RowError", "RowProblem",
+    "action_table", "import_transactions", "norm_action", "parse_number", "parse_time",
+    "slash_evidence", "write_events",
 ]

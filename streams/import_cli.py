@@ -27,9 +27,11 @@ import argparse
 import io
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from features.importer import CHANNELS, TARGETS
 from streams.cli import EXTRA_PARSERS, command, count_lines, open_input, progress
 
 EXAMPLE = """examples:
@@ -43,6 +45,21 @@ EXAMPLE = """examples:
 """
 
 
+EVENTS_EXAMPLE = """examples:
+  # Retailrocket's events.csv (timestamp in ms, view / addtocart / transaction, no prices)
+  leadpulse import-events events.csv --customer visitorid --time timestamp --action event \\
+      --product itemid --order transactionid --out retailrocket.jsonl
+  # REES46 (one row per product; purchases of one session become one order)
+  leadpulse import-events 2019-Oct.csv --customer user_id --time event_time --action event_type \\
+      --session user_session --product product_id --category category_code --price price \\
+      --default-currency USD --out rees46.jsonl
+  # a CRM export of e-mail activity beside orders, with its own words for the actions
+  leadpulse import-events activity.csv --customer contact --time at --action what \\
+      --campaign campaign --amount value --map "Newsletter Read=opened" --map bookmark=skip \\
+      --out activity.jsonl
+"""
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "import-transactions",
@@ -51,13 +68,48 @@ def add_parser(sub: Any) -> None:
                     "cannot be read are skipped and reported by line number and reason.",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_columns(p, event_log=False)
+    e = sub.add_parser(
+        "import-events",
+        help="turn an event log CSV (views, carts, purchases, e-mail activity) into events",
+        description="Turn an event log (one row per thing a customer did: page or product "
+                    "views, carts, purchases, e-mail opens and clicks) into web, purchase and "
+                    "campaign events, sorted by time. The --action column says what each row "
+                    "is; common words are read as they are (view, addtocart, cart, "
+                    "transaction, purchase, email_opened, ...) and --map reads the others. "
+                    "Rows that cannot be read are skipped and reported by line number and reason.",
+        epilog=EVENTS_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_columns(e, event_log=True)
+
+
+def _add_columns(p: Any, event_log: bool) -> None:
     p.add_argument("file", help="CSV file with a header line, gzip is fine ('-' for stdin)")
     p.add_argument("--out", required=True, help="JSON Lines file to write")
     cols = p.add_argument_group("columns")
     cols.add_argument("--customer", required=True, metavar="COL", help="customer id column")
-    cols.add_argument("--time", required=True, metavar="COL", help="order date / time column")
+    cols.add_argument("--time", required=True, metavar="COL",
+                      help="event time column" if event_log else "order date / time column")
+    if event_log:
+        cols.add_argument("--action", required=True, metavar="COL",
+                          help="what each row is: view, add_to_cart, purchase, opened, ...")
+        cols.add_argument("--map", metavar="VALUE=ACTION", action="append", default=[],
+                          help="read an action value as ACTION: one of "
+                               + ", ".join(sorted(TARGETS)) + "; repeatable")
+        cols.add_argument("--session", metavar="COL",
+                          help="web session id column (without --order, a session's purchase "
+                               "rows are one order)")
+        cols.add_argument("--campaign", metavar="COL", help="campaign id column (campaign rows)")
+        cols.add_argument("--channel", metavar="COL",
+                          help="channel column: email, sms, push, web, ads")
+        cols.add_argument("--default-channel", default="email", choices=sorted(CHANNELS),
+                          help="channel of campaign rows without a channel column (default email)")
+        cols.add_argument("--event-id", metavar="COL",
+                          help="the log's own event id column (default: a hash of the row)")
     cols.add_argument("--amount", metavar="COL",
-                      help="row total column; required unless --price (then amount = price x quantity)")
+                      help="row total column (purchase rows; without it and --price, purchases "
+                           "have amount 0)" if event_log else
+                           "row total column; required unless --price (then amount = price x quantity)")
     cols.add_argument("--order", metavar="COL",
                       help="order / invoice id column: rows of one order become one event with items")
     cur = cols.add_mutually_exclusive_group()
@@ -126,6 +178,22 @@ def _rates(pairs: list[str]) -> dict[str, float]:
     return out
 
 
+def _actions(pairs: list[str]) -> dict[str, str]:
+    """``["Newsletter Read=opened"]`` -> ``{"Newsletter Read": "opened"}`` (checked by the config).
+
+    >>> _actions(["Newsletter Read = opened", "bookmark=skip"])
+    {'Newsletter Read': 'opened', 'bookmark': 'skip'}
+    """
+    out = {}
+    for pair in pairs:
+        value, sep, action = pair.rpartition("=")
+        if not sep or not value.strip():
+            raise ValueError(f"--map {pair!r}: give VALUE=ACTION, e.g. addtobasket=add_to_cart")
+        out[value.strip()] = action.strip().lower()
+    return out
+
+
+@command("import-events")
 @command("import-transactions")
 def cmd_import_transactions(args: argparse.Namespace) -> int:
     from features.importer import ImportConfig, import_transactions, write_events
@@ -138,6 +206,12 @@ def cmd_import_transactions(args: argparse.Namespace) -> int:
         timezone=args.timezone, decimal_comma=args.decimal_comma, refunds=args.refunds,
         convert_to=args.convert_to, rates=_rates(args.rate),
     )
+    if args.command == "import-events":
+        config = replace(
+            config, action=args.action, actions=_actions(args.map), session=args.session,
+            campaign=args.campaign, channel=args.channel, default_channel=args.default_channel,
+            event_id=args.event_id,
+        )
     stdin = args.file == "-"
     total = count_lines(Path(args.file)) - 1 if sys.stderr.isatty() and not stdin else None
     # surrogateescape: bytes that are not valid in the encoding skip their row, not the file.
