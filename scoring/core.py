@@ -474,7 +474,12 @@ class ScoringCore:
         ks.history = (ks.history + [(ts, value)])[-HISTORY_LIMIT:]
         ks.scored_at = ts
         if kind.tick_ms:
-            ks.next_tick = ts + kind.tick_ms
+            wait = kind.tick_ms
+            if event_id is None and kind.tick_growth > 1.0:
+                # The customer's own silence: our sends to a dormant customer are not news.
+                silence = vector.get("days_since_last_active", vector.get("days_since_last_event")) or 0.0
+                wait = max(wait, int((kind.tick_growth - 1.0) * silence * DAY_MS))
+            ks.next_tick = ts + wait
         if kind.learned and (ks.registered_at is None or ts - ks.registered_at >= kind.register_ms):
             if sum(1 for p in rec.pending if p.kind == kind.name) >= MAX_PENDING_PER_KIND:
                 out.counts["pending_capped"] += 1

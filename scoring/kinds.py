@@ -60,6 +60,12 @@ class ScoreKind:
     rescore: str = "1d"  # min event time between two scores of one customer (other events)
     rescore_on: tuple[str, ...] = ()  # events ("type" or "type:action") that may rescore; () = any
     tick: str | None = None  # also rescore idle customers this often (event time)
+    # Each idle rescore waits max(tick, (tick_growth - 1) x the silence so far; silence is
+    # days_since_last_active, the customer's own, where the catalogue has it): with 2, a
+    # customer silent since day 0 is rescored at days 7, 14, 28, 56, 112 instead of weekly.
+    # A silent customer's features change fast at first (the 1h-7d windows empty) and slowly
+    # later, so this follows the score for O(log silence) work, not O(silence). 1 = every tick.
+    tick_growth: float = 1.0
     register: str = "1d"  # at most one pending example per customer per this interval
     horizon: str = "7d"
     outcome: tuple[str, ...] = ("purchase:completed",)
@@ -93,6 +99,9 @@ class ScoreKind:
     rule_scale: float = 50.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.tick_growth, bool) or not isinstance(self.tick_growth, int | float) \
+                or not 1.0 <= self.tick_growth < 100.0:
+            raise ValueError(f"{self.name}: tick_growth must be a number from 1 to 100, not {self.tick_growth!r}")
         if self.learn_at not in ("horizon", "fresh"):
             raise ValueError(f"{self.name}: learn_at must be 'horizon' or 'fresh', not {self.learn_at!r}")
         if {self.label_on_outcome, self.label_without_outcome} != {0, 1}:

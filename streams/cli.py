@@ -260,6 +260,9 @@ def _headline(reports: list[dict[str, Any]]) -> str:
         for kind, k in rep["kinds"].items():
             if k.get("by_moment"):
                 lines.append(f"  {kind} by scoring moment: " + _moments(k["by_moment"]))
+        hint = _idle_hint(rep)
+        if hint:
+            lines.append(hint)
         for kind, m in (rep.get("models") or {}).items():
             if not m["labels"]:
                 continue  # e.g. campaign response on a purchases-only history
@@ -269,6 +272,22 @@ def _headline(reports: list[dict[str, Any]]) -> str:
                 line += "; weighs most: " + ", ".join(f"{w['feature']} {w['weight']:+.2f}" for w in m["weights"][:4])
             lines.append(line)
     return "\n".join(lines)
+
+
+def _idle_hint(rep: dict[str, Any]) -> str | None:
+    """A note when idle rescores make most of the work and some ticking kind rescores weekly.
+
+    >>> _idle_hint({"events": 100, "config": {"tick_growth": {"purchase_propensity": 1.0}},
+    ...   "kinds": {"purchase_propensity": {"by_moment": {"idle": {"labels": 900}, "event": {"labels": 50}}}}})
+    '  note: idle rescores made 900 labels, 9.0 per event (silent customers rescored on every tick): tick_growth: 2 on purchase_propensity spaces them out with the silence (README: your own configuration)'
+    """
+    idle = sum(((k.get("by_moment") or {}).get("idle") or {}).get("labels", 0) for k in rep["kinds"].values())
+    steady = [name for name, growth in (rep["config"].get("tick_growth") or {}).items() if growth <= 1.0]
+    if not steady or not rep["events"] or idle < 5 * rep["events"]:
+        return None
+    return (f"  note: idle rescores made {idle:,} labels, {idle / rep['events']:.1f} per event (silent "
+            f"customers rescored on every tick): tick_growth: 2 on {', '.join(steady)} spaces them out "
+            "with the silence (README: your own configuration)")
 
 
 def _moments(by_moment: dict[str, Any]) -> str:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
-from features.events import AnyEvent, EventError, decode
+from features.events import AnyEvent, EventError, decode, parse_ts_ms
 from features.spec import DAY_MS
 from scoring.core import ModelRegistry, ScoringCore
+from scoring.kinds import default_kinds
 from scoring.models import OnlineModel
 from scoring.state import CustomerScoring
 
@@ -216,3 +218,26 @@ def test_a_nightly_order_export_counts_when_lateness_covers_its_delay() -> None:
     assert nightly == {"late": 0, "orders": 1.0}
     [first] = [p for p in nightly_pending if p.t_ms == T0 + 10 * HOUR]
     assert first.outcome is True  # the order fell inside the example's horizon
+
+
+def _idle_rescore_days(growth: float, days: int = 200) -> list[int]:
+    """Days after a visitor's one visit at which propensity rescored it while idle."""
+    kinds = [dataclasses.replace(k, tick_growth=growth) if k.name == "purchase_propensity" else k
+             for k in default_kinds()]
+    core = ScoringCore.in_memory(kinds=kinds)
+    core.process([web("a", T0, "w1")])
+    times = []
+    for day in range(1, days + 1):  # the watermark moves a day at a time, as a busy shard's would
+        out = core.advance("0", T0 + day * DAY_MS)
+        times += [s["ts"] for s in out.scores if s["kind"] == "purchase_propensity"]
+        times += [p.t_ms for p in pending(core, "a", "purchase_propensity") if p.example_id.endswith(":idle")]
+    return sorted({(t if isinstance(t, int) else parse_ts_ms(t)) - T0 for t in times})
+
+
+def test_idle_rescores_space_out_with_the_silence_when_tick_growth_is_set() -> None:
+    # Every 7 days by default, until 180 days of silence; with growth 2, each wait is the
+    # silence so far: days 7, 14, 28, 56, 112, then 224 is past the 180-day stop.
+    assert [t // DAY_MS for t in _idle_rescore_days(1.0)] == list(range(7, 181, 7))
+    assert [t // DAY_MS for t in _idle_rescore_days(2.0)] == [7, 14, 28, 56, 112]
+    # A wait never falls below the tick: 1.5 waits 7 days until the silence reaches 14.
+    assert [t // DAY_MS for t in _idle_rescore_days(1.5)][:4] == [7, 14, 21, 31]
