@@ -238,8 +238,10 @@ class ImportConfig:
             if isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0:
                 raise ImportFailed(f"rate of {code.upper()}: a number above 0")
         reserved = {"event_id", "customer_id", "ts", "type", "order_id", "amount", "currency",
-                    "items", "status", "action", "session_id", "product_id", "category",
-                    "campaign_id", "channel", "url"}
+                    "items", "status"}
+        if self.action:  # an event log writes web and campaign events too
+            reserved |= {"action", "session_id", "url", "product_id", "category", "campaign_id",
+                         "channel"}
         clash = [c for c in self.extra if c in reserved]
         if clash:
             raise ImportFailed(f"--extra column(s) {', '.join(clash)} clash with event fields; rename them")
@@ -761,6 +763,11 @@ def _customer(row: dict[str, str], config: ImportConfig) -> str:
     return customer
 
 
+def _extra(row: dict[str, str], config: ImportConfig) -> dict[str, str]:
+    """The ``--extra`` columns a row has a value in, carried on its event."""
+    return {c: row[c].strip() for c in config.extra if row[c].strip()}
+
+
 def _cell(row: dict[str, str], column: str | None) -> str:
     """A trimmed id-like cell (product, session, campaign), at most 200 characters; '' if none."""
     return _clean_id(row[column])[:200] if column else ""
@@ -791,9 +798,8 @@ def _activity(
         if channel not in CHANNELS:
             raise RowProblem(f"bad channel: not one of {', '.join(sorted(CHANNELS))}")
         body.update(campaign_id=campaign, channel=channel)
-    for column in config.extra:
-        if row[column].strip():
-            body.setdefault(column, row[column].strip())
+    for name, value in _extra(row, config).items():
+        body.setdefault(name, value)
     key = _digest(*(row[c] for c in config.columns()))
     seen[key] += 1
     if config.event_id:
@@ -856,7 +862,7 @@ def _parse_row(
             item["product_id"] = row[config.product].strip()[:200]
         if config.category and row[config.category].strip():
             item["category"] = row[config.category].strip()[:200]
-    extra = {c: row[c].strip() for c in config.extra if row[c].strip()}
+    extra = _extra(row, config)
     key = _digest(*(row[c] for c in config.columns()))
     seen[key] += 1
     group = f"{key}#{seen[key]}"

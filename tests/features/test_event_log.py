@@ -208,3 +208,14 @@ def test_a_simulated_history_exported_as_a_log_imports_back_and_backtests_the_sa
         assert a["labels"] > 50 and a["positives"] > 0
         assert (b["labels"], b["positives"]) == (a["labels"], a["positives"])
         assert b["auc"] == pytest.approx(a["auc"], abs=1e-9)
+
+
+def test_extra_columns_that_are_event_fields_are_refused_only_where_the_import_writes_them() -> None:
+    rows = [{"t": "2024-03-01T10:00:00Z", "c": "c1", "a": "purchase", "total": "5", "category": "books"}]
+    # A transaction table writes purchases only: a 'category' column may ride along.
+    sold = import_transactions(_csv(rows), ImportConfig(customer="c", time="t", amount="total",
+                                                        extra=("category",)))
+    assert sold.events[0]["category"] == "books"
+    with pytest.raises(ImportFailed, match="clash with event fields"):
+        import_transactions(_csv(rows), ImportConfig(customer="c", time="t", amount="total", action="a",
+                                                     extra=("category",)))
