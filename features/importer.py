@@ -631,7 +631,9 @@ def import_transactions(
     activity: list[dict[str, Any]] = []  # web and campaign events of an event log
     seen: Counter[str] = Counter()
     table = action_table(config.actions) if config.action else None
-    for number, row in raw:
+    raw.reverse()
+    while raw:  # popped as read: a large log's rows are not held beside its events
+        number, row = raw.pop()
         kind = ("purchase", "completed")
         if table is not None:
             assert config.action is not None
@@ -648,7 +650,7 @@ def import_transactions(
             kind = found
         try:
             if kind[0] != "purchase":
-                activity.append(_activity(number, row, config, kind, order, zone, seen))
+                activity.append(_activity(row, config, kind, order, zone, seen))
                 continue
             line = _parse_row(number, row, config, order, zone, seen, kind[1] == "refunded")
         except RowProblem as exc:
@@ -662,24 +664,10 @@ def import_transactions(
     if config.action:
         if not config.amount and not config.price and parsed:
             result.amounts = "none (no --amount or --price): purchases have amount 0, spend features read 0"
-        result.events = sorted(result.events + _valid(activity, result),
-                               key=lambda e: (e["ts"], e["event_id"]))
+        result.events = sorted(result.events + activity, key=lambda e: (e["ts"], e["event_id"]))
         result.types = Counter(e["type"] for e in result.events)
     result.errors.sort(key=lambda e: e.line)
     return result
-
-
-def _valid(bodies: list[dict[str, Any]], result: ImportResult) -> list[dict[str, Any]]:
-    """The event-log rows that decode as events, in their canonical form; the others reported."""
-    events = []
-    for body in bodies:
-        line = body.pop("_line")
-        event = decode(orjson.dumps(body))
-        if isinstance(event, EventError):  # a guard: _activity's checks should make this unreachable
-            result.errors.append(RowError(line, "invalid event: " + event.reason.split(":")[0]))
-            continue
-        events.append(orjson.loads(encode(event)))
-    return events
 
 
 # Of a number's bare form (_bare_number): what parse_number reads past currency and sign.
@@ -774,10 +762,10 @@ def _cell(row: dict[str, str], column: str | None) -> str:
 
 
 def _activity(
-    number: int, row: dict[str, str], config: ImportConfig, kind: tuple[str, str],
+    row: dict[str, str], config: ImportConfig, kind: tuple[str, str],
     order: DateOrder, zone: tzinfo, seen: Counter[str],
 ) -> dict[str, Any]:
-    """A web or campaign event of an event log (``_line`` holds its line number)."""
+    """A web or campaign event of an event log, in its canonical form."""
     etype, action = kind
     body: dict[str, Any] = {"customer_id": _customer(row, config),
                             "ts": ms_to_iso(parse_time(row[config.time], config.time_format, order, zone)),
@@ -808,8 +796,10 @@ def _activity(
             raise RowProblem("missing event id")
     else:
         body["event_id"] = "imp-" + _digest(key, str(seen[key]))
-    body["_line"] = number
-    return body
+    event = decode(orjson.dumps(body))
+    if isinstance(event, EventError):  # a guard: the checks above should make this unreachable
+        raise RowProblem("invalid event: " + event.reason.split(":")[0])
+    return orjson.loads(encode(event))
 
 
 def _parse_row(
