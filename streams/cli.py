@@ -44,22 +44,78 @@ def progress(label: str, total: int | None = None) -> Iterator[Callable[[int], N
 
 
 def open_input(path: Path) -> IO[bytes]:
-    r"""Open a data file for reading bytes; gzip-compressed files (by content, not name) are
-    decompressed on the fly, since exports are often shipped as ``.jsonl.gz`` or ``.csv.gz``.
+    r"""Open a data file for reading bytes, decompressing it on the fly when it is packed.
 
-    >>> import gzip, tempfile
-    >>> path = Path(tempfile.mkdtemp()) / "events.jsonl.gz"
+    Told by content, not by name: gzip, bzip2 and xz, and a zip archive that holds one
+    data file (as dataset downloads often come). Excel workbooks and Parquet files are
+    refused with what to do instead, rather than read as garbled rows.
+
+    >>> import gzip, tempfile, zipfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> path = folder / "events.jsonl.gz"
     >>> _ = path.write_bytes(gzip.compress(b'{"a": 1}\n'))
     >>> with open_input(path) as handle:
     ...     handle.read()
     b'{"a": 1}\n'
+    >>> with zipfile.ZipFile(folder / "archive.zip", "w") as z:
+    ...     z.writestr("orders.csv", "customer,time\n")
+    >>> with open_input(folder / "archive.zip") as handle:
+    ...     handle.read()
+    b'customer,time\n'
     """
-    handle = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
-    if handle.read(2) == b"\x1f\x8b":
-        handle.close()
+    with open(path, "rb") as probe:
+        head = probe.read(8)
+    if head.startswith(b"\x1f\x8b"):
         return gzip.open(path, "rb")  # type: ignore[return-value]
-    handle.seek(0)
-    return handle
+    if head.startswith(b"BZh"):
+        import bz2
+
+        return bz2.open(path, "rb")
+    if head.startswith(b"\xfd7zXZ\x00"):
+        import lzma
+
+        return lzma.open(path, "rb")
+    if head.startswith(b"PK\x03\x04"):
+        return _open_zip_member(path)
+    if head.startswith(b"PAR1"):
+        raise ValueError(
+            f"{path.name} is a Parquet file: write it out as CSV (pandas: "
+            "pd.read_parquet(f).to_csv(out, index=False)) or JSON Lines first")
+    if head.startswith(b"\xd0\xcf\x11\xe0"):
+        raise ValueError(_EXCEL.format(name=path.name))
+    return open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+
+
+_EXCEL = ("{name} is an Excel workbook: save the sheet as CSV (File > Save As > CSV UTF-8, "
+          "or pandas: pd.read_excel(f).to_csv(out, index=False)) and import that")
+
+
+def _open_zip_member(path: Path) -> IO[bytes]:
+    import zipfile
+
+    archive = zipfile.ZipFile(path)
+    names = [i.filename for i in archive.infolist()
+             if not i.is_dir() and not i.filename.startswith("__MACOSX/")
+             and not i.filename.rsplit("/", 1)[-1].startswith(".")]
+    if any(n == "xl/workbook.xml" for n in names):
+        archive.close()
+        raise ValueError(_EXCEL.format(name=path.name))
+    if len(names) != 1:
+        archive.close()
+        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        raise ValueError(f"{path.name} is a zip archive of {len(names)} files ({shown}): "
+                         "unzip it and give one of them")
+    member = archive.open(names[0])
+    member.close = _closing(member.close, archive.close)  # type: ignore[method-assign]
+    return member
+
+
+def _closing(*closers: Callable[[], None]) -> Callable[[], None]:
+    def close() -> None:
+        for fn in closers:
+            fn()
+
+    return close
 
 
 def count_lines(path: Path) -> int:

@@ -1,0 +1,86 @@
+"""Input files as users ship them: packed, archived, or in a format we do not read."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from streams.cli import count_lines, main, open_input
+
+ROWS = b"customer,time,amount\nc1,2024-01-02,10\nc2,2024-01-03,12.5\n"
+
+
+@pytest.mark.parametrize("pack", [gzip.compress, bz2.compress, lzma.compress])
+def test_compressed_files_read_as_their_content(tmp_path: Path, pack) -> None:
+    path = tmp_path / "orders.dat"  # the name says nothing: the content decides
+    path.write_bytes(pack(ROWS))
+    with open_input(path) as handle:
+        assert handle.read() == ROWS
+    assert count_lines(path) == 3
+
+
+def test_a_zip_of_one_data_file_reads_that_file(tmp_path: Path) -> None:
+    path = tmp_path / "archive.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("__MACOSX/._orders.csv", b"resource fork")  # what macOS adds: not data
+        z.writestr("export/", b"")
+        z.writestr("export/orders.csv", ROWS)
+    with open_input(path) as handle:
+        assert handle.read() == ROWS
+
+
+def test_import_and_backtest_read_a_zipped_export(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "orders.zip"
+    with zipfile.ZipFile(src, "w") as z:
+        z.writestr("orders.csv", ROWS)
+    out = tmp_path / "orders.jsonl"
+    assert main(["import-transactions", str(src), "--customer", "customer", "--time", "time",
+                 "--amount", "amount", "--default-currency", "EUR", "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 2
+    packed = tmp_path / "events.zip"
+    with zipfile.ZipFile(packed, "w") as z:
+        z.write(out, "events.jsonl")
+    assert main(["backtest", str(packed), "--out", str(tmp_path / "report")]) == 0
+    assert "2 events (0 invalid" in capsys.readouterr().out
+
+
+def _workbook(path: Path) -> None:
+    with zipfile.ZipFile(path, "w") as z:  # the parts every .xlsx has
+        z.writestr("[Content_Types].xml", "<Types/>")
+        z.writestr("xl/workbook.xml", "<workbook/>")
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "says"),
+    [
+        ("orders.xlsx", _workbook, "Excel workbook"),
+        ("orders.xls", lambda p: p.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504)), "Excel workbook"),
+        ("orders.parquet", lambda p: p.write_bytes(b"PAR1" + bytes(64) + b"PAR1"), "Parquet file"),
+    ],
+)
+def test_formats_we_do_not_read_are_refused_with_what_to_do(tmp_path: Path, capsys, name, write, says) -> None:
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(ValueError, match=says):
+        open_input(path)
+    for argv in (["import-transactions", str(path), "--customer", "c", "--time", "t", "--amount", "a",
+                  "--out", str(tmp_path / "o.jsonl")],
+                 ["backtest", str(path), "--out", str(tmp_path / "r")]):
+        assert main([*argv]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "CSV" in err
+    assert not (tmp_path / "r" / "report.json").exists()
+
+
+def test_a_zip_of_several_files_names_them_and_reads_none(tmp_path: Path) -> None:
+    path = tmp_path / "dataset.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("customers.csv", b"id\n")
+        z.writestr("orders.csv", ROWS)
+    with pytest.raises(ValueError, match=r"zip archive of 2 files \(customers.csv, orders.csv\)"):
+        open_input(path)
