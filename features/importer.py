@@ -48,7 +48,7 @@ Rules, chosen for what real exports look like:
 
 - **Event logs.** With ``action`` set (``leadpulse import-events``), the table
   is a log of what customers did: each row's action cell says which event it
-  is, read with :data:`ACTION_ALIASES` (``view``, ``addtocart``,
+  is, read with :data:`features.actions.ACTION_ALIASES` (``view``, ``addtocart``,
   ``transaction``, ``email_opened``, ...) and the ``actions`` overrides. Web
   and campaign rows become one event each; purchase rows become purchases as
   above, grouped by order, or without an order column by session (a log often
@@ -90,6 +90,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
+from features.actions import ACTION_ALIASES, CHANNELS, TARGETS, action_table, norm_action
 from features.events import MAX_TS_MS, MIN_TS_MS, MIN_TS_TEXT, EventError, decode, encode, ms_to_iso
 
 DateOrder = Literal["auto", "dmy", "mdy"]
@@ -103,73 +104,6 @@ COMPLETED_STATUSES = frozenset({
     "succeeded", "ok", "invoiced", "settled", "captured", "done",
 })
 DELIMITERS = {"comma": ",", "semicolon": ";", "tab": "\t", "\\t": "\t", "pipe": "|"}
-
-# What an event log's action values mean: (event type, action). Keys are normalised
-# (lower case, "-" and " " as "_"); the words of Google Analytics, Segment, Snowplow and
-# public shop logs (Retailrocket's view/addtocart/transaction, REES46's view/cart/purchase).
-_VOCABULARY: dict[tuple[str, str], tuple[str, ...]] = {
-    ("web", "page_view"): ("page_view", "pageview", "page", "screen_view", "view_page", "visit"),
-    ("web", "product_view"): ("product_view", "view", "item_view", "view_item", "productview",
-                              "product_viewed", "detail", "product_detail", "viewed"),
-    ("web", "add_to_cart"): ("add_to_cart", "addtocart", "cart", "add", "add_cart",
-                             "added_to_cart", "product_added"),
-    ("web", "remove_from_cart"): ("remove_from_cart", "removefromcart", "remove_cart",
-                                  "product_removed"),
-    ("web", "search"): ("search", "products_searched", "view_search_results"),
-    ("web", "signup"): ("signup", "sign_up", "register", "registration", "signed_up"),
-    ("web", "login"): ("login", "log_in", "sign_in", "signin", "signed_in"),
-    ("purchase", "completed"): ("purchase", "transaction", "order", "buy", "purchased",
-                                "order_completed", "sale"),
-    ("purchase", "refunded"): ("refund", "refunded", "return", "returned", "order_refunded",
-                               "cancel", "cancelled", "canceled"),
-    # Campaign words are read with an "email_" prefix too (email_opened, email_link_clicked).
-    ("campaign", "sent"): ("sent", "send"),
-    ("campaign", "delivered"): ("delivered", "delivery"),
-    ("campaign", "opened"): ("opened", "open"),
-    ("campaign", "clicked"): ("clicked", "click", "link_clicked"),
-    ("campaign", "converted"): ("converted", "conversion", "convert"),
-    ("campaign", "unsubscribed"): ("unsubscribed", "unsubscribe", "optout", "opt_out"),
-    ("campaign", "bounced"): ("bounced", "bounce"),
-}
-ACTION_ALIASES: dict[str, tuple[str, str]] = {
-    prefix + word: target
-    for target, words in _VOCABULARY.items()
-    for word in words
-    for prefix in ("", "email_")[: 2 if target[0] == "campaign" else 1]
-}
-# What --map may name: each leadpulse action (refund for a refunded purchase), or skip.
-TARGETS = frozenset({
-    *(a for t, a in _VOCABULARY if t != "purchase"), "purchase", "refund", "skip",
-})
-CHANNELS = frozenset({"email", "sms", "push", "web", "ads"})
-
-
-def norm_action(value: str) -> str:
-    """An action cell as the alias table spells it: lower case, ``_`` for spaces and dashes."""
-    return re.sub(r"[\s-]+", "_", value.strip().lower())
-
-
-def action_table(overrides: Mapping[str, str] = {}) -> dict[str, tuple[str, str]]:
-    """Normalised action value -> ``(event type, action)``: the aliases, then ``overrides``.
-
-    A value mapped to ``skip`` gives ``("skip", "")``; look values up with :func:`norm_action`.
-
-    >>> table = action_table({"PV": "page_view", "wishlist": "skip"})
-    >>> [table.get(norm_action(v)) for v in ("addtocart", "View", "transaction", "pv", "wishlist", "like")]
-    [('web', 'add_to_cart'), ('web', 'product_view'), ('purchase', 'completed'), ('web', 'page_view'), ('skip', ''), None]
-    >>> table[norm_action("Email Opened")]
-    ('campaign', 'opened')
-    """
-    table = dict(ACTION_ALIASES)
-    for raw, target in overrides.items():
-        if target == "skip":
-            table[norm_action(raw)] = ("skip", "")
-        elif target in ("purchase", "refund"):
-            table[norm_action(raw)] = ("purchase", "completed" if target == "purchase" else "refunded")
-        else:
-            table[norm_action(raw)] = next(t for t in _VOCABULARY if t[1] == target)
-    return table
-
 
 class ImportFailed(ValueError):
     """The whole import cannot go on (missing column, ambiguous dates): fix the command."""

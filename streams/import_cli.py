@@ -31,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from features.importer import CHANNELS, TARGETS
+from features.actions import CHANNELS, TARGETS
 from streams.cli import EXTRA_PARSERS, command, count_lines, open_input, progress
 
 EXAMPLE = """examples:

@@ -42,8 +42,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -137,6 +135,9 @@ class WorkerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def get_json(self, path: str, timeout: float = 5.0) -> Any:
+        import urllib.error
+        import urllib.request  # here: every command would load http and ssl at start-up
+
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as resp:
                 return json.loads(resp.read())
@@ -144,6 +145,8 @@ class WorkerProcess:
             return json.loads(exc.read())
 
     def get_text(self, path: str, timeout: float = 5.0) -> str:
+        import urllib.request
+
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as resp:
             return str(resp.read().decode())
 
