@@ -36,6 +36,7 @@ import heapq
 import math
 import time
 import tracemalloc
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -247,12 +248,14 @@ def _fitted_probability(
 
 @dataclass
 class _KindLog:
-    probs: list[float] = field(default_factory=list)
-    rule: list[float] = field(default_factory=list)
-    batch: list[float] = field(default_factory=list)  # nan where the batch model had no fit yet
-    frozen: list[float] = field(default_factory=list)  # after a known change: the fit frozen at it, else nan
-    labels: list[int] = field(default_factory=list)
-    times: list[int] = field(default_factory=list)  # when each example was scored
+    # Typed arrays, not lists of float and int objects: a long history has millions of
+    # labels, and a list holds each figure as a 24-32 byte object beside its pointer.
+    probs: array[float] = field(default_factory=lambda: array("d"))
+    rule: array[float] = field(default_factory=lambda: array("d"))
+    batch: array[float] = field(default_factory=lambda: array("d"))  # nan where the batch model had no fit yet
+    frozen: array[float] = field(default_factory=lambda: array("d"))  # after a known change: the fit frozen at it, else nan
+    labels: array[int] = field(default_factory=lambda: array("b"))
+    times: array[int] = field(default_factory=lambda: array("q"))  # when each example was scored
     moments: list[str] = field(default_factory=list)  # event or idle (Labelled.moment)
     groups: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # model, cold_start or rule, per example
@@ -767,7 +770,7 @@ def _fairness(log: _KindLog, top_fraction: float = 0.2) -> dict[str, Any]:
             "selected_rate_ratio_max_min": None if ratio is None else round(ratio, 4)}
 
 
-def _gains(probs: list[float], labels: list[int], points: int = 20) -> list[list[float]]:
+def _gains(probs: Sequence[float], labels: Sequence[int], points: int = 20) -> list[list[float]]:
     """Cumulative gains: ``[share of examples targeted, share of positives captured]``.
 
     Highest scores first; within a group of equal scores the positives count as

@@ -29,7 +29,7 @@ import orjson
 from scoring.rfm import RfmGrader
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     """A scored moment waiting for its label (features as they were then)."""
 
@@ -45,7 +45,7 @@ class Pending:
     rule_prob: float = 0.0
 
 
-@dataclass
+@dataclass(slots=True)
 class KindState:
     value: float | None = None
     band: str | None = None
@@ -57,7 +57,7 @@ class KindState:
     history: list[tuple[int, float]] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class CustomerScoring:
     kinds: dict[str, KindState] = field(default_factory=dict)
     pending: list[Pending] = field(default_factory=list)
