@@ -20,7 +20,9 @@ Medians over ``--runs`` runs are printed side by side with the ratio
 (target: pipeline >= 0.5 x bare), and written as JSON with ``--json``. Each
 mode runs with its fastest fetch size per input partition: the worker with
 its default ``consumer_max_fetch_bytes`` (256 KB), the bare consumer with
-Faust's 1 MB (``--fetch-bytes`` runs both with other sizes beside them).
+Faust's 1 MB (``--fetch-bytes`` runs both with other sizes beside them), and
+both with the settings' fetch wait (``--fetch-wait-ms 1500`` runs both with
+Faust's own beside them).
 
 On Linux each run also says where the CPU went while the backlog drained (from
 the first to the last processed batch): CPU microseconds per event of the
@@ -173,8 +175,10 @@ def one_run(mode: str, run: int, kafka: EmbeddedKafka, redis_url: str, data: lis
             n: int, lat_n: int, rate: float, servers: dict[str, int] | None = None) -> dict[str, Any]:
     # "pipeline@2000": the pipeline with another batch size (events per stream.take);
     # "pipeline#1": with another number of scoring processes; "bare%1048576" and
-    # "pipeline%1048576": with another fetch size per input partition.
+    # "pipeline%1048576": with another fetch size per input partition; "bare~1500" and
+    # "pipeline~1500": with another fetch wait.
     label = mode
+    mode, _, wait = mode.partition("~")
     mode, _, fetch = mode.partition("%")
     mode, _, procs = mode.partition("#")
     mode, _, batch = mode.partition("@")
@@ -192,6 +196,7 @@ def one_run(mode: str, run: int, kafka: EmbeddedKafka, redis_url: str, data: lis
         # the event-time alignment) cost the bare consumer 15-20% here.
         **({"consumer_max_fetch_bytes": int(fetch)} if fetch else
            {"consumer_max_fetch_bytes": BARE_FETCH_BYTES} if mode == "bare" else {}),
+        **({"consumer_fetch_max_wait_ms": int(wait)} if wait else {}),
         **{f"topics__{k}": v for k, v in topics.model_dump().items()},
     }
     settings = load_settings(**{k: v for k, v in env.items() if not k.startswith("topics__")}, topics=topics)
@@ -248,11 +253,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run the bare consumer and the pipeline with these fetch sizes per input "
                    "partition (comma-separated bytes; the defaults are the settings' "
                    "consumer_max_fetch_bytes for the pipeline, 1 MB for the bare consumer), side by side")
+    p.add_argument("--fetch-wait-ms", default="",
+                   help="also run the bare consumer and the pipeline with these fetch waits (comma-separated "
+                   "ms; the default is the settings' consumer_fetch_max_wait_ms, Faust's own is 1500), "
+                   "side by side")
     args = p.parse_args(argv)
     modes = ["bare", "pipeline"] + (["thread"] if args.thread else [])
     modes += [f"pipeline@{int(b)}" for b in args.batch_sizes.split(",") if b.strip()]
     modes += [f"pipeline#{int(n)}" for n in args.scorer_processes.split(",") if n.strip()]
     modes += [f"{m}%{int(b)}" for b in args.fetch_bytes.split(",") if b.strip() for m in ("bare", "pipeline")]
+    modes += [f"{m}~{int(w)}" for w in args.fetch_wait_ms.split(",") if w.strip() for m in ("bare", "pipeline")]
 
     data = events(args.events + args.latency_events, seed=1)
     if len(data) < args.events + args.latency_events:

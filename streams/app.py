@@ -89,6 +89,7 @@ from faust.web import Request, Response, View
 from features.events import event_time_ms
 from scoring.config import load_scoring_config
 from scoring.core import Labelled, ModelRegistry
+from streams.faust_transport import LeadpulseApp
 from streams.metrics import CONTENT_TYPE, LatencyWindow, Metrics
 from streams.pipeline import (
     BatchOutput,
@@ -317,7 +318,7 @@ class LiveWorker:
 
     def _build_app(self) -> faust.App:
         s = self.settings
-        app = faust.App(s.app_id, **self._faust_settings())
+        app = LeadpulseApp(s.app_id, fetch_max_wait_ms=s.consumer_fetch_max_wait_ms, **self._faust_settings())
         def raw_topic(*names: str) -> Any:
             return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 

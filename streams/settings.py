@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         "backlog arrives from every partition in the first fetches, so the event-time alignment "
         "can release events at once (a larger record batch still comes whole)",
     )
+    consumer_fetch_max_wait_ms: int = Field(
+        100, ge=0, le=60_000,
+        description="longest the broker holds a fetch that has no new records (Faust fixes 1,500). "
+        "One fetch is in flight per broker, and it leaves out partitions with records still "
+        "buffered: a long wait on the caught-up partitions stalls the busy ones",
+    )
     learner_tick_s: float = Field(0.5, gt=0, description="learner checks for a due snapshot this often")
     align_slack_s: float = Field(
         600.0, ge=0, description="event-time slack of the alignment (below the scoring lateness)"

@@ -1,3 +1,6 @@
+import asyncio
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
@@ -27,3 +30,28 @@ def test_the_api_token_guards_customer_and_model_views() -> None:
     assert not guarded._authorized(Request({"Authorization": "Bearer wrong"}))
     assert not guarded._authorized(Request({}))
     assert LiveWorker(Settings(app_id="open-test"), bare=True)._authorized(Request({}))
+
+
+def test_the_fetch_wait_reaches_the_kafka_consumer_faust_builds():
+    # Faust builds its aiokafka consumer with a fixed 1.5 s fetch wait; ours comes from settings.
+    # The consumer is built but not started: nothing connects.
+    from streams.faust_transport import DEFAULT_FETCH_MAX_WAIT_MS, Transport
+
+    for settings, expected in (
+        (Settings(app_id="wait-test", consumer_fetch_max_wait_ms=40), 40),
+        (Settings(app_id="wait-default"), Settings().consumer_fetch_max_wait_ms),
+    ):
+        app = LiveWorker(settings, bare=True).app
+        assert isinstance(app.transport, Transport)
+        thread = app.consumer._new_consumer_thread()
+
+        async def build(thread: Any = thread, app: Any = app) -> Any:
+            return thread._create_worker_consumer(app.transport)  # aiokafka wants a running loop
+
+        consumer = asyncio.run(build())
+        assert consumer._fetch_max_wait_ms == expected != DEFAULT_FETCH_MAX_WAIT_MS
+
+
+def test_a_fetch_wait_above_a_minute_is_refused():
+    with pytest.raises(ValidationError):
+        Settings(consumer_fetch_max_wait_ms=120_000)
