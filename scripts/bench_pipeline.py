@@ -22,7 +22,8 @@ mode runs with its fastest fetch size per input partition: the worker with
 its default ``consumer_max_fetch_bytes`` (256 KB), the bare consumer with
 Faust's 1 MB (``--fetch-bytes`` runs both with other sizes beside them), and
 both with the settings' fetch wait (``--fetch-wait-ms 1500`` runs both with
-Faust's own beside them).
+Faust's own beside them). ``--learner-thread`` also runs the pipeline with the
+learner in a thread of the worker's process instead of a child process.
 
 On Linux each run also says where the CPU went while the backlog drained (from
 the first to the last processed batch): CPU microseconds per event of the
@@ -189,6 +190,7 @@ def one_run(mode: str, run: int, kafka: EmbeddedKafka, redis_url: str, data: lis
         "app_id": name, "redis_prefix": name, "web_port": free_port(),
         "broker_session_timeout_s": 10, "broker_rebalance_timeout_s": 3,
         "scorer_process": mode != "thread",
+        "learner_process": mode != "learner-thread",
         **({"batch_size": int(batch)} if batch else {}),
         **({"scorer_processes": int(procs)} if procs else {}),
         # The bare consumer fetches Faust's default 1 MB per partition, its fastest: the worker's
@@ -246,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--thread", action="store_true",
                    help="also run the pipeline with the scoring core in a thread of the worker "
                    "(scorer_process off), side by side")
+    p.add_argument("--learner-thread", action="store_true",
+                   help="also run the pipeline with the learner in a thread of the worker "
+                   "(learner_process off), side by side")
     p.add_argument("--scorer-processes", default="",
                    help="also run the pipeline with these numbers of scoring processes "
                    "(comma-separated; the default is the settings' scorer_processes), side by side")
@@ -258,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                    "ms; the default is the settings' consumer_fetch_max_wait_ms, Faust's own is 1500), "
                    "side by side")
     args = p.parse_args(argv)
-    modes = ["bare", "pipeline"] + (["thread"] if args.thread else [])
+    modes = ["bare", "pipeline"] + (["thread"] if args.thread else []) + (
+        ["learner-thread"] if args.learner_thread else [])
     modes += [f"pipeline@{int(b)}" for b in args.batch_sizes.split(",") if b.strip()]
     modes += [f"pipeline#{int(n)}" for n in args.scorer_processes.split(",") if n.strip()]
     modes += [f"{m}%{int(b)}" for b in args.fetch_bytes.split(",") if b.strip() for m in ("bare", "pipeline")]
@@ -311,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
                 key = f"ratio_{mode}_{same}"
                 summary[key] = round(summary[mode]["events_per_s"] / summary[same]["events_per_s"], 3)
                 print(f"ratio {mode}/{same}: {summary[key]:.2f}")
+    if args.learner_thread:
+        summary["ratio_learner_thread"] = round(
+            summary["learner-thread"]["events_per_s"] / summary["bare"]["events_per_s"], 3)
+        print(f"ratio learner-thread/bare: {summary['ratio_learner_thread']:.2f} (the learner in a thread "
+              "of the worker)")
     if args.thread:
         summary["ratio_thread"] = round(summary["thread"]["events_per_s"] / summary["bare"]["events_per_s"], 3)
         print(f"ratio thread/bare: {summary['ratio_thread']:.2f} (the core in a thread of the worker)")

@@ -25,7 +25,9 @@ batch N+1 while N is scored and N-1 is published; each stage keeps batch
 order.
 
 ``learn`` consumes the labels topic (one partition: one active learner per
-consumer group) and runs :class:`streams.pipeline.Learner`; model snapshots
+consumer group) and hands its raw records to :class:`streams.pipeline.Learner`
+(in a child process of its own by default, :class:`streams.learning.LearnerProcess`,
+so learning does not take turns with the event loop for the interpreter lock); model snapshots
 and the labels offset they cover are written in one Redis transaction, and the
 labels are acked only after the snapshot that contains them. Scorers hot-swap
 newer snapshots at most every ``model_refresh_s``, in the batch loop.
@@ -88,21 +90,17 @@ from faust.web import Request, Response, View
 
 from features.events import event_time_ms
 from scoring.config import load_scoring_config
-from scoring.core import Labelled, ModelRegistry
 from streams.faust_transport import LeadpulseApp
+from streams.learning import LearnerProcess, LiveLearner, RedisCheckpointStore
 from streams.metrics import CONTENT_TYPE, LatencyWindow, Metrics
 from streams.pipeline import (
     BatchOutput,
-    CheckpointStore,
     EventTimeAligner,
     Incoming,
-    Learner,
     OrderedAcks,
     OutRecord,
     input_caught_up,
-    labels_from_record,
 )
-from streams.redis_state import RedisStateStore
 from streams.runtime import tune_gc
 from streams.scorer import Scorer, ScorerPool, ScorerProcess
 from streams.settings import Settings
@@ -122,26 +120,6 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 )
 MAX_BACKOFF_S = 30.0
 LEARN_BATCH = 1000
-
-
-class RedisCheckpointStore(CheckpointStore):
-    """Model snapshots (through :class:`RedisStateStore`) plus the labels offset, atomically."""
-
-    def __init__(self, client: redis.Redis, prefix: str = "lp") -> None:
-        self.client = client
-        self.prefix = prefix
-        self.models = RedisStateStore(client, prefix)
-        self.key = f"{prefix}:learner:offset"
-
-    def load_offset(self) -> int | None:
-        raw = self.client.get(self.key)
-        return None if raw is None else int(raw)
-
-    def save(self, registry: ModelRegistry, next_offset: int) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        registry.save(RedisStateStore(pipe, self.prefix))  # queued inside MULTI
-        pipe.set(self.key, next_offset)
-        pipe.execute()
 
 
 def faust_credentials(settings: Settings) -> Any:
@@ -278,9 +256,8 @@ class LiveWorker:
             self.scorer = ScorerPool(s, s.scorer_processes)
         else:
             self.scorer = ScorerProcess(s)
-        self.learner = Learner(
-            ModelRegistry(scfg.kinds, scfg.sensitive), RedisCheckpointStore(self.redis, s.redis_prefix),
-            every_labels=s.snapshot_every_labels, every_s=s.snapshot_every_s,
+        self.learner: LiveLearner | LearnerProcess = (
+            LearnerProcess(s) if s.learner_process else LiveLearner.from_settings(s)
         )
 
     def _faust_settings(self) -> dict[str, Any]:
@@ -770,29 +747,26 @@ class LiveWorker:
 
     async def learn_batch(self, stream: Any, events: Sequence[Any]) -> None:
         """Learn labels in offset order; ack them only after the snapshot that holds them."""
-        items: list[tuple[int, Labelled]] = []
-        for ev in events:
-            try:
-                items.extend((ev.message.offset, ex) for ex in labels_from_record(ev.value))
-            except ValueError:
-                self.metrics.errors.labels(stage="label_decode").inc()
+        records = [(ev.message.offset, ev.value) for ev in events]
         async with self._learn_lock:
             try:
-                learned_before = self.learner.learned
-                drifts = await self._retrying("learn", self.learner.learn, items, on=self.learn_executor)
-                self.metrics.labels_learned.inc(self.learner.learned - learned_before)
+                step = await self._retrying("learn", self.learner.learn_records, records, on=self.learn_executor)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
                 await self._fatal("learn", exc)
                 return
+            if step.undecodable:
+                self.metrics.errors.labels(stage="label_decode").inc(step.undecodable)
+            self.metrics.labels_learned.inc(step.learned)
+            drifts = step.drifts
             self._unacked_labels.extend((stream, ev) for ev in events)
             if drifts:
                 self.metrics.drift.inc(len(drifts))
                 await self.publish([
                     OutRecord(self.settings.topics.drift, d["kind"].encode(), _json(d)) for d in drifts
                 ])
-            if self.learner.due():
+            if step.due:
                 await self._checkpoint()
 
     async def learner_tick(self) -> None:
@@ -801,7 +775,7 @@ class LiveWorker:
             return
         urgent = self.app.should_stop or not self.app.flow_control.is_active()
         async with self._learn_lock:
-            if self._unacked_labels and (urgent or self.learner.due()):
+            if self._unacked_labels and (urgent or await self._call(self.learner.due, on=self.learn_executor)):
                 await self._checkpoint()
 
     def _holds_labels(self) -> bool:
@@ -813,7 +787,7 @@ class LiveWorker:
             # The labels partition moved: whatever we learned since our last
             # snapshot is relearned by the new owner; restore before learning again.
             self._unacked_labels.clear()
-            self.learner.invalidate()
+            await self._call(self.learner.invalidate, on=self.learn_executor)
             return
         covered = await self._retrying("snapshot", self.learner.checkpoint, on=self.learn_executor)
         if covered is None:
@@ -865,7 +839,7 @@ class LiveWorker:
         body: dict[str, Any] = {"learner_here": learner_here, "model_versions": self.model_versions}
         if learner_here:
             async with self._learn_lock:  # between two learning calls: a consistent picture
-                body["models"] = {name: m.summary() for name, m in self.learner.registry.models.items()}
+                body["models"] = await self._call(self.learner.summaries, on=self.learn_executor)
         return body
 
     def _authorized(self, request: Request) -> bool:

@@ -22,12 +22,6 @@ True
 
 from __future__ import annotations
 
-import atexit
-import logging
-import multiprocessing
-import pickle
-import signal
-import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -37,9 +31,9 @@ from features.events import ms_to_iso
 from features.redis_store import RedisFeatureStore
 from scoring.config import load_scoring_config
 from scoring.core import ModelRegistry, Outputs, ScoringCore
+from streams.child import ChildDied, ChildProcess
 from streams.pipeline import BatchOutput, Incoming, ModelRefresher, OutRecord, Pipeline
 from streams.redis_state import RedisStateStore
-from streams.runtime import tune_gc
 from streams.settings import Settings
 
 Position = tuple[str, int, int]  # (topic, partition, offset): Incoming.position
@@ -116,43 +110,24 @@ class Scorer:
         return self.pipeline.erase_records(customer_id)
 
 
-class ScorerDied(RuntimeError):
+class ScorerDied(ChildDied):
     """The scoring process is gone; the worker stops (Kafka redelivers what it had)."""
 
 
-class ScorerProcess:
-    """A :class:`Scorer` in a child process, with the same methods.
+_CALLS = frozenset({"score", "refresh", "customer_scores", "erase"})
 
-    Calls block the calling thread until the child answers; call from one
-    thread at a time (a lock enforces it). An exception in the child is raised
-    here with its type (Redis errors stay retryable). The child exits when the
-    worker closes the pipe, or dies: it ignores SIGINT and SIGTERM so that a
-    worker shutting down can still score what it released.
+
+class ScorerProcess(ChildProcess):
+    """A :class:`Scorer` in a child process, with the same methods (see :class:`ChildProcess`).
+
+    The child ignores SIGINT and SIGTERM, so that a worker shutting down can still
+    score what it released.
     """
 
-    def __init__(self, settings: Settings) -> None:
-        ctx = multiprocessing.get_context("spawn")  # never fork a process with threads running
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(
-            target=_serve, args=(child, settings, logging.getLogger().getEffectiveLevel()),
-            name="leadpulse-scorer", daemon=True,
-        )
-        self._proc.start()
-        child.close()
-        self._lock = threading.Lock()
-        # Before multiprocessing's own exit hook, which would SIGTERM (ignored) and wait forever.
-        atexit.register(self.close)
+    died = ScorerDied
 
-    def _call(self, name: str, *args: Any) -> Any:
-        with self._lock:
-            try:
-                self._conn.send((name, args))
-                ok, value = self._conn.recv()
-            except (EOFError, OSError) as exc:
-                raise ScorerDied(f"the scoring process exited (code {self._proc.exitcode})") from exc
-        if not ok:
-            raise value
-        return value
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(Scorer, _CALLS, "scorer", settings)
 
     def score(self, messages: Sequence[Incoming]) -> tuple[BatchOutput, dict[str, int]]:
         return self._call("score", messages)
@@ -165,16 +140,6 @@ class ScorerProcess:
 
     def erase(self, customer_id: str) -> list[OutRecord]:
         return self._call("erase", customer_id)
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop the child (it finishes the call in progress first); closing twice is fine."""
-        with self._lock:
-            self._conn.close()
-        atexit.unregister(self.close)
-        self._proc.join(timeout)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(timeout)
 
 
 class ScorerPool:
@@ -262,43 +227,3 @@ class ScorerPool:
         for child in self.children:
             child.close(timeout)
         self._fan.shutdown(wait=False)
-
-
-_CALLS = frozenset({"score", "refresh", "customer_scores", "erase"})
-
-
-def _portable(exc: BaseException) -> BaseException:
-    """``exc`` if it pickles both ways, else a RuntimeError naming its type (never its message: PII)."""
-    try:
-        pickle.loads(pickle.dumps(exc))  # noqa: S301 - our own bytes, this process
-    except Exception:  # noqa: BLE001 - any pickling failure, either way
-        return RuntimeError(f"{type(exc).__name__} in the scoring process")
-    return exc
-
-
-def _serve(conn: Any, settings: Settings, loglevel: int) -> None:
-    """The child's loop: one request, one answer, until the worker closes the pipe."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=loglevel, format="[%(asctime)s] [scorer] [%(levelname)s] %(name)s: %(message)s")
-    tune_gc()
-    scorer: Scorer | None = None
-    while True:
-        try:
-            name, args = conn.recv()
-        except (EOFError, OSError):
-            return
-        try:
-            if name not in _CALLS:
-                raise ValueError(f"unknown call {name!r}")
-            if scorer is None:  # built on first use: a Redis outage at start is then retried
-                scorer = Scorer(settings)
-            reply: tuple[bool, Any] = (True, getattr(scorer, name)(*args))
-        except Exception as exc:  # noqa: BLE001 - every failure goes back to the worker
-            reply = (False, _portable(exc))
-        try:
-            conn.send(reply)
-        except (EOFError, OSError):
-            return
-        except Exception as exc:  # noqa: BLE001 - a reply that does not pickle
-            conn.send((False, RuntimeError(f"{type(exc).__name__} sending the reply to {name}")))

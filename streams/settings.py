@@ -95,6 +95,11 @@ class Settings(BaseSettings):
         True, description="score in a child process of the worker, so the Kafka event loop and "
         "the scoring core each use a CPU (one Python process is bound by one); off: a thread",
     )
+    learner_process: bool = Field(
+        True, description="the central learner (on the worker that holds the labels partition) "
+        "learns in a child process of the worker, so its numpy and River work does not take "
+        "turns with Faust's event loop for the one interpreter lock; off: a thread",
+    )
     scorer_processes: int = Field(
         1, ge=1, le=64, description="with scorer_process: this many scoring processes, each "
         "owning the input partitions p with p % scorer_processes equal to its index (more "

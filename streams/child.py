@@ -1,0 +1,121 @@
+"""An object of the worker's, built and called in a child process of its own.
+
+A Python process runs Python on one core at a time. The worker's event loop
+(fetching, acking, publishing), its scoring core and its learner would share one
+interpreter lock; each of the latter two gets a process of its own instead
+(:class:`streams.scorer.ScorerProcess`, :class:`streams.learning.LearnerProcess`).
+The worker calls it over a pipe, one call at a time, from one thread.
+
+>>> child = ChildProcess(dict, frozenset({"get"}), "demo", {"answer": 42})
+>>> child._call("get", "answer")
+42
+>>> child.close()
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing
+import pickle
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from streams.runtime import tune_gc
+
+__all__ = ["ChildDied", "ChildProcess"]
+
+
+class ChildDied(RuntimeError):
+    """The child process is gone; the worker stops (Kafka redelivers what it had)."""
+
+
+class ChildProcess:
+    """``build(*args)`` in a child process, whose methods named in ``calls`` :meth:`_call` runs.
+
+    Calls block the calling thread until the child answers; call from one
+    thread at a time (a lock enforces it). An exception in the child is raised
+    here with its type (Redis errors stay retryable). The object is built at the
+    first call, so a Redis outage at start is retried like any call. The child
+    exits when the worker closes the pipe, or dies: it ignores SIGINT and SIGTERM
+    so that a worker shutting down can still finish what it started.
+    """
+
+    died: type[RuntimeError] = ChildDied
+
+    def __init__(self, build: Callable[..., Any], calls: frozenset[str], name: str, *args: Any) -> None:
+        ctx = multiprocessing.get_context("spawn")  # never fork a process with threads running
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_serve,
+            args=(child, build, args, calls, name, logging.getLogger().getEffectiveLevel()),
+            name=f"leadpulse-{name}", daemon=True,
+        )
+        self._proc.start()
+        child.close()
+        self._lock = threading.Lock()
+        # Before multiprocessing's own exit hook, which would SIGTERM (ignored) and wait forever.
+        atexit.register(self.close)
+
+    def _call(self, name: str, *args: Any) -> Any:
+        with self._lock:
+            try:
+                self._conn.send((name, args))
+                ok, value = self._conn.recv()
+            except (EOFError, OSError) as exc:
+                raise self.died(f"the {self._proc.name} process exited (code {self._proc.exitcode})") from exc
+        if not ok:
+            raise value
+        return value
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the child (it finishes the call in progress first); closing twice is fine."""
+        with self._lock:
+            self._conn.close()
+        atexit.unregister(self.close)
+        self._proc.join(timeout)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(timeout)
+
+
+def _portable(exc: BaseException, name: str) -> BaseException:
+    """``exc`` if it pickles both ways, else a RuntimeError naming its type (never its message: PII)."""
+    try:
+        pickle.loads(pickle.dumps(exc))  # noqa: S301 - our own bytes, this process
+    except Exception:  # noqa: BLE001 - any pickling failure, either way
+        return RuntimeError(f"{type(exc).__name__} in the {name} process")
+    return exc
+
+
+def _serve(
+    conn: Any, build: Callable[..., Any], args: tuple[Any, ...], calls: frozenset[str], name: str,
+    loglevel: int,
+) -> None:
+    """The child's loop: one request, one answer, until the worker closes the pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=loglevel, format=f"[%(asctime)s] [{name}] [%(levelname)s] %(name)s: %(message)s")
+    tune_gc()
+    target: Any = None
+    while True:
+        try:
+            call, call_args = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            if call not in calls:
+                raise ValueError(f"unknown call {call!r}")
+            if target is None:  # built on first use: a Redis outage at start is then retried
+                target = build(*args)
+            reply: tuple[bool, Any] = (True, getattr(target, call)(*call_args))
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the worker
+            reply = (False, _portable(exc, name))
+        try:
+            conn.send(reply)
+        except (EOFError, OSError):
+            return
+        except Exception as exc:  # noqa: BLE001 - a reply that does not pickle
+            conn.send((False, RuntimeError(f"{type(exc).__name__} sending the reply to {call}")))
