@@ -201,6 +201,7 @@ class ImportResult:
     rows: int = 0
     refund_events: int = 0
     identical_rows: int = 0
+    filled_rows: int = 0  # line items whose blank order-level cells came from the order's first row
     converted: Counter[str] = field(default_factory=Counter)  # rows converted, by their currency
     types: Counter[str] = field(default_factory=Counter)  # events written by type (event logs)
     unmapped: Counter[str] = field(default_factory=Counter)  # event log action values not read
@@ -231,6 +232,7 @@ class ImportResult:
             "rows_skipped": len(self.errors),
             "skipped_by_reason": self.skipped_by_reason(),
             "identical_rows": self.identical_rows,
+            **({"rows_filled_from_order_first_row": self.filled_rows} if self.filled_rows else {}),
             **({"converted_rows": dict(self.converted.most_common())} if self.converted else {}),
             **({"event_types": dict(self.types.most_common())} if self.types else {}),
             **({"amounts": self.amounts} if self.amounts else {}),
@@ -535,6 +537,7 @@ def import_transactions(
     raw: list[tuple[int, dict[str, str]]] = []
     evidence: Counter[str] = Counter()
     needs_order = 0
+    first_row: dict[str, str] = {}  # the current order's first row (see _fill_from_order)
     for number, cells in records:
         if not any(c.strip() for c in cells):
             continue  # blank line
@@ -550,6 +553,8 @@ def import_transactions(
             result.errors.append(RowError(number, "not valid text in the file's encoding "
                                                   "(try --encoding latin-1 or cp1252)"))
             continue
+        if config.order:
+            first_row = _fill_from_order(row, first_row, config, result)
         raw.append((number, row))
         if not config.time_format:
             t = row[config.time].strip()
@@ -602,6 +607,45 @@ def import_transactions(
         result.types = Counter(e["type"] for e in result.events)
     result.errors.sort(key=lambda e: e.line)
     return result
+
+
+def _fill_from_order(
+    row: dict[str, str], first: dict[str, str], config: ImportConfig, result: ImportResult
+) -> dict[str, str]:
+    """Fill a line item's blank order-level cells from the first row of its order; returns that row.
+
+    Shop exports (Shopify's orders export among them) write the order's time, status,
+    currency and total on its first row only, and leave them blank on the rows of its
+    other line items. Read as they are, those rows would be skipped ("missing time"),
+    and an order's amount from prices x quantities would silently be its first item's.
+    Only the rows right under the first row, with the same order id, are filled, so a
+    file in any other order is read as before. A blank total under a filled one is 0:
+    the order's total is on its first row, and summing it again would count it twice.
+
+    >>> cfg = ImportConfig(customer="c", time="t", order="o", amount="total", status="s")
+    >>> result = ImportResult()
+    >>> first = _fill_from_order({"c": "a", "o": "#1", "t": "2024-01-02", "total": "30", "s": "paid"},
+    ...                          {}, cfg, result)
+    >>> line = {"c": "a", "o": "#1", "t": "", "total": "", "s": ""}
+    >>> _ = _fill_from_order(line, first, cfg, result)
+    >>> line, result.filled_rows
+    ({'c': 'a', 'o': '#1', 't': '2024-01-02', 'total': '0', 's': 'paid'}, 1)
+    """
+    assert config.order is not None
+    order_id = _clean_id(row[config.order])
+    if not order_id or not first or _clean_id(first[config.order]) != order_id:
+        return row
+    blank = [c for c in (config.customer, config.time, config.status, config.currency)
+             if c and not row[c].strip() and first[c].strip()]
+    for c in blank:
+        row[c] = first[c]
+    total = config.amount and not row[config.amount].strip() and first[config.amount].strip()
+    if total:
+        assert config.amount is not None
+        row[config.amount] = "0"
+    if blank or total:
+        result.filled_rows += 1
+    return first
 
 
 # Of a number's bare form (_bare_number): what parse_number reads past currency and sign.

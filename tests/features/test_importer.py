@@ -75,6 +75,9 @@ def _history(rows: int = 10_000, broken: int = 100, seed: int = 42) -> tuple[str
     reasons: dict[int, str] = {}
     for i in broken_at:
         reason, breaker = rng.choice(BREAKERS)
+        while reason.startswith("missing ") and reason != "missing price" and i and data[i - 1][0] == data[i][0]:
+            # A line item's blank time or customer is its order's (_fill_from_order): not broken.
+            reason, breaker = rng.choice(BREAKERS)
         breaker(data[i])
         reasons[i] = reason
     chunks: list[str] = []
@@ -453,3 +456,47 @@ def test_cli_converts_currencies_and_then_backtest_scores_each_customer(
     assert report["purchase_currencies"] == {"EUR": 120}
     lines = customers.read_text().splitlines()
     assert lines[0].startswith("customer_id,as_of,purchase_propensity_value") and len(lines) == 41
+
+
+SHOPIFY = """
+Name,Email,Financial Status,Created at,Total,Currency,Lineitem quantity,Lineitem price,Lineitem name
+#1002,b@example.com,refunded,2023-04-06 09:00:00 +0200,20.00,EUR,1,20.00,Mug
+#1001,a@example.com,paid,2023-04-05 13:22:10 +0200,34.90,USD,2,10.00,Cup
+#1001,a@example.com,,,,,1,9.90,Plate
+#1001,a@example.com,,,,,1,5.00,Spoon
+#1003,c@example.com,paid,2023-04-07 10:00:00 +0200,,EUR,1,3.00,Fork
+#1003,c@example.com,,,,,1,4.00,Knife
+#1004,d@example.com,,,,,1,1.00,Bowl
+"""
+
+
+def test_line_items_take_the_order_fields_of_the_order_first_row() -> None:
+    # Shopify's orders export: time, status, currency and total on an order's first row only.
+    shop = dict(customer="Email", time="Created at", order="Name", status="Financial Status",
+                currency="Currency", quantity="Lineitem quantity", price="Lineitem price",
+                product="Lineitem name")
+    by_items = _import(SHOPIFY, ImportConfig(**shop))  # type: ignore[arg-type]
+    got = {e["order_id"]: (e["amount"], e["currency"], e["status"], e["ts"], len(e["items"]))
+           for e in by_items.events}
+    assert got == {
+        "#1001": (34.9, "USD", "completed", "2023-04-05T11:22:10.000+00:00", 3),
+        "#1002": (20.0, "EUR", "refunded", "2023-04-06T07:00:00.000+00:00", 1),
+        "#1003": (7.0, "EUR", "completed", "2023-04-07T08:00:00.000+00:00", 2),
+    }
+    # An order with no first row to fill from is still skipped, with its reason.
+    assert [(e.line, e.reason) for e in by_items.errors] == [(8, "missing time")]
+    assert by_items.summary()["rows_filled_from_order_first_row"] == 3
+    # With the order's total as the amount, the items under it add 0, not the total again;
+    # an order whose first row has no total is not given one by its other rows.
+    by_total = _import(SHOPIFY, ImportConfig(**{**shop, "amount": "Total"}))  # type: ignore[arg-type]
+    assert {e["order_id"]: e["amount"] for e in by_total.events} == {"#1001": 34.9, "#1002": 20.0}
+    assert [(e.line, e.reason) for e in by_total.errors] == [
+        (6, "missing amount"), (7, "missing amount"), (8, "missing time")]
+
+
+def test_blank_cells_are_not_filled_from_another_order() -> None:
+    result = _import("c,o,t,a\nx,1,2024-01-01,5\nx,2,,6\nx,1,,7\n",
+                     ImportConfig(customer="c", time="t", order="o", amount="a"))
+    assert [e["amount"] for e in result.events] == [5.0]
+    assert [(e.line, e.reason) for e in result.errors] == [(3, "missing time"), (4, "missing time")]
+    assert "rows_filled_from_order_first_row" not in result.summary()
