@@ -102,7 +102,10 @@ REFUND_STATUSES = frozenset({
 COMPLETED_STATUSES = frozenset({
     "completed", "complete", "paid", "shipped", "delivered", "fulfilled", "closed", "success",
     "succeeded", "ok", "invoiced", "settled", "captured", "done",
+    "won", "closed_won",  # a CRM's deals
+    "partially_refunded",  # Shopify: paid, then part refunded; the purchase happened
 })
+STATUS_TARGETS = frozenset({"completed", "refunded", "skip"})
 DELIMITERS = {"comma": ",", "semicolon": ";", "tab": "\t", "\\t": "\t", "pipe": "|"}
 
 class ImportFailed(ValueError):
@@ -144,6 +147,8 @@ class ImportConfig:
     channel: str | None = None  # email, sms, push, web, ads; otherwise default_channel
     default_channel: str = "email"
     event_id: str | None = None  # the log's own event id, kept so later replays deduplicate
+    # Status values read otherwise than the built-in words (value -> completed / refunded / skip).
+    statuses: Mapping[str, str] = field(default_factory=dict)
 
     def columns(self) -> list[str]:
         cols = [self.customer, self.time, self.amount, self.order, self.currency, self.status,
@@ -158,6 +163,10 @@ class ImportConfig:
             if target not in TARGETS:
                 raise ImportFailed(f"--map {value}={target}: the action must be one of "
                                    f"{', '.join(sorted(TARGETS))}")
+        for value, target in self.statuses.items():
+            if target not in STATUS_TARGETS:
+                raise ImportFailed(f"--status-map {value}={target}: the status must be one of "
+                                   f"{', '.join(sorted(STATUS_TARGETS))}")
         if self.default_channel not in CHANNELS:
             raise ImportFailed(f"default channel {self.default_channel!r}: one of {', '.join(sorted(CHANNELS))}")
         if not re.fullmatch(r"[A-Za-z]{3}", self.default_currency):
@@ -205,6 +214,7 @@ class ImportResult:
     converted: Counter[str] = field(default_factory=Counter)  # rows converted, by their currency
     types: Counter[str] = field(default_factory=Counter)  # events written by type (event logs)
     unmapped: Counter[str] = field(default_factory=Counter)  # event log action values not read
+    unread_statuses: Counter[str] = field(default_factory=Counter)  # status values read as not a purchase
     amounts: str = ""  # a note when an event log's purchases have no amounts
     date_order: str = "not needed"
     delimiter: str = ","
@@ -214,15 +224,8 @@ class ImportResult:
         return dict(Counter(e.reason.split(":")[0] for e in self.errors).most_common())
 
     def unmapped_actions(self) -> dict[str, int]:
-        """Action values no alias or --map reads, with their row counts.
-
-        Shown only when they look like a vocabulary (at most 20 short values): a column
-        of many values is not actions (a name, an e-mail), and is never echoed.
-        """
-        if len(self.unmapped) > 20 or any(len(v) > 40 for v in self.unmapped):
-            return {f"({len(self.unmapped):,} distinct values: is --action the right column?)":
-                    sum(self.unmapped.values())}
-        return dict(self.unmapped.most_common())
+        """Action values no alias or --map reads, with their row counts (see :func:`_vocabulary`)."""
+        return _vocabulary(self.unmapped, "--action")
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -237,6 +240,8 @@ class ImportResult:
             **({"event_types": dict(self.types.most_common())} if self.types else {}),
             **({"amounts": self.amounts} if self.amounts else {}),
             **({"unmapped_actions": self.unmapped_actions()} if self.unmapped else {}),
+            **({"unread_statuses": _vocabulary(self.unread_statuses, "--status")}
+               if self.unread_statuses else {}),
             "date_order": self.date_order,
             "delimiter": {"\t": "tab"}.get(self.delimiter, self.delimiter),
             "decimal": self.decimal,
@@ -245,8 +250,34 @@ class ImportResult:
         }
 
 
+def _vocabulary(values: Counter[str], option: str) -> dict[str, int]:
+    """Values of a column that were not read, with their row counts, for the summary.
+
+    Shown only when they look like a vocabulary (at most 20 short values without an
+    ``@``): a column of many values is not actions or statuses (a name, an e-mail),
+    and is never echoed.
+
+    >>> _vocabulary(Counter({"processing": 3, "on_hold": 1}), "--status")
+    {'processing': 3, 'on_hold': 1}
+    >>> _vocabulary(Counter({"ann@example.com": 2, "paid": 1}), "--status")
+    {'(2 distinct values: is --status the right column?)': 3}
+    """
+    if len(values) > 20 or any(len(v) > 40 or "@" in v for v in values):
+        return {f"({len(values):,} distinct values: is {option} the right column?)": sum(values.values())}
+    return dict(values.most_common())
+
+
 class RowProblem(ValueError):
     """A cell that cannot be read; the message is the reason shown to the user."""
+
+
+class _NotAPurchase(RowProblem):
+    """A row whose status is neither completed nor refunded; ``value`` is counted, never shown."""
+
+    def __init__(self, value: str) -> None:
+        super().__init__("not a purchase: status is neither completed nor refunded (see unread_statuses "
+                         "in the summary; --status-map VALUE=completed reads it)")
+        self.value = value
 
 
 # ------------------------------------------------------------------- numbers
@@ -593,6 +624,8 @@ def import_transactions(
                 continue
             line = _parse_row(number, row, config, order, zone, seen, kind[1] == "refunded")
         except RowProblem as exc:
+            if isinstance(exc, _NotAPurchase):
+                result.unread_statuses[exc.value] += 1
             result.errors.append(RowError(number, str(exc)))
             continue
         parsed.append(line)
@@ -710,9 +743,22 @@ def _decide_date_order(
     return decided
 
 
-def _status(value: str) -> str | None:
-    """``completed`` / ``refunded`` for a status cell, ``None`` for not-a-purchase."""
-    s = value.strip().lower().replace("-", "_").replace(" ", "_")
+def _norm_status(value: str) -> str:
+    return value.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def _status(value: str, overrides: Mapping[str, str] | None = None) -> str | None:
+    """``completed`` / ``refunded`` / ``skip`` for a status cell, ``None`` for not-a-purchase.
+
+    >>> _status("Closed Won"), _status("partially_refunded"), _status("Cancelled"), _status("pending")
+    ('completed', 'completed', 'refunded', None)
+    >>> _status("Processing", {"processing": "completed"}), _status("on-hold", {"On Hold": "skip"})
+    ('completed', 'skip')
+    """
+    s = _norm_status(value)
+    for told, target in (overrides or {}).items():
+        if _norm_status(told) == s:
+            return target
     if not s or s in COMPLETED_STATUSES:
         return "completed"
     if s in REFUND_STATUSES or s.startswith(("refund", "return", "cancel")):
@@ -801,9 +847,11 @@ def _parse_row(
     refund = (refund_action or amount < 0 or (quantity is not None and quantity < 0)
               or (price is not None and price < 0))
     if config.status:
-        status = _status(row[config.status])
+        status = _status(row[config.status], config.statuses)
         if status is None:
-            raise RowProblem("not a purchase: status is neither completed nor refunded")
+            raise _NotAPurchase(_norm_status(row[config.status]))
+        if status == "skip":
+            raise RowProblem("status skipped (--status-map VALUE=skip)")
         refund = refund or status == "refunded"
     if refund and config.refunds == "skip":
         raise RowProblem("refund skipped (negative amount or quantity, or refund status)")

@@ -124,7 +124,11 @@ def _add_columns(p: Any, event_log: bool) -> None:
                            "repeatable. A row in a currency without a rate is skipped and reported")
     cols.add_argument("--status", metavar="COL",
                       help="status column: refunded/cancelled/returned -> refund, "
-                           "completed/paid/shipped/... -> purchase, anything else skipped")
+                           "completed/paid/shipped/won/... -> purchase, anything else skipped "
+                           "(and counted in the summary's unread_statuses)")
+    cols.add_argument("--status-map", metavar="VALUE=STATUS", action="append", default=[],
+                      help="read a status value as completed, refunded or skip, e.g. "
+                           "processing=completed; repeatable")
     cols.add_argument("--quantity", metavar="COL", help="quantity column (line items)")
     cols.add_argument("--price", metavar="COL", help="unit price column (line items)")
     cols.add_argument("--product", metavar="COL", help="product id column (line items)")
@@ -178,17 +182,20 @@ def _rates(pairs: list[str]) -> dict[str, float]:
     return out
 
 
-def _actions(pairs: list[str]) -> dict[str, str]:
+def _actions(pairs: list[str], option: str = "--map", example: str = "addtobasket=add_to_cart") -> dict[str, str]:
     """``["Newsletter Read=opened"]`` -> ``{"Newsletter Read": "opened"}`` (checked by the config).
 
     >>> _actions(["Newsletter Read = opened", "bookmark=skip"])
     {'Newsletter Read': 'opened', 'bookmark': 'skip'}
+    >>> _actions(["On Hold=Skip"], "--status-map", "processing=completed")
+    {'On Hold': 'skip'}
     """
     out = {}
     for pair in pairs:
         value, sep, action = pair.rpartition("=")
         if not sep or not value.strip():
-            raise ValueError(f"--map {pair!r}: give VALUE=ACTION, e.g. addtobasket=add_to_cart")
+            raise ValueError(f"{option} {pair!r}: give {'VALUE=ACTION' if option == '--map' else 'VALUE=STATUS'}, "
+                             f"e.g. {example}")
         out[value.strip()] = action.strip().lower()
     return out
 
@@ -205,6 +212,7 @@ def cmd_import_transactions(args: argparse.Namespace) -> int:
         extra=tuple(args.extra), time_format=args.time_format, date_order=args.date_order,
         timezone=args.timezone, decimal_comma=args.decimal_comma, refunds=args.refunds,
         convert_to=args.convert_to, rates=_rates(args.rate),
+        statuses=_actions(args.status_map, "--status-map", "processing=completed"),
     )
     if args.command == "import-events":
         config = replace(

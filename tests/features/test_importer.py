@@ -7,6 +7,7 @@ import io
 import json
 import random
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -500,3 +501,33 @@ def test_blank_cells_are_not_filled_from_another_order() -> None:
     assert [e["amount"] for e in result.events] == [5.0]
     assert [(e.line, e.reason) for e in result.errors] == [(3, "missing time"), (4, "missing time")]
     assert "rows_filled_from_order_first_row" not in result.summary()
+
+
+def test_status_values_not_read_are_counted_and_can_be_mapped() -> None:
+    text = """
+deal,contact,closed,amount,stage
+1,ann@example.com,2024-01-01,100,Closed Won
+2,bob@example.com,2024-01-02,50,Processing
+3,ann@example.com,2024-01-03,70,processing
+4,cy@example.com,2024-01-04,20,On Hold
+5,cy@example.com,2024-01-05,20,partially_refunded
+6,bob@example.com,2024-01-06,30,Closed Lost
+"""
+    crm = ImportConfig(customer="contact", time="closed", order="deal", amount="amount", status="stage")
+    result = _import(text, crm)
+    assert [e["order_id"] for e in result.events] == ["1", "5"]
+    summary = result.summary()
+    assert summary["unread_statuses"] == {"processing": 2, "on_hold": 1, "closed_lost": 1}
+    assert summary["skipped_by_reason"] == {"not a purchase": 4}
+    assert "@" not in json.dumps(summary) and all("@" not in e.reason for e in result.errors)
+    told = _import(text, replace(crm, statuses={
+        "Processing": "completed", "on-hold": "skip", "closed lost": "refunded"}))
+    assert [(e["order_id"], e["status"]) for e in told.events] == [
+        ("1", "completed"), ("2", "completed"), ("3", "completed"), ("5", "completed"), ("6", "refunded")]
+    assert told.skipped_by_reason() == {"status skipped (--status-map VALUE=skip)": 1}
+    assert "unread_statuses" not in told.summary()
+    with pytest.raises(ImportFailed, match="--status-map open=maybe"):
+        _import(text, replace(crm, statuses={"open": "maybe"}))
+    # A column of e-mail addresses given as the status is never echoed in the summary.
+    wrong = _import(text, replace(crm, status="contact"))
+    assert wrong.summary()["unread_statuses"] == {"(3 distinct values: is --status the right column?)": 6}

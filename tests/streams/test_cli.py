@@ -84,3 +84,21 @@ def test_a_zip_of_several_files_names_them_and_reads_none(tmp_path: Path) -> Non
         z.writestr("orders.csv", ROWS)
     with pytest.raises(ValueError, match=r"zip archive of 2 files \(customers.csv, orders.csv\)"):
         open_input(path)
+
+
+def test_status_map_reads_a_shop_own_status_words(tmp_path: Path, capsys) -> None:
+    import json
+
+    src = tmp_path / "orders.csv"
+    src.write_text("customer,time,amount,state\nc1,2024-01-02,10,processing\nc2,2024-01-03,12.5,on-hold\n"
+                   "c3,2024-01-04,7,completed\n")
+    out = tmp_path / "orders.jsonl"
+    base = ["import-transactions", str(src), "--customer", "customer", "--time", "time", "--amount", "amount",
+            "--status", "state", "--out", str(out)]
+    assert main(base) == 0
+    assert json.loads(capsys.readouterr().out)["unread_statuses"] == {"processing": 1, "on_hold": 1}
+    assert main([*base, "--status-map", "processing=completed", "--status-map", "On Hold=skip"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["events_written"] == 2 and "unread_statuses" not in summary
+    assert main([*base, "--status-map", "processing"]) != 0
+    assert "--status-map 'processing': give VALUE=STATUS" in capsys.readouterr().err
