@@ -563,8 +563,10 @@ def import_transactions(
     index = {name: i for i, name in reversed(list(enumerate(header)))}
     absent = [c for c in config.columns() if c not in index]
     if absent:
-        shown = ", ".join(header[:30])
-        raise ImportFailed(f"column(s) {', '.join(absent)} not in the header (columns: {shown})")
+        shown = ", ".join(_UNDECODABLE.sub("?", h) for h in header[:30])
+        hint = ("; the header is not valid text in the file's encoding: try --encoding latin-1 or cp1252"
+                if any(_UNDECODABLE.search(h) for h in header) else "")
+        raise ImportFailed(f"column(s) {', '.join(absent)} not in the header (columns: {shown}){hint}")
     raw: list[tuple[int, dict[str, str]]] = []
     evidence: Counter[str] = Counter()
     needs_order = 0
@@ -575,6 +577,10 @@ def import_transactions(
         result.rows += 1
         if progress and result.rows % 10_000 == 0:
             progress(result.rows)
+        if cells[0].strip().lstrip("\ufeff") == header[0] and [c.strip().lstrip("\ufeff") for c in cells] == header:
+            # Exports joined together, each with its own header line.
+            result.errors.append(RowError(number, "the header line repeated"))
+            continue
         if len(cells) != len(header):
             result.errors.append(RowError(number, f"wrong number of fields: {len(cells)}, "
                                                   f"header has {len(header)}"))

@@ -531,3 +531,26 @@ deal,contact,closed,amount,stage
     # A column of e-mail addresses given as the status is never echoed in the summary.
     wrong = _import(text, replace(crm, status="contact"))
     assert wrong.summary()["unread_statuses"] == {"(3 distinct values: is --status the right column?)": 6}
+
+
+def test_a_repeated_header_line_is_skipped_as_such() -> None:
+    # Two monthly exports joined with `cat`: the second's header (with its BOM) sits mid-file.
+    text = "c,t,a\nx,2024-01-01,5\n\ufeffc, t ,a\ny,2024-02-01,6\n\nc,t,a\n"
+    result = _import(text, ImportConfig(customer="c", time="t", amount="a"))
+    assert [e["amount"] for e in result.events] == [5.0, 6.0]
+    assert [(e.line, e.reason) for e in result.errors] == [(3, "the header line repeated"),
+                                                          (6, "the header line repeated")]
+
+
+def test_a_header_in_another_encoding_says_which_encoding_to_try(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("Kunde;Datum;W\xe4hrung;Betrag\nk1;2024-01-01;EUR;5\n".encode("latin-1"))
+    config = ImportConfig(customer="Kunde", time="Datum", amount="Betrag", currency="W\xe4hrung")
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle, \
+            pytest.raises(ImportFailed) as failed:
+        import_transactions(handle, config)
+    assert str(failed.value) == ("column(s) W\xe4hrung not in the header (columns: Kunde, Datum, W?hrung, Betrag); "
+                                 "the header is not valid text in the file's encoding: try --encoding latin-1 "
+                                 "or cp1252")
+    with open(path, encoding="latin-1", newline="") as handle:
+        assert [e["amount"] for e in import_transactions(handle, config).events] == [5.0]
