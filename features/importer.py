@@ -32,7 +32,9 @@ Rules, chosen for what real exports look like:
 - **Time.** ISO 8601 dates and date-times, with or without an offset
   (``2011-12-09``, ``2011-12-09 12:50:00``, ``2011-12-09T12:50:00+01:00``);
   epoch seconds (9-10 digits) or milliseconds (12-13 digits); ``YYYYMMDD``;
-  and slash or dot dates (``12/9/2011 12:50``, ``09.12.2011``). A time without
+  slash, dot or dash dates (``12/9/2011 12:50``, ``09.12.2011``, ``09-12-2011``;
+  dashes with a 4-digit year only); and year-first slash or dot dates
+  (``2011/12/09``, never ambiguous). A time without
   an offset is read in ``timezone`` (UTC unless told). Slash dates are
   ambiguous (is 12/9 the 12th of September or December 9th?): with
   ``date_order="auto"`` the file decides, from rows whose day is above 12; when
@@ -342,10 +344,11 @@ def _bare_number(text: str) -> tuple[str, bool]:
 
 
 # --------------------------------------------------------------------- times
-_SLASH = re.compile(
-    r"(?P<a>\d{1,2})[/.](?P<b>\d{1,2})[/.](?P<y>\d{4}|\d{2})"
-    r"(?:[ T,]+(?P<H>\d{1,2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d{1,6}))?)?\s*(?P<p>[AaPp][Mm])?)?"
-)
+_CLOCK = r"(?:[ T,]+(?P<H>\d{1,2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d{1,6}))?)?\s*(?P<p>[AaPp][Mm])?)?"
+# Day and month in either order, then the year: 12/9/2011, 09.12.2011, 09-12-2011.
+_SLASH = re.compile(r"(?P<a>\d{1,2})(?P<sep>[/.-])(?P<b>\d{1,2})[/.-](?P<y>\d{4}|\d{2})" + _CLOCK)
+# The year first, with slashes or dots (2011/12/09, as Japanese and some ERP exports write it).
+_YMD = re.compile(r"(?P<y>\d{4})[/.](?P<b>\d{1,2})[/.](?P<a>\d{1,2})" + _CLOCK)
 EXCEL_EPOCH = datetime(1899, 12, 30)
 _UTC_SUFFIX = re.compile(r"\s*\b(UTC|GMT)$", re.IGNORECASE)
 # Bytes a file opened with errors="surrogateescape" could not decode.
@@ -370,13 +373,27 @@ def _to_ms(dt: datetime, zone: tzinfo) -> int:
     return ms
 
 
+def _slash(text: str) -> re.Match[str] | None:
+    """A day-month-year or month-day-year date; with dashes only with a 4-digit year.
+
+    12-05-23 could as well be 2012-05-23: such dashes are left to ``--time-format``.
+
+    >>> bool(_slash("09-12-2011 12:50")), bool(_slash("09-12-11")), bool(_slash("9.12.11"))
+    (True, False, True)
+    """
+    m = _SLASH.fullmatch(text)
+    if m and m["sep"] == "-" and len(m["y"]) == 2:
+        return None
+    return m
+
+
 def slash_evidence(text: str) -> str | None:
     """``"dmy"`` / ``"mdy"`` when a slash or dot date settles the order, else ``None``.
 
     >>> slash_evidence("13/12/2011"), slash_evidence("12/13/2011 10:00"), slash_evidence("1/2/2011")
     ('dmy', 'mdy', None)
     """
-    m = _SLASH.fullmatch(text.strip())
+    m = _slash(text.strip())
     if not m:
         return None
     a, b = int(m["a"]), int(m["b"])
@@ -401,6 +418,8 @@ def parse_time(
     (1323435000000, 1323435000000)
     >>> parse_time("12/9/2011 12:50 PM", date_order="mdy")
     1323435000000
+    >>> parse_time("09-12-2011 12:50", date_order="dmy"), parse_time("2011/12/09 12:50")
+    (1323435000000, 1323435000000)
     >>> parse_time("09/12/2011 12:50", "%d/%m/%Y %H:%M")
     1323435000000
     >>> from zoneinfo import ZoneInfo
@@ -443,13 +462,14 @@ def parse_time(
             raise RowProblem("bad time: not a valid date") from None
         raise RowProblem("bad time: a number that is neither epoch seconds (10 digits), "
                          "milliseconds (13 digits) nor YYYYMMDD (use --time-format)")
-    m = _SLASH.fullmatch(s)
+    m = _slash(s)
+    year_first = m is None and (m := _YMD.fullmatch(s)) is not None
     if m:
         a, b, y = int(m["a"]), int(m["b"]), int(m["y"])
         year = y + (2000 if y < 70 else 1900) if len(m["y"]) == 2 else y
         if a > 12 and b > 12:
             raise RowProblem("bad time: neither of the first two numbers can be a month")
-        order = date_order
+        order = "dmy" if year_first else date_order  # _YMD names its day a, its month b
         if order == "auto":
             order = slash_evidence(s) or "auto"  # type: ignore[assignment]
         if order == "auto":
@@ -465,8 +485,8 @@ def parse_time(
             dt = datetime(year, month, day, hour, int(m["M"] or 0), int(m["S"] or 0),
                           int((m["f"] or "0").ljust(6, "0")))
         except ValueError:
-            raise RowProblem(f"bad time: not a valid date as {'day/month' if order == 'dmy' else 'month/day'}"
-                             "/year") from None
+            shape = "year/month/day" if year_first else "day/month/year" if order == "dmy" else "month/day/year"
+            raise RowProblem(f"bad time: not a valid date as {shape}") from None
         return _to_ms(dt, zone)
     s = _UTC_SUFFIX.sub("+00:00", s)  # "2019-10-01 00:00:04 UTC", as warehouse exports write it
     try:
@@ -595,7 +615,7 @@ def import_transactions(
         raw.append((number, row))
         if not config.time_format:
             t = row[config.time].strip()
-            if _SLASH.fullmatch(t):
+            if _slash(t):
                 ev = slash_evidence(t)
                 if ev:
                     evidence[ev] += 1

@@ -143,7 +143,7 @@ def _add_columns(p: Any, event_log: bool) -> None:
                      help="file encoding (default utf-8; latin-1 / cp1252 for older exports)")
     fmt.add_argument("--time-format", metavar="FMT",
                      help="strptime format such as '%%d/%%m/%%Y %%H:%%M', or epoch_s, epoch_ms, excel; "
-                          "default: ISO 8601, epoch, YYYYMMDD and slash dates, guessed per row")
+                          "default: ISO 8601, epoch, YYYYMMDD, 2011/12/09 and slash, dot or dash dates (12/9/2011, 09.12.2011, 09-12-2011), guessed per row")
     fmt.add_argument("--date-order", choices=["auto", "dmy", "mdy"], default="auto",
                      help="how to read slash dates like 12/9/2011 (default: decided by the rows "
                           "whose day is above 12; the import stops if none settles it)")

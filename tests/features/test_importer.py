@@ -196,6 +196,10 @@ def test_cli_reports_line_numbers_without_customer_ids(
     ("13/12/2011", {}, "2011-12-13T00:00:00"),
     ("13.12.11", {}, "2011-12-13T00:00:00"),
     ("12/9/2011 12:50:30 AM", {"date_order": "mdy"}, "2011-12-09T00:50:30"),
+    ("09-12-2011 12:50", {"date_order": "dmy"}, "2011-12-09T12:50:00"),
+    ("13-12-2011", {}, "2011-12-13T00:00:00"),
+    ("2011/12/09 9:05", {}, "2011-12-09T09:05:00"),
+    ("2011.12.09", {"date_order": "mdy"}, "2011-12-09T00:00:00"),  # year first: never ambiguous
     ("09-12-2011 12:50", {"time_format": "%d-%m-%Y %H:%M"}, "2011-12-09T12:50:00"),
     ("1323435000", {"time_format": "epoch_s"}, "2011-12-09T12:50:00"),
     ("1323435000000", {"time_format": "epoch_ms"}, "2011-12-09T12:50:00"),
@@ -220,6 +224,8 @@ def test_parse_time_timezone_for_naive_times_only() -> None:
     ("2011-02-30", {}, "bad time"),
     ("12/9/2011", {}, "ambiguous date"),
     ("13/13/2011", {}, "bad time"),
+    ("13-12-11", {}, "bad time"),  # dashes and a 2-digit year: 2013-12-11 as well
+    ("2011/13/09", {}, "not a valid date as year/month/day"),
     ("1/2/1973", {"date_order": "dmy"}, "time out of range"),
     ("123456", {}, "bad time"),
     ("9/12/2011", {"time_format": "%Y-%m-%d"}, "bad time"),
@@ -324,6 +330,13 @@ def test_slash_dates_decided_by_the_file_or_refused() -> None:
     assert told.events[0]["ts"].startswith("2024-01-02")
     mixed = _import("c,t,a\nx,25/12/2024,1\nx,26/12/2024,1\nx,12/27/2024,1\n", cfg)
     assert [e.line for e in mixed.errors] == [4] and "other way" in mixed.date_order
+
+
+def test_dash_dates_are_decided_by_the_file_like_slash_dates() -> None:
+    cfg = ImportConfig(customer="c", time="t", amount="a")
+    result = _import("c,t,a\nx,01-02-2024 10:00,1\nx,25-12-2024,1\ny,2024/12/26,1\n", cfg)
+    assert [e["ts"][:16] for e in result.events] == ["2024-02-01T10:00", "2024-12-25T00:00", "2024-12-26T00:00"]
+    assert result.date_order == "dmy (from 1 row with a day above 12)" and not result.errors
 
 
 def test_command_errors_are_fatal_row_errors_are_not() -> None:
