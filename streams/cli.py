@@ -217,6 +217,10 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         print("hint: this looks like a CSV table, not JSON Lines events: turn it into purchase events "
               "with 'leadpulse import-transactions' first (see its --help)", file=sys.stderr)
     print(f"report: {path}")
+    written = reports[0].get("customers_out")
+    if written:
+        n = written["customers"]
+        print(f"customers: {written['path']} ({n:,} customer{'s' if n != 1 else ''} scored as of {written['as_of']})")
     return 0
 
 
@@ -286,6 +290,10 @@ def _headline(reports: list[dict[str, Any]]) -> str:
                 f"{_f(b['rule']['auc']):>7}{_f(k['top_bottom_decile_ratio'], 1):>9}"
                 f"   {_f(same.get('auc')):>7}{_f(batch.get('auc')):>7}"
             )
+        for kind, k in rep["kinds"].items():
+            if k["auc"] is None:  # a "-" in the table says nothing of why
+                lines.append(f"  {kind}: no AUC: {k['labels']:,} labels, {k['positives']:,} positive; it needs "
+                             "positive and negative labels both (a longer history or more customers)")
         for kind, k in rep["kinds"].items():
             b = k["baselines"]
             on_rule = b["rule"].get("online_minus_rule_ci95")

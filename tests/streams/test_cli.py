@@ -102,3 +102,19 @@ def test_status_map_reads_a_shop_own_status_words(tmp_path: Path, capsys) -> Non
     assert summary["events_written"] == 2 and "unread_statuses" not in summary
     assert main([*base, "--status-map", "processing"]) != 0
     assert "--status-map 'processing': give VALUE=STATUS" in capsys.readouterr().err
+
+
+def test_backtest_says_why_a_kind_has_no_auc_and_where_the_customers_went(tmp_path: Path, capsys) -> None:
+    # One customer buying daily for four weeks: every propensity label is positive.
+    src = tmp_path / "one.csv"
+    src.write_text("when,who,total\n" + "".join(f"2020-01-{d:02d},solo,{d}.5\n" for d in range(1, 29)))
+    events = tmp_path / "one.jsonl"
+    assert main(["import-transactions", str(src), "--customer", "who", "--time", "when", "--amount", "total",
+                 "--out", str(events)]) == 0
+    capsys.readouterr()
+    customers = tmp_path / "customers.csv"
+    assert main(["backtest", str(events), "--out", str(tmp_path / "bt"), "--customers-out", str(customers)]) == 0
+    out = capsys.readouterr().out
+    assert ("purchase_propensity: no AUC: 3 labels, 3 positive; it needs positive and negative labels both"
+            in out)
+    assert f"customers: {customers} (1 customer scored as of 2020-01-28T00:00:00+00:00)" in out
