@@ -586,6 +586,8 @@ def import_transactions(
         shown = ", ".join(_UNDECODABLE.sub("?", h) for h in header[:30])
         hint = ("; the header is not valid text in the file's encoding: try --encoding latin-1 or cp1252"
                 if any(_UNDECODABLE.search(h) for h in header) else "")
+        if any("\x00" in h for h in header):  # every other byte 0: UTF-16 without its byte order mark
+            hint, shown = "; the file looks like UTF-16 text: try --encoding utf-16-le (or utf-16-be)", shown.replace("\x00", "")
         raise ImportFailed(f"column(s) {', '.join(absent)} not in the header (columns: {shown}){hint}")
     raw: list[tuple[int, dict[str, str]]] = []
     evidence: Counter[str] = Counter()

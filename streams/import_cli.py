@@ -34,6 +34,8 @@ from typing import Any
 from features.actions import CHANNELS, TARGETS
 from streams.cli import EXTRA_PARSERS, command, count_lines, open_input, progress
 
+DEFAULT_ENCODING = "utf-8-sig"  # UTF-8, with or without the byte order mark Excel writes
+
 EXAMPLE = """examples:
   # UCI Online Retail (one row per line item, cancellations have negative quantities)
   leadpulse import-transactions online_retail.csv --customer CustomerID --time InvoiceDate \\
@@ -139,8 +141,9 @@ def _add_columns(p: Any, event_log: bool) -> None:
     fmt = p.add_argument_group("reading")
     fmt.add_argument("--delimiter", default="auto",
                      help="field separator: , ; tab | (default: the header's, the most frequent of these)")
-    fmt.add_argument("--encoding", default="utf-8-sig",
-                     help="file encoding (default utf-8; latin-1 / cp1252 for older exports)")
+    fmt.add_argument("--encoding", default=DEFAULT_ENCODING,
+                     help="file encoding (default utf-8, or utf-16 when the file starts with its byte "
+                          "order mark; latin-1 / cp1252 for older exports)")
     fmt.add_argument("--time-format", metavar="FMT",
                      help="strptime format such as '%%d/%%m/%%Y %%H:%%M', or epoch_s, epoch_ms, excel; "
                           "default: ISO 8601, epoch, YYYYMMDD, 2011/12/09 and slash, dot or dash dates (12/9/2011, 09.12.2011, 09-12-2011), guessed per row")
@@ -200,6 +203,23 @@ def _actions(pairs: list[str], option: str = "--map", example: str = "addtobaske
     return out
 
 
+def _encoding(raw: Any, asked: str) -> str:
+    r"""The encoding to read with: as asked, but UTF-16 for a file that starts with its byte order mark.
+
+    Excel's "Unicode Text" and some Windows tools write UTF-16, which read as UTF-8 is
+    a header of spaced-out letters that matches no column.
+
+    >>> import io
+    >>> _encoding(io.BufferedReader(io.BytesIO("c\tt".encode("utf-16"))), "utf-8-sig")
+    'utf-16'
+    >>> _encoding(io.BufferedReader(io.BytesIO(b"c,t")), "utf-8-sig"), _encoding(io.BytesIO(b"\xff\xfe"), "cp1252")
+    ('utf-8-sig', 'cp1252')
+    """
+    if asked != DEFAULT_ENCODING or not hasattr(raw, "peek"):
+        return asked
+    return "utf-16" if raw.peek(2)[:2] in (b"\xff\xfe", b"\xfe\xff") else asked
+
+
 @command("import-events")
 @command("import-transactions")
 def cmd_import_transactions(args: argparse.Namespace) -> int:
@@ -223,8 +243,12 @@ def cmd_import_transactions(args: argparse.Namespace) -> int:
     stdin = args.file == "-"
     total = count_lines(Path(args.file)) - 1 if sys.stderr.isatty() and not stdin else None
     # surrogateescape: bytes that are not valid in the encoding skip their row, not the file.
-    handle = sys.stdin if stdin else io.TextIOWrapper(
-        open_input(Path(args.file)), encoding=args.encoding, errors="surrogateescape", newline="")
+    if stdin:
+        handle: Any = sys.stdin
+    else:
+        raw = open_input(Path(args.file))
+        handle = io.TextIOWrapper(raw, encoding=_encoding(raw, args.encoding), errors="surrogateescape",
+                                  newline="")
     try:
         with progress("import", total) as tick:
             result = import_transactions(handle, config, delimiter=args.delimiter, progress=tick)

@@ -118,3 +118,23 @@ def test_backtest_says_why_a_kind_has_no_auc_and_where_the_customers_went(tmp_pa
     assert ("purchase_propensity: no AUC: 3 labels, 3 positive; it needs positive and negative labels both"
             in out)
     assert f"customers: {customers} (1 customer scored as of 2020-01-28T00:00:00+00:00)" in out
+
+
+def test_utf16_exports_are_read_by_their_byte_order_mark(tmp_path: Path, capsys) -> None:
+    # Excel's "Unicode Text": UTF-16 with a byte order mark, tab-separated, Windows line ends.
+    text = "customer\ttime\tamount\r\nJosé\t2024-01-02\t10,50\r\nc2\t2024-01-03\t7\r\n"
+    out = tmp_path / "orders.jsonl"
+    for name, data in (("le.txt", text.encode("utf-16")), ("be.txt", b"\xfe\xff" + text.encode("utf-16-be")),
+                       ("packed.txt.gz", gzip.compress(text.encode("utf-16")))):
+        (tmp_path / name).write_bytes(data)
+        assert main(["import-transactions", str(tmp_path / name), "--customer", "customer", "--time", "time",
+                     "--amount", "amount", "--out", str(out)]) == 0
+        assert [line.split('"amount":')[1].split(",")[0] for line in out.read_text().splitlines()] == ["10.5", "7.0"]
+    # Without the mark it is not guessed, but the error says what to try, without the NULs.
+    (tmp_path / "bare.txt").write_bytes(text.encode("utf-16-le"))
+    capsys.readouterr()
+    assert main(["import-transactions", str(tmp_path / "bare.txt"), "--customer", "customer", "--time", "time",
+                 "--amount", "amount", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.endswith(
+        "(columns: customer, time, amount); the file looks like UTF-16 text: try --encoding utf-16-le "
+        "(or utf-16-be)\n")
