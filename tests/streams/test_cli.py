@@ -138,3 +138,25 @@ def test_utf16_exports_are_read_by_their_byte_order_mark(tmp_path: Path, capsys)
     assert capsys.readouterr().err.endswith(
         "(columns: customer, time, amount); the file looks like UTF-16 text: try --encoding utf-16-le "
         "(or utf-16-be)\n")
+
+
+def test_a_closed_stdout_ends_the_command_quietly(tmp_path: Path) -> None:
+    # `leadpulse import-transactions ... | head -3`: head may be gone before the summary is printed.
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "orders.csv"
+    src.write_bytes(ROWS)
+    read, write = os.pipe()
+    os.close(read)  # no reader: the first write to stdout fails
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", "import sys; from streams.cli import main; sys.exit(main(sys.argv[1:]))",
+             "import-transactions", str(src), "--customer", "customer", "--time", "time", "--amount", "amount",
+             "--out", str(tmp_path / "o.jsonl")],
+            stdout=write, stderr=subprocess.PIPE, cwd=Path(__file__).parents[2], check=False)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, b"")
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 2
