@@ -32,7 +32,9 @@ Rules, chosen for what real exports look like:
 - **Time.** ISO 8601 dates and date-times, with or without an offset
   (``2011-12-09``, ``2011-12-09 12:50:00``, ``2011-12-09T12:50:00+01:00``);
   epoch seconds (9-10 digits) or milliseconds (12-13 digits); ``YYYYMMDD``;
-  and slash or dot dates (``12/9/2011 12:50``, ``09.12.2011``). A time without
+  slash, dot or dash dates (``12/9/2011 12:50``, ``09.12.2011``, ``09-12-2011``;
+  dashes with a 4-digit year only); and year-first slash or dot dates
+  (``2011/12/09``, never ambiguous). A time without
   an offset is read in ``timezone`` (UTC unless told). Slash dates are
   ambiguous (is 12/9 the 12th of September or December 9th?): with
   ``date_order="auto"`` the file decides, from rows whose day is above 12; when
@@ -102,7 +104,10 @@ REFUND_STATUSES = frozenset({
 COMPLETED_STATUSES = frozenset({
     "completed", "complete", "paid", "shipped", "delivered", "fulfilled", "closed", "success",
     "succeeded", "ok", "invoiced", "settled", "captured", "done",
+    "won", "closed_won",  # a CRM's deals
+    "partially_refunded",  # Shopify: paid, then part refunded; the purchase happened
 })
+STATUS_TARGETS = frozenset({"completed", "refunded", "skip"})
 DELIMITERS = {"comma": ",", "semicolon": ";", "tab": "\t", "\\t": "\t", "pipe": "|"}
 
 class ImportFailed(ValueError):
@@ -144,6 +149,8 @@ class ImportConfig:
     channel: str | None = None  # email, sms, push, web, ads; otherwise default_channel
     default_channel: str = "email"
     event_id: str | None = None  # the log's own event id, kept so later replays deduplicate
+    # Status values read otherwise than the built-in words (value -> completed / refunded / skip).
+    statuses: Mapping[str, str] = field(default_factory=dict)
 
     def columns(self) -> list[str]:
         cols = [self.customer, self.time, self.amount, self.order, self.currency, self.status,
@@ -158,6 +165,10 @@ class ImportConfig:
             if target not in TARGETS:
                 raise ImportFailed(f"--map {value}={target}: the action must be one of "
                                    f"{', '.join(sorted(TARGETS))}")
+        for value, target in self.statuses.items():
+            if target not in STATUS_TARGETS:
+                raise ImportFailed(f"--status-map {value}={target}: the status must be one of "
+                                   f"{', '.join(sorted(STATUS_TARGETS))}")
         if self.default_channel not in CHANNELS:
             raise ImportFailed(f"default channel {self.default_channel!r}: one of {', '.join(sorted(CHANNELS))}")
         if not re.fullmatch(r"[A-Za-z]{3}", self.default_currency):
@@ -201,9 +212,11 @@ class ImportResult:
     rows: int = 0
     refund_events: int = 0
     identical_rows: int = 0
+    filled_rows: int = 0  # line items whose blank order-level cells came from the order's first row
     converted: Counter[str] = field(default_factory=Counter)  # rows converted, by their currency
     types: Counter[str] = field(default_factory=Counter)  # events written by type (event logs)
     unmapped: Counter[str] = field(default_factory=Counter)  # event log action values not read
+    unread_statuses: Counter[str] = field(default_factory=Counter)  # status values read as not a purchase
     amounts: str = ""  # a note when an event log's purchases have no amounts
     date_order: str = "not needed"
     delimiter: str = ","
@@ -213,15 +226,8 @@ class ImportResult:
         return dict(Counter(e.reason.split(":")[0] for e in self.errors).most_common())
 
     def unmapped_actions(self) -> dict[str, int]:
-        """Action values no alias or --map reads, with their row counts.
-
-        Shown only when they look like a vocabulary (at most 20 short values): a column
-        of many values is not actions (a name, an e-mail), and is never echoed.
-        """
-        if len(self.unmapped) > 20 or any(len(v) > 40 for v in self.unmapped):
-            return {f"({len(self.unmapped):,} distinct values: is --action the right column?)":
-                    sum(self.unmapped.values())}
-        return dict(self.unmapped.most_common())
+        """Action values no alias or --map reads, with their row counts (see :func:`_vocabulary`)."""
+        return _vocabulary(self.unmapped, "--action")
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -231,10 +237,13 @@ class ImportResult:
             "rows_skipped": len(self.errors),
             "skipped_by_reason": self.skipped_by_reason(),
             "identical_rows": self.identical_rows,
+            **({"rows_filled_from_order_first_row": self.filled_rows} if self.filled_rows else {}),
             **({"converted_rows": dict(self.converted.most_common())} if self.converted else {}),
             **({"event_types": dict(self.types.most_common())} if self.types else {}),
             **({"amounts": self.amounts} if self.amounts else {}),
             **({"unmapped_actions": self.unmapped_actions()} if self.unmapped else {}),
+            **({"unread_statuses": _vocabulary(self.unread_statuses, "--status")}
+               if self.unread_statuses else {}),
             "date_order": self.date_order,
             "delimiter": {"\t": "tab"}.get(self.delimiter, self.delimiter),
             "decimal": self.decimal,
@@ -243,8 +252,34 @@ class ImportResult:
         }
 
 
+def _vocabulary(values: Counter[str], option: str) -> dict[str, int]:
+    """Values of a column that were not read, with their row counts, for the summary.
+
+    Shown only when they look like a vocabulary (at most 20 short values without an
+    ``@``): a column of many values is not actions or statuses (a name, an e-mail),
+    and is never echoed.
+
+    >>> _vocabulary(Counter({"processing": 3, "on_hold": 1}), "--status")
+    {'processing': 3, 'on_hold': 1}
+    >>> _vocabulary(Counter({"ann@example.com": 2, "paid": 1}), "--status")
+    {'(2 distinct values: is --status the right column?)': 3}
+    """
+    if len(values) > 20 or any(len(v) > 40 or "@" in v for v in values):
+        return {f"({len(values):,} distinct values: is {option} the right column?)": sum(values.values())}
+    return dict(values.most_common())
+
+
 class RowProblem(ValueError):
     """A cell that cannot be read; the message is the reason shown to the user."""
+
+
+class _NotAPurchase(RowProblem):
+    """A row whose status is neither completed nor refunded; ``value`` is counted, never shown."""
+
+    def __init__(self, value: str) -> None:
+        super().__init__("not a purchase: status is neither completed nor refunded (see unread_statuses "
+                         "in the summary; --status-map VALUE=completed reads it)")
+        self.value = value
 
 
 # ------------------------------------------------------------------- numbers
@@ -309,10 +344,11 @@ def _bare_number(text: str) -> tuple[str, bool]:
 
 
 # --------------------------------------------------------------------- times
-_SLASH = re.compile(
-    r"(?P<a>\d{1,2})[/.](?P<b>\d{1,2})[/.](?P<y>\d{4}|\d{2})"
-    r"(?:[ T,]+(?P<H>\d{1,2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d{1,6}))?)?\s*(?P<p>[AaPp][Mm])?)?"
-)
+_CLOCK = r"(?:[ T,]+(?P<H>\d{1,2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d{1,6}))?)?\s*(?P<p>[AaPp][Mm])?)?"
+# Day and month in either order, then the year: 12/9/2011, 09.12.2011, 09-12-2011.
+_SLASH = re.compile(r"(?P<a>\d{1,2})(?P<sep>[/.-])(?P<b>\d{1,2})[/.-](?P<y>\d{4}|\d{2})" + _CLOCK)
+# The year first, with slashes or dots (2011/12/09, as Japanese and some ERP exports write it).
+_YMD = re.compile(r"(?P<y>\d{4})[/.](?P<b>\d{1,2})[/.](?P<a>\d{1,2})" + _CLOCK)
 EXCEL_EPOCH = datetime(1899, 12, 30)
 _UTC_SUFFIX = re.compile(r"\s*\b(UTC|GMT)$", re.IGNORECASE)
 # Bytes a file opened with errors="surrogateescape" could not decode.
@@ -337,13 +373,27 @@ def _to_ms(dt: datetime, zone: tzinfo) -> int:
     return ms
 
 
+def _slash(text: str) -> re.Match[str] | None:
+    """A day-month-year or month-day-year date; with dashes only with a 4-digit year.
+
+    12-05-23 could as well be 2012-05-23: such dashes are left to ``--time-format``.
+
+    >>> bool(_slash("09-12-2011 12:50")), bool(_slash("09-12-11")), bool(_slash("9.12.11"))
+    (True, False, True)
+    """
+    m = _SLASH.fullmatch(text)
+    if m and m["sep"] == "-" and len(m["y"]) == 2:
+        return None
+    return m
+
+
 def slash_evidence(text: str) -> str | None:
     """``"dmy"`` / ``"mdy"`` when a slash or dot date settles the order, else ``None``.
 
     >>> slash_evidence("13/12/2011"), slash_evidence("12/13/2011 10:00"), slash_evidence("1/2/2011")
     ('dmy', 'mdy', None)
     """
-    m = _SLASH.fullmatch(text.strip())
+    m = _slash(text.strip())
     if not m:
         return None
     a, b = int(m["a"]), int(m["b"])
@@ -368,6 +418,8 @@ def parse_time(
     (1323435000000, 1323435000000)
     >>> parse_time("12/9/2011 12:50 PM", date_order="mdy")
     1323435000000
+    >>> parse_time("09-12-2011 12:50", date_order="dmy"), parse_time("2011/12/09 12:50")
+    (1323435000000, 1323435000000)
     >>> parse_time("09/12/2011 12:50", "%d/%m/%Y %H:%M")
     1323435000000
     >>> from zoneinfo import ZoneInfo
@@ -410,13 +462,14 @@ def parse_time(
             raise RowProblem("bad time: not a valid date") from None
         raise RowProblem("bad time: a number that is neither epoch seconds (10 digits), "
                          "milliseconds (13 digits) nor YYYYMMDD (use --time-format)")
-    m = _SLASH.fullmatch(s)
+    m = _slash(s)
+    year_first = m is None and (m := _YMD.fullmatch(s)) is not None
     if m:
         a, b, y = int(m["a"]), int(m["b"]), int(m["y"])
         year = y + (2000 if y < 70 else 1900) if len(m["y"]) == 2 else y
         if a > 12 and b > 12:
             raise RowProblem("bad time: neither of the first two numbers can be a month")
-        order = date_order
+        order = "dmy" if year_first else date_order  # _YMD names its day a, its month b
         if order == "auto":
             order = slash_evidence(s) or "auto"  # type: ignore[assignment]
         if order == "auto":
@@ -432,8 +485,8 @@ def parse_time(
             dt = datetime(year, month, day, hour, int(m["M"] or 0), int(m["S"] or 0),
                           int((m["f"] or "0").ljust(6, "0")))
         except ValueError:
-            raise RowProblem(f"bad time: not a valid date as {'day/month' if order == 'dmy' else 'month/day'}"
-                             "/year") from None
+            shape = "year/month/day" if year_first else "day/month/year" if order == "dmy" else "month/day/year"
+            raise RowProblem(f"bad time: not a valid date as {shape}") from None
         return _to_ms(dt, zone)
     s = _UTC_SUFFIX.sub("+00:00", s)  # "2019-10-01 00:00:04 UTC", as warehouse exports write it
     try:
@@ -530,17 +583,26 @@ def import_transactions(
     index = {name: i for i, name in reversed(list(enumerate(header)))}
     absent = [c for c in config.columns() if c not in index]
     if absent:
-        shown = ", ".join(header[:30])
-        raise ImportFailed(f"column(s) {', '.join(absent)} not in the header (columns: {shown})")
+        shown = ", ".join(_UNDECODABLE.sub("?", h) for h in header[:30])
+        hint = ("; the header is not valid text in the file's encoding: try --encoding latin-1 or cp1252"
+                if any(_UNDECODABLE.search(h) for h in header) else "")
+        if any("\x00" in h for h in header):  # every other byte 0: UTF-16 without its byte order mark
+            hint, shown = "; the file looks like UTF-16 text: try --encoding utf-16-le (or utf-16-be)", shown.replace("\x00", "")
+        raise ImportFailed(f"column(s) {', '.join(absent)} not in the header (columns: {shown}){hint}")
     raw: list[tuple[int, dict[str, str]]] = []
     evidence: Counter[str] = Counter()
     needs_order = 0
+    first_row: dict[str, str] = {}  # the current order's first row (see _fill_from_order)
     for number, cells in records:
         if not any(c.strip() for c in cells):
             continue  # blank line
         result.rows += 1
         if progress and result.rows % 10_000 == 0:
             progress(result.rows)
+        if cells[0].strip().lstrip("\ufeff") == header[0] and [c.strip().lstrip("\ufeff") for c in cells] == header:
+            # Exports joined together, each with its own header line.
+            result.errors.append(RowError(number, "the header line repeated"))
+            continue
         if len(cells) != len(header):
             result.errors.append(RowError(number, f"wrong number of fields: {len(cells)}, "
                                                   f"header has {len(header)}"))
@@ -550,10 +612,12 @@ def import_transactions(
             result.errors.append(RowError(number, "not valid text in the file's encoding "
                                                   "(try --encoding latin-1 or cp1252)"))
             continue
+        if config.order:
+            first_row = _fill_from_order(row, first_row, config, result)
         raw.append((number, row))
         if not config.time_format:
             t = row[config.time].strip()
-            if _SLASH.fullmatch(t):
+            if _slash(t):
                 ev = slash_evidence(t)
                 if ev:
                     evidence[ev] += 1
@@ -588,6 +652,8 @@ def import_transactions(
                 continue
             line = _parse_row(number, row, config, order, zone, seen, kind[1] == "refunded")
         except RowProblem as exc:
+            if isinstance(exc, _NotAPurchase):
+                result.unread_statuses[exc.value] += 1
             result.errors.append(RowError(number, str(exc)))
             continue
         parsed.append(line)
@@ -602,6 +668,45 @@ def import_transactions(
         result.types = Counter(e["type"] for e in result.events)
     result.errors.sort(key=lambda e: e.line)
     return result
+
+
+def _fill_from_order(
+    row: dict[str, str], first: dict[str, str], config: ImportConfig, result: ImportResult
+) -> dict[str, str]:
+    """Fill a line item's blank order-level cells from the first row of its order; returns that row.
+
+    Shop exports (Shopify's orders export among them) write the order's time, status,
+    currency and total on its first row only, and leave them blank on the rows of its
+    other line items. Read as they are, those rows would be skipped ("missing time"),
+    and an order's amount from prices x quantities would silently be its first item's.
+    Only the rows right under the first row, with the same order id, are filled, so a
+    file in any other order is read as before. A blank total under a filled one is 0:
+    the order's total is on its first row, and summing it again would count it twice.
+
+    >>> cfg = ImportConfig(customer="c", time="t", order="o", amount="total", status="s")
+    >>> result = ImportResult()
+    >>> first = _fill_from_order({"c": "a", "o": "#1", "t": "2024-01-02", "total": "30", "s": "paid"},
+    ...                          {}, cfg, result)
+    >>> line = {"c": "a", "o": "#1", "t": "", "total": "", "s": ""}
+    >>> _ = _fill_from_order(line, first, cfg, result)
+    >>> line, result.filled_rows
+    ({'c': 'a', 'o': '#1', 't': '2024-01-02', 'total': '0', 's': 'paid'}, 1)
+    """
+    assert config.order is not None
+    order_id = _clean_id(row[config.order])
+    if not order_id or not first or _clean_id(first[config.order]) != order_id:
+        return row
+    blank = [c for c in (config.customer, config.time, config.status, config.currency)
+             if c and not row[c].strip() and first[c].strip()]
+    for c in blank:
+        row[c] = first[c]
+    total = config.amount and not row[config.amount].strip() and first[config.amount].strip()
+    if total:
+        assert config.amount is not None
+        row[config.amount] = "0"
+    if blank or total:
+        result.filled_rows += 1
+    return first
 
 
 # Of a number's bare form (_bare_number): what parse_number reads past currency and sign.
@@ -666,9 +771,22 @@ def _decide_date_order(
     return decided
 
 
-def _status(value: str) -> str | None:
-    """``completed`` / ``refunded`` for a status cell, ``None`` for not-a-purchase."""
-    s = value.strip().lower().replace("-", "_").replace(" ", "_")
+def _norm_status(value: str) -> str:
+    return value.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def _status(value: str, overrides: Mapping[str, str] | None = None) -> str | None:
+    """``completed`` / ``refunded`` / ``skip`` for a status cell, ``None`` for not-a-purchase.
+
+    >>> _status("Closed Won"), _status("partially_refunded"), _status("Cancelled"), _status("pending")
+    ('completed', 'completed', 'refunded', None)
+    >>> _status("Processing", {"processing": "completed"}), _status("on-hold", {"On Hold": "skip"})
+    ('completed', 'skip')
+    """
+    s = _norm_status(value)
+    for told, target in (overrides or {}).items():
+        if _norm_status(told) == s:
+            return target
     if not s or s in COMPLETED_STATUSES:
         return "completed"
     if s in REFUND_STATUSES or s.startswith(("refund", "return", "cancel")):
@@ -757,9 +875,11 @@ def _parse_row(
     refund = (refund_action or amount < 0 or (quantity is not None and quantity < 0)
               or (price is not None and price < 0))
     if config.status:
-        status = _status(row[config.status])
+        status = _status(row[config.status], config.statuses)
         if status is None:
-            raise RowProblem("not a purchase: status is neither completed nor refunded")
+            raise _NotAPurchase(_norm_status(row[config.status]))
+        if status == "skip":
+            raise RowProblem("status skipped (--status-map VALUE=skip)")
         refund = refund or status == "refunded"
     if refund and config.refunds == "skip":
         raise RowProblem("refund skipped (negative amount or quantity, or refund status)")

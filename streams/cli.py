@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -217,6 +218,10 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         print("hint: this looks like a CSV table, not JSON Lines events: turn it into purchase events "
               "with 'leadpulse import-transactions' first (see its --help)", file=sys.stderr)
     print(f"report: {path}")
+    written = reports[0].get("customers_out")
+    if written:
+        n = written["customers"]
+        print(f"customers: {written['path']} ({n:,} customer{'s' if n != 1 else ''} scored as of {written['as_of']})")
     return 0
 
 
@@ -286,6 +291,10 @@ def _headline(reports: list[dict[str, Any]]) -> str:
                 f"{_f(b['rule']['auc']):>7}{_f(k['top_bottom_decile_ratio'], 1):>9}"
                 f"   {_f(same.get('auc')):>7}{_f(batch.get('auc')):>7}"
             )
+        for kind, k in rep["kinds"].items():
+            if k["auc"] is None:  # a "-" in the table says nothing of why
+                lines.append(f"  {kind}: no AUC: {k['labels']:,} labels, {k['positives']:,} positive; it needs "
+                             "positive and negative labels both (a longer history or more customers)")
         for kind, k in rep["kinds"].items():
             b = k["baselines"]
             on_rule = b["rule"].get("online_minus_rule_ci95")
@@ -443,6 +452,11 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Whoever read stdout went away (| head): stop quietly, as other command line tools do,
+        # and point stdout at nothing so the flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (FileNotFoundError, ValueError) as exc:
         print(f"leadpulse {args.command}: {exc}", file=sys.stderr)
         return 2

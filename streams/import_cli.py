@@ -34,6 +34,8 @@ from typing import Any
 from features.actions import CHANNELS, TARGETS
 from streams.cli import EXTRA_PARSERS, command, count_lines, open_input, progress
 
+DEFAULT_ENCODING = "utf-8-sig"  # UTF-8, with or without the byte order mark Excel writes
+
 EXAMPLE = """examples:
   # UCI Online Retail (one row per line item, cancellations have negative quantities)
   leadpulse import-transactions online_retail.csv --customer CustomerID --time InvoiceDate \\
@@ -124,7 +126,11 @@ def _add_columns(p: Any, event_log: bool) -> None:
                            "repeatable. A row in a currency without a rate is skipped and reported")
     cols.add_argument("--status", metavar="COL",
                       help="status column: refunded/cancelled/returned -> refund, "
-                           "completed/paid/shipped/... -> purchase, anything else skipped")
+                           "completed/paid/shipped/won/... -> purchase, anything else skipped "
+                           "(and counted in the summary's unread_statuses)")
+    cols.add_argument("--status-map", metavar="VALUE=STATUS", action="append", default=[],
+                      help="read a status value as completed, refunded or skip, e.g. "
+                           "processing=completed; repeatable")
     cols.add_argument("--quantity", metavar="COL", help="quantity column (line items)")
     cols.add_argument("--price", metavar="COL", help="unit price column (line items)")
     cols.add_argument("--product", metavar="COL", help="product id column (line items)")
@@ -135,11 +141,12 @@ def _add_columns(p: Any, event_log: bool) -> None:
     fmt = p.add_argument_group("reading")
     fmt.add_argument("--delimiter", default="auto",
                      help="field separator: , ; tab | (default: the header's, the most frequent of these)")
-    fmt.add_argument("--encoding", default="utf-8-sig",
-                     help="file encoding (default utf-8; latin-1 / cp1252 for older exports)")
+    fmt.add_argument("--encoding", default=DEFAULT_ENCODING,
+                     help="file encoding (default utf-8, or utf-16 when the file starts with its byte "
+                          "order mark; latin-1 / cp1252 for older exports)")
     fmt.add_argument("--time-format", metavar="FMT",
                      help="strptime format such as '%%d/%%m/%%Y %%H:%%M', or epoch_s, epoch_ms, excel; "
-                          "default: ISO 8601, epoch, YYYYMMDD and slash dates, guessed per row")
+                          "default: ISO 8601, epoch, YYYYMMDD, 2011/12/09 and slash, dot or dash dates (12/9/2011, 09.12.2011, 09-12-2011), guessed per row")
     fmt.add_argument("--date-order", choices=["auto", "dmy", "mdy"], default="auto",
                      help="how to read slash dates like 12/9/2011 (default: decided by the rows "
                           "whose day is above 12; the import stops if none settles it)")
@@ -178,19 +185,39 @@ def _rates(pairs: list[str]) -> dict[str, float]:
     return out
 
 
-def _actions(pairs: list[str]) -> dict[str, str]:
+def _actions(pairs: list[str], option: str = "--map", example: str = "addtobasket=add_to_cart") -> dict[str, str]:
     """``["Newsletter Read=opened"]`` -> ``{"Newsletter Read": "opened"}`` (checked by the config).
 
     >>> _actions(["Newsletter Read = opened", "bookmark=skip"])
     {'Newsletter Read': 'opened', 'bookmark': 'skip'}
+    >>> _actions(["On Hold=Skip"], "--status-map", "processing=completed")
+    {'On Hold': 'skip'}
     """
     out = {}
     for pair in pairs:
         value, sep, action = pair.rpartition("=")
         if not sep or not value.strip():
-            raise ValueError(f"--map {pair!r}: give VALUE=ACTION, e.g. addtobasket=add_to_cart")
+            raise ValueError(f"{option} {pair!r}: give {'VALUE=ACTION' if option == '--map' else 'VALUE=STATUS'}, "
+                             f"e.g. {example}")
         out[value.strip()] = action.strip().lower()
     return out
+
+
+def _encoding(raw: Any, asked: str) -> str:
+    r"""The encoding to read with: as asked, but UTF-16 for a file that starts with its byte order mark.
+
+    Excel's "Unicode Text" and some Windows tools write UTF-16, which read as UTF-8 is
+    a header of spaced-out letters that matches no column.
+
+    >>> import io
+    >>> _encoding(io.BufferedReader(io.BytesIO("c\tt".encode("utf-16"))), "utf-8-sig")
+    'utf-16'
+    >>> _encoding(io.BufferedReader(io.BytesIO(b"c,t")), "utf-8-sig"), _encoding(io.BytesIO(b"\xff\xfe"), "cp1252")
+    ('utf-8-sig', 'cp1252')
+    """
+    if asked != DEFAULT_ENCODING or not hasattr(raw, "peek"):
+        return asked
+    return "utf-16" if raw.peek(2)[:2] in (b"\xff\xfe", b"\xfe\xff") else asked
 
 
 @command("import-events")
@@ -205,6 +232,7 @@ def cmd_import_transactions(args: argparse.Namespace) -> int:
         extra=tuple(args.extra), time_format=args.time_format, date_order=args.date_order,
         timezone=args.timezone, decimal_comma=args.decimal_comma, refunds=args.refunds,
         convert_to=args.convert_to, rates=_rates(args.rate),
+        statuses=_actions(args.status_map, "--status-map", "processing=completed"),
     )
     if args.command == "import-events":
         config = replace(
@@ -215,8 +243,12 @@ def cmd_import_transactions(args: argparse.Namespace) -> int:
     stdin = args.file == "-"
     total = count_lines(Path(args.file)) - 1 if sys.stderr.isatty() and not stdin else None
     # surrogateescape: bytes that are not valid in the encoding skip their row, not the file.
-    handle = sys.stdin if stdin else io.TextIOWrapper(
-        open_input(Path(args.file)), encoding=args.encoding, errors="surrogateescape", newline="")
+    if stdin:
+        handle: Any = sys.stdin
+    else:
+        raw = open_input(Path(args.file))
+        handle = io.TextIOWrapper(raw, encoding=_encoding(raw, args.encoding), errors="surrogateescape",
+                                  newline="")
     try:
         with progress("import", total) as tick:
             result = import_transactions(handle, config, delimiter=args.delimiter, progress=tick)

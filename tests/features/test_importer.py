@@ -7,6 +7,7 @@ import io
 import json
 import random
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,9 @@ def _history(rows: int = 10_000, broken: int = 100, seed: int = 42) -> tuple[str
     reasons: dict[int, str] = {}
     for i in broken_at:
         reason, breaker = rng.choice(BREAKERS)
+        while reason.startswith("missing ") and reason != "missing price" and i and data[i - 1][0] == data[i][0]:
+            # A line item's blank time or customer is its order's (_fill_from_order): not broken.
+            reason, breaker = rng.choice(BREAKERS)
         breaker(data[i])
         reasons[i] = reason
     chunks: list[str] = []
@@ -192,6 +196,10 @@ def test_cli_reports_line_numbers_without_customer_ids(
     ("13/12/2011", {}, "2011-12-13T00:00:00"),
     ("13.12.11", {}, "2011-12-13T00:00:00"),
     ("12/9/2011 12:50:30 AM", {"date_order": "mdy"}, "2011-12-09T00:50:30"),
+    ("09-12-2011 12:50", {"date_order": "dmy"}, "2011-12-09T12:50:00"),
+    ("13-12-2011", {}, "2011-12-13T00:00:00"),
+    ("2011/12/09 9:05", {}, "2011-12-09T09:05:00"),
+    ("2011.12.09", {"date_order": "mdy"}, "2011-12-09T00:00:00"),  # year first: never ambiguous
     ("09-12-2011 12:50", {"time_format": "%d-%m-%Y %H:%M"}, "2011-12-09T12:50:00"),
     ("1323435000", {"time_format": "epoch_s"}, "2011-12-09T12:50:00"),
     ("1323435000000", {"time_format": "epoch_ms"}, "2011-12-09T12:50:00"),
@@ -216,6 +224,8 @@ def test_parse_time_timezone_for_naive_times_only() -> None:
     ("2011-02-30", {}, "bad time"),
     ("12/9/2011", {}, "ambiguous date"),
     ("13/13/2011", {}, "bad time"),
+    ("13-12-11", {}, "bad time"),  # dashes and a 2-digit year: 2013-12-11 as well
+    ("2011/13/09", {}, "not a valid date as year/month/day"),
     ("1/2/1973", {"date_order": "dmy"}, "time out of range"),
     ("123456", {}, "bad time"),
     ("9/12/2011", {"time_format": "%Y-%m-%d"}, "bad time"),
@@ -320,6 +330,13 @@ def test_slash_dates_decided_by_the_file_or_refused() -> None:
     assert told.events[0]["ts"].startswith("2024-01-02")
     mixed = _import("c,t,a\nx,25/12/2024,1\nx,26/12/2024,1\nx,12/27/2024,1\n", cfg)
     assert [e.line for e in mixed.errors] == [4] and "other way" in mixed.date_order
+
+
+def test_dash_dates_are_decided_by_the_file_like_slash_dates() -> None:
+    cfg = ImportConfig(customer="c", time="t", amount="a")
+    result = _import("c,t,a\nx,01-02-2024 10:00,1\nx,25-12-2024,1\ny,2024/12/26,1\n", cfg)
+    assert [e["ts"][:16] for e in result.events] == ["2024-02-01T10:00", "2024-12-25T00:00", "2024-12-26T00:00"]
+    assert result.date_order == "dmy (from 1 row with a day above 12)" and not result.errors
 
 
 def test_command_errors_are_fatal_row_errors_are_not() -> None:
@@ -453,3 +470,100 @@ def test_cli_converts_currencies_and_then_backtest_scores_each_customer(
     assert report["purchase_currencies"] == {"EUR": 120}
     lines = customers.read_text().splitlines()
     assert lines[0].startswith("customer_id,as_of,purchase_propensity_value") and len(lines) == 41
+
+
+SHOPIFY = """
+Name,Email,Financial Status,Created at,Total,Currency,Lineitem quantity,Lineitem price,Lineitem name
+#1002,b@example.com,refunded,2023-04-06 09:00:00 +0200,20.00,EUR,1,20.00,Mug
+#1001,a@example.com,paid,2023-04-05 13:22:10 +0200,34.90,USD,2,10.00,Cup
+#1001,a@example.com,,,,,1,9.90,Plate
+#1001,a@example.com,,,,,1,5.00,Spoon
+#1003,c@example.com,paid,2023-04-07 10:00:00 +0200,,EUR,1,3.00,Fork
+#1003,c@example.com,,,,,1,4.00,Knife
+#1004,d@example.com,,,,,1,1.00,Bowl
+"""
+
+
+def test_line_items_take_the_order_fields_of_the_order_first_row() -> None:
+    # Shopify's orders export: time, status, currency and total on an order's first row only.
+    shop = dict(customer="Email", time="Created at", order="Name", status="Financial Status",
+                currency="Currency", quantity="Lineitem quantity", price="Lineitem price",
+                product="Lineitem name")
+    by_items = _import(SHOPIFY, ImportConfig(**shop))  # type: ignore[arg-type]
+    got = {e["order_id"]: (e["amount"], e["currency"], e["status"], e["ts"], len(e["items"]))
+           for e in by_items.events}
+    assert got == {
+        "#1001": (34.9, "USD", "completed", "2023-04-05T11:22:10.000+00:00", 3),
+        "#1002": (20.0, "EUR", "refunded", "2023-04-06T07:00:00.000+00:00", 1),
+        "#1003": (7.0, "EUR", "completed", "2023-04-07T08:00:00.000+00:00", 2),
+    }
+    # An order with no first row to fill from is still skipped, with its reason.
+    assert [(e.line, e.reason) for e in by_items.errors] == [(8, "missing time")]
+    assert by_items.summary()["rows_filled_from_order_first_row"] == 3
+    # With the order's total as the amount, the items under it add 0, not the total again;
+    # an order whose first row has no total is not given one by its other rows.
+    by_total = _import(SHOPIFY, ImportConfig(**{**shop, "amount": "Total"}))  # type: ignore[arg-type]
+    assert {e["order_id"]: e["amount"] for e in by_total.events} == {"#1001": 34.9, "#1002": 20.0}
+    assert [(e.line, e.reason) for e in by_total.errors] == [
+        (6, "missing amount"), (7, "missing amount"), (8, "missing time")]
+
+
+def test_blank_cells_are_not_filled_from_another_order() -> None:
+    result = _import("c,o,t,a\nx,1,2024-01-01,5\nx,2,,6\nx,1,,7\n",
+                     ImportConfig(customer="c", time="t", order="o", amount="a"))
+    assert [e["amount"] for e in result.events] == [5.0]
+    assert [(e.line, e.reason) for e in result.errors] == [(3, "missing time"), (4, "missing time")]
+    assert "rows_filled_from_order_first_row" not in result.summary()
+
+
+def test_status_values_not_read_are_counted_and_can_be_mapped() -> None:
+    text = """
+deal,contact,closed,amount,stage
+1,ann@example.com,2024-01-01,100,Closed Won
+2,bob@example.com,2024-01-02,50,Processing
+3,ann@example.com,2024-01-03,70,processing
+4,cy@example.com,2024-01-04,20,On Hold
+5,cy@example.com,2024-01-05,20,partially_refunded
+6,bob@example.com,2024-01-06,30,Closed Lost
+"""
+    crm = ImportConfig(customer="contact", time="closed", order="deal", amount="amount", status="stage")
+    result = _import(text, crm)
+    assert [e["order_id"] for e in result.events] == ["1", "5"]
+    summary = result.summary()
+    assert summary["unread_statuses"] == {"processing": 2, "on_hold": 1, "closed_lost": 1}
+    assert summary["skipped_by_reason"] == {"not a purchase": 4}
+    assert "@" not in json.dumps(summary) and all("@" not in e.reason for e in result.errors)
+    told = _import(text, replace(crm, statuses={
+        "Processing": "completed", "on-hold": "skip", "closed lost": "refunded"}))
+    assert [(e["order_id"], e["status"]) for e in told.events] == [
+        ("1", "completed"), ("2", "completed"), ("3", "completed"), ("5", "completed"), ("6", "refunded")]
+    assert told.skipped_by_reason() == {"status skipped (--status-map VALUE=skip)": 1}
+    assert "unread_statuses" not in told.summary()
+    with pytest.raises(ImportFailed, match="--status-map open=maybe"):
+        _import(text, replace(crm, statuses={"open": "maybe"}))
+    # A column of e-mail addresses given as the status is never echoed in the summary.
+    wrong = _import(text, replace(crm, status="contact"))
+    assert wrong.summary()["unread_statuses"] == {"(3 distinct values: is --status the right column?)": 6}
+
+
+def test_a_repeated_header_line_is_skipped_as_such() -> None:
+    # Two monthly exports joined with `cat`: the second's header (with its BOM) sits mid-file.
+    text = "c,t,a\nx,2024-01-01,5\n\ufeffc, t ,a\ny,2024-02-01,6\n\nc,t,a\n"
+    result = _import(text, ImportConfig(customer="c", time="t", amount="a"))
+    assert [e["amount"] for e in result.events] == [5.0, 6.0]
+    assert [(e.line, e.reason) for e in result.errors] == [(3, "the header line repeated"),
+                                                          (6, "the header line repeated")]
+
+
+def test_a_header_in_another_encoding_says_which_encoding_to_try(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("Kunde;Datum;W\xe4hrung;Betrag\nk1;2024-01-01;EUR;5\n".encode("latin-1"))
+    config = ImportConfig(customer="Kunde", time="Datum", amount="Betrag", currency="W\xe4hrung")
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle, \
+            pytest.raises(ImportFailed) as failed:
+        import_transactions(handle, config)
+    assert str(failed.value) == ("column(s) W\xe4hrung not in the header (columns: Kunde, Datum, W?hrung, Betrag); "
+                                 "the header is not valid text in the file's encoding: try --encoding latin-1 "
+                                 "or cp1252")
+    with open(path, encoding="latin-1", newline="") as handle:
+        assert [e["amount"] for e in import_transactions(handle, config).events] == [5.0]

@@ -84,3 +84,79 @@ def test_a_zip_of_several_files_names_them_and_reads_none(tmp_path: Path) -> Non
         z.writestr("orders.csv", ROWS)
     with pytest.raises(ValueError, match=r"zip archive of 2 files \(customers.csv, orders.csv\)"):
         open_input(path)
+
+
+def test_status_map_reads_a_shop_own_status_words(tmp_path: Path, capsys) -> None:
+    import json
+
+    src = tmp_path / "orders.csv"
+    src.write_text("customer,time,amount,state\nc1,2024-01-02,10,processing\nc2,2024-01-03,12.5,on-hold\n"
+                   "c3,2024-01-04,7,completed\n")
+    out = tmp_path / "orders.jsonl"
+    base = ["import-transactions", str(src), "--customer", "customer", "--time", "time", "--amount", "amount",
+            "--status", "state", "--out", str(out)]
+    assert main(base) == 0
+    assert json.loads(capsys.readouterr().out)["unread_statuses"] == {"processing": 1, "on_hold": 1}
+    assert main([*base, "--status-map", "processing=completed", "--status-map", "On Hold=skip"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["events_written"] == 2 and "unread_statuses" not in summary
+    assert main([*base, "--status-map", "processing"]) != 0
+    assert "--status-map 'processing': give VALUE=STATUS" in capsys.readouterr().err
+
+
+def test_backtest_says_why_a_kind_has_no_auc_and_where_the_customers_went(tmp_path: Path, capsys) -> None:
+    # One customer buying daily for four weeks: every propensity label is positive.
+    src = tmp_path / "one.csv"
+    src.write_text("when,who,total\n" + "".join(f"2020-01-{d:02d},solo,{d}.5\n" for d in range(1, 29)))
+    events = tmp_path / "one.jsonl"
+    assert main(["import-transactions", str(src), "--customer", "who", "--time", "when", "--amount", "total",
+                 "--out", str(events)]) == 0
+    capsys.readouterr()
+    customers = tmp_path / "customers.csv"
+    assert main(["backtest", str(events), "--out", str(tmp_path / "bt"), "--customers-out", str(customers)]) == 0
+    out = capsys.readouterr().out
+    assert ("purchase_propensity: no AUC: 3 labels, 3 positive; it needs positive and negative labels both"
+            in out)
+    assert f"customers: {customers} (1 customer scored as of 2020-01-28T00:00:00+00:00)" in out
+
+
+def test_utf16_exports_are_read_by_their_byte_order_mark(tmp_path: Path, capsys) -> None:
+    # Excel's "Unicode Text": UTF-16 with a byte order mark, tab-separated, Windows line ends.
+    text = "customer\ttime\tamount\r\nJosé\t2024-01-02\t10,50\r\nc2\t2024-01-03\t7\r\n"
+    out = tmp_path / "orders.jsonl"
+    for name, data in (("le.txt", text.encode("utf-16")), ("be.txt", b"\xfe\xff" + text.encode("utf-16-be")),
+                       ("packed.txt.gz", gzip.compress(text.encode("utf-16")))):
+        (tmp_path / name).write_bytes(data)
+        assert main(["import-transactions", str(tmp_path / name), "--customer", "customer", "--time", "time",
+                     "--amount", "amount", "--out", str(out)]) == 0
+        assert [line.split('"amount":')[1].split(",")[0] for line in out.read_text().splitlines()] == ["10.5", "7.0"]
+    # Without the mark it is not guessed, but the error says what to try, without the NULs.
+    (tmp_path / "bare.txt").write_bytes(text.encode("utf-16-le"))
+    capsys.readouterr()
+    assert main(["import-transactions", str(tmp_path / "bare.txt"), "--customer", "customer", "--time", "time",
+                 "--amount", "amount", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.endswith(
+        "(columns: customer, time, amount); the file looks like UTF-16 text: try --encoding utf-16-le "
+        "(or utf-16-be)\n")
+
+
+def test_a_closed_stdout_ends_the_command_quietly(tmp_path: Path) -> None:
+    # `leadpulse import-transactions ... | head -3`: head may be gone before the summary is printed.
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "orders.csv"
+    src.write_bytes(ROWS)
+    read, write = os.pipe()
+    os.close(read)  # no reader: the first write to stdout fails
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", "import sys; from streams.cli import main; sys.exit(main(sys.argv[1:]))",
+             "import-transactions", str(src), "--customer", "customer", "--time", "time", "--amount", "amount",
+             "--out", str(tmp_path / "o.jsonl")],
+            stdout=write, stderr=subprocess.PIPE, cwd=Path(__file__).parents[2], check=False)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, b"")
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 2
