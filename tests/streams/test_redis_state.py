@@ -106,3 +106,52 @@ def test_a_new_worker_grades_rfm_on_from_the_shards_saved_sketches(redis_client:
     # learned on across batches and the restart, not begun again.
     assert restarted == straight == _rfm_grades(_run(ScoringCore.in_memory(), messages))
     assert redis_client.exists("lp:rfm:0") and redis_client.exists("lp:rfm:2")
+
+
+def test_pending_inputs_are_written_once_and_leave_with_their_example(redis_client: redis.Redis) -> None:
+    store = RedisStateStore(redis_client, ttl_seconds=3600, cache_size=0)  # every load reads Redis
+    rec = _record(1.0)
+    store.save({"c1": rec}, "0", None)
+    stored = redis_client.get(store._key("c1")) or b""
+    assert b'"x"' not in stored and b'"e1"' in stored  # the record names the example, not its input
+    assert redis_client.hgetall(store._inputs_key("c1")) == {b"e1": b'{"a":1.0}'}
+    assert 0 < redis_client.ttl(store._inputs_key("c1")) <= 3600
+    again = store.load(["c1"])["c1"]
+    assert again == rec
+    # A second example: only its input is written; the first one's matures and goes.
+    again.pending.append(Pending("k", "e2", 3, 4, {"b": 2.0}, 0.1, "cold_start"))
+    writes = []
+    real_hset = redis.client.Pipeline.hset
+
+    def hset(pipe, key, *args, **kwargs):  # type: ignore[no-untyped-def]
+        writes.append(kwargs.get("mapping"))
+        return real_hset(pipe, key, *args, **kwargs)
+
+    redis.client.Pipeline.hset = hset  # type: ignore[method-assign]
+    try:
+        store.save({"c1": again}, "0", None)
+    finally:
+        redis.client.Pipeline.hset = real_hset  # type: ignore[method-assign]
+    assert writes == [{"e2": b'{"b":2.0}'}]
+    matured = store.load(["c1"])["c1"]
+    assert [p.example_id for p in matured.pending] == ["e1", "e2"] and matured.pending[1].x == {"b": 2.0}
+    matured.pending = matured.pending[1:]
+    store.save({"c1": matured}, "0", None)
+    assert set(redis_client.hkeys(store._inputs_key("c1"))) == {b"e2"}
+    emptied = store.load(["c1"])["c1"]
+    emptied.pending = []
+    store.save({"c1": emptied}, "0", None)
+    assert not redis_client.exists(store._inputs_key("c1"))
+    store.save({"c2": _record(2.0)}, "0", None)
+    store.erase("c2")
+    assert not redis_client.exists(store._key("c2"), store._inputs_key("c2"))
+
+
+def test_a_record_with_inline_inputs_loads_and_moves_them_out_at_its_next_save(redis_client: redis.Redis) -> None:
+    store = RedisStateStore(redis_client, cache_size=0)
+    redis_client.set(store._key("c1"), b"0" * 16 + _record(3.0).to_json())  # the format before px
+    rec = store.load(["c1"])["c1"]
+    assert rec == _record(3.0)
+    store.save({"c1": rec}, "0", None)
+    assert b'"x"' not in (redis_client.get(store._key("c1")) or b"")
+    assert store.load(["c1"])["c1"] == _record(3.0)
