@@ -1,12 +1,8 @@
 """Scoring state and model snapshots in Redis (the live worker's stores).
 
 - ``lp:{<tag>}:s``: one customer's scoring record: a 16-character version, then
-  the record as JSON, without its pending examples' model inputs; under the same
-  hash tag as its features, so erasing a customer's tag erases it too;
-- ``lp:{<tag>}:px``: hash example id -> that pending example's model input (JSON),
-  written once when the example is registered and deleted when it matures. In the
-  record they were 79% of its bytes and were encoded and sent again at every save
-  (each of the customer's events and idle rescores), for a value that never changes;
+  the record as JSON; under the same hash tag as its features, so erasing a
+  customer's tag erases it too;
 - ``lp:due:<shard>``: sorted set customer -> next due time (event ms);
 - ``lp:wm:<shard>``: the shard's watermark;
 - ``lp:rfm:<shard>``: the shard's RFM grader (quintile sketches, pickled);
@@ -31,48 +27,20 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
 
-import orjson
 import redis
 
 from features.redis_store import key_tag
 from scoring.rfm import RfmGrader
-from scoring.state import CustomerScoring, KindState, Pending
+from scoring.state import CustomerScoring
 
 VERSION_BYTES = 16  # hex: 8 random per store instance, then a counter
-# Every field of a pending example but its model input, which lives in the ``px`` hash.
-_PENDING_FIELDS = tuple(f for f in Pending.__slots__ if f != "x")
 
 
-def _encode(rec: CustomerScoring) -> bytes:
-    """The record's JSON without its pending examples' model inputs (see the module docs)."""
-    return orjson.dumps({
-        "kinds": rec.kinds,
-        "pending": [{f: getattr(p, f) for f in _PENDING_FIELDS} for p in rec.pending],
-    })
-
-
-def _record(blob: bytes | str, inputs: dict[Any, Any]) -> tuple[CustomerScoring, set[str]]:
-    """A stored record, with its pending examples' inputs from the ``px`` hash ``inputs``;
-    also returns the example ids the hash holds."""
+def _record(blob: bytes | str) -> CustomerScoring:
     raw = blob.encode() if isinstance(blob, str) else blob
     # Records written before versions existed are plain JSON.
-    data: dict[str, Any] = orjson.loads(raw if raw[:1] == b"{" else raw[VERSION_BYTES:])
-    xs = {(k.decode() if isinstance(k, bytes) else k): v for k, v in inputs.items()}
-    kinds = {}
-    for name, k in data.get("kinds", {}).items():
-        k["history"] = [tuple(h) for h in k.get("history", [])]
-        kinds[name] = KindState(**k)
-    pending = []
-    for p in data.get("pending", []):
-        if "x" not in p:  # records written before the px hash kept them inline
-            x = xs.get(p["example_id"])
-            if x is None:
-                continue  # its input is gone (expired, erased): nothing to learn from
-            p["x"] = orjson.loads(x)
-        pending.append(Pending(**p))
-    return CustomerScoring(kinds, pending), set(xs)
+    return CustomerScoring.from_json(raw if raw[:1] == b"{" else raw[VERSION_BYTES:])
 
 
 class RedisStateStore:
@@ -87,35 +55,12 @@ class RedisStateStore:
         self.prefix = prefix
         self.ttl_seconds = ttl_seconds
         self.cache_size = cache_size
-        # Per customer: the version saved last, the record, and the example ids its px hash holds.
-        self._cache: OrderedDict[str, tuple[bytes, CustomerScoring, frozenset[str]]] = OrderedDict()
-        # The px hash's example ids of the records handed out by load(), until their save.
-        self._stored: dict[str, frozenset[str]] = {}
+        self._cache: OrderedDict[str, tuple[bytes, CustomerScoring]] = OrderedDict()
         self._instance = os.urandom(4).hex().encode()
         self._saves = 0
 
     def _key(self, customer_id: str) -> str:
         return f"{self.prefix}:{{{key_tag(customer_id)}}}:s"
-
-    def _inputs_key(self, customer_id: str) -> str:
-        return f"{self.prefix}:{{{key_tag(customer_id)}}}:px"
-
-    def _queue_read(self, pipe: Any, cids: list[str]) -> None:
-        for c in cids:
-            pipe.get(self._key(c))
-            pipe.hgetall(self._inputs_key(c))
-
-    def _take_read(self, cids: list[str], replies: list[Any], out: dict[str, CustomerScoring]) -> None:
-        """Records and their pending inputs as :meth:`_queue_read` asked, into ``out``."""
-        for i, c in enumerate(cids):
-            raw, inputs = replies[2 * i], replies[2 * i + 1]
-            if raw:
-                out[c], ids = _record(raw, inputs)
-                self._stored[c] = frozenset(ids)
-            else:
-                out[c] = CustomerScoring()
-                # Inputs without a record (a save cut short): the next save deletes them.
-                self._stored[c] = frozenset(k.decode() if isinstance(k, bytes) else k for k in inputs)
 
     def load(self, customer_ids: Sequence[str]) -> dict[str, CustomerScoring]:
         if not customer_ids:
@@ -123,26 +68,29 @@ class RedisStateStore:
         cids = list(dict.fromkeys(customer_ids))
         # Taken out: the caller owns the record until it saves it back.
         held = {c: e for c in cids if (e := self._cache.pop(c, None)) is not None}
-        out: dict[str, CustomerScoring] = {}
-        fresh = [c for c in cids if c not in held]
         # A pipeline, not MGET: in Redis Cluster customers live on different slots.
         pipe = self.client.pipeline(transaction=False)
-        for c in held:
-            pipe.getrange(self._key(c), 0, VERSION_BYTES - 1)
-        self._queue_read(pipe, fresh)
-        replies = pipe.execute()
+        for c in cids:
+            if c in held:
+                pipe.getrange(self._key(c), 0, VERSION_BYTES - 1)
+            else:
+                pipe.get(self._key(c))
+        out: dict[str, CustomerScoring] = {}
         stale = []
-        for (c, (version, rec, stored)), raw in zip(held.items(), replies, strict=False):
-            if raw == version:
-                out[c] = rec
-                self._stored[c] = stored
-            else:  # saved by someone else since (another worker), or erased
-                stale.append(c)
-        self._take_read(fresh, replies[len(held):], out)
+        for c, raw in zip(cids, pipe.execute(), strict=True):
+            if c in held:
+                if raw == held[c][0]:
+                    out[c] = held[c][1]
+                else:  # saved by someone else since (another worker), or erased
+                    stale.append(c)
+            else:
+                out[c] = _record(raw) if raw else CustomerScoring()
         if stale:
             pipe = self.client.pipeline(transaction=False)
-            self._queue_read(pipe, stale)
-            self._take_read(stale, pipe.execute(), out)
+            for c in stale:
+                pipe.get(self._key(c))
+            for c, raw in zip(stale, pipe.execute(), strict=True):
+                out[c] = _record(raw) if raw else CustomerScoring()
         return {c: out[c] for c in cids}
 
     def save(
@@ -158,13 +106,11 @@ class RedisStateStore:
         # as many commands as the records themselves.
         dues: dict[str, int] = {}
         undue: list[str] = []
-        stored_now = []
         for cid, rec in records.items():
             self._saves = (self._saves + 1) % (1 << 32)
             version = self._instance + b"%08x" % self._saves
             versions.append(version)
-            stored_now.append(self._save_inputs(pipe, cid, rec))
-            blob = version + _encode(rec)
+            blob = version + rec.to_json()
             if self.ttl_seconds:
                 pipe.set(self._key(cid), blob, ex=self.ttl_seconds)
             else:
@@ -182,32 +128,11 @@ class RedisStateStore:
             pipe.set(f"{self.prefix}:wm:{shard}", watermark)
         pipe.execute()
         if self.cache_size:
-            for (cid, rec), version, stored in zip(records.items(), versions, stored_now, strict=True):
-                self._cache[cid] = (version, rec, stored)
+            for (cid, rec), version in zip(records.items(), versions, strict=True):
+                self._cache[cid] = (version, rec)
                 self._cache.move_to_end(cid)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-
-    def _save_inputs(self, pipe: Any, cid: str, rec: CustomerScoring) -> frozenset[str]:
-        """Queue the px hash's changes for a record: new examples' inputs in, matured ones out.
-
-        Before the record itself, so a record never names an input not yet written.
-        """
-        ids = frozenset(p.example_id for p in rec.pending)
-        stored = self._stored.pop(cid, None)
-        key = self._inputs_key(cid)
-        if stored is None:  # saved without a load (a fresh record): the hash is rewritten
-            pipe.delete(key)
-            stored = frozenset()
-        new = {p.example_id: orjson.dumps(p.x) for p in rec.pending if p.example_id not in stored}
-        if new:
-            pipe.hset(key, mapping=new)
-        gone = stored - ids
-        if gone:
-            pipe.hdel(key, *gone)
-        if ids and self.ttl_seconds:
-            pipe.expire(key, self.ttl_seconds)  # outlives its record, as the record is refreshed
-        return ids
 
     def due(self, shard: str, until_ms: int, limit: int = 10_000) -> list[str]:
         key = f"{self.prefix}:due:{shard}"
@@ -233,8 +158,7 @@ class RedisStateStore:
 
     def erase(self, customer_id: str) -> None:
         self._cache.pop(customer_id, None)
-        self._stored.pop(customer_id, None)
-        self.client.delete(self._key(customer_id), self._inputs_key(customer_id))
+        self.client.delete(self._key(customer_id))
         for key in self.client.scan_iter(match=f"{self.prefix}:due:*", count=1000):
             self.client.zrem(key, customer_id)
 
