@@ -151,6 +151,10 @@ class ImportConfig:
     event_id: str | None = None  # the log's own event id, kept so later replays deduplicate
     # Status values read otherwise than the built-in words (value -> completed / refunded / skip).
     statuses: Mapping[str, str] = field(default_factory=dict)
+    # Lines read as UTF-8 with errors="surrogateescape": bytes that are not UTF-8 are read as
+    # Windows-1252 (Latin-1 where it has no character) instead of skipping the row. The CLI
+    # sets it when --encoding was not given.
+    legacy_fallback: bool = False
 
     def columns(self) -> list[str]:
         cols = [self.customer, self.time, self.amount, self.order, self.currency, self.status,
@@ -213,6 +217,7 @@ class ImportResult:
     refund_events: int = 0
     identical_rows: int = 0
     filled_rows: int = 0  # line items whose blank order-level cells came from the order's first row
+    legacy_rows: int = 0  # rows whose bytes were not UTF-8, read as Windows-1252 (legacy_fallback)
     converted: Counter[str] = field(default_factory=Counter)  # rows converted, by their currency
     types: Counter[str] = field(default_factory=Counter)  # events written by type (event logs)
     unmapped: Counter[str] = field(default_factory=Counter)  # event log action values not read
@@ -238,6 +243,7 @@ class ImportResult:
             "skipped_by_reason": self.skipped_by_reason(),
             "identical_rows": self.identical_rows,
             **({"rows_filled_from_order_first_row": self.filled_rows} if self.filled_rows else {}),
+            **({"rows_read_as_windows_1252": self.legacy_rows} if self.legacy_rows else {}),
             **({"converted_rows": dict(self.converted.most_common())} if self.converted else {}),
             **({"event_types": dict(self.types.most_common())} if self.types else {}),
             **({"amounts": self.amounts} if self.amounts else {}),
@@ -353,6 +359,30 @@ EXCEL_EPOCH = datetime(1899, 12, 30)
 _UTC_SUFFIX = re.compile(r"\s*\b(UTC|GMT)$", re.IGNORECASE)
 # Bytes a file opened with errors="surrogateescape" could not decode.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+def legacy_text(text: str) -> str:
+    r"""Text read as UTF-8 with ``surrogateescape``, its undecodable bytes read as Windows-1252.
+
+    A file that is not UTF-8 is nearly always Windows-1252 or Latin-1 (older Excel and
+    ERP exports); valid UTF-8 is left as it is, so a file that mixes the two (exports
+    joined together) is read right too. Bytes Windows-1252 leaves undefined are Latin-1.
+
+    >>> raw = "Müller;12,50 €".encode("cp1252").decode("utf-8", "surrogateescape")
+    >>> legacy_text(raw), legacy_text("Müller"), legacy_text(b"x\x81".decode("utf-8", "surrogateescape"))
+    ('Müller;12,50 €', 'Müller', 'x\x81')
+    """
+    if not _UNDECODABLE.search(text):
+        return text
+    return _UNDECODABLE.sub(_legacy_run, text)
+
+
+def _legacy_run(match: re.Match[str]) -> str:
+    raw = match.group().encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("cp1252")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def _zone(name: str) -> tzinfo:
@@ -580,6 +610,8 @@ def import_transactions(
     except StopIteration:
         raise ImportFailed("the file is empty (no header line)") from None
     header = [h.strip().lstrip("\ufeff") for h in header]
+    if config.legacy_fallback:
+        header = [legacy_text(h) for h in header]
     index = {name: i for i, name in reversed(list(enumerate(header)))}
     absent = [c for c in config.columns() if c not in index]
     if absent:
@@ -609,9 +641,12 @@ def import_transactions(
             continue
         row = {c: cells[index[c]] for c in config.columns()}
         if any(_UNDECODABLE.search(v) for v in row.values()):
-            result.errors.append(RowError(number, "not valid text in the file's encoding "
-                                                  "(try --encoding latin-1 or cp1252)"))
-            continue
+            if not config.legacy_fallback:
+                result.errors.append(RowError(number, "not valid text in the file's encoding "
+                                                      "(try --encoding latin-1 or cp1252)"))
+                continue
+            row = {c: legacy_text(v) for c, v in row.items()}
+            result.legacy_rows += 1
         if config.order:
             first_row = _fill_from_order(row, first_row, config, result)
         raw.append((number, row))

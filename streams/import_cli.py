@@ -143,7 +143,8 @@ def _add_columns(p: Any, event_log: bool) -> None:
                      help="field separator: , ; tab | (default: the header's, the most frequent of these)")
     fmt.add_argument("--encoding", default=DEFAULT_ENCODING,
                      help="file encoding (default utf-8, or utf-16 when the file starts with its byte "
-                          "order mark; latin-1 / cp1252 for older exports)")
+                          "order mark; by default, bytes that are not UTF-8 are read as Windows-1252, "
+                          "as older exports write them, and counted; given, bad bytes skip their row)")
     fmt.add_argument("--time-format", metavar="FMT",
                      help="strptime format such as '%%d/%%m/%%Y %%H:%%M', or epoch_s, epoch_ms, excel; "
                           "default: ISO 8601, epoch, YYYYMMDD, 2011/12/09 and slash, dot or dash dates (12/9/2011, 09.12.2011, 09-12-2011), guessed per row")
@@ -242,13 +243,15 @@ def cmd_import_transactions(args: argparse.Namespace) -> int:
         )
     stdin = args.file == "-"
     total = count_lines(Path(args.file)) - 1 if sys.stderr.isatty() and not stdin else None
-    # surrogateescape: bytes that are not valid in the encoding skip their row, not the file.
+    # surrogateescape: bytes that are not valid in the encoding skip their row, not the file;
+    # read as UTF-8 by default, such bytes are read as Windows-1252 instead (legacy_fallback).
     if stdin:
         handle: Any = sys.stdin
     else:
         raw = open_input(Path(args.file))
-        handle = io.TextIOWrapper(raw, encoding=_encoding(raw, args.encoding), errors="surrogateescape",
-                                  newline="")
+        encoding = _encoding(raw, args.encoding)
+        config = replace(config, legacy_fallback=encoding == DEFAULT_ENCODING)
+        handle = io.TextIOWrapper(raw, encoding=encoding, errors="surrogateescape", newline="")
     try:
         with progress("import", total) as tick:
             result = import_transactions(handle, config, delimiter=args.delimiter, progress=tick)

@@ -365,6 +365,20 @@ def test_undecodable_bytes_skip_their_row(tmp_path: Path) -> None:
         assert len(import_transactions(handle, ImportConfig(customer="c", time="t", amount="a")).events) == 2
 
 
+def test_bytes_that_are_not_utf8_are_read_as_windows_1252_when_asked(tmp_path: Path) -> None:
+    # An older export in Windows-1252, joined to a newer one in UTF-8: each row is read right.
+    path = tmp_path / "mixed.csv"
+    path.write_bytes("Kunde;Datum;Währung;Betrag\n".encode("cp1252") + "José;2024-01-01;EUR;1\n".encode("cp1252")
+                     + "Zoë;2024-01-02;EUR;2\n".encode("utf-8") + "Ærø;2024-01-03;EUR;3\n".encode("latin-1"))
+    config = ImportConfig(customer="Kunde", time="Datum", amount="Betrag", currency="Währung",
+                          legacy_fallback=True)
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+        result = import_transactions(handle, config)
+    assert not result.errors
+    assert [e["customer_id"] for e in result.events] == ["José", "Zoë", "Ærø"]
+    assert result.legacy_rows == 2 and result.summary()["rows_read_as_windows_1252"] == 2
+
+
 def test_semicolon_decimal_comma_export() -> None:
     result = import_transactions(io.StringIO("kunde;datum;betrag\nk1;09.12.2011 13:50;1.234,50\n"),
                                  ImportConfig(customer="kunde", time="datum", amount="betrag",

@@ -140,6 +140,23 @@ def test_utf16_exports_are_read_by_their_byte_order_mark(tmp_path: Path, capsys)
         "(or utf-16-be)\n")
 
 
+def test_a_windows_1252_export_imports_without_an_encoding_option(tmp_path: Path, capsys) -> None:
+    import json
+
+    src, out = tmp_path / "orders.csv", tmp_path / "orders.jsonl"
+    src.write_bytes("Kunde;Datum;Betrag\r\nMüller;25.04.2023;12,50\r\nc2;26.04.2023;7\r\n".encode("cp1252"))
+    args = ["import-transactions", str(src), "--customer", "Kunde", "--time", "Datum", "--amount", "Betrag",
+            "--out", str(out)]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["rows_read_as_windows_1252"] == 1
+    assert [json.loads(line)["customer_id"] for line in out.read_text().splitlines()] == ["Müller", "c2"]
+    # An encoding given is taken at its word: the row it cannot read is skipped, with the reason.
+    assert main([*args, "--encoding", "utf-8"]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped_by_reason"] == {"not valid text in the file's encoding "
+                                                                       "(try --encoding latin-1 or cp1252)": 1}
+
+
 def test_a_closed_stdout_ends_the_command_quietly(tmp_path: Path) -> None:
     # `leadpulse import-transactions ... | head -3`: head may be gone before the summary is printed.
     import os
