@@ -84,7 +84,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
@@ -355,6 +355,18 @@ _CLOCK = r"(?:[ T,]+(?P<H>\d{1,2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d{1,6
 _SLASH = re.compile(r"(?P<a>\d{1,2})(?P<sep>[/.-])(?P<b>\d{1,2})[/.-](?P<y>\d{4}|\d{2})" + _CLOCK)
 # The year first, with slashes or dots (2011/12/09, as Japanese and some ERP exports write it).
 _YMD = re.compile(r"(?P<y>\d{4})[/.](?P<b>\d{1,2})[/.](?P<a>\d{1,2})" + _CLOCK)
+# Month names (English): 05-Apr-2023, 5 April 2023, Apr 5, 2023, and RFC 2822 mail dates
+# (Wed, 05 Apr 2023 13:22:10 +0200), as CRM, mail and Oracle or Excel exports write them.
+_MONTH_NAMES = ("january", "february", "march", "april", "may", "june", "july", "august",
+                "september", "october", "november", "december")
+_ZONE = r"(?:\s*(?P<z>[+-]\d{2}:?\d{2}|Z|UTC|GMT)(?:\s*\([A-Za-z ]+\))?)?"
+_WEEKDAY = r"(?:[A-Za-z]{3,9},?\s+)?"
+_DAY_MONTH = re.compile(
+    _WEEKDAY + r"(?P<d>\d{1,2})[-\s./]+(?P<mon>[A-Za-z]{3,9})\.?[-\s./,]+(?P<y>\d{4}|\d{2})" + _CLOCK + _ZONE,
+    re.IGNORECASE)
+_MONTH_DAY = re.compile(
+    _WEEKDAY + r"(?P<mon>[A-Za-z]{3,9})\.?\s+(?P<d>\d{1,2})(?:st|nd|rd|th)?,?\s+(?P<y>\d{4})" + _CLOCK + _ZONE,
+    re.IGNORECASE)
 EXCEL_EPOCH = datetime(1899, 12, 30)
 _UTC_SUFFIX = re.compile(r"\s*\b(UTC|GMT)$", re.IGNORECASE)
 # Bytes a file opened with errors="surrogateescape" could not decode.
@@ -452,6 +464,8 @@ def parse_time(
     (1323435000000, 1323435000000)
     >>> parse_time("09/12/2011 12:50", "%d/%m/%Y %H:%M")
     1323435000000
+    >>> parse_time("09-Dec-2011 12:50"), parse_time("Dec 9, 2011 12:50 PM"), parse_time("Fri, 9 Dec 2011 13:50 +0100")
+    (1323435000000, 1323435000000, 1323435000000)
     >>> from zoneinfo import ZoneInfo
     >>> parse_time("2011-12-09 13:50", zone=ZoneInfo("Europe/Paris"))
     1323435000000
@@ -518,12 +532,49 @@ def parse_time(
             shape = "year/month/day" if year_first else "day/month/year" if order == "dmy" else "month/day/year"
             raise RowProblem(f"bad time: not a valid date as {shape}") from None
         return _to_ms(dt, zone)
+    named = _MONTH_DAY.fullmatch(s) or _DAY_MONTH.fullmatch(s)
+    if named:
+        return _to_ms(_month_named(named), zone)
     s = _UTC_SUFFIX.sub("+00:00", s)  # "2019-10-01 00:00:04 UTC", as warehouse exports write it
     try:
         parsed = datetime.fromisoformat(s.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise RowProblem("bad time: not a date in a known format (use --time-format)") from None
     return _to_ms(parsed, zone)
+
+
+def _month_named(m: re.Match[str]) -> datetime:
+    """The datetime of a date with its month's name (see _MONTH_DAY, _DAY_MONTH).
+
+    >>> _month_named(_DAY_MONTH.fullmatch("Wed, 05 Apr 2023 13:22:10 +0200")).isoformat()
+    '2023-04-05T13:22:10+02:00'
+    >>> _month_named(_MONTH_DAY.fullmatch("Sept. 5th, 2023 1:22 PM")).isoformat()
+    '2023-09-05T13:22:00'
+    """
+    name = m["mon"].lower()
+    months = [i for i, full in enumerate(_MONTH_NAMES, 1) if full.startswith(name) or (name == "sept" and i == 9)]
+    if len(name) < 3 or len(months) != 1:
+        raise RowProblem("bad time: not a month name")
+    y = int(m["y"])
+    year = y + (2000 if y < 70 else 1900) if len(m["y"]) == 2 else y
+    hour = int(m["H"] or 0)
+    if m["p"]:
+        if not 1 <= hour <= 12:
+            raise RowProblem("bad time: hour must be 1-12 with AM/PM")
+        hour = hour % 12 + (12 if m["p"].lower() == "pm" else 0)
+    zone: tzinfo | None = None
+    z = (m["z"] or "").upper()
+    if z in ("Z", "UTC", "GMT"):
+        zone = UTC
+    elif z:
+        sign = -1 if z[0] == "-" else 1
+        digits = z[1:].replace(":", "")
+        zone = timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
+    try:
+        return datetime(year, months[0], int(m["d"]), hour, int(m["M"] or 0), int(m["S"] or 0),
+                        int((m["f"] or "0").ljust(6, "0")), tzinfo=zone)
+    except ValueError:
+        raise RowProblem("bad time: not a valid date") from None
 
 
 # --------------------------------------------------------------------- rows

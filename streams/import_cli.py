@@ -147,7 +147,8 @@ def _add_columns(p: Any, event_log: bool) -> None:
                           "as older exports write them, and counted; given, bad bytes skip their row)")
     fmt.add_argument("--time-format", metavar="FMT",
                      help="strptime format such as '%%d/%%m/%%Y %%H:%%M', or epoch_s, epoch_ms, excel; "
-                          "default: ISO 8601, epoch, YYYYMMDD, 2011/12/09 and slash, dot or dash dates (12/9/2011, 09.12.2011, 09-12-2011), guessed per row")
+                          "default: ISO 8601, epoch, YYYYMMDD, 2011/12/09, slash, dot or dash dates (12/9/2011, 09.12.2011, "
+                          "09-12-2011) and month names (09-Dec-2011, Dec 9, 2011), guessed per row")
     fmt.add_argument("--date-order", choices=["auto", "dmy", "mdy"], default="auto",
                      help="how to read slash dates like 12/9/2011 (default: decided by the rows "
                           "whose day is above 12; the import stops if none settles it)")

@@ -379,6 +379,18 @@ def test_bytes_that_are_not_utf8_are_read_as_windows_1252_when_asked(tmp_path: P
     assert result.legacy_rows == 2 and result.summary()["rows_read_as_windows_1252"] == 2
 
 
+def test_dates_with_month_names_are_read() -> None:
+    # CRM, mail and Oracle/Excel exports: the month by name, day first or after, any zone mark.
+    cells = ["05-Apr-2023", "5 April 2023 13:22", "Apr 5, 2023", "April 5th 2023 1:22 PM",
+             "Wed, 05 Apr 2023 13:22:10 +0200", "05-APR-23", "Sept. 5, 2023", "Wed, 05 Apr 2023 11:22:10 GMT"]
+    text = "c,t,a\n" + "".join(f'c{i},"{t}",1\n' for i, t in enumerate(cells)) + 'x,"Foo 5, 2023",1\n'
+    result = _import(text, ImportConfig(customer="c", time="t", amount="a"))
+    assert [(e.line, e.reason) for e in result.errors] == [(10, "bad time: not a month name")]
+    assert [e["ts"][:19] for e in result.events] == [  # in time order
+        "2023-04-05T00:00:00", "2023-04-05T00:00:00", "2023-04-05T00:00:00", "2023-04-05T11:22:10",
+        "2023-04-05T11:22:10", "2023-04-05T13:22:00", "2023-04-05T13:22:00", "2023-09-05T00:00:00"]
+
+
 def test_semicolon_decimal_comma_export() -> None:
     result = import_transactions(io.StringIO("kunde;datum;betrag\nk1;09.12.2011 13:50;1.234,50\n"),
                                  ImportConfig(customer="kunde", time="datum", amount="betrag",
