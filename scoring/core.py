@@ -177,9 +177,16 @@ class ModelRegistry:
             store.save_model(name, model.version, model.snapshot())
 
     def refresh(self, store: ModelStore) -> list[str]:
-        """Hot-swap models whose stored snapshot is newer; returns the kinds swapped."""
+        """Hot-swap models whose stored snapshot is newer; returns the kinds swapped.
+
+        The stored version is read first: a snapshot (megabytes, with its refit window) is
+        fetched only when it is not the one held or one already set aside.
+        """
         swapped = []
         for name, model in self.models.items():
+            version = store.model_version(name)
+            if version is None or version == model.version or (name, version) in self._ignored:
+                continue
             found = store.load_model(name)
             if found and found[0] != model.version:
                 restored = OnlineModel.restore(found[1])
@@ -187,10 +194,9 @@ class ModelRegistry:
                     # Learned in the other mode (learn_at changed): its stream and its
                     # correction do not fit this config. Keep ours; our learner's next
                     # snapshot replaces the stored one.
-                    if (name, found[0]) not in self._ignored:
-                        self._ignored.add((name, found[0]))
-                        log.warning("snapshot of %s ignored: learned with learn_at=%s", name,
-                                    "fresh" if restored.fresh else "horizon")
+                    self._ignored.add((name, found[0]))  # not fetched again (see above)
+                    log.warning("snapshot of %s ignored: learned with learn_at=%s", name,
+                                "fresh" if restored.fresh else "horizon")
                     continue
                 self.models[name] = restored
                 swapped.append(name)

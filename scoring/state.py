@@ -181,6 +181,10 @@ class ModelStore(Protocol):
 
     def save_model(self, kind: str, version: int, blob: bytes) -> None: ...
 
+    def model_version(self, kind: str) -> int | None:
+        """The stored snapshot's version alone: a scorer checks it before fetching the snapshot."""
+        ...
+
 
 class InMemoryModelStore:
     def __init__(self) -> None:
@@ -191,3 +195,7 @@ class InMemoryModelStore:
 
     def save_model(self, kind: str, version: int, blob: bytes) -> None:
         self._models[kind] = (version, blob)
+
+    def model_version(self, kind: str) -> int | None:
+        found = self._models.get(kind)
+        return None if found is None else found[0]

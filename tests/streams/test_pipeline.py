@@ -271,6 +271,16 @@ def test_model_refresher_hot_swaps_newer_snapshots_at_most_every_interval() -> N
     now[0] = 5.0
     assert "churn_risk" in refresher.maybe_refresh()
     assert refresher.versions()["churn_risk"] == 30
+    # A snapshot is megabytes (its refit window): one that did not change is not fetched again.
+    fetched = []
+    load = store.load_model
+    store.load_model = lambda kind: fetched.append(kind) or load(kind)  # type: ignore[method-assign]
+    now[0] = 10.0
+    assert refresher.maybe_refresh() == [] and fetched == []
+    learner.learn([_example(30, 1)])
+    learner.save(store)
+    now[0] = 15.0
+    assert refresher.maybe_refresh() == ["churn_risk"] and fetched == ["churn_risk"]
 
 
 def test_aligner_releases_in_event_time_and_bounds_memory() -> None:
