@@ -331,13 +331,20 @@ def parse_number(text: str | None, decimal_comma: bool | None = False, what: str
     return -value if negative else value
 
 
+# An apostrophe between groups of three digits groups thousands (Switzerland, Liechtenstein).
+_APOSTROPHE_GROUPS = re.compile(r"(?<=\d)['\u2019](?=\d{3}(?!\d))")
+
+
 def _bare_number(text: str) -> tuple[str, bool]:
     """A number's digits and separators without currency, sign or parentheses; and whether negative.
 
     >>> _bare_number(" (EUR 1.234,50) "), _bare_number("12,50- €")
     (('1.234,50', True), ('12,50', True))
+    >>> _bare_number("CHF 1'234.50"), _bare_number("1’234’567,5")  # Swiss thousands
+    (('1234.50', False), ('1234567,5', False))
     """
     s = text.strip().replace("\u00a0", " ").replace("\u202f", " ")
+    s = _APOSTROPHE_GROUPS.sub("", s)
     negative = False
     if s.startswith("(") and s.endswith(")"):
         negative, s = True, s[1:-1].strip()

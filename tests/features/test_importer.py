@@ -379,6 +379,13 @@ def test_bytes_that_are_not_utf8_are_read_as_windows_1252_when_asked(tmp_path: P
     assert result.legacy_rows == 2 and result.summary()["rows_read_as_windows_1252"] == 2
 
 
+def test_swiss_amounts_group_thousands_with_an_apostrophe() -> None:
+    result = _import("c;t;a\nk1;2024-01-02;1'234.50\nk2;2024-01-03;2’000\nk3;2024-01-04;12'5\n",
+                     ImportConfig(customer="c", time="t", amount="a"))
+    assert [e["amount"] for e in result.events] == [1234.5, 2000.0]
+    assert [(e.line, e.reason) for e in result.errors] == [(4, "bad amount: not a number")]
+
+
 def test_dates_with_month_names_are_read() -> None:
     # CRM, mail and Oracle/Excel exports: the month by name, day first or after, any zone mark.
     cells = ["05-Apr-2023", "5 April 2023 13:22", "Apr 5, 2023", "April 5th 2023 1:22 PM",
