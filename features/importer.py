@@ -331,6 +331,8 @@ def parse_number(text: str | None, decimal_comma: bool | None = False, what: str
     return -value if negative else value
 
 
+# A 3-letter currency code before or after an amount (see _bare_number, which strips it).
+_CELL_CURRENCY = re.compile(r"^\s*\(?\s*([A-Za-z]{3})\s*[-+(\d.,]|[\d.,)]\s*([A-Za-z]{3})\s*\)?\s*-?\s*$")
 # An apostrophe between groups of three digits groups thousands (Switzerland, Liechtenstein).
 _APOSTROPHE_GROUPS = re.compile(r"(?<=\d)['\u2019](?=\d{3}(?!\d))")
 
@@ -983,6 +985,13 @@ def _parse_row(
             if not re.fullmatch(r"[A-Za-z]{3}", cur):
                 raise RowProblem("bad currency: not a 3-letter code")
             currency = cur
+    else:
+        # "CHF 1'234.50", "12.50 USD": the cell names its currency (a symbol like $ does not:
+        # several currencies share it).
+        cell = row[config.amount] if config.amount else row[config.price] if config.price else ""
+        named = _CELL_CURRENCY.search(cell)
+        if named:
+            currency = named[1] or named[2]
     currency = source = currency.upper()
     if config.convert_to and currency != config.convert_to.upper():
         rate = next((r for code, r in config.rates.items() if code.upper() == currency), None)

@@ -386,6 +386,16 @@ def test_swiss_amounts_group_thousands_with_an_apostrophe() -> None:
     assert [(e.line, e.reason) for e in result.errors] == [(4, "bad amount: not a number")]
 
 
+def test_a_currency_code_in_the_amount_cell_is_the_rows_currency() -> None:
+    text = "c,t,a\nk1,2024-01-02,CHF 1'234.50\nk2,2024-01-03,12.50 usd\nk3,2024-01-04,€ 3\n"
+    result = _import(text, ImportConfig(customer="c", time="t", amount="a", default_currency="EUR"))
+    assert [(e["customer_id"], e["currency"], e["amount"]) for e in result.events] == [
+        ("k1", "CHF", 1234.5), ("k2", "USD", 12.5), ("k3", "EUR", 3.0)]  # a symbol names no currency
+    column = _import("c,t,a,cur\nk1,2024-01-02,CHF 5,GBP\n",
+                     ImportConfig(customer="c", time="t", amount="a", currency="cur"))
+    assert column.events[0]["currency"] == "GBP"  # a currency column says it for every row
+
+
 def test_dates_with_month_names_are_read() -> None:
     # CRM, mail and Oracle/Excel exports: the month by name, day first or after, any zone mark.
     cells = ["05-Apr-2023", "5 April 2023 13:22", "Apr 5, 2023", "April 5th 2023 1:22 PM",
