@@ -6,7 +6,9 @@ interpreter lock; each of the latter two gets a process of its own instead
 (:class:`streams.scorer.ScorerProcess`, :class:`streams.learning.LearnerProcess`).
 The worker calls it over a pipe, one call at a time, from one thread.
 
->>> child = ChildProcess(dict, frozenset({"get"}), "demo", {"answer": 42})
+>>> child = ChildProcess(dict, frozenset({"get"}), "demo", {"answer": 42}, lazy=True)
+>>> child._proc is None  # not started until called
+True
 >>> child._call("get", "answer")
 42
 >>> child.close()
@@ -45,7 +47,18 @@ class ChildProcess:
 
     died: type[RuntimeError] = ChildDied
 
-    def __init__(self, build: Callable[..., Any], calls: frozenset[str], name: str, *args: Any) -> None:
+    def __init__(
+        self, build: Callable[..., Any], calls: frozenset[str], name: str, *args: Any, lazy: bool = False
+    ) -> None:
+        self._spec = (build, args, calls, name)
+        self._lock = threading.Lock()
+        self._proc: Any = None
+        if not lazy:
+            self._start()
+
+    def _start(self) -> None:
+        """Start the child (``lazy``: at the first call, so a worker that never calls it never has it)."""
+        build, args, calls, name = self._spec
         ctx = multiprocessing.get_context("spawn")  # never fork a process with threads running
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(
@@ -55,12 +68,13 @@ class ChildProcess:
         )
         self._proc.start()
         child.close()
-        self._lock = threading.Lock()
         # Before multiprocessing's own exit hook, which would SIGTERM (ignored) and wait forever.
         atexit.register(self.close)
 
     def _call(self, name: str, *args: Any) -> Any:
         with self._lock:
+            if self._proc is None:
+                self._start()
             try:
                 self._conn.send((name, args))
                 ok, value = self._conn.recv()
@@ -73,6 +87,8 @@ class ChildProcess:
     def close(self, timeout: float = 10.0) -> None:
         """Stop the child (it finishes the call in progress first); closing twice is fine."""
         with self._lock:
+            if self._proc is None:
+                return  # lazy, never called
             self._conn.close()
         atexit.unregister(self.close)
         self._proc.join(timeout)

@@ -120,10 +120,14 @@ _CALLS = frozenset({"learn_records", "due", "checkpoint", "invalidate", "summari
 
 
 class LearnerProcess(ChildProcess):
-    """A :class:`LiveLearner` in a child process, with the same methods."""
+    """A :class:`LiveLearner` in a child process, with the same methods.
+
+    Started at its first call: only the worker that holds the labels partition learns,
+    and the others (every replica but one) then never start it (about 160 MB each).
+    """
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(LiveLearner.from_settings, _CALLS, "learner", settings)
+        super().__init__(LiveLearner.from_settings, _CALLS, "learner", settings, lazy=True)
 
     def learn_records(self, records: Sequence[tuple[int, bytes]]) -> LearnStep:
         return self._call("learn_records", list(records))
