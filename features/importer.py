@@ -378,6 +378,15 @@ _MONTH_DAY = re.compile(
     re.IGNORECASE)
 EXCEL_EPOCH = datetime(1899, 12, 30)
 _UTC_SUFFIX = re.compile(r"\s*\b(UTC|GMT)$", re.IGNORECASE)
+# Zone abbreviations after a time ("2023-04-05 13:22 CEST"), hours from UTC. Only those that
+# mean one offset: CST, IST and BST each name several, and are refused (see parse_time).
+ZONE_ABBREVIATIONS = {
+    "WET": 0, "WEST": 1, "CET": 1, "CEST": 2, "MET": 1, "MEST": 2, "EET": 2, "EEST": 3, "MSK": 3,
+    "EST": -5, "EDT": -4, "MST": -7, "MDT": -6, "PST": -8, "PDT": -7, "AKST": -9, "AKDT": -8,
+    "HST": -10, "JST": 9, "KST": 9, "HKT": 8, "SGT": 8, "AEST": 10, "AEDT": 11, "NZST": 12, "NZDT": 13,
+}
+_AMBIGUOUS_ZONES = frozenset({"CST", "CDT", "IST", "BST", "AST", "ADT"})
+_ZONE_SUFFIX = re.compile(r"(?<=[0-9AaPp][0-9Mm])\s+([A-Z]{3,4})$")
 # Bytes a file opened with errors="surrogateescape" could not decode.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
@@ -475,6 +484,8 @@ def parse_time(
     1323435000000
     >>> parse_time("09-Dec-2011 12:50"), parse_time("Dec 9, 2011 12:50 PM"), parse_time("Fri, 9 Dec 2011 13:50 +0100")
     (1323435000000, 1323435000000, 1323435000000)
+    >>> parse_time("2011-12-09 13:50 CET"), parse_time("12/9/2011 7:50 AM EST", date_order="mdy")
+    (1323435000000, 1323435000000)
     >>> from zoneinfo import ZoneInfo
     >>> parse_time("2011-12-09 13:50", zone=ZoneInfo("Europe/Paris"))
     1323435000000
@@ -488,6 +499,15 @@ def parse_time(
     if text is None or not text.strip():
         raise RowProblem("missing time")
     s = text.strip()
+    named_zone = _ZONE_SUFFIX.search(s) if not time_format else None
+    if named_zone and named_zone[1] not in ("UTC", "GMT"):
+        if named_zone[1] in _AMBIGUOUS_ZONES:
+            raise RowProblem(f"bad time: the zone {named_zone[1]} names several offsets "
+                             "(use --timezone or --time-format with %z)")
+        hours = ZONE_ABBREVIATIONS.get(named_zone[1])
+        if hours is None:
+            raise RowProblem(f"bad time: unknown zone {named_zone[1]} (use --timezone or --time-format with %z)")
+        s, zone = s[: named_zone.start()], timezone(timedelta(hours=hours))
     try:
         if time_format == "epoch_s":
             return _to_ms(datetime.fromtimestamp(float(s), UTC), zone)

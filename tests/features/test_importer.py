@@ -396,6 +396,15 @@ def test_a_currency_code_in_the_amount_cell_is_the_rows_currency() -> None:
     assert column.events[0]["currency"] == "GBP"  # a currency column says it for every row
 
 
+def test_zone_abbreviations_after_a_time_are_read_and_ambiguous_ones_refused() -> None:
+    text = ("c,t,a\nk1,2023-04-05 13:22 CEST,1\nk2,04/05/2023 7:22 AM EDT,1\nk3,5 Apr 2023 11:22 UTC,1\n"
+            "k4,2023-04-05 13:22 CST,1\nk5,2023-04-05 13:22 XYZ,1\n")
+    result = _import(text, ImportConfig(customer="c", time="t", amount="a", date_order="mdy"))
+    assert [e["ts"][:19] for e in result.events] == ["2023-04-05T11:22:00"] * 3
+    assert [(e.line, e.reason.split(" (")[0]) for e in result.errors] == [
+        (5, "bad time: the zone CST names several offsets"), (6, "bad time: unknown zone XYZ")]
+
+
 def test_dates_with_month_names_are_read() -> None:
     # CRM, mail and Oracle/Excel exports: the month by name, day first or after, any zone mark.
     cells = ["05-Apr-2023", "5 April 2023 13:22", "Apr 5, 2023", "April 5th 2023 1:22 PM",
