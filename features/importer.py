@@ -731,7 +731,7 @@ def import_transactions(
             first_row = _fill_from_order(row, first_row, config, result)
         raw.append((number, row))
         if not config.time_format:
-            t = row[config.time].strip()
+            t = _ZONE_SUFFIX.sub("", row[config.time].strip())  # "... 7:50 AM EST"
             if _slash(t):
                 ev = slash_evidence(t)
                 if ev:

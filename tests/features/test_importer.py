@@ -403,6 +403,10 @@ def test_zone_abbreviations_after_a_time_are_read_and_ambiguous_ones_refused() -
     assert [e["ts"][:19] for e in result.events] == ["2023-04-05T11:22:00"] * 3
     assert [(e.line, e.reason.split(" (")[0]) for e in result.errors] == [
         (5, "bad time: the zone CST names several offsets"), (6, "bad time: unknown zone XYZ")]
+    # The file decides the day/month order from its rows, zone or not.
+    auto = _import("c,t,a\nk1,04/05/2023 7:22 AM EDT,1\nk2,04/25/2023 7:22 AM EDT,1\n",
+                   ImportConfig(customer="c", time="t", amount="a"))
+    assert not auto.errors and auto.date_order.startswith("mdy")
 
 
 def test_dates_with_month_names_are_read() -> None:
