@@ -148,6 +148,7 @@ class BatchBaseline:
         self.fits: list[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray, float] | None]] = []
         self.fitted_until = -1
         self._warm: Any = None
+        self._at: dict[tuple[str, ...], np.ndarray] = {}  # column indices per key order (_dense)
 
     def _dense(self, x: dict[str, float]) -> np.ndarray:
         """Write ``x`` into the next free row (not yet counted in ``size``) and return it."""
@@ -167,8 +168,14 @@ class BatchBaseline:
             self.values, self.ends, self.labels = grown, ends, labels
         row = self.values[self.size]
         row[:] = 0.0
-        for k, v in x.items():
-            row[columns[k]] = v
+        # Inputs come from one template, so a few key orders recur: one index array each.
+        keys = tuple(x)
+        at = self._at.get(keys)
+        if at is None:
+            if len(self._at) >= 256:
+                self._at.clear()
+            at = self._at[keys] = np.fromiter(map(columns.__getitem__, keys), dtype=np.intp, count=len(keys))
+        row[at] = np.fromiter(x.values(), dtype=np.float64, count=len(keys))
         return row
 
     def _fit(self, boundary: int) -> None:
