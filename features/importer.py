@@ -538,8 +538,7 @@ def parse_time(
     m = _slash(s)
     year_first = m is None and (m := _YMD.fullmatch(s)) is not None
     if m:
-        a, b, y = int(m["a"]), int(m["b"]), int(m["y"])
-        year = y + (2000 if y < 70 else 1900) if len(m["y"]) == 2 else y
+        a, b = int(m["a"]), int(m["b"])
         if a > 12 and b > 12:
             raise RowProblem("bad time: neither of the first two numbers can be a month")
         order = "dmy" if year_first else date_order  # _YMD names its day a, its month b
@@ -549,14 +548,9 @@ def parse_time(
             raise RowProblem("ambiguous date: day and month both 12 or less "
                              "(use --date-order or --time-format)")
         day, month = (a, b) if order == "dmy" else (b, a)
-        hour = int(m["H"] or 0)
-        if m["p"]:
-            if not 1 <= hour <= 12:
-                raise RowProblem("bad time: hour must be 1-12 with AM/PM")
-            hour = hour % 12 + (12 if m["p"].lower() == "pm" else 0)
+        clock = _clock(m)  # outside the try: its RowProblem is a ValueError with its own reason
         try:
-            dt = datetime(year, month, day, hour, int(m["M"] or 0), int(m["S"] or 0),
-                          int((m["f"] or "0").ljust(6, "0")))
+            dt = datetime(_year(m), month, day, *clock)
         except ValueError:
             shape = "year/month/day" if year_first else "day/month/year" if order == "dmy" else "month/day/year"
             raise RowProblem(f"bad time: not a valid date as {shape}") from None
@@ -584,26 +578,29 @@ def _month_named(m: re.Match[str]) -> datetime:
     months = [i for i, full in enumerate(_MONTH_NAMES, 1) if full.startswith(name) or (name == "sept" and i == 9)]
     if len(name) < 3 or len(months) != 1:
         raise RowProblem("bad time: not a month name")
+    z = (m["z"] or "").upper()
+    zone = UTC if z in ("Z", "UTC", "GMT") else datetime.strptime(z, "%z").tzinfo if z else None
+    clock = _clock(m)
+    try:
+        return datetime(_year(m), months[0], int(m["d"]), *clock, tzinfo=zone)
+    except ValueError:
+        raise RowProblem("bad time: not a valid date") from None
+
+
+def _year(m: re.Match[str]) -> int:
+    """The year of a date match; two digits are 1970-2069."""
     y = int(m["y"])
-    year = y + (2000 if y < 70 else 1900) if len(m["y"]) == 2 else y
+    return y + (2000 if y < 70 else 1900) if len(m["y"]) == 2 else y
+
+
+def _clock(m: re.Match[str]) -> tuple[int, int, int, int]:
+    """Hour, minute, second and microsecond of a match of ``_CLOCK`` (all 0 when absent)."""
     hour = int(m["H"] or 0)
     if m["p"]:
         if not 1 <= hour <= 12:
             raise RowProblem("bad time: hour must be 1-12 with AM/PM")
         hour = hour % 12 + (12 if m["p"].lower() == "pm" else 0)
-    zone: tzinfo | None = None
-    z = (m["z"] or "").upper()
-    if z in ("Z", "UTC", "GMT"):
-        zone = UTC
-    elif z:
-        sign = -1 if z[0] == "-" else 1
-        digits = z[1:].replace(":", "")
-        zone = timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
-    try:
-        return datetime(year, months[0], int(m["d"]), hour, int(m["M"] or 0), int(m["S"] or 0),
-                        int((m["f"] or "0").ljust(6, "0")), tzinfo=zone)
-    except ValueError:
-        raise RowProblem("bad time: not a valid date") from None
+    return hour, int(m["M"] or 0), int(m["S"] or 0), int((m["f"] or "0").ljust(6, "0"))
 
 
 # --------------------------------------------------------------------- rows
