@@ -686,9 +686,11 @@ def import_transactions(
         _, header = next(records)
     except StopIteration:
         raise ImportFailed("the file is empty (no header line)") from None
-    header = [h.strip().lstrip("\ufeff") for h in header]
-    if config.legacy_fallback:
-        header = [legacy_text(h) for h in header]
+    def header_cell(cell: str) -> str:
+        name = cell.strip().lstrip("\ufeff")
+        return legacy_text(name) if config.legacy_fallback else name
+
+    header = [header_cell(h) for h in header]
     index = {name: i for i, name in reversed(list(enumerate(header)))}
     absent = [c for c in config.columns() if c not in index]
     if absent:
@@ -708,7 +710,7 @@ def import_transactions(
         result.rows += 1
         if progress and result.rows % 10_000 == 0:
             progress(result.rows)
-        if cells[0].strip().lstrip("\ufeff") == header[0] and [c.strip().lstrip("\ufeff") for c in cells] == header:
+        if header_cell(cells[0]) == header[0] and [header_cell(c) for c in cells] == header:
             # Exports joined together, each with its own header line.
             result.errors.append(RowError(number, "the header line repeated"))
             continue

@@ -377,6 +377,11 @@ def test_bytes_that_are_not_utf8_are_read_as_windows_1252_when_asked(tmp_path: P
     assert not result.errors
     assert [e["customer_id"] for e in result.events] == ["José", "Zoë", "Ærø"]
     assert result.legacy_rows == 2 and result.summary()["rows_read_as_windows_1252"] == 2
+    # Its header repeated mid-file (the older export's own) is the header too, not a bad row.
+    path.write_bytes(path.read_bytes() + "Kunde;Datum;Währung;Betrag\n".encode("cp1252"))
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+        again = import_transactions(handle, config)
+    assert [e.reason for e in again.errors] == ["the header line repeated"]
 
 
 def test_swiss_amounts_group_thousands_with_an_apostrophe() -> None:
