@@ -589,6 +589,8 @@ class LiveWorker:
         partition's events were then dropped as late.
         """
         inputs = set(self.settings.topics.inputs.values())
+        if isinstance(self.learner, LearnerProcess) and TP(self.settings.topics.labels, 0) in assigned:
+            self.learn_executor.submit(self.learner.start)  # its start-up, before the first labels
         # Before any await: nothing of this assignment has reached the agent yet. Until
         # the starts are known, a partition counts as caught up only if it is empty.
         self.received = {}

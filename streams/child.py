@@ -56,8 +56,13 @@ class ChildProcess:
         if not lazy:
             self._start()
 
+    def start(self) -> None:
+        """Start the child now, if not yet (``lazy``: else at the first call)."""
+        with self._lock:
+            if self._proc is None:
+                self._start()
+
     def _start(self) -> None:
-        """Start the child (``lazy``: at the first call, so a worker that never calls it never has it)."""
         build, args, calls, name = self._spec
         ctx = multiprocessing.get_context("spawn")  # never fork a process with threads running
         self._conn, child = ctx.Pipe()
