@@ -67,6 +67,7 @@ import orjson
 import redis
 
 from features.engine import TIME_FIELD, Op, State
+from features.redis_batch import CommandBatch, pairs
 from features.store import APPLIED, DUPLICATE, LATE, BatchResult, Update, apply_update
 
 __all__ = ["RedisFeatureStore", "key_tag", "DEFAULT_TTL_SECONDS"]
@@ -327,11 +328,11 @@ class RedisFeatureStore:
         pending = list(range(len(calls)))
         replies: list[Any] = [None] * len(calls)
         for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
+            batch = CommandBatch(self.client)
             for i in pending:
                 script, args = calls[i]
-                pipe.execute_command("EVALSHA", script.sha, *args)
-            out = pipe.execute(raise_on_error=False)
+                batch.add("EVALSHA", script.sha, *args)
+            out = batch.execute(raise_on_error=False)
             retry: list[int] = []
             for i, reply in zip(pending, out, strict=True):
                 if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 0:
@@ -361,17 +362,20 @@ class RedisFeatureStore:
         # Taken before any reply is handled: remembering one state may evict another.
         known = {cid: self._cache[cid] for cid in ask if cid in self._cache}
         for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
+            batch = CommandBatch(self.client)
+            asked_all = []
             for cid in ask:
                 fkey = self.keys_for(cid)[0]
                 if attempt == 0 and cid in known:
-                    pipe.hget(fkey, VERSION_FIELD)  # is our copy still the stored state?
+                    batch.add("HGET", fkey, VERSION_FIELD)  # is our copy still the stored state?
+                    asked_all.append(False)
                 else:
-                    pipe.hgetall(fkey)
+                    batch.add("HGETALL", fkey)
+                    asked_all.append(True)
             stale = []
-            for cid, raw in zip(ask, pipe.execute(), strict=True):
-                if isinstance(raw, dict):
-                    version, state = _state_from_hash(raw)
+            for cid, whole, raw in zip(ask, asked_all, batch.execute(), strict=True):
+                if whole:
+                    version, state = _state_from_hash(pairs(raw))
                     out[cid] = dict(state)
                     if self.cache_size:
                         self._remember(cid, version, state)

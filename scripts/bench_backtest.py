@@ -77,7 +77,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-redis", action="store_true")
     ap.add_argument("--against", metavar="REV",
-                    help="also run the in-process store at git revision REV, alternating (ratio vs REV)")
+                    help="also run the in-process store (and Redis, unless --no-redis) at git revision "
+                    "REV, alternating (ratios vs REV)")
     ap.add_argument("--memory", action="store_true", help="fixed customers, short vs long history")
     ap.add_argument("--long-days", type=int, default=0, help="long history length (default: ~10x events)")
     args = ap.parse_args()
@@ -95,7 +96,7 @@ def main() -> int:
         if args.against:
             tree = str(Path(tmp) / "against")
             subprocess.run(["git", "worktree", "add", "--detach", "-q", tree, args.against], check=True)
-            stores.append(f"memory@{args.against}")
+            stores += [f"{s}@{args.against}" for s in list(stores)]
         results: dict[str, list[dict]] = {s: [] for s in stores}
         server = None if args.no_redis else EmbeddedRedis().start()
         try:
@@ -116,8 +117,9 @@ def main() -> int:
             print(f"  {s:<6} {med[s]:>9,.0f}   runs: {[round(r['eps']) for r in results[s]]}")
         if "redis" in med:
             print(f"  ratio memory/redis: {med['memory'] / med['redis']:.2f}x")
-        if args.against:
-            print(f"  ratio memory now / memory@{args.against}: {med['memory'] / med[stores[-1]]:.2f}x")
+        for s in stores if args.against else ():
+            if "@" not in s:
+                print(f"  ratio {s} now / {s}@{args.against}: {med[s] / med[f'{s}@{args.against}']:.2f}x")
     return 0
 
 

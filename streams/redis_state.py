@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import redis
 
+from features.redis_batch import CommandBatch
 from features.redis_store import key_tag
 from scoring.rfm import RfmGrader
 from scoring.state import CustomerScoring
@@ -69,15 +70,15 @@ class RedisStateStore:
         # Taken out: the caller owns the record until it saves it back.
         held = {c: e for c in cids if (e := self._cache.pop(c, None)) is not None}
         # A pipeline, not MGET: in Redis Cluster customers live on different slots.
-        pipe = self.client.pipeline(transaction=False)
+        batch = CommandBatch(self.client)
         for c in cids:
             if c in held:
-                pipe.getrange(self._key(c), 0, VERSION_BYTES - 1)
+                batch.add("GETRANGE", self._key(c), 0, VERSION_BYTES - 1)
             else:
-                pipe.get(self._key(c))
+                batch.add("GET", self._key(c))
         out: dict[str, CustomerScoring] = {}
         stale = []
-        for c, raw in zip(cids, pipe.execute(), strict=True):
+        for c, raw in zip(cids, batch.execute(), strict=True):
             if c in held:
                 if raw == held[c][0]:
                     out[c] = held[c][1]
@@ -86,10 +87,10 @@ class RedisStateStore:
             else:
                 out[c] = _record(raw) if raw else CustomerScoring()
         if stale:
-            pipe = self.client.pipeline(transaction=False)
+            batch = CommandBatch(self.client)
             for c in stale:
-                pipe.get(self._key(c))
-            for c, raw in zip(stale, pipe.execute(), strict=True):
+                batch.add("GET", self._key(c))
+            for c, raw in zip(stale, batch.execute(), strict=True):
                 out[c] = _record(raw) if raw else CustomerScoring()
         return {c: out[c] for c in cids}
 
@@ -97,9 +98,9 @@ class RedisStateStore:
         self, records: dict[str, CustomerScoring], shard: str, watermark: int | None,
         grader: RfmGrader | None = None,
     ) -> None:
-        pipe = self.client.pipeline(transaction=False)
+        batch = CommandBatch(self.client)
         if grader is not None:
-            pipe.set(f"{self.prefix}:rfm:{shard}", grader.snapshot())
+            batch.add("SET", f"{self.prefix}:rfm:{shard}", grader.snapshot())
         due_key = f"{self.prefix}:due:{shard}"
         versions = []
         # One ZADD and one ZREM for the batch, not one per customer: the due index took
@@ -112,21 +113,21 @@ class RedisStateStore:
             versions.append(version)
             blob = version + rec.to_json()
             if self.ttl_seconds:
-                pipe.set(self._key(cid), blob, ex=self.ttl_seconds)
+                batch.add("SET", self._key(cid), blob, "EX", self.ttl_seconds)
             else:
-                pipe.set(self._key(cid), blob)
+                batch.add("SET", self._key(cid), blob)
             due = rec.next_due()
             if due is None:
                 undue.append(cid)
             else:
                 dues[cid] = due
         if undue:
-            pipe.zrem(due_key, *undue)
+            batch.add("ZREM", due_key, *undue)
         if dues:
-            pipe.zadd(due_key, dues)
+            batch.add("ZADD", due_key, *[v for cid, due in dues.items() for v in (due, cid)])
         if watermark is not None:
-            pipe.set(f"{self.prefix}:wm:{shard}", watermark)
-        pipe.execute()
+            batch.add("SET", f"{self.prefix}:wm:{shard}", watermark)
+        batch.execute()
         if self.cache_size:
             for (cid, rec), version in zip(records.items(), versions, strict=True):
                 self._cache[cid] = (version, rec)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from features.engine import TIME_FIELD, FeatureEngine, State
 from features.events import AnyEvent, EventError, decode
+from features.redis_batch import CommandBatch
 from features.redis_store import RedisFeatureStore, key_tag
 from features.spec import DAY_MS, Catalog, FeatureSpec, default_catalog
 from features.store import FeatureStore, InMemoryFeatureStore, Update
@@ -344,13 +345,13 @@ def test_one_round_trip_per_batch(rstore: RedisFeatureStore, redis_client: redis
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     rstore.apply([up(ev("web", T0))])  # script cached
     calls: list[int] = []
-    real = redis.client.Pipeline.execute
+    real = CommandBatch.execute
 
     def counting(self: Any, *a: Any, **kw: Any) -> Any:
-        calls.append(len(self.command_stack))
+        calls.append(len(self))
         return real(self, *a, **kw)
 
-    monkeypatch.setattr(redis.client.Pipeline, "execute", counting)
+    monkeypatch.setattr(CommandBatch, "execute", counting)
     redis_client.config_resetstat()
     batch = [up(ev("web", T0 + i, customer=f"c{i % 7}")) for i in range(100)]
     rstore.apply(batch)
