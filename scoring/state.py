@@ -43,6 +43,29 @@ class Pending:
     match: str | None = None
     outcome: bool = False
     rule_prob: float = 0.0
+    # This example's JSON while ``outcome`` is what it was encoded with (nothing else
+    # changes once registered): a record is saved after every batch that touches its
+    # customer, and its examples' model inputs were most of what got encoded again.
+    _json: tuple[bool, orjson.Fragment] | None = field(default=None, repr=False, compare=False)
+
+    def fragment(self) -> orjson.Fragment:
+        """This example as JSON, encoded once.
+
+        >>> p = Pending("k", "e1", 1, 2, {"a": 1.0}, 0.5, "model")
+        >>> orjson.dumps(p.fragment()) == orjson.dumps(p.fragment()) == orjson.dumps(_fields(p))
+        True
+        """
+        cached = self._json
+        if cached is None or cached[0] is not self.outcome:
+            cached = self._json = (self.outcome, orjson.Fragment(orjson.dumps(_fields(self))))
+        return cached[1]
+
+
+def _fields(p: Pending) -> dict[str, Any]:
+    return {
+        "kind": p.kind, "example_id": p.example_id, "t_ms": p.t_ms, "end_ms": p.end_ms, "x": p.x,
+        "prob": p.prob, "source": p.source, "match": p.match, "outcome": p.outcome, "rule_prob": p.rule_prob,
+    }
 
 
 @dataclass(slots=True)
@@ -76,7 +99,7 @@ class CustomerScoring:
     def to_json(self) -> bytes:
         # orjson serialises dataclasses natively (same JSON as asdict), ~25x faster:
         # asdict deep-copies every pending example's feature dict.
-        return orjson.dumps(self)
+        return orjson.dumps({"kinds": self.kinds, "pending": [p.fragment() for p in self.pending]})
 
     @classmethod
     def from_json(cls, blob: bytes | str) -> CustomerScoring:

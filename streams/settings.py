@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     redis_state_cache: int = Field(
         5_000, ge=0,
         description="customers whose feature state and scoring record the worker keeps in memory "
-        "(~10-25 KB each); what changed elsewhere is fetched again; 0 = off",
+        "(~15-30 KB each: a scoring record also keeps its examples' JSON); what changed "
+        "elsewhere is fetched again; 0 = off",
     )
 
     # Worker
