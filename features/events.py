@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -257,10 +257,26 @@ def encode(event: AnyEvent) -> bytes:
 def ms_to_iso(ms: int) -> str:
     """RFC 3339 text in UTC for epoch milliseconds.
 
-    >>> ms_to_iso(1704067200000)
-    '2024-01-01T00:00:00.000+00:00'
+    Every published score, alert and label carries one: the date part is made once per
+    day, the time of day by integer arithmetic (exact, where a float of seconds rounds).
+
+    >>> ms_to_iso(1704067200000), ms_to_iso(-1)
+    ('2024-01-01T00:00:00.000+00:00', '1969-12-31T23:59:59.999+00:00')
     """
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+    day, rest = divmod(ms, 86_400_000)
+    date = _DATES.get(day)
+    if date is None:
+        if len(_DATES) >= 4096:
+            _DATES.clear()
+        date = _DATES[day] = (_EPOCH + timedelta(days=day)).isoformat()[:11]
+    hour, rest = divmod(rest, 3_600_000)
+    minute, rest = divmod(rest, 60_000)
+    second, milli = divmod(rest, 1000)
+    return f"{date}{hour:02d}:{minute:02d}:{second:02d}.{milli:03d}+00:00"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DATES: dict[int, str] = {}  # days since the epoch -> "YYYY-MM-DDT"
 
 
 def read_jsonl(lines: Iterable[bytes | str]) -> Iterator[tuple[int, AnyEvent | EventError]]:

@@ -17,6 +17,7 @@ from features.events import (
     WebEvent,
     decode,
     encode,
+    ms_to_iso,
     parse_ts_ms,
     read_jsonl,
     read_jsonl_file,
@@ -254,3 +255,17 @@ def test_an_event_stamped_more_than_a_day_ahead_of_the_clock_is_invalid() -> Non
     # A device clock a few hours fast still passes.
     soon = orjson.dumps(web(ts=now + 3 * 3_600_000))
     assert ok(soon).ts_ms == now + 3 * 3_600_000 and event_time_ms(soon) == now + 3 * 3_600_000
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ms_to_iso_is_exact_and_reads_back(seed: int) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    rng = random.Random(seed)
+    edges = [0, -1, 86_399_999, 86_400_000, -86_400_001, T0 - 1, 253_402_300_799_999, -62_135_596_800_000]
+    for ms in edges + [rng.randint(-62_135_596_800_000, 253_402_300_799_999) for _ in range(20_000)]:
+        text = ms_to_iso(ms)
+        assert text == (epoch + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds"), ms
+        if 100_000_000_000 <= ms < 4_102_444_800_000:  # 1973-2099: what events may carry
+            assert parse_ts_ms(text) == ms
