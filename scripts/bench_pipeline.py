@@ -301,6 +301,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{mode:<12}{m['events_per_s']:>12,.0f}{m['p50_ms']:>10.1f}{m['p99_ms']:>10.1f}"
               f"{m['held_s']:>9.2f}{m['steady_events_per_s']:>9,.0f}")
     print(f"ratio pipeline/bare: {summary['ratio']:.2f} (target >= 0.5)")
+    # Each run's own ratio: its two modes ran minutes apart, not a whole session apart, so a
+    # machine whose speed drifts moves this less than the ratio of the medians.
+    by_run = [
+        p["events_per_s"] / b["events_per_s"]
+        for b in results if b["mode"] == "bare"
+        for p in results if p["mode"] == "pipeline" and p["run"] == b["run"]
+    ]
+    if by_run:
+        summary["ratio_per_run"] = [round(r, 3) for r in by_run]
+        print(f"ratio pipeline/bare per run: median {statistics.median(by_run):.2f}, runs "
+              + ", ".join(f"{r:.2f}" for r in by_run))
     for mode in modes:
         rows = [r["cpu_us_per_event"] for r in results if r["mode"] == mode and r.get("cpu_us_per_event")]
         if rows:
