@@ -60,7 +60,7 @@ Web views (on ``web_host:web_port``): ``GET /customers/{id}/scores``,
 ``DELETE /customers/{id}``, ``GET /health``, ``GET /metrics``, ``GET /latency``.
 Logs never carry customer ids, payloads or credentials.
 
->>> from streams.settings import Settings
+>>> from streams.settings import Settings, kafka_unreachable
 >>> worker = LiveWorker(Settings(kafka_bootstrap="127.0.0.1:9092"))  # doctest: +SKIP
 >>> run_worker(Settings())  # doctest: +SKIP
 """
@@ -103,9 +103,11 @@ from streams.pipeline import (
 )
 from streams.runtime import tune_gc
 from streams.scorer import Scorer, ScorerPool, ScorerProcess
-from streams.settings import Settings
+from streams.settings import Settings, kafka_unreachable
 
-__all__ = ["LiveWorker", "RedisCheckpointStore", "ensure_topics", "faust_credentials", "run_worker"]
+__all__ = [
+    "LiveWorker", "RedisCheckpointStore", "check_redis", "ensure_topics", "faust_credentials", "run_worker",
+]
 
 log = logging.getLogger("leadpulse.worker")
 T = TypeVar("T")
@@ -141,6 +143,27 @@ def faust_credentials(settings: Settings) -> Any:
     )
 
 
+def check_redis(settings: Settings) -> None:
+    """Refuse to start on credentials Redis rejects; an unreachable Redis is waited for.
+
+    The batch loop retries Redis errors, as it should for a restart or a failover. A
+    wrong or missing password is not one of those: without this check the worker
+    retried it forever, ``/health`` degraded, and nothing said it was the configuration.
+    """
+    client = settings.redis_client()
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:  # a subclass of redis.ConnectionError: first
+        raise ValueError(
+            f"Redis refused the credentials ({type(exc).__name__}): check the password in "
+            "LEADPULSE_REDIS_URL or LEADPULSE_REDIS_PASSWORD"
+        ) from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("redis not reachable yet (%s); the worker retries", type(exc).__name__)
+    finally:
+        client.close()
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
     """Create missing topics; check co-partitioning. Returns ``{topic: partitions}``.
 
@@ -161,10 +184,11 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
         name: settings.partitions for name in (*t.inputs.values(), t.scores, t.alerts, t.triggers, t.dlq, t.late)
     }
     wanted.update({t.labels: 1, t.drift: 1})
-    admin = KafkaAdminClient(
-        client_id=f"{settings.app_id}-admin", request_timeout_ms=int(timeout_s * 1000),
-        **settings.kafka_client_kwargs(),
-    )
+    with kafka_unreachable(settings):
+        admin = KafkaAdminClient(
+            client_id=f"{settings.app_id}-admin", request_timeout_ms=int(timeout_s * 1000),
+            **settings.kafka_client_kwargs(),
+        )
     try:
         existing = set(admin.list_topics())
         missing = {
@@ -926,6 +950,8 @@ def _json(record: dict[str, Any]) -> bytes:
 
 def run_worker(settings: Settings, *, bare: bool = False, loglevel: str = "info") -> None:
     """Create topics if missing, then run one worker until SIGTERM/SIGINT (exits the process)."""
+    if not bare:
+        check_redis(settings)
     ensure_topics(settings)
     worker = LiveWorker(settings, bare=bare)
     runner = faust.Worker(worker.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

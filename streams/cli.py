@@ -460,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"leadpulse {args.command}: {exc}", file=sys.stderr)
         return 2
+    except ConnectionError as exc:  # a service it needs is unreachable: not a usage error
+        print(f"leadpulse {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 def _load_extensions() -> None:

@@ -71,10 +71,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def load_settings(**values: Any) -> Any:
     """``Settings(**values)``: environment and ``.env`` first, ``values`` override them.
 
-    (A plain call: ``Settings.model_validate`` would skip the environment.)
+    (A plain call: ``Settings.model_validate`` would skip the environment.) Warns on
+    stderr of ``LEADPULSE_*`` variables that no setting reads (typos).
     """
-    from streams.settings import Settings
+    from streams.settings import Settings, unknown_variables
 
+    for name in unknown_variables(os.environ):
+        print(f"leadpulse: ignoring unknown setting {name}", file=sys.stderr)
     factory: Any = Settings
     return factory(**values)
 
@@ -326,10 +329,13 @@ def replay_lines(
 def make_producer(settings: Any, **overrides: Any) -> Any:
     from kafka import KafkaProducer
 
+    from streams.settings import kafka_unreachable
+
     kw: dict[str, Any] = {"acks": "all", "linger_ms": 20, "batch_size": 256 * 1024,
                           "client_id": f"{settings.app_id}-replay"}
     kw.update(overrides)
-    return KafkaProducer(**settings.kafka_client_kwargs(), **kw)
+    with kafka_unreachable(settings):
+        return KafkaProducer(**settings.kafka_client_kwargs(), **kw)
 
 
 @command("replay")

@@ -12,9 +12,11 @@ never from code. Every Kafka topic name lives here too.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -135,6 +137,21 @@ class Settings(BaseSettings):
     # Scoring
     scoring_config: str | None = Field(None, description="YAML file: kinds, policy, lateness, catalog")
 
+    @field_validator("scoring_config", mode="before")
+    @classmethod
+    def _blank_config_is_none(cls, value: Any) -> Any:
+        # ``LEADPULSE_SCORING_CONFIG=`` (a compose file's ``${VAR:-}``) means the defaults; as a
+        # path it read the current directory and crashed.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("web_api_token", mode="before")
+    @classmethod
+    def _token_not_blank(cls, value: Any) -> Any:
+        # An empty token is neither off nor a secret: refuse it rather than guess which was meant.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("LEADPULSE_WEB_API_TOKEN is set but empty: unset it to turn auth off")
+        return value
+
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
@@ -167,3 +184,54 @@ class Settings(BaseSettings):
         if self.redis_ssl_ca_certs:
             kw["ssl_ca_certs"] = self.redis_ssl_ca_certs
         return redis.Redis.from_url(self.redis_url.get_secret_value(), **kw)
+
+
+@contextlib.contextmanager
+def kafka_unreachable(settings: Settings) -> Iterator[None]:
+    """Turn kafka-python's failure to bootstrap into a ``ConnectionError`` that names the setting.
+
+    The command line prints it in one line and exits 1, instead of a traceback of
+    kafka-python's network internals. (The brokers are host:port, never a secret.)
+    """
+    import kafka.errors as errors
+
+    unreachable = tuple(
+        getattr(errors, name) for name in ("NoBrokersAvailable", "KafkaTimeoutError", "KafkaConnectionError")
+        if hasattr(errors, name)  # kafka-python 2.x and 3.x name them differently
+    )
+    try:
+        yield
+    except unreachable as exc:
+        raise ConnectionError(
+            f"cannot reach the Kafka brokers {settings.kafka_bootstrap} ({type(exc).__name__}): check "
+            "LEADPULSE_KAFKA_BOOTSTRAP and LEADPULSE_KAFKA_SECURITY_PROTOCOL"
+        ) from None
+
+
+# Read by streams/embedded.py (server binaries), not settings.
+_OTHER_VARIABLES = frozenset({"LEADPULSE_TANSU", "LEADPULSE_REDIS_SERVER"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``LEADPULSE_*`` names in ``environ`` that no setting reads, each with a likely intended name.
+
+    Settings ignore unknown variables, so a typo (``LEADPULSE_BATCH_SIZ``) silently kept
+    the default.
+
+    >>> unknown_variables({"LEADPULSE_BATCH_SIZ": "9", "LEADPULSE_TOPICS__SCORES": "s", "HOME": "/"})
+    ['LEADPULSE_BATCH_SIZ (did you mean LEADPULSE_BATCH_SIZE?)']
+    >>> unknown_variables({"LEADPULSE_TOPICS__SCORE": "s"})
+    ['LEADPULSE_TOPICS__SCORE (did you mean LEADPULSE_TOPICS__SCORES?)']
+    """
+    import difflib
+
+    prefix = "LEADPULSE_"
+    known = {prefix + name.upper() for name in Settings.model_fields if name != "topics"}
+    known |= {f"{prefix}TOPICS__{name.upper()}" for name in Topics.model_fields}
+    known |= _OTHER_VARIABLES
+    out = []
+    for name in sorted(environ):
+        if name.upper().startswith(prefix) and name.upper() not in known:
+            close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.8)
+            out.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return out
