@@ -74,6 +74,7 @@ import hmac
 import logging
 import os
 import shutil
+import socket
 import ssl
 import tempfile
 import time
@@ -106,7 +107,8 @@ from streams.scorer import Scorer, ScorerPool, ScorerProcess
 from streams.settings import Settings, kafka_unreachable
 
 __all__ = [
-    "LiveWorker", "RedisCheckpointStore", "check_redis", "ensure_topics", "faust_credentials", "run_worker",
+    "LiveWorker", "RedisCheckpointStore", "check_redis", "check_web_port", "ensure_topics",
+    "faust_credentials", "run_worker",
 ]
 
 log = logging.getLogger("leadpulse.worker")
@@ -162,6 +164,25 @@ def check_redis(settings: Settings) -> None:
         log.warning("redis not reachable yet (%s); the worker retries", type(exc).__name__)
     finally:
         client.close()
+
+
+def check_web_port(settings: Settings) -> None:
+    """Refuse a web port another process holds, before anything else starts.
+
+    Faust found out only once the worker had started its agents, and stopped with a
+    traceback of some 40 lines (two workers on one host with the same port, say).
+    """
+    if settings.web_port == 0:  # any free port
+        return
+    with socket.socket(socket.AF_INET6 if ":" in settings.web_host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
+        try:
+            probe.bind((settings.web_host, settings.web_port))
+        except OSError as exc:
+            raise ValueError(
+                f"cannot listen on {settings.web_host}:{settings.web_port} ({exc.strerror}): "
+                "set LEADPULSE_WEB_PORT (and LEADPULSE_WEB_HOST)"
+            ) from None
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
@@ -950,6 +971,7 @@ def _json(record: dict[str, Any]) -> bytes:
 
 def run_worker(settings: Settings, *, bare: bool = False, loglevel: str = "info") -> None:
     """Create topics if missing, then run one worker until SIGTERM/SIGINT (exits the process)."""
+    check_web_port(settings)
     if not bare:
         check_redis(settings)
     ensure_topics(settings)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
@@ -136,6 +137,27 @@ class Settings(BaseSettings):
 
     # Scoring
     scoring_config: str | None = Field(None, description="YAML file: kinds, policy, lateness, catalog")
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _brokers(cls, value: str) -> str:
+        # Checked here: kafka-python took "" or "host:90920" for brokers it could not reach,
+        # 30 seconds later. A host alone is port 9092, as for Kafka's own clients.
+        for broker in value.split(","):
+            host, colon, port = broker.strip().rpartition(":")
+            if not colon:
+                host, port = port, "9092"
+            if not host or not (port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"brokers are host:port[,host:port], not {value!r}")
+        return value
+
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "redis_ssl_ca_certs")
+    @classmethod
+    def _tls_file_exists(cls, value: str | None) -> str | None:
+        # A missing CA file read as "cannot reach the brokers" (or a Redis TLS error) before.
+        if value and not Path(value).is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
 
     @field_validator("scoring_config", mode="before")
     @classmethod

@@ -53,6 +53,7 @@ def test_a_worker_that_redis_refuses_stops_at_start_without_printing_the_passwor
         monkeypatch.setenv("LEADPULSE_REDIS_URL", f"redis://{auth}127.0.0.1:{server.port}/0")
         # Redis is checked before the broker is asked anything: none runs here.
         monkeypatch.setenv("LEADPULSE_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
+        monkeypatch.setenv("LEADPULSE_WEB_PORT", str(free_port()))
         assert main(["worker"]) == 2
     err = capsys.readouterr().err
     assert "Redis refused the credentials" in err and "LEADPULSE_REDIS_URL" in err
@@ -102,3 +103,21 @@ def test_replay_dead_letters_a_line_too_large_for_a_record_and_sends_the_rest(
     assert headers["leadpulse.replay.line"] == b"1"
     assert headers["leadpulse.replay.truncated_from"] == str(len(huge)).encode()
     assert b"too large" in headers["__connect.errors.exception.message"]
+
+
+def test_a_web_port_in_use_stops_the_worker_at_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as holder:  # another worker on this host, say
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        monkeypatch.setenv("LEADPULSE_WEB_PORT", str(port))
+        # Checked before Redis and the brokers: neither runs here.
+        monkeypatch.setenv("LEADPULSE_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
+        monkeypatch.setenv("LEADPULSE_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+        assert main(["worker"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "LEADPULSE_WEB_PORT" in err

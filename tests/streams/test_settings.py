@@ -32,3 +32,20 @@ def test_a_misspelt_variable_is_reported_with_the_name_meant(
     err = capsys.readouterr().err
     assert "ignoring unknown setting LEADPULSE_BATCH_SIZ (did you mean LEADPULSE_BATCH_SIZE?)" in err
     assert "TOPICS__SCORES" not in err and "REDIS_SERVER" not in err
+
+
+@pytest.mark.parametrize("brokers", ["", "kafka:", "kafka:90920", "kafka:9092,"])
+def test_brokers_that_are_not_host_port_are_refused(brokers: str) -> None:
+    with pytest.raises(ValidationError, match="host:port"):
+        Settings(kafka_bootstrap=brokers)
+
+
+def test_a_host_alone_is_kafkas_default_port() -> None:
+    assert Settings(kafka_bootstrap="kafka").kafka_client_kwargs()["bootstrap_servers"] == ["kafka"]
+
+
+def test_a_tls_file_that_does_not_exist_is_refused(tmp_path) -> None:
+    with pytest.raises(ValidationError, match="no such file"):
+        Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=str(tmp_path / "ca.pem"))
+    with pytest.raises(ValidationError, match="no such file"):
+        Settings(redis_ssl_ca_certs=str(tmp_path / "ca.pem"))
