@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     )
 
     # Worker
-    app_id: str = "leadpulse"
+    app_id: str = Field("leadpulse", min_length=1, description="Kafka consumer group and client id prefix")
     batch_size: int = Field(500, ge=1, description="events per stream.take batch")
     batch_within_s: float = Field(0.05, gt=0, description="max wait to fill a batch")
     web_port: int = Field(6066, ge=0, le=65535)
@@ -79,8 +79,9 @@ class Settings(BaseSettings):
     snapshot_every_labels: int = Field(500, ge=1, description="learner publishes a snapshot after this many labels")
     snapshot_every_s: float = Field(30.0, gt=0)
     model_refresh_s: float = Field(5.0, gt=0, description="scorers check for a newer snapshot this often")
-    broker_session_timeout_s: float = 60.0
-    broker_rebalance_timeout_s: float = 60.0
+    # Not positive, the worker never joined its group (it logged coordinator errors forever).
+    broker_session_timeout_s: float = Field(60.0, gt=0)
+    broker_rebalance_timeout_s: float = Field(60.0, gt=0)
     max_event_bytes: int = Field(64 * 1024, ge=256)
     # Live pipeline (streams/app.py)
     require_key_match: bool = Field(

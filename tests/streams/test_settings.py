@@ -49,3 +49,18 @@ def test_a_tls_file_that_does_not_exist_is_refused(tmp_path) -> None:
         Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=str(tmp_path / "ca.pem"))
     with pytest.raises(ValidationError, match="no such file"):
         Settings(redis_ssl_ca_certs=str(tmp_path / "ca.pem"))
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("LEADPULSE_BROKER_SESSION_TIMEOUT_S", "-1"), ("LEADPULSE_BROKER_REBALANCE_TIMEOUT_S", "0"),
+     ("LEADPULSE_APP_ID", "")],
+)
+def test_values_the_worker_cannot_run_with_are_refused(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: a negative session timeout never joined the group (coordinator errors forever),
+    # an empty app id stopped Faust with a traceback.
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=variable.removeprefix("LEADPULSE_").lower()):
+        Settings()
