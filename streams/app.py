@@ -162,6 +162,8 @@ def check_redis(settings: Settings) -> None:
         ) from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         log.warning("redis not reachable yet (%s); the worker retries", type(exc).__name__)
+    except redis.ResponseError as exc:  # "DB index is out of range", say: Redis's words, no secret
+        raise ValueError(f"Redis refused the connection ({exc}): check LEADPULSE_REDIS_URL") from None
     finally:
         client.close()
 

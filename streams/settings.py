@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -158,6 +159,16 @@ class Settings(BaseSettings):
         # A missing CA file read as "cannot reach the brokers" (or a Redis TLS error) before.
         if value and not Path(value).is_file():
             raise ValueError(f"no such file: {value}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_database(cls, value: SecretStr) -> SecretStr:
+        # redis-py ignores a database it cannot read as a number ("/prod" is database 0).
+        # The message leaves the URL out: it may hold the password.
+        path = urlsplit(value.get_secret_value()).path.strip("/")
+        if value.get_secret_value().startswith(("redis://", "rediss://")) and path and not path.isdigit():
+            raise ValueError("the database after the last / must be a number")
         return value
 
     @field_validator("scoring_config", mode="before")

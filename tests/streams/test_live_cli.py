@@ -121,3 +121,27 @@ def test_a_web_port_in_use_stops_the_worker_at_start(
         assert main(["worker"]) == 2
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{port}" in err and "LEADPULSE_WEB_PORT" in err
+
+
+def test_invalid_settings_name_the_variable_and_never_print_its_value(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # pydantic's own message repeats every input, the Redis URL and its password too.
+    monkeypatch.setenv("LEADPULSE_REDIS_URL", "redis://:topsecret@127.0.0.1:6379/prod")
+    monkeypatch.setenv("LEADPULSE_BATCH_SIZE", "-1")
+    assert main(["worker"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("leadpulse worker: invalid settings: LEADPULSE_REDIS_URL: the database")
+    assert "LEADPULSE_BATCH_SIZE: Input should be greater than or equal to 1" in err
+    assert "topsecret" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.integration
+def test_a_redis_database_that_does_not_exist_stops_the_worker_at_start(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LEADPULSE_REDIS_URL", redis_url.rsplit("/", 1)[0] + "/99")  # 16 by default
+    monkeypatch.setenv("LEADPULSE_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("LEADPULSE_WEB_PORT", str(free_port()))
+    assert main(["worker"]) == 2
+    assert "Redis refused the connection (DB index is out of range)" in capsys.readouterr().err
