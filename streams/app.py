@@ -926,6 +926,9 @@ class LiveWorker:
                 return self.json(worker.latency.summary())
 
             async def delete(self, request: Request) -> Response:
+                # Reading stays open like /metrics; clearing what others measure does not.
+                if not worker._authorized(request):
+                    return self.error(401, "unauthorized")
                 worker.latency = LatencyWindow()
                 return self.json({"reset": True})
 
