@@ -13,6 +13,7 @@ never from code. Every Kafka topic name lives here too.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,15 @@ class Topics(BaseModel):
     late: str = "leadpulse.late"  # valid events later than the allowed lateness, as received
     labels: str = "leadpulse.labels"  # matured examples -> the one learner
     drift: str = "leadpulse.drift"
+
+    @field_validator("*")
+    @classmethod
+    def _kafka_topic_name(cls, value: str) -> str:
+        # Kafka's own rule. A broker that enforces it refused the topics only when the worker
+        # created them, as an error code in a traceback.
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value) or value in (".", ".."):
+            raise ValueError(f"{value!r} is not a Kafka topic name (letters, digits, '.', '_', '-')")
+        return value
 
     @property
     def inputs(self) -> dict[str, str]:

@@ -64,3 +64,10 @@ def test_values_the_worker_cannot_run_with_are_refused(
     monkeypatch.setenv(variable, value)
     with pytest.raises(ValidationError, match=variable.removeprefix("LEADPULSE_").lower()):
         Settings()
+
+
+@pytest.mark.parametrize("name", ["my dlq", "scores/v2", "", "..", "x" * 250])
+def test_a_topic_name_kafka_would_refuse_is_refused(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEADPULSE_TOPICS__DLQ", name)
+    with pytest.raises(ValidationError, match="not a Kafka topic name"):
+        Settings()
