@@ -310,6 +310,10 @@ def _derived(where: str, value: Any) -> DerivedSpec:
 # --------------------------------------------------------------------------- helpers
 
 def _read_yaml(path: Path) -> Any:
+    # A directory (or an empty setting, which Path reads as ".") is a configuration mistake,
+    # not a crash: say so as the YAML errors do.
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{path}: not a file")
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -60,7 +60,7 @@ Web views (on ``web_host:web_port``): ``GET /customers/{id}/scores``,
 ``DELETE /customers/{id}``, ``GET /health``, ``GET /metrics``, ``GET /latency``.
 Logs never carry customer ids, payloads or credentials.
 
->>> from streams.settings import Settings
+>>> from streams.settings import Settings, kafka_unreachable
 >>> worker = LiveWorker(Settings(kafka_bootstrap="127.0.0.1:9092"))  # doctest: +SKIP
 >>> run_worker(Settings())  # doctest: +SKIP
 """
@@ -74,6 +74,7 @@ import hmac
 import logging
 import os
 import shutil
+import socket
 import ssl
 import tempfile
 import time
@@ -103,9 +104,12 @@ from streams.pipeline import (
 )
 from streams.runtime import tune_gc
 from streams.scorer import Scorer, ScorerPool, ScorerProcess
-from streams.settings import Settings
+from streams.settings import Settings, kafka_unreachable
 
-__all__ = ["LiveWorker", "RedisCheckpointStore", "ensure_topics", "faust_credentials", "run_worker"]
+__all__ = [
+    "LiveWorker", "RedisCheckpointStore", "check_redis", "check_web_port", "ensure_topics",
+    "faust_credentials", "run_worker",
+]
 
 log = logging.getLogger("leadpulse.worker")
 T = TypeVar("T")
@@ -141,6 +145,48 @@ def faust_credentials(settings: Settings) -> Any:
     )
 
 
+def check_redis(settings: Settings) -> None:
+    """Refuse to start on credentials Redis rejects; an unreachable Redis is waited for.
+
+    The batch loop retries Redis errors, as it should for a restart or a failover. A
+    wrong or missing password is not one of those: without this check the worker
+    retried it forever, ``/health`` degraded, and nothing said it was the configuration.
+    """
+    client = settings.redis_client()
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:  # a subclass of redis.ConnectionError: first
+        raise ValueError(
+            f"Redis refused the credentials ({type(exc).__name__}): check the password in "
+            "LEADPULSE_REDIS_URL or LEADPULSE_REDIS_PASSWORD"
+        ) from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("redis not reachable yet (%s); the worker retries", type(exc).__name__)
+    except redis.ResponseError as exc:  # "DB index is out of range", say: Redis's words, no secret
+        raise ValueError(f"Redis refused the connection ({exc}): check LEADPULSE_REDIS_URL") from None
+    finally:
+        client.close()
+
+
+def check_web_port(settings: Settings) -> None:
+    """Refuse a web port another process holds, before anything else starts.
+
+    Faust found out only once the worker had started its agents, and stopped with a
+    traceback of some 40 lines (two workers on one host with the same port, say).
+    """
+    if settings.web_port == 0:  # any free port
+        return
+    with socket.socket(socket.AF_INET6 if ":" in settings.web_host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
+        try:
+            probe.bind((settings.web_host, settings.web_port))
+        except OSError as exc:
+            raise ValueError(
+                f"cannot listen on {settings.web_host}:{settings.web_port} ({exc.strerror}): "
+                "set LEADPULSE_WEB_PORT (and LEADPULSE_WEB_HOST)"
+            ) from None
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
     """Create missing topics; check co-partitioning. Returns ``{topic: partitions}``.
 
@@ -161,10 +207,11 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
         name: settings.partitions for name in (*t.inputs.values(), t.scores, t.alerts, t.triggers, t.dlq, t.late)
     }
     wanted.update({t.labels: 1, t.drift: 1})
-    admin = KafkaAdminClient(
-        client_id=f"{settings.app_id}-admin", request_timeout_ms=int(timeout_s * 1000),
-        **settings.kafka_client_kwargs(),
-    )
+    with kafka_unreachable(settings):
+        admin = KafkaAdminClient(
+            client_id=f"{settings.app_id}-admin", request_timeout_ms=int(timeout_s * 1000),
+            **settings.kafka_client_kwargs(),
+        )
     try:
         existing = set(admin.list_topics())
         missing = {
@@ -879,6 +926,9 @@ class LiveWorker:
                 return self.json(worker.latency.summary())
 
             async def delete(self, request: Request) -> Response:
+                # Reading stays open like /metrics; clearing what others measure does not.
+                if not worker._authorized(request):
+                    return self.error(401, "unauthorized")
                 worker.latency = LatencyWindow()
                 return self.json({"reset": True})
 
@@ -926,6 +976,9 @@ def _json(record: dict[str, Any]) -> bytes:
 
 def run_worker(settings: Settings, *, bare: bool = False, loglevel: str = "info") -> None:
     """Create topics if missing, then run one worker until SIGTERM/SIGINT (exits the process)."""
+    check_web_port(settings)
+    if not bare:
+        check_redis(settings)
     ensure_topics(settings)
     worker = LiveWorker(settings, bare=bare)
     runner = faust.Worker(worker.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

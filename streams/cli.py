@@ -458,8 +458,31 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except (FileNotFoundError, ValueError) as exc:
-        print(f"leadpulse {args.command}: {exc}", file=sys.stderr)
+        print(f"leadpulse {args.command}: {_reason(exc)}", file=sys.stderr)
         return 2
+    except ConnectionError as exc:  # a service it needs is unreachable: not a usage error
+        print(f"leadpulse {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _reason(exc: Exception) -> str:
+    """An error in one line; for invalid settings, each variable and what is wrong with it.
+
+    Not pydantic's own text: it repeats each input, and an input can be a secret (a Redis
+    URL holds its password).
+    """
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    settings = exc.title == "Settings"
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        where = "__".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        name = f"LEADPULSE_{where.upper()}" if settings else where
+        problems.append(f"{name}: {message}" if where else message)
+    return "invalid settings: " + "; ".join(problems) if settings else "; ".join(problems)
 
 
 def _load_extensions() -> None:

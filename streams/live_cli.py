@@ -17,7 +17,9 @@ appended to ``EXTRA_PARSERS`` and the handlers registered with ``@command``.
   default), or untouched to a topic of your choice (``--unroutable TOPIC``)
   for the worker to dead-letter. Nothing is dropped. Lines that route but do
   not validate (missing fields, negative amounts, ...) go to their topic and
-  the worker dead-letters them. Note for real Kafka: old event timestamps
+  the worker dead-letters them. A line too large for a Kafka record goes to
+  the DLQ too, its first 64 KiB with the reason, the line number and its
+  size (``leadpulse.replay.truncated_from``). Note for real Kafka: old event timestamps
   count against ``retention.ms``; replay history into topics whose retention
   covers it (or ``-1``).
 - ``leadpulse demo [--seconds N] [--customers N]``: no Docker needed. Starts
@@ -71,10 +73,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def load_settings(**values: Any) -> Any:
     """``Settings(**values)``: environment and ``.env`` first, ``values`` override them.
 
-    (A plain call: ``Settings.model_validate`` would skip the environment.)
+    (A plain call: ``Settings.model_validate`` would skip the environment.) Warns on
+    stderr of ``LEADPULSE_*`` variables that no setting reads (typos).
     """
-    from streams.settings import Settings
+    from streams.settings import Settings, unknown_variables
 
+    for name in unknown_variables(os.environ):
+        print(f"leadpulse: ignoring unknown setting {name}", file=sys.stderr)
     factory: Any = Settings
     return factory(**values)
 
@@ -269,6 +274,8 @@ def replay_lines(
     partition for caught up and drop its older events as late. Flushing bounds
     the skew to ``align_ms`` (keep it below the worker's lateness).
     """
+    from kafka.errors import MessageSizeTooLargeError
+
     from features.events import decode
 
     inputs = topics.inputs
@@ -288,16 +295,12 @@ def replay_lines(
             stats.unroutable += 1
             reason = getattr(decode(line), "reason", "not routable")
             if unroutable == "dlq":
-                headers = [
-                    ("__connect.errors.exception.message", reason.encode("utf-8", "replace")),
-                    ("__connect.errors.exception.class.name", b"features.events.EventError"),
-                    ("__connect.errors.stage", b"replay"),
-                    ("__connect.errors.connector.name", b"leadpulse-replay"),
-                    ("leadpulse.replay.line", str(number).encode()),
-                ]
-                producer.send(topics.dlq, value=line, headers=headers)
+                _dead_letter(producer, topics.dlq, line, reason, number)
             else:
-                producer.send(unroutable, value=line)
+                try:
+                    producer.send(unroutable, value=line)
+                except MessageSizeTooLargeError:
+                    _dead_letter(producer, topics.dlq, line, reason, number)
         else:
             if speed > 0 and ts is not None:
                 first_ts = ts if first_ts is None else first_ts
@@ -314,8 +317,16 @@ def replay_lines(
                     if window is not None:
                         producer.flush()
                     window = current
-            producer.send(topic, key=key, value=line, timestamp_ms=ts)
-            stats.sent[topic] = stats.sent.get(topic, 0) + 1
+            try:
+                producer.send(topic, key=key, value=line, timestamp_ms=ts)
+            except MessageSizeTooLargeError:
+                # Larger than a Kafka record may be: this raised out of the replay, and the
+                # rest of the file was not sent. The worker would dead-letter it anyway.
+                stats.unroutable += 1
+                _dead_letter(producer, topics.dlq, line, f"payload of {len(line)} bytes is too large "
+                             "for a Kafka record", number)
+            else:
+                stats.sent[topic] = stats.sent.get(topic, 0) + 1
         if tick is not None and stats.lines % 1000 == 0:
             tick(stats.lines)
     producer.flush()
@@ -323,13 +334,38 @@ def replay_lines(
     return stats
 
 
+# A dead letter too large to send keeps this much of the line (the header gives its number).
+DLQ_TRUNCATE_BYTES = 64 * 1024
+
+
+def _dead_letter(producer: Any, dlq: str, line: bytes, reason: str, number: int) -> None:
+    """Send a line to the DLQ with the worker's headers; a line too large for a record, truncated."""
+    from kafka.errors import MessageSizeTooLargeError
+
+    headers = [
+        ("__connect.errors.exception.message", reason.encode("utf-8", "replace")),
+        ("__connect.errors.exception.class.name", b"features.events.EventError"),
+        ("__connect.errors.stage", b"replay"),
+        ("__connect.errors.connector.name", b"leadpulse-replay"),
+        ("leadpulse.replay.line", str(number).encode()),
+    ]
+    try:
+        producer.send(dlq, value=line, headers=headers)
+    except MessageSizeTooLargeError:
+        headers.append(("leadpulse.replay.truncated_from", str(len(line)).encode()))
+        producer.send(dlq, value=line[:DLQ_TRUNCATE_BYTES], headers=headers)
+
+
 def make_producer(settings: Any, **overrides: Any) -> Any:
     from kafka import KafkaProducer
+
+    from streams.settings import kafka_unreachable
 
     kw: dict[str, Any] = {"acks": "all", "linger_ms": 20, "batch_size": 256 * 1024,
                           "client_id": f"{settings.app_id}-replay"}
     kw.update(overrides)
-    return KafkaProducer(**settings.kafka_client_kwargs(), **kw)
+    with kafka_unreachable(settings):
+        return KafkaProducer(**settings.kafka_client_kwargs(), **kw)
 
 
 @command("replay")
@@ -339,7 +375,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = load_settings()
     path = Path(args.file)
     if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise FileNotFoundError(f"not a file: {path}" if path.exists() else f"no such file: {path}")
     total = count_lines(path) if sys.stderr.isatty() else None
     producer = make_producer(settings)
     try:
@@ -532,6 +568,21 @@ class _Counting:
 # --------------------------------------------------------------------------- parser
 
 
+def _speed(text: str) -> float:
+    """``--speed``: 0 or a positive number (a negative one was taken as full speed, silently).
+
+    >>> _speed("3600"), _speed("0")
+    (3600.0, 0.0)
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 (as fast as possible) or positive, not {text}")
+    return value
+
+
 def _add_parsers(sub: Any) -> None:
     p = sub.add_parser("worker", help="run a live worker (Kafka + Redis from LEADPULSE_* settings)")
     p.add_argument("--bare", action="store_true", help="consume-only baseline (benchmarks)")
@@ -539,7 +590,7 @@ def _add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("replay", help="publish a JSON Lines file to the input topics")
     p.add_argument("file", help="JSON Lines events, in any order (sorted by ts first when needed); gzip is fine")
-    p.add_argument("--speed", type=float, default=0.0,
+    p.add_argument("--speed", type=_speed, default=0.0,
                    help="event seconds per wall second (0 = as fast as possible)")
     p.add_argument("--unroutable", default="dlq",
                    help="where lines without a known type go: 'dlq' (with the reason) or a topic name")

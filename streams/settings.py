@@ -12,9 +12,14 @@ never from code. Every Kafka topic name lives here too.
 
 from __future__ import annotations
 
+import contextlib
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,6 +34,15 @@ class Topics(BaseModel):
     late: str = "leadpulse.late"  # valid events later than the allowed lateness, as received
     labels: str = "leadpulse.labels"  # matured examples -> the one learner
     drift: str = "leadpulse.drift"
+
+    @field_validator("*")
+    @classmethod
+    def _kafka_topic_name(cls, value: str) -> str:
+        # Kafka's own rule. A broker that enforces it refused the topics only when the worker
+        # created them, as an error code in a traceback.
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value) or value in (".", ".."):
+            raise ValueError(f"{value!r} is not a Kafka topic name (letters, digits, '.', '_', '-')")
+        return value
 
     @property
     def inputs(self) -> dict[str, str]:
@@ -69,7 +83,7 @@ class Settings(BaseSettings):
     )
 
     # Worker
-    app_id: str = "leadpulse"
+    app_id: str = Field("leadpulse", min_length=1, description="Kafka consumer group and client id prefix")
     batch_size: int = Field(500, ge=1, description="events per stream.take batch")
     batch_within_s: float = Field(0.05, gt=0, description="max wait to fill a batch")
     web_port: int = Field(6066, ge=0, le=65535)
@@ -77,8 +91,9 @@ class Settings(BaseSettings):
     snapshot_every_labels: int = Field(500, ge=1, description="learner publishes a snapshot after this many labels")
     snapshot_every_s: float = Field(30.0, gt=0)
     model_refresh_s: float = Field(5.0, gt=0, description="scorers check for a newer snapshot this often")
-    broker_session_timeout_s: float = 60.0
-    broker_rebalance_timeout_s: float = 60.0
+    # Not positive, the worker never joined its group (it logged coordinator errors forever).
+    broker_session_timeout_s: float = Field(60.0, gt=0)
+    broker_rebalance_timeout_s: float = Field(60.0, gt=0)
     max_event_bytes: int = Field(64 * 1024, ge=256)
     # Live pipeline (streams/app.py)
     require_key_match: bool = Field(
@@ -136,6 +151,52 @@ class Settings(BaseSettings):
     # Scoring
     scoring_config: str | None = Field(None, description="YAML file: kinds, policy, lateness, catalog")
 
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _brokers(cls, value: str) -> str:
+        # Checked here: kafka-python took "" or "host:90920" for brokers it could not reach,
+        # 30 seconds later. A host alone is port 9092, as for Kafka's own clients.
+        for broker in value.split(","):
+            host, colon, port = broker.strip().rpartition(":")
+            if not colon:
+                host, port = port, "9092"
+            if not host or not (port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"brokers are host:port[,host:port], not {value!r}")
+        return value
+
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "redis_ssl_ca_certs")
+    @classmethod
+    def _tls_file_exists(cls, value: str | None) -> str | None:
+        # A missing CA file read as "cannot reach the brokers" (or a Redis TLS error) before.
+        if value and not Path(value).is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_database(cls, value: SecretStr) -> SecretStr:
+        # redis-py ignores a database it cannot read as a number ("/prod" is database 0).
+        # The message leaves the URL out: it may hold the password.
+        path = urlsplit(value.get_secret_value()).path.strip("/")
+        if value.get_secret_value().startswith(("redis://", "rediss://")) and path and not path.isdigit():
+            raise ValueError("the database after the last / must be a number")
+        return value
+
+    @field_validator("scoring_config", mode="before")
+    @classmethod
+    def _blank_config_is_none(cls, value: Any) -> Any:
+        # ``LEADPULSE_SCORING_CONFIG=`` (a compose file's ``${VAR:-}``) means the defaults; as a
+        # path it read the current directory and crashed.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("web_api_token", mode="before")
+    @classmethod
+    def _token_not_blank(cls, value: Any) -> Any:
+        # An empty token is neither off nor a secret: refuse it rather than guess which was meant.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("LEADPULSE_WEB_API_TOKEN is set but empty: unset it to turn auth off")
+        return value
+
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
@@ -168,3 +229,54 @@ class Settings(BaseSettings):
         if self.redis_ssl_ca_certs:
             kw["ssl_ca_certs"] = self.redis_ssl_ca_certs
         return redis.Redis.from_url(self.redis_url.get_secret_value(), **kw)
+
+
+@contextlib.contextmanager
+def kafka_unreachable(settings: Settings) -> Iterator[None]:
+    """Turn kafka-python's failure to bootstrap into a ``ConnectionError`` that names the setting.
+
+    The command line prints it in one line and exits 1, instead of a traceback of
+    kafka-python's network internals. (The brokers are host:port, never a secret.)
+    """
+    import kafka.errors as errors
+
+    unreachable = tuple(
+        getattr(errors, name) for name in ("NoBrokersAvailable", "KafkaTimeoutError", "KafkaConnectionError")
+        if hasattr(errors, name)  # kafka-python 2.x and 3.x name them differently
+    )
+    try:
+        yield
+    except unreachable as exc:
+        raise ConnectionError(
+            f"cannot reach the Kafka brokers {settings.kafka_bootstrap} ({type(exc).__name__}): check "
+            "LEADPULSE_KAFKA_BOOTSTRAP and LEADPULSE_KAFKA_SECURITY_PROTOCOL"
+        ) from None
+
+
+# Read by streams/embedded.py (server binaries), not settings.
+_OTHER_VARIABLES = frozenset({"LEADPULSE_TANSU", "LEADPULSE_REDIS_SERVER"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``LEADPULSE_*`` names in ``environ`` that no setting reads, each with a likely intended name.
+
+    Settings ignore unknown variables, so a typo (``LEADPULSE_BATCH_SIZ``) silently kept
+    the default.
+
+    >>> unknown_variables({"LEADPULSE_BATCH_SIZ": "9", "LEADPULSE_TOPICS__SCORES": "s", "HOME": "/"})
+    ['LEADPULSE_BATCH_SIZ (did you mean LEADPULSE_BATCH_SIZE?)']
+    >>> unknown_variables({"LEADPULSE_TOPICS__SCORE": "s"})
+    ['LEADPULSE_TOPICS__SCORE (did you mean LEADPULSE_TOPICS__SCORES?)']
+    """
+    import difflib
+
+    prefix = "LEADPULSE_"
+    known = {prefix + name.upper() for name in Settings.model_fields if name != "topics"}
+    known |= {f"{prefix}TOPICS__{name.upper()}" for name in Topics.model_fields}
+    known |= _OTHER_VARIABLES
+    out = []
+    for name in sorted(environ):
+        if name.upper().startswith(prefix) and name.upper() not in known:
+            close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.8)
+            out.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return out

@@ -160,3 +160,8 @@ def test_every_yaml_example_in_the_readme_is_a_valid_config() -> None:
         assert cfg.kinds
     upsell = scoring_config_from_dict(yaml.safe_load(blocks[1]))
     assert "repeat_purchase_30d" in [k.name for k in upsell.kinds] and "sessions_90d" in upsell.catalog.names
+
+
+def test_a_directory_as_the_config_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a file"):
+        load_scoring_config(tmp_path)

@@ -55,3 +55,32 @@ def test_the_fetch_wait_reaches_the_kafka_consumer_faust_builds():
 def test_a_fetch_wait_above_a_minute_is_refused():
     with pytest.raises(ValidationError):
         Settings(consumer_fetch_max_wait_ms=120_000)
+
+
+@pytest.mark.integration
+def test_with_a_token_clearing_the_latency_window_needs_it(kafka_bootstrap: str, unique_topic: str) -> None:
+    import urllib.error
+    import urllib.request
+
+    from streams.embedded import free_port
+    from streams.live_cli import WorkerProcess
+
+    topics = {f"topics__{k}": f"{unique_topic}.{k}" for k in ("web", "purchase", "campaign", "labels")}
+    settings = {"kafka_bootstrap": kafka_bootstrap, "web_port": free_port(), "app_id": unique_topic,
+                "partitions": 1, "web_api_token": "s3cret", **topics}
+
+    def delete(token: str | None) -> int:
+        request = urllib.request.Request(f"http://127.0.0.1:{settings['web_port']}/latency", method="DELETE")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    with WorkerProcess(settings, bare=True) as worker:  # bare: the same views, no Redis
+        worker.wait_ready(timeout=120, partitions=False)
+        assert delete(None) == 401 and delete("wrong") == 401
+        assert delete("s3cret") == 200
+        assert isinstance(worker.get_json("/latency"), dict)  # reading needs no token

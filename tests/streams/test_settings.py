@@ -1,0 +1,73 @@
+"""Settings as operators write them: blank values, typos in variable names."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from streams.live_cli import load_settings
+from streams.settings import Settings
+
+
+def test_a_blank_scoring_config_means_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What a compose file's ``LEADPULSE_SCORING_CONFIG: ${SCORING_CONFIG:-}`` gives when unset.
+    monkeypatch.setenv("LEADPULSE_SCORING_CONFIG", "")
+    assert Settings().scoring_config is None
+
+
+def test_a_blank_api_token_is_refused_rather_than_taken_as_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEADPULSE_WEB_API_TOKEN", "")
+    with pytest.raises(ValidationError, match="set but empty"):
+        Settings()
+
+
+def test_a_misspelt_variable_is_reported_with_the_name_meant(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LEADPULSE_BATCH_SIZ", "50")
+    monkeypatch.setenv("LEADPULSE_TOPICS__SCORES", "s")  # nested names are known
+    monkeypatch.setenv("LEADPULSE_REDIS_SERVER", "/bin/true")  # read by streams/embedded.py
+    settings = load_settings()
+    assert settings.batch_size == 500  # still ignored, but no longer silently
+    err = capsys.readouterr().err
+    assert "ignoring unknown setting LEADPULSE_BATCH_SIZ (did you mean LEADPULSE_BATCH_SIZE?)" in err
+    assert "TOPICS__SCORES" not in err and "REDIS_SERVER" not in err
+
+
+@pytest.mark.parametrize("brokers", ["", "kafka:", "kafka:90920", "kafka:9092,"])
+def test_brokers_that_are_not_host_port_are_refused(brokers: str) -> None:
+    with pytest.raises(ValidationError, match="host:port"):
+        Settings(kafka_bootstrap=brokers)
+
+
+def test_a_host_alone_is_kafkas_default_port() -> None:
+    assert Settings(kafka_bootstrap="kafka").kafka_client_kwargs()["bootstrap_servers"] == ["kafka"]
+
+
+def test_a_tls_file_that_does_not_exist_is_refused(tmp_path) -> None:
+    with pytest.raises(ValidationError, match="no such file"):
+        Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=str(tmp_path / "ca.pem"))
+    with pytest.raises(ValidationError, match="no such file"):
+        Settings(redis_ssl_ca_certs=str(tmp_path / "ca.pem"))
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("LEADPULSE_BROKER_SESSION_TIMEOUT_S", "-1"), ("LEADPULSE_BROKER_REBALANCE_TIMEOUT_S", "0"),
+     ("LEADPULSE_APP_ID", "")],
+)
+def test_values_the_worker_cannot_run_with_are_refused(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: a negative session timeout never joined the group (coordinator errors forever),
+    # an empty app id stopped Faust with a traceback.
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=variable.removeprefix("LEADPULSE_").lower()):
+        Settings()
+
+
+@pytest.mark.parametrize("name", ["my dlq", "scores/v2", "", "..", "x" * 250])
+def test_a_topic_name_kafka_would_refuse_is_refused(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEADPULSE_TOPICS__DLQ", name)
+    with pytest.raises(ValidationError, match="not a Kafka topic name"):
+        Settings()
