@@ -363,18 +363,15 @@ class RedisFeatureStore:
         known = {cid: self._cache[cid] for cid in ask if cid in self._cache}
         for attempt in range(2):
             batch = CommandBatch(self.client)
-            asked_all = []
             for cid in ask:
                 fkey = self.keys_for(cid)[0]
                 if attempt == 0 and cid in known:
                     batch.add("HGET", fkey, VERSION_FIELD)  # is our copy still the stored state?
-                    asked_all.append(False)
                 else:
                     batch.add("HGETALL", fkey)
-                    asked_all.append(True)
             stale = []
-            for cid, whole, raw in zip(ask, asked_all, batch.execute(), strict=True):
-                if whole:
+            for cid, raw in zip(ask, batch.execute(), strict=True):
+                if attempt > 0 or cid not in known:  # asked for the whole state
                     version, state = _state_from_hash(pairs(raw))
                     out[cid] = dict(state)
                     if self.cache_size:

@@ -60,7 +60,7 @@ Web views (on ``web_host:web_port``): ``GET /customers/{id}/scores``,
 ``DELETE /customers/{id}``, ``GET /health``, ``GET /metrics``, ``GET /latency``.
 Logs never carry customer ids, payloads or credentials.
 
->>> from streams.settings import Settings, kafka_unreachable
+>>> from streams.settings import Settings
 >>> worker = LiveWorker(Settings(kafka_bootstrap="127.0.0.1:9092"))  # doctest: +SKIP
 >>> run_worker(Settings())  # doctest: +SKIP
 """
