@@ -57,7 +57,8 @@ duplicates (a partition interrupted half-way still loses its own). Anything else
 crashes the worker so the orchestrator restarts it and Kafka redelivers.
 
 Web views (on ``web_host:web_port``): ``GET /customers/{id}/scores``,
-``DELETE /customers/{id}``, ``GET /health``, ``GET /metrics``, ``GET /latency``.
+``DELETE /customers/{id}``, ``GET /health`` (liveness), ``GET /ready`` (readiness, see
+:meth:`LiveWorker.readiness`), ``GET /metrics``, ``GET /latency``.
 Logs never carry customer ids, payloads or credentials.
 
 >>> from streams.settings import Settings
@@ -265,6 +266,11 @@ class LiveWorker:
         self.model_versions: dict[str, int] = {}
         self.positions: dict[TP, int] = {}  # next offset to process, per input partition
         self.failing: str | None = None
+        # Readiness (/ready): the assignment whose handling finished, None before the first
+        # and from a revocation on; whether the score agent has loaded the models once.
+        self.assignment: frozenset[TP] | None = None
+        self._revocations = 0
+        self.models_loaded = bare
         self.started = time.time()
         self.started_monotonic = time.monotonic()
         self._learn_lock = asyncio.Lock()
@@ -358,6 +364,7 @@ class LiveWorker:
             async def score(stream: Any) -> None:
                 # Retried like any Redis call: a worker started before Redis waits for it.
                 await self._retrying("redis", self.scorer.refresh, True)
+                self.models_loaded = True
                 async for events in stream.noack_take(s.batch_size, within=s.batch_within_s):
                     await self.score_batch(stream, events)
 
@@ -379,11 +386,14 @@ class LiveWorker:
                     await self.flush_held(everything=urgent)
                     await self.learner_tick()
 
-        if not self.bare:
-            async def assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
-                await self.on_assigned(set(args[0]) if args else set())
+        async def revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+            self.on_revoked()
 
-            app.on_partitions_assigned.connect(cast(Any, assigned))
+        async def assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+            await self.on_assignment(set(args[0]) if args else set())
+
+        app.on_partitions_revoked.connect(cast(Any, revoked))
+        app.on_partitions_assigned.connect(cast(Any, assigned))
 
         self._add_views(app)
         return app
@@ -619,6 +629,19 @@ class LiveWorker:
         Faust's ``highwater()`` reads the same per-partition state from this thread.
         """
         return self._consumer_thread()._ensure_consumer()
+
+    def on_revoked(self) -> None:
+        """A rebalance revokes the assignment (all of it: Faust's protocol is eager)."""
+        self.assignment = None
+        self._revocations += 1
+
+    async def on_assignment(self, assigned: set[TP]) -> None:
+        """Handle an assignment (:meth:`on_assigned`); only then does it count for ``/ready``."""
+        revocations = self._revocations
+        if not self.bare:
+            await self.on_assigned(assigned)
+        if revocations == self._revocations:  # no newer rebalance began in the meantime
+            self.assignment = frozenset(assigned)
 
     async def on_assigned(self, assigned: set[TP]) -> None:
         """Reset where each assigned input partition's delivery starts: its committed offset.
@@ -879,6 +902,33 @@ class LiveWorker:
             body["model_versions"] = self.model_versions
         return body, 200 if status == "ok" else 503
 
+    def readiness(self) -> tuple[dict[str, Any], int]:
+        """``/ready``: whether the worker does its share now (a readiness probe), and why not.
+
+        ``/health`` answers ok as soon as the consumer exists. Ready needs more: the last
+        rebalance's assignment handled to its end (start offsets read), not a rebalance under
+        way (Faust's flag is up from the moment aiokafka rejoins, before our revocation signal),
+        the first model refresh done (scoring), no stage failing, not shutting down. An empty
+        assignment is ready: a standby replica (more replicas than partitions).
+        """
+        waiting: list[str] = []
+        if self.app.should_stop:
+            waiting.append("shutdown")
+        settled = self.assignment is not None and not self.app.rebalancing
+        if not settled:
+            waiting.append("assignment")
+        if not self.models_loaded:
+            waiting.append("models")
+        ready = not waiting and not self.failing
+        body: dict[str, Any] = {
+            "ready": ready,
+            "mode": "bare" if self.bare else "pipeline",
+            "waiting_for": waiting,
+            "error": self.failing,
+            "assigned": [f"{tp.topic}/{tp.partition}" for tp in sorted(self.assignment or ())] if settled else None,
+        }
+        return body, 200 if ready else 503
+
     async def models(self) -> dict[str, Any]:
         """The learner's models, when this worker learns (it holds the labels partition)."""
         try:
@@ -911,6 +961,14 @@ class LiveWorker:
                         body["redis"] = "ok"
                     except Exception as exc:  # noqa: BLE001
                         body["redis"], body["status"], status = type(exc).__name__, "degraded", 503
+                return self.json(body, status=status)
+
+        @app.page("/ready", name="leadpulse_ready")
+        class Ready(View):
+            """Readiness probe (open without the API token, like /health)."""
+
+            async def get(self, request: Request) -> Response:
+                body, status = worker.readiness()
                 return self.json(body, status=status)
 
         @app.page("/metrics", name="leadpulse_metrics")
