@@ -147,11 +147,13 @@ def faust_credentials(settings: Settings) -> Any:
 
 
 def check_redis(settings: Settings) -> None:
-    """Refuse to start on credentials Redis rejects; an unreachable Redis is waited for.
+    """Refuse to start on credentials Redis rejects or a TLS mismatch; an unreachable Redis is waited for.
 
     The batch loop retries Redis errors, as it should for a restart or a failover. A
-    wrong or missing password is not one of those: without this check the worker
-    retried it forever, ``/health`` degraded, and nothing said it was the configuration.
+    wrong or missing password is not one of those, nor is ``rediss://`` to a plain-text
+    port or a CA file that does not verify the server (redis-py raises both as a
+    ``ConnectionError``): without this check the worker retried them forever, ``/health``
+    degraded, and nothing said it was the configuration.
     """
     client = settings.redis_client()
     try:
@@ -162,11 +164,61 @@ def check_redis(settings: Settings) -> None:
             "LEADPULSE_REDIS_URL or LEADPULSE_REDIS_PASSWORD"
         ) from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
+        mismatch = _tls_mismatch(client, exc)
+        if mismatch:
+            raise ValueError(mismatch) from None
         log.warning("redis not reachable yet (%s); the worker retries", type(exc).__name__)
     except redis.ResponseError as exc:  # "DB index is out of range", say: Redis's words, no secret
         raise ValueError(f"Redis refused the connection ({exc}): check LEADPULSE_REDIS_URL") from None
     finally:
         client.close()
+
+
+def _tls_mismatch(client: Any, exc: BaseException) -> str | None:
+    """What is wrong with TLS to Redis, if a failed connection shows it; None if it may be an outage.
+
+    redis-py keeps what the handshake raised as the ``ConnectionError``'s cause (or context).
+    A certificate that does not verify, or bytes that are not TLS (a plain-text Redis that
+    answers at once, in protected mode say: "wrong version number") are an ``ssl.SSLError``.
+    Mostly, though, a plain-text Redis does not answer a TLS hello at all (it waits for the
+    end of what it takes for an inline command) and the handshake times out, like a
+    Redis that is down would. So then ask the same port in plain text: a Redis reply
+    means there is no TLS there. Messages name settings, never the URL or a password.
+    """
+    pool = client.connection_pool
+    if not issubclass(pool.connection_class, redis.SSLConnection):
+        return None
+    cause: BaseException | None = exc
+    for _ in range(5):  # the chain is short; bounded in case of a cycle
+        if cause is None:
+            break
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            # OpenSSL's host name (62) and IP address (64) mismatches: Python's message quotes the host.
+            why = "host name mismatch" if cause.verify_code in (62, 64) else cause.verify_message
+            return (f"Redis's TLS certificate does not verify ({why}): check "
+                    "LEADPULSE_REDIS_SSL_CA_CERTS (and the host in LEADPULSE_REDIS_URL)")
+        if isinstance(cause, ssl.SSLError) and not isinstance(cause, ssl.SSLEOFError):  # EOF: a restart, maybe
+            return (f"TLS to Redis failed ({cause.reason or type(cause).__name__}): does LEADPULSE_REDIS_URL "
+                    "(rediss://) name a port that speaks TLS? check LEADPULSE_REDIS_SSL_CA_CERTS too")
+        cause = cause.__cause__ or cause.__context__
+    host, port = pool.connection_kwargs.get("host"), pool.connection_kwargs.get("port")
+    if host and port and _answers_plain_text(host, port):
+        return ("Redis answers in plain text, not TLS: LEADPULSE_REDIS_URL says rediss://; "
+                "use redis:// or the server's TLS port")
+    return None
+
+
+def _answers_plain_text(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    """Whether ``host:port`` replies to a plain-text ``PING`` as Redis does (``+PONG``, ``-NOAUTH``...).
+
+    A TLS server takes the bytes for a broken record: it sends an alert or hangs up.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(1) in (b"+", b"-")
+    except OSError:
+        return False
 
 
 def check_web_port(settings: Settings) -> None:
