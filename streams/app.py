@@ -57,7 +57,8 @@ duplicates (a partition interrupted half-way still loses its own). Anything else
 crashes the worker so the orchestrator restarts it and Kafka redelivers.
 
 Web views (on ``web_host:web_port``): ``GET /customers/{id}/scores``,
-``DELETE /customers/{id}``, ``GET /health``, ``GET /metrics``, ``GET /latency``.
+``DELETE /customers/{id}``, ``GET /health`` (liveness), ``GET /ready`` (readiness, see
+:meth:`LiveWorker.readiness`), ``GET /metrics``, ``GET /latency``.
 Logs never carry customer ids, payloads or credentials.
 
 >>> from streams.settings import Settings
@@ -146,11 +147,13 @@ def faust_credentials(settings: Settings) -> Any:
 
 
 def check_redis(settings: Settings) -> None:
-    """Refuse to start on credentials Redis rejects; an unreachable Redis is waited for.
+    """Refuse to start on credentials Redis rejects or a TLS mismatch; an unreachable Redis is waited for.
 
     The batch loop retries Redis errors, as it should for a restart or a failover. A
-    wrong or missing password is not one of those: without this check the worker
-    retried it forever, ``/health`` degraded, and nothing said it was the configuration.
+    wrong or missing password is not one of those, nor is ``rediss://`` to a plain-text
+    port or a CA file that does not verify the server (redis-py raises both as a
+    ``ConnectionError``): without this check the worker retried them forever, ``/health``
+    degraded, and nothing said it was the configuration.
     """
     client = settings.redis_client()
     try:
@@ -161,11 +164,61 @@ def check_redis(settings: Settings) -> None:
             "LEADPULSE_REDIS_URL or LEADPULSE_REDIS_PASSWORD"
         ) from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
+        mismatch = _tls_mismatch(client, exc)
+        if mismatch:
+            raise ValueError(mismatch) from None
         log.warning("redis not reachable yet (%s); the worker retries", type(exc).__name__)
     except redis.ResponseError as exc:  # "DB index is out of range", say: Redis's words, no secret
         raise ValueError(f"Redis refused the connection ({exc}): check LEADPULSE_REDIS_URL") from None
     finally:
         client.close()
+
+
+def _tls_mismatch(client: Any, exc: BaseException) -> str | None:
+    """What is wrong with TLS to Redis, if a failed connection shows it; None if it may be an outage.
+
+    redis-py keeps what the handshake raised as the ``ConnectionError``'s cause (or context).
+    A certificate that does not verify, or bytes that are not TLS (a plain-text Redis that
+    answers at once, in protected mode say: "wrong version number") are an ``ssl.SSLError``.
+    Mostly, though, a plain-text Redis does not answer a TLS hello at all (it waits for the
+    end of what it takes for an inline command) and the handshake times out, like a
+    Redis that is down would. So then ask the same port in plain text: a Redis reply
+    means there is no TLS there. Messages name settings, never the URL or a password.
+    """
+    pool = client.connection_pool
+    if not issubclass(pool.connection_class, redis.SSLConnection):
+        return None
+    cause: BaseException | None = exc
+    for _ in range(5):  # the chain is short; bounded in case of a cycle
+        if cause is None:
+            break
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            # OpenSSL's host name (62) and IP address (64) mismatches: Python's message quotes the host.
+            why = "host name mismatch" if cause.verify_code in (62, 64) else cause.verify_message
+            return (f"Redis's TLS certificate does not verify ({why}): check "
+                    "LEADPULSE_REDIS_SSL_CA_CERTS (and the host in LEADPULSE_REDIS_URL)")
+        if isinstance(cause, ssl.SSLError) and not isinstance(cause, ssl.SSLEOFError):  # EOF: a restart, maybe
+            return (f"TLS to Redis failed ({cause.reason or type(cause).__name__}): does LEADPULSE_REDIS_URL "
+                    "(rediss://) name a port that speaks TLS? check LEADPULSE_REDIS_SSL_CA_CERTS too")
+        cause = cause.__cause__ or cause.__context__
+    host, port = pool.connection_kwargs.get("host"), pool.connection_kwargs.get("port")
+    if host and port and _answers_plain_text(host, port):
+        return ("Redis answers in plain text, not TLS: LEADPULSE_REDIS_URL says rediss://; "
+                "use redis:// or the server's TLS port")
+    return None
+
+
+def _answers_plain_text(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    """Whether ``host:port`` replies to a plain-text ``PING`` as Redis does (``+PONG``, ``-NOAUTH``...).
+
+    A TLS server takes the bytes for a broken record: it sends an alert or hangs up.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(1) in (b"+", b"-")
+    except OSError:
+        return False
 
 
 def check_web_port(settings: Settings) -> None:
@@ -265,6 +318,11 @@ class LiveWorker:
         self.model_versions: dict[str, int] = {}
         self.positions: dict[TP, int] = {}  # next offset to process, per input partition
         self.failing: str | None = None
+        # Readiness (/ready): the assignment whose handling finished, None before the first
+        # and from a revocation on; whether the score agent has loaded the models once.
+        self.assignment: frozenset[TP] | None = None
+        self._revocations = 0
+        self.models_loaded = bare
         self.started = time.time()
         self.started_monotonic = time.monotonic()
         self._learn_lock = asyncio.Lock()
@@ -358,6 +416,7 @@ class LiveWorker:
             async def score(stream: Any) -> None:
                 # Retried like any Redis call: a worker started before Redis waits for it.
                 await self._retrying("redis", self.scorer.refresh, True)
+                self.models_loaded = True
                 async for events in stream.noack_take(s.batch_size, within=s.batch_within_s):
                     await self.score_batch(stream, events)
 
@@ -379,11 +438,14 @@ class LiveWorker:
                     await self.flush_held(everything=urgent)
                     await self.learner_tick()
 
-        if not self.bare:
-            async def assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
-                await self.on_assigned(set(args[0]) if args else set())
+        async def revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+            self.on_revoked()
 
-            app.on_partitions_assigned.connect(cast(Any, assigned))
+        async def assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+            await self.on_assignment(set(args[0]) if args else set())
+
+        app.on_partitions_revoked.connect(cast(Any, revoked))
+        app.on_partitions_assigned.connect(cast(Any, assigned))
 
         self._add_views(app)
         return app
@@ -619,6 +681,19 @@ class LiveWorker:
         Faust's ``highwater()`` reads the same per-partition state from this thread.
         """
         return self._consumer_thread()._ensure_consumer()
+
+    def on_revoked(self) -> None:
+        """A rebalance revokes the assignment (all of it: Faust's protocol is eager)."""
+        self.assignment = None
+        self._revocations += 1
+
+    async def on_assignment(self, assigned: set[TP]) -> None:
+        """Handle an assignment (:meth:`on_assigned`); only then does it count for ``/ready``."""
+        revocations = self._revocations
+        if not self.bare:
+            await self.on_assigned(assigned)
+        if revocations == self._revocations:  # no newer rebalance began in the meantime
+            self.assignment = frozenset(assigned)
 
     async def on_assigned(self, assigned: set[TP]) -> None:
         """Reset where each assigned input partition's delivery starts: its committed offset.
@@ -879,6 +954,33 @@ class LiveWorker:
             body["model_versions"] = self.model_versions
         return body, 200 if status == "ok" else 503
 
+    def readiness(self) -> tuple[dict[str, Any], int]:
+        """``/ready``: whether the worker does its share now (a readiness probe), and why not.
+
+        ``/health`` answers ok as soon as the consumer exists. Ready needs more: the last
+        rebalance's assignment handled to its end (start offsets read), not a rebalance under
+        way (Faust's flag is up from the moment aiokafka rejoins, before our revocation signal),
+        the first model refresh done (scoring), no stage failing, not shutting down. An empty
+        assignment is ready: a standby replica (more replicas than partitions).
+        """
+        waiting: list[str] = []
+        if self.app.should_stop:
+            waiting.append("shutdown")
+        settled = self.assignment is not None and not self.app.rebalancing
+        if not settled:
+            waiting.append("assignment")
+        if not self.models_loaded:
+            waiting.append("models")
+        ready = not waiting and not self.failing
+        body: dict[str, Any] = {
+            "ready": ready,
+            "mode": "bare" if self.bare else "pipeline",
+            "waiting_for": waiting,
+            "error": self.failing,
+            "assigned": [f"{tp.topic}/{tp.partition}" for tp in sorted(self.assignment or ())] if settled else None,
+        }
+        return body, 200 if ready else 503
+
     async def models(self) -> dict[str, Any]:
         """The learner's models, when this worker learns (it holds the labels partition)."""
         try:
@@ -911,6 +1013,14 @@ class LiveWorker:
                         body["redis"] = "ok"
                     except Exception as exc:  # noqa: BLE001
                         body["redis"], body["status"], status = type(exc).__name__, "degraded", 503
+                return self.json(body, status=status)
+
+        @app.page("/ready", name="leadpulse_ready")
+        class Ready(View):
+            """Readiness probe (open without the API token, like /health)."""
+
+            async def get(self, request: Request) -> Response:
+                body, status = worker.readiness()
                 return self.json(body, status=status)
 
         @app.page("/metrics", name="leadpulse_metrics")

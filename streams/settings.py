@@ -198,6 +198,14 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _redis_ca_needs_tls(self) -> Settings:
+        # redis-py hands ssl_ca_certs to a plain-text connection as well, which stopped the
+        # worker with a TypeError traceback at its first Redis call.
+        if self.redis_ssl_ca_certs and not self.redis_url.get_secret_value().lower().startswith("rediss://"):
+            raise ValueError("LEADPULSE_REDIS_SSL_CA_CERTS is set but LEADPULSE_REDIS_URL is not rediss:// (TLS)")
+        return self
+
+    @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
             raise ValueError("SASL protocol needs LEADPULSE_KAFKA_SASL_MECHANISM")

@@ -1,4 +1,5 @@
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -84,3 +85,99 @@ def test_with_a_token_clearing_the_latency_window_needs_it(kafka_bootstrap: str,
         assert delete(None) == 401 and delete("wrong") == 401
         assert delete("s3cret") == 200
         assert isinstance(worker.get_json("/latency"), dict)  # reading needs no token
+
+
+def _ready(port: int) -> tuple[int, dict[str, Any]]:
+    """``GET /ready``: status and JSON body (503 has one too)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as resp:
+            return int(resp.status), json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_ready_waits_for_the_first_model_refresh_and_a_rebalance_and_a_standby_is_ready(
+    kafka_bootstrap: str, unique_topic: str, tmp_path: Any
+) -> None:
+    import threading
+    import time
+
+    from streams.embedded import EmbeddedRedis, free_port
+    from streams.live_cli import WorkerProcess
+    from streams.settings import Topics
+
+    redis_port = free_port()  # Redis comes later: the score agent's first refresh waits for it
+    topics = {f"topics__{k}": f"{unique_topic}.{v}" for k, v in Topics().model_dump().items()}
+    # One partition per topic: every topic is in one co-partitioned group, so a second replica
+    # of the group gets nothing (a standby). The token must not guard /ready.
+    settings = {"kafka_bootstrap": kafka_bootstrap, "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+                "app_id": unique_topic, "redis_prefix": unique_topic, "partitions": 1,
+                "broker_session_timeout_s": 10, "broker_rebalance_timeout_s": 3,
+                "web_api_token": "s3cret", **topics}
+    inputs = {f"{topics[f'topics__{k}']}/0" for k in ("web", "purchase", "campaign")}
+
+    def until(port: int, ok: Any, timeout: float = 120) -> tuple[int, dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                got = _ready(port)
+            except OSError:  # web server not up yet
+                got = (0, {})
+            if ok(*got):
+                return got
+            assert time.monotonic() < deadline, got
+            time.sleep(0.1)
+
+    def log_of(w: WorkerProcess) -> str:
+        return w.log_tail()
+
+    with WorkerProcess({**settings, "web_port": free_port()}, log_path=tmp_path / "a.log") as a:
+        # Partitions assigned and handled, models not loaded (no Redis): not ready.
+        status, body = until(a.port, lambda s, b: b.get("assigned"))
+        assert status == 503 and body["ready"] is False, log_of(a)
+        assert body["waiting_for"] == ["models"] and inputs <= set(body["assigned"])
+        with EmbeddedRedis(port=redis_port):
+            status, body = until(a.port, lambda s, b: s == 200)
+            assert body == {"ready": True, "mode": "pipeline", "waiting_for": [], "error": None,
+                            "assigned": sorted(body["assigned"])}
+            held = body["assigned"]
+            assert inputs <= set(held)
+
+            # A second replica joins: the first goes through a rebalance (not ready meanwhile).
+            seen: list[tuple[int, tuple[str, ...]]] = []
+            stop = threading.Event()
+
+            def watch() -> None:
+                while not stop.is_set():
+                    with contextlib.suppress(OSError):
+                        status, body = _ready(a.port)
+                        state = (status, tuple(body["waiting_for"]))
+                        if not seen or seen[-1] != state:
+                            seen.append(state)
+                    time.sleep(0.005)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            try:
+                with WorkerProcess({**settings, "web_port": free_port()}, log_path=tmp_path / "b.log") as b:
+                    until(b.port, lambda s, b: s == 503)  # up, before its first assignment
+                    status, standby = until(b.port, lambda s, b: s == 200)
+                    deadline = time.monotonic() + 60
+                    while seen[-1][0] != 200 or len(seen) < 3:
+                        assert time.monotonic() < deadline, (seen, log_of(a), log_of(b))
+                        time.sleep(0.1)
+                    stop.set()
+                    watcher.join()
+                    final = _ready(a.port)
+            finally:
+                stop.set()
+    # The whole group is one co-partitioned unit: one replica holds it, the other stands by.
+    assert standby["ready"] is True and standby["assigned"] == [], standby
+    assert final == (200, {"ready": True, "mode": "pipeline", "waiting_for": [], "error": None, "assigned": held})
+    assert seen[0] == (200, ()) and (503, ("assignment",)) in seen and seen[-1] == (200, ()), seen

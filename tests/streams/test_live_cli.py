@@ -145,3 +145,113 @@ def test_a_redis_database_that_does_not_exist_stops_the_worker_at_start(
     monkeypatch.setenv("LEADPULSE_WEB_PORT", str(free_port()))
     assert main(["worker"]) == 2
     assert "Redis refused the connection (DB index is out of range)" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_rediss_to_a_plain_text_redis_stops_the_worker_at_start_without_printing_the_url(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, the handshake's timeout counted as "not reachable yet": retried forever.
+    with EmbeddedRedis(password="right-pw") as server:
+        port = server.port
+        monkeypatch.setenv("LEADPULSE_REDIS_URL", f"rediss://:right-pw@127.0.0.1:{port}/0")
+        monkeypatch.setenv("LEADPULSE_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")  # not asked
+        monkeypatch.setenv("LEADPULSE_WEB_PORT", str(free_port()))
+        assert main(["worker"]) == 2
+    err = capsys.readouterr().err
+    assert "Redis answers in plain text, not TLS" in err and "LEADPULSE_REDIS_URL" in err
+    assert "right-pw" not in err and str(port) not in err and len(err.splitlines()) == 1
+
+
+class TlsFront:
+    """A TLS listener forwarding to a plain-text port, as stunnel does: a TLS Redis to clients."""
+
+    def __init__(self, target_port: int, certfile: Path, keyfile: Path) -> None:
+        import socket
+        import ssl
+        import threading
+
+        self.target_port = target_port
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(certfile, keyfile)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: Any) -> None:
+        import select
+        import socket
+
+        conn.settimeout(5)
+        try:
+            with self.context.wrap_socket(conn, server_side=True) as tls, \
+                    socket.create_connection(("127.0.0.1", self.target_port), timeout=5) as plain:
+                while True:  # one thread per connection: an SSL object is not for two threads
+                    readable, _, _ = select.select([tls, plain], [], [], 5)
+                    for sock in readable:
+                        data = sock.recv(65536)
+                        if not data:
+                            return
+                        (plain if sock is tls else tls).sendall(data)
+                    while tls.pending():
+                        plain.sendall(tls.recv(65536))
+        except OSError:  # the client refused our certificate, or hung up
+            conn.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.mark.integration
+def test_a_ca_file_that_does_not_verify_redis_stops_the_worker_at_start_and_the_right_one_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from streams.app import check_redis
+    from streams.settings import Settings
+
+    cert, key = _self_signed(tmp_path, "redis")
+    other, _ = _self_signed(tmp_path, "other")  # a CA that did not sign the server's certificate
+    with EmbeddedRedis(password="right-pw") as server:
+        front = TlsFront(server.port, cert, key)
+        try:
+            url = f"rediss://:right-pw@127.0.0.1:{front.port}/0"
+            # The right CA: Redis answers through TLS, nothing is refused or retried.
+            with caplog.at_level("WARNING", logger="leadpulse.worker"):
+                check_redis(Settings(redis_url=url, redis_ssl_ca_certs=str(cert)))
+            assert not caplog.records
+            monkeypatch.setenv("LEADPULSE_REDIS_URL", url)
+            monkeypatch.setenv("LEADPULSE_REDIS_SSL_CA_CERTS", str(other))
+            monkeypatch.setenv("LEADPULSE_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")  # not asked
+            monkeypatch.setenv("LEADPULSE_WEB_PORT", str(free_port()))
+            assert main(["worker"]) == 2
+        finally:
+            front.close()
+    err = capsys.readouterr().err
+    assert "Redis's TLS certificate does not verify (self-signed certificate)" in err
+    assert "LEADPULSE_REDIS_SSL_CA_CERTS" in err and len(err.splitlines()) == 1
+    assert "right-pw" not in err and str(front.port) not in err

@@ -71,3 +71,20 @@ def test_a_topic_name_kafka_would_refuse_is_refused(name: str, monkeypatch: pyte
     monkeypatch.setenv("LEADPULSE_TOPICS__DLQ", name)
     with pytest.raises(ValidationError, match="not a Kafka topic name"):
         Settings()
+
+
+def test_a_redis_ca_file_without_a_tls_url_is_refused(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streams.cli import main
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read: refused before\n")
+    # Before: redis-py passed the CA to a plain-text connection, a TypeError at the first call.
+    monkeypatch.setenv("LEADPULSE_REDIS_URL", "redis://:topsecret@127.0.0.1:6379/0")
+    monkeypatch.setenv("LEADPULSE_REDIS_SSL_CA_CERTS", str(ca))
+    assert main(["worker"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("leadpulse worker: invalid settings: LEADPULSE_REDIS_SSL_CA_CERTS is set but "
+                   "LEADPULSE_REDIS_URL is not rediss:// (TLS)\n")
+    assert Settings(redis_url="rediss://127.0.0.1:6380/0", redis_ssl_ca_certs=str(ca)).redis_ssl_ca_certs
