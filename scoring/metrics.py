@@ -18,7 +18,11 @@ import numpy as np
 
 
 def auc(probs: Sequence[float], labels: Sequence[int]) -> float | None:
-    """Area under the ROC curve (Mann-Whitney, ties count half); ``None`` with one class."""
+    """Area under the ROC curve (Mann-Whitney, ties count half); ``None`` with one class.
+
+    >>> auc([0.9, 0.5, 0.5, 0.1], [1, 1, 0, 0]), auc([0.3, 0.7], [1, 1])
+    (0.875, None)
+    """
     p = np.asarray(probs, dtype=float)
     y = np.asarray(labels, dtype=int)
     pos, neg = int(y.sum()), int(len(y) - y.sum())
@@ -81,7 +85,11 @@ def auc_difference_ci(
 
 
 def log_loss(probs: Sequence[float], labels: Sequence[int], eps: float = 1e-7) -> float | None:
-    """Mean binary cross-entropy, probabilities clipped to [eps, 1 - eps]."""
+    """Mean binary cross-entropy, probabilities clipped to [eps, 1 - eps].
+
+    >>> round(log_loss([0.5, 0.5], [1, 0]), 4), round(log_loss([1.0], [0]), 2), log_loss([], [])
+    (0.6931, 16.12, None)
+    """
     if len(probs) == 0:
         return None
     p = np.clip(np.asarray(probs, dtype=float), eps, 1 - eps)
@@ -125,7 +133,11 @@ def lift_summary(probs: Sequence[float], labels: Sequence[int]) -> dict[str, flo
 
 
 def calibration(probs: Sequence[float], labels: Sequence[int], bins: int = 10) -> list[tuple[float, float, int]]:
-    """(mean predicted, observed rate, count) per equal-width probability bin, empty bins dropped."""
+    """(mean predicted, observed rate, count) per equal-width probability bin, empty bins dropped.
+
+    >>> calibration([0.05, 0.15, 0.95, 0.95], [0, 1, 1, 0], bins=2)
+    [(0.1, 0.5, 2), (0.95, 0.5, 2)]
+    """
     p = np.asarray(probs, dtype=float)
     y = np.asarray(labels, dtype=float)
     idx = np.minimum((p * bins).astype(int), bins - 1)
@@ -138,7 +150,12 @@ def calibration(probs: Sequence[float], labels: Sequence[int], bins: int = 10) -
 
 
 def summarize(probs: Sequence[float], labels: Sequence[int]) -> dict[str, object]:
-    """The figures a report shows for one score kind."""
+    """The figures a report shows for one score kind.
+
+    >>> s = summarize([0.9, 0.1] * 10, [1, 0] * 10)  # no outcome in the bottom decile: half a case
+    >>> s["labels"], s["positives"], s["auc"], s["top_bottom_decile_ratio"]
+    (20, 10, 1.0, 4.0)
+    """
     a = auc(probs, labels)
     ll = log_loss(probs, labels)
     return {

@@ -28,29 +28,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from features.events import parse_ts_ms  # noqa: E402
 from scoring.config import load_scoring_config  # noqa: E402
-from scoring.metrics import auc  # noqa: E402
+from scoring.metrics import auc, calibration, log_loss  # noqa: E402
 from scoring.models import _platt  # noqa: E402
 
 EPS = 1e-6
 MIN_PER_CLASS = 30  # a Platt fit needs both classes, as the rule's calibration does
 
 
-def reliability(p: np.ndarray, y: np.ndarray) -> list[dict[str, float]]:
-    """Ten equal-width bins: mean predicted, observed rate, count (empty bins left out).
+def reliability(p: list[float], y: list[int]) -> list[dict[str, float]]:
+    """:func:`scoring.metrics.calibration` as records (empty bins left out).
 
-    >>> reliability(np.array([0.05, 0.05, 0.95]), np.array([0, 1, 1]))
+    >>> reliability([0.05, 0.05, 0.95], [0, 1, 1])
     [{'predicted': 0.05, 'observed': 0.5, 'n': 2}, {'predicted': 0.95, 'observed': 1.0, 'n': 1}]
     """
-    bins = np.minimum((p * 10).astype(int), 9)
-    return [
-        {"predicted": round(float(p[m].mean()), 4), "observed": round(float(y[m].mean()), 4), "n": int(m.sum())}
-        for m in (bins == b for b in range(10)) if m.any()
-    ]
-
-
-def log_loss(p: np.ndarray, y: np.ndarray) -> float:
-    q = np.clip(p, EPS, 1 - EPS)
-    return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+    return [{"predicted": round(m, 4), "observed": round(o, 4), "n": n} for m, o, n in calibration(p, y)]
 
 
 def prequential_platt(t: np.ndarray, end: np.ndarray, p: np.ndarray, y: np.ndarray,
@@ -74,6 +65,11 @@ def prequential_platt(t: np.ndarray, end: np.ndarray, p: np.ndarray, y: np.ndarr
     return out
 
 
+def _figures(probs: list[float], labels: list[int]) -> dict[str, Any]:
+    return {"log_loss": round(log_loss(probs, labels) or 0.0, 5), "auc": auc(probs, labels),
+            "bins": reliability(probs, labels)}
+
+
 def check(scores: Path, config: str | None = None, window: int = 20_000, refit_every: int = 200) -> dict[str, Any]:
     """Per learned kind: the served probabilities, and with the Platt layer."""
     horizons = {k.name: k.horizon_ms for k in load_scoring_config(config).kinds if k.learned}
@@ -88,12 +84,11 @@ def check(scores: Path, config: str | None = None, window: int = 20_000, refit_e
         t = np.array([i[0] for i in items], dtype=np.int64)
         p = np.array([i[1] for i in items], dtype=float)
         y = np.array([i[2] for i in items], dtype=float)
+        labels = [i[2] for i in items]
         platt = prequential_platt(t, t + horizons[kind], p, y, window, refit_every)
         report[kind] = {
             "examples": len(items), "positives": int(y.sum()),
-            **{name: {"log_loss": round(log_loss(q, y), 5), "auc": auc(q.tolist(), y.astype(int).tolist()),
-                      "bins": reliability(q, y)}
-               for name, q in (("served", p), ("platt", platt))},
+            **{name: _figures(q.tolist(), labels) for name, q in (("served", p), ("platt", platt))},
         }
     return report
 
