@@ -53,7 +53,11 @@ CHANNELS = frozenset({"email", "sms", "push", "web", "ads"})
 
 
 def norm_action(value: str) -> str:
-    """An action cell as the alias table spells it: lower case, ``_`` for spaces and dashes."""
+    """An action cell as the alias table spells it: lower case, ``_`` for spaces and dashes.
+
+    >>> norm_action("  Add-To Cart "), norm_action("EMAIL_OPENED")
+    ('add_to_cart', 'email_opened')
+    """
     return re.sub(r"[\s-]+", "_", value.strip().lower())
 
 

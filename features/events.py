@@ -138,6 +138,14 @@ class _Base(BaseModel):
 
 
 class WebEvent(_Base):
+    """A visitor's action on the site or app (``action``), optionally in a session.
+
+    >>> ev = decode('{"event_id":"e1","customer_id":"c1","ts":"2024-03-01T10:00:00+01:00",'
+    ...             '"type":"web","action":"add_to_cart","product_id":"p9","segment":"smb"}')
+    >>> type(ev).__name__, ev.action, ev.ts_ms, ev.extra("segment")
+    ('WebEvent', 'add_to_cart', 1709283600000, 'smb')
+    """
+
     type: Literal["web"]
     action: WebAction
     session_id: str | None = None
@@ -147,6 +155,12 @@ class WebEvent(_Base):
 
 
 class Item(BaseModel):
+    """One line of an order (optional: spend features read the order's ``amount``).
+
+    >>> Item(product_id="p1", quantity=2, price=9.5).quantity
+    2.0
+    """
+
     model_config = ConfigDict(extra="allow", frozen=True)
     product_id: str | None = None
     category: str | None = None
@@ -155,6 +169,14 @@ class Item(BaseModel):
 
 
 class PurchaseEvent(_Base):
+    """An order: completed (the default) or refunded. Ids may be JSON integers.
+
+    >>> ev = decode('{"event_id":1,"customer_id":42,"ts":1709287200,"type":"purchase",'
+    ...             '"order_id":"o1","amount":80,"currency":"eur"}')
+    >>> ev.customer_id, ev.event_id, ev.currency, ev.status, ev.ts_ms
+    ('42', '1', 'EUR', 'completed', 1709287200000)
+    """
+
     type: Literal["purchase"]
     order_id: Annotated[str, Field(min_length=1)]
     amount: Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -171,6 +193,14 @@ class PurchaseEvent(_Base):
 
 
 class CampaignEvent(_Base):
+    """What happened to one campaign message for one customer (sent, opened, clicked, ...).
+
+    >>> ev = decode('{"event_id":"e1","customer_id":"c1","ts":"2024-03-01T10:00:00Z",'
+    ...             '"type":"campaign","campaign_id":"spring","channel":"email","action":"clicked"}')
+    >>> ev.campaign_id, ev.channel, action_of(ev)
+    ('spring', 'email', 'clicked')
+    """
+
     type: Literal["campaign"]
     campaign_id: Annotated[str, Field(min_length=1)]
     channel: Channel
@@ -196,7 +226,12 @@ def action_of(event: AnyEvent) -> str:
 
 @dataclass(frozen=True, slots=True)
 class EventError:
-    """A line or message that is not a valid event: the original bytes and why."""
+    """A line or message that is not a valid event: the original bytes and why.
+
+    >>> err = decode(b'{"event_id":"e1","customer_id":"c1","ts":"2024-03-01T10:00:00Z","type":"web"}')
+    >>> err.reason, err.raw[:13]
+    ('validation: action: Field required', b'{"event_id":"')
+    """
 
     raw: bytes
     reason: str
@@ -280,7 +315,13 @@ _DATES: dict[int, str] = {}  # days since the epoch -> "YYYY-MM-DDT"
 
 
 def read_jsonl(lines: Iterable[bytes | str]) -> Iterator[tuple[int, AnyEvent | EventError]]:
-    """Decode JSON Lines, yielding ``(line_number, event_or_error)``; blank lines are skipped."""
+    """Decode JSON Lines, yielding ``(line_number, event_or_error)``; blank lines are skipped.
+
+    >>> lines = [b'{"event_id":"e1","customer_id":"c1","ts":1709287200000,"type":"web","action":"login"}',
+    ...          b'', b'not json']
+    >>> [(n, type(item).__name__) for n, item in read_jsonl(lines)]
+    [(1, 'WebEvent'), (3, 'EventError')]
+    """
     for number, line in enumerate(lines, start=1):
         stripped = line.strip()
         if stripped:
@@ -365,6 +406,14 @@ def time_sorted(lines: Iterable[bytes | str]) -> list[bytes]:
 
 
 def read_jsonl_file(path: str | Path) -> Iterator[tuple[int, AnyEvent | EventError]]:
-    """Decode a JSON Lines file lazily (constant memory)."""
+    """Decode a JSON Lines file lazily (constant memory): :func:`read_jsonl` on its lines.
+
+    >>> import os, tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+    ...     print('{"event_id":"e1","customer_id":"c1","ts":1709287200000,"type":"web","action":"login"}', file=f)
+    >>> [item.customer_id for _, item in read_jsonl_file(f.name)]
+    ['c1']
+    >>> os.unlink(f.name)
+    """
     with open(path, "rb") as handle:
         yield from read_jsonl(handle)

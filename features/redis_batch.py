@@ -96,7 +96,11 @@ class CommandBatch:
 
 
 def pairs(reply: Any) -> dict[Any, Any]:
-    """An ``HGETALL`` reply as a dict, whichever form it came in."""
+    """An ``HGETALL`` reply as a dict, whichever form it came in (RESP2 list or RESP3 map).
+
+    >>> pairs([b"n", b"1", b"_t", b"5"]), pairs({b"n": b"1"})
+    ({b'n': b'1', b'_t': b'5'}, {b'n': b'1'})
+    """
     if isinstance(reply, dict):
         return reply
     it = iter(reply)

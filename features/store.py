@@ -43,7 +43,14 @@ APPLIED, DUPLICATE, LATE = "applied", "duplicate", "late"
 
 @dataclass(frozen=True, slots=True)
 class Update:
-    """One event's effect on one customer."""
+    """One event's effect on one customer: its id, its time and the operations it causes.
+
+    >>> from features.events import decode
+    >>> ev = decode('{"event_id":"e1","customer_id":"c1","ts":"2024-03-01T10:00:00Z",'
+    ...             '"type":"web","action":"login"}')
+    >>> Update.of(ev, (("a", "logins", 1.0),))
+    Update(customer_id='c1', event_id='e1', ts_ms=1709287200000, ops=(('a', 'logins', 1.0),))
+    """
 
     customer_id: str
     event_id: str
@@ -91,7 +98,19 @@ def apply_update(state: State, up: Update) -> bool:
 
 
 class InMemoryFeatureStore:
-    """The reference store: plain dicts, same semantics as Redis, no TTL."""
+    """The reference store: plain dicts, same semantics as Redis, no TTL.
+
+    >>> store = InMemoryFeatureStore(lateness_ms=1_000)
+    >>> one = (("a", "n", 1.0),)
+    >>> store.apply([Update("c1", "e1", 10_000, one), Update("c1", "e0", 8_000, one)]).statuses
+    ['applied', 'late']
+    >>> store.apply([Update("c1", "e2", 9_500, one)]).before  # within lateness: applied
+    {'c1': {'n': 1.0, '_t': 10000.0}}
+    >>> store.read(["c1", "c2"])
+    {'c1': {'n': 2.0, '_t': 10000.0}, 'c2': {}}
+    >>> store.erase("c1"), store.erase("c1"), store.read(["c1"])
+    (1, 0, {'c1': {}})
+    """
 
     def __init__(self, lateness_ms: int = 3_600_000) -> None:
         self.lateness_ms = lateness_ms

@@ -915,7 +915,12 @@ def points_to_probability(points: float, scale: float) -> float:
 
 
 def rule_explain(vector: Mapping[str, float | None], weights: Mapping[str, float], top: int = 3) -> list[tuple[str, float]]:
-    """Top point contributions of a rule score."""
+    """Top point contributions of a rule score: weight x value, largest magnitude first.
+
+    >>> rule_explain({"clicks_30d": 2.0, "orders_90d": 1.0, "unsubscribed": 0.0},
+    ...              {"clicks_30d": 4.0, "orders_90d": 10.0, "unsubscribed": -50.0})
+    [('orders_90d', 10.0), ('clicks_30d', 8.0)]
+    """
     terms = {n: w * (vector.get(n) or 0.0) for n, w in weights.items()}
     ranked = sorted(terms.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
     return [(k, round(v, 4)) for k, v in ranked[:top] if v != 0.0]

@@ -50,7 +50,19 @@ def segment(r: int, f: int) -> str:
 
 
 class RfmGrader:
-    """Online quintile edges for R, F and M."""
+    """Online quintile edges for R, F and M (five P-square sketches per metric).
+
+    The core grades a customer against the edges, then observes it, so a grade never
+    depends on the customer's own values. Before any observation every edge is 0: any
+    recency above 0 grades R 1, any orders or spend grade F and M 5. A vector without a
+    recency (never bought) is not observed.
+
+    >>> g = RfmGrader()
+    >>> g.grade({"days_since_last_purchase": 3.0, "orders_total": 2.0, "spend_total": 50.0})
+    (1, 5, 5, 'cant_lose')
+    >>> g.observe({"days_since_last_purchase": None, "orders_total": 0.0}); g.seen
+    0
+    """
 
     def __init__(self) -> None:
         self.sketches = {m: [stats.Quantile(q) for q in QUINTILES] for m in METRICS}
@@ -86,7 +98,7 @@ class RfmGrader:
         return [s.get() or 0.0 for s in self.sketches[m]]
 
     def grade(self, vector: Mapping[str, float | None]) -> tuple[int, int, int, str]:
-        """(R, F, M, segment); higher is better on every axis."""
+        """(R, F, M, segment); higher is better on every axis (see the module example)."""
         r_val = vector.get(METRICS["r"])
         f_val = vector.get(METRICS["f"]) or 0.0
         m_val = vector.get(METRICS["m"]) or 0.0

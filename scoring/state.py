@@ -31,7 +31,16 @@ from scoring.rfm import RfmGrader
 
 @dataclass(slots=True)
 class Pending:
-    """A scored moment waiting for its label (features as they were then)."""
+    """A scored moment waiting for its label (the model input as it was then).
+
+    ``outcome`` turns True when the kind's outcome happens inside ``(t_ms, end_ms]``;
+    the label is final at ``end_ms`` (see :class:`scoring.core.ScoringCore`).
+
+    >>> p = Pending("purchase_propensity", "purchase_propensity:c1:10", 10, 10 + 7 * 86_400_000,
+    ...             {"orders_total": 0.69}, 0.12, "model", rule_prob=0.2)
+    >>> p.outcome, p.end_ms - p.t_ms == 7 * 86_400_000
+    (False, True)
+    """
 
     kind: str
     example_id: str
@@ -70,6 +79,14 @@ def _fields(p: Pending) -> dict[str, Any]:
 
 @dataclass(slots=True)
 class KindState:
+    """One customer's state for one score kind: the last published value and band, when it
+    was scored, registered an example, alerted and triggered, when an idle rescore is due,
+    and recent values (for jumps).
+
+    >>> KindState(value=42.0, band="warm").triggered
+    {}
+    """
+
     value: float | None = None
     band: str | None = None
     scored_at: int | None = None
@@ -82,6 +99,15 @@ class KindState:
 
 @dataclass(slots=True)
 class CustomerScoring:
+    """One customer's scoring record: a :class:`KindState` per kind, and the pending examples.
+
+    >>> rec = CustomerScoring()
+    >>> rec.kind("churn_risk").next_tick = 500
+    >>> rec.pending.append(Pending("churn_risk", "e1", 10, 300, {}, 0.3, "model"))
+    >>> rec.next_due()  # the earlier of a label's horizon and an idle rescore
+    300
+    """
+
     kinds: dict[str, KindState] = field(default_factory=dict)
     pending: list[Pending] = field(default_factory=list)
 
@@ -136,7 +162,15 @@ class StateStore(Protocol):
 
 
 class InMemoryStateStore:
-    """Scoring state in process: live objects, a heap per shard for the due index."""
+    """Scoring state in process: live objects, a heap per shard for the due index.
+
+    >>> store = InMemoryStateStore()
+    >>> recs = store.load(["c1", "c2"])
+    >>> recs["c1"].kind("engagement").next_tick, recs["c2"].kind("engagement").next_tick = 50, 20
+    >>> store.save(recs, shard="0", watermark=None)
+    >>> store.due("0", until_ms=60), store.due("0", until_ms=60)  # handed out once
+    (['c2', 'c1'], [])
+    """
 
     def __init__(self) -> None:
         self._records: dict[str, CustomerScoring] = {}
@@ -210,6 +244,14 @@ class ModelStore(Protocol):
 
 
 class InMemoryModelStore:
+    """Model snapshots in process (the backtest, tests).
+
+    >>> store = InMemoryModelStore()
+    >>> store.save_model("churn_risk", 3, b"snapshot")
+    >>> store.model_version("churn_risk"), store.load_model("churn_risk"), store.load_model("x")
+    (3, (3, b'snapshot'), None)
+    """
+
     def __init__(self) -> None:
         self._models: dict[str, tuple[int, bytes]] = {}
 
