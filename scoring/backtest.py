@@ -279,7 +279,16 @@ def _week_iso(week: int) -> str:
 def run_backtest(
     lines: Iterable[bytes | str], config: BacktestConfig, core: ScoringCore | None = None
 ) -> dict[str, Any]:
-    """Replay JSON Lines through a core and return the report (see module docs)."""
+    """Replay JSON Lines through a core and return the report (see module docs).
+
+    Bad lines are counted, never raised; a redelivered event (same id) counts once.
+
+    >>> order = ('{"event_id":"e1","customer_id":"c1","ts":"2024-03-01T10:00:00Z",'
+    ...          '"type":"purchase","order_id":"o1","amount":80,"currency":"EUR"}')
+    >>> report = run_backtest([order, order, "not json"], BacktestConfig(batch_baseline=False))
+    >>> report["events"], report["duplicates"], report["invalid_reasons"], report["scored"]
+    (2, 1, {'invalid JSON': 1}, 4)
+    """
     # The refits are small (at most tens of thousands of rows): BLAS threads cost more than they
     # give, and on a shared 2-core machine their spin-waits made whole replays 3-4x slower.
     with threadpool_limits(limits=1):
