@@ -365,7 +365,12 @@ class ScoringCore:
                 vector = self.engine.vector(state, as_of)
             if not self._eligible(kind, vector):
                 continue
-            match = str(getattr(ev, kind.match_field)) if kind.match_field else None
+            match = None
+            if kind.match_field:
+                field_value = getattr(ev, kind.match_field, None)
+                if field_value is None:
+                    continue  # nothing for an outcome to match: its label would always be the same
+                match = str(field_value)
             if kind.learned and x is None:
                 x = model_input(vector, self.sensitive)
             inputs = x

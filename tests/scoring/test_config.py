@@ -55,8 +55,6 @@ UPSELL: dict[str, Any] = {
     ({"kinds": ["churn_risk"]}, "kinds: expected a mapping"),
     ({"kinds": {"churn_risk": {"enabled": "false"}}}, "kinds.churn_risk.enabled: true or false"),
     ({"kinds": {"churn_risk": {"horizon": 60}}}, "kinds.churn_risk.horizon: a duration such as 7d"),
-    ({"kinds": {"purchase_propensity": {"tick_growth": 0.5}}},
-     "kinds.purchase_propensity: purchase_propensity: tick_growth must be a number from 1 to 100"),
     ({"kinds": {"purchase_propensity": {"tick_growth": "2"}}}, "tick_growth must be a number"),
     ({"kinds": {"rfm_again": {"type": "rfm"}}}, "kinds: at most one kind of type rfm"),
     ({"lateness": "1 hour"}, "lateness: not a duration"),
@@ -94,6 +92,25 @@ UPSELL: dict[str, Any] = {
     ({"catalog": {"features": [{"name": "max_age", "source": "any", "agg": "max", "field": "age"}]}},
      "catalog: max_age aggregates 'age', which is sensitive"),
     ({"kind": {}}, "the config: unknown keys ['kind']"),
+    # Text where a true/false goes was taken as true: "no" switched drift refits on.
+    ({"kinds": {"churn_risk": {"drift_refit": "no"}}}, "kinds.churn_risk.drift_refit: true or false, not 'no'"),
+    ({"kinds": {"x": {"type": "learned", "requires_purchase": "yes"}}}, "kinds.x.requires_purchase: true or false"),
+    ({"kinds": {"churn_risk": {"missing_indicators": 0}}}, "kinds.churn_risk.missing_indicators: true or false"),
+    ({"policy": {"triggers": [{"name": "t", "kind": "churn_risk", "action": "x", "band": "hot",
+                               "requires_purchase": "false"}]}},
+     "policy.triggers[0].requires_purchase: true or false"),
+    ({"catalog": {"defaults": "no"}}, "catalog.defaults: true or false"),
+    ({"name": ["shop"]}, "name: text, not ['shop']"),
+    # A number as match_field crashed at the first scored event.
+    ({"kinds": {"x": {"type": "learned", "match_field": 3}}}, "kinds.x.match_field: the name of an event field"),
+    # An idle rescore has no event to match: every one of its examples was a negative.
+    ({"kinds": {"campaign_response": {"tick": "7d"}}},
+     "kinds.campaign_response.tick: a kind with match_field scores events only"),
+    ({"kinds": {"purchase_propensity": {"tick_growth": 0.5}}},
+     "kinds.purchase_propensity: tick_growth must be a number from 1 to 100"),
+    ({"catalog": {"features": [{"name": "x"}]}}, "catalog.features[0]: missing keys ['agg', 'source']"),
+    ({"policy": {"triggers": [{"kind": "churn_risk", "action": "x", "band": "hot"}]}},
+     "policy.triggers[0]: missing keys ['name']"),
 ])
 def test_a_mistake_is_a_config_error_that_says_where(data: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -165,3 +182,81 @@ def test_every_yaml_example_in_the_readme_is_a_valid_config() -> None:
 def test_a_directory_as_the_config_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a file"):
         load_scoring_config(tmp_path)
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    # Through a derived feature, a sensitive attribute became a model input after all.
+    ({"sensitive": ["tips_total"], "catalog": {
+        "features": [{"name": "tips_total", "source": "purchase:completed", "agg": "sum", "field": "tip"}],
+        "derived": [{"name": "tip_share", "kind": "ratio", "inputs": ["tips_total", "spend_total"]}]}},
+     "catalog.derived: tip_share reads 'tips_total', which is sensitive"),
+    ({"sensitive": ["orders_total"]}, "catalog.derived: avg_basket reads 'orders_total', which is sensitive"),
+    # ... and a rule (every learned kind's cold-start prior) weighed it.
+    ({"sensitive": ["age_years"], "catalog": {"features": [
+        {"name": "age_years", "source": "any", "agg": "max", "field": "customer_age"}]},
+      "kinds": {"x": {"type": "rule", "rule_weights": {"age_years": 1}}}},
+     "kinds.x.rule_weights: age_years is sensitive"),
+])
+def test_a_sensitive_attribute_is_no_input_through_a_derived_feature_or_a_rule(
+        data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        scoring_config_from_dict(data)
+    assert message in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "a.yaml: empty (a config states what differs from the defaults; {} for none)"),
+    ("# nothing yet\n", "a.yaml: empty"),
+    ("kinds:\n\tchurn_risk: {horizon: 7d}\n",
+     "a.yaml: not valid YAML at line 2, column 1: found character '\\t' that cannot start any token "
+     "(indent with spaces, not tabs)"),
+    ("kinds: {churn_risk: {horizon: 7d}\n", "a.yaml: not valid YAML at line 2, column 1: expected ',' or '}'"),
+    # The second one silently won.
+    ("kinds:\n  churn_risk: {horizon: 7d}\n  churn_risk: {enabled: false}\n",
+     "a.yaml: not valid YAML at line 3, column 3: 'churn_risk' is given twice"),
+    ("- kinds\n", "a.yaml: expected a mapping at the top level"),
+    ("catalog: no_such_catalog.yaml\n", "a.yaml: catalog: "),
+    ("catalog: no_such_catalog.yaml\n", "no_such_catalog.yaml: no such file"),
+])
+def test_a_file_mistake_is_one_line_that_names_the_file(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "a.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_scoring_config(path)
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert str(info.value).startswith(str(path)), str(info.value)
+
+
+def test_a_file_that_is_not_text_or_not_there_is_a_config_error(tmp_path: Path) -> None:
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe kinds")
+    with pytest.raises(ConfigError, match=r"binary\.yaml: not UTF-8 text"):
+        load_scoring_config(binary)
+    with pytest.raises(ConfigError, match=r"gone\.yaml: no such file"):
+        load_scoring_config(tmp_path / "gone.yaml")
+
+
+def test_a_catalog_file_is_found_beside_the_config_that_names_it(tmp_path: Path, monkeypatch: Any) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "features.yaml").write_text(
+        "features:\n  - {name: logins_30d, source: 'web:login', agg: count, window: 30d}\n")
+    (tmp_path / "conf" / "scoring.yaml").write_text("catalog: features.yaml\n")
+    monkeypatch.chdir(tmp_path)  # the worker's directory is not the config's
+    assert "logins_30d" in load_scoring_config("conf/scoring.yaml").catalog.names
+
+
+def test_a_match_field_kind_skips_events_without_the_field() -> None:
+    """A kind matched on ``campaign_id`` and scored at web events crashed the replay."""
+    from features.events import decode
+
+    cfg = scoring_config_from_dict({"kinds": {"cart_to_click": {
+        "type": "learned", "score_on": ["web:add_to_cart", "campaign:sent"], "horizon": "3d",
+        "outcome": ["campaign:clicked"], "match_field": "campaign_id"}}})
+    core = ScoringCore.in_memory(catalog=cfg.catalog, kinds=cfg.kinds, policy=cfg.policy)
+    base = '"customer_id":"c1","ts":"2024-03-01T10:00:00Z"'
+    out = core.process([
+        decode(f'{{"event_id":"e1",{base},"type":"web","action":"add_to_cart","session_id":"s"}}'),
+        decode(f'{{"event_id":"e2",{base},"type":"campaign","action":"sent","campaign_id":"k","channel":"email"}}'),
+    ])
+    scored = [(s["kind"], s["event_id"]) for s in out.scores if s["kind"] == "cart_to_click"]
+    assert scored == [("cart_to_click", "e2")]
