@@ -545,7 +545,9 @@ class ScoringCore:
             if rule.band and band == rule.band and BAND_RANK[band] > BAND_RANK[old_band]:
                 reason = f"{kind.name} entered {band} ({value:.0f})"
             elif rule.min_idle_days is not None:
-                idle = vector.get("days_since_last_event")
+                # The customer's own silence, as for tick_growth: our sends to a dormant customer
+                # (a newsletter a week) are not activity, and kept a win-back from ever firing.
+                idle = vector.get("days_since_last_active", vector.get("days_since_last_event"))
                 if idle is not None and idle >= rule.min_idle_days:
                     reason = f"no activity for {idle:.0f} days"
             if reason:
