@@ -92,7 +92,7 @@ def scoring_config_from_dict(
     kinds = _kinds(_mapping("kinds", data.get("kinds") or {}), catalog, names)
     return ScoringConfig(
         kinds=kinds,
-        policy=_policy(_mapping("policy", data.get("policy") or {}), kinds),
+        policy=_policy(_mapping("policy", data.get("policy") or {}), kinds, catalog),
         lateness_ms=_duration("lateness", data.get("lateness", "1h")),
         catalog=catalog,
         sensitive=tuple(sensitive),
@@ -154,6 +154,14 @@ def _kinds(overrides: Mapping[str, Any], catalog: Catalog, sensitive: set[str]) 
         except (TypeError, ValueError) as exc:  # its message starts with the kind's name: once is enough
             raise ConfigError(f"{where}: {str(exc).removeprefix(f'{name}: ')}") from None
         _check_kind(where, kind, catalog, sensitive)
+        if kind.requires_purchase:
+            _reads(f"{where}.requires_purchase", catalog, _BUYER)
+        if kind.active_within:
+            _reads(f"{where}.active_within", catalog, (*_BUYER, "last_purchase_at", "days_since_last_purchase"))
+        if kind.type == "rfm":
+            _reads(f"{where}.type", catalog, _RFM)
+        if kind.tick and kind.tick_growth > 1:
+            _reads(f"{where}.tick_growth", catalog, _SILENCE, either=True)
         out.append(kind)
     rfm = [k.name for k in out if k.type == "rfm"]
     if len(rfm) > 1:  # one grader (quintile sketches) per shard
@@ -204,6 +212,21 @@ def _check_kind(where: str, kind: ScoreKind, catalog: Catalog, sensitive: set[st
         raise ConfigError(f"{where}.outcome: a learned kind needs the events that are its outcome")
 
 
+# Features the scoring core reads by name (scoring/core.py). A catalogue without them
+# (defaults: false) left the settings that need them without effect, and said nothing.
+_BUYER = ("orders_total",)
+_SILENCE = ("days_since_last_active", "days_since_last_event")  # the first where there is one
+_RFM = ("days_since_last_purchase", "orders_total", "spend_total")  # scoring.rfm.METRICS (loads River)
+
+
+def _reads(where: str, catalog: Catalog, names: tuple[str, ...], either: bool = False) -> None:
+    lacking = [n for n in names if n not in catalog.names]
+    if lacking and (not either or len(lacking) == len(names)):
+        also = f" (or {', '.join(names[1:])})" if either else ""
+        raise ConfigError(f"{where}: reads the feature {lacking[0]!r}{also}, which this catalogue lacks "
+                          "(declare it as the default catalogue does, in features/spec.py)")
+
+
 def _event_keys(where: str, value: Any, with_action: bool) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
@@ -231,7 +254,7 @@ def _bands(where: str, value: Any) -> Bands:
 
 # --------------------------------------------------------------------------- policy
 
-def _policy(values: Mapping[str, Any], kinds: list[ScoreKind]) -> Policy:
+def _policy(values: Mapping[str, Any], kinds: list[ScoreKind], catalog: Catalog) -> Policy:
     pol = dict(values)
     _known_keys("policy", pol, {f.name for f in dataclasses.fields(Policy)})
     if "triggers" in pol:
@@ -251,6 +274,16 @@ def _policy(values: Mapping[str, Any], kinds: list[ScoreKind]) -> Policy:
     if "triggers" not in values:  # the default rules, for the kinds that are on
         names = {k.name for k in kinds}
         policy = dataclasses.replace(policy, triggers=tuple(t for t in policy.triggers if t.kind in names))
+    ticking = {k.name for k in kinds if k.tick_ms}
+    for i, rule in enumerate(policy.triggers):
+        where = f"policy.triggers[{i}]" if "triggers" in values else f"policy.triggers ({rule.name})"
+        if rule.requires_purchase:
+            _reads(f"{where}.requires_purchase", catalog, _BUYER)
+        if rule.min_idle_days is not None:
+            if rule.kind not in ticking:  # it fires at idle rescores, and this kind has none
+                raise ConfigError(f"{where}.min_idle_days: {rule.kind} has no tick, so no idle rescores "
+                                  "to fire at (give the kind a tick)")
+            _reads(f"{where}.min_idle_days", catalog, _SILENCE, either=True)
     return policy
 
 

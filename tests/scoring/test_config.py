@@ -260,3 +260,52 @@ def test_a_match_field_kind_skips_events_without_the_field() -> None:
     ])
     scored = [(s["kind"], s["event_id"]) for s in out.scores if s["kind"] == "cart_to_click"]
     assert scored == [("cart_to_click", "e2")]
+
+
+OWN_CATALOG: dict[str, Any] = {"defaults": False, "features": [
+    {"name": "buys_365d", "source": "purchase:completed", "agg": "count", "window": "365d"},
+    {"name": "last_buy_at", "source": "purchase:completed", "agg": "last_time", "default": None},
+]}
+DEFAULTS_OFF = {name: {"enabled": False} for name in
+                ("purchase_propensity", "churn_risk", "campaign_response", "engagement", "rfm_segment")}
+
+
+@pytest.mark.parametrize(("kinds", "triggers", "message"), [
+    # Without these features, the setting never held: no example, no score, no trigger, no word.
+    ({"rebuy": {"type": "learned", "requires_purchase": True}}, [],
+     "kinds.rebuy.requires_purchase: reads the feature 'orders_total', which this catalogue lacks"),
+    ({"rebuy": {"type": "learned", "active_within": "90d"}}, [],
+     "kinds.rebuy.active_within: reads the feature 'orders_total'"),
+    ({"grades": {"type": "rfm"}}, [], "kinds.grades.type: reads the feature 'days_since_last_purchase'"),
+    ({"rebuy": {"type": "learned", "tick": "7d", "tick_growth": 2}}, [],
+     "kinds.rebuy.tick_growth: reads the feature 'days_since_last_active'"),
+    ({"rebuy": {"type": "learned", "tick": "7d"}},
+     [{"name": "hot", "kind": "rebuy", "action": "offer", "band": "hot"}],
+     "policy.triggers[0].requires_purchase: reads the feature 'orders_total'"),
+    ({"rebuy": {"type": "learned", "tick": "7d"}},
+     [{"name": "gone", "kind": "rebuy", "action": "win_back", "min_idle_days": 30, "requires_purchase": False}],
+     "policy.triggers[0].min_idle_days: reads the feature 'days_since_last_active'"),
+])
+def test_a_setting_that_reads_a_feature_the_catalogue_lacks_is_refused(
+        kinds: dict[str, Any], triggers: list[dict[str, Any]], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        scoring_config_from_dict({"catalog": OWN_CATALOG, "kinds": {**DEFAULTS_OFF, **kinds},
+                                  "policy": {"triggers": triggers}})
+    assert message in str(info.value), str(info.value)
+
+
+def test_the_rfm_features_checked_are_those_the_grader_reads() -> None:
+    from scoring import config
+    from scoring.rfm import METRICS
+
+    assert tuple(METRICS.values()) == config._RFM
+
+
+def test_a_min_idle_days_trigger_needs_a_kind_with_idle_rescores() -> None:
+    rule = {"name": "dormant", "kind": "engagement", "action": "win_back", "min_idle_days": 30}
+    with pytest.raises(ConfigError, match=r"policy.triggers\[0\].min_idle_days: engagement has no tick"):
+        scoring_config_from_dict({"policy": {"triggers": [rule]}})
+    # A default rule whose kind lost its tick is named too.
+    with pytest.raises(ConfigError, match=r"policy.triggers \(re_engage_dormant\).min_idle_days: "
+                                          r"purchase_propensity has no tick"):
+        scoring_config_from_dict({"kinds": {"purchase_propensity": {"tick": None}}})
