@@ -42,7 +42,7 @@ from features.spec import (
     parse_duration_ms,
 )
 from scoring.kinds import Bands, KindType, LearnAt, ModelName, ScoreKind, default_kinds
-from scoring.triggers import BAND_RANK, Policy, TriggerRule
+from scoring.triggers import Policy, TriggerRule
 
 DEFAULT_SENSITIVE = ("age", "age_band", "gender", "ethnicity", "religion")
 
@@ -262,6 +262,10 @@ def _policy(values: Mapping[str, Any], kinds: list[ScoreKind], catalog: Catalog)
         if not isinstance(rules, list):
             raise ConfigError("policy.triggers: a list of trigger rules")
         pol["triggers"] = tuple(_trigger(f"policy.triggers[{i}]", t, kinds) for i, t in enumerate(rules))
+        rule_names = [t.name for t in pol["triggers"]]
+        for i, name in enumerate(rule_names):
+            if name in rule_names[:i]:  # a customer's cooldowns are kept by rule name
+                raise ConfigError(f"policy.triggers[{i}].name: {name!r} is given twice")
     policy = _build(Policy, "policy", pol)
     for key in ("min_change", "jump_points", "control_fraction"):
         value = getattr(policy, key)
@@ -292,8 +296,10 @@ def _trigger(where: str, value: Any, kinds: list[ScoreKind]) -> TriggerRule:
     names = [k.name for k in kinds]
     if rule.kind not in names:
         raise ConfigError(f"{where}.kind: {rule.kind!r} is not a score kind of this config ({names})")
-    if rule.band is not None and rule.band not in BAND_RANK:
-        raise ConfigError(f"{where}.band: one of cold, warm, hot, not {rule.band!r}")
+    # Nothing rises into cold but a first score: a cold rule fired for every new customer, then never.
+    if rule.band is not None and rule.band not in ("warm", "hot"):
+        raise ConfigError(f"{where}.band: warm or hot, not {rule.band!r} (a trigger fires when the band "
+                          "rises into it)")
     if (rule.band is None) == (rule.min_idle_days is None):
         raise ConfigError(f"{where}: give either band or min_idle_days")
     if rule.min_idle_days is not None and not _number(rule.min_idle_days, least=0):

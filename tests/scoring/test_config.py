@@ -66,7 +66,14 @@ UPSELL: dict[str, Any] = {
     ({"policy": {"triggers": [{"name": "t", "kind": "nope", "action": "x", "band": "hot"}]}},
      "policy.triggers[0].kind: 'nope' is not a score kind"),
     ({"policy": {"triggers": [{"name": "t", "kind": "churn_risk", "action": "x", "band": "boiling"}]}},
-     "policy.triggers[0].band: one of cold, warm, hot"),
+     "policy.triggers[0].band: warm or hot"),
+    # Nothing rises into cold but a first score: it fired for every new customer, then never.
+    ({"policy": {"triggers": [{"name": "t", "kind": "churn_risk", "action": "x", "band": "cold"}]}},
+     "policy.triggers[0].band: warm or hot, not 'cold' (a trigger fires when the band rises into it)"),
+    # Rules of one name shared one cooldown.
+    ({"policy": {"triggers": [{"name": "t", "kind": "churn_risk", "action": "x", "band": "hot"},
+                              {"name": "t", "kind": "purchase_propensity", "action": "y", "band": "hot"}]}},
+     "policy.triggers[1].name: 't' is given twice"),
     ({"catalog": {"features": [{"name": "x_7d", "source": "web:teleport", "agg": "count"}]}},
      "catalog.features[0]: x_7d: unknown action 'teleport'"),
     ({"catalog": {"features": [{"name": "x", "source": "web", "agg": "median"}]}},
