@@ -190,17 +190,27 @@ class ModelRegistry:
             found = store.load_model(name)
             if found and found[0] != model.version:
                 restored = OnlineModel.restore(found[1])
-                if restored.fresh != model.fresh:
-                    # Learned in the other mode (learn_at changed): its stream and its
-                    # correction do not fit this config. Keep ours; our learner's next
-                    # snapshot replaces the stored one.
+                if _identity(restored) != _identity(model):
+                    # Another model than this config's (learn_at, model or the label's sense
+                    # changed): its stream, its estimator or its classes do not fit. Keep ours;
+                    # our learner's next snapshot replaces the stored one.
                     self._ignored.add((name, found[0]))  # not fetched again (see above)
-                    log.warning("snapshot of %s ignored: learned with learn_at=%s", name,
-                                "fresh" if restored.fresh else "horizon")
+                    log.warning("snapshot of %s ignored: learned as %s, the config says %s", name,
+                                _identity(restored), _identity(model))
                     continue
                 self.models[name] = restored
                 swapped.append(name)
         return swapped
+
+
+def _identity(model: OnlineModel) -> str:
+    """What a snapshot must share with the configured model to stand in for it.
+
+    >>> _identity(OnlineModel("k", "tree"))
+    'model=tree, learn_at=horizon, label_on_outcome=1'
+    """
+    return (f"model={model.model_name}, learn_at={'fresh' if model.fresh else 'horizon'}, "
+            f"label_on_outcome={model.outcome_label}")
 
 
 class ScoringCore:

@@ -167,3 +167,23 @@ def test_a_win_back_trigger_counts_the_customer_s_silence_not_our_sends() -> Non
     dormant = [t for t in triggers if t["trigger"] == "re_engage_dormant"]
     assert dormant and dormant[0]["reason"].startswith("no activity for ")
     assert int(dormant[0]["reason"].split()[3]) >= 45
+
+
+@pytest.mark.parametrize("change", [{"model": "tree"}, {"label_on_outcome": 0, "label_without_outcome": 1}])
+def test_a_snapshot_of_another_model_than_the_config_s_is_not_loaded(change: dict[str, object]) -> None:
+    """``model: tree`` in the config, a restart, and the logistic snapshot came back: the
+    setting had no effect on a running deployment (and a flipped label learned on, inverted)."""
+    from scoring.config import scoring_config_from_dict
+    from scoring.core import ModelRegistry
+    from scoring.state import InMemoryModelStore
+
+    store = InMemoryModelStore()
+    before = ModelRegistry(scoring_config_from_dict({}).kinds)
+    before.models["purchase_propensity"].learn({"x": 1.0}, 1)
+    before.save(store)
+    after = ModelRegistry(scoring_config_from_dict({"kinds": {"purchase_propensity": change}}).kinds)
+    assert after.refresh(store) == []
+    model = after.models["purchase_propensity"]
+    assert model.version == 0 and (model.model_name, model.outcome_label) == (
+        change.get("model", "logistic"), change.get("label_on_outcome", 1))
+    assert ModelRegistry(scoring_config_from_dict({}).kinds).refresh(store) == ["purchase_propensity"]
