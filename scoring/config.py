@@ -190,6 +190,11 @@ def _check_kind(where: str, kind: ScoreKind, catalog: Catalog, sensitive: set[st
         value = getattr(kind, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ConfigError(f"{where}.{key}: a whole number of at least {least}, not {value!r}")
+    refits = kind.model == "logistic" and kind.consolidate_every > 0
+    for key, on in (("drift_refit", kind.drift_refit), ("half_life", kind.half_life > 0)):
+        if on and not refits:  # both act in the refit only (OnlineModel.consolidate)
+            raise ConfigError(f"{where}.{key}: only a logistic model with consolidate_every above 0 refits, "
+                              f"and {key} acts in the refit")
     if kind.min_per_class * 2 > kind.min_labels:
         raise ConfigError(f"{where}: min_labels ({kind.min_labels}) must hold min_per_class "
                           f"({kind.min_per_class}) of each class")

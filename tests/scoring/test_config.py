@@ -116,6 +116,11 @@ UPSELL: dict[str, Any] = {
     ({"kinds": {"purchase_propensity": {"tick_growth": 0.5}}},
      "kinds.purchase_propensity: tick_growth must be a number from 1 to 100"),
     ({"catalog": {"features": [{"name": "x"}]}}, "catalog.features[0]: missing keys ['agg', 'source']"),
+    # Settings of the refit that had no effect, silently: a tree does not refit, nor does consolidate_every: 0.
+    ({"kinds": {"churn_risk": {"model": "tree", "drift_refit": True}}},
+     "kinds.churn_risk.drift_refit: only a logistic model with consolidate_every above 0 refits"),
+    ({"kinds": {"churn_risk": {"consolidate_every": 0, "half_life": 5000}}},
+     "kinds.churn_risk.half_life: only a logistic model with consolidate_every above 0 refits"),
     ({"policy": {"triggers": [{"kind": "churn_risk", "action": "x", "band": "hot"}]}},
      "policy.triggers[0]: missing keys ['name']"),
 ])
