@@ -41,6 +41,7 @@ ACTIONS: dict[str, frozenset[str]] = {
         {"sent", "delivered", "opened", "clicked", "converted", "unsubscribed", "bounced"}
     ),
 }
+TIME_AGGS = ("first_time", "last_time")
 _UNITS_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 DAY_MS = 86_400_000
 
@@ -57,6 +58,11 @@ def parse_duration_ms(text: str) -> int:
     return int(float(match.group(1)) * _UNITS_MS[match.group(2)])
 
 
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ValueError(f"{name}: names are lower_snake_case")
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """One aggregated feature.
@@ -67,7 +73,9 @@ class FeatureSpec:
     sum/max/min/decayed (``amount`` or an extra field); without it each event
     counts ``weights.get(action, 1)``. ``distinct`` counts distinct values of
     ``field`` (at most ``cap`` most recent are kept). ``buckets`` sets the
-    resolution of a sliding window: window / buckets.
+    resolution of a sliding window: window / buckets. The names of ``first_time``
+    and ``last_time`` features, and only theirs, end in ``_at``: raw times are
+    never model inputs, and :func:`scoring.models.model_input` knows them by name.
     """
 
     name: str
@@ -82,14 +90,40 @@ class FeatureSpec:
     default: float | None = 0.0
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
-            raise ValueError(f"{self.name}: names are lower_snake_case")
+        _check_name(self.name)
+        # Model inputs drop raw times by name (scoring.models.model_input): a time not called
+        # *_at would be a model input (an epoch in ms), any other feature called *_at never one.
+        if self.agg in TIME_AGGS and not self.name.endswith("_at"):
+            raise ValueError(f"{self.name}: a first_time or last_time feature's name ends in _at "
+                             "(raw times are never model inputs)")
+        if self.agg not in TIME_AGGS and self.name.endswith("_at"):
+            raise ValueError(f"{self.name}: only a first_time or last_time feature's name ends in _at "
+                             "(those are not model inputs)")
+        if not isinstance(self.source, str):
+            raise ValueError(f"{self.name}: source is text such as 'web:add_to_cart', not {self.source!r}")
+        if self.field is not None and not isinstance(self.field, str):
+            raise ValueError(f"{self.name}: field is the name of an event field, not {self.field!r}")
+        for key in ("window", "half_life"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{self.name}: {key} is a duration such as 7d, not {value!r}")
+        if isinstance(self.buckets, bool) or not isinstance(self.buckets, int) or not 1 <= self.buckets <= 100:
+            raise ValueError(f"{self.name}: buckets must be a whole number from 1 to 100, not {self.buckets!r}")
+        seen: set[str] = set()  # the actions this feature's source has
         for etype, actions in self.selectors():
             if etype != "any" and etype not in ACTIONS:
                 raise ValueError(f"{self.name}: unknown event type {etype!r}")
             for action in actions:
                 if action not in ACTIONS.get(etype, ()):
                     raise ValueError(f"{self.name}: unknown action {action!r} for {etype}")
+            types = ACTIONS if etype == "any" else (etype,)
+            seen.update(actions or (a for t in types for a in ACTIONS[t]))
+        # A misspelt action in weights would count 1 for the action it meant, silently.
+        if not isinstance(self.weights, Mapping):
+            raise ValueError(f"{self.name}: weights map actions to numbers, not {self.weights!r}")
+        if set(self.weights) - seen:
+            raise ValueError(f"{self.name}: weights for actions its source never has: "
+                             f"{sorted(map(str, set(self.weights) - seen))} (it has {', '.join(sorted(seen))})")
         if self.agg == "decayed" and not self.half_life:
             raise ValueError(f"{self.name}: decayed needs half_life")
         if self.agg != "decayed" and self.half_life:
@@ -100,10 +134,11 @@ class FeatureSpec:
             raise ValueError(f"{self.name}: {self.agg} needs a field")
         if self.agg == "distinct" and not (self.field and self.window):
             raise ValueError(f"{self.name}: distinct needs a field and a window")
-        if not 1 <= self.buckets <= 100:
-            raise ValueError(f"{self.name}: buckets must be 1..100")
-        if self.window:
-            self.window_ms  # noqa: B018 - validates the duration now, not at first event
+        # Validated now, not at the first event; a bucket must be at least 1 ms (a divisor).
+        if self.window and self.window_ms < self.buckets:
+            raise ValueError(f"{self.name}: window must be longer than 0 (1 ms per bucket), not {self.window!r}")
+        if self.half_life and self.half_life_ms <= 0:
+            raise ValueError(f"{self.name}: half_life must be longer than 0, not {self.half_life!r}")
 
     def selectors(self) -> list[tuple[str, tuple[str, ...]]]:
         """``[(event_type, actions)]``; an empty action tuple matches every action."""
@@ -141,6 +176,18 @@ class DerivedSpec:
     prior: tuple[float, float] = (0.0, 0.0)
     default: float | None = None
 
+    def __post_init__(self) -> None:
+        _check_name(self.name)
+        if self.name.endswith("_at"):  # see FeatureSpec: *_at names are dropped from model inputs
+            raise ValueError(f"{self.name}: a derived feature is never a time: no _at at the end of its name")
+
+
+# What each derived kind reads: a time feature (True), a number (False) or either (None).
+_DERIVED_INPUTS: dict[str, tuple[bool | None, ...]] = {
+    "ratio": (False, False), "after": (True, True), "present": (None,), "days_since": (True,),
+    "mean_gap": (True, True, False),
+}
+
 
 @dataclass(frozen=True)
 class Catalog:
@@ -155,10 +202,16 @@ class Catalog:
         if dupes:
             raise ValueError(f"duplicate feature names: {sorted(dupes)}")
         known: set[str] = {f.name for f in self.features}
+        times = {f.name for f in self.features if f.agg in TIME_AGGS}
         for d in self.derived:
             missing = [i for i in d.inputs if i not in known]
             if missing:
                 raise ValueError(f"{d.name}: unknown inputs {missing}")
+            # days_since over a count read it as an epoch: about 20,000 days, quietly.
+            for i, (name, time) in enumerate(zip(d.inputs, _DERIVED_INPUTS.get(d.kind, ()), strict=False)):
+                if time is not None and (name in times) != time:
+                    wanted = "a time feature (first_time or last_time)" if time else "a number, not a time,"
+                    raise ValueError(f"{d.name}: {d.kind} takes {wanted} as input {i + 1}, not {name!r}")
             known.add(d.name)
 
     @property

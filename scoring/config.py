@@ -42,7 +42,7 @@ from features.spec import (
     parse_duration_ms,
 )
 from scoring.kinds import Bands, KindType, LearnAt, ModelName, ScoreKind, default_kinds
-from scoring.triggers import BAND_RANK, Policy, TriggerRule
+from scoring.triggers import Policy, TriggerRule
 
 DEFAULT_SENSITIVE = ("age", "age_band", "gender", "ethnicity", "religion")
 
@@ -63,26 +63,40 @@ class ScoringConfig:
     name: str = "default"
 
 
-def scoring_config_from_dict(data: Mapping[str, Any], name: str = "custom") -> ScoringConfig:
-    """Build a config from plain data (the parsed YAML); every mistake is a :class:`ConfigError`."""
+def scoring_config_from_dict(
+    data: Mapping[str, Any], name: str = "custom", base: Path | None = None
+) -> ScoringConfig:
+    """Build a config from plain data (the parsed YAML); every mistake is a :class:`ConfigError`.
+
+    ``base``: the directory a relative ``catalog:`` path is in (the config file's own).
+    """
     _mapping("the config", data)
     _known_keys("the config", data, {"lateness", "kinds", "policy", "catalog", "sensitive", "name"})
-    catalog = _catalog(data.get("catalog"))
-    kinds = _kinds(_mapping("kinds", data.get("kinds") or {}), catalog)
     sensitive = data.get("sensitive", DEFAULT_SENSITIVE)
     if not isinstance(sensitive, list | tuple) or not all(isinstance(s, str) for s in sensitive):
         raise ConfigError("sensitive: a list of feature or field names")
+    if not isinstance(data.get("name", name), str):
+        raise ConfigError(f"name: text, not {data['name']!r}")
+    catalog = _catalog(data.get("catalog"), base)
     for spec in catalog.features:  # a feature over a sensitive field would be a model input
         if spec.field in sensitive:
             raise ConfigError(f"catalog: {spec.name} aggregates {spec.field!r}, which is sensitive and "
                               "never a model input (take it off `sensitive` if it may be one)")
+    # ... and so would a derived feature that reads one.
+    names = set(sensitive)
+    for d in catalog.derived:
+        read = [i for i in d.inputs if i in names]
+        if read:
+            raise ConfigError(f"catalog.derived: {d.name} reads {read[0]!r}, which is sensitive and never "
+                              "a model input, not even through a derived feature")
+    kinds = _kinds(_mapping("kinds", data.get("kinds") or {}), catalog, names)
     return ScoringConfig(
         kinds=kinds,
-        policy=_policy(_mapping("policy", data.get("policy") or {}), kinds),
+        policy=_policy(_mapping("policy", data.get("policy") or {}), kinds, catalog),
         lateness_ms=_duration("lateness", data.get("lateness", "1h")),
         catalog=catalog,
         sensitive=tuple(sensitive),
-        name=str(data.get("name", name)),
+        name=data.get("name", name),
     )
 
 
@@ -90,11 +104,11 @@ def load_scoring_config(path: str | Path | None) -> ScoringConfig:
     """Read a YAML file (``None`` gives the defaults)."""
     if path is None:
         return ScoringConfig()
-    data = _read_yaml(Path(path)) or {}
+    data = _read_yaml(Path(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
-        return scoring_config_from_dict(data, name=Path(path).stem)
+        return scoring_config_from_dict(data, name=Path(path).stem, base=Path(path).parent)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
@@ -104,21 +118,21 @@ def load_scoring_config(path: str | Path | None) -> ScoringConfig:
 # Event keys: "type" or "type:action" (a purchase's action is its status).
 _EVENT_FIELDS = ("score_on", "only_on", "rescore_on", "outcome")
 _DURATIONS = ("rescore", "register", "horizon", "tick", "active_within")
+_FLAGS = ("requires_purchase", "drift_refit", "missing_indicators")
 _AT_LEAST = {  # field: smallest allowed value
     "min_labels": 1, "min_per_class": 1, "consolidate_every": 0, "window": 1, "consolidate_max": 1,
     "half_life": 0, "drift_min_rows": 1, "trial": 0, "trial_max": 0,
 }
 
 
-def _kinds(overrides: Mapping[str, Any], catalog: Catalog) -> list[ScoreKind]:
+def _kinds(overrides: Mapping[str, Any], catalog: Catalog, sensitive: set[str]) -> list[ScoreKind]:
     defaults = {k.name: k for k in default_kinds()}
     out = []
     for name in [*defaults, *(n for n in overrides if n not in defaults)]:
         where = f"kinds.{name}"
         o = dict(_mapping(where, overrides.get(name) or {}))
         enabled = o.pop("enabled", True)
-        if not isinstance(enabled, bool):
-            raise ConfigError(f"{where}.enabled: true or false, not {enabled!r}")
+        _flag(f"{where}.enabled", enabled)
         if not enabled:
             continue
         base = defaults.get(name)
@@ -137,9 +151,17 @@ def _kinds(overrides: Mapping[str, Any], catalog: Catalog) -> list[ScoreKind]:
                 o[key] = _event_keys(f"{where}.{key}", o[key], with_action=key == "outcome")
         try:
             kind = dataclasses.replace(base, **o)  # keys checked above
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        _check_kind(where, kind, catalog)
+        except (TypeError, ValueError) as exc:  # its message starts with the kind's name: once is enough
+            raise ConfigError(f"{where}: {str(exc).removeprefix(f'{name}: ')}") from None
+        _check_kind(where, kind, catalog, sensitive)
+        if kind.requires_purchase:
+            _reads(f"{where}.requires_purchase", catalog, _BUYER)
+        if kind.active_within:
+            _reads(f"{where}.active_within", catalog, (*_BUYER, "last_purchase_at", "days_since_last_purchase"))
+        if kind.type == "rfm":
+            _reads(f"{where}.type", catalog, _RFM)
+        if kind.tick and kind.tick_growth > 1:
+            _reads(f"{where}.tick_growth", catalog, _SILENCE, either=True)
         out.append(kind)
     rfm = [k.name for k in out if k.type == "rfm"]
     if len(rfm) > 1:  # one grader (quintile sketches) per shard
@@ -147,8 +169,15 @@ def _kinds(overrides: Mapping[str, Any], catalog: Catalog) -> list[ScoreKind]:
     return out
 
 
-def _check_kind(where: str, kind: ScoreKind, catalog: Catalog) -> None:
+def _check_kind(where: str, kind: ScoreKind, catalog: Catalog, sensitive: set[str]) -> None:
     _choice(f"{where}.type", kind.type, get_args(KindType))
+    for key in _FLAGS:  # text such as "no" would be true
+        _flag(f"{where}.{key}", getattr(kind, key))
+    if kind.match_field is not None and not isinstance(kind.match_field, str):
+        raise ConfigError(f"{where}.match_field: the name of an event field, not {kind.match_field!r}")
+    if kind.match_field and kind.tick:
+        raise ConfigError(f"{where}.tick: a kind with match_field scores events only (an idle rescore "
+                          f"has no {kind.match_field} for the outcome to match)")
     _choice(f"{where}.model", kind.model, get_args(ModelName))
     _choice(f"{where}.learn_at", kind.learn_at, get_args(LearnAt))
     for key in _DURATIONS:
@@ -161,6 +190,11 @@ def _check_kind(where: str, kind: ScoreKind, catalog: Catalog) -> None:
         value = getattr(kind, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ConfigError(f"{where}.{key}: a whole number of at least {least}, not {value!r}")
+    refits = kind.model == "logistic" and kind.consolidate_every > 0
+    for key, on in (("drift_refit", kind.drift_refit), ("half_life", kind.half_life > 0)):
+        if on and not refits:  # both act in the refit only (OnlineModel.consolidate)
+            raise ConfigError(f"{where}.{key}: only a logistic model with consolidate_every above 0 refits, "
+                              f"and {key} acts in the refit")
     if kind.min_per_class * 2 > kind.min_labels:
         raise ConfigError(f"{where}: min_labels ({kind.min_labels}) must hold min_per_class "
                           f"({kind.min_per_class}) of each class")
@@ -173,11 +207,29 @@ def _check_kind(where: str, kind: ScoreKind, catalog: Catalog) -> None:
     if unknown:
         raise ConfigError(f"{where}.rule_weights: unknown features {unknown} (the catalogue has "
                           f"{len(catalog.names)}: {', '.join(catalog.names)})")
+    if set(weights) & sensitive:  # the rule is also every learned kind's cold-start prior
+        raise ConfigError(f"{where}.rule_weights: {sorted(set(weights) & sensitive)[0]} is sensitive, "
+                          "and no score weighs a sensitive attribute")
     for feat, points in weights.items():
         if not _number(points):
             raise ConfigError(f"{where}.rule_weights.{feat}: a number of points, not {points!r}")
     if kind.learned and not kind.outcome:
         raise ConfigError(f"{where}.outcome: a learned kind needs the events that are its outcome")
+
+
+# Features the scoring core reads by name (scoring/core.py). A catalogue without them
+# (defaults: false) left the settings that need them without effect, and said nothing.
+_BUYER = ("orders_total",)
+_SILENCE = ("days_since_last_active", "days_since_last_event")  # the first where there is one
+_RFM = ("days_since_last_purchase", "orders_total", "spend_total")  # scoring.rfm.METRICS (loads River)
+
+
+def _reads(where: str, catalog: Catalog, names: tuple[str, ...], either: bool = False) -> None:
+    lacking = [n for n in names if n not in catalog.names]
+    if lacking and (not either or len(lacking) == len(names)):
+        also = f" (or {', '.join(names[1:])})" if either else ""
+        raise ConfigError(f"{where}: reads the feature {lacking[0]!r}{also}, which this catalogue lacks "
+                          "(declare it as the default catalogue does, in features/spec.py)")
 
 
 def _event_keys(where: str, value: Any, with_action: bool) -> tuple[str, ...]:
@@ -207,7 +259,7 @@ def _bands(where: str, value: Any) -> Bands:
 
 # --------------------------------------------------------------------------- policy
 
-def _policy(values: Mapping[str, Any], kinds: list[ScoreKind]) -> Policy:
+def _policy(values: Mapping[str, Any], kinds: list[ScoreKind], catalog: Catalog) -> Policy:
     pol = dict(values)
     _known_keys("policy", pol, {f.name for f in dataclasses.fields(Policy)})
     if "triggers" in pol:
@@ -215,6 +267,10 @@ def _policy(values: Mapping[str, Any], kinds: list[ScoreKind]) -> Policy:
         if not isinstance(rules, list):
             raise ConfigError("policy.triggers: a list of trigger rules")
         pol["triggers"] = tuple(_trigger(f"policy.triggers[{i}]", t, kinds) for i, t in enumerate(rules))
+        rule_names = [t.name for t in pol["triggers"]]
+        for i, name in enumerate(rule_names):
+            if name in rule_names[:i]:  # a customer's cooldowns are kept by rule name
+                raise ConfigError(f"policy.triggers[{i}].name: {name!r} is given twice")
     policy = _build(Policy, "policy", pol)
     for key in ("min_change", "jump_points", "control_fraction"):
         value = getattr(policy, key)
@@ -227,6 +283,16 @@ def _policy(values: Mapping[str, Any], kinds: list[ScoreKind]) -> Policy:
     if "triggers" not in values:  # the default rules, for the kinds that are on
         names = {k.name for k in kinds}
         policy = dataclasses.replace(policy, triggers=tuple(t for t in policy.triggers if t.kind in names))
+    ticking = {k.name for k in kinds if k.tick_ms}
+    for i, rule in enumerate(policy.triggers):
+        where = f"policy.triggers[{i}]" if "triggers" in values else f"policy.triggers ({rule.name})"
+        if rule.requires_purchase:
+            _reads(f"{where}.requires_purchase", catalog, _BUYER)
+        if rule.min_idle_days is not None:
+            if rule.kind not in ticking:  # it fires at idle rescores, and this kind has none
+                raise ConfigError(f"{where}.min_idle_days: {rule.kind} has no tick, so no idle rescores "
+                                  "to fire at (give the kind a tick)")
+            _reads(f"{where}.min_idle_days", catalog, _SILENCE, either=True)
     return policy
 
 
@@ -235,20 +301,23 @@ def _trigger(where: str, value: Any, kinds: list[ScoreKind]) -> TriggerRule:
     names = [k.name for k in kinds]
     if rule.kind not in names:
         raise ConfigError(f"{where}.kind: {rule.kind!r} is not a score kind of this config ({names})")
-    if rule.band is not None and rule.band not in BAND_RANK:
-        raise ConfigError(f"{where}.band: one of cold, warm, hot, not {rule.band!r}")
+    # Nothing rises into cold but a first score: a cold rule fired for every new customer, then never.
+    if rule.band is not None and rule.band not in ("warm", "hot"):
+        raise ConfigError(f"{where}.band: warm or hot, not {rule.band!r} (a trigger fires when the band "
+                          "rises into it)")
     if (rule.band is None) == (rule.min_idle_days is None):
         raise ConfigError(f"{where}: give either band or min_idle_days")
     if rule.min_idle_days is not None and not _number(rule.min_idle_days, least=0):
         raise ConfigError(f"{where}.min_idle_days: a number of days, not {rule.min_idle_days!r}")
+    _flag(f"{where}.requires_purchase", rule.requires_purchase)
     _duration(f"{where}.cooldown", rule.cooldown)
     return rule
 
 
 # --------------------------------------------------------------------------- catalogue
 
-def _catalog(value: Any) -> Catalog:
-    """``catalog:`` inline, or the path of a YAML file with the same keys.
+def _catalog(value: Any, base_dir: Path | None) -> Catalog:
+    """``catalog:`` inline, or the path of a YAML file with the same keys (relative to ``base_dir``).
 
     ``features`` and ``derived`` are added to the default catalogue; with
     ``defaults: false`` they are the whole catalogue.
@@ -258,9 +327,13 @@ def _catalog(value: Any) -> Catalog:
     where = "catalog"
     if isinstance(value, str):
         where = f"catalog ({value})"
-        value = _read_yaml(Path(value)) or {}
+        try:
+            value = _read_yaml((base_dir or Path()) / value)
+        except ConfigError as exc:
+            raise ConfigError(f"catalog: {exc}") from None
     data = _mapping(where, value)
     _known_keys(where, data, {"features", "derived", "defaults"})
+    _flag(f"{where}.defaults", data.get("defaults", True))
     base = default_catalog() if data.get("defaults", True) else Catalog(())
     features = [_feature(f"{where}.features[{i}]", f)
                 for i, f in enumerate(_list(f"{where}.features", data.get("features") or []))]
@@ -281,8 +354,6 @@ def _feature(where: str, value: Any) -> FeatureSpec:
         raise ConfigError(f"{where}.cap: a whole number of at least 1")
     if spec.default is not None and not _number(spec.default):
         raise ConfigError(f"{where}.default: a number, or null for 'no value yet'")
-    if spec.field is not None and not isinstance(spec.field, str):
-        raise ConfigError(f"{where}.field: the name of an event field")
     for key in ("window", "half_life"):
         if getattr(spec, key) is not None:
             _duration(f"{where}.{key}", getattr(spec, key))
@@ -309,21 +380,57 @@ def _derived(where: str, value: Any) -> DerivedSpec:
 
 # --------------------------------------------------------------------------- helpers
 
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (the last one silently won)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path) -> Any:
+    """A file's YAML, never ``None``; every problem one line naming the file (and the line)."""
     # A directory (or an empty setting, which Path reads as ".") is a configuration mistake,
     # not a crash: say so as the YAML errors do.
     if path.exists() and not path.is_file():
         raise ConfigError(f"{path}: not a file")
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader
+    except yaml.MarkedYAMLError as exc:  # PyYAML's own text spans lines, with "<unicode string>"
+        mark = exc.problem_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        tab = " (indent with spaces, not tabs)" if "'\\t'" in str(exc.problem) else ""
+        raise ConfigError(f"{path}: not valid YAML{at}: {exc.problem}{tab}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    # Nothing in it (or comments only) is more likely a wrong or truncated file than a choice.
+    if data is None:
+        raise ConfigError(f"{path}: empty (a config states what differs from the defaults; {{}} for none)")
+    return data
 
 
 def _build(cls: type[T], where: str, values: Mapping[str, Any]) -> T:
     """``cls(**values)`` for a dataclass, its errors (unknown keys, wrong values) named by ``where``."""
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]  # T is always a dataclass here
     _known_keys(where, values, {f.name for f in fields if f.init})
+    missing = sorted(f.name for f in fields if f.init and f.name not in values
+                     and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    if missing:
+        raise ConfigError(f"{where}: missing keys {missing}")
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
@@ -346,6 +453,11 @@ def _list(where: str, value: Any) -> list[Any]:
     if not isinstance(value, list | tuple):
         raise ConfigError(f"{where}: expected a list, not {type(value).__name__}")
     return list(value)
+
+
+def _flag(where: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: true or false, not {value!r}")
 
 
 def _choice(where: str, value: Any, allowed: tuple[Any, ...]) -> None:

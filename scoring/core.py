@@ -190,17 +190,27 @@ class ModelRegistry:
             found = store.load_model(name)
             if found and found[0] != model.version:
                 restored = OnlineModel.restore(found[1])
-                if restored.fresh != model.fresh:
-                    # Learned in the other mode (learn_at changed): its stream and its
-                    # correction do not fit this config. Keep ours; our learner's next
-                    # snapshot replaces the stored one.
+                if _identity(restored) != _identity(model):
+                    # Another model than this config's (learn_at, model or the label's sense
+                    # changed): its stream, its estimator or its classes do not fit. Keep ours;
+                    # our learner's next snapshot replaces the stored one.
                     self._ignored.add((name, found[0]))  # not fetched again (see above)
-                    log.warning("snapshot of %s ignored: learned with learn_at=%s", name,
-                                "fresh" if restored.fresh else "horizon")
+                    log.warning("snapshot of %s ignored: learned as %s, the config says %s", name,
+                                _identity(restored), _identity(model))
                     continue
                 self.models[name] = restored
                 swapped.append(name)
         return swapped
+
+
+def _identity(model: OnlineModel) -> str:
+    """What a snapshot must share with the configured model to stand in for it.
+
+    >>> _identity(OnlineModel("k", "tree"))
+    'model=tree, learn_at=horizon, label_on_outcome=1'
+    """
+    return (f"model={model.model_name}, learn_at={'fresh' if model.fresh else 'horizon'}, "
+            f"label_on_outcome={model.outcome_label}")
 
 
 class ScoringCore:
@@ -365,7 +375,12 @@ class ScoringCore:
                 vector = self.engine.vector(state, as_of)
             if not self._eligible(kind, vector):
                 continue
-            match = str(getattr(ev, kind.match_field)) if kind.match_field else None
+            match = None
+            if kind.match_field:
+                field_value = getattr(ev, kind.match_field, None)
+                if field_value is None:
+                    continue  # nothing for an outcome to match: its label would always be the same
+                match = str(field_value)
             if kind.learned and x is None:
                 x = model_input(vector, self.sensitive)
             inputs = x
@@ -540,7 +555,9 @@ class ScoringCore:
             if rule.band and band == rule.band and BAND_RANK[band] > BAND_RANK[old_band]:
                 reason = f"{kind.name} entered {band} ({value:.0f})"
             elif rule.min_idle_days is not None:
-                idle = vector.get("days_since_last_event")
+                # The customer's own silence, as for tick_growth: our sends to a dormant customer
+                # (a newsletter a week) are not activity, and kept a win-back from ever firing.
+                idle = vector.get("days_since_last_active", vector.get("days_since_last_event"))
                 if idle is not None and idle >= rule.min_idle_days:
                     reason = f"no activity for {idle:.0f} days"
             if reason:

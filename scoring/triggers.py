@@ -38,8 +38,9 @@ class TriggerRule:
     """A nurturing action fired when a score kind enters a band, or a customer is idle.
 
     ``band``: fire when the kind's band rises into this band. ``min_idle_days``:
-    fire on an idle rescore when the customer has been silent that long (and
-    has bought before, when ``requires_purchase``). ``cooldown`` stops repeats.
+    fire on an idle rescore when the customer has been silent that long (their own
+    activity, ``days_since_last_active``: our sends do not count; and has bought
+    before, when ``requires_purchase``). ``cooldown`` stops repeats.
     """
 
     name: str

@@ -181,11 +181,11 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.scores_out:
         Path(args.scores_out).parent.mkdir(parents=True, exist_ok=True)
-    configs = [args.config] + ([args.compare] if args.compare else [])
+    # Both read first: a mistake in --compare's file stops the command before, not after, a replay.
+    configs = [load_scoring_config(path) for path in [args.config] + ([args.compare] if args.compare else [])]
     reports = []
     total = count_lines(Path(args.file)) if sys.stderr.isatty() else None
-    for i, cfg_path in enumerate(configs):
-        scfg = load_scoring_config(cfg_path)
+    for i, scfg in enumerate(configs):
         core = _core(scfg, args.redis)
         bcfg = BacktestConfig(
             batch_size=args.batch_size,

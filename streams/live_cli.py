@@ -64,9 +64,13 @@ INPUT_TYPES = ("web", "purchase", "campaign")
 
 @command("worker")
 def cmd_worker(args: argparse.Namespace) -> int:
+    from scoring.config import load_scoring_config
     from streams.app import run_worker
 
-    run_worker(load_settings(), bare=args.bare, loglevel=args.loglevel)
+    settings = load_settings()
+    if not args.bare:  # read here, before the worker waits on Kafka: a mistake is not a broker timeout
+        load_scoring_config(settings.scoring_config)
+    run_worker(settings, bare=args.bare, loglevel=args.loglevel)
     return 0
 
 
@@ -377,11 +381,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"not a file: {path}" if path.exists() else f"no such file: {path}")
     total = count_lines(path) if sys.stderr.isatty() else None
+    # Disorder within the workers' lateness is theirs to absorb; any other order is sorted
+    # by event time first. Read before Kafka: a mistake in the file is not a broker timeout.
+    lateness_ms = load_scoring_config(settings.scoring_config).lateness_ms
     producer = make_producer(settings)
     try:
-        # Disorder within the workers' lateness is theirs to absorb; any other order is sorted
-        # by event time first.
-        lateness_ms = load_scoring_config(settings.scoring_config).lateness_ms
         with progress(f"replay {path.name}", total) as tick, time_ordered_lines(path, lateness_ms) as handle:
             stats = replay_lines(handle, producer, settings.topics, speed=args.speed,
                                  unroutable=args.unroutable, tick=tick)

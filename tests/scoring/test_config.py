@@ -55,8 +55,6 @@ UPSELL: dict[str, Any] = {
     ({"kinds": ["churn_risk"]}, "kinds: expected a mapping"),
     ({"kinds": {"churn_risk": {"enabled": "false"}}}, "kinds.churn_risk.enabled: true or false"),
     ({"kinds": {"churn_risk": {"horizon": 60}}}, "kinds.churn_risk.horizon: a duration such as 7d"),
-    ({"kinds": {"purchase_propensity": {"tick_growth": 0.5}}},
-     "kinds.purchase_propensity: purchase_propensity: tick_growth must be a number from 1 to 100"),
     ({"kinds": {"purchase_propensity": {"tick_growth": "2"}}}, "tick_growth must be a number"),
     ({"kinds": {"rfm_again": {"type": "rfm"}}}, "kinds: at most one kind of type rfm"),
     ({"lateness": "1 hour"}, "lateness: not a duration"),
@@ -68,7 +66,14 @@ UPSELL: dict[str, Any] = {
     ({"policy": {"triggers": [{"name": "t", "kind": "nope", "action": "x", "band": "hot"}]}},
      "policy.triggers[0].kind: 'nope' is not a score kind"),
     ({"policy": {"triggers": [{"name": "t", "kind": "churn_risk", "action": "x", "band": "boiling"}]}},
-     "policy.triggers[0].band: one of cold, warm, hot"),
+     "policy.triggers[0].band: warm or hot"),
+    # Nothing rises into cold but a first score: it fired for every new customer, then never.
+    ({"policy": {"triggers": [{"name": "t", "kind": "churn_risk", "action": "x", "band": "cold"}]}},
+     "policy.triggers[0].band: warm or hot, not 'cold' (a trigger fires when the band rises into it)"),
+    # Rules of one name shared one cooldown.
+    ({"policy": {"triggers": [{"name": "t", "kind": "churn_risk", "action": "x", "band": "hot"},
+                              {"name": "t", "kind": "purchase_propensity", "action": "y", "band": "hot"}]}},
+     "policy.triggers[1].name: 't' is given twice"),
     ({"catalog": {"features": [{"name": "x_7d", "source": "web:teleport", "agg": "count"}]}},
      "catalog.features[0]: x_7d: unknown action 'teleport'"),
     ({"catalog": {"features": [{"name": "x", "source": "web", "agg": "median"}]}},
@@ -94,6 +99,30 @@ UPSELL: dict[str, Any] = {
     ({"catalog": {"features": [{"name": "max_age", "source": "any", "agg": "max", "field": "age"}]}},
      "catalog: max_age aggregates 'age', which is sensitive"),
     ({"kind": {}}, "the config: unknown keys ['kind']"),
+    # Text where a true/false goes was taken as true: "no" switched drift refits on.
+    ({"kinds": {"churn_risk": {"drift_refit": "no"}}}, "kinds.churn_risk.drift_refit: true or false, not 'no'"),
+    ({"kinds": {"x": {"type": "learned", "requires_purchase": "yes"}}}, "kinds.x.requires_purchase: true or false"),
+    ({"kinds": {"churn_risk": {"missing_indicators": 0}}}, "kinds.churn_risk.missing_indicators: true or false"),
+    ({"policy": {"triggers": [{"name": "t", "kind": "churn_risk", "action": "x", "band": "hot",
+                               "requires_purchase": "false"}]}},
+     "policy.triggers[0].requires_purchase: true or false"),
+    ({"catalog": {"defaults": "no"}}, "catalog.defaults: true or false"),
+    ({"name": ["shop"]}, "name: text, not ['shop']"),
+    # A number as match_field crashed at the first scored event.
+    ({"kinds": {"x": {"type": "learned", "match_field": 3}}}, "kinds.x.match_field: the name of an event field"),
+    # An idle rescore has no event to match: every one of its examples was a negative.
+    ({"kinds": {"campaign_response": {"tick": "7d"}}},
+     "kinds.campaign_response.tick: a kind with match_field scores events only"),
+    ({"kinds": {"purchase_propensity": {"tick_growth": 0.5}}},
+     "kinds.purchase_propensity: tick_growth must be a number from 1 to 100"),
+    ({"catalog": {"features": [{"name": "x"}]}}, "catalog.features[0]: missing keys ['agg', 'source']"),
+    # Settings of the refit that had no effect, silently: a tree does not refit, nor does consolidate_every: 0.
+    ({"kinds": {"churn_risk": {"model": "tree", "drift_refit": True}}},
+     "kinds.churn_risk.drift_refit: only a logistic model with consolidate_every above 0 refits"),
+    ({"kinds": {"churn_risk": {"consolidate_every": 0, "half_life": 5000}}},
+     "kinds.churn_risk.half_life: only a logistic model with consolidate_every above 0 refits"),
+    ({"policy": {"triggers": [{"kind": "churn_risk", "action": "x", "band": "hot"}]}},
+     "policy.triggers[0]: missing keys ['name']"),
 ])
 def test_a_mistake_is_a_config_error_that_says_where(data: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -165,3 +194,130 @@ def test_every_yaml_example_in_the_readme_is_a_valid_config() -> None:
 def test_a_directory_as_the_config_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a file"):
         load_scoring_config(tmp_path)
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    # Through a derived feature, a sensitive attribute became a model input after all.
+    ({"sensitive": ["tips_total"], "catalog": {
+        "features": [{"name": "tips_total", "source": "purchase:completed", "agg": "sum", "field": "tip"}],
+        "derived": [{"name": "tip_share", "kind": "ratio", "inputs": ["tips_total", "spend_total"]}]}},
+     "catalog.derived: tip_share reads 'tips_total', which is sensitive"),
+    ({"sensitive": ["orders_total"]}, "catalog.derived: avg_basket reads 'orders_total', which is sensitive"),
+    # ... and a rule (every learned kind's cold-start prior) weighed it.
+    ({"sensitive": ["age_years"], "catalog": {"features": [
+        {"name": "age_years", "source": "any", "agg": "max", "field": "customer_age"}]},
+      "kinds": {"x": {"type": "rule", "rule_weights": {"age_years": 1}}}},
+     "kinds.x.rule_weights: age_years is sensitive"),
+])
+def test_a_sensitive_attribute_is_no_input_through_a_derived_feature_or_a_rule(
+        data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        scoring_config_from_dict(data)
+    assert message in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "a.yaml: empty (a config states what differs from the defaults; {} for none)"),
+    ("# nothing yet\n", "a.yaml: empty"),
+    ("kinds:\n\tchurn_risk: {horizon: 7d}\n",
+     "a.yaml: not valid YAML at line 2, column 1: found character '\\t' that cannot start any token "
+     "(indent with spaces, not tabs)"),
+    ("kinds: {churn_risk: {horizon: 7d}\n", "a.yaml: not valid YAML at line 2, column 1: expected ',' or '}'"),
+    # The second one silently won.
+    ("kinds:\n  churn_risk: {horizon: 7d}\n  churn_risk: {enabled: false}\n",
+     "a.yaml: not valid YAML at line 3, column 3: 'churn_risk' is given twice"),
+    ("- kinds\n", "a.yaml: expected a mapping at the top level"),
+    ("catalog: no_such_catalog.yaml\n", "a.yaml: catalog: "),
+    ("catalog: no_such_catalog.yaml\n", "no_such_catalog.yaml: no such file"),
+])
+def test_a_file_mistake_is_one_line_that_names_the_file(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "a.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_scoring_config(path)
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert str(info.value).startswith(str(path)), str(info.value)
+
+
+def test_a_file_that_is_not_text_or_not_there_is_a_config_error(tmp_path: Path) -> None:
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe kinds")
+    with pytest.raises(ConfigError, match=r"binary\.yaml: not UTF-8 text"):
+        load_scoring_config(binary)
+    with pytest.raises(ConfigError, match=r"gone\.yaml: no such file"):
+        load_scoring_config(tmp_path / "gone.yaml")
+
+
+def test_a_catalog_file_is_found_beside_the_config_that_names_it(tmp_path: Path, monkeypatch: Any) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "features.yaml").write_text(
+        "features:\n  - {name: logins_30d, source: 'web:login', agg: count, window: 30d}\n")
+    (tmp_path / "conf" / "scoring.yaml").write_text("catalog: features.yaml\n")
+    monkeypatch.chdir(tmp_path)  # the worker's directory is not the config's
+    assert "logins_30d" in load_scoring_config("conf/scoring.yaml").catalog.names
+
+
+def test_a_match_field_kind_skips_events_without_the_field() -> None:
+    """A kind matched on ``campaign_id`` and scored at web events crashed the replay."""
+    from features.events import decode
+
+    cfg = scoring_config_from_dict({"kinds": {"cart_to_click": {
+        "type": "learned", "score_on": ["web:add_to_cart", "campaign:sent"], "horizon": "3d",
+        "outcome": ["campaign:clicked"], "match_field": "campaign_id"}}})
+    core = ScoringCore.in_memory(catalog=cfg.catalog, kinds=cfg.kinds, policy=cfg.policy)
+    base = '"customer_id":"c1","ts":"2024-03-01T10:00:00Z"'
+    out = core.process([
+        decode(f'{{"event_id":"e1",{base},"type":"web","action":"add_to_cart","session_id":"s"}}'),
+        decode(f'{{"event_id":"e2",{base},"type":"campaign","action":"sent","campaign_id":"k","channel":"email"}}'),
+    ])
+    scored = [(s["kind"], s["event_id"]) for s in out.scores if s["kind"] == "cart_to_click"]
+    assert scored == [("cart_to_click", "e2")]
+
+
+OWN_CATALOG: dict[str, Any] = {"defaults": False, "features": [
+    {"name": "buys_365d", "source": "purchase:completed", "agg": "count", "window": "365d"},
+    {"name": "last_buy_at", "source": "purchase:completed", "agg": "last_time", "default": None},
+]}
+DEFAULTS_OFF = {name: {"enabled": False} for name in
+                ("purchase_propensity", "churn_risk", "campaign_response", "engagement", "rfm_segment")}
+
+
+@pytest.mark.parametrize(("kinds", "triggers", "message"), [
+    # Without these features, the setting never held: no example, no score, no trigger, no word.
+    ({"rebuy": {"type": "learned", "requires_purchase": True}}, [],
+     "kinds.rebuy.requires_purchase: reads the feature 'orders_total', which this catalogue lacks"),
+    ({"rebuy": {"type": "learned", "active_within": "90d"}}, [],
+     "kinds.rebuy.active_within: reads the feature 'orders_total'"),
+    ({"grades": {"type": "rfm"}}, [], "kinds.grades.type: reads the feature 'days_since_last_purchase'"),
+    ({"rebuy": {"type": "learned", "tick": "7d", "tick_growth": 2}}, [],
+     "kinds.rebuy.tick_growth: reads the feature 'days_since_last_active'"),
+    ({"rebuy": {"type": "learned", "tick": "7d"}},
+     [{"name": "hot", "kind": "rebuy", "action": "offer", "band": "hot"}],
+     "policy.triggers[0].requires_purchase: reads the feature 'orders_total'"),
+    ({"rebuy": {"type": "learned", "tick": "7d"}},
+     [{"name": "gone", "kind": "rebuy", "action": "win_back", "min_idle_days": 30, "requires_purchase": False}],
+     "policy.triggers[0].min_idle_days: reads the feature 'days_since_last_active'"),
+])
+def test_a_setting_that_reads_a_feature_the_catalogue_lacks_is_refused(
+        kinds: dict[str, Any], triggers: list[dict[str, Any]], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        scoring_config_from_dict({"catalog": OWN_CATALOG, "kinds": {**DEFAULTS_OFF, **kinds},
+                                  "policy": {"triggers": triggers}})
+    assert message in str(info.value), str(info.value)
+
+
+def test_the_rfm_features_checked_are_those_the_grader_reads() -> None:
+    from scoring import config
+    from scoring.rfm import METRICS
+
+    assert tuple(METRICS.values()) == config._RFM
+
+
+def test_a_min_idle_days_trigger_needs_a_kind_with_idle_rescores() -> None:
+    rule = {"name": "dormant", "kind": "engagement", "action": "win_back", "min_idle_days": 30}
+    with pytest.raises(ConfigError, match=r"policy.triggers\[0\].min_idle_days: engagement has no tick"):
+        scoring_config_from_dict({"policy": {"triggers": [rule]}})
+    # A default rule whose kind lost its tick is named too.
+    with pytest.raises(ConfigError, match=r"policy.triggers \(re_engage_dormant\).min_idle_days: "
+                                          r"purchase_propensity has no tick"):
+        scoring_config_from_dict({"kinds": {"purchase_propensity": {"tick": None}}})

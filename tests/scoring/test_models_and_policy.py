@@ -146,3 +146,44 @@ def test_learning_settings_reach_the_models_from_config() -> None:
     assert (churn.consolidate_max, churn.half_life, churn.drift_refit, churn.drift_min_rows) == (500, 5000, True, 2000)
     assert churn.indicators is None and propensity.indicators == {}
     assert (propensity.consolidate_max, propensity.half_life, propensity.drift_refit) == (1000, 0, False)
+
+
+def test_a_win_back_trigger_counts_the_customer_s_silence_not_our_sends() -> None:
+    """A buyer silent for ten weeks while a newsletter went out weekly is dormant.
+
+    The trigger read the silence from any event, our sends included: a weekly newsletter
+    kept every win-back from firing.
+    """
+    core = ScoringCore.in_memory()
+    events = [decode(f'{{"event_id":"p","customer_id":"b","ts":{T0},"type":"purchase","order_id":"o",'
+                     '"amount":30,"currency":"EUR"}')]
+    events += [decode(f'{{"event_id":"n{w}","customer_id":"b","ts":{T0 + w * 7 * DAY + 1},"type":"campaign",'
+                      f'"campaign_id":"news{w}","channel":"email","action":"sent"}}') for w in range(1, 11)]
+    triggers = []
+    for ev in events:
+        assert not isinstance(ev, EventError)
+        triggers += core.process([ev]).triggers
+    triggers += core.advance("0", T0 + 11 * 7 * DAY).triggers
+    dormant = [t for t in triggers if t["trigger"] == "re_engage_dormant"]
+    assert dormant and dormant[0]["reason"].startswith("no activity for ")
+    assert int(dormant[0]["reason"].split()[3]) >= 45
+
+
+@pytest.mark.parametrize("change", [{"model": "tree"}, {"label_on_outcome": 0, "label_without_outcome": 1}])
+def test_a_snapshot_of_another_model_than_the_config_s_is_not_loaded(change: dict[str, object]) -> None:
+    """``model: tree`` in the config, a restart, and the logistic snapshot came back: the
+    setting had no effect on a running deployment (and a flipped label learned on, inverted)."""
+    from scoring.config import scoring_config_from_dict
+    from scoring.core import ModelRegistry
+    from scoring.state import InMemoryModelStore
+
+    store = InMemoryModelStore()
+    before = ModelRegistry(scoring_config_from_dict({}).kinds)
+    before.models["purchase_propensity"].learn({"x": 1.0}, 1)
+    before.save(store)
+    after = ModelRegistry(scoring_config_from_dict({"kinds": {"purchase_propensity": change}}).kinds)
+    assert after.refresh(store) == []
+    model = after.models["purchase_propensity"]
+    assert model.version == 0 and (model.model_name, model.outcome_label) == (
+        change.get("model", "logistic"), change.get("label_on_outcome", 1))
+    assert ModelRegistry(scoring_config_from_dict({}).kinds).refresh(store) == ["purchase_propensity"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from scoring.simulator import SimulationConfig, write_jsonl
 from streams.cli import count_lines, main, open_input
 
 ROWS = b"customer,time,amount\nc1,2024-01-02,10\nc2,2024-01-03,12.5\n"
@@ -177,3 +178,17 @@ def test_a_closed_stdout_ends_the_command_quietly(tmp_path: Path) -> None:
         os.close(write)
     assert (done.returncode, done.stderr) == (141, b"")
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_mistake_in_the_compare_config_stops_backtest_before_the_first_replay(tmp_path: Path, capsys) -> None:
+    events = tmp_path / "events.jsonl"
+    write_jsonl(SimulationConfig(customers=20, days=10, seed=1), events)
+    good, bad = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    good.write_text("policy: {jump_points: 20}\n")
+    bad.write_text("kinds: {churn_risk: {horizon: 2 months}}\n")
+    scores = tmp_path / "scores.jsonl"  # written by the first replay
+    assert main(["backtest", str(events), "--out", str(tmp_path / "bt"), "--scores-out", str(scores),
+                 "--config", str(good), "--compare", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "b.yaml: kinds.churn_risk.horizon: not a duration" in err and len(err.splitlines()) == 1
+    assert not scores.exists()

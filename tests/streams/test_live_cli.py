@@ -28,6 +28,22 @@ def test_replay_of_a_directory_says_it_is_not_a_file(tmp_path: Path, capsys: pyt
     assert "not a file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["replay", "worker"])
+def test_the_scoring_config_is_read_before_kafka_is_reached_for(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A mistake in the config was reported as an unreachable broker (after the broker timeout).
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"event_id":"e1","customer_id":"c1","ts":"2024-01-01T00:00:00Z","type":"web","action":"login"}\n')
+    config = tmp_path / "scoring.yaml"
+    config.write_text("lateness: 1 hour\n")
+    monkeypatch.setenv("LEADPULSE_SCORING_CONFIG", str(config))
+    monkeypatch.setenv("LEADPULSE_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")  # nothing listens there
+    assert main([command, str(events)] if command == "replay" else [command]) == 2
+    assert capsys.readouterr().err == f"leadpulse {command}: {config}: lateness: not a duration: '1 hour' " \
+        "(use e.g. 30m, 24h, 7d, 2w)\n"
+
+
 @pytest.mark.integration
 def test_an_unreachable_broker_is_one_line_and_exit_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
