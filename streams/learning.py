@@ -85,6 +85,7 @@ class LiveLearner:
             ModelRegistry(scfg.kinds, scfg.sensitive),
             RedisCheckpointStore(settings.redis_client(), settings.redis_prefix),
             every_labels=settings.snapshot_every_labels, every_s=settings.snapshot_every_s,
+            min_interval_s=settings.snapshot_min_interval_s,
         ))
 
     def learn_records(self, records: Sequence[tuple[int, bytes]]) -> LearnStep:

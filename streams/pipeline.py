@@ -598,16 +598,19 @@ class Learner:
         every_labels: int = 500,
         every_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        min_interval_s: float = 0.0,
     ) -> None:
         self.registry = registry
         self.store = store
         self.every_labels = every_labels
         self.every_s = every_s
+        self.min_interval_s = min_interval_s
         self.clock = clock
         self.next_offset: int | None = None  # next label offset to learn
         self.snapshot_offset: int | None = None  # what the store holds from us
         self.since_snapshot = 0
         self._last_snapshot = clock()
+        self._snapshotted = False  # the interval runs from our last snapshot, not from start-up
         self._restored = False
         self.learned = 0
         self.skipped = 0
@@ -647,10 +650,35 @@ class Learner:
         return drifts
 
     def due(self) -> bool:
-        """A snapshot is due: enough labels, or enough time with at least one label."""
+        """A snapshot is due: enough labels (and ``min_interval_s`` since the last), or
+        enough time with at least one label.
+
+        A snapshot holds each kind's refit window (megabytes), and scorers fetch a newer one
+        only every few seconds: during a backlog, one every 500 labels was several a second,
+        most of them never served.
+
+        >>> from scoring.kinds import default_kinds
+        >>> now = [0.0]
+        >>> learner = Learner(ModelRegistry(default_kinds()), CheckpointStore(), every_labels=2,
+        ...                   every_s=30, clock=lambda: now[0], min_interval_s=5)
+        >>> ex = Labelled("churn_risk", "c1", "x1", 1, 2, 0.2, 0.3, "model", 1, {"a": 1.0})
+        >>> _ = learner.learn([(0, ex), (1, ex)])
+        >>> learner.due(), learner.checkpoint()
+        (True, 2)
+        >>> _ = learner.learn([(2, ex), (3, ex)])
+        >>> now[0] = 4.0
+        >>> learner.due()  # enough labels, too soon
+        False
+        >>> now[0] = 5.0
+        >>> learner.due()
+        True
+        """
         if self.since_snapshot <= 0:
             return False
-        return self.since_snapshot >= self.every_labels or self.clock() - self._last_snapshot >= self.every_s
+        elapsed = self.clock() - self._last_snapshot
+        if elapsed >= self.every_s:
+            return True
+        return self.since_snapshot >= self.every_labels and (not self._snapshotted or elapsed >= self.min_interval_s)
 
     def checkpoint(self) -> int | None:
         """Save the snapshot with its offset; returns the offset now covered (None if nothing)."""
@@ -660,6 +688,7 @@ class Learner:
         self.snapshot_offset = self.next_offset
         self.since_snapshot = 0
         self._last_snapshot = self.clock()
+        self._snapshotted = True
         return self.next_offset
 
     def versions(self) -> dict[str, int]:

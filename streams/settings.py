@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     snapshot_every_labels: int = Field(500, ge=1, description="learner publishes a snapshot after this many labels")
     snapshot_every_s: float = Field(30.0, gt=0)
+    snapshot_min_interval_s: float = Field(
+        5.0, ge=0, description="at least this long between two snapshots taken for their label count "
+        "(scorers look for a newer one every model_refresh_s); 0 = a snapshot every snapshot_every_labels",
+    )
     model_refresh_s: float = Field(5.0, gt=0, description="scorers check for a newer snapshot this often")
     # Not positive, the worker never joined its group (it logged coordinator errors forever).
     broker_session_timeout_s: float = Field(60.0, gt=0)

@@ -427,3 +427,25 @@ def test_a_retried_batch_loses_no_outputs_of_the_shards_it_had_scored() -> None:
     assert any(topic == T.scores for topic, _ in expected)
     # Without the memo the retry applies those two shards again: duplicates, no outputs.
     assert len(run(flaky=True, memo=False)) < len(expected)
+
+
+def test_label_count_snapshots_keep_the_minimum_interval_and_time_based_ones_do_not() -> None:
+    clock = [0.0]
+    learner = Learner(ModelRegistry(default_kinds()), CheckpointStore(InMemoryModelStore()), every_labels=3,
+                      every_s=2, clock=lambda: clock[0], min_interval_s=5)
+    items = [(i, _example(i, i % 2)) for i in range(20)]
+    learner.learn(items[:3])
+    assert learner.due() and learner.checkpoint() == 3  # the first is not held back
+    learner.learn(items[3:15])  # four times the label count, at once
+    assert not learner.due()
+    clock[0] = 2.0  # snapshot_every_s comes first: a time-based snapshot is never held back
+    assert learner.due() and learner.checkpoint() == 15
+    learner.learn(items[15:18])
+    clock[0] = 3.0
+    assert not learner.due()
+    learner_zero = Learner(ModelRegistry(default_kinds()), CheckpointStore(InMemoryModelStore()), every_labels=3,
+                           every_s=30, clock=lambda: clock[0])
+    learner_zero.learn(items[:3])
+    learner_zero.checkpoint()
+    learner_zero.learn(items[3:6])
+    assert learner_zero.due()  # min_interval_s 0 (the class default): every 3 labels, as before
