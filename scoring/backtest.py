@@ -466,7 +466,7 @@ def _run_backtest(
             "drop_types": list(config.drop_types),
             "group_by": config.group_by,
             "kinds": [k.name for k in core.kinds],
-            "tick_growth": {k.name: k.tick_growth for k in core.kinds if k.tick_ms},
+            "tick_growth": {k.name: float(k.tick_growth) for k in core.kinds if k.tick_ms},
         },
     }
     return report

@@ -433,3 +433,17 @@ def test_on_purchases_at_random_no_score_shows_skill() -> None:
     # tells, and the same figures move well away from chance.
     skilled = run_backtest(history([2.0, 20.0] * 200), BacktestConfig(batch_baseline=False))
     assert skilled["kinds"]["purchase_propensity"]["auc"] > 0.6
+
+
+def test_the_report_gives_tick_growth_as_a_number_of_one_type() -> None:
+    from scoring.config import scoring_config_from_dict
+    from scoring.core import ScoringCore
+
+    scfg = scoring_config_from_dict({"kinds": {"purchase_propensity": {"tick_growth": 2}}})
+    core = ScoringCore.in_memory(kinds=scfg.kinds)
+    order = ('{"event_id":"e1","customer_id":"c1","ts":"2024-03-01T10:00:00Z",'
+             '"type":"purchase","order_id":"o1","amount":80,"currency":"EUR"}')
+    growth = run_backtest([order], BacktestConfig(batch_baseline=False), core)["config"]["tick_growth"]
+    # YAML's 2 is an int; the defaults are floats: one report said 2 beside 1.0.
+    assert growth == {"purchase_propensity": 2.0, "churn_risk": 1.0, "rfm_segment": 1.0}
+    assert all(type(v) is float for v in growth.values())
