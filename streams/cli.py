@@ -336,7 +336,22 @@ def _headline(reports: list[dict[str, Any]]) -> str:
             if m.get("weights"):
                 line += "; weighs most: " + ", ".join(f"{w['feature']} {w['weight']:+.2f}" for w in m["weights"][:4])
             lines.append(line)
+        lines.extend(_unlabelled(rep))
     return "\n".join(lines)
+
+
+def _unlabelled(rep: dict[str, Any]) -> list[str]:
+    """A note for each learned kind that got no label: the table leaves such a kind out.
+
+    >>> _unlabelled({"models": {"churn_risk": {"labels": 5}, "signup": {"labels": 0}},
+    ...              "config": {"drop_types": ["web", "campaign"]}})
+    ['  note: signup has no labels (web and campaign events were dropped: it may be scored at or labelled by them)']
+    """
+    dropped = " and ".join((rep.get("config") or {}).get("drop_types") or ())
+    why = (f"{dropped} events were dropped: it may be scored at or labelled by them" if dropped
+           else "the history has none of the events it is scored at, or no horizon closed")
+    return [f"  note: {kind} has no labels ({why})"
+            for kind, m in (rep.get("models") or {}).items() if not m["labels"]]
 
 
 def _idle_hint(rep: dict[str, Any]) -> str | None:
