@@ -142,7 +142,10 @@ def _kinds(overrides: Mapping[str, Any], catalog: Catalog, sensitive: set[str]) 
                     f"{where}: unknown score kind; a new kind needs 'type' (learned, rule or rfm). "
                     f"The default kinds are {sorted(defaults)}"
                 )
-            base = _build(ScoreKind, where, {"name": name})
+            try:
+                base = ScoreKind(name)
+            except ValueError as exc:  # the name itself; its message starts with it: once is enough
+                raise ConfigError(f"{where}: {str(exc).removeprefix(f'{name}: ')}") from None
         _known_keys(where, o, {f.name for f in dataclasses.fields(ScoreKind)} - {"name"})
         if "bands" in o:
             o["bands"] = _bands(f"{where}.bands", o["bands"])

@@ -14,6 +14,7 @@ without it. Rule kinds (engagement points, RFM grades) need no labels.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -99,6 +100,10 @@ class ScoreKind:
     rule_scale: float = 50.0
 
     def __post_init__(self) -> None:
+        # The name keys Redis (lp:model:<name>), Prometheus labels, topics' records and example
+        # ids ("<name>:<customer>:<ms>"): lower_snake_case, as feature names are.
+        if not isinstance(self.name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
+            raise ValueError(f"{self.name}: score kind names are lower_snake_case")
         if isinstance(self.tick_growth, bool) or not isinstance(self.tick_growth, int | float) \
                 or not 1.0 <= self.tick_growth < 100.0:
             raise ValueError(f"{self.name}: tick_growth must be a number from 1 to 100, not {self.tick_growth!r}")

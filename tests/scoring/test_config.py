@@ -123,6 +123,8 @@ UPSELL: dict[str, Any] = {
      "kinds.churn_risk.half_life: only a logistic model with consolidate_every above 0 refits"),
     ({"policy": {"triggers": [{"kind": "churn_risk", "action": "x", "band": "hot"}]}},
      "policy.triggers[0]: missing keys ['name']"),
+    # A kind's name keys Redis, Prometheus labels and example ids.
+    ({"kinds": {"Upsell-Score": {"type": "rule"}}}, "kinds.Upsell-Score: score kind names are lower_snake_case"),
 ])
 def test_a_mistake_is_a_config_error_that_says_where(data: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as info:
