@@ -23,10 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Literal
-
-import yaml
 
 Aggregation = Literal["count", "sum", "max", "min", "first_time", "last_time", "distinct", "decayed"]
 DerivedKind = Literal["ratio", "after", "present", "days_since", "mean_gap"]
@@ -217,17 +214,6 @@ class Catalog:
     @property
     def names(self) -> list[str]:
         return [f.name for f in self.features] + [d.name for d in self.derived]
-
-
-def load_catalog(path: str | Path) -> Catalog:
-    """Read a catalogue from YAML: ``features: [...]`` and ``derived: [...]``."""
-    data: dict[str, Any] = yaml.safe_load(Path(path).read_text()) or {}
-    feats = tuple(FeatureSpec(**f) for f in data.get("features", []))
-    derived = tuple(
-        DerivedSpec(**{**d, "inputs": tuple(d["inputs"]), "prior": tuple(d.get("prior", (0, 0)))})
-        for d in data.get("derived", [])
-    )
-    return Catalog(feats, derived)
 
 
 def _windows(name: str, source: str, agg: Aggregation, windows: Sequence[str], **kw: Any) -> list[FeatureSpec]:
