@@ -109,7 +109,7 @@ from streams.settings import Settings, kafka_unreachable
 
 __all__ = [
     "LiveWorker", "RedisCheckpointStore", "check_redis", "check_web_port", "ensure_topics",
-    "faust_credentials", "run_worker",
+    "MalformedRequestFilter", "faust_credentials", "run_worker",
 ]
 
 log = logging.getLogger("leadpulse.worker")
@@ -1054,7 +1054,9 @@ class LiveWorker:
                     return self.error(401, "unauthorized")
                 return self.json(await worker.models())
 
-        @app.page("/customers/{customer_id}/scores", name="leadpulse_customer_scores")
+        # Any id but one with "/" unencoded: aiohttp's default pattern also refuses "{" and "}"
+        # (matched after percent-decoding), and such customers could be neither read nor erased.
+        @app.page("/customers/{customer_id:[^/]+}/scores", name="leadpulse_customer_scores")
         class CustomerScores(View):
             async def get(self, request: Request, customer_id: str) -> Response:
                 if not worker._authorized(request):
@@ -1064,7 +1066,7 @@ class LiveWorker:
                     return self.error(404, "no scores for this customer")
                 return self.json(body)
 
-        @app.page("/customers/{customer_id}", name="leadpulse_customer")
+        @app.page("/customers/{customer_id:[^/]+}", name="leadpulse_customer")
         class Customer(View):
             async def delete(self, request: Request, customer_id: str) -> Response:
                 if not worker._authorized(request):
@@ -1084,8 +1086,30 @@ def _json(record: dict[str, Any]) -> bytes:
     return orjson.dumps(record)
 
 
+class MalformedRequestFilter(logging.Filter):
+    """Logs aiohttp's errors on malformed requests without their traceback, whose message
+    quotes the request line (``/customers/<id>/...`` of an over-long URL: a customer id).
+
+    >>> from aiohttp.http_exceptions import LineTooLong
+    >>> record = logging.LogRecord("aiohttp.server", logging.ERROR, "", 0, "Error handling request from %s",
+    ...                            ("127.0.0.1",), (LineTooLong, LineTooLong("/customers/c-42/x", 8190), None))
+    >>> MalformedRequestFilter().filter(record), record.getMessage(), record.exc_info
+    (True, 'Error handling request from 127.0.0.1 (LineTooLong)', None)
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.msg} ({type(exc).__name__})"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def run_worker(settings: Settings, *, bare: bool = False, loglevel: str = "info") -> None:
     """Create topics if missing, then run one worker until SIGTERM/SIGINT (exits the process)."""
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
     check_web_port(settings)
     if not bare:
         check_redis(settings)
