@@ -109,7 +109,7 @@ from streams.settings import Settings, kafka_unreachable
 
 __all__ = [
     "LiveWorker", "RedisCheckpointStore", "check_redis", "check_web_port", "ensure_topics",
-    "MalformedRequestFilter", "faust_credentials", "run_worker",
+    "MalformedRequestFilter", "faust_credentials", "run_worker", "swapped_models",
 ]
 
 log = logging.getLogger("leadpulse.worker")
@@ -527,21 +527,35 @@ class LiveWorker:
         return Incoming(m.topic, m.partition, m.offset, m.key, value, ts)
 
     def _track(self, events: Sequence[Any]) -> None:
-        """Processed positions and lag (high watermark minus processed) of input partitions."""
-        consumer = self.app.consumer
+        """Processed positions of input partitions (the lag is computed from them when asked)."""
         for ev in events:
             m = ev.message
             if m.offset + 1 > self.positions.get(m.tp, -1):
                 self.positions[m.tp] = m.offset + 1
-        for tp in {ev.message.tp for ev in events}:
+
+    def lag(self) -> dict[TP, int]:
+        """Records not processed yet per assigned input partition whose high watermark is known.
+
+        Computed when asked (``/health``, each ``/metrics`` scrape), not after each batch:
+        set after batches, the gauge froze at its last value exactly when batches stopped
+        (Redis down, a backlog at start) and kept partitions that had moved to another worker.
+        """
+        consumer = self.app.consumer
+        try:
+            assignment = consumer.assignment()
+        except Exception:  # noqa: BLE001 - consumer not started yet
+            return {}
+        lag: dict[TP, int] = {}
+        for tp in sorted(assignment):
+            if tp not in self.positions:
+                continue
             try:
                 high = consumer.highwater(tp)
             except Exception:  # noqa: BLE001 - lag is best effort
                 high = None
             if high is not None:
-                self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
-                    max(0, high - self.positions[tp])
-                )
+                lag[tp] = max(0, high - self.positions[tp])
+        return lag
 
     # ------------------------------------------------------------------ agents
     async def consume_only(self, stream: Any, events: Sequence[Any]) -> None:
@@ -717,6 +731,10 @@ class LiveWorker:
         # the starts are known, a partition counts as caught up only if it is empty.
         self.received = {}
         tps = sorted(tp for tp in assigned if tp.topic in inputs)
+        # Processed positions start again too: another worker may have processed the partition
+        # since we last held it (our old position overstated the lag), or less than we had
+        # processed, when what we held was dropped unacked (understated it).
+        self.positions = {}
         now = time.monotonic()
         self.delivered_at = dict.fromkeys(tps, now)  # idle counts from the assignment
         if not tps:
@@ -737,6 +755,9 @@ class LiveWorker:
             return
         for tp, start in starts.items():
             self.received[tp] = max(self.received.get(tp, 0), start)
+            # From the assignment on, not from the first batch done: a worker whose batches
+            # wait (Redis down, a long backlog) shows the partition's whole lag meanwhile.
+            self.positions[tp] = max(self.positions.get(tp, 0), start)
 
     async def _start_offsets(self, tps: list[TP]) -> dict[TP, int]:
         """The offset Faust delivers each partition from: max(committed offset, log start)."""
@@ -823,12 +844,14 @@ class LiveWorker:
         score_ts: list[int] = []
         if scored is not None:  # (dead letters come from the scoring process too, with the records)
             try:
-                result, self.model_versions = await scored
+                result, versions = await scored
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
                 await self._fatal("process", exc)
                 return
+            self.metrics.model_swaps.inc(swapped_models(self.model_versions, versions))
+            self.model_versions = versions
             records, counts, score_ts = result.records, result.counts, result.score_event_ts_ms
         if before is not None:
             await asyncio.shield(before)  # publish in batch order
@@ -929,15 +952,7 @@ class LiveWorker:
             assignment = sorted(self.app.consumer.assignment())
         except Exception:  # noqa: BLE001 - consumer not started yet
             assignment, consumer_ready = [], False
-        lag: dict[str, int] = {}
-        for tp in assignment:
-            if tp in self.positions:
-                try:
-                    high = self.app.consumer.highwater(tp)
-                except Exception:  # noqa: BLE001
-                    high = None
-                if high is not None:
-                    lag[f"{tp.topic}/{tp.partition}"] = max(0, high - self.positions[tp])
+        lag = {f"{tp.topic}/{tp.partition}": n for tp, n in self.lag().items()}
         status = "ok" if consumer_ready and not self.failing else "degraded"
         body: dict[str, Any] = {
             "status": status,
@@ -1026,7 +1041,8 @@ class LiveWorker:
         @app.page("/metrics", name="leadpulse_metrics")
         class Prometheus(View):
             async def get(self, request: Request) -> Response:
-                return self.bytes(worker.metrics.render(), content_type=CONTENT_TYPE)
+                worker.metrics.set_lag({(tp.topic, tp.partition): n for tp, n in worker.lag().items()})
+                return self.bytes(worker.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
         @app.page("/latency", name="leadpulse_latency")
         class Latency(View):
@@ -1078,6 +1094,17 @@ class LiveWorker:
                     await worker.publish(await worker._call(worker.scorer.erase, customer_id))
                 log.info("erased a customer on request")
                 return self.json({"erased": True})
+
+
+def swapped_models(before: dict[str, int], after: dict[str, int]) -> int:
+    """How many kinds' models changed between two ``{kind: version}`` of the scorer.
+
+    A kind first seen is the first load, not a hot swap.
+
+    >>> swapped_models({}, {"churn": 0}), swapped_models({"churn": 0, "buy": 50}, {"churn": 50, "buy": 50})
+    (0, 1)
+    """
+    return sum(1 for kind, version in after.items() if kind in before and before[kind] != version)
 
 
 def _json(record: dict[str, Any]) -> bytes:

@@ -25,9 +25,11 @@ from features.engine import FeatureEngine
 from features.events import EventError, decode
 from features.redis_store import RedisFeatureStore
 from features.store import Update
+from scoring.simulator import SimulationConfig, write_jsonl
 from streams.app import ensure_topics
-from streams.embedded import free_port
+from streams.embedded import EmbeddedRedis, free_port
 from streams.live_cli import WorkerProcess, load_settings, make_producer, replay_lines
+from streams.metrics import Metrics
 from streams.settings import Settings, Topics
 
 PARTITIONS = 2
@@ -214,3 +216,95 @@ def test_customer_ids_that_need_url_encoding_are_read_and_erased_without_reachin
     assert "erased a customer" in log
     assert "Error handling request" in log  # the over-long request, logged ...
     assert not [cid for cid in [*ids, "qa-oversize-"] if cid in log], "... but customer ids never reach the logs"
+
+
+def test_event_to_score_buckets_resolve_the_live_latencies() -> None:
+    # Live latencies sit between 60 and 140 ms: histogram_quantile(0.99) over the exported
+    # buckets must land near the true p99 (the former 100-250 ms bucket put it at 247 ms).
+    m = Metrics()
+    lat = [0.06 + 0.08 * i / 999 for i in range(1000)]
+    for x in lat:
+        m.event_to_score.observe(x)
+    buckets = sorted(
+        (float(s.labels["le"]), s.value)
+        for f in text_string_to_metric_families(m.render().decode())
+        for s in f.samples if s.name == "leadpulse_event_to_score_seconds_bucket"
+    )
+    rank, lower, below = 0.99 * len(lat), 0.0, 0.0
+    for upper, count in buckets:  # Prometheus's linear interpolation inside the bucket
+        if count >= rank:
+            estimate = lower + (upper - lower) * (rank - below) / (count - below)
+            break
+        lower, below = upper, count
+    true_p99 = sorted(lat)[989]
+    assert abs(estimate - true_p99) / true_p99 < 0.1, (estimate, true_p99)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_metrics_parse_follow_prometheus_conventions_and_count_model_swaps(
+    deployment: Callable[..., Deployment], tmp_path: Path
+) -> None:
+    d = deployment()
+    sim = tmp_path / "sim.jsonl"
+    write_jsonl(SimulationConfig(customers=40, days=30, seed=3), sim)
+    with d.worker(tmp_path / "worker.log") as w:
+        w.wait_ready(timeout=120)
+        d.send(sim.read_bytes().splitlines(keepends=True))
+        until(lambda: value(w.port, "leadpulse_model_snapshots_total") >= 1, "no snapshot", worker=w)
+        # Scorers swap in the learner's snapshot at their next batch (at most every second here).
+        nudge = iter(range(1000))
+
+        def swapped() -> bool:
+            d.send(now_events([f"qa-nudge-{next(nudge)}"], f"n{time.monotonic_ns()}"))
+            time.sleep(1)
+            return value(w.port, "leadpulse_model_swaps_total") > 0
+
+        until(swapped, "no model swap counted", worker=w)
+
+        status, ctype, body = http(w.port, "GET", "/metrics")
+        assert status == 200 and ctype == "text/plain; version=0.0.4; charset=utf-8"
+        families = list(text_string_to_metric_families(body.decode()))
+        names = {f.name for f in families}
+        assert not [n for n in names if n.endswith("_created")], "no creation-time series"
+        for f in families:
+            assert f.name.startswith("leadpulse_") and f.documentation.strip(), f.name
+            if f.type == "counter":
+                assert all(s.name.endswith("_total") for s in f.samples), f.name
+            assert not {"customer_id", "customer"} & {k for s in f.samples for k in s.labels}
+        # Every version now in use came from a swap (the kinds start at version 0).
+        got = samples(w.port)
+        versions = [v for (n, _), v in got.items() if n == "leadpulse_model_version"]
+        assert got[("leadpulse_model_swaps_total", ())] >= sum(1 for v in versions if v > 0) > 0
+        # Lag: one series per assigned input partition, caught up.
+        lag = {dict(labels)["topic"] + "/" + dict(labels)["partition"]: v
+               for (n, labels), v in got.items() if n == "leadpulse_consumer_lag"}
+        inputs = {f"{t}/{p}" for t in d.topics.inputs.values() for p in range(PARTITIONS)}
+        assert set(lag) == inputs and not any(lag.values()), lag
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_a_worker_whose_batches_wait_shows_its_backlog_as_lag(
+    deployment: Callable[..., Deployment], tmp_path: Path
+) -> None:
+    # Redis comes later: the score agent waits for its first model load and processes nothing.
+    redis_port = free_port()
+    d = deployment(redis_url=f"redis://127.0.0.1:{redis_port}/0")
+    sim = tmp_path / "sim.jsonl"
+    write_jsonl(SimulationConfig(customers=20, days=10, seed=5), sim)
+    d.send(sim.read_bytes().splitlines(keepends=True))
+    sent = sum(r for r in (len(d.read(t)) for t in d.topics.inputs.values()))
+    with d.worker(tmp_path / "worker.log") as w:
+        w.wait_ready(timeout=120)
+
+        def lags() -> tuple[float, int] | None:
+            health = w.get_json("/health")
+            got = value(w.port, "leadpulse_consumer_lag"), health["lag_total"]
+            return got if got == (sent, sent) else None
+
+        until(lags, f"lag is not the {sent} records waiting: {value(w.port, 'leadpulse_consumer_lag')}, "
+                    f"{w.get_json('/health')['lag']}", timeout=60, worker=w)
+        with EmbeddedRedis(port=redis_port):
+            until(lambda: value(w.port, "leadpulse_consumer_lag") == 0 == w.get_json("/health")["lag_total"],
+                  "the backlog was not worked off", worker=w)
