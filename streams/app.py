@@ -311,6 +311,9 @@ class LiveWorker:
         self.bare = bare
         self.metrics = Metrics()
         self.latency = LatencyWindow()
+        # /health's own tally: DELETE /latency (a benchmark starting afresh) must not reset it.
+        self.events_done = 0
+        self.last_batch_at: float | None = None
         # Scoring calls (into the scoring process, or the core itself) and the learner each
         # have one thread: calls of each kind stay in order, and learning overlaps scoring.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leadpulse-core")
@@ -557,6 +560,12 @@ class LiveWorker:
                 lag[tp] = max(0, high - self.positions[tp])
         return lag
 
+    def _mark(self, n_events: int, now: float) -> None:
+        """A batch is done: for /latency's window and /health's tally."""
+        self.latency.mark(n_events, now)
+        self.events_done += n_events
+        self.last_batch_at = now
+
     # ------------------------------------------------------------------ agents
     async def consume_only(self, stream: Any, events: Sequence[Any]) -> None:
         """The bare baseline: count, ack, measure."""
@@ -567,7 +576,7 @@ class LiveWorker:
         self.metrics.count({}, Counter(ev.message.topic for ev in events))
         stamps = [int(ev.message.timestamp * 1000) for ev in events if ev.message.timestamp]
         self.latency.extend(self.metrics.observe_event_to_score(stamps, now))
-        self.latency.mark(len(events), now)
+        self._mark(len(events), now)
 
     async def score_batch(self, stream: Any, events: Sequence[Any]) -> None:
         """Hold a batch's records for event-time alignment, score what is ready.
@@ -888,7 +897,7 @@ class LiveWorker:
         self.metrics.held.set(len(self.aligner) + len(self._ready))
         self.metrics.last_batch.set(now)
         self.latency.extend(self.metrics.observe_event_to_score(score_ts, now))
-        self.latency.mark(len(done), now)
+        self._mark(len(done), now)
         for kind, version in self.model_versions.items():
             self.metrics.model_version.labels(kind=kind).set(version)
 
@@ -962,8 +971,8 @@ class LiveWorker:
             "assigned": [f"{tp.topic}/{tp.partition}" for tp in assignment],
             "lag": lag,
             "lag_total": sum(lag.values()),
-            "events": self.latency.events,
-            "last_batch_age_s": round(time.time() - self.latency.last_at, 1) if self.latency.last_at else None,
+            "events": self.events_done,
+            "last_batch_age_s": round(time.time() - self.last_batch_at, 1) if self.last_batch_at else None,
         }
         if not self.bare:
             body["model_versions"] = self.model_versions

@@ -308,3 +308,23 @@ def test_a_worker_whose_batches_wait_shows_its_backlog_as_lag(
         with EmbeddedRedis(port=redis_port):
             until(lambda: value(w.port, "leadpulse_consumer_lag") == 0 == w.get_json("/health")["lag_total"],
                   "the backlog was not worked off", worker=w)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_clearing_the_latency_window_leaves_the_health_tally_alone(
+    deployment: Callable[..., Deployment], tmp_path: Path
+) -> None:
+    # A benchmark's DELETE /latency starts its window afresh; /health's events and
+    # last_batch_age_s are the operator's and go on (bare: the same views, no Redis).
+    d = deployment()
+    settings = {**d.env, "web_port": free_port()}
+    with WorkerProcess(settings, log_path=tmp_path / "worker.log", bare=True) as w:
+        w.wait_ready(timeout=120)
+        d.send(now_events([f"qa-{i}" for i in range(5)], "h"))
+        until(lambda: w.get_json("/health")["events"] == 10, "events not counted", worker=w)
+        status, _, body = http(w.port, "DELETE", "/latency")
+        assert (status, json.loads(body)) == (200, {"reset": True})
+        assert w.get_json("/latency")["events"] == 0
+        health = w.get_json("/health")
+        assert health["events"] == 10 and health["last_batch_age_s"] is not None, health
