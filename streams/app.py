@@ -109,7 +109,7 @@ from streams.settings import Settings, kafka_unreachable
 
 __all__ = [
     "LiveWorker", "RedisCheckpointStore", "check_redis", "check_web_port", "ensure_topics",
-    "faust_credentials", "run_worker",
+    "MalformedRequestFilter", "faust_credentials", "run_worker", "swapped_models",
 ]
 
 log = logging.getLogger("leadpulse.worker")
@@ -311,6 +311,9 @@ class LiveWorker:
         self.bare = bare
         self.metrics = Metrics()
         self.latency = LatencyWindow()
+        # /health's own tally: DELETE /latency (a benchmark starting afresh) must not reset it.
+        self.events_done = 0
+        self.last_batch_at: float | None = None
         # Scoring calls (into the scoring process, or the core itself) and the learner each
         # have one thread: calls of each kind stay in order, and learning overlaps scoring.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leadpulse-core")
@@ -527,21 +530,41 @@ class LiveWorker:
         return Incoming(m.topic, m.partition, m.offset, m.key, value, ts)
 
     def _track(self, events: Sequence[Any]) -> None:
-        """Processed positions and lag (high watermark minus processed) of input partitions."""
-        consumer = self.app.consumer
+        """Processed positions of input partitions (the lag is computed from them when asked)."""
         for ev in events:
             m = ev.message
             if m.offset + 1 > self.positions.get(m.tp, -1):
                 self.positions[m.tp] = m.offset + 1
-        for tp in {ev.message.tp for ev in events}:
+
+    def lag(self) -> dict[TP, int]:
+        """Records not processed yet per assigned input partition whose high watermark is known.
+
+        Computed when asked (``/health``, each ``/metrics`` scrape), not after each batch:
+        set after batches, the gauge froze at its last value exactly when batches stopped
+        (Redis down, a backlog at start) and kept partitions that had moved to another worker.
+        """
+        consumer = self.app.consumer
+        try:
+            assignment = consumer.assignment()
+        except Exception:  # noqa: BLE001 - consumer not started yet
+            return {}
+        lag: dict[TP, int] = {}
+        for tp in sorted(assignment):
+            if tp not in self.positions:
+                continue
             try:
                 high = consumer.highwater(tp)
             except Exception:  # noqa: BLE001 - lag is best effort
                 high = None
             if high is not None:
-                self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
-                    max(0, high - self.positions[tp])
-                )
+                lag[tp] = max(0, high - self.positions[tp])
+        return lag
+
+    def _mark(self, n_events: int, now: float) -> None:
+        """A batch is done: for /latency's window and /health's tally."""
+        self.latency.mark(n_events, now)
+        self.events_done += n_events
+        self.last_batch_at = now
 
     # ------------------------------------------------------------------ agents
     async def consume_only(self, stream: Any, events: Sequence[Any]) -> None:
@@ -553,7 +576,7 @@ class LiveWorker:
         self.metrics.count({}, Counter(ev.message.topic for ev in events))
         stamps = [int(ev.message.timestamp * 1000) for ev in events if ev.message.timestamp]
         self.latency.extend(self.metrics.observe_event_to_score(stamps, now))
-        self.latency.mark(len(events), now)
+        self._mark(len(events), now)
 
     async def score_batch(self, stream: Any, events: Sequence[Any]) -> None:
         """Hold a batch's records for event-time alignment, score what is ready.
@@ -717,6 +740,10 @@ class LiveWorker:
         # the starts are known, a partition counts as caught up only if it is empty.
         self.received = {}
         tps = sorted(tp for tp in assigned if tp.topic in inputs)
+        # Processed positions start again too: another worker may have processed the partition
+        # since we last held it (our old position overstated the lag), or less than we had
+        # processed, when what we held was dropped unacked (understated it).
+        self.positions = {}
         now = time.monotonic()
         self.delivered_at = dict.fromkeys(tps, now)  # idle counts from the assignment
         if not tps:
@@ -737,6 +764,9 @@ class LiveWorker:
             return
         for tp, start in starts.items():
             self.received[tp] = max(self.received.get(tp, 0), start)
+            # From the assignment on, not from the first batch done: a worker whose batches
+            # wait (Redis down, a long backlog) shows the partition's whole lag meanwhile.
+            self.positions[tp] = max(self.positions.get(tp, 0), start)
 
     async def _start_offsets(self, tps: list[TP]) -> dict[TP, int]:
         """The offset Faust delivers each partition from: max(committed offset, log start)."""
@@ -823,12 +853,14 @@ class LiveWorker:
         score_ts: list[int] = []
         if scored is not None:  # (dead letters come from the scoring process too, with the records)
             try:
-                result, self.model_versions = await scored
+                result, versions = await scored
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
                 await self._fatal("process", exc)
                 return
+            self.metrics.model_swaps.inc(swapped_models(self.model_versions, versions))
+            self.model_versions = versions
             records, counts, score_ts = result.records, result.counts, result.score_event_ts_ms
         if before is not None:
             await asyncio.shield(before)  # publish in batch order
@@ -865,7 +897,7 @@ class LiveWorker:
         self.metrics.held.set(len(self.aligner) + len(self._ready))
         self.metrics.last_batch.set(now)
         self.latency.extend(self.metrics.observe_event_to_score(score_ts, now))
-        self.latency.mark(len(done), now)
+        self._mark(len(done), now)
         for kind, version in self.model_versions.items():
             self.metrics.model_version.labels(kind=kind).set(version)
 
@@ -929,15 +961,7 @@ class LiveWorker:
             assignment = sorted(self.app.consumer.assignment())
         except Exception:  # noqa: BLE001 - consumer not started yet
             assignment, consumer_ready = [], False
-        lag: dict[str, int] = {}
-        for tp in assignment:
-            if tp in self.positions:
-                try:
-                    high = self.app.consumer.highwater(tp)
-                except Exception:  # noqa: BLE001
-                    high = None
-                if high is not None:
-                    lag[f"{tp.topic}/{tp.partition}"] = max(0, high - self.positions[tp])
+        lag = {f"{tp.topic}/{tp.partition}": n for tp, n in self.lag().items()}
         status = "ok" if consumer_ready and not self.failing else "degraded"
         body: dict[str, Any] = {
             "status": status,
@@ -947,8 +971,8 @@ class LiveWorker:
             "assigned": [f"{tp.topic}/{tp.partition}" for tp in assignment],
             "lag": lag,
             "lag_total": sum(lag.values()),
-            "events": self.latency.events,
-            "last_batch_age_s": round(time.time() - self.latency.last_at, 1) if self.latency.last_at else None,
+            "events": self.events_done,
+            "last_batch_age_s": round(time.time() - self.last_batch_at, 1) if self.last_batch_at else None,
         }
         if not self.bare:
             body["model_versions"] = self.model_versions
@@ -1026,7 +1050,8 @@ class LiveWorker:
         @app.page("/metrics", name="leadpulse_metrics")
         class Prometheus(View):
             async def get(self, request: Request) -> Response:
-                return self.bytes(worker.metrics.render(), content_type=CONTENT_TYPE)
+                worker.metrics.set_lag({(tp.topic, tp.partition): n for tp, n in worker.lag().items()})
+                return self.bytes(worker.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
         @app.page("/latency", name="leadpulse_latency")
         class Latency(View):
@@ -1054,7 +1079,9 @@ class LiveWorker:
                     return self.error(401, "unauthorized")
                 return self.json(await worker.models())
 
-        @app.page("/customers/{customer_id}/scores", name="leadpulse_customer_scores")
+        # Any id but one with "/" unencoded: aiohttp's default pattern also refuses "{" and "}"
+        # (matched after percent-decoding), and such customers could be neither read nor erased.
+        @app.page("/customers/{customer_id:[^/]+}/scores", name="leadpulse_customer_scores")
         class CustomerScores(View):
             async def get(self, request: Request, customer_id: str) -> Response:
                 if not worker._authorized(request):
@@ -1064,7 +1091,7 @@ class LiveWorker:
                     return self.error(404, "no scores for this customer")
                 return self.json(body)
 
-        @app.page("/customers/{customer_id}", name="leadpulse_customer")
+        @app.page("/customers/{customer_id:[^/]+}", name="leadpulse_customer")
         class Customer(View):
             async def delete(self, request: Request, customer_id: str) -> Response:
                 if not worker._authorized(request):
@@ -1078,14 +1105,47 @@ class LiveWorker:
                 return self.json({"erased": True})
 
 
+def swapped_models(before: dict[str, int], after: dict[str, int]) -> int:
+    """How many kinds' models changed between two ``{kind: version}`` of the scorer.
+
+    A kind first seen is the first load, not a hot swap.
+
+    >>> swapped_models({}, {"churn": 0}), swapped_models({"churn": 0, "buy": 50}, {"churn": 50, "buy": 50})
+    (0, 1)
+    """
+    return sum(1 for kind, version in after.items() if kind in before and before[kind] != version)
+
+
 def _json(record: dict[str, Any]) -> bytes:
     import orjson
 
     return orjson.dumps(record)
 
 
+class MalformedRequestFilter(logging.Filter):
+    """Logs aiohttp's errors on malformed requests without their traceback, whose message
+    quotes the request line (``/customers/<id>/...`` of an over-long URL: a customer id).
+
+    >>> from aiohttp.http_exceptions import LineTooLong
+    >>> record = logging.LogRecord("aiohttp.server", logging.ERROR, "", 0, "Error handling request from %s",
+    ...                            ("127.0.0.1",), (LineTooLong, LineTooLong("/customers/c-42/x", 8190), None))
+    >>> MalformedRequestFilter().filter(record), record.getMessage(), record.exc_info
+    (True, 'Error handling request from 127.0.0.1 (LineTooLong)', None)
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.msg} ({type(exc).__name__})"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def run_worker(settings: Settings, *, bare: bool = False, loglevel: str = "info") -> None:
     """Create topics if missing, then run one worker until SIGTERM/SIGINT (exits the process)."""
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
     check_web_port(settings)
     if not bare:
         check_redis(settings)
