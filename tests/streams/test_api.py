@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import redis
-from kafka import KafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from features.engine import FeatureEngine
@@ -31,6 +30,7 @@ from streams.embedded import EmbeddedRedis, free_port
 from streams.live_cli import WorkerProcess, load_settings, make_producer, replay_lines
 from streams.metrics import Metrics
 from streams.settings import Settings, Topics
+from tests.streams.test_live import read_topic
 
 PARTITIONS = 2
 TOKEN = "s3cret"
@@ -104,21 +104,7 @@ class Deployment:
 
     def read(self, topic: str) -> list[Any]:
         """Every record of a topic, from the beginning to its current end."""
-        consumer = KafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False)
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        try:
-            consumer.assign(tps)
-            consumer.seek_to_beginning()
-            ends = consumer.end_offsets(tps)
-            out: list[Any] = []
-            deadline = time.monotonic() + 30
-            while any(consumer.position(tp) < ends[tp] for tp in tps):
-                for records in consumer.poll(timeout_ms=500).values():
-                    out.extend(records)
-                assert time.monotonic() < deadline, "could not read the topic to its end"
-            return out
-        finally:
-            consumer.close()
+        return read_topic(self.settings.kafka_bootstrap, topic)
 
 
 @pytest.fixture

@@ -38,6 +38,26 @@ PARTITIONS = 4
 LATENESS_MS = 3_600_000
 
 
+
+def read_topic(bootstrap: str, topic: str, partitions: int | None = None) -> list[Any]:
+    """Every record of a topic (its first ``partitions``, or all), from the beginning to its current end."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    numbers = range(partitions) if partitions is not None else sorted(consumer.partitions_for_topic(topic) or ())
+    tps = [TopicPartition(topic, p) for p in numbers]
+    try:
+        consumer.assign(tps)
+        consumer.seek_to_beginning()
+        ends = consumer.end_offsets(tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + 30
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            for records in consumer.poll(timeout_ms=500).values():
+                out.extend(records)
+            assert time.monotonic() < deadline, "could not read the topic to its end"
+        return out
+    finally:
+        consumer.close()
+
 class Deployment:
     """Topics, group and Redis prefix of one test; starts and always stops its workers."""
 
@@ -109,21 +129,7 @@ class Deployment:
 
     def read(self, topic: str, partitions: int = PARTITIONS) -> list[Any]:
         """Every record of a topic, from the beginning to its current end."""
-        consumer = KafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False)
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        try:
-            consumer.assign(tps)
-            consumer.seek_to_beginning()
-            ends = consumer.end_offsets(tps)
-            out: list[Any] = []
-            deadline = time.monotonic() + 30
-            while any(consumer.position(tp) < ends[tp] for tp in tps):
-                for records in consumer.poll(timeout_ms=500).values():
-                    out.extend(records)
-                assert time.monotonic() < deadline, "could not read the topic to its end"
-            return out
-        finally:
-            consumer.close()
+        return read_topic(self.settings.kafka_bootstrap, topic, partitions)
 
     def features(self, customers: list[str]) -> dict[str, dict[str, float]]:
         return RedisFeatureStore(self.redis, prefix=self.name).read(customers)
