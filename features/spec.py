@@ -55,9 +55,16 @@ def parse_duration_ms(text: str) -> int:
     return int(float(match.group(1)) * _UNITS_MS[match.group(2)])
 
 
-def _check_name(name: object) -> None:
+def check_name(name: object, what: str = "names") -> None:
+    """Refuse a name that is not lower_snake_case (names key Redis, metric labels, model inputs).
+
+    >>> check_name("orders_90d"); check_name("Upsell-Score", "score kind names")
+    Traceback (most recent call last):
+    ...
+    ValueError: Upsell-Score: score kind names are lower_snake_case
+    """
     if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-        raise ValueError(f"{name}: names are lower_snake_case")
+        raise ValueError(f"{name}: {what} are lower_snake_case")
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,7 @@ class FeatureSpec:
     default: float | None = 0.0
 
     def __post_init__(self) -> None:
-        _check_name(self.name)
+        check_name(self.name)
         # Model inputs drop raw times by name (scoring.models.model_input): a time not called
         # *_at would be a model input (an epoch in ms), any other feature called *_at never one.
         if self.agg in TIME_AGGS and not self.name.endswith("_at"):
@@ -174,7 +181,7 @@ class DerivedSpec:
     default: float | None = None
 
     def __post_init__(self) -> None:
-        _check_name(self.name)
+        check_name(self.name)
         if self.name.endswith("_at"):  # see FeatureSpec: *_at names are dropped from model inputs
             raise ValueError(f"{self.name}: a derived feature is never a time: no _at at the end of its name")
 

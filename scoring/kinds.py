@@ -14,13 +14,12 @@ without it. Rule kinds (engagement points, RFM grades) need no labels.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
 
-from features.spec import DAY_MS, parse_duration_ms
+from features.spec import DAY_MS, check_name, parse_duration_ms
 
 KindType = Literal["learned", "rule", "rfm"]
 ModelName = Literal["logistic", "tree"]
@@ -102,8 +101,7 @@ class ScoreKind:
     def __post_init__(self) -> None:
         # The name keys Redis (lp:model:<name>), Prometheus labels, topics' records and example
         # ids ("<name>:<customer>:<ms>"): lower_snake_case, as feature names are.
-        if not isinstance(self.name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
-            raise ValueError(f"{self.name}: score kind names are lower_snake_case")
+        check_name(self.name, "score kind names")
         if isinstance(self.tick_growth, bool) or not isinstance(self.tick_growth, int | float) \
                 or not 1.0 <= self.tick_growth < 100.0:
             raise ValueError(f"{self.name}: tick_growth must be a number from 1 to 100, not {self.tick_growth!r}")
