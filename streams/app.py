@@ -124,6 +124,9 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 MAX_BACKOFF_S = 30.0
+# A customer read waits this long at most: it queues on the scoring thread, which retries a
+# failed batch in place (Redis down) for as long as the failure lasts.
+API_WAIT_S = 10.0
 LEARN_BATCH = 1000
 
 
@@ -1086,7 +1089,12 @@ class LiveWorker:
             async def get(self, request: Request, customer_id: str) -> Response:
                 if not worker._authorized(request):
                     return self.error(401, "unauthorized")
-                body = await worker._call(worker.scorer.customer_scores, customer_id)
+                try:
+                    body = await asyncio.wait_for(
+                        worker._call(worker.scorer.customer_scores, customer_id), timeout=API_WAIT_S)
+                except TRANSIENT:  # asyncio's timeout is the builtin TimeoutError, one of them
+                    return self.error(503, "scores unavailable: the scoring stage or Redis is not "
+                                      "answering (see /health); try again", retry_after_s=5)
                 if body is None:
                     return self.error(404, "no scores for this customer")
                 return self.json(body)

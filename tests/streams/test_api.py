@@ -314,3 +314,27 @@ def test_clearing_the_latency_window_leaves_the_health_tally_alone(
         assert w.get_json("/latency")["events"] == 0
         health = w.get_json("/health")
         assert health["events"] == 10 and health["last_batch_age_s"] is not None, health
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_a_customer_read_while_redis_is_down_answers_503_instead_of_hanging(
+    deployment: Callable[..., Deployment], tmp_path: Path
+) -> None:
+    redis_port = free_port()
+    d = deployment(redis_url=f"redis://127.0.0.1:{redis_port}/0")
+    path = "/customers/qa-down-0/scores"
+    with d.worker(tmp_path / "worker.log") as w:
+        with EmbeddedRedis(port=redis_port):
+            w.wait_ready(timeout=120)
+            d.send(now_events(["qa-down-0"], "a"))
+            until(lambda: http(w.port, "GET", path)[0] == 200, "the customer was never scored", worker=w)
+        # Redis is gone: the next batch fails, and the scoring thread retries it in place for as
+        # long as that lasts. A read queued behind it waited as long.
+        d.send(now_events(["qa-down-1"], "b"))
+        until(lambda: w.get_json("/health")["error"], "no stage failed without Redis", worker=w)
+        started = time.monotonic()
+        status, content_type, body = http(w.port, "GET", path)
+        assert status == 503 and content_type.startswith("application/json"), (status, body)
+        assert "try again" in json.loads(body)["error"]
+        assert time.monotonic() - started < 15
