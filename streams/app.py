@@ -539,20 +539,24 @@ class LiveWorker:
             if m.offset + 1 > self.positions.get(m.tp, -1):
                 self.positions[m.tp] = m.offset + 1
 
-    def lag(self) -> dict[TP, int]:
+    def _assigned(self) -> list[TP] | None:
+        """The consumer's partitions now, sorted; ``None`` before the consumer has started."""
+        try:
+            return sorted(self.app.consumer.assignment())
+        except Exception:  # noqa: BLE001 - consumer not started yet
+            return None
+
+    def lag(self, assignment: list[TP] | None = None) -> dict[TP, int]:
         """Records not processed yet per assigned input partition whose high watermark is known.
 
         Computed when asked (``/health``, each ``/metrics`` scrape), not after each batch:
         set after batches, the gauge froze at its last value exactly when batches stopped
         (Redis down, a backlog at start) and kept partitions that had moved to another worker.
+        ``assignment``: the caller's :meth:`_assigned`, if it has one already.
         """
         consumer = self.app.consumer
-        try:
-            assignment = consumer.assignment()
-        except Exception:  # noqa: BLE001 - consumer not started yet
-            return {}
         lag: dict[TP, int] = {}
-        for tp in sorted(assignment):
+        for tp in (self._assigned() or []) if assignment is None else assignment:
             if tp not in self.positions:
                 continue
             try:
@@ -959,12 +963,10 @@ class LiveWorker:
 
     # ------------------------------------------------------------------ queries
     def health(self) -> tuple[dict[str, Any], int]:
-        consumer_ready = True
-        try:
-            assignment = sorted(self.app.consumer.assignment())
-        except Exception:  # noqa: BLE001 - consumer not started yet
-            assignment, consumer_ready = [], False
-        lag = {f"{tp.topic}/{tp.partition}": n for tp, n in self.lag().items()}
+        assigned = self._assigned()
+        consumer_ready = assigned is not None
+        assignment = assigned or []
+        lag = {f"{tp.topic}/{tp.partition}": n for tp, n in self.lag(assignment).items()}
         status = "ok" if consumer_ready and not self.failing else "degraded"
         body: dict[str, Any] = {
             "status": status,
