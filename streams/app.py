@@ -1158,6 +1158,8 @@ def run_worker(settings: Settings, *, bare: bool = False, loglevel: str = "info"
     logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
     check_web_port(settings)
     if not bare:
+        # Read before anything waits on Kafka or Redis: a mistake in the file is not a timeout.
+        load_scoring_config(settings.scoring_config)
         check_redis(settings)
     ensure_topics(settings)
     worker = LiveWorker(settings, bare=bare)

@@ -64,13 +64,9 @@ INPUT_TYPES = ("web", "purchase", "campaign")
 
 @command("worker")
 def cmd_worker(args: argparse.Namespace) -> int:
-    from scoring.config import load_scoring_config
     from streams.app import run_worker
 
-    settings = load_settings()
-    if not args.bare:  # read here, before the worker waits on Kafka: a mistake is not a broker timeout
-        load_scoring_config(settings.scoring_config)
-    run_worker(settings, bare=args.bare, loglevel=args.loglevel)
+    run_worker(load_settings(), bare=args.bare, loglevel=args.loglevel)
     return 0
 
 
