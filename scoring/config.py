@@ -144,8 +144,8 @@ def _kinds(overrides: Mapping[str, Any], catalog: Catalog, sensitive: set[str]) 
                 )
             try:
                 base = ScoreKind(name)
-            except ValueError as exc:  # the name itself; its message starts with it: once is enough
-                raise ConfigError(f"{where}: {str(exc).removeprefix(f'{name}: ')}") from None
+            except ValueError as exc:  # the name itself
+                raise _kind_error(where, name, exc) from None
         _known_keys(where, o, {f.name for f in dataclasses.fields(ScoreKind)} - {"name"})
         if "bands" in o:
             o["bands"] = _bands(f"{where}.bands", o["bands"])
@@ -154,8 +154,8 @@ def _kinds(overrides: Mapping[str, Any], catalog: Catalog, sensitive: set[str]) 
                 o[key] = _event_keys(f"{where}.{key}", o[key], with_action=key == "outcome")
         try:
             kind = dataclasses.replace(base, **o)  # keys checked above
-        except (TypeError, ValueError) as exc:  # its message starts with the kind's name: once is enough
-            raise ConfigError(f"{where}: {str(exc).removeprefix(f'{name}: ')}") from None
+        except (TypeError, ValueError) as exc:
+            raise _kind_error(where, name, exc) from None
         _check_kind(where, kind, catalog, sensitive)
         if kind.requires_purchase:
             _reads(f"{where}.requires_purchase", catalog, _BUYER)
@@ -170,6 +170,11 @@ def _kinds(overrides: Mapping[str, Any], catalog: Catalog, sensitive: set[str]) 
     if len(rfm) > 1:  # one grader (quintile sketches) per shard
         raise ConfigError(f"kinds: at most one kind of type rfm, not {rfm}")
     return out
+
+
+def _kind_error(where: str, name: str, exc: Exception) -> ConfigError:
+    # ScoreKind's messages start with the kind's name, and ``where`` names it already: once is enough.
+    return ConfigError(f"{where}: {str(exc).removeprefix(f'{name}: ')}")
 
 
 def _check_kind(where: str, kind: ScoreKind, catalog: Catalog, sensitive: set[str]) -> None:
