@@ -36,13 +36,13 @@ PARTITIONS = 2
 TOKEN = "s3cret"
 
 
-def http(port: int, method: str, path: str, token: str | None = None) -> tuple[int, str, bytes]:
+def http(port: int, method: str, path: str, token: str | None = None, timeout: float = 10) -> tuple[int, str, bytes]:
     """Status, Content-Type and body of one request (error statuses too)."""
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return int(resp.status), resp.headers.get("Content-Type", ""), resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers.get("Content-Type", ""), exc.read()
@@ -334,7 +334,8 @@ def test_a_customer_read_while_redis_is_down_answers_503_instead_of_hanging(
         d.send(now_events(["qa-down-1"], "b"))
         until(lambda: w.get_json("/health")["error"], "no stage failed without Redis", worker=w)
         started = time.monotonic()
-        status, content_type, body = http(w.port, "GET", path)
+        # The client waits longer than the worker's API_WAIT_S (10 s): the answer, not our timeout.
+        status, content_type, body = http(w.port, "GET", path, timeout=30)
         assert status == 503 and content_type.startswith("application/json"), (status, body)
         assert "try again" in json.loads(body)["error"]
         assert time.monotonic() - started < 15
