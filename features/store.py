@@ -156,6 +156,18 @@ class InMemoryFeatureStore:
         self._ids.pop(customer_id, None)
         return int(found)
 
+    def absorb(self, other: InMemoryFeatureStore) -> None:
+        """Take in another store's customers (stores that held disjoint customers, such as a
+        replay's workers); a customer in both keeps the other's state.
+
+        >>> a, b = InMemoryFeatureStore(), InMemoryFeatureStore()
+        >>> _ = b.apply([Update("c2", "e1", 5, (("a", "n", 1.0),))])
+        >>> a.absorb(b); a.read(["c2"]), a.remembered_ids("c2")
+        ({'c2': {'n': 1.0, '_t': 5.0}}, {'e1'})
+        """
+        self._states.update(other._states)
+        self._ids.update(other._ids)
+
     def remembered_ids(self, customer_id: str) -> set[str]:
         """Event ids kept for de-duplication (tests compare this with Redis)."""
         return set(self._ids.get(customer_id, {}))

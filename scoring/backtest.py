@@ -52,6 +52,7 @@ from features.events import AnyEvent, EventError, ms_to_iso, read_jsonl
 from features.spec import DAY_MS
 from scoring.core import Labelled, Outputs, ScoringCore
 from scoring.metrics import auc, auc_difference_ci, calibration, log_loss, summarize
+from scoring.parallel import ShardedCore
 
 WEEK_MS = 7 * DAY_MS
 
@@ -277,7 +278,7 @@ def _week_iso(week: int) -> str:
 
 
 def run_backtest(
-    lines: Iterable[bytes | str], config: BacktestConfig, core: ScoringCore | None = None
+    lines: Iterable[bytes | str], config: BacktestConfig, core: ScoringCore | ShardedCore | None = None
 ) -> dict[str, Any]:
     """Replay JSON Lines through a core and return the report (see module docs).
 
@@ -296,9 +297,12 @@ def run_backtest(
 
 
 def _run_backtest(
-    lines: Iterable[bytes | str], config: BacktestConfig, core: ScoringCore | None
+    lines: Iterable[bytes | str], config: BacktestConfig, core: ScoringCore | ShardedCore | None
 ) -> dict[str, Any]:
     core = core or ScoringCore.in_memory(lateness_ms=config.reorder_window_ms)
+    sharded = core if isinstance(core, ShardedCore) else None
+    # The core that scores (or, sharded, the one merged from the workers at the end).
+    scoring = core if isinstance(core, ScoringCore) else None
     # The report counts score changes; nobody reads their reasons here (restored below).
     explained, core.explain = core.explain, False
     if config.measure_memory:
@@ -386,28 +390,43 @@ def _run_backtest(
                     rec["frozen_probability"] = None if frozen_p is None else round(frozen_p, 6)
                 scores_out.write(orjson.dumps(rec) + b"\n")
 
+    def run(events: list[AnyEvent]) -> None:
+        if sharded is None:
+            assert scoring is not None
+            collect(scoring.process(events))
+            return
+        done = sharded.submit(events)  # the workers score it while this process reads on
+        if done is not None:
+            collect(done)
+
     batch: list[AnyEvent] = []
     try:
         for ev in _reordered(valid_events(), config.reorder_window_ms, counts):
             first_ts = ev.ts_ms if first_ts is None else first_ts
             last_ts = ev.ts_ms
             if batch and ev.ts_ms - batch[0].ts_ms > config.max_batch_span_ms:
-                collect(core.process(batch))
+                run(batch)
                 batch = []
             batch.append(ev)
             if len(batch) >= config.batch_size:
-                collect(core.process(batch))
+                run(batch)
                 batch = []
         if batch:
-            collect(core.process(batch))
+            run(batch)
+        if sharded is not None:
+            collect(sharded.finish())
+            scoring = sharded.merged()
     finally:
         core.explain = explained
+        if sharded is not None:
+            sharded.close()
         if scores_out:
             scores_out.close()
     seconds = time.perf_counter() - started
+    assert scoring is not None  # sharded: merged from the workers above
     customers_written = None
     if config.customers_out and last_ts is not None:
-        customers_written = write_customer_scores(core, list(seen_customers), last_ts, config.customers_out)
+        customers_written = write_customer_scores(scoring, list(seen_customers), last_ts, config.customers_out)
     peak = None
     if config.measure_memory:
         peak = tracemalloc.get_traced_memory()[1]
@@ -453,7 +472,7 @@ def _run_backtest(
         "drifts": drifts,
         "kinds": kinds_report,
         # Each learned kind's model at the end of the replay: what it weighs on this history.
-        "models": {name: model.summary() for name, model in core.registry.models.items()},
+        "models": {name: model.summary() for name, model in scoring.registry.models.items()},
         "per_day": {d: dict(c) for d, c in sorted(per_day.items())},
         "bands_per_week": {
             k: [{"week": w, **dict(c)} for w, c in sorted(_by_week(v).items())]
@@ -462,6 +481,9 @@ def _run_backtest(
         "peak_memory_bytes": peak,
         "config": {
             "batch_size": config.batch_size,
+            "max_batch_span_ms": config.max_batch_span_ms,
+            # Processes the replay ran on (scoring.parallel); None: the plain replay.
+            "workers": sharded.workers if sharded is not None else None,
             "reorder_window_ms": config.reorder_window_ms,
             "drop_types": list(config.drop_types),
             "group_by": config.group_by,

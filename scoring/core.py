@@ -245,6 +245,10 @@ class ScoringCore:
         # were whichever worker holds the shard, and across a restart. Read at every batch.
         self.rfm = RfmGrader()
         self._rfm_seen = 0
+        # A replay sharded by customer (scoring.parallel) sets this to a list: RFM grades then
+        # use the edges as they stood at the batch's start, and the values graded are kept
+        # here as (time, customer, values) for every shard to observe in one order after it.
+        self.rfm_deferred: list[tuple[int, str, dict[str, float | None]]] | None = None
         # Kind names per event key: a kind missing from a list of kinds costs a dataclass
         # __eq__ (every field) per element, a name missing from a set one hash lookup.
         self._on_event: dict[str, set[str]] = {}
@@ -268,8 +272,13 @@ class ScoringCore:
         )
 
     # ------------------------------------------------------------------ batches
-    def process(self, events: Sequence[AnyEvent], shard: str = "0") -> Outputs:
-        """Apply, score and label one batch of decoded events from one shard."""
+    def process(self, events: Sequence[AnyEvent], shard: str = "0", newest: int | None = None) -> Outputs:
+        """Apply, score and label one batch of decoded events from one shard.
+
+        ``newest``: the event time of the newest event of the whole batch when this call
+        gets a part of it (a replay sharded by customer): the watermark follows it, so every
+        part's labels mature and idle customers tick as in one process.
+        """
         out = Outputs()
         if not events:
             return out
@@ -279,7 +288,7 @@ class ScoringCore:
         customers = list(dict.fromkeys(ev.customer_id for ev in events))
         records = self.state.load(customers)
         working: dict[str, State] = {c: dict(result.before.get(c, {})) for c in customers}
-        newest = max(ev.ts_ms for ev in events)
+        newest = max(ev.ts_ms for ev in events) if newest is None else newest
         out.counts["events"] += len(events)
         for i, (ev, up, status) in enumerate(zip(events, updates, result.statuses, strict=True)):
             if status == LATE:
@@ -465,7 +474,10 @@ class ScoringCore:
         x: dict[str, float] | None,
         out: Outputs,
     ) -> None:
-        res = self.compute(kind, vector, x)
+        deferred = self.rfm_deferred
+        res = self.compute(kind, vector, x, observe=deferred is None)
+        if deferred is not None and kind.type == "rfm":
+            deferred.append((ts, cid, {name: vector.get(name) for name in RFM_METRICS.values()}))
         prob = res["probability"]
         value = round(100.0 * prob, 1)
         ks = rec.kind(kind.name)

@@ -174,6 +174,7 @@ def _plain(obj: Any) -> dict[str, Any]:
 def cmd_backtest(args: argparse.Namespace) -> int:
     from scoring.backtest import BacktestConfig, run_backtest, write_report
     from scoring.config import load_scoring_config
+    from scoring.parallel import SHARDED_BATCH_SIZE, SHARDED_BATCH_SPAN_MS, ShardedCore
     from streams.runtime import tune_gc
 
     tune_gc()  # a replay allocates by the million and frees nearly all of it at once
@@ -185,10 +186,20 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     configs = [load_scoring_config(path) for path in [args.config] + ([args.compare] if args.compare else [])]
     reports = []
     total = count_lines(Path(args.file)) if sys.stderr.isatty() else None
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1 and args.redis:
+        print("error: --workers replays on the in-process store; leave out --redis or --workers",
+              file=sys.stderr)
+        return 2
+    sharded = args.workers > 1
     for i, scfg in enumerate(configs):
         core = _core(scfg, args.redis)
         bcfg = BacktestConfig(
-            batch_size=args.batch_size,
+            # Workers meet once per batch to learn its labels: larger batches (see scoring.parallel).
+            batch_size=max(args.batch_size, SHARDED_BATCH_SIZE) if sharded else args.batch_size,
+            max_batch_span_ms=SHARDED_BATCH_SPAN_MS if sharded else BacktestConfig.max_batch_span_ms,
             reorder_window_ms=scfg.lateness_ms,
             drop_types=tuple(args.drop_types or ()) + (("web", "campaign") if args.purchases_only else ()),
             batch_baseline=not args.no_batch_baseline,
@@ -200,7 +211,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         with progress(f"backtest {scfg.name}", total) as tick, \
                 time_ordered_lines(Path(args.file), scfg.lateness_ms) as lines:
             bcfg.progress = tick
-            report = run_backtest(lines, bcfg, core)
+            report = run_backtest(lines, bcfg, ShardedCore(core, args.workers) if sharded else core)
             # Line numbers in the report are the file's own unless it had to be sorted.
             report["input_sorted"] = isinstance(lines, list)
         report["config"]["name"] = scfg.name
@@ -433,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--change-at", metavar="TIME",
                    help="a known change (ISO date or time): AUC before and after it, online vs batch")
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="replay on N processes, customers hashed over them (in-process store only; "
+                   "see the README: the same report for any N > 1)")
     p.add_argument("--no-batch-baseline", action="store_true", help="skip the weekly batch LR baseline")
 
     for extend in EXTRA_PARSERS:

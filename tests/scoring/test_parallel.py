@@ -1,0 +1,115 @@
+"""A replay sharded by customer over worker processes: the same report for any number of them."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scoring.backtest import BacktestConfig, run_backtest
+from scoring.core import ScoringCore
+from scoring.parallel import SHARDED_BATCH_SIZE, SHARDED_BATCH_SPAN_MS, ShardedCore, owner
+from scoring.simulator import SimulationConfig, write_jsonl
+from streams.cli import main
+
+# What may differ between runs of one replay: time taken, and how many processes it took.
+TIMING = ("seconds", "events_per_second", "labels_per_second", "peak_memory_bytes")
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("parallel") / "events.jsonl"
+    # Dirty: malformed lines (no customer to hash) and redelivered events must count alike.
+    write_jsonl(SimulationConfig(customers=300, days=150, seed=21, dirty=0.03), path)
+    return path
+
+
+def _config(tmp: Path, name: str, **kw: Any) -> BacktestConfig:
+    return BacktestConfig(
+        batch_size=SHARDED_BATCH_SIZE, max_batch_span_ms=SHARDED_BATCH_SPAN_MS,
+        scores_out=tmp / f"{name}.scores.jsonl", customers_out=tmp / f"{name}.customers.csv", **kw,
+    )
+
+
+def _replay(path: Path, config: BacktestConfig, core: ScoringCore | ShardedCore) -> dict[str, Any]:
+    with open(path, "rb") as lines:
+        report = run_backtest(lines, config, core)
+    for key in TIMING:
+        report.pop(key)
+    report["config"].pop("workers")
+    report["customers_out"].pop("path")
+    return report
+
+
+def test_two_and_three_workers_give_the_one_worker_report_scores_and_customers(history: Path, tmp_path: Path) -> None:
+    reports = {}
+    for n in (1, 2, 3):
+        reports[n] = _replay(history, _config(tmp_path, f"w{n}"), ShardedCore(ScoringCore.in_memory(), n))
+    one = reports[1]
+    assert one["invalid"] > 0 and one["duplicates"] > 0, "the history exercises bad lines and redelivery"
+    assert all(one["kinds"][k]["labels"] > 100 for k in ("purchase_propensity", "campaign_response"))
+    for n in (2, 3):
+        # Exact: every figure, each model's weights, the drift events, RFM grades in the files.
+        assert json.dumps(reports[n], sort_keys=True) == json.dumps(one, sort_keys=True), n
+        for suffix in ("scores.jsonl", "customers.csv"):
+            assert (tmp_path / f"w{n}.{suffix}").read_bytes() == (tmp_path / f"w1.{suffix}").read_bytes()
+    assert not multiprocessing.active_children(), "the workers stopped"
+
+
+def test_sharding_neither_loses_nor_repeats_an_example(history: Path, tmp_path: Path) -> None:
+    # The plain replay over the same batches learns labels as they mature within a batch,
+    # so its probabilities may differ a little (and with them which changes are big enough
+    # to publish); which customers were scored when, and what was labelled how, may not.
+    plain = _replay(history, _config(tmp_path, "plain"), ScoringCore.in_memory())
+    sharded = _replay(history, _config(tmp_path, "two"), ShardedCore(ScoringCore.in_memory(), 2))
+    for key in ("lines", "events", "invalid", "duplicates", "late", "scored", "idle_rescores"):
+        assert sharded[key] == plain[key], key
+    for kind, figures in plain["kinds"].items():
+        assert (sharded["kinds"][kind]["labels"], sharded["kinds"][kind]["positives"]) == \
+            (figures["labels"], figures["positives"]), kind
+        assert abs(sharded["kinds"][kind]["auc"] - figures["auc"]) < 0.02, kind
+
+    def examples(name: str) -> set[tuple[str, int]]:
+        lines = (tmp_path / f"{name}.scores.jsonl").read_text().splitlines()
+        return {(rec["example_id"], rec["label"]) for rec in map(json.loads, lines)}
+
+    assert examples("two") == examples("plain")
+
+
+def test_customers_spread_over_the_workers() -> None:
+    held = [owner(f"c{i}", 3) for i in range(3000)]
+    assert all(800 < held.count(w) < 1200 for w in range(3))
+    assert owner("ünïcode \ud800", 2) in (0, 1)  # a lone surrogate from a malformed id still hashes
+
+
+def test_a_failing_worker_stops_the_replay_with_its_traceback(
+    history: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = ScoringCore.process
+
+    def broken(self: ScoringCore, events: Any, *args: Any, **kw: Any) -> Any:
+        if len(events) > 3:
+            raise ZeroDivisionError("a bug in the core")
+        return real(self, events, *args, **kw)
+
+    monkeypatch.setattr(ScoringCore, "process", broken)  # the forked workers inherit it
+    with pytest.raises(RuntimeError, match=r"backtest worker \d failed:[\s\S]*ZeroDivisionError: a bug"), \
+            open(history, "rb") as lines:
+        run_backtest(lines, BacktestConfig(batch_baseline=False), ShardedCore(ScoringCore.in_memory(), 2))
+    assert not multiprocessing.active_children(), "no worker left behind"
+
+
+def test_cli_workers(history: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["backtest", str(history), "--out", str(tmp_path / "r"), "--workers", "2",
+                 "--no-batch-baseline"]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["config"]["workers"] == 2 and report["config"]["batch_size"] == SHARDED_BATCH_SIZE
+    assert report["kinds"]["purchase_propensity"]["labels"] > 100
+    capsys.readouterr()
+    assert main(["backtest", str(history), "--out", str(tmp_path / "r2"), "--workers", "2",
+                 "--redis", "redis://127.0.0.1:1"]) == 2
+    assert "--workers replays on the in-process store" in capsys.readouterr().err
+    assert main(["backtest", str(history), "--out", str(tmp_path / "r3"), "--workers", "0"]) == 2
