@@ -461,6 +461,28 @@ class OnlineModel:
             rows = np.asarray(self._prior)
             self.rule_fit = _platt(rows[:, 0], rows[:, 1])
 
+    def for_serving(self) -> OnlineModel:
+        """A copy that scores as this model does, without what only learning reads.
+
+        The refit window, the chunk not yet fitted, the trial's and the rule fit's
+        labels and the drift detector stay behind, so the copy is kilobytes where a
+        snapshot is megabytes: what a sharded replay ships its workers after each batch
+        (:mod:`scoring.parallel`). It must not learn.
+
+        >>> m = OnlineModel("demo", min_labels=2, min_per_class=1, consolidate_every=100)
+        >>> for i in range(300):
+        ...     _ = m.learn({"x": float(i % 3)}, i % 2)
+        >>> copy = m.for_serving()
+        >>> copy.predict({"x": 2.0}) == m.predict({"x": 2.0}), copy.ready, len(copy.recent), len(m.recent)
+        (True, True, 0, 300)
+        """
+        copy = object.__new__(OnlineModel)
+        state = self.__dict__.copy()
+        state.update(recent=Window(0), _buffer=[], _linear=None, drift=None, _trial_preds={},
+                     _trial=deque(maxlen=1), _prior=deque(maxlen=1))
+        copy.__dict__.update(state)
+        return copy
+
     def predict(self, x: ModelInput) -> float:
         if self.batched:
             return self._predict_linear(x)

@@ -3,16 +3,19 @@
 One Python process runs on one core. A replay's work is mostly per customer (features,
 vectors, scores, the label join), so :class:`ShardedCore` gives each of N worker
 processes the customers whose id hashes to it, as the live worker gives each scoring
-process its partitions. The models stay one model per kind: every worker learns every
-label, in one order, so their copies stay equal bit for bit.
+process its partitions. The models stay one model per kind, learned in the replay's own
+process, as the live worker's central learner does: it reads and decodes the events,
+learns the labels the workers hand back, and sends them the models' serving copies
+(:meth:`~scoring.models.OnlineModel.for_serving`, kilobytes) with each batch.
 
 Batch-synchronous, so the result does not depend on N:
 
-- within a batch, every worker scores with the models and the RFM quintile edges as they
-  stood at the batch's start, and its watermark follows the newest event of the whole
-  batch, not of its part;
-- after it, the batch's labels are learned by every worker in the order (horizon end,
-  example id), and the graded RFM values observed in the order (time, customer).
+- within a batch, every worker scores with the models and the RFM quintile edges as
+  learned up to the batch before the previous one (the previous batch's labels are being
+  learned meanwhile), and its watermark follows the newest event of the whole batch, not
+  of its part;
+- the labels of a batch are learned in the order (horizon end, example id), and the graded
+  RFM values observed in the order (time, customer), whichever worker made them.
 
 ``ShardedCore(core, 1)`` runs the same in this process, and gives the same report as any
 N (tested). The plain replay (``run_backtest`` with a ``ScoringCore``) differs slightly: it
@@ -45,7 +48,7 @@ from threadpoolctl import threadpool_limits
 from features.events import AnyEvent
 from features.spec import DAY_MS
 from features.store import InMemoryFeatureStore
-from scoring.core import Labelled, Outputs, ScoringCore
+from scoring.core import Labelled, ModelRegistry, Outputs, ScoringCore
 from scoring.rfm import RfmGrader
 
 SHARD = "0"  # each worker's core sees one shard: its customers
@@ -74,7 +77,7 @@ def _rfm_order(item: tuple[int, str, Any]) -> tuple[int, str]:
 
 
 class _Shard:
-    """One worker's core, and its own labels of the last batch (the others' come as bytes)."""
+    """One worker: a core that scores its customers with the models this process learns."""
 
     def __init__(self, core: ScoringCore) -> None:
         if not isinstance(core.features, InMemoryFeatureStore):
@@ -82,54 +85,31 @@ class _Shard:
         core.learn_inline = False
         core.explain = False
         core.rfm_deferred = []
+        # Its own registry: the replay's process learns in the one it was given.
+        core.registry = ModelRegistry(core.kinds, core.sensitive)
         self.core = core
-        self.mine: tuple[list[Labelled], list[Labelled], list[Any]] = ([], [], [])
 
     def handle(self, msg: tuple[Any, ...]) -> Any:
         op = msg[0]
         if op == "batch":
-            _, others, events, newest = msg
-            drifts = self.learn(others)
+            _, serving, events, newest = msg
             core = self.core
+            if serving is not None:
+                models, grader = pickle.loads(serving)  # noqa: S301 - the replay's own bytes
+                core.registry.models.update(models)
+                core.state.save({}, SHARD, None, grader)
             if events:
                 out = core.process(events, SHARD, newest)
             else:  # none of this batch's customers are ours: time still moves
                 out = core.advance(SHARD, newest - core.lateness_ms)
             deferred = core.rfm_deferred or []
             core.rfm_deferred = []
-            self.mine = (out.fresh, out.labelled, deferred)
-            blob = pickle.dumps(self.mine, protocol=pickle.HIGHEST_PROTOCOL)
-            out.fresh, out.labelled, out.late, out.drifts = [], [], [], drifts
+            blob = pickle.dumps((out.fresh, out.labelled, deferred), protocol=pickle.HIGHEST_PROTOCOL)
+            out.fresh, out.labelled, out.late = [], [], []
             return out, blob
-        if op == "learn":
-            return self.learn(msg[1])
-        if op == "parts":
-            core = self.core
-            return pickle.dumps((core.registry, core.features, core.state.grader(SHARD)),
-                                protocol=pickle.HIGHEST_PROTOCOL)
+        if op == "features":
+            return pickle.dumps(self.core.features, protocol=pickle.HIGHEST_PROTOCOL)
         raise ValueError(f"unknown request {op!r}")
-
-    def learn(self, others: Sequence[bytes]) -> list[dict[str, Any]]:
-        """Learn the last batch's labels of every worker and observe its RFM values, in one order."""
-        fresh, labelled, rfm = (list(part) for part in self.mine)
-        self.mine = ([], [], [])
-        for blob in others:
-            f, lab, r = pickle.loads(blob)  # noqa: S301 - our own worker's bytes
-            fresh += f
-            labelled += lab
-            rfm += r
-        # Keys differ between customers, hence between workers; a tie is one customer's
-        # and keeps its worker's order (the sort is stable): the same order for any N.
-        fresh.sort(key=_example_order)
-        labelled.sort(key=_example_order)
-        drifts = self.core.registry.learn(fresh + labelled) if fresh or labelled else []
-        if rfm:
-            rfm.sort(key=_rfm_order)
-            grader = self.core.state.grader(SHARD) or RfmGrader()
-            for _, _, values in rfm:
-                grader.observe(values)
-            self.core.state.save({}, SHARD, None, grader)
-        return drifts
 
 
 class _Link(Protocol):
@@ -227,6 +207,10 @@ class ShardedCore:
         self.workers = workers
         self.kinds = core.kinds
         self._template = core
+        # Learned here, in this process, for every worker (taken before a worker in this
+        # process, workers=1, gives the core a registry of its own).
+        self.registry = core.registry
+        self.grader = core.state.grader(SHARD) or RfmGrader()
         self.explain = False  # nothing reads reasons in a replay
         if workers == 1:
             self._links: list[_Link] = [_Local(core)]
@@ -243,30 +227,33 @@ class ShardedCore:
             except BaseException:
                 self.close()
                 raise
-        self._blobs: list[bytes] = []
+        self._changed = False
         self._inflight = False
 
     def submit(self, events: Sequence[AnyEvent]) -> Outputs | None:
         """Hand one batch to the workers; returns the previous batch's outputs (None at first)."""
-        done = self._gather() if self._inflight else None
+        done = labels = None
+        if self._inflight:
+            done, labels = self._gather()
+        serving = self._serving()  # the models after the batch before the previous one
         parts: list[list[AnyEvent]] = [[] for _ in self._links]
         n = self.workers
         for ev in events:
             parts[owner(ev.customer_id, n) if n > 1 else 0].append(ev)
         newest = max(ev.ts_ms for ev in events)
         for i, link in enumerate(self._links):
-            link.send(("batch", self._others(i), parts[i], newest))
+            link.send(("batch", serving, parts[i], newest))
         self._inflight = True
+        if done is not None and labels is not None:
+            done.drifts = self._learn(*labels)  # while the workers score this batch
         return done
 
     def finish(self) -> Outputs:
-        """The last batch's outputs, its labels learned by every worker."""
-        done = self._gather() if self._inflight else Outputs()
-        for i, link in enumerate(self._links):
-            link.send(("learn", self._others(i)))
-        drifts = [link.recv() for link in self._links][0]
-        done.drifts.extend(drifts)
-        self._blobs = []
+        """The last batch's outputs, its labels learned."""
+        if not self._inflight:
+            return Outputs()
+        done, labels = self._gather()
+        done.drifts = self._learn(*labels)
         return done
 
     def merged(self) -> ScoringCore:
@@ -275,17 +262,19 @@ class ShardedCore:
         Customers' scoring records (pending examples, last scores) stay with the workers.
         """
         core = self._template
-        for i, link in enumerate(self._links):
-            link.send(("parts",))
-            registry, features, grader = pickle.loads(link.recv())  # noqa: S301 - our worker's bytes
-            if i == 0:
-                core.registry, core.features = registry, features
-                core.state.save({}, SHARD, None, grader)
-                core.rfm = grader or RfmGrader()  # what scores_now grades against
-            else:
-                assert isinstance(core.features, InMemoryFeatureStore)  # checked by _Shard
-                core.features.absorb(features)
+        core.registry = self.registry
+        core.state.save({}, SHARD, None, self.grader)
+        core.rfm = self.grader  # what scores_now grades against
         core.rfm_deferred = None
+        for i, link in enumerate(self._links):
+            link.send(("features",))
+            features = pickle.loads(link.recv())  # noqa: S301 - our own worker's bytes
+            if i == 0:
+                core.features = features
+            else:
+                features_0 = core.features
+                assert isinstance(features_0, InMemoryFeatureStore)  # checked by _Shard
+                features_0.absorb(features)
         return core
 
     def close(self) -> None:
@@ -293,29 +282,43 @@ class ShardedCore:
             link.close()
         self._links = []
 
-    def _others(self, index: int) -> list[bytes]:
-        return [blob for j, blob in enumerate(self._blobs) if j != index]
+    def _serving(self) -> bytes | None:
+        """The models and RFM edges for the workers, when learning changed them since last sent."""
+        if not self._changed:
+            return None
+        self._changed = False
+        models = {name: model.for_serving() for name, model in self.registry.models.items()}
+        return pickle.dumps((models, self.grader), protocol=pickle.HIGHEST_PROTOCOL)
 
-    def _gather(self) -> Outputs:
+    def _learn(self, fresh: list[Labelled], labelled: list[Labelled], rfm: list[Any]) -> list[dict[str, Any]]:
+        """Learn a batch's labels and observe its graded RFM values, each in one order."""
+        drifts = self.registry.learn(fresh + labelled) if fresh or labelled else []
+        if rfm:
+            rfm.sort(key=_rfm_order)
+            for _, _, values in rfm:
+                self.grader.observe(values)
+        self._changed = self._changed or bool(fresh or labelled or rfm)
+        return drifts
+
+    def _gather(self) -> tuple[Outputs, tuple[list[Labelled], list[Labelled], list[Any]]]:
         merged = Outputs()
-        blobs = []
-        for i, link in enumerate(self._links):
+        rfm: list[Any] = []
+        for link in self._links:
             out, blob = link.recv()
-            blobs.append(blob)
             merged.counts.update(out.counts)
             merged.scores += out.scores
             merged.alerts += out.alerts
             merged.triggers += out.triggers
-            if i == 0:  # every worker learned the same labels: the same drifts
-                merged.drifts = out.drifts
-            fresh, labelled, _ = pickle.loads(blob)  # noqa: S301 - our own worker's bytes
+            fresh, labelled, graded = pickle.loads(blob)  # noqa: S301 - our own worker's bytes
             merged.fresh += fresh
             merged.labelled += labelled
+            rfm += graded
+        # Keys differ between customers, hence between workers; a tie is one customer's
+        # and keeps its worker's order (the sorts are stable): the same order for any N.
         merged.fresh.sort(key=_example_order)
         merged.labelled.sort(key=_example_order)
-        self._blobs = blobs
         self._inflight = False
-        return merged
+        return merged, (merged.fresh, merged.labelled, rfm)
 
 
 __all__ = ["SHARDED_BATCH_SIZE", "SHARDED_BATCH_SPAN_MS", "ShardedCore", "owner"]

@@ -12,6 +12,7 @@ about 1M events by default).
     python scripts/bench_backtest.py --customers 2000 --days 365 --runs 3
     python scripts/bench_backtest.py --memory --customers 2000
     python scripts/bench_backtest.py --no-redis --against 2fbf872   # this tree vs an older commit
+    python scripts/bench_backtest.py --no-redis --workers 2         # also sharded over 2 processes
 """
 
 from __future__ import annotations
@@ -46,11 +47,18 @@ try:  # what `leadpulse backtest` does first (older trees, for --against, lack i
     tune_gc()
 except ImportError:
     pass
+config = BacktestConfig(batch_baseline=False)
+if store.startswith("sharded"):  # sharded:N, as `leadpulse backtest --workers N` runs it
+    from scoring.parallel import SHARDED_BATCH_SIZE, SHARDED_BATCH_SPAN_MS, ShardedCore
+    config = BacktestConfig(batch_baseline=False, batch_size=SHARDED_BATCH_SIZE,
+                            max_batch_span_ms=SHARDED_BATCH_SPAN_MS)
+    core = ShardedCore(ScoringCore.in_memory(), int(store.split(":")[1]))
 with open(path, "rb") as lines:
-    report = run_backtest(lines, BacktestConfig(batch_baseline=False), core)
+    report = run_backtest(lines, config, core)
 print(json.dumps({"events": report["events"], "seconds": report["seconds"],
                   "eps": report["events_per_second"], "scored": report["scored"],
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
 
 
@@ -79,6 +87,8 @@ def main() -> int:
     ap.add_argument("--against", metavar="REV",
                     help="also run the in-process store (and Redis, unless --no-redis) at git revision "
                     "REV, alternating (ratios vs REV)")
+    ap.add_argument("--workers", type=int, default=0, metavar="N",
+                    help="also run the in-process store sharded over N processes (backtest --workers N)")
     ap.add_argument("--memory", action="store_true", help="fixed customers, short vs long history")
     ap.add_argument("--long-days", type=int, default=0, help="long history length (default: ~10x events)")
     args = ap.parse_args()
@@ -92,6 +102,8 @@ def main() -> int:
         events = simulate(args.customers, args.days, args.seed, path)
         print(f"{events:,} events, {args.customers:,} customers, {args.days} days")
         stores = ["memory"] if args.no_redis else ["memory", "redis"]
+        if args.workers:
+            stores.insert(1, f"sharded:{args.workers}")
         tree = ""
         if args.against:
             tree = str(Path(tmp) / "against")
@@ -105,7 +117,8 @@ def main() -> int:
                     old = "@" in store
                     r = run_child(path, store.split("@")[0], server.url if server else "", tree if old else "")
                     results[store].append(r)
-                    print(f"  run {i + 1} {store:<6} {r['eps']:>9,.0f} ev/s  peak RSS {r['peak_rss_mb']:.0f} MB")
+                    workers = f" (largest worker {r['worker_peak_rss_mb']:.0f} MB)" if "sharded" in store else ""
+                    print(f"  run {i + 1} {store:<9} {r['eps']:>9,.0f} ev/s  peak RSS {r['peak_rss_mb']:.0f} MB{workers}")
         finally:
             if server:
                 server.stop()
@@ -114,9 +127,11 @@ def main() -> int:
         med = {s: statistics.median(r["eps"] for r in rs) for s, rs in results.items()}
         print("\nmedian events/s (backtest core, no batch baseline):")
         for s in stores:
-            print(f"  {s:<6} {med[s]:>9,.0f}   runs: {[round(r['eps']) for r in results[s]]}")
+            print(f"  {s:<9} {med[s]:>9,.0f}   runs: {[round(r['eps']) for r in results[s]]}")
         if "redis" in med:
             print(f"  ratio memory/redis: {med['memory'] / med['redis']:.2f}x")
+        if args.workers:
+            print(f"  ratio sharded:{args.workers}/memory: {med[f'sharded:{args.workers}'] / med['memory']:.2f}x")
         for s in stores if args.against else ():
             if "@" not in s:
                 print(f"  ratio {s} now / {s}@{args.against}: {med[s] / med[f'{s}@{args.against}']:.2f}x")
