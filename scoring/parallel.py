@@ -8,13 +8,16 @@ process, as the live worker's central learner does: it reads and decodes the eve
 learns the labels the workers hand back, and sends them the models' serving copies
 (:meth:`~scoring.models.OnlineModel.for_serving`, kilobytes) with each batch.
 
-Batch-synchronous, so the result does not depend on N:
+The replay's batches are the plain replay's (at most 500 events or an hour of event time);
+the workers meet once per round of batches (5,000 events or a day), so the result does
+not depend on N:
 
-- within a batch, every worker scores with the models and the RFM quintile edges as
-  learned up to the batch before the previous one (the previous batch's labels are being
-  learned meanwhile), and its watermark follows the newest event of the whole batch, not
-  of its part;
-- the labels of a batch are learned in the order (horizon end, example id), and the graded
+- within a round, every worker scores with the models and the RFM quintile edges as
+  learned up to the round before the previous one (the previous round's labels are being
+  learned meanwhile), and each batch's watermark is the newest event of the whole batch,
+  not of the worker's part, so labels mature and idle customers are rescored at the same
+  moments as in the plain replay;
+- the labels of a round are learned in the order (horizon end, example id), and the graded
   RFM values observed in the order (time, customer), whichever worker made them.
 
 ``ShardedCore(core, 1)`` runs the same in this process, and gives the same report as any
@@ -52,11 +55,11 @@ from scoring.core import Labelled, ModelRegistry, Outputs, ScoringCore
 from scoring.rfm import RfmGrader
 
 SHARD = "0"  # each worker's core sees one shard: its customers
-# The batches a sharded replay is cut into (the command line's): the workers meet once per
-# batch, and meeting once per hour of event time (the plain replay's batches, tens of events
-# on a typical history) cost more than the second core gave. See the README's figures.
-SHARDED_BATCH_SIZE = 5_000
-SHARDED_BATCH_SPAN_MS = DAY_MS
+# The workers meet once per round of batches, not once per batch: a batch spans at most an
+# hour of event time (tens of events on a typical history), and meeting that often cost
+# more than the second core gave. A round ends with the batch that makes it this long.
+ROUND_EVENTS = 5_000
+ROUND_SPAN_MS = DAY_MS
 
 
 def owner(customer_id: str, workers: int) -> int:
@@ -74,6 +77,17 @@ def _example_order(ex: Labelled) -> tuple[int, str]:
 
 def _rfm_order(item: tuple[int, str, Any]) -> tuple[int, str]:
     return item[0], item[1]
+
+
+def _add(total: Outputs, out: Outputs) -> None:
+    """Gather one call's outputs into a round's (the positions of late events are not kept)."""
+    total.counts.update(out.counts)
+    total.scores += out.scores
+    total.alerts += out.alerts
+    total.triggers += out.triggers
+    total.fresh += out.fresh
+    total.labelled += out.labelled
+    total.drifts += out.drifts
 
 
 def _pack(examples: list[Labelled]) -> tuple[list[tuple[str, ...]], list[tuple[Any, ...]]]:
@@ -123,23 +137,26 @@ class _Shard:
 
     def handle(self, msg: tuple[Any, ...]) -> Any:
         op = msg[0]
-        if op == "batch":
-            _, serving, events, newest = msg
+        if op == "round":
+            _, serving, batches = msg
             core = self.core
             if serving is not None:
                 models, grader = pickle.loads(serving)  # noqa: S301 - the replay's own bytes
                 core.registry.models.update(models)
                 core.state.save({}, SHARD, None, grader)
-            if events:
-                out = core.process(events, SHARD, newest)
-            else:  # none of this batch's customers are ours: time still moves
-                out = core.advance(SHARD, newest - core.lateness_ms)
+            total = Outputs()
+            for events, newest in batches:
+                if events:
+                    out = core.process(events, SHARD, newest)
+                else:  # none of this batch's customers are ours: time still moves
+                    out = core.advance(SHARD, newest - core.lateness_ms)
+                _add(total, out)
             deferred = core.rfm_deferred or []
             core.rfm_deferred = []
-            blob = pickle.dumps((_pack(out.fresh), _pack(out.labelled), deferred),
+            blob = pickle.dumps((_pack(total.fresh), _pack(total.labelled), deferred),
                                 protocol=pickle.HIGHEST_PROTOCOL)
-            out.fresh, out.labelled, out.late = [], [], []
-            return out, blob
+            total.fresh, total.labelled = [], []
+            return total, blob
         if op == "features":
             return pickle.dumps(self.core.features, protocol=pickle.HIGHEST_PROTOCOL)
         raise ValueError(f"unknown request {op!r}")
@@ -228,9 +245,9 @@ class _Process:
 class ShardedCore:
     """Replay batches over ``workers`` processes, each holding the customers hashed to it.
 
-    ``submit`` hands a batch out and returns the previous batch's outputs, so this
-    process reads and decodes the next batch while the workers score this one; ``finish``
-    returns the last. ``merged`` is then one core with the learned models and every
+    ``submit`` takes a batch; when that completes a round it hands the round out and
+    returns the round before's outputs, so this process learns and reads on while the
+    workers score. ``finish`` returns what is left. ``merged`` is then one core with the learned models and every
     customer's features (for the report's models and ``--customers-out``). Close it.
     """
 
@@ -262,31 +279,51 @@ class ShardedCore:
                 raise
         self._changed = False
         self._inflight = False
+        self._round: list[tuple[list[list[AnyEvent]], int]] = []  # batches not yet handed out
+        self._round_events = 0
+        self._round_start = 0
 
     def submit(self, events: Sequence[AnyEvent]) -> Outputs | None:
-        """Hand one batch to the workers; returns the previous batch's outputs (None at first)."""
-        done = labels = None
-        if self._inflight:
-            done, labels = self._gather()
-        serving = self._serving()  # the models after the batch before the previous one
+        """Take one batch; when it completes a round, hand the round to the workers.
+
+        Returns the outputs of the round before, when one was handed out (None otherwise).
+        """
         parts: list[list[AnyEvent]] = [[] for _ in self._links]
         n = self.workers
         for ev in events:
             parts[owner(ev.customer_id, n) if n > 1 else 0].append(ev)
         newest = max(ev.ts_ms for ev in events)
-        for i, link in enumerate(self._links):
-            link.send(("batch", serving, parts[i], newest))
-        self._inflight = True
-        if done is not None and labels is not None:
-            done.drifts = self._learn(*labels)  # while the workers score this batch
-        return done
+        if not self._round:
+            self._round_start = min(ev.ts_ms for ev in events)
+        self._round.append((parts, newest))
+        self._round_events += len(events)
+        if self._round_events < ROUND_EVENTS and newest - self._round_start < ROUND_SPAN_MS:
+            return None
+        return self._send_round()
 
     def finish(self) -> Outputs:
-        """The last batch's outputs, its labels learned."""
+        """Everything not yet returned, its labels learned."""
+        done = self._send_round() if self._round else None
         if not self._inflight:
-            return Outputs()
-        done, labels = self._gather()
-        done.drifts = self._learn(*labels)
+            return done or Outputs()
+        last, labels = self._gather()
+        last.drifts = self._learn(*labels)
+        if done is not None:
+            _add(done, last)
+            return done
+        return last
+
+    def _send_round(self) -> Outputs | None:
+        done = labels = None
+        if self._inflight:
+            done, labels = self._gather()
+        serving = self._serving()  # the models after the round before the previous one
+        for i, link in enumerate(self._links):
+            link.send(("round", serving, [(parts[i], newest) for parts, newest in self._round]))
+        self._round, self._round_events = [], 0
+        self._inflight = True
+        if done is not None and labels is not None:
+            done.drifts = self._learn(*labels)  # while the workers score this round
         return done
 
     def merged(self) -> ScoringCore:
@@ -354,4 +391,4 @@ class ShardedCore:
         return merged, (merged.fresh, merged.labelled, rfm)
 
 
-__all__ = ["SHARDED_BATCH_SIZE", "SHARDED_BATCH_SPAN_MS", "ShardedCore", "owner"]
+__all__ = ["ROUND_EVENTS", "ROUND_SPAN_MS", "ShardedCore", "owner"]

@@ -49,9 +49,7 @@ except ImportError:
     pass
 config = BacktestConfig(batch_baseline=False)
 if store.startswith("sharded"):  # sharded:N, as `leadpulse backtest --workers N` runs it
-    from scoring.parallel import SHARDED_BATCH_SIZE, SHARDED_BATCH_SPAN_MS, ShardedCore
-    config = BacktestConfig(batch_baseline=False, batch_size=SHARDED_BATCH_SIZE,
-                            max_batch_span_ms=SHARDED_BATCH_SPAN_MS)
+    from scoring.parallel import ShardedCore
     core = ShardedCore(ScoringCore.in_memory(), int(store.split(":")[1]))
 with open(path, "rb") as lines:
     report = run_backtest(lines, config, core)

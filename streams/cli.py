@@ -174,7 +174,7 @@ def _plain(obj: Any) -> dict[str, Any]:
 def cmd_backtest(args: argparse.Namespace) -> int:
     from scoring.backtest import BacktestConfig, run_backtest, write_report
     from scoring.config import load_scoring_config
-    from scoring.parallel import SHARDED_BATCH_SIZE, SHARDED_BATCH_SPAN_MS, ShardedCore
+    from scoring.parallel import ShardedCore
     from streams.runtime import tune_gc
 
     tune_gc()  # a replay allocates by the million and frees nearly all of it at once
@@ -197,9 +197,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     for i, scfg in enumerate(configs):
         core = _core(scfg, args.redis)
         bcfg = BacktestConfig(
-            # Workers meet once per batch to learn its labels: larger batches (see scoring.parallel).
-            batch_size=max(args.batch_size, SHARDED_BATCH_SIZE) if sharded else args.batch_size,
-            max_batch_span_ms=SHARDED_BATCH_SPAN_MS if sharded else BacktestConfig.max_batch_span_ms,
+            batch_size=args.batch_size,
             reorder_window_ms=scfg.lateness_ms,
             drop_types=tuple(args.drop_types or ()) + (("web", "campaign") if args.purchases_only else ()),
             batch_baseline=not args.no_batch_baseline,
