@@ -126,8 +126,6 @@ class _Shard:
     """One worker: a core that scores its customers with the models this process learns."""
 
     def __init__(self, core: ScoringCore) -> None:
-        if not isinstance(core.features, InMemoryFeatureStore):
-            raise ValueError("a sharded replay runs on the in-process store")
         core.learn_inline = False
         core.explain = False
         core.rfm_deferred = []
@@ -254,6 +252,8 @@ class ShardedCore:
     def __init__(self, core: ScoringCore, workers: int) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
+        if not isinstance(core.features, InMemoryFeatureStore):
+            raise ValueError("a sharded replay runs on the in-process store")
         self.workers = workers
         self.kinds = core.kinds
         self._template = core
@@ -343,7 +343,7 @@ class ShardedCore:
                 core.features = features
             else:
                 features_0 = core.features
-                assert isinstance(features_0, InMemoryFeatureStore)  # checked by _Shard
+                assert isinstance(features_0, InMemoryFeatureStore)  # checked in __init__
                 features_0.absorb(features)
         return core
 

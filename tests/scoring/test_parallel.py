@@ -111,3 +111,17 @@ def test_cli_workers(history: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
                  "--redis", "redis://127.0.0.1:1"]) == 2
     assert "--workers replays on the in-process store" in capsys.readouterr().err
     assert main(["backtest", str(history), "--out", str(tmp_path / "r3"), "--workers", "0"]) == 2
+
+
+def test_only_the_in_process_store_is_sharded() -> None:
+    import redis
+
+    from features.engine import FeatureEngine
+    from features.redis_store import RedisFeatureStore
+    from scoring.state import InMemoryStateStore
+
+    # Refused before any worker starts (nothing here connects).
+    core = ScoringCore(FeatureEngine(), RedisFeatureStore(redis.Redis(port=1)), InMemoryStateStore())
+    with pytest.raises(ValueError, match="in-process store"):
+        ShardedCore(core, 2)
+    assert not multiprocessing.active_children()
