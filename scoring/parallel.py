@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import pickle
+import signal
 import traceback
 import zlib
 from collections.abc import Sequence
@@ -186,6 +187,9 @@ class _Local:
 
 
 def _serve(conn: Connection, core: ScoringCore) -> None:
+    # Ctrl-C reaches the whole process group: the replay's process stops its workers, which
+    # would otherwise each print a KeyboardInterrupt traceback of their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # As in the replay's own process (run_backtest): BLAS threads spin-wait against the other
     # workers for refits of a few thousand rows. A forked child does not keep the limit.
     with threadpool_limits(limits=1):
