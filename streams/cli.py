@@ -334,9 +334,9 @@ def _headline(reports: list[dict[str, Any]]) -> str:
         for kind, k in rep["kinds"].items():
             if k.get("by_moment"):
                 lines.append(f"  {kind} by scoring moment: " + _moments(k["by_moment"]))
-        hint = _idle_hint(rep)
-        if hint:
-            lines.append(hint)
+        for hint in (_idle_hint(rep), _workers_hint(rep, os.cpu_count() or 1)):
+            if hint:
+                lines.append(hint)
         for kind, m in (rep.get("models") or {}).items():
             if not m["labels"]:
                 continue  # e.g. campaign response on a purchases-only history
@@ -361,6 +361,21 @@ def _unlabelled(rep: dict[str, Any]) -> list[str]:
            else "the history has none of the events it is scored at, or no horizon closed")
     return [f"  note: {kind} has no labels ({why})"
             for kind, m in (rep.get("models") or {}).items() if not m["labels"]]
+
+
+def _workers_hint(rep: dict[str, Any], cores: int) -> str | None:
+    """On a machine with cores to spare, a long plain replay says how to use them.
+
+    >>> _workers_hint({"seconds": 140.0, "config": {"workers": None}}, 4)
+    '  note: 140 s on one core of 4: --workers 3 shards the replay by customer over more (README: more cores)'
+    >>> _workers_hint({"seconds": 140.0, "config": {"workers": 2}}, 4) is None
+    True
+    """
+    if cores < 2 or rep.get("seconds", 0) < 60 or (rep.get("config") or {}).get("workers"):
+        return None
+    # The replay's own process reads and learns beside the workers: one core for it.
+    return (f"  note: {rep['seconds']:.0f} s on one core of {cores}: --workers {max(cores - 1, 2)} shards the "
+            "replay by customer over more (README: more cores)")
 
 
 def _idle_hint(rep: dict[str, Any]) -> str | None:
