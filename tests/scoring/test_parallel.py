@@ -125,3 +125,26 @@ def test_only_the_in_process_store_is_sharded() -> None:
     with pytest.raises(ValueError, match="in-process store"):
         ShardedCore(core, 2)
     assert not multiprocessing.active_children()
+
+
+def test_fresh_learning_and_tree_models_shard_alike(history: Path, tmp_path: Path) -> None:
+    # learn_at: fresh hands back samples at registration and at the outcome (Outputs.fresh),
+    # and a tree model's serving copy is its whole River pipeline.
+    from features.engine import FeatureEngine
+    from features.store import InMemoryFeatureStore
+    from scoring.config import load_scoring_config
+    from scoring.state import InMemoryStateStore
+
+    path = tmp_path / "config.yaml"
+    path.write_text("kinds:\n  purchase_propensity: {learn_at: fresh}\n  churn_risk: {model: tree}\n")
+    scfg = load_scoring_config(str(path))
+
+    def core() -> ScoringCore:
+        return ScoringCore(FeatureEngine(scfg.catalog, scfg.sensitive), InMemoryFeatureStore(scfg.lateness_ms),
+                           InMemoryStateStore(), kinds=scfg.kinds, policy=scfg.policy,
+                           lateness_ms=scfg.lateness_ms, sensitive=scfg.sensitive)
+
+    one, two = (_replay(history, _config(tmp_path, f"f{n}"), ShardedCore(core(), n)) for n in (1, 2))
+    fresh = one["models"]["purchase_propensity"]
+    assert fresh["labels"] > one["kinds"]["purchase_propensity"]["labels"] > 100, "fresh samples were learned"
+    assert json.dumps(two, sort_keys=True) == json.dumps(one, sort_keys=True)
