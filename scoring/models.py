@@ -21,7 +21,7 @@ import heapq
 import math
 import pickle
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain
 from typing import Any
 
@@ -322,6 +322,10 @@ class OnlineModel:
         self.fresh = fresh
         self.outcome_label = outcome_label
         self._trial_preds: dict[str, float] = {}  # fresh, on trial: example id -> prediction
+        # Asked before a scheduled refit (with the kind's name); False puts it off to a later
+        # label. None: refit on schedule. The live learner sets one (a minimum interval in
+        # wall time, see streams.pipeline.Learner); never pickled, so a replay never has one.
+        self.refit_gate: Callable[[str], bool] | None = None
 
     @property
     def ready(self) -> bool:
@@ -377,6 +381,7 @@ class OnlineModel:
         names = {k: k for k in self.columns}
         state["_buffer"] = [({names.get(k, k): v for k, v in x.items()}, y, n) for x, y, n in self._buffer]
         state["_linear"] = None
+        state.pop("refit_gate", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -401,6 +406,7 @@ class OnlineModel:
         state.setdefault("batched", False)
         state.setdefault("_buffer", [])
         state.setdefault("_linear", None)
+        state["refit_gate"] = None
         recent = state.get("recent")
         if isinstance(recent, deque):  # the window before it was a ring buffer
             window = Window(recent.maxlen or len(recent))
@@ -479,7 +485,7 @@ class OnlineModel:
         copy = object.__new__(OnlineModel)
         state = self.__dict__.copy()
         state.update(recent=Window(0), _buffer=[], _linear=None, drift=None, _trial_preds={},
-                     _trial=deque(maxlen=1), _prior=deque(maxlen=1))
+                     _trial=deque(maxlen=1), _prior=deque(maxlen=1), refit_gate=None)
         copy.__dict__.update(state)
         return copy
 
@@ -612,7 +618,9 @@ class OnlineModel:
         if self.consolidate_every:
             self.since_consolidation += 1
             due = max(self.consolidate_every, min(self.version // 5, self.consolidate_max))
-            if self.since_consolidation >= due and self._enough_labels:
+            if self.since_consolidation >= due and self._enough_labels and (
+                self.refit_gate is None or self.refit_gate(self.kind)
+            ):
                 self.consolidate()
 
     def consolidate(self) -> None:

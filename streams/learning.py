@@ -86,6 +86,7 @@ class LiveLearner:
             RedisCheckpointStore(settings.redis_client(), settings.redis_prefix),
             every_labels=settings.snapshot_every_labels, every_s=settings.snapshot_every_s,
             min_interval_s=settings.snapshot_min_interval_s,
+            refit_min_interval_s=settings.refit_min_interval_s,
         ))
 
     def learn_records(self, records: Sequence[tuple[int, bytes]]) -> LearnStep:

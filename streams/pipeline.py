@@ -599,12 +599,18 @@ class Learner:
         every_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         min_interval_s: float = 0.0,
+        refit_min_interval_s: float = 0.0,
     ) -> None:
         self.registry = registry
         self.store = store
         self.every_labels = every_labels
         self.every_s = every_s
         self.min_interval_s = min_interval_s
+        # A model's scheduled refits (OnlineModel.consolidate) at most this often per kind: in a
+        # backlog the schedule comes due every second or so, while scorers take a snapshot
+        # every few seconds; a refit put off happens at a later label. 0 = on schedule.
+        self.refit_min_interval_s = refit_min_interval_s
+        self._last_refit: dict[str, float] = {}
         self.clock = clock
         self.next_offset: int | None = None  # next label offset to learn
         self.snapshot_offset: int | None = None  # what the store holds from us
@@ -636,6 +642,9 @@ class Learner:
         """
         if not self._restored or self.store.load_offset() != self.snapshot_offset:
             self.restore()
+        if self.refit_min_interval_s > 0:  # a restore may have swapped the model objects
+            for model in self.registry.models.values():
+                model.refit_gate = self._refit_allowed
         start = self.next_offset
         todo = []
         for offset, ex in items:
@@ -648,6 +657,24 @@ class Learner:
         self.learned += len(todo)
         self.since_snapshot += len(todo)
         return drifts
+
+    def _refit_allowed(self, kind: str) -> bool:
+        """Whether a kind's refit may run now (then it counts as run).
+
+        >>> now = [0.0]
+        >>> learner = Learner(ModelRegistry([]), CheckpointStore(), clock=lambda: now[0],
+        ...                   refit_min_interval_s=5.0)
+        >>> learner._refit_allowed("k"), learner._refit_allowed("k"), learner._refit_allowed("other")
+        (True, False, True)
+        >>> now[0] = 5.0; learner._refit_allowed("k")
+        True
+        """
+        now = self.clock()
+        last = self._last_refit.get(kind)
+        if last is not None and now - last < self.refit_min_interval_s:
+            return False
+        self._last_refit[kind] = now
+        return True
 
     def due(self) -> bool:
         """A snapshot is due: enough labels (and ``min_interval_s`` since the last), or

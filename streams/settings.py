@@ -94,6 +94,10 @@ class Settings(BaseSettings):
         5.0, ge=0, description="at least this long between two snapshots taken for their label count "
         "(scorers look for a newer one every model_refresh_s); 0 = a snapshot every snapshot_every_labels",
     )
+    refit_min_interval_s: float = Field(
+        5.0, ge=0, description="the central learner refits a kind's model on its window at most this "
+        "often (a refit put off happens at a later label); 0 = on the model's label schedule, as a backtest",
+    )
     model_refresh_s: float = Field(5.0, gt=0, description="scorers check for a newer snapshot this often")
     # Not positive, the worker never joined its group (it logged coordinator errors forever).
     broker_session_timeout_s: float = Field(60.0, gt=0)
