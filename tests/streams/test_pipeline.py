@@ -449,3 +449,30 @@ def test_label_count_snapshots_keep_the_minimum_interval_and_time_based_ones_do_
     learner_zero.checkpoint()
     learner_zero.learn(items[3:6])
     assert learner_zero.due()  # min_interval_s 0 (the class default): every 3 labels, as before
+
+
+def test_the_live_learner_puts_refits_off_to_its_minimum_interval_and_makes_them_later() -> None:
+    now = [0.0]
+    kinds = [k for k in default_kinds() if k.name == "churn_risk"]
+    learner = Learner(ModelRegistry(kinds), CheckpointStore(InMemoryModelStore()), clock=lambda: now[0],
+                      refit_min_interval_s=5.0)
+    model = learner.registry.models["churn_risk"]
+
+    def learn(first: int, n: int) -> None:
+        learner.learn([(i, Labelled("churn_risk", f"c{i}", f"x{i}", i, i + 1, 0.5, 0.5, "model", int(i % 3 == 0),
+                                    {"a": float(i % 7), "b": float(i % 5)}))
+                       for i in range(first, first + n)])
+
+    learn(0, 3_000)  # the schedule comes due about ten times; the clock stands still
+    assert model.consolidations == 1
+    now[0] = 4.9
+    learn(3_000, 1_000)
+    assert model.consolidations == 1
+    now[0] = 5.0
+    learn(4_000, 1)  # overdue since long: the next label refits
+    assert model.consolidations == 2 and model.since_consolidation == 0
+
+    on_schedule = Learner(ModelRegistry(kinds), CheckpointStore(InMemoryModelStore()), clock=lambda: 0.0)
+    on_schedule.learn([(i, Labelled("churn_risk", f"c{i}", f"x{i}", i, i + 1, 0.5, 0.5, "model", int(i % 3 == 0),
+                                    {"a": float(i % 7)})) for i in range(3_000)])
+    assert on_schedule.registry.models["churn_risk"].consolidations > 5
