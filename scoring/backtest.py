@@ -6,7 +6,8 @@ small disorder real exports have), in batches, through the same
 prequential: each example is scored before its label exists and the model
 learns from it only when its horizon closes. Examples whose horizon reaches
 past the end of the data are censored (never labelled), not counted as
-negatives.
+negatives. Given a :class:`~scoring.parallel.ShardedCore` instead, the same
+batches are scored by worker processes, each holding some of the customers.
 
 Beside the online model, every example is also scored by two baselines on the
 same point-in-time labels:
