@@ -166,7 +166,7 @@ class _Link(Protocol):
 
     def recv(self) -> Any: ...
 
-    def close(self) -> None: ...
+    def close(self, wait: bool = True) -> None: ...
 
 
 class _Local:
@@ -182,7 +182,7 @@ class _Local:
     def recv(self) -> Any:
         return self.reply
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         self.reply = None
 
 
@@ -234,10 +234,12 @@ class _Process:
             raise RuntimeError(f"backtest worker {self.index} failed:\n{value}")
         return value
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop the worker: asked to when it is idle, at once when it still has a round (the
+        replay failed: no one reads its answer, and a large one would block it on the pipe)."""
         with contextlib.suppress(OSError):  # already gone
             self.conn.send(("stop",))
-        self.proc.join(timeout=10)
+        self.proc.join(timeout=10 if wait else 0)
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join()
@@ -249,8 +251,9 @@ class ShardedCore:
 
     ``submit`` takes a batch; when that completes a round it hands the round out and
     returns the round before's outputs, so this process learns and reads on while the
-    workers score. ``finish`` returns what is left. ``merged`` is then one core with the learned models and every
-    customer's features (for the report's models and ``--customers-out``). Close it.
+    workers score. ``finish`` returns what is left. ``merged`` is then one core with the
+    learned models and every customer's features (for the report's models and
+    ``--customers-out``). Close it.
     """
 
     def __init__(self, core: ScoringCore, workers: int) -> None:
@@ -266,6 +269,11 @@ class ShardedCore:
         self.registry = core.registry
         self.grader = core.state.grader(SHARD) or RfmGrader()
         self.explain = False  # nothing reads reasons in a replay
+        self._changed = False
+        self._inflight = False
+        self._round: list[tuple[list[list[AnyEvent]], int]] = []  # batches not yet handed out
+        self._round_events = 0
+        self._round_start = 0
         if workers == 1:
             self._links: list[_Link] = [_Local(core)]
         else:
@@ -281,11 +289,6 @@ class ShardedCore:
             except BaseException:
                 self.close()
                 raise
-        self._changed = False
-        self._inflight = False
-        self._round: list[tuple[list[list[AnyEvent]], int]] = []  # batches not yet handed out
-        self._round_events = 0
-        self._round_start = 0
 
     def submit(self, events: Sequence[AnyEvent]) -> Outputs | None:
         """Take one batch; when it completes a round, hand the round to the workers.
@@ -353,8 +356,9 @@ class ShardedCore:
 
     def close(self) -> None:
         for link in self._links:
-            link.close()
+            link.close(wait=not self._inflight)
         self._links = []
+        self._inflight = False
 
     def _serving(self) -> bytes | None:
         """The models and RFM edges for the workers, when learning changed them since last sent."""
