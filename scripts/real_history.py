@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="backtest output directory")
     parser.add_argument("--file", help="a local CDNOW_master.txt (skips the download)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="backtest --workers N (README: more cores)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
              "--default-currency", "USD", "--out", str(events)],
             check=True, stdout=subprocess.DEVNULL,
         )
-    subprocess.run([*leadpulse, "backtest", str(events), "--out", str(out)], check=True)
+    subprocess.run([*leadpulse, "backtest", str(events), "--out", str(out), "--workers", str(args.workers)],
+                   check=True)
     report = json.loads((out / "report.json").read_text())
     print(f"\nCDNOW: {rows:,} transactions -> {report['events']:,} purchase events, "
           f"{report['events_per_second']:,.0f} events/s")

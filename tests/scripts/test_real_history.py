@@ -38,12 +38,15 @@ def test_to_csv_skips_the_header_and_keeps_every_row(tmp_path: Path, load_script
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="subprocess layout")
+@pytest.mark.parametrize("workers", [1, 2])
 def test_imports_and_backtests_a_local_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], load_script: Loader
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], load_script: Loader, workers: int
 ) -> None:
     n = _cdnow_like(tmp_path / "master.txt")
-    assert load_script("real_history").main(["--file", str(tmp_path / "master.txt"), "--out", str(tmp_path / "out")]) == 0
+    assert load_script("real_history").main(["--file", str(tmp_path / "master.txt"), "--out", str(tmp_path / "out"),
+                                             "--workers", str(workers)]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["events"] == n and report["invalid"] == 0
+    assert report["config"]["workers"] == (None if workers == 1 else workers)
     assert "purchase_propensity" in report["kinds"]
     assert "purchase_propensity" in capsys.readouterr().out
