@@ -81,7 +81,8 @@ def _rfm_order(item: tuple[int, str, Any]) -> tuple[int, str]:
 
 
 def _add(total: Outputs, out: Outputs) -> None:
-    """Gather one call's outputs into a round's (the positions of late events are not kept)."""
+    """Add one call's outputs to a total: a worker's round, or the round of all workers (the
+    positions of late events are not kept)."""
     total.counts.update(out.counts)
     total.scores += out.scores
     total.alerts += out.alerts
@@ -389,10 +390,7 @@ class ShardedCore:
         rfm: list[Any] = []
         for link in self._links:
             out, blob = link.recv()
-            merged.counts.update(out.counts)
-            merged.scores += out.scores
-            merged.alerts += out.alerts
-            merged.triggers += out.triggers
+            _add(merged, out)  # its examples travel packed, in the blob
             fresh, labelled, graded = pickle.loads(blob)  # noqa: S301 - our own worker's bytes
             merged.fresh += _unpack(fresh)
             merged.labelled += _unpack(labelled)
