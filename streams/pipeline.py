@@ -624,6 +624,9 @@ class Learner:
     def restore(self) -> list[str]:
         """Load the latest snapshot and the offset it covers (startup, or another learner's)."""
         swapped = self.registry.refresh(self.store.models)
+        if self.refit_min_interval_s > 0:  # on the models just restored too
+            for model in self.registry.models.values():
+                model.refit_gate = self._refit_allowed
         offset = self.store.load_offset()
         self.next_offset = self.snapshot_offset = offset
         self.since_snapshot = 0
@@ -642,9 +645,6 @@ class Learner:
         """
         if not self._restored or self.store.load_offset() != self.snapshot_offset:
             self.restore()
-        if self.refit_min_interval_s > 0:  # a restore may have swapped the model objects
-            for model in self.registry.models.values():
-                model.refit_gate = self._refit_allowed
         start = self.next_offset
         todo = []
         for offset, ex in items:
