@@ -230,6 +230,31 @@ class ImportResult:
     def skipped_by_reason(self) -> dict[str, int]:
         return dict(Counter(e.reason.split(":")[0] for e in self.errors).most_common())
 
+    def shared_customer_id(self) -> str:
+        """A note when one customer id holds at least 5% of the events of 50 or more customers.
+
+        Such an id is usually not a customer: a guest checkout, ``0`` or ``unknown`` for
+        everyone without an account. Its features and labels are then no one's. The id
+        itself is never shown (it may be a person's).
+
+        >>> result = ImportResult(events=[{"customer_id": f"c{i}"} for i in range(60)])
+        >>> result.shared_customer_id()
+        ''
+        >>> result.events += [{"customer_id": "c0"}] * 9
+        >>> result.shared_customer_id()[:58]
+        'the customer with the most events holds 14.5% of them (10)'
+        """
+        counts = Counter(e["customer_id"] for e in self.events)
+        if len(counts) < 50:
+            return ""
+        top = counts.most_common(1)[0][1]
+        share = top / len(self.events)
+        if share < 0.05:
+            return ""
+        return (f"the customer with the most events holds {share:.1%} of them ({top:,}): a shared id "
+                "(guest checkout, 0, 'unknown')? If so, its events are no one customer's: remove its "
+                "rows and import again")
+
     def unmapped_actions(self) -> dict[str, int]:
         """Action values no alias or --map reads, with their row counts (see :func:`_vocabulary`)."""
         return _vocabulary(self.unmapped, "--action")
@@ -250,6 +275,7 @@ class ImportResult:
             **({"unmapped_actions": self.unmapped_actions()} if self.unmapped else {}),
             **({"unread_statuses": _vocabulary(self.unread_statuses, "--status")}
                if self.unread_statuses else {}),
+            **({"shared_customer_id": shared} if (shared := self.shared_customer_id()) else {}),
             "date_order": self.date_order,
             "delimiter": {"\t": "tab"}.get(self.delimiter, self.delimiter),
             "decimal": self.decimal,
@@ -604,16 +630,39 @@ def _clock(m: re.Match[str]) -> tuple[int, int, int, int]:
 
 
 # --------------------------------------------------------------------- rows
-def _clean_id(value: str | None) -> str:
-    """Trimmed id; ``17850.0`` (a number through a spreadsheet) becomes ``17850``.
+# What exports write in a cell that has no value: Excel and Power BI "(blank)" and "#N/A",
+# SQL clients "NULL", pandas "nan" (a column cast to text), "None" from Python. An id cell
+# holding one of these has no id: read as one, every such row became one customer (in the
+# UCI Online Retail invoices, 3,722 stock adjustments made a single "(blank)" customer).
+NO_VALUE = frozenset({
+    "(blank)", "(null)", "(none)", "(empty)", "null", "none", "nan", "n/a", "#n/a", "na",
+    "nil", "undefined", "-", "--", "?",
+})
 
-    >>> _clean_id(" 17850.0 "), _clean_id("C536379"), _clean_id("0042")
-    ('17850', 'C536379', '0042')
+
+def _clean_id(value: str | None) -> str:
+    """Trimmed id; ``17850.0`` (a number through a spreadsheet) becomes ``17850``; a
+    placeholder for no value (:data:`NO_VALUE`) is no id.
+
+    >>> _clean_id(" 17850.0 "), _clean_id("C536379"), _clean_id("0042"), _clean_id("(blank)"), _clean_id("NULL")
+    ('17850', 'C536379', '0042', '', '')
     """
     s = (value or "").strip()
+    if s.lower() in NO_VALUE:
+        return ""
     if re.fullmatch(r"\d+\.0+", s):
         s = s.split(".")[0]
     return s
+
+
+def _missing(what: str, cell: str | None) -> str:
+    """The reason a row without ``what`` is skipped; it names a placeholder (never any other value).
+
+    >>> _missing("customer", " "), _missing("customer", "(blank)")
+    ('missing customer', "missing customer ('(blank)', what exports write for no value)")
+    """
+    s = (cell or "").strip()
+    return f"missing {what} ({s!r}, what exports write for no value)" if s else f"missing {what}"
 
 
 def _digest(*parts: str) -> str:
@@ -911,7 +960,7 @@ def _status(value: str, overrides: Mapping[str, str] | None = None) -> str | Non
 def _customer(row: dict[str, str], config: ImportConfig) -> str:
     customer = _clean_id(row[config.customer])
     if not customer:
-        raise RowProblem("missing customer")
+        raise RowProblem(_missing("customer", row[config.customer]))
     if len(customer) > 200:
         raise RowProblem("bad customer: longer than 200 characters")
     return customer
@@ -977,7 +1026,7 @@ def _parse_row(
     if config.order:
         order_id = _clean_id(row[config.order])
         if not order_id:
-            raise RowProblem("missing order")
+            raise RowProblem(_missing("order", row[config.order]))
     ts = parse_time(row[config.time], config.time_format, order, zone)
     quantity = (parse_number(row[config.quantity], config.decimal_comma, "quantity")
                 if config.quantity else None)
@@ -1023,10 +1072,10 @@ def _parse_row(
         q = abs(quantity) if quantity is not None else 1.0
         unit = abs(price) if price is not None else (abs(amount) / q if q else 0.0)
         item = {"quantity": q, "price": round(unit, 6)}
-        if config.product and row[config.product].strip():
-            item["product_id"] = row[config.product].strip()[:200]
-        if config.category and row[config.category].strip():
-            item["category"] = row[config.category].strip()[:200]
+        for column, name in ((config.product, "product_id"), (config.category, "category")):
+            text = row[column].strip() if column else ""
+            if text and text.lower() not in NO_VALUE:
+                item[name] = text[:200]
     extra = _extra(row, config)
     key = _digest(*(row[c] for c in config.columns()))
     seen[key] += 1

@@ -267,7 +267,10 @@ def cmd_import_transactions(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_events(result.events, out)
-    print(json.dumps({**result.summary(), "out": str(out)}, indent=2))
+    summary = result.summary()
+    print(json.dumps({**summary, "out": str(out)}, indent=2))
+    if "shared_customer_id" in summary:
+        print(f"note: {summary['shared_customer_id']}", file=sys.stderr)
     if not result.events and result.rows:
         print("nothing imported: every row was skipped", file=sys.stderr)
         return 1

@@ -628,3 +628,53 @@ def test_a_header_in_another_encoding_says_which_encoding_to_try(tmp_path: Path)
                                  "or cp1252")
     with open(path, encoding="latin-1", newline="") as handle:
         assert [e["amount"] for e in import_transactions(handle, config).events] == [5.0]
+
+
+def test_placeholders_for_no_value_are_no_id() -> None:
+    # Excel and Power BI write "(blank)", SQL clients NULL, pandas nan: none of them is a customer
+    # (the UCI Online Retail invoices made one "(blank)" customer of 3,722 stock adjustments).
+    result = _import("""
+c,o,t,q,p,sku
+a,1,2024-01-02 10:00,2,5.00,X
+(blank),2,2024-01-02 11:00,-1,5.00,X
+NULL,3,2024-01-02 12:00,1,5.00,X
+ nan ,4,2024-01-02 13:00,1,5.00,X
+#N/A,5,2024-01-02 14:00,1,5.00,X
+b,NULL,2024-01-02 15:00,1,5.00,X
+b,6,2024-01-02 16:00,1,5.00,(blank)
+Nancy,7,2024-01-02 17:00,1,5.00,X
+""", ORDERS)
+    assert [(e["customer_id"], e["order_id"]) for e in result.events] == [("a", "1"), ("b", "6"), ("Nancy", "7")]
+    assert "product_id" not in result.events[1]["items"][0]
+    assert [(err.line, err.reason) for err in result.errors] == [
+        (3, "missing customer ('(blank)', what exports write for no value)"),
+        (4, "missing customer ('NULL', what exports write for no value)"),
+        (5, "missing customer ('nan', what exports write for no value)"),
+        (6, "missing customer ('#N/A', what exports write for no value)"),
+        (7, "missing order ('NULL', what exports write for no value)"),
+    ]
+    assert result.summary()["skipped_by_reason"]["missing customer ('(blank)', what exports write for no value)"] == 1
+
+
+def test_one_id_holding_a_large_share_of_the_events_is_pointed_out_never_shown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from streams.cli import main
+
+    rows = [f"c{i},2024-01-{1 + i % 28:02d},10" for i in range(100)]
+    src = tmp_path / "orders.csv"
+    src.write_text("customer,day,total\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    args = ["import-transactions", str(src), "--customer", "customer", "--time", "day", "--amount", "total",
+            "--out", str(tmp_path / "orders.jsonl")]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "shared_customer_id" not in json.loads(captured.out) and "note:" not in captured.err
+    # A guest checkout id: 10 of 110 orders.
+    src.write_text("customer,day,total\n" + "\n".join(rows + ["guest-0042,2024-02-01,5"] * 10) + "\n",
+                   encoding="utf-8")
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    note = json.loads(captured.out)["shared_customer_id"]
+    assert note.startswith("the customer with the most events holds 9.1% of them (10): a shared id")
+    assert f"note: {note}" in captured.err
+    assert "guest-0042" not in captured.out + captured.err
