@@ -48,11 +48,18 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
-from streams.cli import EXTRA_PARSERS, command, count_lines, progress, time_ordered_lines
+from streams.cli import (
+    EXTRA_PARSERS,
+    command,
+    count_lines,
+    open_input,
+    progress,
+    time_ordered_lines,
+)
 
 __all__ = ["WorkerProcess", "replay_lines", "worker_env"]
 
@@ -459,9 +466,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
+    from features.events import ms_to_iso
+    from scoring.config import load_scoring_config
     from scoring.simulator import SimulationConfig, write_jsonl
     from streams.app import ensure_topics
     from streams.embedded import EmbeddedKafka, EmbeddedRedis, free_port
+
+    if args.file and not Path(args.file).is_file():
+        raise FileNotFoundError(f"not a file: {args.file}" if Path(args.file).exists() else f"no such file: {args.file}")
 
     console = Console(stderr=False)
     workdir = Path(tempfile.mkdtemp(prefix="leadpulse-demo-"))
@@ -484,22 +496,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
             }
             settings = load_settings(**values)
             ensure_topics(settings)
-            events_path = workdir / "events.jsonl"
-            summary = write_jsonl(
-                SimulationConfig(customers=args.customers, days=args.days, seed=args.seed, dirty=0.01),
-                events_path,
-            )
+            if args.file:
+                events_path = Path(args.file)
+                span = history_span(events_path)
+                if span is None:
+                    raise ValueError(f"{events_path.name}: no line with a readable event time")
+                days = max((span[1] - span[0]) / 86_400_000, 1 / 24)
+                what = (f"{events_path.name}: {span[2]:,} lines from {ms_to_iso(span[0])[:10]} "
+                        f"to {ms_to_iso(span[1])[:10]}")
+            else:
+                events_path = workdir / "events.jsonl"
+                summary = write_jsonl(
+                    SimulationConfig(customers=args.customers, days=args.days, seed=args.seed, dirty=0.01),
+                    events_path,
+                )
+                days = args.days
+                what = f"simulated {summary.lines:,} lines ({args.customers} customers, {args.days} days)"
             worker = WorkerProcess(values, log_path=workdir / "worker.log").start()
             pids.append(worker.pid)
-            console.print(f"simulated {summary.lines:,} lines ({args.customers} customers, {args.days} days); "
-                          f"starting a worker (web API on http://127.0.0.1:{worker.port}) ...")
+            console.print(f"{what}; starting a worker (web API on http://127.0.0.1:{worker.port}) ...")
             worker.wait_ready(timeout=120)
             # Compress the history into about two thirds of the run; the rest drains.
-            speed = args.days * 86_400 / max(1.0, args.seconds * 0.66)
+            speed = days * 86_400 / max(1.0, args.seconds * 0.66)
             producer = make_producer(settings)
+            lateness_ms = load_scoring_config(settings.scoring_config).lateness_ms
 
             def send() -> None:
-                with open(events_path, "rb") as handle:
+                with time_ordered_lines(events_path, lateness_ms) as handle:
                     counting = _Counting(handle, view)
                     replay_lines(counting, producer, settings.topics, speed=speed, stop=stop)
 
@@ -552,10 +575,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def history_span(path: Path) -> tuple[int, int, int] | None:
+    """``(first, last, lines)``: the event-time span of a JSON Lines file's events (``None``: none).
+
+    >>> import tempfile
+    >>> f = Path(tempfile.mkdtemp()) / "h.jsonl"
+    >>> _ = f.write_text('{"type":"web","ts":"2024-01-03T00:00:00Z"}\\n{oops\\n'
+    ...                  '{"type":"purchase","ts":"2024-01-01T00:00:00Z"}\\n')
+    >>> history_span(f)
+    (1704067200000, 1704240000000, 3)
+    """
+    from features.events import event_time_ms
+
+    first = last = None
+    lines = 0
+    with open_input(path) as handle:
+        for line in handle:
+            lines += 1
+            ts = event_time_ms(line)
+            if ts is None:
+                continue
+            first = ts if first is None else min(first, ts)
+            last = ts if last is None else max(last, ts)
+    return None if first is None or last is None else (first, last, lines)
+
+
 class _Counting:
     """Iterates lines and counts them into the demo view (the sender thread)."""
 
-    def __init__(self, handle: IO[bytes], view: DemoView) -> None:
+    def __init__(self, handle: Iterable[bytes], view: DemoView) -> None:
         self.handle = handle
         self.view = view
 
@@ -597,6 +645,8 @@ def _add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("demo", help="embedded broker + Redis + worker + simulator, live table")
     p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--file", help="replay this JSON Lines history instead of the simulator's (any order, "
+                   "gzip is fine; leadpulse import-transactions writes one), compressed into the run")
     p.add_argument("--customers", type=int, default=300)
     p.add_argument("--days", type=int, default=120, help="simulated history compressed into the run")
     p.add_argument("--seed", type=int, default=7)
