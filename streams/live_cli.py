@@ -484,6 +484,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     consumer: Any = None
     producer: Any = None
     sender: threading.Thread | None = None
+    history_end = ""  # of --file: the run says when the worker did not get there
     console.print("[bold]leadpulse demo[/]: starting an embedded Kafka-protocol broker and Redis ...")
     with EmbeddedKafka() as kafka, EmbeddedRedis() as redis_server:
         pids += [kafka.pid, redis_server.pid]
@@ -502,8 +503,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 if span is None:
                     raise ValueError(f"{events_path.name}: no line with a readable event time")
                 days = max((span[1] - span[0]) / 86_400_000, 1 / 24)
-                what = (f"{events_path.name}: {span[2]:,} lines from {ms_to_iso(span[0])[:10]} "
-                        f"to {ms_to_iso(span[1])[:10]}")
+                history_end = ms_to_iso(span[1])
+                what = f"{events_path.name}: {span[2]:,} lines from {ms_to_iso(span[0])[:10]} to {history_end[:10]}"
             else:
                 events_path = workdir / "events.jsonl"
                 summary = write_jsonl(
@@ -564,10 +565,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
             path.unlink()
         workdir.rmdir()
     left = _leftover(pids)
+    if not console.is_terminal:
+        console.print()  # the live table's last frame ends without a newline in a file or pipe
     console.print(
         f"sent {view.sent:,} events; {view.counts['scores']:,} score changes, {view.counts['alerts']:,} alerts, "
         f"{view.counts['triggers']:,} triggers, {view.counts['dlq']:,} dead letters."
     )
+    if history_end and view.event_time and view.event_time[:10] < history_end[:10]:
+        console.print(f"the worker had scored up to {view.event_time[:10]} of a history that ends on "
+                      f"{history_end[:10]}: more --seconds give it time for the rest")
     if left:
         console.print(f"[red]processes still running: {left}[/]")
         return 1
