@@ -1022,6 +1022,14 @@ class LiveWorker:
                 body["models"] = await self._call(self.learner.summaries, on=self.learn_executor)
         return body
 
+    async def redis_failure(self) -> str | None:
+        """``None`` if Redis answers a PING within 2 s, else the error's type (never its text)."""
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.redis.ping), timeout=2.0)
+        except Exception as exc:  # noqa: BLE001 - any failure means not reachable now
+            return type(exc).__name__
+        return None
+
     def _authorized(self, request: Request) -> bool:
         token = self.settings.web_api_token
         if token is None:
@@ -1037,11 +1045,10 @@ class LiveWorker:
             async def get(self, request: Request) -> Response:
                 body, status = worker.health()
                 if not worker.bare:
-                    try:
-                        await asyncio.wait_for(asyncio.to_thread(worker.redis.ping), timeout=2.0)
-                        body["redis"] = "ok"
-                    except Exception as exc:  # noqa: BLE001
-                        body["redis"], body["status"], status = type(exc).__name__, "degraded", 503
+                    failed = await worker.redis_failure()
+                    body["redis"] = failed or "ok"
+                    if failed:
+                        body["status"], status = "degraded", 503
                 return self.json(body, status=status)
 
         @app.page("/ready", name="leadpulse_ready")
@@ -1050,6 +1057,10 @@ class LiveWorker:
 
             async def get(self, request: Request) -> Response:
                 body, status = worker.readiness()
+                # Customer queries and every batch need Redis: not ready while it does not answer.
+                if not worker.bare and await worker.redis_failure():
+                    body["ready"], status = False, 503
+                    body["waiting_for"].append("redis")
                 return self.json(body, status=status)
 
         @app.page("/metrics", name="leadpulse_metrics")

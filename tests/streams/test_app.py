@@ -141,7 +141,7 @@ def test_ready_waits_for_the_first_model_refresh_and_a_rebalance_and_a_standby_i
         # Partitions assigned and handled, models not loaded (no Redis): not ready.
         status, body = until(a.port, lambda s, b: b.get("assigned"))
         assert status == 503 and body["ready"] is False, log_of(a)
-        assert body["waiting_for"] == ["models"] and inputs <= set(body["assigned"])
+        assert body["waiting_for"] == ["models", "redis"] and inputs <= set(body["assigned"])
         with EmbeddedRedis(port=redis_port):
             status, body = until(a.port, lambda s, b: s == 200)
             assert body == {"ready": True, "mode": "pipeline", "waiting_for": [], "error": None,
@@ -177,6 +177,9 @@ def test_ready_waits_for_the_first_model_refresh_and_a_rebalance_and_a_standby_i
                     final = _ready(a.port)
             finally:
                 stop.set()
+        # Redis gone: not ready (and no longer waiting for anything else).
+        status, gone = until(a.port, lambda s, b: s == 503)
+        assert gone["ready"] is False and gone["waiting_for"] == ["redis"], gone
     # The whole group is one co-partitioned unit: one replica holds it, the other stands by.
     assert standby["ready"] is True and standby["assigned"] == [], standby
     assert final == (200, {"ready": True, "mode": "pipeline", "waiting_for": [], "error": None, "assigned": held})
