@@ -669,7 +669,7 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Line:
     """One usable row, parsed."""
 
@@ -823,9 +823,10 @@ def import_transactions(
         if line.source_currency != line.currency:
             result.converted[line.source_currency] += 1
     result.identical_rows = sum(n - 1 for n in seen.values() if n > 1)
-    result.events = _events(parsed, config, result)
+    purchases = bool(parsed)
+    result.events = _events(parsed, config, result)  # empties parsed
     if config.action:
-        if not config.amount and not config.price and parsed:
+        if not config.amount and not config.price and purchases:
             result.amounts = "none (no --amount or --price): purchases have amount 0, spend features read 0"
         result.events = sorted(result.events + activity, key=lambda e: (e["ts"], e["event_id"]))
         result.types = Counter(e["type"] for e in result.events)
@@ -1088,11 +1089,16 @@ def _parse_row(
 
 
 def _events(lines: list[_Line], config: ImportConfig, result: ImportResult) -> list[dict[str, Any]]:
+    """The purchase events of the parsed lines, by time; ``lines`` is emptied."""
     groups: dict[tuple[str, str, bool], list[_Line]] = defaultdict(list)
     for ln in lines:
         groups[(ln.customer, ln.order or ln.key, ln.refund)].append(ln)
+    # Lines are let go as their events are made: not all of both at once (a 500k-row file).
+    lines.clear()
     events: list[dict[str, Any]] = []
-    for (customer, order_key, refund), members in groups.items():
+    for group in list(groups):
+        customer, order_key, refund = group
+        members = groups.pop(group)
         first = members[0]
         kept = [m for m in members if m.currency == first.currency]
         for m in members:
