@@ -640,6 +640,16 @@ NO_VALUE = frozenset({
 })
 
 
+def _text(value: str | None) -> str:
+    """A trimmed cell; '' for a placeholder for no value (:data:`NO_VALUE`).
+
+    >>> _text(" Lantern "), _text("(blank)"), _text(" NULL ")
+    ('Lantern', '', '')
+    """
+    s = (value or "").strip()
+    return "" if s.lower() in NO_VALUE else s
+
+
 def _clean_id(value: str | None) -> str:
     """Trimmed id; ``17850.0`` (a number through a spreadsheet) becomes ``17850``; a
     placeholder for no value (:data:`NO_VALUE`) is no id.
@@ -647,9 +657,7 @@ def _clean_id(value: str | None) -> str:
     >>> _clean_id(" 17850.0 "), _clean_id("C536379"), _clean_id("0042"), _clean_id("(blank)"), _clean_id("NULL")
     ('17850', 'C536379', '0042', '', '')
     """
-    s = (value or "").strip()
-    if s.lower() in NO_VALUE:
-        return ""
+    s = _text(value)
     if re.fullmatch(r"\d+\.0+", s):
         s = s.split(".")[0]
     return s
@@ -1074,8 +1082,8 @@ def _parse_row(
         unit = abs(price) if price is not None else (abs(amount) / q if q else 0.0)
         item = {"quantity": q, "price": round(unit, 6)}
         for column, name in ((config.product, "product_id"), (config.category, "category")):
-            text = row[column].strip() if column else ""
-            if text and text.lower() not in NO_VALUE:
+            text = _text(row[column]) if column else ""
+            if text:
                 item[name] = text[:200]
     extra = _extra(row, config)
     key = _digest(*(row[c] for c in config.columns()))

@@ -380,9 +380,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from scoring.config import load_scoring_config
 
     settings = load_settings()
-    path = Path(args.file)
-    if not path.is_file():
-        raise FileNotFoundError(f"not a file: {path}" if path.exists() else f"no such file: {path}")
+    path = _input_file(args.file)
     total = count_lines(path) if sys.stderr.isatty() else None
     # Disorder within the workers' lateness is theirs to absorb; any other order is sorted
     # by event time first. Read before Kafka: a mistake in the file is not a broker timeout.
@@ -472,8 +470,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from streams.app import ensure_topics
     from streams.embedded import EmbeddedKafka, EmbeddedRedis, free_port
 
-    if args.file and not Path(args.file).is_file():
-        raise FileNotFoundError(f"not a file: {args.file}" if Path(args.file).exists() else f"no such file: {args.file}")
+    history = _input_file(args.file) if args.file else None
 
     console = Console(stderr=False)
     workdir = Path(tempfile.mkdtemp(prefix="leadpulse-demo-"))
@@ -497,8 +494,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             }
             settings = load_settings(**values)
             ensure_topics(settings)
-            if args.file:
-                events_path = Path(args.file)
+            if history is not None:
+                events_path = history
                 span = history_span(events_path)
                 if span is None:
                     raise ValueError(f"{events_path.name}: no line with a readable event time")
@@ -579,6 +576,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
     console.print("stopped cleanly: broker, Redis and worker are gone.")
     return 0
+
+
+def _input_file(name: str) -> Path:
+    """The events file a command was given, refused before anything starts if it is not one."""
+    path = Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"not a file: {path}" if path.exists() else f"no such file: {path}")
+    return path
 
 
 def history_span(path: Path) -> tuple[int, int, int] | None:

@@ -22,6 +22,7 @@ from scoring.simulator import SimulationConfig, write_jsonl
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
+LEADPULSE = [sys.executable, "-c", "import sys; from streams.cli import main; sys.exit(main())"]
 TOTALS = re.compile(r"sent ([\d,]+) events; ([\d,]+) score changes, ([\d,]+) alerts, ([\d,]+) triggers, "
                     r"([\d,]+) dead letters\.")
 
@@ -31,7 +32,7 @@ def _demo(*args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, int]]
     env.pop("LEADPULSE_SCORING_CONFIG", None)
     before = _services()
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from streams.cli import main; sys.exit(main())", "demo", *args],
+        [*LEADPULSE, "demo", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert _services() <= before, "the demo left a broker or redis-server running"
@@ -80,8 +81,7 @@ def test_the_demo_replays_a_history_of_your_own(tmp_path: Path) -> None:
 
 def test_the_demo_refuses_a_file_that_is_not_there(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from streams.cli import main; sys.exit(main())", "demo",
-         "--file", str(tmp_path / "nope.jsonl")],
+        [*LEADPULSE, "demo", "--file", str(tmp_path / "nope.jsonl")],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
