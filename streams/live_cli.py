@@ -520,7 +520,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             lateness_ms = load_scoring_config(settings.scoring_config).lateness_ms
 
             def send() -> None:
-                with time_ordered_lines(events_path, lateness_ms) as handle:
+                # A history of one's own may be in any order; the simulator's is in time order
+                # but for its dirty lines, which the worker is there to show handled (as late).
+                with (time_ordered_lines(events_path, lateness_ms) if history is not None
+                      else open(events_path, "rb")) as handle:  # noqa: SIM115 - closed by the with
                     counting = _Counting(handle, view)
                     replay_lines(counting, producer, settings.topics, speed=speed, stop=stop)
 
