@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +101,26 @@ def test_a_failing_worker_stops_the_replay_with_its_traceback(
             open(history, "rb") as lines:
         run_backtest(lines, BacktestConfig(batch_baseline=False), ShardedCore(ScoringCore.in_memory(), 2))
     assert not multiprocessing.active_children(), "no worker left behind"
+
+
+def test_a_killed_worker_stops_the_replay_and_leaves_nothing_running(
+    history: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Killed with rounds queued for it (the out-of-memory killer, say): the replay's process
+    # must neither hang on the round it was writing nor on the answer it awaited.
+    real = ScoringCore.process
+
+    def killed(self: ScoringCore, events: Any, *args: Any, **kw: Any) -> Any:
+        if len(events) > 3 and multiprocessing.current_process().name.endswith("-1"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, events, *args, **kw)
+
+    monkeypatch.setattr(ScoringCore, "process", killed)
+    with pytest.raises(RuntimeError, match=r"backtest worker 1 stopped \(exit code -9\)"), \
+            open(history, "rb") as lines:
+        run_backtest(lines, BacktestConfig(batch_baseline=False), ShardedCore(ScoringCore.in_memory(), 2))
+    assert not multiprocessing.active_children(), "no worker left behind"
+    assert not [t for t in threading.enumerate() if t.name.startswith("leadpulse-backtest")], "no sender left"
 
 
 def test_cli_workers(history: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
