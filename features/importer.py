@@ -255,6 +255,28 @@ class ImportResult:
                 "(guest checkout, 0, 'unknown')? If so, its events are no one customer's: remove its "
                 "rows and import again")
 
+    def one_order_each(self) -> str:
+        """A note when no customer of 100 or more has a second order.
+
+        Real histories have one-time buyers, mostly, but never only: the customer column then
+        usually names the order, not the person (an id minted per checkout).
+
+        >>> result = ImportResult(events=[{"customer_id": f"c{i}", "type": "purchase", "order_id": f"o{i}"}
+        ...                               for i in range(120)])
+        >>> result.one_order_each()[:40]
+        'no customer of 120 has a second order: i'
+        >>> result.events.append({"customer_id": "c1", "type": "purchase", "order_id": "o999"})
+        >>> result.one_order_each()
+        ''
+        """
+        orders: dict[str, str] = {}
+        for e in self.events:
+            if e["type"] != "purchase" or e.get("status", "completed") != "completed":
+                continue
+            if orders.setdefault(e["customer_id"], e["order_id"]) != e["order_id"]:
+                return ""
+        return one_order_each_note(len(orders)) if len(orders) >= ONE_ORDER_EACH_MIN else ""
+
     def unmapped_actions(self) -> dict[str, int]:
         """Action values no alias or --map reads, with their row counts (see :func:`_vocabulary`)."""
         return _vocabulary(self.unmapped, "--action")
@@ -276,12 +298,23 @@ class ImportResult:
             **({"unread_statuses": _vocabulary(self.unread_statuses, "--status")}
                if self.unread_statuses else {}),
             **({"shared_customer_id": shared} if (shared := self.shared_customer_id()) else {}),
+            **({"one_order_per_customer": once} if (once := self.one_order_each()) else {}),
             "date_order": self.date_order,
             "delimiter": {"\t": "tab"}.get(self.delimiter, self.delimiter),
             "decimal": self.decimal,
             "first_event": self.events[0]["ts"] if self.events else None,
             "last_event": self.events[-1]["ts"] if self.events else None,
         }
+
+
+ONE_ORDER_EACH_MIN = 100  # buyers; below that, no second order can be chance
+
+
+def one_order_each_note(buyers: int) -> str:
+    """What to say when none of ``buyers`` customers has a second order (import and backtest)."""
+    return (f"no customer of {buyers:,} has a second order: is the customer column an id per order? "
+            "Churn and propensity learn from repeat purchases, so import with the column that names "
+            "the person (in Olist's tables customer_unique_id, not customer_id)")
 
 
 def _vocabulary(values: Counter[str], option: str) -> dict[str, int]:

@@ -82,6 +82,9 @@ class BacktestConfig:
     change_weeks: int = 4
 
 
+REPEAT = "\x00repeat"  # in the buyers map: a customer with a second order (no order id is this)
+
+
 def _note_invalid(examples: dict[str, list[int]], reason: str, line: int, most: int = 50) -> None:
     """Count a full invalid reason with its first line (at most ``most`` distinct reasons kept).
 
@@ -313,6 +316,9 @@ def _run_backtest(
     reasons: Counter[str] = Counter()
     seen_customers: dict[str, None] = {}  # in order of first event (for customers_out)
     currencies: Counter[str] = Counter()  # purchases by currency: amounts are summed as given
+    # Each buyer's first order id, or REPEAT once another order of theirs shows: no repeat buyer
+    # at all usually means the customer column holds an order-level id.
+    buyers: dict[str, str] = {}
     examples: dict[str, list[int]] = {}  # full reason -> [count, first line]
     logs: dict[str, _KindLog] = defaultdict(_KindLog)
     baselines: dict[str, BatchBaseline] = {}
@@ -342,6 +348,10 @@ def _run_backtest(
                 seen_customers[item.customer_id] = None
             if item.type == "purchase":
                 currencies[item.currency] += 1
+                if item.status == "completed":
+                    first = buyers.setdefault(item.customer_id, item.order_id)
+                    if first is not REPEAT and first != item.order_id:
+                        buyers[item.customer_id] = REPEAT
             if config.group_by:
                 value = item.extra(config.group_by)
                 if value is not None:
@@ -453,6 +463,8 @@ def _run_backtest(
         "out_of_order": counts["out_of_order"],
         "dropped_by_type": counts["dropped_by_type"],
         "purchase_currencies": dict(currencies.most_common()),
+        "buyers": len(buyers),
+        "repeat_buyers": sum(1 for first in buyers.values() if first is REPEAT),
         **({"customers_out": {"path": str(config.customers_out), "customers": customers_written,
                               "as_of": datetime.fromtimestamp(last_ts / 1000, UTC).isoformat()}}
            if customers_written is not None and last_ts is not None else {}),

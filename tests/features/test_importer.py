@@ -661,7 +661,7 @@ def test_one_id_holding_a_large_share_of_the_events_is_pointed_out_never_shown(
 ) -> None:
     from streams.cli import main
 
-    rows = [f"c{i},2024-01-{1 + i % 28:02d},10" for i in range(100)]
+    rows = [f"c{i % 90},2024-01-{1 + i % 28:02d},10" for i in range(100)]  # ten buy twice
     src = tmp_path / "orders.csv"
     src.write_text("customer,day,total\n" + "\n".join(rows) + "\n", encoding="utf-8")
     args = ["import-transactions", str(src), "--customer", "customer", "--time", "day", "--amount", "total",
@@ -678,3 +678,28 @@ def test_one_id_holding_a_large_share_of_the_events_is_pointed_out_never_shown(
     assert note.startswith("the customer with the most events holds 9.1% of them (10): a shared id")
     assert f"note: {note}" in captured.err
     assert "guest-0042" not in captured.out + captured.err
+
+
+def test_an_id_per_order_in_the_customer_column_is_pointed_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Olist's orders table: customer_id is minted per order, customer_unique_id is the person.
+    from streams.cli import main
+
+    src = tmp_path / "orders.csv"
+    src.write_text("order_id,customer_id,customer_unique_id,order_purchase_timestamp,payment_value\n" + "".join(
+        f"o{i},k{i},p{i % 110},2018-01-{1 + i % 28:02d} 10:00:00,{10 + i}.5\n" for i in range(120)),
+        encoding="utf-8")
+
+    def imported(customer: str) -> tuple[dict[str, Any], str]:
+        assert main(["import-transactions", str(src), "--customer", customer, "--time", "order_purchase_timestamp",
+                     "--amount", "payment_value", "--order", "order_id", "--out", str(tmp_path / "o.jsonl")]) == 0
+        captured = capsys.readouterr()
+        return json.loads(captured.out), captured.err
+
+    summary, err = imported("customer_id")
+    note = summary["one_order_per_customer"]
+    assert note.startswith("no customer of 120 has a second order: is the customer column an id per order?")
+    assert f"note: {note}" in err
+    summary, err = imported("customer_unique_id")  # ten people ordered twice
+    assert "one_order_per_customer" not in summary and "note:" not in err

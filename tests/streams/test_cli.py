@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import json
 import lzma
 import zipfile
 from pathlib import Path
@@ -119,6 +120,28 @@ def test_backtest_says_why_a_kind_has_no_auc_and_where_the_customers_went(tmp_pa
     assert ("purchase_propensity: no AUC: 3 labels, 3 positive; it needs positive and negative labels both"
             in out)
     assert f"customers: {customers} (1 customer scored as of 2020-01-28T00:00:00+00:00)" in out
+
+
+def test_backtest_says_when_no_customer_bought_twice(tmp_path: Path, capsys) -> None:
+    # 120 buyers, one order each: the customer column was an id per order, not the person's.
+    src = tmp_path / "orders.csv"
+    src.write_text("when,order,who,total\n" + "".join(
+        f"2020-{1 + i % 12:02d}-{1 + i % 28:02d},o{i},c{i % 120},{i}.5\n"
+        for i in range(150)))
+    events = tmp_path / "orders.jsonl"
+    report = tmp_path / "bt" / "report.json"
+    note = "note: no customer of 120 has a second order: is the customer column an id per order?"
+    for rows, buyers, repeat in ((120, 120, 0), (150, 120, 30)):
+        lines = src.read_text().splitlines()[: rows + 1]
+        (tmp_path / "part.csv").write_text("\n".join(lines) + "\n")
+        assert main(["import-transactions", str(tmp_path / "part.csv"), "--customer", "who", "--time", "when",
+                     "--amount", "total", "--order", "order", "--out", str(events)]) == 0
+        capsys.readouterr()
+        assert main(["backtest", str(events), "--out", str(report.parent), "--no-batch-baseline"]) == 0
+        out = capsys.readouterr().out
+        rep = json.loads(report.read_text())
+        assert (rep["buyers"], rep["repeat_buyers"]) == (buyers, repeat)
+        assert (note in out) == (repeat == 0)
 
 
 def test_utf16_exports_are_read_by_their_byte_order_mark(tmp_path: Path, capsys) -> None:
