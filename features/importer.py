@@ -40,7 +40,9 @@ Rules, chosen for what real exports look like:
   ``date_order="auto"`` the file decides, from rows whose day is above 12; when
   no row settles it, the import stops and asks for ``date_order`` or
   ``time_format``. ``time_format`` (a :func:`~datetime.datetime.strptime`
-  format, or ``epoch_s``, ``epoch_ms``, ``excel``) overrides all guessing.
+  format, or ``epoch_s``, ``epoch_ms``, ``excel``, or ``days:DATE`` / ``weeks:DATE``
+  for a count of days or weeks after DATE, as anonymised panels write time) overrides
+  all guessing.
 - **Amounts.** ``1234.5``, ``1,234.50``, ``€ 12``, ``(12.50)`` and ``12.50-``
   (negative); with ``decimal_comma``, ``1.234,50`` and ``1 234,50``. A comma
   that is not a thousands separator is an error, never silently dropped. If
@@ -130,7 +132,7 @@ class ImportConfig:
     product: str | None = None
     category: str | None = None
     extra: tuple[str, ...] = ()  # columns carried on events as extra fields (segment, region)
-    time_format: str | None = None  # strptime format, or "epoch_s" / "epoch_ms" / "excel"
+    time_format: str | None = None  # strptime format, "epoch_s" / "epoch_ms" / "excel", "days:DATE"
     date_order: DateOrder = "auto"
     timezone: str = "UTC"  # for times without an offset
     decimal_comma: bool | None = None  # None: the file decides (see _decide_decimal)
@@ -178,6 +180,8 @@ class ImportConfig:
         if not re.fullmatch(r"[A-Za-z]{3}", self.default_currency):
             raise ImportFailed("default currency must be a 3-letter ISO code such as EUR")
         _zone(self.timezone)
+        if self.time_format and self.time_format.startswith(COUNT_UNITS):
+            _count_start(self.time_format)  # refused here, not once per row
         if self.rates and not self.convert_to:
             raise ImportFailed("rates need the currency to convert into (--convert-to)")
         for code in (*self.rates, *([self.convert_to] if self.convert_to else [])):
@@ -436,6 +440,25 @@ _MONTH_DAY = re.compile(
     _WEEKDAY + r"(?P<mon>[A-Za-z]{3,9})\.?\s+(?P<d>\d{1,2})(?:st|nd|rd|th)?,?\s+(?P<y>\d{4})" + _CLOCK + _ZONE,
     re.IGNORECASE)
 EXCEL_EPOCH = datetime(1899, 12, 30)
+# --time-format days:DATE / weeks:DATE: a count after DATE (dunnhumby's DAY and WEEK_NO).
+COUNT_UNITS = ("days:", "weeks:")
+
+
+def _count_start(time_format: str) -> tuple[str, datetime]:
+    """The unit and start of a ``days:DATE`` or ``weeks:DATE`` time format.
+
+    >>> _count_start("days:2020-01-01")
+    ('days', datetime.datetime(2020, 1, 1, 0, 0))
+    >>> _count_start("weeks:1/1/2020")
+    Traceback (most recent call last):
+    ...
+    features.importer.ImportFailed: --time-format weeks:1/1/2020: the start must be a date as 2020-01-31
+    """
+    unit, _, start = time_format.partition(":")
+    try:
+        return unit, datetime.fromisoformat(start.strip())
+    except ValueError:
+        raise ImportFailed(f"--time-format {time_format}: the start must be a date as 2020-01-31") from None
 _UTC_SUFFIX = re.compile(r"\s*\b(UTC|GMT)$", re.IGNORECASE)
 # Zone abbreviations after a time ("2023-04-05 13:22 CEST"), hours from UTC. Only those that
 # mean one offset: CST, IST and BST each name several, and are refused (see parse_time).
@@ -574,6 +597,9 @@ def parse_time(
             return _to_ms(datetime.fromtimestamp(float(s) / 1000, UTC), zone)
         if time_format == "excel":
             return _to_ms(EXCEL_EPOCH + timedelta(days=float(s)), zone)
+        if time_format and time_format.startswith(COUNT_UNITS):
+            unit, start = _count_start(time_format)
+            return _to_ms(start + timedelta(**{unit: float(s)}), zone)
         if time_format:
             return _to_ms(datetime.strptime(s, time_format), zone)
     except (ValueError, OverflowError, OSError) as exc:
@@ -593,7 +619,7 @@ def parse_time(
         except (ValueError, OverflowError, OSError):
             raise RowProblem("bad time: not a valid date") from None
         raise RowProblem("bad time: a number that is neither epoch seconds (10 digits), "
-                         "milliseconds (13 digits) nor YYYYMMDD (use --time-format)")
+                         "milliseconds (13 digits) nor YYYYMMDD (use --time-format; a day number: days:DATE)")
     m = _slash(s)
     year_first = m is None and (m := _YMD.fullmatch(s)) is not None
     if m:

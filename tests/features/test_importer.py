@@ -703,3 +703,23 @@ def test_an_id_per_order_in_the_customer_column_is_pointed_out(
     assert f"note: {note}" in err
     summary, err = imported("customer_unique_id")  # ten people ordered twice
     assert "one_order_per_customer" not in summary and "note:" not in err
+
+
+def test_a_day_or_week_number_reads_as_days_or_weeks_after_a_date(tmp_path: Path) -> None:
+    # Anonymised panels (dunnhumby's transaction_data: DAY 1..711, WEEK_NO) count time from
+    # an undisclosed start.
+    src = tmp_path / "transactions.csv"
+    src.write_text("household_key,BASKET_ID,DAY,WEEK_NO,SALES_VALUE\n1,b1,1,1,2.5\n1,b2,15,3,4\n2,b3,700,100,1.25\n")
+    days = import_transactions(src.open(), ImportConfig(customer="household_key", time="DAY", order="BASKET_ID",
+                                                 amount="SALES_VALUE", time_format="days:2019-12-31"))
+    assert [e["ts"][:10] for e in days.events] == ["2020-01-01", "2020-01-15", "2021-11-30"]
+    weeks = import_transactions(src.open(), ImportConfig(customer="household_key", time="WEEK_NO", order="BASKET_ID",
+                                                  amount="SALES_VALUE", time_format="weeks:2020-01-01"))
+    assert [e["ts"][:10] for e in weeks.events] == ["2020-01-08", "2020-01-22", "2021-12-01"]
+    # Without it, the day number is refused with the way out.
+    plain = import_transactions(src.open(), ImportConfig(customer="household_key", time="DAY", order="BASKET_ID",
+                                                  amount="SALES_VALUE"))
+    assert not plain.events and "a day number: days:DATE" in plain.errors[0].reason
+    with pytest.raises(ImportFailed, match="the start must be a date as 2020-01-31"):
+        import_transactions(src.open(), ImportConfig(customer="household_key", time="DAY", amount="SALES_VALUE",
+                                              time_format="days:31/12/2019"))
