@@ -314,6 +314,17 @@ class ImportResult:
 ONE_ORDER_EACH_MIN = 100  # buyers; below that, no second order can be chance
 
 
+def _binary(header: list[str]) -> bool:
+    """Whether a header line is binary bytes (a random or unknown file), not names.
+
+    >>> _binary(["InvoiceNo", "Date", "Montant (€)"]), _binary(["\x8b\x1f\x03\x07PK\x01\x02ab"])
+    (False, True)
+    """
+    text = "".join(header)
+    odd = sum(1 for ch in text if not ch.isprintable() and ch not in "\t\r\n")
+    return len(text) > 0 and odd > max(2, len(text) // 10)
+
+
 def one_order_each_note(buyers: int) -> str:
     """What to say when none of ``buyers`` customers has a second order (import and backtest)."""
     return (f"no customer of {buyers:,} has a second order: is the customer column an id per order? "
@@ -813,8 +824,12 @@ def import_transactions(
         shown = ", ".join(_UNDECODABLE.sub("?", h) for h in header[:30])
         hint = ("; the header is not valid text in the file's encoding: try --encoding latin-1 or cp1252"
                 if any(_UNDECODABLE.search(h) for h in header) else "")
-        if any("\x00" in h for h in header):  # every other byte 0: UTF-16 without its byte order mark
+        if any("\x00" in h for h in header) and not _binary([h.replace("\x00", "") for h in header]):
+            # Every other byte 0 and text between: UTF-16 without its byte order mark.
             hint, shown = "; the file looks like UTF-16 text: try --encoding utf-16-le (or utf-16-be)", shown.replace("\x00", "")
+        elif _binary(header):
+            raise ImportFailed("the first line is not a header of column names but binary data: is this a "
+                               "text table (CSV or TSV, plain or .gz/.zip)?")
         raise ImportFailed(f"column(s) {', '.join(absent)} not in the header (columns: {shown}){hint}")
     raw: list[tuple[int, dict[str, str]]] = []
     evidence: Counter[str] = Counter()

@@ -723,3 +723,16 @@ def test_a_day_or_week_number_reads_as_days_or_weeks_after_a_date(tmp_path: Path
     with pytest.raises(ImportFailed, match="the start must be a date as 2020-01-31"):
         import_transactions(src.open(), ImportConfig(customer="household_key", time="DAY", amount="SALES_VALUE",
                                               time_format="days:31/12/2019"))
+
+
+def test_a_binary_file_is_refused_as_not_a_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from streams.cli import main
+
+    src = tmp_path / "export.dat"  # a format we do not read (a database dump, say)
+    rng = random.Random(5)
+    src.write_bytes(bytes(rng.randrange(256) for _ in range(4000)))
+    assert main(["import-transactions", str(src), "--customer", "c", "--time", "t", "--amount", "a",
+                 "--out", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "the first line is not a header of column names but binary data" in err
+    assert not (tmp_path / "o.jsonl").exists()
