@@ -688,7 +688,7 @@ def test_an_id_per_order_in_the_customer_column_is_pointed_out(
 
     src = tmp_path / "orders.csv"
     src.write_text("order_id,customer_id,customer_unique_id,order_purchase_timestamp,payment_value\n" + "".join(
-        f"o{i},k{i},p{i % 110},2018-01-{1 + i % 28:02d} 10:00:00,{10 + i}.5\n" for i in range(120)),
+        f"o{i},k{i},p{i % 1100},2018-01-{1 + i % 28:02d} 10:00:00,{10 + i}.5\n" for i in range(1200)),
         encoding="utf-8")
 
     def imported(customer: str) -> tuple[dict[str, Any], str]:
@@ -699,9 +699,9 @@ def test_an_id_per_order_in_the_customer_column_is_pointed_out(
 
     summary, err = imported("customer_id")
     note = summary["one_order_per_customer"]
-    assert note.startswith("no customer of 120 has a second order: is the customer column an id per order?")
+    assert note.startswith("no customer of 1,200 has a second order: is the customer column an id per order?")
     assert f"note: {note}" in err
-    summary, err = imported("customer_unique_id")  # ten people ordered twice
+    summary, err = imported("customer_unique_id")  # a hundred people ordered twice
     assert "one_order_per_customer" not in summary and "note:" not in err
 
 

@@ -123,15 +123,15 @@ def test_backtest_says_why_a_kind_has_no_auc_and_where_the_customers_went(tmp_pa
 
 
 def test_backtest_says_when_no_customer_bought_twice(tmp_path: Path, capsys) -> None:
-    # 120 buyers, one order each: the customer column was an id per order, not the person's.
+    # 1,000 buyers, one order each: the customer column was an id per order, not the person's.
     src = tmp_path / "orders.csv"
     src.write_text("when,order,who,total\n" + "".join(
-        f"2020-{1 + i % 12:02d}-{1 + i % 28:02d},o{i},c{i % 120},{i}.5\n"
-        for i in range(150)))
+        f"2020-{1 + i % 2:02d}-{1 + i % 28:02d},o{i},c{i % 1000},{i}.5\n"
+        for i in range(1030)))
     events = tmp_path / "orders.jsonl"
     report = tmp_path / "bt" / "report.json"
-    note = "note: no customer of 120 has a second order: is the customer column an id per order?"
-    for rows, buyers, repeat in ((120, 120, 0), (150, 120, 30)):
+    note = "note: no customer of 1,000 has a second order: is the customer column an id per order?"
+    for rows, buyers, repeat in ((1000, 1000, 0), (1030, 1000, 30)):
         lines = src.read_text().splitlines()[: rows + 1]
         (tmp_path / "part.csv").write_text("\n".join(lines) + "\n")
         assert main(["import-transactions", str(tmp_path / "part.csv"), "--customer", "who", "--time", "when",
