@@ -87,6 +87,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
@@ -260,10 +261,7 @@ class ImportResult:
                 "rows and import again")
 
     def one_order_each(self) -> str:
-        """A note when no customer of 1,000 or more has a second order.
-
-        Real histories have one-time buyers, mostly, but never only: the customer column then
-        usually names the order, not the person (an id minted per checkout).
+        """A note when no customer of 1,000 or more has a second order (see :class:`RepeatBuyers`).
 
         >>> result = ImportResult(events=[{"customer_id": f"c{i}", "type": "purchase", "order_id": f"o{i}"}
         ...                               for i in range(1200)])
@@ -273,13 +271,11 @@ class ImportResult:
         >>> result.one_order_each()
         ''
         """
-        orders: dict[str, str] = {}
+        buyers = RepeatBuyers()
         for e in self.events:
-            if e["type"] != "purchase" or e.get("status", "completed") != "completed":
-                continue
-            if orders.setdefault(e["customer_id"], e["order_id"]) != e["order_id"]:
-                return ""
-        return one_order_each_note(len(orders)) if len(orders) >= ONE_ORDER_EACH_MIN else ""
+            if e["type"] == "purchase" and e.get("status", "completed") == "completed":
+                buyers.add(e["customer_id"], e["order_id"])
+        return one_order_each_note(buyers.buyers, buyers.repeats)
 
     def unmapped_actions(self) -> dict[str, int]:
         """Action values no alias or --map reads, with their row counts (see :func:`_vocabulary`)."""
@@ -317,6 +313,43 @@ class ImportResult:
 ONE_ORDER_EACH_MIN = 1_000
 
 
+class RepeatBuyers:
+    """Customers with a completed order, and how many of them have a second one.
+
+    Real histories have one-time buyers, mostly, but never only: with none at all, the
+    customer column usually names the order, not the person (an id minted per checkout).
+
+    >>> buyers = RepeatBuyers()
+    >>> for customer, order in [("c1", "o1"), ("c1", "o1"), ("c2", "o2"), ("c1", "o3"), ("c1", "o4")]:
+    ...     buyers.add(customer, order)
+    >>> buyers.buyers, buyers.repeats
+    (2, 1)
+    """
+
+    def __init__(self) -> None:
+        self._first: dict[str, str | None] = {}  # a buyer's first order id; None once a second shows
+        self.repeats = 0
+
+    def add(self, customer_id: str, order_id: str) -> None:
+        first = self._first.setdefault(customer_id, order_id)
+        if first is not None and first != order_id:
+            self._first[customer_id] = None
+            self.repeats += 1
+
+    @property
+    def buyers(self) -> int:
+        return len(self._first)
+
+
+def one_order_each_note(buyers: int, repeats: int) -> str:
+    """What import and backtest say when none of 1,000 or more buyers has a second order ('' otherwise)."""
+    if buyers < ONE_ORDER_EACH_MIN or repeats:
+        return ""
+    return (f"no customer of {buyers:,} has a second order: is the customer column an id per order? "
+            "Churn and propensity learn from repeat purchases, so import with the column that names "
+            "the person (in Olist's tables customer_unique_id, not customer_id)")
+
+
 def _binary(header: list[str]) -> bool:
     """Whether a header line is binary bytes (a random or unknown file), not names.
 
@@ -326,13 +359,6 @@ def _binary(header: list[str]) -> bool:
     text = "".join(header)
     odd = sum(1 for ch in text if not ch.isprintable() and ch not in "\t\r\n")
     return len(text) > 0 and odd > max(2, len(text) // 10)
-
-
-def one_order_each_note(buyers: int) -> str:
-    """What to say when none of ``buyers`` customers has a second order (import and backtest)."""
-    return (f"no customer of {buyers:,} has a second order: is the customer column an id per order? "
-            "Churn and propensity learn from repeat purchases, so import with the column that names "
-            "the person (in Olist's tables customer_unique_id, not customer_id)")
 
 
 def _vocabulary(values: Counter[str], option: str) -> dict[str, int]:
@@ -458,6 +484,7 @@ EXCEL_EPOCH = datetime(1899, 12, 30)
 COUNT_UNITS = ("days:", "weeks:")
 
 
+@lru_cache(maxsize=8)  # parse_time asks once per row
 def _count_start(time_format: str) -> tuple[str, datetime]:
     """The unit and start of a ``days:DATE`` or ``weeks:DATE`` time format.
 

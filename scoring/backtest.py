@@ -50,6 +50,7 @@ import orjson
 from threadpoolctl import threadpool_limits
 
 from features.events import AnyEvent, EventError, ms_to_iso, read_jsonl
+from features.importer import RepeatBuyers
 from features.spec import DAY_MS
 from scoring.core import Labelled, Outputs, ScoringCore
 from scoring.metrics import auc, auc_difference_ci, calibration, log_loss, summarize
@@ -80,9 +81,6 @@ class BacktestConfig:
     on_labelled: Callable[[Labelled], None] | None = None
     change_at_ms: int | None = None  # a known change (offer, season, tracking): before/after figures
     change_weeks: int = 4
-
-
-REPEAT = "\x00repeat"  # in the buyers map: a customer with a second order (no order id is this)
 
 
 def _note_invalid(examples: dict[str, list[int]], reason: str, line: int, most: int = 50) -> None:
@@ -316,9 +314,7 @@ def _run_backtest(
     reasons: Counter[str] = Counter()
     seen_customers: dict[str, None] = {}  # in order of first event (for customers_out)
     currencies: Counter[str] = Counter()  # purchases by currency: amounts are summed as given
-    # Each buyer's first order id, or REPEAT once another order of theirs shows: no repeat buyer
-    # at all usually means the customer column holds an order-level id.
-    buyers: dict[str, str] = {}
+    buyers = RepeatBuyers()  # none repeating usually means an order-level customer column
     examples: dict[str, list[int]] = {}  # full reason -> [count, first line]
     logs: dict[str, _KindLog] = defaultdict(_KindLog)
     baselines: dict[str, BatchBaseline] = {}
@@ -349,9 +345,7 @@ def _run_backtest(
             if item.type == "purchase":
                 currencies[item.currency] += 1
                 if item.status == "completed":
-                    first = buyers.setdefault(item.customer_id, item.order_id)
-                    if first is not REPEAT and first != item.order_id:
-                        buyers[item.customer_id] = REPEAT
+                    buyers.add(item.customer_id, item.order_id)
             if config.group_by:
                 value = item.extra(config.group_by)
                 if value is not None:
@@ -463,8 +457,8 @@ def _run_backtest(
         "out_of_order": counts["out_of_order"],
         "dropped_by_type": counts["dropped_by_type"],
         "purchase_currencies": dict(currencies.most_common()),
-        "buyers": len(buyers),
-        "repeat_buyers": sum(1 for first in buyers.values() if first is REPEAT),
+        "buyers": buyers.buyers,
+        "repeat_buyers": buyers.repeats,
         **({"customers_out": {"path": str(config.customers_out), "customers": customers_written,
                               "as_of": datetime.fromtimestamp(last_ts / 1000, UTC).isoformat()}}
            if customers_written is not None and last_ts is not None else {}),

@@ -270,7 +270,7 @@ def _looks_like_csv(path: Path) -> bool:
 
 
 def _headline(reports: list[dict[str, Any]]) -> str:
-    from features.importer import ONE_ORDER_EACH_MIN, one_order_each_note
+    from features.importer import one_order_each_note
     from scoring.report import interval_text
 
     lines = []
@@ -305,8 +305,8 @@ def _headline(reports: list[dict[str, Any]]) -> str:
             if k["auc"] is None:  # a "-" in the table says nothing of why
                 lines.append(f"  {kind}: no AUC: {k['labels']:,} labels, {k['positives']:,} positive; it needs "
                              "positive and negative labels both (a longer history or more customers)")
-        if rep.get("buyers", 0) >= ONE_ORDER_EACH_MIN and not rep.get("repeat_buyers"):
-            lines.append(f"  note: {one_order_each_note(rep['buyers'])}")
+        if once := one_order_each_note(rep.get("buyers", 0), rep.get("repeat_buyers", 0)):
+            lines.append(f"  note: {once}")
         for kind, k in rep["kinds"].items():
             b = k["baselines"]
             on_rule = b["rule"].get("online_minus_rule_ci95")

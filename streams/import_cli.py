@@ -270,10 +270,9 @@ def cmd_import_transactions(args: argparse.Namespace) -> int:
     write_events(result.events, out)
     summary = result.summary()
     print(json.dumps({**summary, "out": str(out)}, indent=2))
-    if "shared_customer_id" in summary:
-        print(f"note: {summary['shared_customer_id']}", file=sys.stderr)
-    if "one_order_per_customer" in summary:
-        print(f"note: {summary['one_order_per_customer']}", file=sys.stderr)
+    for key in ("shared_customer_id", "one_order_per_customer"):  # notes on the customer column
+        if key in summary:
+            print(f"note: {summary[key]}", file=sys.stderr)
     if not result.events and result.rows:
         print("nothing imported: every row was skipped", file=sys.stderr)
         return 1
