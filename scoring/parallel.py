@@ -235,6 +235,9 @@ class _Process:
         try:
             tag, value = self.conn.recv()
         except EOFError:
+            # Its end of the pipe closes as it dies, a moment before it can be reaped: wait for
+            # that moment, or the message says "exit code None".
+            self.proc.join(timeout=5)
             raise RuntimeError(f"backtest worker {self.index} stopped (exit code {self.proc.exitcode})") from None
         if tag == "error":
             raise RuntimeError(f"backtest worker {self.index} failed:\n{value}")
