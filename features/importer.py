@@ -83,6 +83,7 @@ import csv
 import hashlib
 import math
 import re
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -788,9 +789,9 @@ class _Line:
     amount: float  # absolute
     refund: bool
     currency: str
-    item: dict[str, Any] | None
+    item: tuple[float, float, str, str] | None  # quantity, unit price, product, category
     extra: dict[str, str]
-    key: str  # content hash, for ids without an order column
+    key: str  # the row's group without an order column: content hash or session; '' with one
     source_currency: str  # the row's own currency, before any conversion
 
 
@@ -815,98 +816,62 @@ def sniff_delimiter(header: str) -> str:
     return best if counts[best] else ","
 
 
+Lines = Iterable[str] | Callable[[], Iterable[str]]
+
+
 def import_transactions(
-    lines: Iterable[str], config: ImportConfig, delimiter: str = "auto",
+    lines: Lines, config: ImportConfig, delimiter: str = "auto",
     progress: Callable[[int], None] | None = None,
 ) -> ImportResult:
-    """Read a transaction CSV (an iterable of text lines, header first) into purchase events.
+    """Read a transaction CSV (text lines, header first) into purchase events.
 
     Raises :class:`ImportFailed` when the command itself is wrong (a column
     missing from the header, dates that no row disambiguates); bad rows are
     skipped and reported in the result. ``delimiter="auto"`` takes the header's
     separator (:func:`sniff_delimiter`); ``config.decimal_comma=None`` lets the
     numbers decide (:func:`_decide_decimal`).
+
+    ``lines`` may also be a function that opens the lines afresh (a file, not a
+    pipe). The rows are then read twice, once for what the whole file decides
+    (date order, decimal mark) and once to parse, instead of being held in
+    memory in between: a line-item table imports in about half the memory.
+    ``progress`` then counts the lines of both readings.
+
+    >>> text = "c,t,a\\nc1,1/13/2024,1.5\\nc2,2/3/2024,2\\n"
+    >>> cfg = ImportConfig(customer="c", time="t", amount="a")
+    >>> once = import_transactions(text.splitlines(keepends=True), cfg)
+    >>> twice = import_transactions(lambda: text.splitlines(keepends=True), cfg)
+    >>> once.events == twice.events, [e["ts"][:10] for e in twice.events], twice.date_order
+    (True, ['2024-01-13', '2024-02-03'], 'mdy (from 1 row with a day above 12)')
     """
     config.check()
     zone = _zone(config.timezone)
     result = ImportResult()
-    lines = iter(lines)
-    if delimiter == "auto":
-        first = next(lines, None)
-        if first is not None:
-            lines = chain([first], lines)
-        delimiter = sniff_delimiter(first or "")
-    delimiter = DELIMITERS.get(delimiter, delimiter)
-    result.delimiter = delimiter
-    records = _records(lines, delimiter)
-    try:
-        _, header = next(records)
-    except StopIteration:
-        raise ImportFailed("the file is empty (no header line)") from None
-    def header_cell(cell: str) -> str:
-        name = cell.strip().lstrip("\ufeff")
-        return legacy_text(name) if config.legacy_fallback else name
-
-    header = [header_cell(h) for h in header]
-    index = {name: i for i, name in reversed(list(enumerate(header)))}
-    absent = [c for c in config.columns() if c not in index]
-    if absent:
-        shown = ", ".join(_UNDECODABLE.sub("?", h) for h in header[:30])
-        hint = ("; the header is not valid text in the file's encoding: try --encoding latin-1 or cp1252"
-                if any(_UNDECODABLE.search(h) for h in header) else "")
-        if any("\x00" in h for h in header) and not _binary([h.replace("\x00", "") for h in header]):
-            # Every other byte 0 and text between: UTF-16 without its byte order mark.
-            hint, shown = "; the file looks like UTF-16 text: try --encoding utf-16-le (or utf-16-be)", shown.replace("\x00", "")
-        elif _binary(header):
-            raise ImportFailed("the first line is not a header of column names but binary data: is this a "
-                               "text table (CSV or TSV, plain or .gz/.zip)?")
-        raise ImportFailed(f"column(s) {', '.join(absent)} not in the header (columns: {shown}){hint}")
-    raw: list[tuple[int, dict[str, str]]] = []
-    evidence: Counter[str] = Counter()
-    needs_order = 0
-    first_row: dict[str, str] = {}  # the current order's first row (see _fill_from_order)
-    for number, cells in records:
-        if not any(c.strip() for c in cells):
-            continue  # blank line
-        result.rows += 1
-        if progress and result.rows % 10_000 == 0:
-            progress(result.rows)
-        if header_cell(cells[0]) == header[0] and [header_cell(c) for c in cells] == header:
-            # Exports joined together, each with its own header line.
-            result.errors.append(RowError(number, "the header line repeated"))
-            continue
-        if len(cells) != len(header):
-            result.errors.append(RowError(number, f"wrong number of fields: {len(cells)}, "
-                                                  f"header has {len(header)}"))
-            continue
-        row = {c: cells[index[c]] for c in config.columns()}
-        if any(_UNDECODABLE.search(v) for v in row.values()):
-            if not config.legacy_fallback:
-                result.errors.append(RowError(number, "not valid text in the file's encoding "
-                                                      "(try --encoding latin-1 or cp1252)"))
-                continue
-            row = {c: legacy_text(v) for c, v in row.items()}
-            result.legacy_rows += 1
-        if config.order:
-            first_row = _fill_from_order(row, first_row, config, result)
-        raw.append((number, row))
-        if not config.time_format:
-            t = _ZONE_SUFFIX.sub("", row[config.time].strip())  # "... 7:50 AM EST"
-            if _slash(t):
-                ev = slash_evidence(t)
-                if ev:
-                    evidence[ev] += 1
-                else:
-                    needs_order += 1
-    order = _decide_date_order(config, evidence, needs_order, result)
-    config = _decide_decimal(config, raw, result)
+    evidence = _Evidence(config)
+    rows: Iterable[tuple[int, dict[str, str]]]
+    if callable(lines):
+        # Pass 1 decides; its skipped rows are counted again (and kept) by pass 2.
+        scratch = ImportResult()
+        for _number, row in _rows(lines(), config, delimiter, scratch, progress):
+            evidence.add(row)
+        first_pass = scratch.rows
+        tick = (lambda n: progress(first_pass + n)) if progress else None
+        rows = _rows(lines(), config, delimiter, result, tick)
+    else:
+        raw = []
+        for number, row in _rows(lines, config, delimiter, result, progress):
+            evidence.add(row)
+            raw.append((number, row))
+        raw.reverse()
+        rows = _popped(raw)  # popped as read: a large log's rows are not held beside its events
+    order = _decide_date_order(config, evidence.dates, evidence.ambiguous, result)
+    config = _decide_decimal(config, evidence.comma, evidence.point, result)
+    columns = config.columns()
     parsed: list[_Line] = []
     activity: list[dict[str, Any]] = []  # web and campaign events of an event log
     seen: Counter[str] = Counter()
     table = action_table(config.actions) if config.action else None
-    raw.reverse()
-    while raw:  # popped as read: a large log's rows are not held beside its events
-        number, row = raw.pop()
+    for number, row in rows:
         kind = ("purchase", "completed")
         if table is not None:
             assert config.action is not None
@@ -923,9 +888,9 @@ def import_transactions(
             kind = found
         try:
             if kind[0] != "purchase":
-                activity.append(_activity(row, config, kind, order, zone, seen))
+                activity.append(_activity(row, config, kind, order, zone, seen, columns))
                 continue
-            line = _parse_row(number, row, config, order, zone, seen, kind[1] == "refunded")
+            line = _parse_row(number, row, config, order, zone, seen, kind[1] == "refunded", columns)
         except RowProblem as exc:
             if isinstance(exc, _NotAPurchase):
                 result.unread_statuses[exc.value] += 1
@@ -944,6 +909,111 @@ def import_transactions(
         result.types = Counter(e["type"] for e in result.events)
     result.errors.sort(key=lambda e: e.line)
     return result
+
+
+def _popped(raw: list[tuple[int, dict[str, str]]]) -> Iterator[tuple[int, dict[str, str]]]:
+    """A reversed list's items, first row first, each let go as it is read."""
+    while raw:
+        yield raw.pop()
+
+
+def _rows(
+    lines: Iterable[str], config: ImportConfig, delimiter: str, result: ImportResult,
+    progress: Callable[[int], None] | None,
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line number, {column: cell})`` per usable row; the header checked first.
+
+    Rows that cannot be read (wrong number of fields, a repeated header, bytes not
+    in the encoding) are counted in ``result`` and skipped; an order's blank
+    order-level cells are filled from its first row (:func:`_fill_from_order`).
+    """
+    lines = iter(lines)
+    if delimiter == "auto":
+        first = next(lines, None)
+        if first is not None:
+            lines = chain([first], lines)
+        delimiter = sniff_delimiter(first or "")
+    delimiter = DELIMITERS.get(delimiter, delimiter)
+    result.delimiter = delimiter
+    records = _records(lines, delimiter)
+    try:
+        _, header = next(records)
+    except StopIteration:
+        raise ImportFailed("the file is empty (no header line)") from None
+
+    def header_cell(cell: str) -> str:
+        name = cell.strip().lstrip("\ufeff")
+        return legacy_text(name) if config.legacy_fallback else name
+
+    header = [header_cell(h) for h in header]
+    index = {name: i for i, name in reversed(list(enumerate(header)))}
+    absent = [c for c in config.columns() if c not in index]
+    if absent:
+        shown = ", ".join(_UNDECODABLE.sub("?", h) for h in header[:30])
+        hint = ("; the header is not valid text in the file's encoding: try --encoding latin-1 or cp1252"
+                if any(_UNDECODABLE.search(h) for h in header) else "")
+        if any("\x00" in h for h in header) and not _binary([h.replace("\x00", "") for h in header]):
+            # Every other byte 0 and text between: UTF-16 without its byte order mark.
+            hint, shown = "; the file looks like UTF-16 text: try --encoding utf-16-le (or utf-16-be)", shown.replace("\x00", "")
+        elif _binary(header):
+            raise ImportFailed("the first line is not a header of column names but binary data: is this a "
+                               "text table (CSV or TSV, plain or .gz/.zip)?")
+        raise ImportFailed(f"column(s) {', '.join(absent)} not in the header (columns: {shown}){hint}")
+    picks = [(c, index[c]) for c in config.columns()]
+    first_row: dict[str, str] = {}  # the current order's first row (see _fill_from_order)
+    for number, cells in records:
+        if not any(c.strip() for c in cells):
+            continue  # blank line
+        result.rows += 1
+        if progress and result.rows % 10_000 == 0:
+            progress(result.rows)
+        if header_cell(cells[0]) == header[0] and [header_cell(c) for c in cells] == header:
+            # Exports joined together, each with its own header line.
+            result.errors.append(RowError(number, "the header line repeated"))
+            continue
+        if len(cells) != len(header):
+            result.errors.append(RowError(number, f"wrong number of fields: {len(cells)}, "
+                                                  f"header has {len(header)}"))
+            continue
+        row = {c: cells[i] for c, i in picks}
+        if any(_UNDECODABLE.search(v) for v in row.values()):
+            if not config.legacy_fallback:
+                result.errors.append(RowError(number, "not valid text in the file's encoding "
+                                                      "(try --encoding latin-1 or cp1252)"))
+                continue
+            row = {c: legacy_text(v) for c, v in row.items()}
+            result.legacy_rows += 1
+        if config.order:
+            first_row = _fill_from_order(row, first_row, config, result)
+        yield number, row
+
+
+class _Evidence:
+    """What the rows say about the file's date order and decimal mark (decided over all rows)."""
+
+    def __init__(self, config: ImportConfig) -> None:
+        self._time = None if config.time_format else config.time
+        self._numbers = ([c for c in (config.amount, config.price, config.quantity) if c]
+                         if config.decimal_comma is None else [])
+        self.dates: Counter[str] = Counter()
+        self.ambiguous = 0  # slash dates whose day and month are both 12 or less
+        self.comma = self.point = 0  # numbers like 12,50 and like 12.50
+
+    def add(self, row: dict[str, str]) -> None:
+        if self._time:
+            t = _ZONE_SUFFIX.sub("", row[self._time].strip())  # "... 7:50 AM EST"
+            if _slash(t):
+                ev = slash_evidence(t)
+                if ev:
+                    self.dates[ev] += 1
+                else:
+                    self.ambiguous += 1
+        for c in self._numbers:
+            cell = _bare_number(row[c])[0]
+            if _COMMA_DECIMAL.fullmatch(cell):
+                self.comma += 1
+            elif _POINT_DECIMAL.fullmatch(cell):
+                self.point += 1
 
 
 def _fill_from_order(
@@ -990,29 +1060,19 @@ _COMMA_DECIMAL = re.compile(r"(\d+|\d{1,3}(\.\d{3})+),\d{1,2}")
 _POINT_DECIMAL = re.compile(r"(\d+|\d{1,3}(,\d{3})+)\.\d{1,2}")
 
 
-def _decide_decimal(
-    config: ImportConfig, raw: list[tuple[int, dict[str, str]]], result: ImportResult
-) -> ImportConfig:
+def _decide_decimal(config: ImportConfig, comma: int, point: int, result: ImportResult) -> ImportConfig:
     """Decimal comma or point, when not told: the file decides, as for slash dates.
 
     A number with one or two digits after a comma (``12,5``, ``1.234,50``) is a
     decimal comma; one or two after a point (``12.5``, ``1,234.50``), a decimal
     point. Three digits (``1,234``) could be either and say nothing. Comma only
-    when some number says so and none says point: a file with both is read with a
-    point, and its comma numbers are reported row by row.
+    when some number says so and none says point (``comma`` and ``point`` count
+    them, see :class:`_Evidence`): a file with both is read with a point, and its
+    comma numbers are reported row by row.
     """
     if config.decimal_comma is not None:
         result.decimal = "comma" if config.decimal_comma else "point"
         return config
-    columns = [c for c in (config.amount, config.price, config.quantity) if c]
-    comma = point = 0
-    for _, row in raw:
-        for c in columns:
-            cell = _bare_number(row[c])[0]
-            if _COMMA_DECIMAL.fullmatch(cell):
-                comma += 1
-            elif _POINT_DECIMAL.fullmatch(cell):
-                point += 1
     if comma and not point:
         result.decimal = f"comma (from {comma:,} number{'s' if comma > 1 else ''} like 12,50)"
         return replace(config, decimal_comma=True)
@@ -1079,6 +1139,9 @@ def _customer(row: dict[str, str], config: ImportConfig) -> str:
     return customer
 
 
+_NO_EXTRA: dict[str, str] = {}  # shared by the lines without --extra values: never written to
+
+
 def _extra(row: dict[str, str], config: ImportConfig) -> dict[str, str]:
     """The ``--extra`` columns a row has a value in, carried on its event."""
     return {c: row[c].strip() for c in config.extra if row[c].strip()}
@@ -1091,7 +1154,7 @@ def _cell(row: dict[str, str], column: str | None) -> str:
 
 def _activity(
     row: dict[str, str], config: ImportConfig, kind: tuple[str, str],
-    order: DateOrder, zone: tzinfo, seen: Counter[str],
+    order: DateOrder, zone: tzinfo, seen: Counter[str], columns: list[str],
 ) -> dict[str, Any]:
     """A web or campaign event of an event log, in its canonical form."""
     etype, action = kind
@@ -1116,7 +1179,7 @@ def _activity(
         body.update(campaign_id=campaign, channel=channel)
     for name, value in _extra(row, config).items():
         body.setdefault(name, value)
-    key = _digest(*(row[c] for c in config.columns()))
+    key = _digest(*(row[c] for c in columns))
     seen[key] += 1
     if config.event_id:
         body["event_id"] = _cell(row, config.event_id)
@@ -1132,12 +1195,13 @@ def _activity(
 
 def _parse_row(
     number: int, row: dict[str, str], config: ImportConfig, order: DateOrder, zone: tzinfo,
-    seen: Counter[str], refund_action: bool = False,
+    seen: Counter[str], refund_action: bool, columns: list[str],
 ) -> _Line:
-    customer = _customer(row, config)
+    # Interned: an order's line items share their customer, order and currency strings.
+    customer = sys.intern(_customer(row, config))
     order_id: str | None = None
     if config.order:
-        order_id = _clean_id(row[config.order])
+        order_id = sys.intern(_clean_id(row[config.order]))
         if not order_id:
             raise RowProblem(_missing("order", row[config.order]))
     ts = parse_time(row[config.time], config.time_format, order, zone)
@@ -1173,26 +1237,23 @@ def _parse_row(
         named = _CELL_CURRENCY.search(cell)
         if named:
             currency = named[1] or named[2]
-    currency = source = currency.upper()
+    currency = source = sys.intern(currency.upper())
     if config.convert_to and currency != config.convert_to.upper():
         rate = next((r for code, r in config.rates.items() if code.upper() == currency), None)
         if rate is None:
             raise RowProblem(f"no rate for currency {currency} (give --rate {currency}=...)")
         currency = config.convert_to.upper()
         amount, price = amount * rate, None if price is None else price * rate
-    item: dict[str, Any] | None = None
+    item: tuple[float, float, str, str] | None = None
     if config.product or config.price or config.quantity:
         q = abs(quantity) if quantity is not None else 1.0
         unit = abs(price) if price is not None else (abs(amount) / q if q else 0.0)
-        item = {"quantity": q, "price": round(unit, 6)}
-        for column, name in ((config.product, "product_id"), (config.category, "category")):
-            text = _text(row[column]) if column else ""
-            if text:
-                item[name] = text[:200]
-    extra = _extra(row, config)
-    key = _digest(*(row[c] for c in config.columns()))
+        product, category = (sys.intern(_text(row[c])[:200]) if c else "" for c in (config.product, config.category))
+        item = (q, round(unit, 6), product, category)
+    extra = _extra(row, config) or _NO_EXTRA
+    key = _digest(*(row[c] for c in columns))
     seen[key] += 1
-    group = f"{key}#{seen[key]}"
+    group = "" if config.order else f"{key}#{seen[key]}"
     if config.action and not config.order and _cell(row, config.session):
         # An event log's purchase rows are often one per product: a session's are one order.
         group = "session#" + _digest(_cell(row, config.session))
@@ -1232,7 +1293,7 @@ def _events(lines: list[_Line], config: ImportConfig, result: ImportResult) -> l
             "currency": first.currency,
             "status": status,
         }
-        items = [m.item for m in kept if m.item is not None]
+        items = [_item(*m.item) for m in kept if m.item is not None]
         if items:
             body["items"] = items
         for name, value in first.extra.items():
@@ -1246,6 +1307,16 @@ def _events(lines: list[_Line], config: ImportConfig, result: ImportResult) -> l
         result.refund_events += refund
     events.sort(key=lambda e: (e["ts"], e["event_id"]))
     return events
+
+
+def _item(quantity: float, price: float, product: str, category: str) -> dict[str, Any]:
+    """A line item of a purchase event (see :class:`_Line`: held as a tuple until then)."""
+    item: dict[str, Any] = {"quantity": quantity, "price": price}
+    if product:
+        item["product_id"] = product
+    if category:
+        item["category"] = category
+    return item
 
 
 def write_events(events: Iterable[dict[str, Any]], path: str | Path) -> int:

@@ -27,6 +27,7 @@ import argparse
 import io
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -244,22 +245,25 @@ def cmd_import_transactions(args: argparse.Namespace) -> int:
             event_id=args.event_id,
         )
     stdin = args.file == "-"
-    total = count_lines(Path(args.file)) - 1 if sys.stderr.isatty() and not stdin else None
+    lines = count_lines(Path(args.file)) - 1 if sys.stderr.isatty() and not stdin else None
     # surrogateescape: bytes that are not valid in the encoding skip their row, not the file;
     # read as UTF-8 by default, such bytes are read as Windows-1252 instead (legacy_fallback).
-    if stdin:
-        handle: Any = sys.stdin
-    else:
-        raw = open_input(Path(args.file))
-        encoding = _encoding(raw, args.encoding)
+    encoding = args.encoding
+    if not stdin:
+        with open_input(Path(args.file)) as raw:
+            encoding = _encoding(raw, args.encoding)
         config = replace(config, legacy_fallback=encoding == DEFAULT_ENCODING)
-        handle = io.TextIOWrapper(raw, encoding=encoding, errors="surrogateescape", newline="")
-    try:
-        with progress("import", total) as tick:
-            result = import_transactions(handle, config, delimiter=args.delimiter, progress=tick)
-    finally:
-        if not stdin:
-            handle.close()
+
+    def read_file() -> Iterator[str]:  # read twice, not held in memory (see import_transactions)
+        with open_input(Path(args.file)) as raw, io.TextIOWrapper(
+            raw, encoding=encoding, errors="surrogateescape", newline=""
+        ) as handle:
+            yield from handle
+
+    source = sys.stdin if stdin else read_file
+    with progress("import (read twice)" if not stdin else "import",
+                  None if lines is None else 2 * lines) as tick:
+        result = import_transactions(source, config, delimiter=args.delimiter, progress=tick)
     for err in result.errors[: max(0, args.max_errors)]:
         print(f"skipped {err}", file=sys.stderr)
     hidden = len(result.errors) - max(0, args.max_errors)

@@ -112,6 +112,23 @@ def test_own_words_campaign_rows_and_what_cannot_be_read() -> None:
     assert no_campaign.errors[0].reason == "campaign action without a campaign column (--campaign)"
 
 
+def test_a_log_read_twice_gives_what_a_log_held_in_memory_gives() -> None:
+    # A file is read twice (decide, then parse) instead of held: the same events, errors and summary.
+    rows = [{"t": f"{10 + i % 19}/0{1 + i % 9}/2024 10:{i % 60:02d}", "c": f"c{i % 7}",
+             "a": ["view", "cart", "purchase", "sent", "opened", "like", "purchase"][i % 7],
+             "s": f"s{i // 5}", "camp": "spring" if i % 2 else "", "v": f"{i},5" if i % 11 else "x"}
+            for i in range(200)]
+    rows.insert(50, {"t": "13/13/2024", "c": "c1", "a": "view", "s": "", "camp": "", "v": ""})
+    cfg = ImportConfig(customer="c", time="t", action="a", session="s", campaign="camp", amount="v")
+    lines = _csv(rows)
+    held = import_transactions(lines, cfg)
+    opened: list[int] = []
+    twice = import_transactions(lambda: opened.append(1) or lines, cfg)
+    assert len(opened) == 2
+    assert held.events and held.errors and held.decimal.startswith("comma") and held.date_order.startswith("dmy")
+    assert (twice.events, twice.errors, twice.summary()) == (held.events, held.errors, held.summary())
+
+
 def test_a_column_of_many_values_is_not_echoed_as_actions() -> None:
     rows = [{"t": f"2024-03-0{1 + i % 9}T10:00:00Z", "c": f"c{i}", "a": f"person{i}@example.com"}
             for i in range(30)]

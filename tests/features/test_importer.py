@@ -18,10 +18,26 @@ from features.events import PurchaseEvent, decode
 from features.importer import (
     ImportConfig,
     ImportFailed,
-    import_transactions,
+    ImportResult,
     parse_number,
     parse_time,
 )
+from features.importer import import_transactions as import_once
+
+
+def import_transactions(lines: Any, config: ImportConfig, **kwargs: Any) -> ImportResult:
+    """Import the lines both ways, held in memory and read twice: the same result, or the same refusal."""
+    source = list(lines)
+    try:
+        held = import_once(iter(source), config, **kwargs)
+    except ImportFailed as exc:
+        with pytest.raises(ImportFailed) as again:
+            import_once(lambda: iter(source), config, **kwargs)
+        assert str(again.value) == str(exc)
+        raise
+    twice = import_once(lambda: iter(source), config, **kwargs)
+    assert (twice.events, twice.errors, twice.summary()) == (held.events, held.errors, held.summary())
+    return held
 
 HEADER = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice",
           "CustomerID", "Country"]
