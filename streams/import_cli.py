@@ -227,7 +227,7 @@ def _encoding(raw: Any, asked: str) -> str:
 @command("import-events")
 @command("import-transactions")
 def cmd_import_transactions(args: argparse.Namespace) -> int:
-    from features.importer import ImportConfig, import_transactions, write_events
+    from features.importer import ImportConfig, import_transactions
 
     config = ImportConfig(
         customer=args.customer, time=args.time, amount=args.amount, order=args.order,
@@ -271,13 +271,13 @@ def cmd_import_transactions(args: argparse.Namespace) -> int:
         print(f"... and {hidden:,} more skipped rows (counted in the summary)", file=sys.stderr)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_events(result.events, out)
+    result.write(out)
     summary = result.summary()
     print(json.dumps({**summary, "out": str(out)}, indent=2))
     for key in ("shared_customer_id", "one_order_per_customer"):  # notes on the customer column
         if key in summary:
             print(f"note: {summary[key]}", file=sys.stderr)
-    if not result.events and result.rows:
+    if not result.encoded and result.rows:
         print("nothing imported: every row was skipped", file=sys.stderr)
         return 1
     return 0
