@@ -296,6 +296,21 @@ def encode(event: AnyEvent) -> bytes:
     return orjson.dumps(body)
 
 
+def compact(data: bytes) -> bytes:
+    """A copy of orjson's output that holds only its length, for bytes that are kept.
+
+    orjson writes into a buffer of at least 4 KiB and shrinks it in place when done;
+    the block stays whole in memory (its tail is a hole that small objects never
+    reuse). A million kept event lines took 4.3 GB; their copies, 0.3 GB.
+
+    >>> data = orjson.dumps({"a": 1})
+    >>> kept = compact(data)
+    >>> kept == data and kept is not data
+    True
+    """
+    return bytes(memoryview(data))
+
+
 def ms_to_iso(ms: int) -> str:
     """RFC 3339 text in UTC for epoch milliseconds.
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from features.events import compact
 from scoring.rfm import RfmGrader
 
 
@@ -66,7 +67,7 @@ class Pending:
         """
         cached = self._json
         if cached is None or cached[0] is not self.outcome:
-            cached = self._json = (self.outcome, orjson.Fragment(orjson.dumps(_fields(self))))
+            cached = self._json = (self.outcome, orjson.Fragment(compact(orjson.dumps(_fields(self)))))
         return cached[1]
 
 
