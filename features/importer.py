@@ -144,6 +144,7 @@ class ImportConfig:
     category: str | None = None
     extra: tuple[str, ...] = ()  # columns carried on events as extra fields (segment, region)
     time_format: str | None = None  # strptime format, "epoch_s" / "epoch_ms" / "excel", "days:DATE"
+    clock: str | None = None  # a time-of-day column (1631, 16:31) added to a date-only ``time``
     date_order: DateOrder = "auto"
     timezone: str = "UTC"  # for times without an offset
     decimal_comma: bool | None = None  # None: the file decides (see _decide_decimal)
@@ -170,7 +171,7 @@ class ImportConfig:
     legacy_fallback: bool = False
 
     def columns(self) -> list[str]:
-        cols = [self.customer, self.time, self.amount, self.order, self.currency, self.status,
+        cols = [self.customer, self.time, self.clock, self.amount, self.order, self.currency, self.status,
                 self.quantity, self.price, self.product, self.category, self.action, self.session,
                 self.campaign, self.channel, self.event_id, *self.extra]
         return list(dict.fromkeys(c for c in cols if c))
@@ -730,6 +731,36 @@ _cached_time = lru_cache(maxsize=1 << 15)(parse_time)
 _cached_number = lru_cache(maxsize=1 << 15)(parse_number)
 
 
+_CLOCK_CELL = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?|(\d{1,4})")
+
+
+@lru_cache(maxsize=1 << 12)
+def clock_ms(text: str) -> int:
+    """Milliseconds after midnight of a time-of-day cell: ``1631`` or ``539`` (HHMM, as
+    dunnhumby's ``TRANS_TIME``), ``16:31`` or ``16:31:05``; raises :class:`RowProblem`.
+
+    Added to the instant the time column gives (a date: its midnight), so on a day the
+    clocks change, a time after the change is an hour off in a zone with summer time.
+
+    >>> clock_ms("1631") == clock_ms("16:31") == (16 * 60 + 31) * 60_000, clock_ms("539") // 60_000
+    (True, 339)
+    >>> clock_ms("2460")
+    Traceback (most recent call last):
+    ...
+    features.importer.RowProblem: bad clock: not a time of day as 1631 or 16:31
+    """
+    m = _CLOCK_CELL.fullmatch(text.strip())
+    if m is None:
+        raise RowProblem("missing clock" if not text.strip() else "bad clock: not a time of day as 1631 or 16:31")
+    if m[4] is not None:
+        hours, minutes, seconds = int(m[4]) // 100, int(m[4]) % 100, 0
+    else:
+        hours, minutes, seconds = int(m[1]), int(m[2]), int(m[3] or 0)
+    if hours > 23 or minutes > 59 or seconds > 59:
+        raise RowProblem("bad clock: not a time of day as 1631 or 16:31")
+    return ((hours * 60 + minutes) * 60 + seconds) * 1000
+
+
 def _month_named(m: re.Match[str]) -> datetime:
     """The datetime of a date with its month's name (see _MONTH_DAY, _DAY_MONTH).
 
@@ -1211,8 +1242,10 @@ def _activity(
 ) -> _Encoded:
     """A web or campaign event of an event log, in its canonical form."""
     etype, action = kind
-    body: dict[str, Any] = {"customer_id": _customer(row, config),
-                            "ts": ms_to_iso(_cached_time(row[config.time], config.time_format, order, zone)),
+    ts = _cached_time(row[config.time], config.time_format, order, zone)
+    if config.clock:
+        ts += clock_ms(row[config.clock])
+    body: dict[str, Any] = {"customer_id": _customer(row, config), "ts": ms_to_iso(ts),
                             "type": etype, "action": action}
     if etype == "web":
         for column, name in ((config.session, "session_id"), (config.product, "product_id"),
@@ -1258,6 +1291,8 @@ def _parse_row(
         if not order_id:
             raise RowProblem(_missing("order", row[config.order]))
     ts = _cached_time(row[config.time], config.time_format, order, zone)
+    if config.clock:
+        ts += clock_ms(row[config.clock])
     quantity = (_cached_number(row[config.quantity], config.decimal_comma, "quantity")
                 if config.quantity else None)
     price = _cached_number(row[config.price], config.decimal_comma, "price") if config.price else None

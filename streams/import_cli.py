@@ -151,6 +151,9 @@ def _add_columns(p: Any, event_log: bool) -> None:
                           "days:DATE / weeks:DATE for a count of days or weeks after DATE (days:2020-01-01); "
                           "default: ISO 8601, epoch, YYYYMMDD, 2011/12/09, slash, dot or dash dates (12/9/2011, 09.12.2011, "
                           "09-12-2011) and month names (09-Dec-2011, Dec 9, 2011), guessed per row")
+    fmt.add_argument("--clock", metavar="COL",
+                     help="a time-of-day column (1631 or 16:31, as dunnhumby's TRANS_TIME) added to the "
+                          "--time column's date, for tables that keep the two apart")
     fmt.add_argument("--date-order", choices=["auto", "dmy", "mdy"], default="auto",
                      help="how to read slash dates like 12/9/2011 (default: decided by the rows "
                           "whose day is above 12; the import stops if none settles it)")
@@ -233,7 +236,7 @@ def cmd_import_transactions(args: argparse.Namespace) -> int:
         customer=args.customer, time=args.time, amount=args.amount, order=args.order,
         currency=args.currency, default_currency=args.default_currency, status=args.status,
         quantity=args.quantity, price=args.price, product=args.product, category=args.category,
-        extra=tuple(args.extra), time_format=args.time_format, date_order=args.date_order,
+        extra=tuple(args.extra), time_format=args.time_format, clock=args.clock, date_order=args.date_order,
         timezone=args.timezone, decimal_comma=args.decimal_comma, refunds=args.refunds,
         convert_to=args.convert_to, rates=_rates(args.rate),
         statuses=_actions(args.status_map, "--status-map", "processing=completed"),

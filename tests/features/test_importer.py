@@ -741,6 +741,20 @@ def test_a_day_or_week_number_reads_as_days_or_weeks_after_a_date(tmp_path: Path
                                               time_format="days:31/12/2019"))
 
 
+def test_a_time_of_day_column_is_added_to_the_day(tmp_path: Path) -> None:
+    # dunnhumby keeps the time of day apart from the day number: TRANS_TIME, HHMM.
+    src = tmp_path / "transactions.csv"
+    src.write_text("household_key,BASKET_ID,DAY,TRANS_TIME,SALES_VALUE\n1,b1,1,1631,2.5\n1,b1,1,1631,1\n"
+                   "1,b2,1,539,4\n2,b3,2,07:05,1.25\n2,b4,2,2460,3\n2,b5,2,,3\n")
+    result = import_transactions(src.open(), ImportConfig(customer="household_key", time="DAY", clock="TRANS_TIME",
+                                                    order="BASKET_ID", amount="SALES_VALUE",
+                                                    time_format="days:2019-12-31"))
+    assert [(e["order_id"], e["ts"][:16]) for e in result.events] == [
+        ("b2", "2020-01-01T05:39"), ("b1", "2020-01-01T16:31"), ("b3", "2020-01-02T07:05")]
+    assert [(e.line, e.reason) for e in result.errors] == [
+        (6, "bad clock: not a time of day as 1631 or 16:31"), (7, "missing clock")]
+
+
 def test_a_binary_file_is_refused_as_not_a_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from streams.cli import main
 
