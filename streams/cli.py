@@ -213,7 +213,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             # Line numbers in the report are the file's own unless it had to be sorted.
             report["input_sorted"] = isinstance(lines, list)
         report["config"]["name"] = scfg.name
-        report["input"] = str(args.file)
+        report["input"] = getattr(args, "given_file", args.file)  # a pipe's own name, not its copy's
         reports.append(report)
     if len(reports) == 1:
         path = write_report(reports[0], out_dir)
@@ -494,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     _load_extensions()
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with _spooled(args):
+            return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -508,6 +509,32 @@ def main(argv: list[str] | None = None) -> int:
     except ConnectionError as exc:  # a service it needs is unreachable: not a usage error
         print(f"leadpulse {args.command}: {exc}", file=sys.stderr)
         return 1
+
+
+@contextmanager
+def _spooled(args: argparse.Namespace) -> Iterator[None]:
+    """A pipe given as the input file (``<(head -n 100000 big.jsonl)``) is copied to a temporary file.
+
+    Commands read their file more than once (its order, then its events; an import's
+    date order, then its rows), and a pipe can be read once: a second reading found it
+    empty, and a backtest reported 0 events. The copy goes where temporary files go
+    (``TMPDIR``) and is removed after.
+    """
+    name = getattr(args, "file", None)
+    path = Path(name) if isinstance(name, str) and name != "-" else None
+    if path is None or not path.exists() or path.is_file():
+        yield
+        return
+    import shutil
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(prefix="leadpulse-input-") as copy:
+        with open(path, "rb") as pipe:
+            shutil.copyfileobj(pipe, copy, 1 << 20)
+        copy.flush()
+        print(f"{path}: not a regular file (a pipe?): read into a temporary file first", file=sys.stderr)
+        args.given_file, args.file = args.file, copy.name
+        yield
 
 
 def _reason(exc: Exception) -> str:

@@ -249,23 +249,21 @@ def cmd_import_transactions(args: argparse.Namespace) -> int:
         )
     stdin = args.file == "-"
     lines = count_lines(Path(args.file)) - 1 if sys.stderr.isatty() and not stdin else None
-    # surrogateescape: bytes that are not valid in the encoding skip their row, not the file;
-    # read as UTF-8 by default, such bytes are read as Windows-1252 instead (legacy_fallback).
-    encoding = args.encoding
+    source: Any = sys.stdin  # read once, so its rows are held
     if not stdin:
         with open_input(Path(args.file)) as raw:
             encoding = _encoding(raw, args.encoding)
+        # surrogateescape: bytes that are not valid in the encoding skip their row, not the file;
+        # read as UTF-8 by default, such bytes are read as Windows-1252 instead (legacy_fallback).
         config = replace(config, legacy_fallback=encoding == DEFAULT_ENCODING)
 
-    def read_file() -> Iterator[str]:  # read twice, not held in memory (see import_transactions)
-        with open_input(Path(args.file)) as raw, io.TextIOWrapper(
-            raw, encoding=encoding, errors="surrogateescape", newline=""
-        ) as handle:
-            yield from handle
+        def source() -> Iterator[str]:  # a file is read twice, not held (see import_transactions)
+            with open_input(Path(args.file)) as raw, io.TextIOWrapper(
+                raw, encoding=encoding, errors="surrogateescape", newline=""
+            ) as handle:
+                yield from handle
 
-    source = sys.stdin if stdin else read_file
-    with progress("import (read twice)" if not stdin else "import",
-                  None if lines is None else 2 * lines) as tick:
+    with progress("import" if stdin else "import (read twice)", None if lines is None else 2 * lines) as tick:
         result = import_transactions(source, config, delimiter=args.delimiter, progress=tick)
     for err in result.errors[: max(0, args.max_errors)]:
         print(f"skipped {err}", file=sys.stderr)

@@ -6,6 +6,9 @@ import bz2
 import gzip
 import json
 import lzma
+import os
+import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -86,6 +89,42 @@ def test_a_zip_of_several_files_names_them_and_reads_none(tmp_path: Path) -> Non
         z.writestr("orders.csv", ROWS)
     with pytest.raises(ValueError, match=r"zip archive of 2 files \(customers.csv, orders.csv\)"):
         open_input(path)
+
+
+def _pipe(tmp_path: Path, name: str, data: bytes) -> tuple[Path, threading.Thread]:
+    """A named pipe fed by a thread: what ``<(head -n 1000 big.csv)`` gives a command."""
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(data,), daemon=True)
+    writer.start()
+    return fifo, writer
+
+
+def test_a_pipe_reads_as_the_file_it_carries(tmp_path: Path, capsys, monkeypatch) -> None:
+    # Import and backtest read their input more than once; a pipe can be read once, and a
+    # backtest of one used to report 0 events.
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))  # where the copy of a pipe goes
+    text = "c,t,a\n" + "".join(f'c{i % 9},{1 + i % 28}/01/2024 10:00,"{i},5"\n' for i in range(300))
+    (tmp_path / "t.csv").write_text(text)
+    fifo, writer = _pipe(tmp_path, "t.pipe", text.encode())
+    for name in ("t.csv", "t.pipe"):
+        assert main(["import-transactions", str(tmp_path / name), "--customer", "c", "--time", "t",
+                     "--amount", "a", "--out", str(tmp_path / f"{name}.jsonl")]) == 0
+    writer.join(timeout=10)
+    out = capsys.readouterr().out
+    events = (tmp_path / "t.csv.jsonl").read_bytes()
+    assert events == (tmp_path / "t.pipe.jsonl").read_bytes() and events.count(b"\n") == 300
+    assert out.count('"decimal": "comma (from 300 numbers like 12,50)"') == 2
+
+    fifo, writer = _pipe(tmp_path, "e.pipe", events)
+    assert main(["backtest", str(fifo), "--out", str(tmp_path / "bt"), "--no-batch-baseline"]) == 0
+    writer.join(timeout=10)
+    report = json.loads((tmp_path / "bt" / "report.json").read_text())
+    assert report["events"] == 300 and report["input"] == str(fifo)
+    assert "not a regular file (a pipe?)" in capsys.readouterr().err
+    assert not list(spool.iterdir())  # the copy is removed
 
 
 def test_status_map_reads_a_shop_own_status_words(tmp_path: Path, capsys) -> None:
