@@ -73,11 +73,23 @@ def model_input(vector: Mapping[str, float | None], exclude: Iterable[str] = ())
             continue
         if value is None:
             out[missing] = 1.0
-        elif value >= 0:
-            out[name] = log1p(value)
+        elif not value:
+            # One shared 0.0, not a new float from log1p(0): most inputs of a sparse history
+            # are 0 (62% on CDNOW), and pending examples hold their inputs for months.
+            out[name] = 0.0
         else:
-            out[name] = -log1p(-value)
+            # One float object per value: counts repeat (log1p(1), log1p(2), ...), and a kept
+            # input holds its own float otherwise. Bounded: continuous values fill it and stop.
+            shared = _LOG1P.get(value)
+            if shared is None:
+                shared = log1p(value) if value >= 0 else -log1p(-value)
+                if len(_LOG1P) < 65_536:
+                    _LOG1P[value] = shared
+            out[name] = shared
     return out
+
+
+_LOG1P: dict[float, float] = {}  # model_input's signed log1p, by input value
 
 
 # Per excluded-names tuple, per order of a vector's names: what each name becomes (see above).
