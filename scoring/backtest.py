@@ -53,7 +53,7 @@ from features.events import AnyEvent, EventError, ms_to_iso, read_jsonl
 from features.importer import RepeatBuyers
 from features.spec import DAY_MS
 from scoring.core import Labelled, Outputs, ScoringCore
-from scoring.metrics import auc, auc_difference_ci, calibration, log_loss, summarize
+from scoring.metrics import Floats, Labels, auc, auc_difference_ci, calibration, log_loss, summarize
 from scoring.parallel import ShardedCore
 
 WEEK_MS = 7 * DAY_MS
@@ -564,67 +564,63 @@ def _by_week(days: dict[str, Counter[str]]) -> dict[str, Counter[str]]:
 
 
 def _kind_report(log: _KindLog, config: BacktestConfig) -> dict[str, Any]:
-    probs, labels = log.probs, log.labels
+    # Numpy arrays and masks, not lists picked index by index: CDNOW's 890,643 propensity
+    # labels took 150 MB more while the lists stood (the replay's own peak is below that).
+    probs, rule, labels = _floats(log.probs), _floats(log.rule), np.asarray(log.labels, dtype=np.int64)
+    customers = _sorted_codes(log.customers)
     out: dict[str, Any] = dict(summarize(probs, labels))
     out["sources"] = dict(Counter(log.sources))
     # Pooled over the whole replay, ``auc`` mixes cold-start rule scores (another scale) with
     # model scores; the model's own figures are the ones a team sees once it is warm.
-    model_idx = [i for i, source in enumerate(log.sources) if source == "model"]
-    if model_idx and len(model_idx) < len(probs):
+    model = np.fromiter((source == "model" for source in log.sources), dtype=bool, count=len(log.sources))
+    if model.any() and not model.all():
         out["model_only"] = {
-            key: value
-            for key, value in summarize([probs[i] for i in model_idx], [labels[i] for i in model_idx]).items()
-            if key != "decile_rates"
+            key: value for key, value in summarize(probs[model], labels[model]).items() if key != "decile_rates"
         }
     out["calibration"] = calibration(probs, labels)
     out["gains"] = _gains(probs, labels)
-    baselines: dict[str, Any] = {"rule": summarize(log.rule, labels)}
-    baselines["rule"]["gains"] = _gains(log.rule, labels)
+    baselines: dict[str, Any] = {"rule": summarize(rule, labels)}
+    baselines["rule"]["gains"] = _gains(rule, labels)
     # Whether the online model's lead (or lag) is more than noise: 95% bootstrap interval of
     # online minus baseline AUC on the same examples, resampling whole customers.
-    baselines["rule"]["online_minus_rule_ci95"] = _interval(
-        auc_difference_ci(probs, log.rule, labels, log.customers)
-    )
-    batch = np.asarray(log.batch, dtype=float)
+    baselines["rule"]["online_minus_rule_ci95"] = _interval(auc_difference_ci(probs, rule, labels, customers))
+    batch = _floats(log.batch)
     has_batch = ~np.isnan(batch)
     if config.batch_baseline and has_batch.any():
-        idx = np.flatnonzero(has_batch)
-        y = [labels[i] for i in idx]
-        b = summarize(batch[idx].tolist(), y)
+        y = labels[has_batch]
+        b = summarize(batch[has_batch], y)
         # On the same examples, for a fair comparison (the batch model needs a first week of labels).
-        online = [probs[i] for i in idx]
+        online = probs[has_batch]
         online_same = summarize(online, y)
         b["online_on_same_examples"] = {k: online_same[k] for k in ("auc", "top_bottom_decile_ratio", "lift_top_decile")}
         b["online_minus_batch_ci95"] = _interval(
-            auc_difference_ci(online, batch[idx].tolist(), y, [log.customers[i] for i in idx])
+            auc_difference_ci(online, batch[has_batch], y, customers[has_batch])
         )
         b["coverage"] = round(float(has_batch.mean()), 4)
-        b["gains"] = _gains(batch[idx].tolist(), y)
+        b["gains"] = _gains(batch[has_batch], y)
         baselines["batch_weekly"] = b
     out["baselines"] = baselines
     weekly = []
     weeks = np.asarray(log.times, dtype=np.int64) // WEEK_MS
     for w in sorted(set(weeks.tolist())):
-        idx = np.flatnonzero(weeks == w)
-        y = [labels[i] for i in idx]
+        week = weeks == w
+        y = labels[week]
         row = {
             "week": _week_iso(w),
-            "labels": len(idx),
-            "positives": int(sum(y)),
-            "auc": _r(auc([probs[i] for i in idx], y)),
-            "rule_auc": _r(auc([log.rule[i] for i in idx], y)),
-            "log_loss": _r(log_loss([probs[i] for i in idx], y)),
-            "rule_log_loss": _r(log_loss([log.rule[i] for i in idx], y)),
+            "labels": int(week.sum()),
+            "positives": int(y.sum()),
+            "auc": _r(auc(probs[week], y)),
+            "rule_auc": _r(auc(rule[week], y)),
+            "log_loss": _r(log_loss(probs[week], y)),
+            "rule_log_loss": _r(log_loss(rule[week], y)),
         }
-        bidx = [i for i in idx if has_batch[i]]
-        row["batch_auc"] = _r(auc([float(batch[i]) for i in bidx], [labels[i] for i in bidx])) if bidx else None
-        row["batch_log_loss"] = (
-            _r(log_loss([float(batch[i]) for i in bidx], [labels[i] for i in bidx])) if bidx else None
-        )
+        both = week & has_batch
+        row["batch_auc"] = _r(auc(batch[both], labels[both])) if both.any() else None
+        row["batch_log_loss"] = _r(log_loss(batch[both], labels[both])) if both.any() else None
         weekly.append(row)
     out["weekly"] = weekly
     if "idle" in log.moments:
-        out["by_moment"] = _by_moment(log)
+        out["by_moment"] = _by_moment(log, probs, labels, batch)
     if config.change_at_ms is not None:
         out["change"] = _change(log, config.change_at_ms, config.change_weeks)
     if config.group_by:
@@ -632,11 +628,26 @@ def _kind_report(log: _KindLog, config: BacktestConfig) -> dict[str, Any]:
     return out
 
 
+def _floats(values: Sequence[float]) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64)
+
+
+def _sorted_codes(values: Sequence[str]) -> np.ndarray:
+    """Each value's rank among the distinct values, in sorted order: the codes ``np.unique``
+    gives strings, without an array of fixed-width strings (a million ids: tens of MB).
+
+    >>> _sorted_codes(["c2", "c10", "c2", "a"]).tolist()
+    [2, 1, 2, 0]
+    """
+    rank = {v: i for i, v in enumerate(sorted(set(values)))}
+    return np.fromiter(map(rank.__getitem__, values), dtype=np.int64, count=len(values))
+
+
 def _interval(ci: tuple[float, float] | None) -> list[float | None] | None:
     return None if ci is None else [_r(v) for v in ci]
 
 
-def _by_moment(log: _KindLog) -> dict[str, Any]:
+def _by_moment(log: _KindLog, probs: np.ndarray, labels: np.ndarray, batch: np.ndarray) -> dict[str, Any]:
     """The figures apart for examples scored at an event and at an idle rescore.
 
     The two are different populations: right after a purchase most customers are
@@ -645,23 +656,18 @@ def _by_moment(log: _KindLog) -> dict[str, Any]:
     batch LR on the examples both scored.
     """
     out: dict[str, Any] = {}
-    batch = np.asarray(log.batch, dtype=float)
     for moment in ("event", "idle"):
-        idx = [i for i, m in enumerate(log.moments) if m == moment]
-        if not idx:
+        at = np.fromiter((m == moment for m in log.moments), dtype=bool, count=len(log.moments))
+        if not at.any():
             continue
-        y = [log.labels[i] for i in idx]
-        figures = {k: v for k, v in summarize([log.probs[i] for i in idx], y).items() if k != "decile_rates"}
-        both = [i for i in idx if not math.isnan(batch[i])]
-        if both:
-            yb = [log.labels[i] for i in both]
+        figures = {k: v for k, v in summarize(probs[at], labels[at]).items() if k != "decile_rates"}
+        both = at & ~np.isnan(batch)
+        if both.any():
             keys = ("labels", "auc", "top_bottom_decile_ratio")
             figures["online_on_batch_examples"] = {
-                k: v for k, v in summarize([log.probs[i] for i in both], yb).items() if k in keys
+                k: v for k, v in summarize(probs[both], labels[both]).items() if k in keys
             }
-            figures["batch_weekly"] = {
-                k: v for k, v in summarize([float(batch[i]) for i in both], yb).items() if k in keys
-            }
+            figures["batch_weekly"] = {k: v for k, v in summarize(batch[both], labels[both]).items() if k in keys}
         out[moment] = figures
     return out
 
@@ -815,7 +821,7 @@ def _fairness(log: _KindLog, top_fraction: float = 0.2) -> dict[str, Any]:
             "selected_rate_ratio_max_min": None if ratio is None else round(ratio, 4)}
 
 
-def _gains(probs: Sequence[float], labels: Sequence[int], points: int = 20) -> list[list[float]]:
+def _gains(probs: Floats, labels: Labels, points: int = 20) -> list[list[float]]:
     """Cumulative gains: ``[share of examples targeted, share of positives captured]``.
 
     Highest scores first; within a group of equal scores the positives count as

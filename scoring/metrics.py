@@ -1,7 +1,7 @@
 """How scores are judged: AUC, log loss, lift by decile, calibration.
 
-All functions take plain sequences of probabilities and 0/1 labels, so anyone
-can recompute a report's figures from ``--scores-out``.
+All functions take plain sequences (or numpy arrays) of probabilities and 0/1
+labels, so anyone can recompute a report's figures from ``--scores-out``.
 
 >>> auc([0.9, 0.8, 0.3, 0.1], [1, 0, 1, 0])
 0.75
@@ -16,8 +16,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# Plain sequences or numpy arrays (the backtest passes arrays: a million labels as lists
+# of float objects cost tens of MB each).
+Floats = Sequence[float] | np.ndarray
+Labels = Sequence[int] | np.ndarray
 
-def auc(probs: Sequence[float], labels: Sequence[int]) -> float | None:
+
+def auc(probs: Floats, labels: Labels) -> float | None:
     """Area under the ROC curve (Mann-Whitney, ties count half); ``None`` with one class.
 
     >>> auc([0.9, 0.5, 0.5, 0.1], [1, 1, 0, 0]), auc([0.3, 0.7], [1, 1])
@@ -47,7 +52,7 @@ def _weighted_auc(codes: np.ndarray, y: np.ndarray, w: np.ndarray, levels: int) 
 
 
 def auc_difference_ci(
-    a: Sequence[float], b: Sequence[float], labels: Sequence[int], clusters: Sequence[str],
+    a: Floats, b: Floats, labels: Labels, clusters: Sequence[str] | np.ndarray,
     rounds: int = 200, level: float = 0.95, seed: int = 0,
 ) -> tuple[float, float] | None:
     """Bootstrap interval of AUC(a) - AUC(b) on the same examples, resampling clusters.
@@ -84,7 +89,7 @@ def auc_difference_ci(
     return float(lo), float(hi)
 
 
-def log_loss(probs: Sequence[float], labels: Sequence[int], eps: float = 1e-7) -> float | None:
+def log_loss(probs: Floats, labels: Labels, eps: float = 1e-7) -> float | None:
     """Mean binary cross-entropy, probabilities clipped to [eps, 1 - eps].
 
     >>> round(log_loss([0.5, 0.5], [1, 0]), 4), round(log_loss([1.0], [0]), 2), log_loss([], [])
@@ -97,7 +102,7 @@ def log_loss(probs: Sequence[float], labels: Sequence[int], eps: float = 1e-7) -
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def decile_rates(probs: Sequence[float], labels: Sequence[int], bins: int = 10) -> list[float]:
+def decile_rates(probs: Floats, labels: Labels, bins: int = 10) -> list[float]:
     """Outcome rate per score decile, highest scores first.
 
     Ties are broken by position (stable), so equal scores split evenly.
@@ -113,7 +118,7 @@ def decile_rates(probs: Sequence[float], labels: Sequence[int], bins: int = 10) 
     return [float(chunk.mean()) for chunk in np.array_split(y, bins)]
 
 
-def lift_summary(probs: Sequence[float], labels: Sequence[int]) -> dict[str, float | None]:
+def lift_summary(probs: Floats, labels: Labels) -> dict[str, float | None]:
     """Top-decile lift and the top/bottom decile ratio (``None`` when undefined).
 
     >>> lift_summary([0.9, 0.1] * 10, [1, 0] * 10)["lift_top_decile"]
@@ -132,7 +137,7 @@ def lift_summary(probs: Sequence[float], labels: Sequence[int]) -> dict[str, flo
     }
 
 
-def calibration(probs: Sequence[float], labels: Sequence[int], bins: int = 10) -> list[tuple[float, float, int]]:
+def calibration(probs: Floats, labels: Labels, bins: int = 10) -> list[tuple[float, float, int]]:
     """(mean predicted, observed rate, count) per equal-width probability bin, empty bins dropped.
 
     >>> calibration([0.05, 0.15, 0.95, 0.95], [0, 1, 1, 0], bins=2)
@@ -149,7 +154,7 @@ def calibration(probs: Sequence[float], labels: Sequence[int], bins: int = 10) -
     return out
 
 
-def summarize(probs: Sequence[float], labels: Sequence[int]) -> dict[str, object]:
+def summarize(probs: Floats, labels: Labels) -> dict[str, object]:
     """The figures a report shows for one score kind.
 
     >>> s = summarize([0.9, 0.1] * 10, [1, 0] * 10)  # no outcome in the bottom decile: half a case
@@ -160,7 +165,7 @@ def summarize(probs: Sequence[float], labels: Sequence[int]) -> dict[str, object
     ll = log_loss(probs, labels)
     return {
         "labels": len(labels),
-        "positives": int(sum(labels)),
+        "positives": int(np.asarray(labels, dtype=np.int64).sum()),  # not sum(): int8 arrays overflow
         "auc": None if a is None else round(a, 6),
         "log_loss": None if ll is None or math.isnan(ll) else round(ll, 6),
         **{k: (None if v is None else round(v, 4)) for k, v in lift_summary(probs, labels).items()},

@@ -78,18 +78,19 @@ def model_input(vector: Mapping[str, float | None], exclude: Iterable[str] = ())
             # are 0 (62% on CDNOW), and pending examples hold their inputs for months.
             out[name] = 0.0
         else:
-            # One float object per value: counts repeat (log1p(1), log1p(2), ...), and a kept
-            # input holds its own float otherwise. Bounded: continuous values fill it and stop.
+            # One float object per count: counts repeat (log1p(1), log1p(2), ...), and a kept
+            # input holds its own float otherwise. Whole numbers only (amounts and ages rarely
+            # repeat), and at most 65,536 of them.
             shared = _LOG1P.get(value)
             if shared is None:
                 shared = log1p(value) if value >= 0 else -log1p(-value)
-                if len(_LOG1P) < 65_536:
+                if value % 1 == 0 and len(_LOG1P) < 65_536:
                     _LOG1P[value] = shared
             out[name] = shared
     return out
 
 
-_LOG1P: dict[float, float] = {}  # model_input's signed log1p, by input value
+_LOG1P: dict[float, float] = {}  # model_input's signed log1p of whole numbers, by input value
 
 
 # Per excluded-names tuple, per order of a vector's names: what each name becomes (see above).
