@@ -522,7 +522,7 @@ def _spooled(args: argparse.Namespace) -> Iterator[None]:
     """
     name = getattr(args, "file", None)
     path = Path(name) if isinstance(name, str) and name != "-" else None
-    if path is None or not path.exists() or path.is_file():
+    if path is None or not path.is_fifo():  # a directory or a missing file: the command says so
         yield
         return
     import shutil
@@ -532,7 +532,7 @@ def _spooled(args: argparse.Namespace) -> Iterator[None]:
         with open(path, "rb") as pipe:
             shutil.copyfileobj(pipe, copy, 1 << 20)
         copy.flush()
-        print(f"{path}: not a regular file (a pipe?): read into a temporary file first", file=sys.stderr)
+        print(f"{path}: a pipe, read into a temporary file first", file=sys.stderr)
         args.given_file, args.file = args.file, copy.name
         yield
 

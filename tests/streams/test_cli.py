@@ -123,7 +123,7 @@ def test_a_pipe_reads_as_the_file_it_carries(tmp_path: Path, capsys, monkeypatch
     writer.join(timeout=10)
     report = json.loads((tmp_path / "bt" / "report.json").read_text())
     assert report["events"] == 300 and report["input"] == str(fifo)
-    assert "not a regular file (a pipe?)" in capsys.readouterr().err
+    assert "a pipe, read into a temporary file first" in capsys.readouterr().err
     assert not list(spool.iterdir())  # the copy is removed
 
 
