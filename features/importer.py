@@ -223,6 +223,9 @@ class RowError:
         return f"line {self.line}: {self.reason}"
 
 
+ERRORS_KEPT = 10_000  # skipped rows kept with line and reason (all are counted)
+
+
 @dataclass
 class ImportResult:
     """Events sorted by time, the skipped rows, and counts for the summary."""
@@ -230,7 +233,10 @@ class ImportResult:
     # Each event's canonical JSON (features.events.encode), in time order. Held as bytes: a
     # third of the memory of dicts, for logs of millions of rows (see ``events``).
     encoded: list[bytes] = field(default_factory=list)
+    # The skipped rows, by line: the first ERRORS_KEPT found (a file whose every row is
+    # skipped would hold one per row); ``skipped`` counts them all, by reason.
     errors: list[RowError] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
     rows: int = 0
     refund_events: int = 0
     identical_rows: int = 0
@@ -257,8 +263,14 @@ class ImportResult:
                 out.write(line + b"\n")
         return len(self.encoded)
 
+    def skip(self, line: int, reason: str) -> None:
+        """Count a skipped row; keep its line and reason while fewer than ERRORS_KEPT are kept."""
+        self.skipped[reason.split(":")[0]] += 1
+        if len(self.errors) < ERRORS_KEPT:
+            self.errors.append(RowError(line, reason))
+
     def skipped_by_reason(self) -> dict[str, int]:
-        return dict(Counter(e.reason.split(":")[0] for e in self.errors).most_common())
+        return dict(self.skipped.most_common())
 
     def shared_customer_id(self) -> str:
         """A note when one customer id holds at least 5% of the events of 50 or more customers.
@@ -312,7 +324,7 @@ class ImportResult:
             "rows_read": self.rows,
             "events_written": len(self.encoded),
             "refund_events": self.refund_events,
-            "rows_skipped": len(self.errors),
+            "rows_skipped": sum(self.skipped.values()),
             "skipped_by_reason": self.skipped_by_reason(),
             "identical_rows": self.identical_rows,
             **({"rows_filled_from_order_first_row": self.filled_rows} if self.filled_rows else {}),
@@ -950,11 +962,11 @@ def import_transactions(
             found = table.get(value)
             if found is None:
                 result.unmapped[value] += 1
-                result.errors.append(RowError(number, "unknown action (see unmapped_actions in the "
-                                                      "summary; --map VALUE=ACTION reads it)"))
+                result.skip(number, "unknown action (see unmapped_actions in the "
+                                    "summary; --map VALUE=ACTION reads it)")
                 continue
             if found[0] == "skip":
-                result.errors.append(RowError(number, "action skipped (--map VALUE=skip)"))
+                result.skip(number, "action skipped (--map VALUE=skip)")
                 continue
             kind = found
         try:
@@ -966,7 +978,7 @@ def import_transactions(
         except RowProblem as exc:
             if isinstance(exc, _NotAPurchase):
                 result.unread_statuses[exc.value] += 1
-            result.errors.append(RowError(number, str(exc)))
+            result.skip(number, str(exc))
             continue
         parsed.append(line)
         if line.source_currency != line.currency:
@@ -1053,17 +1065,15 @@ def _rows(
             progress(result.rows)
         if header_cell(cells[0]) == header[0] and [header_cell(c) for c in cells] == header:
             # Exports joined together, each with its own header line.
-            result.errors.append(RowError(number, "the header line repeated"))
+            result.skip(number, "the header line repeated")
             continue
         if len(cells) != len(header):
-            result.errors.append(RowError(number, f"wrong number of fields: {len(cells)}, "
-                                                  f"header has {len(header)}"))
+            result.skip(number, f"wrong number of fields: {len(cells)}, header has {len(header)}")
             continue
         row = {c: cells[i] for c, i in picks}
         if any(_UNDECODABLE.search(v) for v in row.values()):
             if not config.legacy_fallback:
-                result.errors.append(RowError(number, "not valid text in the file's encoding "
-                                                      "(try --encoding latin-1 or cp1252)"))
+                result.skip(number, "not valid text in the file's encoding (try --encoding latin-1 or cp1252)")
                 continue
             row = {c: legacy_text(v) for c, v in row.items()}
             result.legacy_rows += 1
@@ -1364,7 +1374,7 @@ def _events(lines: list[_Line], config: ImportConfig, result: ImportResult) -> l
         kept = [m for m in members if m.currency == first.currency]
         for m in members:
             if m.currency != first.currency:
-                result.errors.append(RowError(m.line, "currency differs from the order's first line"))
+                result.skip(m.line, "currency differs from the order's first line")
         status = "refunded" if refund else "completed"
         if config.order:
             event_id = "imp-" + _digest(customer, order_key, status)
@@ -1389,7 +1399,7 @@ def _events(lines: list[_Line], config: ImportConfig, result: ImportResult) -> l
         event = decode(orjson.dumps(body))
         if isinstance(event, EventError):  # a guard: the checks above should make this unreachable
             for m in kept:
-                result.errors.append(RowError(m.line, "invalid event: " + event.reason.split(":")[0]))
+                result.skip(m.line, "invalid event: " + event.reason.split(":")[0])
             continue
         events.append((event.ts_ms, event.event_id, compact(encode(event))))
         result.refund_events += refund

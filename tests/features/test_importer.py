@@ -741,6 +741,25 @@ def test_a_day_or_week_number_reads_as_days_or_weeks_after_a_date(tmp_path: Path
                                               time_format="days:31/12/2019"))
 
 
+def test_skipped_rows_are_all_counted_and_the_first_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A file whose rows are nearly all skipped (a wrong column) held one RowError per row.
+    import features.importer
+    from streams.cli import main
+
+    monkeypatch.setattr(features.importer, "ERRORS_KEPT", 5)
+    text = "c,t,a\n" + "".join(f"c{i},2024-01-0{1 + i % 9},{'x' if i % 4 else i}\n" for i in range(40))
+    result = import_transactions(io.StringIO(text, newline=""), ImportConfig(customer="c", time="t", amount="a"))
+    assert [e.line for e in result.errors] == [3, 4, 5, 7, 8]
+    assert result.summary()["rows_skipped"] == 30 and result.skipped_by_reason() == {"bad amount": 30}
+    (tmp_path / "t.csv").write_text(text)
+    assert main(["import-transactions", str(tmp_path / "t.csv"), "--customer", "c", "--time", "t",
+                 "--amount", "a", "--out", str(tmp_path / "t.jsonl"), "--max-errors", "3"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("skipped line") == 3 and "... and 27 more skipped rows" in err
+
+
 def test_a_time_of_day_column_is_added_to_the_day(tmp_path: Path) -> None:
     # dunnhumby keeps the time of day apart from the day number: TRANS_TIME, HHMM.
     src = tmp_path / "transactions.csv"
