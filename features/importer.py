@@ -269,6 +269,11 @@ class ImportResult:
         if len(self.errors) < ERRORS_KEPT:
             self.errors.append(RowError(line, reason))
 
+    @property
+    def rows_skipped(self) -> int:
+        """Every skipped row, kept in ``errors`` or not."""
+        return sum(self.skipped.values())
+
     def skipped_by_reason(self) -> dict[str, int]:
         return dict(self.skipped.most_common())
 
@@ -286,16 +291,7 @@ class ImportResult:
         >>> result.shared_customer_id()[:58]
         'the customer with the most events holds 14.5% of them (10)'
         """
-        counts = Counter(orjson.loads(line)["customer_id"] for line in self.encoded)
-        if len(counts) < 50:
-            return ""
-        top = counts.most_common(1)[0][1]
-        share = top / len(self.encoded)
-        if share < 0.05:
-            return ""
-        return (f"the customer with the most events holds {share:.1%} of them ({top:,}): a shared id "
-                "(guest checkout, 0, 'unknown')? If so, its events are no one customer's: remove its "
-                "rows and import again")
+        return _shared_id_note(self._scan()[0])
 
     def one_order_each(self) -> str:
         """A note when no customer of 1,000 or more has a second order (see :class:`RepeatBuyers`).
@@ -308,23 +304,31 @@ class ImportResult:
         >>> result.one_order_each()
         ''
         """
+        buyers = self._scan()[1]
+        return one_order_each_note(buyers.buyers, buyers.repeats)
+
+    def _scan(self) -> tuple[Counter[str], RepeatBuyers]:
+        """Events per customer, and the buyers of completed orders: one decoding of the events."""
+        counts: Counter[str] = Counter()
         buyers = RepeatBuyers()
         for line in self.encoded:
             e = orjson.loads(line)
-            if e["type"] == "purchase" and e.get("status", "completed") == "completed":
+            counts[e["customer_id"]] += 1
+            if e.get("type") == "purchase" and e.get("status", "completed") == "completed":
                 buyers.add(e["customer_id"], e["order_id"])
-        return one_order_each_note(buyers.buyers, buyers.repeats)
+        return counts, buyers
 
     def unmapped_actions(self) -> dict[str, int]:
         """Action values no alias or --map reads, with their row counts (see :func:`_vocabulary`)."""
         return _vocabulary(self.unmapped, "--action")
 
     def summary(self) -> dict[str, Any]:
+        counts, buyers = self._scan()  # for both notes on the customer column
         return {
             "rows_read": self.rows,
             "events_written": len(self.encoded),
             "refund_events": self.refund_events,
-            "rows_skipped": sum(self.skipped.values()),
+            "rows_skipped": self.rows_skipped,
             "skipped_by_reason": self.skipped_by_reason(),
             "identical_rows": self.identical_rows,
             **({"rows_filled_from_order_first_row": self.filled_rows} if self.filled_rows else {}),
@@ -335,14 +339,28 @@ class ImportResult:
             **({"unmapped_actions": self.unmapped_actions()} if self.unmapped else {}),
             **({"unread_statuses": _vocabulary(self.unread_statuses, "--status")}
                if self.unread_statuses else {}),
-            **({"shared_customer_id": shared} if (shared := self.shared_customer_id()) else {}),
-            **({"one_order_per_customer": once} if (once := self.one_order_each()) else {}),
+            **({"shared_customer_id": shared} if (shared := _shared_id_note(counts)) else {}),
+            **({"one_order_per_customer": once}
+               if (once := one_order_each_note(buyers.buyers, buyers.repeats)) else {}),
             "date_order": self.date_order,
             "delimiter": {"\t": "tab"}.get(self.delimiter, self.delimiter),
             "decimal": self.decimal,
             "first_event": orjson.loads(self.encoded[0])["ts"] if self.encoded else None,
             "last_event": orjson.loads(self.encoded[-1])["ts"] if self.encoded else None,
         }
+
+
+def _shared_id_note(counts: Counter[str]) -> str:
+    """The note of :meth:`ImportResult.shared_customer_id`, from the events per customer ('' for none)."""
+    if len(counts) < 50:
+        return ""
+    top = counts.most_common(1)[0][1]
+    share = top / sum(counts.values())
+    if share < 0.05:
+        return ""
+    return (f"the customer with the most events holds {share:.1%} of them ({top:,}): a shared id "
+            "(guest checkout, 0, 'unknown')? If so, its events are no one customer's: remove its "
+            "rows and import again")
 
 
 # Buyers. Below that, no second order can be chance: a month's log of a shop where one buyer
@@ -771,6 +789,12 @@ def clock_ms(text: str) -> int:
     if hours > 23 or minutes > 59 or seconds > 59:
         raise RowProblem("bad clock: not a time of day as 1631 or 16:31")
     return ((hours * 60 + minutes) * 60 + seconds) * 1000
+
+
+def _row_time(row: dict[str, str], config: ImportConfig, order: DateOrder, zone: tzinfo) -> int:
+    """A row's time in epoch ms: its time cell, plus its ``--clock`` cell when given."""
+    ts = _cached_time(row[config.time], config.time_format, order, zone)
+    return ts + clock_ms(row[config.clock]) if config.clock else ts
 
 
 def _month_named(m: re.Match[str]) -> datetime:
@@ -1252,10 +1276,8 @@ def _activity(
 ) -> _Encoded:
     """A web or campaign event of an event log, in its canonical form."""
     etype, action = kind
-    ts = _cached_time(row[config.time], config.time_format, order, zone)
-    if config.clock:
-        ts += clock_ms(row[config.clock])
-    body: dict[str, Any] = {"customer_id": _customer(row, config), "ts": ms_to_iso(ts),
+    body: dict[str, Any] = {"customer_id": _customer(row, config),
+                            "ts": ms_to_iso(_row_time(row, config, order, zone)),
                             "type": etype, "action": action}
     if etype == "web":
         for column, name in ((config.session, "session_id"), (config.product, "product_id"),
@@ -1300,9 +1322,7 @@ def _parse_row(
         order_id = sys.intern(_clean_id(row[config.order]))
         if not order_id:
             raise RowProblem(_missing("order", row[config.order]))
-    ts = _cached_time(row[config.time], config.time_format, order, zone)
-    if config.clock:
-        ts += clock_ms(row[config.clock])
+    ts = _row_time(row, config, order, zone)
     quantity = (_cached_number(row[config.quantity], config.decimal_comma, "quantity")
                 if config.quantity else None)
     price = _cached_number(row[config.price], config.decimal_comma, "price") if config.price else None

@@ -267,7 +267,7 @@ def cmd_import_transactions(args: argparse.Namespace) -> int:
         result = import_transactions(source, config, delimiter=args.delimiter, progress=tick)
     for err in result.errors[: max(0, args.max_errors)]:
         print(f"skipped {err}", file=sys.stderr)
-    hidden = sum(result.skipped.values()) - min(len(result.errors), max(0, args.max_errors))
+    hidden = result.rows_skipped - min(len(result.errors), max(0, args.max_errors))
     if hidden > 0:
         print(f"... and {hidden:,} more skipped rows (counted in the summary)", file=sys.stderr)
     out = Path(args.out)
