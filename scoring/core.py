@@ -203,6 +203,11 @@ class ModelRegistry:
         return swapped
 
 
+def _later(previous: int | None, candidate: int) -> int:
+    """A watermark never goes backwards."""
+    return candidate if previous is None else max(candidate, previous)
+
+
 def _identity(model: OnlineModel) -> str:
     """What a snapshot must share with the configured model to stand in for it.
 
@@ -282,7 +287,7 @@ class ScoringCore:
         out = Outputs()
         if not events:
             return out
-        self._use_grader(shard)
+        previous = self._open_shard(shard)
         updates = [Update.of(ev, self.engine.ops_for(ev)) for ev in events]
         result = self.features.apply(updates)
         customers = list(dict.fromkeys(ev.customer_id for ev in events))
@@ -308,23 +313,25 @@ class ScoringCore:
             self._mark_outcomes(rec, ev, key, out)
             self._score_event(ev, key, rec, state, out)
         self._learn_fresh(out, 0)
-        watermark = self._watermark(shard, newest - self.lateness_ms)
-        self.state.save(records, shard, watermark, self._changed_grader())
-        self._process_due(shard, watermark, out)
+        watermark = _later(previous, newest - self.lateness_ms)
+        due = self.state.save(records, shard, watermark, self._changed_grader(), due_until=watermark)
+        self._process_due(shard, watermark, out, due)
         return out
 
     def advance(self, shard: str, until_ms: int) -> Outputs:
         """Move a shard's watermark to ``until_ms`` with no new events (end of a replay, idle shard)."""
         out = Outputs()
-        self._use_grader(shard)
-        watermark = self._watermark(shard, until_ms)
-        self.state.save({}, shard, watermark)
-        self._process_due(shard, watermark, out)
+        watermark = _later(self._open_shard(shard), until_ms)
+        due = self.state.save({}, shard, watermark, due_until=watermark)
+        self._process_due(shard, watermark, out, due)
         return out
 
-    def _use_grader(self, shard: str) -> None:
-        self.rfm = self.state.grader(shard) or RfmGrader()
+    def _open_shard(self, shard: str) -> int | None:
+        """Use the shard's grader; returns its watermark (read in the same round trip)."""
+        grader, watermark = self.state.shard_state(shard)
+        self.rfm = grader or RfmGrader()
         self._rfm_seen = self.rfm.seen
+        return watermark
 
     def _changed_grader(self) -> RfmGrader | None:
         # Saved with the records of the batch that changed it: both or neither survive a crash.
@@ -332,11 +339,6 @@ class ScoringCore:
             return None
         self._rfm_seen = self.rfm.seen
         return self.rfm
-
-    def _watermark(self, shard: str, candidate: int) -> int:
-        # A watermark never goes backwards.
-        previous = self.state.watermark(shard)
-        return candidate if previous is None else max(candidate, previous)
 
     # ------------------------------------------------------------------ events
     def _mark_outcomes(self, rec: CustomerScoring, ev: AnyEvent, key: str, out: Outputs) -> None:
@@ -582,16 +584,17 @@ class ScoringCore:
                 })
 
     # ------------------------------------------------------------------ time
-    def _process_due(self, shard: str, watermark: int, out: Outputs, max_rounds: int = 64) -> None:
+    def _process_due(self, shard: str, watermark: int, out: Outputs, due: list[str], max_rounds: int = 64) -> None:
         # An idle customer's rescore moves one tick per round: keep going until nothing is due,
         # so a watermark that jumps (sparse history, a quiet shard) leaves no work behind.
-        for _ in range(max_rounds):
-            due = self.state.due(shard, watermark)
+        # Each save hands out the next round's customers (on Redis in the save's round trip),
+        # except the last round's: what it would hand out stays in the index for the next batch.
+        for round_ in range(max_rounds):
             if not due:
                 return
-            self._process_due_once(due, shard, watermark, out)
+            due = self._process_due_once(due, shard, watermark, out, last=round_ == max_rounds - 1)
 
-    def _process_due_once(self, due: list[str], shard: str, watermark: int, out: Outputs) -> None:
+    def _process_due_once(self, due: list[str], shard: str, watermark: int, out: Outputs, last: bool) -> list[str]:
         fresh_from = len(out.fresh)
         records = self.state.load(due)
         # Most customers are due only because an example matured: that needs no feature
@@ -647,13 +650,14 @@ class ScoringCore:
                 else:
                     keep.append(p)
             rec.pending = keep
-        self.state.save(records, shard, None, self._changed_grader())
+        due = self.state.save(records, shard, None, self._changed_grader(), due_until=None if last else watermark)
         matured.sort(key=lambda e: (e.end_ms, e.example_id.removesuffix(IDLE)))
         out.labelled.extend(matured)
         out.counts["labelled"] += len(matured)
         self._learn_fresh(out, fresh_from)
         if self.learn_inline and matured:
             out.drifts.extend(self.registry.learn(matured))
+        return due
 
     # ------------------------------------------------------------------ queries
     def scores_now(

@@ -277,7 +277,7 @@ class ShardedCore:
         # Learned here, in this process, for every worker (taken before a worker in this
         # process, workers=1, gives the core a registry of its own).
         self.registry = core.registry
-        self.grader = core.state.grader(SHARD) or RfmGrader()
+        self.grader = core.state.shard_state(SHARD).grader or RfmGrader()
         self.explain = False  # nothing reads reasons in a replay
         self._changed = False
         self._inflight = False

@@ -11,7 +11,8 @@ idle rescore) and the shard's watermark, so a restart loses nothing.
 >>> rec = CustomerScoring()
 >>> rec.pending.append(Pending("churn_risk", "e1", 10, 100, {"x": 1.0}, 0.3, "model"))
 >>> store.save({"c1": rec}, shard="0", watermark=5)
->>> store.due("0", until_ms=99), store.due("0", until_ms=100), store.watermark("0")
+[]
+>>> store.due("0", until_ms=99), store.due("0", until_ms=100), store.shard_state("0").watermark
 ([], ['c1'], 5)
 >>> CustomerScoring.from_json(rec.to_json()) == rec
 True
@@ -22,12 +23,14 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
 from features.events import compact
 from scoring.rfm import RfmGrader
+
+DUE_LIMIT = 10_000  # customers handed out by one due() call
 
 
 @dataclass(slots=True)
@@ -138,6 +141,13 @@ class CustomerScoring:
         return cls(kinds, [Pending(**p) for p in data.get("pending", [])])
 
 
+class ShardState(NamedTuple):
+    """What a shard keeps besides its customers: its RFM grader and its watermark (``None``: none yet)."""
+
+    grader: RfmGrader | None
+    watermark: int | None
+
+
 class StateStore(Protocol):
     """Where scoring state lives; ``save`` also maintains the due index and watermark.
 
@@ -150,14 +160,18 @@ class StateStore(Protocol):
 
     def save(
         self, records: dict[str, CustomerScoring], shard: str, watermark: int | None,
-        grader: RfmGrader | None = None,
-    ) -> None: ...
+        grader: RfmGrader | None = None, due_until: int | None = None,
+    ) -> list[str]:
+        """Save; with ``due_until``, then hand out what :meth:`due` would (one round trip on Redis)."""
+        ...
 
-    def grader(self, shard: str) -> RfmGrader | None: ...
+    def shard_state(self, shard: str) -> ShardState:
+        """The shard's grader and watermark, read together (one round trip on Redis)."""
+        ...
 
-    def due(self, shard: str, until_ms: int, limit: int = 10_000) -> list[str]: ...
-
-    def watermark(self, shard: str) -> int | None: ...
+    def due(self, shard: str, until_ms: int, limit: int = DUE_LIMIT) -> list[str]:
+        """Customers due by ``until_ms`` (due time, then id), at most ``limit``; each handed out once."""
+        ...
 
     def erase(self, customer_id: str) -> None: ...
 
@@ -169,6 +183,7 @@ class InMemoryStateStore:
     >>> recs = store.load(["c1", "c2"])
     >>> recs["c1"].kind("engagement").next_tick, recs["c2"].kind("engagement").next_tick = 50, 20
     >>> store.save(recs, shard="0", watermark=None)
+    []
     >>> store.due("0", until_ms=60), store.due("0", until_ms=60)  # handed out once
     (['c2', 'c1'], [])
     """
@@ -191,8 +206,8 @@ class InMemoryStateStore:
 
     def save(
         self, records: dict[str, CustomerScoring], shard: str, watermark: int | None,
-        grader: RfmGrader | None = None,
-    ) -> None:
+        grader: RfmGrader | None = None, due_until: int | None = None,
+    ) -> list[str]:
         if grader is not None:
             self._graders[shard] = grader
         heap = self._due.setdefault(shard, [])
@@ -206,8 +221,9 @@ class InMemoryStateStore:
                 heapq.heappush(heap, (due, cid))
         if watermark is not None:
             self._watermarks[shard] = watermark
+        return [] if due_until is None else self.due(shard, due_until)
 
-    def due(self, shard: str, until_ms: int, limit: int = 10_000) -> list[str]:
+    def due(self, shard: str, until_ms: int, limit: int = DUE_LIMIT) -> list[str]:
         heap = self._due.get(shard, [])
         out: list[str] = []
         while heap and heap[0][0] <= until_ms and len(out) < limit:
@@ -218,11 +234,8 @@ class InMemoryStateStore:
                 out.append(cid)
         return out
 
-    def watermark(self, shard: str) -> int | None:
-        return self._watermarks.get(shard)
-
-    def grader(self, shard: str) -> RfmGrader | None:
-        return self._graders.get(shard)
+    def shard_state(self, shard: str) -> ShardState:
+        return ShardState(self._graders.get(shard), self._watermarks.get(shard))
 
     def erase(self, customer_id: str) -> None:
         self._records.pop(customer_id, None)

@@ -33,9 +33,27 @@ import redis
 from features.redis_batch import CommandBatch
 from features.redis_store import key_tag
 from scoring.rfm import RfmGrader
-from scoring.state import CustomerScoring
+from scoring.state import DUE_LIMIT, CustomerScoring, ShardState
 
 VERSION_BYTES = 16  # hex: 8 random per store instance, then a counter
+
+# Take the due members and remove them in one step: one round trip, and one that can ride
+# in a save's pipeline. ZREM in slices: Lua's unpack() is limited to a few thousand values.
+_DUE_POP = """
+local m = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+for i = 1, #m, 2000 do
+  local ids = {}
+  for j = i, math.min(i + 1998, #m), 2 do ids[#ids + 1] = m[j] end
+  redis.call('ZREM', KEYS[1], unpack(ids))
+end
+return m
+"""
+
+
+def _handed_out(members: list[bytes | str]) -> list[str]:
+    """Due members in score order, then id: the same order the in-process heap gives."""
+    pairs = [(int(float(members[i + 1])), members[i]) for i in range(0, len(members), 2)]
+    return [m.decode() if isinstance(m, bytes) else m for _, m in sorted(pairs)]
 
 
 def _record(blob: bytes | str) -> CustomerScoring:
@@ -96,8 +114,8 @@ class RedisStateStore:
 
     def save(
         self, records: dict[str, CustomerScoring], shard: str, watermark: int | None,
-        grader: RfmGrader | None = None,
-    ) -> None:
+        grader: RfmGrader | None = None, due_until: int | None = None,
+    ) -> list[str]:
         batch = CommandBatch(self.client)
         if grader is not None:
             batch.add("SET", f"{self.prefix}:rfm:{shard}", grader.snapshot())
@@ -127,35 +145,31 @@ class RedisStateStore:
             batch.add("ZADD", due_key, *[v for cid, due in dues.items() for v in (due, cid)])
         if watermark is not None:
             batch.add("SET", f"{self.prefix}:wm:{shard}", watermark)
-        batch.execute()
+        if due_until is not None:
+            batch.add("EVAL", _DUE_POP, 1, due_key, due_until, DUE_LIMIT)
+        replies = batch.execute()
         if self.cache_size:
             for (cid, rec), version in zip(records.items(), versions, strict=True):
                 self._cache[cid] = (version, rec)
                 self._cache.move_to_end(cid)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
+        return [] if due_until is None else _handed_out(replies[-1])
 
-    def due(self, shard: str, until_ms: int, limit: int = 10_000) -> list[str]:
-        key = f"{self.prefix}:due:{shard}"
-        members: list[tuple[bytes | str, float]] = self.client.zrangebyscore(  # type: ignore[assignment]
-            key, "-inf", until_ms, start=0, num=limit, withscores=True
+    def due(self, shard: str, until_ms: int, limit: int = DUE_LIMIT) -> list[str]:
+        batch = CommandBatch(self.client)
+        batch.add("EVAL", _DUE_POP, 1, f"{self.prefix}:due:{shard}", until_ms, limit)
+        return _handed_out(batch.execute()[0])
+
+    def shard_state(self, shard: str) -> ShardState:
+        batch = CommandBatch(self.client)
+        batch.add("GET", f"{self.prefix}:rfm:{shard}")
+        batch.add("GET", f"{self.prefix}:wm:{shard}")
+        grader, watermark = batch.execute()
+        return ShardState(
+            None if grader is None else RfmGrader.restore(grader if isinstance(grader, bytes) else grader.encode()),
+            None if watermark is None else int(watermark),
         )
-        if not members:
-            return []
-        # Score order, then id: the same order the in-process heap gives.
-        ordered = sorted(
-            (int(score), m.decode() if isinstance(m, bytes) else m) for m, score in members
-        )
-        self.client.zrem(key, *[m for _, m in ordered])
-        return [m for _, m in ordered]
-
-    def watermark(self, shard: str) -> int | None:
-        raw = self.client.get(f"{self.prefix}:wm:{shard}")
-        return None if raw is None else int(raw)
-
-    def grader(self, shard: str) -> RfmGrader | None:
-        raw = self.client.get(f"{self.prefix}:rfm:{shard}")
-        return None if raw is None else RfmGrader.restore(raw if isinstance(raw, bytes) else raw.encode())
 
     def erase(self, customer_id: str) -> None:
         self._cache.pop(customer_id, None)

@@ -167,7 +167,7 @@ def test_batches_are_split_by_source_partition_into_shards(pipe: Pipeline) -> No
     assert out.shards == ["1", "2"]
     state = pipe.core.state
     # Each shard keeps its own watermark (newest event of the shard minus lateness).
-    assert state.watermark("2") - state.watermark("1") == 3 * 86_400_000
+    assert state.shard_state("2").watermark - state.shard_state("1").watermark == 3 * 86_400_000
 
 
 def test_a_shards_events_are_applied_in_event_time_within_a_batch(pipe: Pipeline) -> None:
