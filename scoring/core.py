@@ -59,6 +59,7 @@ from scoring.state import (
     KindState,
     ModelStore,
     Pending,
+    ShardSave,
     StateStore,
 )
 from scoring.triggers import BAND_RANK, Policy, in_control, jump_from
@@ -203,6 +204,44 @@ class ModelRegistry:
         return swapped
 
 
+ShardBatch = tuple[str, Sequence[AnyEvent], "int | None"]  # (shard, its events, newest of the whole batch)
+
+
+@dataclass(slots=True)
+class _ShardRun:
+    """One shard's part of a :meth:`ScoringCore.process_shards` call."""
+
+    shard: str
+    out: Outputs
+    grader: RfmGrader
+    watermark: int
+    seen: int = field(init=False)  # the grader's count when last saved (or read)
+
+    def __post_init__(self) -> None:
+        self.seen = self.grader.seen
+
+    def changed_grader(self) -> RfmGrader | None:
+        # Saved with the records of the batch that changed it: both or neither survive a crash.
+        if self.grader.seen == self.seen:
+            return None
+        self.seen = self.grader.seen
+        return self.grader
+
+
+def _overlapping(batches: Sequence[ShardBatch]) -> bool:
+    """Whether a shard or a customer comes up in more than one of the batches."""
+    owner: dict[str, str] = {}
+    shards = set()
+    for shard, events, _ in batches:
+        if shard in shards:
+            return True
+        shards.add(shard)
+        for ev in events:
+            if owner.setdefault(ev.customer_id, shard) != shard:
+                return True
+    return False
+
+
 def _later(previous: int | None, candidate: int) -> int:
     """A watermark never goes backwards."""
     return candidate if previous is None else max(candidate, previous)
@@ -249,7 +288,6 @@ class ScoringCore:
         # edges and keeps them with its state (see StateStore), so they go on from where they
         # were whichever worker holds the shard, and across a restart. Read at every batch.
         self.rfm = RfmGrader()
-        self._rfm_seen = 0
         # A replay sharded by customer (scoring.parallel) sets this to a list: RFM grades then
         # use the edges as they stood at the batch's start, and the values graded are kept
         # here as (time, customer, values) for every shard to observe in one order after it.
@@ -284,61 +322,94 @@ class ScoringCore:
         gets a part of it (a replay sharded by customer): the watermark follows it, so every
         part's labels mature and idle customers tick as in one process.
         """
-        out = Outputs()
-        if not events:
-            return out
-        previous = self._open_shard(shard)
-        updates = [Update.of(ev, self.engine.ops_for(ev)) for ev in events]
+        return self.process_shards([(shard, events, newest)])[0]
+
+    def process_shards(self, batches: Sequence[ShardBatch], done: dict[str, Outputs] | None = None) -> list[Outputs]:
+        """:meth:`process` for several shards' batches: the outputs of one call each, in order.
+
+        Each store step serves every shard at once: a live worker's batch spans its
+        partitions, and on Redis that is a handful of round trips per batch instead of a
+        handful per partition. Shards go one by one when models learn inline (one shard's
+        labels change the next one's scores) or when a customer is in more than one shard.
+
+        ``done`` receives each shard's outputs as soon as they are complete (one by one,
+        or all at once); shards already in it are not processed again (a retry).
+
+        >>> core = ScoringCore.in_memory()
+        >>> [o.counts["applied"] for o in core.process_shards([("0", [], None), ("1", [], None)])]
+        [0, 0]
+        """
+        memo: dict[str, Outputs] = {} if done is None else done
+        todo = [b for b in batches if b[0] not in memo]
+        if len(todo) > 1 and (self.learn_inline or _overlapping(todo)):
+            for b in todo:
+                memo[b[0]] = self._process_together([b])[0]
+        elif todo:
+            memo.update(zip([b[0] for b in todo], self._process_together(todo), strict=True))
+        return [memo[shard] for shard, _, _ in batches]
+
+    def _process_together(self, batches: Sequence[ShardBatch]) -> list[Outputs]:
+        outs = [Outputs() for _ in batches]
+        work = [(out, shard, events, newest) for out, (shard, events, newest) in zip(outs, batches, strict=True)
+                if events]
+        if not work:
+            return outs
+        heads = self.state.shard_states([shard for _, shard, _, _ in work])
+        everything = [ev for _, _, events, _ in work for ev in events]
+        updates = [Update.of(ev, self.engine.ops_for(ev)) for ev in everything]
         result = self.features.apply(updates)
-        customers = list(dict.fromkeys(ev.customer_id for ev in events))
+        customers = list(dict.fromkeys(ev.customer_id for ev in everything))
         records = self.state.load(customers)
         working: dict[str, State] = {c: dict(result.before.get(c, {})) for c in customers}
-        newest = max(ev.ts_ms for ev in events) if newest is None else newest
-        out.counts["events"] += len(events)
-        for i, (ev, up, status) in enumerate(zip(events, updates, result.statuses, strict=True)):
-            if status == LATE:
-                out.counts["late"] += 1
-                out.late.append(i)
-                continue
-            rec = records[ev.customer_id]
-            key = f"{ev.type}:{action_of(ev)}"
-            if status == DUPLICATE:
-                # Outcomes are idempotent, so a redelivered outcome still labels what it should.
-                out.counts["duplicates"] += 1
+        runs: list[_ShardRun] = []
+        saves: dict[str, ShardSave] = {}
+        first = 0
+        for out, shard, events, newest in work:
+            grader, previous = heads[shard]
+            run = _ShardRun(shard, out, grader or RfmGrader(), 0)
+            self._use(run)
+            out.counts["events"] += len(events)
+            last = first + len(events)
+            for i, (ev, up, status) in enumerate(
+                zip(events, updates[first:last], result.statuses[first:last], strict=True)
+            ):
+                if status == LATE:
+                    out.counts["late"] += 1
+                    out.late.append(i)
+                    continue
+                rec = records[ev.customer_id]
+                key = f"{ev.type}:{action_of(ev)}"
+                if status == DUPLICATE:
+                    # Outcomes are idempotent, so a redelivered outcome still labels what it should.
+                    out.counts["duplicates"] += 1
+                    self._mark_outcomes(rec, ev, key, out)
+                    continue
+                out.counts["applied"] += 1
+                state = working[ev.customer_id]
+                apply_ops(state, up.ops)
                 self._mark_outcomes(rec, ev, key, out)
-                continue
-            out.counts["applied"] += 1
-            state = working[ev.customer_id]
-            apply_ops(state, up.ops)
-            self._mark_outcomes(rec, ev, key, out)
-            self._score_event(ev, key, rec, state, out)
-        self._learn_fresh(out, 0)
-        watermark = _later(previous, newest - self.lateness_ms)
-        due = self.state.save(records, shard, watermark, self._changed_grader(), due_until=watermark)
-        self._process_due(shard, watermark, out, due)
-        return out
+                self._score_event(ev, key, rec, state, out)
+            first = last
+            self._learn_fresh(out, 0)
+            newest = max(ev.ts_ms for ev in events) if newest is None else newest
+            run.watermark = _later(previous, newest - self.lateness_ms)
+            mine = {c: records[c] for c in dict.fromkeys(ev.customer_id for ev in events)}
+            saves[shard] = ShardSave(mine, run.watermark, run.changed_grader(), due_until=run.watermark)
+            runs.append(run)
+        self._process_due(runs, self.state.save(saves))
+        return outs
 
     def advance(self, shard: str, until_ms: int) -> Outputs:
         """Move a shard's watermark to ``until_ms`` with no new events (end of a replay, idle shard)."""
         out = Outputs()
-        watermark = _later(self._open_shard(shard), until_ms)
-        due = self.state.save({}, shard, watermark, due_until=watermark)
-        self._process_due(shard, watermark, out, due)
+        grader, previous = self.state.shard_states([shard])[shard]
+        run = _ShardRun(shard, out, grader or RfmGrader(), _later(previous, until_ms))
+        self._process_due([run], self.state.save({shard: ShardSave({}, run.watermark, due_until=run.watermark)}))
         return out
 
-    def _open_shard(self, shard: str) -> int | None:
-        """Use the shard's grader; returns its watermark (read in the same round trip)."""
-        grader, watermark = self.state.shard_state(shard)
-        self.rfm = grader or RfmGrader()
-        self._rfm_seen = self.rfm.seen
-        return watermark
-
-    def _changed_grader(self) -> RfmGrader | None:
-        # Saved with the records of the batch that changed it: both or neither survive a crash.
-        if self.rfm.seen == self._rfm_seen:
-            return None
-        self._rfm_seen = self.rfm.seen
-        return self.rfm
+    def _use(self, run: _ShardRun) -> None:
+        # Scoring grades RFM with the grader of the shard being processed.
+        self.rfm = run.grader
 
     # ------------------------------------------------------------------ events
     def _mark_outcomes(self, rec: CustomerScoring, ev: AnyEvent, key: str, out: Outputs) -> None:
@@ -584,27 +655,52 @@ class ScoringCore:
                 })
 
     # ------------------------------------------------------------------ time
-    def _process_due(self, shard: str, watermark: int, out: Outputs, due: list[str], max_rounds: int = 64) -> None:
+    def _process_due(self, runs: list[_ShardRun], due: dict[str, list[str]], max_rounds: int = 64) -> None:
         # An idle customer's rescore moves one tick per round: keep going until nothing is due,
         # so a watermark that jumps (sparse history, a quiet shard) leaves no work behind.
         # Each save hands out the next round's customers (on Redis in the save's round trip),
         # except the last round's: what it would hand out stays in the index for the next batch.
         for round_ in range(max_rounds):
-            if not due:
+            active = [(run, due[run.shard]) for run in runs if due.get(run.shard)]
+            if not active:
                 return
-            due = self._process_due_once(due, shard, watermark, out, last=round_ == max_rounds - 1)
+            due = self._process_due_once(active, last=round_ == max_rounds - 1)
 
-    def _process_due_once(self, due: list[str], shard: str, watermark: int, out: Outputs, last: bool) -> list[str]:
-        fresh_from = len(out.fresh)
-        records = self.state.load(due)
+    def _process_due_once(self, active: list[tuple[_ShardRun, list[str]]], last: bool) -> dict[str, list[str]]:
+        records = self.state.load([cid for _, due in active for cid in due])
         # Most customers are due only because an example matured: that needs no feature
         # state, and on Redis each state read is a round trip's worth of decoding.
         ticking = [
-            cid for cid in due
-            if any(ks.next_tick is not None and ks.next_tick <= watermark
+            cid for run, due in active for cid in due
+            if any(ks.next_tick is not None and ks.next_tick <= run.watermark
                    for ks in records[cid].kinds.values())
         ]
         states = self.features.read(ticking) if ticking else {}
+        saves: dict[str, ShardSave] = {}
+        done: list[tuple[_ShardRun, list[Labelled], int]] = []
+        for run, due in active:
+            self._use(run)
+            fresh_from = len(run.out.fresh)
+            matured = self._due_customers(run, due, records, states)
+            saves[run.shard] = ShardSave({cid: records[cid] for cid in due}, None, run.changed_grader(),
+                                         due_until=None if last else run.watermark)
+            done.append((run, matured, fresh_from))
+        handed_out = self.state.save(saves)
+        for run, matured, fresh_from in done:
+            out = run.out
+            matured.sort(key=lambda e: (e.end_ms, e.example_id.removesuffix(IDLE)))
+            out.labelled.extend(matured)
+            out.counts["labelled"] += len(matured)
+            self._learn_fresh(out, fresh_from)
+            if self.learn_inline and matured:
+                out.drifts.extend(self.registry.learn(matured))
+        return handed_out
+
+    def _due_customers(
+        self, run: _ShardRun, due: list[str], records: dict[str, CustomerScoring], states: dict[str, State]
+    ) -> list[Labelled]:
+        """Idle rescores and matured examples of a shard's due customers; returns the matured."""
+        watermark, out = run.watermark, run.out
         matured: list[Labelled] = []
         for cid in due:
             rec = records[cid]
@@ -650,14 +746,7 @@ class ScoringCore:
                 else:
                     keep.append(p)
             rec.pending = keep
-        due = self.state.save(records, shard, None, self._changed_grader(), due_until=None if last else watermark)
-        matured.sort(key=lambda e: (e.end_ms, e.example_id.removesuffix(IDLE)))
-        out.labelled.extend(matured)
-        out.counts["labelled"] += len(matured)
-        self._learn_fresh(out, fresh_from)
-        if self.learn_inline and matured:
-            out.drifts.extend(self.registry.learn(matured))
-        return due
+        return matured
 
     # ------------------------------------------------------------------ queries
     def scores_now(

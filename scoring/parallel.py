@@ -54,6 +54,7 @@ from features.spec import DAY_MS
 from features.store import InMemoryFeatureStore
 from scoring.core import Labelled, ModelRegistry, Outputs, ScoringCore
 from scoring.rfm import RfmGrader
+from scoring.state import ShardSave
 
 SHARD = "0"  # each worker's core sees one shard: its customers
 # The workers meet once per round of batches, not once per batch: a batch spans at most an
@@ -143,7 +144,7 @@ class _Shard:
             if serving is not None:
                 models, grader = pickle.loads(serving)  # noqa: S301 - the replay's own bytes
                 core.registry.models.update(models)
-                core.state.save({}, SHARD, None, grader)
+                core.state.save({SHARD: ShardSave({}, grader=grader)})
             total = Outputs()
             for events, newest in batches:
                 if events:
@@ -277,7 +278,7 @@ class ShardedCore:
         # Learned here, in this process, for every worker (taken before a worker in this
         # process, workers=1, gives the core a registry of its own).
         self.registry = core.registry
-        self.grader = core.state.shard_state(SHARD).grader or RfmGrader()
+        self.grader = core.state.shard_states([SHARD])[SHARD].grader or RfmGrader()
         self.explain = False  # nothing reads reasons in a replay
         self._changed = False
         self._inflight = False
@@ -350,7 +351,7 @@ class ShardedCore:
         """
         core = self._template
         core.registry = self.registry
-        core.state.save({}, SHARD, None, self.grader)
+        core.state.save({SHARD: ShardSave({}, grader=self.grader)})
         core.rfm = self.grader  # what scores_now grades against
         core.rfm_deferred = None
         for i, link in enumerate(self._links):

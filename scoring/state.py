@@ -10,9 +10,9 @@ idle rescore) and the shard's watermark, so a restart loses nothing.
 >>> store = InMemoryStateStore()
 >>> rec = CustomerScoring()
 >>> rec.pending.append(Pending("churn_risk", "e1", 10, 100, {"x": 1.0}, 0.3, "model"))
->>> store.save({"c1": rec}, shard="0", watermark=5)
-[]
->>> store.due("0", until_ms=99), store.due("0", until_ms=100), store.shard_state("0").watermark
+>>> store.save({"0": ShardSave({"c1": rec}, watermark=5)})
+{}
+>>> store.due("0", until_ms=99), store.due("0", until_ms=100), store.shard_states(["0"])["0"].watermark
 ([], ['c1'], 5)
 >>> CustomerScoring.from_json(rec.to_json()) == rec
 True
@@ -148,6 +148,20 @@ class ShardState(NamedTuple):
     watermark: int | None
 
 
+class ShardSave(NamedTuple):
+    """What :meth:`StateStore.save` writes for one shard.
+
+    ``records``: the shard's customers' records (their due times go to the shard's
+    index); ``watermark`` and ``grader`` when they changed; ``due_until``: after the
+    save, hand out the shard's customers due by then, as :meth:`StateStore.due` does.
+    """
+
+    records: dict[str, CustomerScoring]
+    watermark: int | None = None
+    grader: RfmGrader | None = None
+    due_until: int | None = None
+
+
 class StateStore(Protocol):
     """Where scoring state lives; ``save`` also maintains the due index and watermark.
 
@@ -158,15 +172,13 @@ class StateStore(Protocol):
 
     def load(self, customer_ids: Sequence[str]) -> dict[str, CustomerScoring]: ...
 
-    def save(
-        self, records: dict[str, CustomerScoring], shard: str, watermark: int | None,
-        grader: RfmGrader | None = None, due_until: int | None = None,
-    ) -> list[str]:
-        """Save; with ``due_until``, then hand out what :meth:`due` would (one round trip on Redis)."""
+    def save(self, shards: dict[str, ShardSave]) -> dict[str, list[str]]:
+        """Save each shard's part; returns the customers handed out per shard that asked
+        (``due_until``). On Redis, all of it is one round trip."""
         ...
 
-    def shard_state(self, shard: str) -> ShardState:
-        """The shard's grader and watermark, read together (one round trip on Redis)."""
+    def shard_states(self, shards: Sequence[str]) -> dict[str, ShardState]:
+        """Each shard's grader and watermark (one round trip on Redis)."""
         ...
 
     def due(self, shard: str, until_ms: int, limit: int = DUE_LIMIT) -> list[str]:
@@ -182,8 +194,8 @@ class InMemoryStateStore:
     >>> store = InMemoryStateStore()
     >>> recs = store.load(["c1", "c2"])
     >>> recs["c1"].kind("engagement").next_tick, recs["c2"].kind("engagement").next_tick = 50, 20
-    >>> store.save(recs, shard="0", watermark=None)
-    []
+    >>> store.save({"0": ShardSave(recs)})
+    {}
     >>> store.due("0", until_ms=60), store.due("0", until_ms=60)  # handed out once
     (['c2', 'c1'], [])
     """
@@ -204,24 +216,25 @@ class InMemoryStateStore:
             out[cid] = rec
         return out
 
-    def save(
-        self, records: dict[str, CustomerScoring], shard: str, watermark: int | None,
-        grader: RfmGrader | None = None, due_until: int | None = None,
-    ) -> list[str]:
-        if grader is not None:
-            self._graders[shard] = grader
-        heap = self._due.setdefault(shard, [])
-        for cid, rec in records.items():
-            self._records[cid] = rec
-            due = rec.next_due()
-            if due is None:
-                self._due_at.pop(cid, None)
-            elif self._due_at.get(cid) != (shard, due):
-                self._due_at[cid] = (shard, due)
-                heapq.heappush(heap, (due, cid))
-        if watermark is not None:
-            self._watermarks[shard] = watermark
-        return [] if due_until is None else self.due(shard, due_until)
+    def save(self, shards: dict[str, ShardSave]) -> dict[str, list[str]]:
+        handed_out = {}
+        for shard, (records, watermark, grader, due_until) in shards.items():
+            if grader is not None:
+                self._graders[shard] = grader
+            heap = self._due.setdefault(shard, [])
+            for cid, rec in records.items():
+                self._records[cid] = rec
+                due = rec.next_due()
+                if due is None:
+                    self._due_at.pop(cid, None)
+                elif self._due_at.get(cid) != (shard, due):
+                    self._due_at[cid] = (shard, due)
+                    heapq.heappush(heap, (due, cid))
+            if watermark is not None:
+                self._watermarks[shard] = watermark
+            if due_until is not None:
+                handed_out[shard] = self.due(shard, due_until)
+        return handed_out
 
     def due(self, shard: str, until_ms: int, limit: int = DUE_LIMIT) -> list[str]:
         heap = self._due.get(shard, [])
@@ -234,8 +247,8 @@ class InMemoryStateStore:
                 out.append(cid)
         return out
 
-    def shard_state(self, shard: str) -> ShardState:
-        return ShardState(self._graders.get(shard), self._watermarks.get(shard))
+    def shard_states(self, shards: Sequence[str]) -> dict[str, ShardState]:
+        return {s: ShardState(self._graders.get(s), self._watermarks.get(s)) for s in shards}
 
     def erase(self, customer_id: str) -> None:
         self._records.pop(customer_id, None)

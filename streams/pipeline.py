@@ -340,30 +340,29 @@ class Pipeline:
     ) -> BatchOutput:
         """Score decoded events: grouped by shard, each shard's events in event time.
 
-        ``done`` keeps each shard's result as soon as it is complete. Pass the same
-        dict when retrying the same batch after an error: shards already applied
-        are not applied again. Run again, their events would count as duplicates
-        and their outputs would be lost.
+        All shards go to the core in one call (:meth:`ScoringCore.process_shards`: one
+        set of Redis round trips for the batch). ``done`` keeps each shard's result as
+        soon as it is complete. Pass the same dict when retrying the same batch after an
+        error: shards already applied are not applied again. Run again, their events would
+        count as duplicates and their outputs would be lost.
         """
         by_shard: dict[str, list[tuple[Incoming, AnyEvent]]] = {}
         for msg, ev in pairs:
             by_shard.setdefault(str(msg.partition), []).append((msg, ev))
         out = BatchOutput()
         labels: list[Labelled] = []
-        for shard in sorted(by_shard, key=lambda s: int(s) if s.isdigit() else s):
-            group = by_shard[shard]
+        shards = sorted(by_shard, key=lambda s: int(s) if s.isdigit() else s)
+        for shard in shards:
             # The three input topics interleave arbitrarily inside a batch: apply a
             # shard's events in event time (stable, so equal times keep arrival order).
-            group.sort(key=lambda p: p[1].ts_ms)
-            if done is not None and shard in done:
-                result = done[shard]
-            else:
-                result = self.core.process([ev for _, ev in group], shard=shard)
-                if done is not None:
-                    done[shard] = result
+            by_shard[shard].sort(key=lambda p: p[1].ts_ms)
+        results = self.core.process_shards(
+            [(shard, [ev for _, ev in by_shard[shard]], None) for shard in shards], done=done
+        )
+        for shard, result in zip(shards, results, strict=True):
             out.shards.append(shard)
             out.counts.update(result.counts)
-            self._encode(result, group, out, labels)
+            self._encode(result, by_shard[shard], out, labels)
         # The whole batch's examples in a few records, shard by shard as the core made them.
         out.records.extend(labels_to_records(labels, self.topics.labels))
         return out

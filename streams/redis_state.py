@@ -33,7 +33,7 @@ import redis
 from features.redis_batch import CommandBatch
 from features.redis_store import key_tag
 from scoring.rfm import RfmGrader
-from scoring.state import DUE_LIMIT, CustomerScoring, ShardState
+from scoring.state import DUE_LIMIT, CustomerScoring, ShardSave, ShardState
 
 VERSION_BYTES = 16  # hex: 8 random per store instance, then a counter
 
@@ -112,64 +112,69 @@ class RedisStateStore:
                 out[c] = _record(raw) if raw else CustomerScoring()
         return {c: out[c] for c in cids}
 
-    def save(
-        self, records: dict[str, CustomerScoring], shard: str, watermark: int | None,
-        grader: RfmGrader | None = None, due_until: int | None = None,
-    ) -> list[str]:
+    def save(self, shards: dict[str, ShardSave]) -> dict[str, list[str]]:
         batch = CommandBatch(self.client)
-        if grader is not None:
-            batch.add("SET", f"{self.prefix}:rfm:{shard}", grader.snapshot())
-        due_key = f"{self.prefix}:due:{shard}"
-        versions = []
-        # One ZADD and one ZREM for the batch, not one per customer: the due index took
-        # as many commands as the records themselves.
-        dues: dict[str, int] = {}
-        undue: list[str] = []
-        for cid, rec in records.items():
-            self._saves = (self._saves + 1) % (1 << 32)
-            version = self._instance + b"%08x" % self._saves
-            versions.append(version)
-            blob = version + rec.to_json()
-            if self.ttl_seconds:
-                batch.add("SET", self._key(cid), blob, "EX", self.ttl_seconds)
-            else:
-                batch.add("SET", self._key(cid), blob)
-            due = rec.next_due()
-            if due is None:
-                undue.append(cid)
-            else:
-                dues[cid] = due
-        if undue:
-            batch.add("ZREM", due_key, *undue)
-        if dues:
-            batch.add("ZADD", due_key, *[v for cid, due in dues.items() for v in (due, cid)])
-        if watermark is not None:
-            batch.add("SET", f"{self.prefix}:wm:{shard}", watermark)
-        if due_until is not None:
-            batch.add("EVAL", _DUE_POP, 1, due_key, due_until, DUE_LIMIT)
+        saved: list[tuple[str, bytes, CustomerScoring]] = []
+        pops: list[tuple[str, int]] = []  # (shard, index of its EVAL in the batch)
+        for shard, (records, watermark, grader, due_until) in shards.items():
+            if grader is not None:
+                batch.add("SET", f"{self.prefix}:rfm:{shard}", grader.snapshot())
+            due_key = f"{self.prefix}:due:{shard}"
+            # One ZADD and one ZREM per shard, not one per customer: the due index took
+            # as many commands as the records themselves.
+            dues: dict[str, int] = {}
+            undue: list[str] = []
+            for cid, rec in records.items():
+                self._saves = (self._saves + 1) % (1 << 32)
+                version = self._instance + b"%08x" % self._saves
+                saved.append((cid, version, rec))
+                blob = version + rec.to_json()
+                if self.ttl_seconds:
+                    batch.add("SET", self._key(cid), blob, "EX", self.ttl_seconds)
+                else:
+                    batch.add("SET", self._key(cid), blob)
+                due = rec.next_due()
+                if due is None:
+                    undue.append(cid)
+                else:
+                    dues[cid] = due
+            if undue:
+                batch.add("ZREM", due_key, *undue)
+            if dues:
+                batch.add("ZADD", due_key, *[v for cid, due in dues.items() for v in (due, cid)])
+            if watermark is not None:
+                batch.add("SET", f"{self.prefix}:wm:{shard}", watermark)
+            if due_until is not None:
+                pops.append((shard, len(batch)))
+                batch.add("EVAL", _DUE_POP, 1, due_key, due_until, DUE_LIMIT)
         replies = batch.execute()
         if self.cache_size:
-            for (cid, rec), version in zip(records.items(), versions, strict=True):
+            for cid, version, rec in saved:
                 self._cache[cid] = (version, rec)
                 self._cache.move_to_end(cid)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        return [] if due_until is None else _handed_out(replies[-1])
+        return {shard: _handed_out(replies[i]) for shard, i in pops}
 
     def due(self, shard: str, until_ms: int, limit: int = DUE_LIMIT) -> list[str]:
         batch = CommandBatch(self.client)
         batch.add("EVAL", _DUE_POP, 1, f"{self.prefix}:due:{shard}", until_ms, limit)
         return _handed_out(batch.execute()[0])
 
-    def shard_state(self, shard: str) -> ShardState:
+    def shard_states(self, shards: Sequence[str]) -> dict[str, ShardState]:
         batch = CommandBatch(self.client)
-        batch.add("GET", f"{self.prefix}:rfm:{shard}")
-        batch.add("GET", f"{self.prefix}:wm:{shard}")
-        grader, watermark = batch.execute()
-        return ShardState(
-            None if grader is None else RfmGrader.restore(grader if isinstance(grader, bytes) else grader.encode()),
-            None if watermark is None else int(watermark),
-        )
+        for shard in shards:
+            batch.add("GET", f"{self.prefix}:rfm:{shard}")
+            batch.add("GET", f"{self.prefix}:wm:{shard}")
+        replies = batch.execute()
+        out = {}
+        for i, shard in enumerate(shards):
+            grader, watermark = replies[2 * i], replies[2 * i + 1]
+            out[shard] = ShardState(
+                None if grader is None else RfmGrader.restore(grader if isinstance(grader, bytes) else grader.encode()),
+                None if watermark is None else int(watermark),
+            )
+        return out
 
     def erase(self, customer_id: str) -> None:
         self._cache.pop(customer_id, None)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import zlib
+from collections import Counter
+from typing import Any
 
 import orjson
 import pytest
@@ -12,7 +14,7 @@ from features.engine import FeatureEngine
 from features.redis_store import RedisFeatureStore
 from scoring.core import ScoringCore
 from scoring.simulator import SimulationConfig, simulate
-from scoring.state import CustomerScoring, KindState, Pending
+from scoring.state import CustomerScoring, KindState, Pending, ShardSave
 from streams.pipeline import Incoming, Pipeline
 from streams.redis_state import RedisStateStore
 
@@ -55,10 +57,10 @@ def _record(value: float) -> CustomerScoring:
 
 def test_a_record_saved_elsewhere_is_read_again(redis_client: redis.Redis) -> None:
     a, b = RedisStateStore(redis_client), RedisStateStore(redis_client)
-    a.save({"c1": _record(1.0)}, "0", None)
+    a.save({"0": ShardSave({"c1": _record(1.0)})})
     mine = a.load(["c1"])["c1"]
-    a.save({"c1": mine}, "0", None)
-    b.save({"c1": _record(2.0)}, "0", None)  # another worker, after a rebalance
+    a.save({"0": ShardSave({"c1": mine})})
+    b.save({"0": ShardSave({"c1": _record(2.0)})})  # another worker, after a rebalance
     assert a.load(["c1"])["c1"].kinds["k"].value == 2.0
     b.erase("c1")
     assert a.load(["c1"])["c1"] == CustomerScoring()
@@ -66,7 +68,7 @@ def test_a_record_saved_elsewhere_is_read_again(redis_client: redis.Redis) -> No
 
 def test_a_failed_batch_leaves_nothing_cached(redis_client: redis.Redis) -> None:
     store = RedisStateStore(redis_client)
-    store.save({"c1": _record(1.0)}, "0", None)
+    store.save({"0": ShardSave({"c1": _record(1.0)})})
     rec = store.load(["c1"])["c1"]
     rec.kinds["k"].value = 99.0  # changed, then the batch fails before its save
     again = store.load(["c1"])["c1"]
@@ -106,3 +108,42 @@ def test_a_new_worker_grades_rfm_on_from_the_shards_saved_sketches(redis_client:
     # learned on across batches and the restart, not begun again.
     assert restarted == straight == _rfm_grades(_run(ScoringCore.in_memory(), messages))
     assert redis_client.exists("lp:rfm:0") and redis_client.exists("lp:rfm:2")
+
+
+def _by_shard_outputs(core: ScoringCore, messages: list[Incoming], together: bool) -> list[Any]:
+    """Each shard's outputs, batch by batch: the core given a batch's shards at once or one by one."""
+    pipe = Pipeline(core)
+    got: list[Any] = []
+    for i in range(0, len(messages), 200):
+        by_shard, _, _ = pipe.split(messages[i:i + 200])
+        shards = sorted(by_shard)
+        batches = [(s, sorted((ev for _, ev in by_shard[s]), key=lambda ev: ev.ts_ms), None) for s in shards]
+        if together:
+            results = core.process_shards(batches)
+        else:
+            results = [core.process(events, shard) for shard, events, _ in batches]
+        got += [(s, r.scores, r.alerts, r.triggers, r.labelled, dict(r.counts))
+                for s, r in zip(shards, results, strict=True)]
+    return got
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_shards_together_give_the_outputs_of_one_shard_at_a_time(store: str, redis_url: str) -> None:
+    messages = _messages(4000)
+
+    def core() -> ScoringCore:
+        if store == "memory":
+            return ScoringCore.in_memory(learn_inline=False)
+        client = redis.Redis.from_url(redis_url)
+        client.flushall()
+        return ScoringCore(FeatureEngine(), RedisFeatureStore(client), RedisStateStore(client), learn_inline=False)
+
+    one_by_one = _by_shard_outputs(core(), messages, together=False)
+    together = _by_shard_outputs(core(), messages, together=True)
+    assert together == one_by_one
+    counts: Counter[str] = Counter()
+    for *_, c in together:
+        counts.update(c)
+    # Every path was taken: events scored, examples matured and idle customers rescored.
+    assert counts["applied"] == len(messages) and counts["labelled"] > 100 and counts["idle_rescores"] > 100
+    assert len({s for s, *_ in together}) == 3
