@@ -393,7 +393,7 @@ class ScoringCore:
             self._learn_fresh(out, 0)
             newest = max(ev.ts_ms for ev in events) if newest is None else newest
             run.watermark = _later(previous, newest - self.lateness_ms)
-            mine = {c: records[c] for c in dict.fromkeys(ev.customer_id for ev in events)}
+            mine = records if len(work) == 1 else {c: records[c] for c in dict.fromkeys(ev.customer_id for ev in events)}
             saves[shard] = ShardSave(mine, run.watermark, run.changed_grader(), due_until=run.watermark)
             runs.append(run)
         self._process_due(runs, self.state.save(saves))
@@ -682,7 +682,8 @@ class ScoringCore:
             self._use(run)
             fresh_from = len(run.out.fresh)
             matured = self._due_customers(run, due, records, states)
-            saves[run.shard] = ShardSave({cid: records[cid] for cid in due}, None, run.changed_grader(),
+            mine = records if len(active) == 1 else {cid: records[cid] for cid in due}
+            saves[run.shard] = ShardSave(mine, None, run.changed_grader(),
                                          due_until=None if last else run.watermark)
             done.append((run, matured, fresh_from))
         handed_out = self.state.save(saves)
