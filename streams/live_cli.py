@@ -38,6 +38,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,6 +124,7 @@ class WorkerProcess:
         self._own_log = log_path is None
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="leadpulse-worker-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
+        self._tmp: str | None = None
 
     def start(self) -> WorkerProcess:
         # Not ``-m streams.cli``: as ``__main__`` it would be a second copy of the module
@@ -131,12 +133,23 @@ class WorkerProcess:
         cmd = [sys.executable, "-c", entry, "worker", "--loglevel", self.loglevel]
         if self.bare:
             cmd.append("--bare")
+        # The worker's temporary files (Faust's data directory) in a directory of ours, removed
+        # when it stops: a worker that is killed cannot remove its own.
+        self._remove_tmp()
+        self._tmp = tempfile.mkdtemp(prefix="leadpulse-worker-")
+        env = worker_env(self.settings)
+        env["TMPDIR"] = self._tmp
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                cmd, env=worker_env(self.settings), stdin=subprocess.DEVNULL, stdout=log,
+                cmd, env=env, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
         return self
+
+    def _remove_tmp(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
 
     @property
     def pid(self) -> int:
@@ -190,6 +203,7 @@ class WorkerProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+        self._remove_tmp()
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, wait for a clean exit, SIGKILL after ``timeout``; returns the exit code."""
@@ -204,6 +218,7 @@ class WorkerProcess:
                 self.kill()
         with contextlib.suppress(ProcessLookupError):  # anything the worker left in its group
             os.killpg(self.proc.pid, signal.SIGKILL)
+        self._remove_tmp()
         if self._own_log:
             with contextlib.suppress(OSError):
                 self.log_path.unlink()

@@ -361,8 +361,11 @@ def test_kill_9_mid_stream_then_restart_counts_nothing_twice_and_loses_nothing(
     # A worker started on a backlog drops nothing as late (its partitions were assigned with
     # nothing committed: a partition counted as caught up too early let the others run ahead).
     assert metric(first, "leadpulse_events_late_total") == 0
+    worker_tmp = Path(first._tmp or "")
+    assert worker_tmp.is_dir() and any(worker_tmp.glob("leadpulse-faust-*"))  # Faust's data directory
     first.kill()
     assert not first.alive()
+    assert not worker_tmp.exists()  # a killed worker leaves no temporary files behind
     version_at_kill = int(d.redis.hget(model_key, "version") or 0)
     assert version_at_kill > 0
 
