@@ -154,6 +154,8 @@ class ShardSave(NamedTuple):
     ``records``: the shard's customers' records (their due times go to the shard's
     index); ``watermark`` and ``grader`` when they changed; ``due_until``: after the
     save, hand out the shard's customers due by then, as :meth:`StateStore.due` does.
+    The caller saves every customer handed out so, in its next save: until then a
+    store may keep them due (Redis does, so a round that fails loses none).
     """
 
     records: dict[str, CustomerScoring]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 
@@ -37,8 +38,8 @@ from scoring.state import DUE_LIMIT, CustomerScoring, ShardSave, ShardState
 
 VERSION_BYTES = 16  # hex: 8 random per store instance, then a counter
 
-# Take the due members and remove them in one step: one round trip, and one that can ride
-# in a save's pipeline. ZREM in slices: Lua's unpack() is limited to a few thousand values.
+# due(): take the due members and remove them in one step, one round trip. ZREM in slices:
+# Lua's unpack() is limited to a few thousand values.
 _DUE_POP = """
 local m = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
 for i = 1, #m, 2000 do
@@ -48,6 +49,11 @@ for i = 1, #m, 2000 do
 end
 return m
 """
+
+
+def _flat(reply: list[Any]) -> list[Any]:
+    """ZRANGEBYSCORE WITHSCORES as ``[member, score, ...]``: RESP3 answers in pairs."""
+    return [v for pair in reply for v in pair] if reply and isinstance(reply[0], list | tuple) else reply
 
 
 def _handed_out(members: list[bytes | str]) -> list[str]:
@@ -145,8 +151,11 @@ class RedisStateStore:
             if watermark is not None:
                 batch.add("SET", f"{self.prefix}:wm:{shard}", watermark)
             if due_until is not None:
+                # Read, not taken: a customer handed out stays in the index until the caller
+                # saves its record (this save's ZADD or ZREM moves it), so a round that fails
+                # (Redis away, a crash) leaves its customers due for the retry, none lost.
                 pops.append((shard, len(batch)))
-                batch.add("EVAL", _DUE_POP, 1, due_key, due_until, DUE_LIMIT)
+                batch.add("ZRANGEBYSCORE", due_key, "-inf", due_until, "WITHSCORES", "LIMIT", 0, DUE_LIMIT)
         replies = batch.execute()
         if self.cache_size:
             for cid, version, rec in saved:
@@ -154,7 +163,7 @@ class RedisStateStore:
                 self._cache.move_to_end(cid)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        return {shard: _handed_out(replies[i]) for shard, i in pops}
+        return {shard: _handed_out(_flat(replies[i])) for shard, i in pops}
 
     def due(self, shard: str, until_ms: int, limit: int = DUE_LIMIT) -> list[str]:
         batch = CommandBatch(self.client)

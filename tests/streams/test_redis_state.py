@@ -147,3 +147,30 @@ def test_shards_together_give_the_outputs_of_one_shard_at_a_time(store: str, red
     # Every path was taken: events scored, examples matured and idle customers rescored.
     assert counts["applied"] == len(messages) and counts["labelled"] > 100 and counts["idle_rescores"] > 100
     assert len({s for s, *_ in together}) == 3
+
+
+def test_customers_due_when_their_round_fails_stay_due(redis_client: redis.Redis) -> None:
+    """A round of due customers whose save fails (Redis away, a crash) leaves them in the due
+    index, so the retry or the next batch rescores them and matures their examples."""
+    state = RedisStateStore(redis_client)
+    pipe = Pipeline(ScoringCore(FeatureEngine(), RedisFeatureStore(redis_client), state, learn_inline=False))
+    save, failed, batches = state.save, [], [0]
+
+    def flaky(shards: dict[str, ShardSave]) -> dict[str, list[str]]:
+        # A round of due customers saves no watermark: fail the first one after a few batches.
+        if not failed and batches[0] >= 5 and all(s.watermark is None and s.records for s in shards.values()):
+            failed.extend((shard, c) for shard, s in shards.items() for c in s.records)
+            raise ConnectionError("redis went away")
+        return save(shards)
+
+    state.save = flaky  # type: ignore[method-assign]
+    messages = _messages(4000)
+    for i in range(0, len(messages), 200):
+        try:
+            pipe.process(messages[i:i + 200])
+        except ConnectionError:
+            break
+        batches[0] += 1
+    assert len(failed) > 3, "no round of due customers failed"
+    for shard, cid in failed:
+        assert redis_client.zscore(f"lp:due:{shard}", cid) is not None, cid
