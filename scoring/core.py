@@ -330,7 +330,9 @@ class ScoringCore:
         Each store step serves every shard at once: a live worker's batch spans its
         partitions, and on Redis that is a handful of round trips per batch instead of a
         handful per partition. Shards go one by one when models learn inline (one shard's
-        labels change the next one's scores) or when a customer is in more than one shard.
+        labels change the next one's scores) or when a customer is in more than one shard
+        (together, a later shard's events would come before an earlier shard's round of due
+        customers, which can hold the same customer). Each shard may come up once.
 
         ``done`` receives each shard's outputs as soon as they are complete (one by one,
         or all at once); shards already in it are not processed again (a retry).
@@ -339,6 +341,8 @@ class ScoringCore:
         >>> [o.counts["applied"] for o in core.process_shards([("0", [], None), ("1", [], None)])]
         [0, 0]
         """
+        if len({shard for shard, _, _ in batches}) != len(batches):
+            raise ValueError("each shard may come up once in a call")
         memo: dict[str, Outputs] = {} if done is None else done
         todo = [b for b in batches if b[0] not in memo]
         if len(todo) > 1 and (self.learn_inline or _overlapping(todo)):

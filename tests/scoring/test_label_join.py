@@ -6,6 +6,8 @@ import copy
 import dataclasses
 import math
 
+import pytest
+
 from features.events import AnyEvent, EventError, decode, parse_ts_ms
 from features.spec import DAY_MS
 from scoring.core import ModelRegistry, ScoringCore
@@ -241,3 +243,20 @@ def test_idle_rescores_space_out_with_the_silence_when_tick_growth_is_set() -> N
     assert [t // DAY_MS for t in _idle_rescore_days(2.0)] == [7, 14, 28, 56, 112]
     # A wait never falls below the tick: 1.5 waits 7 days until the silence reaches 14.
     assert [t // DAY_MS for t in _idle_rescore_days(1.5)][:4] == [7, 14, 21, 31]
+
+
+def test_shards_sharing_a_customer_are_processed_one_by_one() -> None:
+    # A customer whose events arrive on two shards (mis-keyed input): the outputs are those
+    # of separate calls (such shards go one by one, so no shard's events come before an
+    # earlier shard's round of due customers).
+    a = [purchase("c1", T0, "e1"), web("c2", T0 + HOUR, "e2")]
+    b = [purchase("c1", T0 + 2 * HOUR, "e3", amount=80.0), web("c3", T0 + 2 * HOUR, "e4")]
+    together = ScoringCore.in_memory(learn_inline=False)
+    alone = ScoringCore.in_memory(learn_inline=False)
+    got = together.process_shards([("0", a, None), ("1", b, None)])
+    want = [alone.process(a, "0"), alone.process(b, "1")]
+    assert [o.scores for o in got] == [o.scores for o in want]
+    assert [dict(o.counts) for o in got] == [dict(o.counts) for o in want]
+    assert got[1].counts["applied"] == 2 and any(s["customer_id"] == "c1" for s in got[1].scores)
+    with pytest.raises(ValueError, match="once"):
+        together.process_shards([("0", a, None), ("0", b, None)])
