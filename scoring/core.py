@@ -42,7 +42,7 @@ from typing import Any
 from features.engine import TIME_FIELD, FeatureEngine, State, apply_ops
 from features.events import AnyEvent, action_of, ms_to_iso
 from features.spec import DAY_MS, Catalog
-from features.store import DUPLICATE, LATE, FeatureStore, InMemoryFeatureStore, Update
+from features.store import DUPLICATE, LATE, BatchResult, FeatureStore, InMemoryFeatureStore, Update
 from scoring.kinds import ScoreKind, default_kinds
 from scoring.models import (
     OnlineModel,
@@ -128,6 +128,16 @@ class Outputs:
     # Positions in the batch of the events not applied as later than the allowed lateness:
     # the live pipeline keeps their records on the late topic instead of losing them.
     late: list[int] = field(default_factory=list)
+
+    def extend(self, other: Outputs) -> None:
+        """Append what ``other`` (a later step of the same call) produced."""
+        self.scores += other.scores
+        self.alerts += other.alerts
+        self.triggers += other.triggers
+        self.labelled += other.labelled
+        self.fresh += other.fresh
+        self.drifts += other.drifts
+        self.counts.update(other.counts)
 
 
 class ModelRegistry:
@@ -220,12 +230,22 @@ class _ShardRun:
     def __post_init__(self) -> None:
         self.seen = self.grader.seen
 
-    def changed_grader(self) -> RfmGrader | None:
+    def unsaved_grader(self) -> RfmGrader | None:
         # Saved with the records of the batch that changed it: both or neither survive a crash.
-        if self.grader.seen == self.seen:
-            return None
+        return None if self.grader.seen == self.seen else self.grader
+
+    def grader_saved(self) -> None:
         self.seen = self.grader.seen
-        return self.grader
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """How far the call on a batch got: the same batch again (a retry) resumes there."""
+
+    key: tuple[tuple[str, tuple[str, ...]], ...]  # each shard and its event ids
+    applied: BatchResult  # the feature store applied the batch: applying it again finds duplicates
+    outs: list[Outputs] | None = None  # the events' outputs, saved; the rounds of due customers are left
+    runs: list[_ShardRun] | None = None
 
 
 def _overlapping(batches: Sequence[ShardBatch]) -> bool:
@@ -288,6 +308,7 @@ class ScoringCore:
         # edges and keeps them with its state (see StateStore), so they go on from where they
         # were whichever worker holds the shard, and across a restart. Read at every batch.
         self.rfm = RfmGrader()
+        self._attempt: _Attempt | None = None
         # A replay sharded by customer (scoring.parallel) sets this to a list: RFM grades then
         # use the edges as they stood at the batch's start, and the values graded are kept
         # here as (time, customer, values) for every shard to observe in one order after it.
@@ -353,15 +374,25 @@ class ScoringCore:
         return [memo[shard] for shard, _, _ in batches]
 
     def _process_together(self, batches: Sequence[ShardBatch]) -> list[Outputs]:
+        # A call that fails (Redis away) after the features took the batch leaves an attempt
+        # behind: the same batch again goes on from there, instead of finding its events
+        # duplicates and losing their scores, and a failed round of due customers is redone.
         outs = [Outputs() for _ in batches]
         work = [(out, shard, events, newest) for out, (shard, events, newest) in zip(outs, batches, strict=True)
                 if events]
         if not work:
             return outs
+        batch_key = tuple((shard, tuple(ev.event_id for ev in events)) for _, shard, events, _ in work)
+        attempt, self._attempt = self._attempt, None
+        if attempt is not None and attempt.key != batch_key:
+            attempt = None
+        if attempt is not None and attempt.outs is not None and attempt.runs is not None:
+            return self._finish_due(attempt, attempt.outs, attempt.runs)
         heads = self.state.shard_states([shard for _, shard, _, _ in work])
         everything = [ev for _, _, events, _ in work for ev in events]
         updates = [Update.of(ev, self.engine.ops_for(ev)) for ev in everything]
-        result = self.features.apply(updates)
+        result = self.features.apply(updates) if attempt is None else attempt.applied
+        attempt = self._attempt = _Attempt(batch_key, result)
         customers = list(dict.fromkeys(ev.customer_id for ev in everything))
         records = self.state.load(customers)
         working: dict[str, State] = {c: dict(result.before.get(c, {})) for c in customers}
@@ -398,9 +429,27 @@ class ScoringCore:
             newest = max(ev.ts_ms for ev in events) if newest is None else newest
             run.watermark = _later(previous, newest - self.lateness_ms)
             mine = records if len(work) == 1 else {c: records[c] for c in dict.fromkeys(ev.customer_id for ev in events)}
-            saves[shard] = ShardSave(mine, run.watermark, run.changed_grader(), due_until=run.watermark)
+            saves[shard] = ShardSave(mine, run.watermark, run.unsaved_grader(), due_until=run.watermark)
             runs.append(run)
-        self._process_due(runs, self.state.save(saves))
+        due = self.state.save(saves)
+        for run in runs:
+            run.grader_saved()
+        attempt.outs, attempt.runs = outs, runs
+        self._process_due(runs, due)
+        self._attempt = None
+        return outs
+
+    def _finish_due(self, attempt: _Attempt, outs: list[Outputs], runs: list[_ShardRun]) -> list[Outputs]:
+        """The rounds of due customers of a batch whose events were scored and saved."""
+        self._attempt = attempt
+        # The graders as saved: a failed round may have graded some of its customers already.
+        heads = self.state.shard_states([run.shard for run in runs])
+        for run in runs:
+            run.grader = heads[run.shard].grader or RfmGrader()
+            run.grader_saved()
+        # Due customers of a failed round are still in the index (see StateStore.save).
+        self._process_due(runs, self.state.save({run.shard: ShardSave({}, due_until=run.watermark) for run in runs}))
+        self._attempt = None
         return outs
 
     def advance(self, shard: str, until_ms: int) -> Outputs:
@@ -681,18 +730,22 @@ class ScoringCore:
         ]
         states = self.features.read(ticking) if ticking else {}
         saves: dict[str, ShardSave] = {}
-        done: list[tuple[_ShardRun, list[Labelled], int]] = []
+        done: list[tuple[_ShardRun, list[Labelled], Outputs]] = []
         for run, due in active:
             self._use(run)
-            fresh_from = len(run.out.fresh)
-            matured = self._due_customers(run, due, records, states)
+            # Kept apart until the round is saved: a round that fails adds nothing.
+            round_out = Outputs()
+            matured = self._due_customers(run, due, records, states, round_out)
             mine = records if len(active) == 1 else {cid: records[cid] for cid in due}
-            saves[run.shard] = ShardSave(mine, None, run.changed_grader(),
+            saves[run.shard] = ShardSave(mine, None, run.unsaved_grader(),
                                          due_until=None if last else run.watermark)
-            done.append((run, matured, fresh_from))
+            done.append((run, matured, round_out))
         handed_out = self.state.save(saves)
-        for run, matured, fresh_from in done:
+        for run, matured, round_out in done:
+            run.grader_saved()
             out = run.out
+            fresh_from = len(out.fresh)
+            out.extend(round_out)
             matured.sort(key=lambda e: (e.end_ms, e.example_id.removesuffix(IDLE)))
             out.labelled.extend(matured)
             out.counts["labelled"] += len(matured)
@@ -702,10 +755,11 @@ class ScoringCore:
         return handed_out
 
     def _due_customers(
-        self, run: _ShardRun, due: list[str], records: dict[str, CustomerScoring], states: dict[str, State]
+        self, run: _ShardRun, due: list[str], records: dict[str, CustomerScoring], states: dict[str, State],
+        out: Outputs,
     ) -> list[Labelled]:
-        """Idle rescores and matured examples of a shard's due customers; returns the matured."""
-        watermark, out = run.watermark, run.out
+        """Idle rescores (into ``out``) and matured examples of a shard's due customers; returns the matured."""
+        watermark = run.watermark
         matured: list[Labelled] = []
         for cid in due:
             rec = records[cid]
