@@ -130,7 +130,8 @@ class Outputs:
     late: list[int] = field(default_factory=list)
 
     def extend(self, other: Outputs) -> None:
-        """Append what ``other`` (a later step of the same call) produced."""
+        """Append what ``other`` produced (a later step, or another worker's part; the
+        positions of late events are not kept)."""
         self.scores += other.scores
         self.alerts += other.alerts
         self.triggers += other.triggers

@@ -81,18 +81,6 @@ def _rfm_order(item: tuple[int, str, Any]) -> tuple[int, str]:
     return item[0], item[1]
 
 
-def _add(total: Outputs, out: Outputs) -> None:
-    """Add one call's outputs to a total: a worker's round, or the round of all workers (the
-    positions of late events are not kept)."""
-    total.counts.update(out.counts)
-    total.scores += out.scores
-    total.alerts += out.alerts
-    total.triggers += out.triggers
-    total.fresh += out.fresh
-    total.labelled += out.labelled
-    total.drifts += out.drifts
-
-
 def _pack(examples: list[Labelled]) -> tuple[list[tuple[str, ...]], list[tuple[Any, ...]]]:
     """Examples as plain tuples, each input dict as its values and the index of its names.
 
@@ -151,7 +139,7 @@ class _Shard:
                     out = core.process(events, SHARD, newest)
                 else:  # none of this batch's customers are ours: time still moves
                     out = core.advance(SHARD, newest - core.lateness_ms)
-                _add(total, out)
+                total.extend(out)
             deferred = core.rfm_deferred or []
             core.rfm_deferred = []
             blob = pickle.dumps((_pack(total.fresh), _pack(total.labelled), deferred),
@@ -327,7 +315,7 @@ class ShardedCore:
         last, labels = self._gather()
         last.drifts = self._learn(*labels)
         if done is not None:
-            _add(done, last)
+            done.extend(last)
             return done
         return last
 
@@ -394,7 +382,7 @@ class ShardedCore:
         rfm: list[Any] = []
         for link in self._links:
             out, blob = link.recv()
-            _add(merged, out)  # its examples travel packed, in the blob
+            merged.extend(out)  # its examples travel packed, in the blob
             fresh, labelled, graded = pickle.loads(blob)  # noqa: S301 - our own worker's bytes
             merged.fresh += _unpack(fresh)
             merged.labelled += _unpack(labelled)
