@@ -384,9 +384,9 @@ class ScoringCore:
         if not work:
             return outs
         batch_key = tuple((shard, tuple(ev.event_id for ev in events)) for _, shard, events, _ in work)
-        attempt, self._attempt = self._attempt, None
+        attempt = self._attempt
         if attempt is not None and attempt.key != batch_key:
-            attempt = None
+            attempt = self._attempt = None  # another batch: the failed one was given up
         if attempt is not None and attempt.outs is not None and attempt.runs is not None:
             return self._finish_due(attempt, attempt.outs, attempt.runs)
         heads = self.state.shard_states([shard for _, shard, _, _ in work])
