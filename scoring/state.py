@@ -12,8 +12,10 @@ idle rescore) and the shard's watermark, so a restart loses nothing.
 >>> rec.pending.append(Pending("churn_risk", "e1", 10, 100, {"x": 1.0}, 0.3, "model"))
 >>> store.save({"0": ShardSave({"c1": rec}, watermark=5)})
 {}
->>> store.due("0", until_ms=99), store.due("0", until_ms=100), store.shard_states(["0"])["0"].watermark
-([], ['c1'], 5)
+>>> store.save({"0": ShardSave({}, due_until=99)}), store.save({"0": ShardSave({}, due_until=100)})
+({'0': []}, {'0': ['c1']})
+>>> store.shard_states(["0"])["0"].watermark
+5
 >>> CustomerScoring.from_json(rec.to_json()) == rec
 True
 """
@@ -30,7 +32,7 @@ import orjson
 from features.events import compact
 from scoring.rfm import RfmGrader
 
-DUE_LIMIT = 10_000  # customers handed out by one due() call
+DUE_LIMIT = 10_000  # customers handed out by one save (ShardSave.due_until)
 
 
 @dataclass(slots=True)
@@ -153,9 +155,9 @@ class ShardSave(NamedTuple):
 
     ``records``: the shard's customers' records (their due times go to the shard's
     index); ``watermark`` and ``grader`` when they changed; ``due_until``: after the
-    save, hand out the shard's customers due by then, as :meth:`StateStore.due` does.
-    The caller saves every customer handed out so, in its next save: until then a
-    store may keep them due (Redis does, so a round that fails loses none).
+    save, hand out the shard's customers due by then (due time, then id; at most
+    ``DUE_LIMIT``). The caller saves every customer handed out so, in its next save:
+    until then a store may keep them due (Redis does, so a round that fails loses none).
     """
 
     records: dict[str, CustomerScoring]
@@ -183,10 +185,6 @@ class StateStore(Protocol):
         """Each shard's grader and watermark (one round trip on Redis)."""
         ...
 
-    def due(self, shard: str, until_ms: int, limit: int = DUE_LIMIT) -> list[str]:
-        """Customers due by ``until_ms`` (due time, then id), at most ``limit``; each handed out once."""
-        ...
-
     def erase(self, customer_id: str) -> None: ...
 
 
@@ -196,10 +194,10 @@ class InMemoryStateStore:
     >>> store = InMemoryStateStore()
     >>> recs = store.load(["c1", "c2"])
     >>> recs["c1"].kind("engagement").next_tick, recs["c2"].kind("engagement").next_tick = 50, 20
-    >>> store.save({"0": ShardSave(recs)})
-    {}
-    >>> store.due("0", until_ms=60), store.due("0", until_ms=60)  # handed out once
-    (['c2', 'c1'], [])
+    >>> store.save({"0": ShardSave(recs, due_until=60)})  # handed out once
+    {'0': ['c2', 'c1']}
+    >>> store.save({"0": ShardSave({}, due_until=60)})
+    {'0': []}
     """
 
     def __init__(self) -> None:
@@ -235,13 +233,13 @@ class InMemoryStateStore:
             if watermark is not None:
                 self._watermarks[shard] = watermark
             if due_until is not None:
-                handed_out[shard] = self.due(shard, due_until)
+                handed_out[shard] = self._take_due(shard, due_until)
         return handed_out
 
-    def due(self, shard: str, until_ms: int, limit: int = DUE_LIMIT) -> list[str]:
+    def _take_due(self, shard: str, until_ms: int) -> list[str]:
         heap = self._due.get(shard, [])
         out: list[str] = []
-        while heap and heap[0][0] <= until_ms and len(out) < limit:
+        while heap and heap[0][0] <= until_ms and len(out) < DUE_LIMIT:
             due, cid = heapq.heappop(heap)
             # Lazy deletion: an entry counts only if it is still the customer's current due time.
             if self._due_at.get(cid) == (shard, due):

@@ -38,19 +38,6 @@ from scoring.state import DUE_LIMIT, CustomerScoring, ShardSave, ShardState
 
 VERSION_BYTES = 16  # hex: 8 random per store instance, then a counter
 
-# due(): take the due members and remove them in one step, one round trip. ZREM in slices:
-# Lua's unpack() is limited to a few thousand values.
-_DUE_POP = """
-local m = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
-for i = 1, #m, 2000 do
-  local ids = {}
-  for j = i, math.min(i + 1998, #m), 2 do ids[#ids + 1] = m[j] end
-  redis.call('ZREM', KEYS[1], unpack(ids))
-end
-return m
-"""
-
-
 def _flat(reply: list[Any]) -> list[Any]:
     """ZRANGEBYSCORE WITHSCORES as ``[member, score, ...]``: RESP3 answers in pairs."""
     return [v for pair in reply for v in pair] if reply and isinstance(reply[0], list | tuple) else reply
@@ -121,7 +108,7 @@ class RedisStateStore:
     def save(self, shards: dict[str, ShardSave]) -> dict[str, list[str]]:
         batch = CommandBatch(self.client)
         saved: list[tuple[str, bytes, CustomerScoring]] = []
-        pops: list[tuple[str, int]] = []  # (shard, index of its EVAL in the batch)
+        handing: list[tuple[str, int]] = []  # (shard, index of its ZRANGEBYSCORE in the batch)
         for shard, (records, watermark, grader, due_until) in shards.items():
             if grader is not None:
                 batch.add("SET", f"{self.prefix}:rfm:{shard}", grader.snapshot())
@@ -154,7 +141,7 @@ class RedisStateStore:
                 # Read, not taken: a customer handed out stays in the index until the caller
                 # saves its record (this save's ZADD or ZREM moves it), so a round that fails
                 # (Redis away, a crash) leaves its customers due for the retry, none lost.
-                pops.append((shard, len(batch)))
+                handing.append((shard, len(batch)))
                 batch.add("ZRANGEBYSCORE", due_key, "-inf", due_until, "WITHSCORES", "LIMIT", 0, DUE_LIMIT)
         replies = batch.execute()
         if self.cache_size:
@@ -163,12 +150,7 @@ class RedisStateStore:
                 self._cache.move_to_end(cid)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        return {shard: _handed_out(_flat(replies[i])) for shard, i in pops}
-
-    def due(self, shard: str, until_ms: int, limit: int = DUE_LIMIT) -> list[str]:
-        batch = CommandBatch(self.client)
-        batch.add("EVAL", _DUE_POP, 1, f"{self.prefix}:due:{shard}", until_ms, limit)
-        return _handed_out(batch.execute()[0])
+        return {shard: _handed_out(_flat(replies[i])) for shard, i in handing}
 
     def shard_states(self, shards: Sequence[str]) -> dict[str, ShardState]:
         batch = CommandBatch(self.client)
