@@ -70,8 +70,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import functools
 import hmac
+import itertools
 import logging
 import os
 import shutil
@@ -320,6 +322,9 @@ class LiveWorker:
         # Scoring calls (into the scoring process, or the core itself) and the learner each
         # have one thread: calls of each kind stay in order, and learning overlaps scoring.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leadpulse-core")
+        # Batches go to a scoring process ahead of their turn, from a thread of their own.
+        self.send_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leadpulse-send")
+        self._batch_seq = itertools.count()
         self.learn_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leadpulse-learn")
         self.model_versions: dict[str, int] = {}
         self.positions: dict[TP, int] = {}  # next offset to process, per input partition
@@ -804,23 +809,45 @@ class LiveWorker:
         if self._scoring_older is not None:
             await asyncio.shield(self._scoring_older)
         to_score = [msg for msg, _, _ in ready]
-        scored = (asyncio.get_running_loop().run_in_executor(self.executor, self._score_now, to_score)
-                  if to_score else None)
+        scored = None
+        if to_score:
+            seq: int | None = None
+            sent: concurrent.futures.Future[None] | None = None
+            if isinstance(self.scorer, ScorerProcess):
+                seq = next(self._batch_seq)
+                sent = self.send_executor.submit(self.scorer.submit, seq, to_score)
+            scored = asyncio.get_running_loop().run_in_executor(
+                self.executor, self._score_now, to_score, seq, sent,
+            )
         before = self._scoring if self._scoring is not None and not self._scoring.done() else None
         self._scoring_older = before
         self._scoring = asyncio.ensure_future(self._score_stage(stream, ready, received, scored, before))
 
-    def _score_now(self, messages: list[Incoming]) -> tuple[BatchOutput, dict[str, int]]:
+    def _score_now(
+        self, messages: list[Incoming], seq: int | None = None,
+        sent: concurrent.futures.Future[None] | None = None,
+    ) -> tuple[BatchOutput, dict[str, int]]:
         """On the scoring thread: score one batch, retrying transient failures in place.
 
         In place, so the batch queued behind it cannot overtake it (and the scorer's memo of
         shards already applied stays the retried batch's). Gives up when the worker stops.
+        With ``seq``, the batch was sent ahead to the scoring process (``sent``): collect
+        its answer, and send it again to retry (the process scores nothing after it first).
         """
         delay = 0.5
         while True:
             try:
-                result = self.scorer.score(messages)
+                if seq is None:
+                    result = self.scorer.score(messages)
+                else:
+                    scorer = cast(ScorerProcess, self.scorer)
+                    if sent is not None:
+                        sent.result()  # raises what the send raised (the process is gone)
+                    else:
+                        scorer.submit(seq, messages)
+                    result = scorer.collect(seq, messages)
             except TRANSIENT as exc:
+                sent = None  # a retry sends the batch again
                 self._failed("process", exc)
                 if self.app.should_stop:
                     raise

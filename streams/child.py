@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
@@ -30,22 +31,37 @@ from typing import Any
 
 from streams.runtime import tune_gc
 
-__all__ = ["ChildDied", "ChildProcess", "widen"]
+__all__ = ["ChildDied", "ChildProcess", "OutOfTurn", "widen"]
 
 
 class ChildDied(RuntimeError):
     """The child process is gone; the worker stops (Kafka redelivers what it had)."""
 
 
+class OutOfTurn(RuntimeError):
+    """The answer to an ordered request that reached the child out of turn: it was not run.
+
+    After an ordered request fails, the child runs no later one until that one comes
+    again (the worker retries it), so a batch sent ahead never overtakes a failed one.
+    """
+
+
+Key = tuple[str, int]  # ("call", n) for a call, ("ordered", seq) for an ordered request
+
+
 class ChildProcess:
     """``build(*args)`` in a child process, whose methods named in ``calls`` :meth:`_call` runs.
 
-    Calls block the calling thread until the child answers; call from one
-    thread at a time (a lock enforces it). An exception in the child is raised
-    here with its type (Redis errors stay retryable). The object is built at the
-    first call, so a Redis outage at start is retried like any call. The child
+    A call blocks its thread until the child answers; calls from several threads
+    are answered in the order they reach the child. An exception in the child is
+    raised here with its type (Redis errors stay retryable). The object is built at
+    the first call, so a Redis outage at start is retried like any call. The child
     exits when the worker closes the pipe, or dies: it ignores SIGINT and SIGTERM
     so that a worker shutting down can still finish what it started.
+
+    Ordered requests (:meth:`_submit`, :meth:`_collect`) are sent ahead, so the
+    child finds the next one waiting when it finishes one, and run in the order of
+    their sequence numbers (see :class:`OutOfTurn`).
     """
 
     died: type[RuntimeError] = ChildDied
@@ -54,14 +70,17 @@ class ChildProcess:
         self, build: Callable[..., Any], calls: frozenset[str], name: str, *args: Any, lazy: bool = False
     ) -> None:
         self._spec = (build, args, calls, name)
-        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._replies: dict[Key, tuple[bool, Any]] = {}
+        self._calls = itertools.count()
         self._proc: Any = None
         if not lazy:
             self._start()
 
     def start(self) -> None:
         """Start the child now, if not yet (``lazy``: else at the first call)."""
-        with self._lock:
+        with self._send_lock:
             if self._proc is None:
                 self._start()
 
@@ -81,22 +100,64 @@ class ChildProcess:
         # Before multiprocessing's own exit hook, which would SIGTERM (ignored) and wait forever.
         atexit.register(self.close)
 
-    def _call(self, name: str, *args: Any) -> Any:
-        with self._lock:
+    def _died(self, exc: BaseException) -> RuntimeError:
+        err = self.died(f"the {self._proc.name} process exited (code {self._proc.exitcode})")
+        err.__cause__ = exc
+        return err
+
+    def _send(self, key: Key, name: str, args: tuple[Any, ...]) -> None:
+        with self._send_lock:
             if self._proc is None:
                 self._start()
             try:
-                self._conn.send((name, args))
-                ok, value = self._conn.recv()
+                self._conn.send((key, name, args))
             except (EOFError, OSError) as exc:
-                raise self.died(f"the {self._proc.name} process exited (code {self._proc.exitcode})") from exc
+                raise self._died(exc) from exc
+
+    def _reply(self, key: Key) -> tuple[bool, Any]:
+        """The child's answer to the request ``key`` (answers to others wait for their callers)."""
+        with self._recv_lock:
+            while key not in self._replies:
+                try:
+                    got, ok, value = self._conn.recv()
+                except (EOFError, OSError) as exc:
+                    raise self._died(exc) from exc
+                self._replies[got] = (ok, value)
+            return self._replies.pop(key)
+
+    def _call(self, name: str, *args: Any) -> Any:
+        key = ("call", next(self._calls))
+        self._send(key, name, args)
+        ok, value = self._reply(key)
         if not ok:
             raise value
         return value
 
+    def _submit(self, seq: int, name: str, *args: Any) -> None:
+        """Send ordered request ``seq`` (one more than the one before) without waiting."""
+        self._send(("ordered", seq), name, args)
+
+    def _collect(self, seq: int, name: str, *args: Any) -> Any:
+        """The answer to ordered request ``seq``; sent again (the same ``name`` and ``args``)
+        once if it came out of turn. A failure is raised: the caller retries with :meth:`_submit`.
+
+        Collect in sequence order, from one thread: then every earlier request has been
+        answered when a request is sent again, and the child runs it. Out of turn twice
+        means an earlier one was given up on; that is raised too.
+        """
+        resent = False
+        while True:
+            ok, value = self._reply(("ordered", seq))
+            if ok:
+                return value
+            if resent or not isinstance(value, OutOfTurn):
+                raise value
+            resent = True
+            self._submit(seq, name, *args)
+
     def close(self, timeout: float = 10.0) -> None:
         """Stop the child (it finishes the call in progress first); closing twice is fine."""
-        with self._lock:
+        with self._send_lock, self._recv_lock:
             if self._proc is None:
                 return  # lazy, never called
             self._conn.close()
@@ -154,22 +215,34 @@ def _serve(
     logging.basicConfig(level=loglevel, format=f"[%(asctime)s] [{name}] [%(levelname)s] %(name)s: %(message)s")
     tune_gc()
     target: Any = None
+    turn: int | None = None  # the ordered request to run next (None: whichever comes first)
     while True:
         try:
-            call, call_args = conn.recv()
+            key, call, call_args = conn.recv()
         except (EOFError, OSError):
             return
+        ordered = key[0] == "ordered"
         try:
+            if ordered and turn is not None and key[1] != turn:
+                raise OutOfTurn(f"request {key[1]} while waiting for {turn}")
             if call not in calls:
                 raise ValueError(f"unknown call {call!r}")
             if target is None:  # built on first use: a Redis outage at start is then retried
                 target = build(*args)
             reply: tuple[bool, Any] = (True, getattr(target, call)(*call_args))
+            if ordered:
+                turn = key[1] + 1
+        except OutOfTurn as exc:
+            reply = (False, exc)
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the worker
             reply = (False, _portable(exc, name))
+            if ordered:
+                turn = key[1]  # nothing after it runs before it does
         try:
-            conn.send(reply)
+            conn.send((key, *reply))
         except (EOFError, OSError):
             return
         except Exception as exc:  # noqa: BLE001 - a reply that does not pickle
-            conn.send((False, RuntimeError(f"{type(exc).__name__} sending the reply to {call}")))
+            if ordered:
+                turn = key[1]  # the worker retries it or stops; either way nothing overtakes it
+            conn.send((key, False, RuntimeError(f"{type(exc).__name__} sending the reply to {call}")))

@@ -132,6 +132,24 @@ class ScorerProcess(ChildProcess):
     def score(self, messages: Sequence[Incoming]) -> tuple[BatchOutput, dict[str, int]]:
         return self._call("score", messages)
 
+    def submit(self, seq: int, messages: Sequence[Incoming]) -> None:
+        """Send batch ``seq`` ahead, to be scored once the batches before it are.
+
+        The child then finds the next batch waiting when it finishes one, instead of
+        idling while the worker reads the reply and sends the next (its reader thread
+        waits its turn for the interpreter lock behind Faust's loop).
+        """
+        self._submit(seq, "score", messages)
+
+    def collect(self, seq: int, messages: Sequence[Incoming]) -> tuple[BatchOutput, dict[str, int]]:
+        """What :meth:`score` returns, for batch ``seq`` sent with :meth:`submit`.
+
+        Collect batches in order, from one thread. A failure (Redis away) is raised;
+        :meth:`submit` the same batch again to retry it: no later batch is scored
+        before it is.
+        """
+        return self._collect(seq, "score", messages)
+
     def refresh(self, force: bool = False) -> list[str]:
         return self._call("refresh", force)
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
+import threading
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import pytest
+import redis
 
 from features.events import parse_ts_ms
+from streams.embedded import free_port
 from streams.pipeline import Incoming, labelled_to_json, labels_from_record
 from streams.scorer import Scorer, ScorerDied, ScorerPool, ScorerProcess
 from streams.settings import Settings
@@ -194,3 +200,84 @@ def test_a_custom_config_scores_its_own_kinds_and_features_on_redis(redis_url: s
     cid, last = web[-1]["customer_id"], max(parse_ts_ms(e["ts"]) for e in web if e["customer_id"] == web[-1]["customer_id"])
     vector = scorer.engine.vector(scorer.features.read([cid])[cid], last)
     assert vector["sessions_90d"] >= 1 and vector["sessions_90d"] >= vector["sessions_30d"]
+
+
+class CuttableProxy:
+    """A TCP relay to Redis that can be cut (connections closed, new ones refused) and opened again."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port, self.port = target_port, free_port()
+        self._socks: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self.open()
+
+    def open(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        for sock in [self._listener, *self._socks]:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+        self._listener, self._socks = None, []
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._socks += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            sock.close()
+
+
+def test_batches_sent_ahead_through_a_redis_outage_give_every_output_once(redis_url: str) -> None:
+    """The worker sends each batch to the scoring process before the one ahead is answered.
+    Redis goes away for one batch: it fails, the batch sent behind it is not scored first,
+    and once both are sent again the outputs are an uninterrupted scorer's."""
+    messages = simulated_messages(2000)
+    batches = [messages[i:i + 250] for i in range(0, len(messages), 250)]
+    expected = _run(Scorer(Settings(redis_url=redis_url, redis_prefix="sc-ahead-once")), messages)
+    target = urlsplit(redis_url)
+    proxy = CuttableProxy(target.port or 6379)
+    via = urlunsplit(target._replace(netloc=target.netloc.replace(f":{target.port}", f":{proxy.port}")))
+    remote = ScorerProcess(Settings(redis_url=via, redis_prefix="sc-ahead"))
+    records: list[tuple[str, bytes | None]] = []
+    failures = 0
+    try:
+        remote.submit(0, batches[0])
+        for seq, batch in enumerate(batches):
+            if seq == 4:
+                proxy.cut()  # batch 4 meets no Redis; 5 is sent behind it all the same
+            if seq + 1 < len(batches):
+                remote.submit(seq + 1, batches[seq + 1])
+            while True:
+                try:
+                    out, _ = remote.collect(seq, batch)
+                    break
+                except (ConnectionError, redis.ConnectionError):
+                    failures += 1
+                    assert seq == 4 and failures == 1
+                    proxy.open()
+                    remote.submit(seq, batch)  # the worker's retry, in place
+            records += [(r.topic, r.value) for r in out.records]
+    finally:
+        remote.close()
+        proxy.cut()
+    assert failures == 1
+    assert records == expected
