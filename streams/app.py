@@ -79,6 +79,7 @@ import os
 import shutil
 import socket
 import ssl
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -126,6 +127,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 MAX_BACKOFF_S = 30.0
+SWITCH_INTERVAL_S = 0.001  # sys.setswitchinterval in the worker's process (Python's default: 0.005)
 # A customer read waits this long at most: it queues on the scoring thread, which retries a
 # failed batch in place (Redis down) for as long as the failure lasts.
 API_WAIT_S = 10.0
@@ -1207,4 +1209,8 @@ def run_worker(settings: Settings, *, bare: bool = False, loglevel: str = "info"
     # (4% of the event loop in a profile). Our output is a log file, not a terminal.
     runner.spinner = None
     tune_gc()
+    # Threads here take turns with Faust's loop for the interpreter lock: the consumer's fetcher,
+    # the scoring pipe's sender and reader, the learner's. A thread back from I/O waited up to
+    # Python's 5 ms for its turn; at 1 ms the worker ran about 3% faster (README: measured figures).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     runner.execute_from_commandline()
