@@ -1218,6 +1218,6 @@ def run_worker(settings: Settings, *, bare: bool = False, loglevel: str = "info"
     tune_gc()
     # Threads here take turns with Faust's loop for the interpreter lock: the consumer's fetcher,
     # the scoring pipe's sender and reader, the learner's. A thread back from I/O waited up to
-    # Python's 5 ms for its turn; at 1 ms the worker ran about 3% faster (README: measured figures).
+    # Python's 5 ms for its turn; at 1 ms the worker ran about 6% faster (README: measured figures).
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     runner.execute_from_commandline()

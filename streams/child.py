@@ -4,7 +4,8 @@ A Python process runs Python on one core at a time. The worker's event loop
 (fetching, acking, publishing), its scoring core and its learner would share one
 interpreter lock; each of the latter two gets a process of its own instead
 (:class:`streams.scorer.ScorerProcess`, :class:`streams.learning.LearnerProcess`).
-The worker calls it over a pipe, one call at a time, from one thread.
+The worker calls it over a pipe; the child answers one request at a time, in the
+order they come, and the scoring batches are sent ahead of their turn.
 
 >>> child = ChildProcess(dict, frozenset({"get"}), "demo", {"answer": 42}, lazy=True)
 >>> child._proc is None  # not started until called

@@ -4,8 +4,9 @@ A live worker is bound by one core: Faust's event loop (fetching, acking,
 publishing) and the scoring core (decoding, Redis, models) share one Python
 interpreter lock. :class:`ScorerProcess` runs the same :class:`Scorer` in a
 child process, so the loop and the core each get a CPU; the worker talks to it
-over a pipe, one request at a time (the worker already makes its core calls one
-at a time, from one thread).
+over a pipe. The child scores one batch at a time, in order; the worker sends each
+batch as soon as it has it (:meth:`ScorerProcess.submit`), so the next is waiting
+when one is done.
 
 One call per batch crosses the pipe: raw Kafka records in, the records to publish
 out. The worker aligns its input topics by event time before that call, reading each
