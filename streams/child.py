@@ -101,10 +101,8 @@ class ChildProcess:
         # Before multiprocessing's own exit hook, which would SIGTERM (ignored) and wait forever.
         atexit.register(self.close)
 
-    def _died(self, exc: BaseException) -> RuntimeError:
-        err = self.died(f"the {self._proc.name} process exited (code {self._proc.exitcode})")
-        err.__cause__ = exc
-        return err
+    def _died(self) -> RuntimeError:
+        return self.died(f"the {self._proc.name} process exited (code {self._proc.exitcode})")
 
     def _send(self, key: Key, name: str, args: tuple[Any, ...]) -> None:
         with self._send_lock:
@@ -113,7 +111,7 @@ class ChildProcess:
             try:
                 self._conn.send((key, name, args))
             except (EOFError, OSError) as exc:
-                raise self._died(exc) from exc
+                raise self._died() from exc
 
     def _reply(self, key: Key) -> tuple[bool, Any]:
         """The child's answer to the request ``key`` (answers to others wait for their callers)."""
@@ -122,7 +120,7 @@ class ChildProcess:
                 try:
                     got, ok, value = self._conn.recv()
                 except (EOFError, OSError) as exc:
-                    raise self._died(exc) from exc
+                    raise self._died() from exc
                 self._replies[got] = (ok, value)
             return self._replies.pop(key)
 
