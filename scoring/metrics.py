@@ -42,10 +42,11 @@ def auc(probs: Floats, labels: Labels) -> float | None:
     return float((ranks[y == 1].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
 
 
-def _weighted_auc(codes: np.ndarray, y: np.ndarray, w: np.ndarray, levels: int) -> float:
-    # codes: each score's rank among the distinct scores. Positives above negatives, ties half.
-    wp = np.bincount(codes, weights=w * y, minlength=levels)
-    wn = np.bincount(codes, weights=w * (1 - y), minlength=levels)
+def _weighted_auc(cells: np.ndarray, w: np.ndarray, levels: int) -> float:
+    # cells: 2 x each score's rank among the distinct scores, + 1 for a positive. One pass
+    # sums both classes' weights per score. Positives above negatives, ties half.
+    both = np.bincount(cells, weights=w, minlength=2 * levels)
+    wn, wp = both[0::2], both[1::2]
     below = np.cumsum(wn) - wn
     total = wp.sum() * wn.sum()
     return float((wp * (below + 0.5 * wn)).sum() / total) if total > 0 else float("nan")
@@ -70,16 +71,17 @@ def auc_difference_ci(
         return None
     _, members = np.unique(np.asarray(clusters), return_inverse=True)
     n = int(members.max()) + 1
+    positive = (y > 0).astype(np.intp)
     coded = []
     for scores in (a, b):
         levels, codes = np.unique(np.asarray(scores, dtype=float), return_inverse=True)
-        coded.append((codes, len(levels)))
+        coded.append((2 * codes.astype(np.intp) + positive, len(levels)))
     (ca, la), (cb, lb) = coded
     rng = np.random.default_rng(seed)
     diffs = []
     for _ in range(rounds):
-        weights = np.bincount(rng.integers(0, n, n), minlength=n)[members].astype(float)
-        d = _weighted_auc(ca, y, weights, la) - _weighted_auc(cb, y, weights, lb)
+        weights = np.bincount(rng.integers(0, n, n), minlength=n).astype(float)[members]
+        d = _weighted_auc(ca, weights, la) - _weighted_auc(cb, weights, lb)
         if d == d:  # a draw with one class only has no AUC
             diffs.append(d)
     if not diffs:

@@ -66,3 +66,17 @@ def test_auc_difference_interval_resamples_customers_not_examples() -> None:
     lo10, hi10 = auc_difference_ci(rep(good), rep(poor), rep(y), np.repeat(ids, 10).tolist())
     assert (hi10 - lo10) > 0.7 * (hi - lo)
     assert auc_difference_ci(good, poor, [0] * n, ids) is None
+
+
+def test_a_bootstrap_draws_auc_is_the_auc_of_its_rows_repeated_by_weight() -> None:
+    from scoring.metrics import _weighted_auc
+
+    rng = np.random.default_rng(7)
+    n = 300
+    y = (rng.random(n) < 0.4).astype(int)
+    scores = np.round(y * 0.3 + rng.random(n), 2)  # rounded: many ties
+    counts = rng.integers(0, 4, n)  # a customer drawn 0 to 3 times
+    levels, codes = np.unique(scores, return_inverse=True)
+    got = _weighted_auc(2 * codes + y, counts.astype(float), len(levels))
+    want = auc(np.repeat(scores, counts), np.repeat(y, counts))
+    assert want is not None and abs(got - want) < 1e-12
