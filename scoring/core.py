@@ -93,11 +93,14 @@ class Labelled:
     # A sample of the fresh stream (learn_at: fresh), not a matured example: its label is
     # the slow class at registration, or the outcome's class when the outcome happened.
     fresh: bool = False
+    # The event the example was scored at; None for an idle rescore (no event caused it).
+    event_id: str | None = None
 
     def record(self) -> dict[str, Any]:
         """The ``--scores-out`` line (no features)."""
         return {
             "example_id": self.example_id,
+            "event_id": self.event_id,
             "customer_id": self.customer_id,
             "ts": ms_to_iso(self.t_ms),
             "kind": self.kind,
@@ -476,7 +479,7 @@ class ScoringCore:
                     # The example's second sample, with the features of its scored moment.
                     out.fresh.append(Labelled(p.kind, ev.customer_id, p.example_id, p.t_ms, ev.ts_ms,
                                               p.prob, p.rule_prob, p.source, kind.label_on_outcome,
-                                              p.x, True))
+                                              p.x, True, p.event_id))
                 p.outcome = True
 
     def _learn_fresh(self, out: Outputs, start: int) -> None:
@@ -647,12 +650,12 @@ class ScoringCore:
             # The rule prior rides along: it is the rule-only baseline of the backtest.
             rec.pending.append(
                 Pending(kind.name, example_id, ts, ts + kind.horizon_ms, res["x"], prob,
-                        res["source"], match, False, res["rule_probability"])
+                        res["source"], match, False, res["rule_probability"], event_id)
             )
             if kind.learn_at == "fresh":
                 out.fresh.append(Labelled(kind.name, cid, example_id, ts, ts, prob,
                                           res["rule_probability"], res["source"],
-                                          kind.label_without_outcome, res["x"], True))
+                                          kind.label_without_outcome, res["x"], True, event_id))
 
     def _alert(
         self, cid: str, kind: ScoreKind, ks: KindState, value: float, band: str,
@@ -798,7 +801,7 @@ class ScoringCore:
                     kind = self.registry.kinds[p.kind]
                     label = kind.label_on_outcome if p.outcome else kind.label_without_outcome
                     matured.append(Labelled(p.kind, cid, p.example_id, p.t_ms, p.end_ms, p.prob,
-                                            p.rule_prob, p.source, label, p.x))
+                                            p.rule_prob, p.source, label, p.x, False, p.event_id))
                 else:
                     keep.append(p)
             rec.pending = keep

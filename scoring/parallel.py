@@ -95,21 +95,23 @@ def _pack(examples: list[Labelled]) -> tuple[list[tuple[str, ...]], list[tuple[A
         if shape is None:
             shape = shapes[names] = len(shapes)
         rows.append((e.kind, e.customer_id, e.example_id, e.t_ms, e.end_ms, e.prob, e.rule_prob,
-                     e.source, e.label, shape, tuple(e.x.values()), e.fresh))
+                     e.source, e.label, shape, tuple(e.x.values()), e.fresh, e.event_id))
     return list(shapes), rows
 
 
 def _unpack(packed: tuple[list[tuple[str, ...]], list[tuple[Any, ...]]]) -> list[Labelled]:
     """The examples :func:`_pack` packed, equal field for field.
 
-    >>> ex = Labelled("k", "c1", "k:c1:5", 5, 9, 0.25, 0.5, "model", 1, {"a": 1.0, "b_missing": 1.0})
+    >>> ex = Labelled("k", "c1", "k:c1:5", 5, 9, 0.25, 0.5, "model", 1, {"a": 1.0, "b_missing": 1.0},
+    ...               event_id="e7")
     >>> _unpack(_pack([ex, ex])) == [ex, ex]
     True
     """
     shapes, rows = packed
     return [
-        Labelled(kind, cid, eid, t, end, prob, rule, source, label, dict(zip(shapes[shape], values, strict=True)), fresh)
-        for kind, cid, eid, t, end, prob, rule, source, label, shape, values, fresh in rows
+        Labelled(kind, cid, eid, t, end, prob, rule, source, label, dict(zip(shapes[shape], values, strict=True)),
+                 fresh, event)
+        for kind, cid, eid, t, end, prob, rule, source, label, shape, values, fresh, event in rows
     ]
 
 

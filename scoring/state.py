@@ -58,6 +58,9 @@ class Pending:
     match: str | None = None
     outcome: bool = False
     rule_prob: float = 0.0
+    # The id of the event the example was scored at (None for an idle rescore). Records saved
+    # before it existed have none.
+    event_id: str | None = None
     # This example's JSON while ``outcome`` is what it was encoded with (nothing else
     # changes once registered): a record is saved after every batch that touches its
     # customer, and its examples' model inputs were most of what got encoded again.
@@ -77,10 +80,13 @@ class Pending:
 
 
 def _fields(p: Pending) -> dict[str, Any]:
-    return {
+    fields = {
         "kind": p.kind, "example_id": p.example_id, "t_ms": p.t_ms, "end_ms": p.end_ms, "x": p.x,
         "prob": p.prob, "source": p.source, "match": p.match, "outcome": p.outcome, "rule_prob": p.rule_prob,
     }
+    if p.event_id is not None:  # an idle rescore's example keeps the layout workers wrote before
+        fields["event_id"] = p.event_id
+    return fields
 
 
 @dataclass(slots=True)

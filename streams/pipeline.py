@@ -39,7 +39,8 @@ Output records (values are JSON objects)::
     leadpulse.labels   [{"kind": "churn_risk", "customer_id": "c1", "example_id": "...",
                          "t_ms": ..., "end_ms": ..., "prob": 0.2, "rule_prob": 0.3,
                          "source": "cold_start", "label": 0, "x": {"orders_total": 0.69, ...},
-                         "fresh": false}, ...]  (fresh true: a learn_at: fresh sample, not a
+                         "fresh": false, "event_id": "e-981"}, ...]  (event_id: the event the
+                        example was scored at, null for an idle rescore; fresh true: a learn_at: fresh sample, not a
                         matured label; a JSON array of a batch's examples, in learning order,
                         up to 256 KB a record; a single object is read too)
     leadpulse.drift    {"kind": "churn_risk", "model_version": 5120, "ts": "...",
@@ -197,14 +198,14 @@ def dead_letter(
 def labelled_to_json(ex: Labelled) -> bytes:
     """A matured example for the labels topic (the model input ``x`` included).
 
-    >>> ex = Labelled("churn_risk", "c1", "x1", 1, 2, 0.2, 0.3, "model", 1, {"a": 1.0})
+    >>> ex = Labelled("churn_risk", "c1", "x1", 1, 2, 0.2, 0.3, "model", 1, {"a": 1.0}, event_id="e1")
     >>> labels_from_record(labelled_to_json(ex)) == [ex]
     True
     """
     return orjson.dumps({
         "kind": ex.kind, "customer_id": ex.customer_id, "example_id": ex.example_id,
         "t_ms": ex.t_ms, "end_ms": ex.end_ms, "prob": ex.prob, "rule_prob": ex.rule_prob,
-        "source": ex.source, "label": ex.label, "x": ex.x, "fresh": ex.fresh,
+        "source": ex.source, "label": ex.label, "x": ex.x, "fresh": ex.fresh, "event_id": ex.event_id,
     })
 
 
@@ -215,6 +216,7 @@ def _labelled(d: Any) -> Labelled:
             int(d["end_ms"]), float(d["prob"]), float(d["rule_prob"]), str(d["source"]),
             int(d["label"]), {str(k): float(v) for k, v in d["x"].items()},
             bool(d.get("fresh", False)),  # records from before fresh learning have none
+            None if d.get("event_id") is None else str(d["event_id"]),  # nor from before event ids
         )
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"not a labelled example: {type(exc).__name__}") from exc

@@ -96,6 +96,29 @@ def test_auc_recomputed_from_scores_out_matches_report(history: Path, tmp_path: 
     assert any("model_only" in k for k in report["kinds"].values())
 
 
+def test_scores_out_names_the_event_each_example_was_scored_at(history: Path, tmp_path: Path) -> None:
+    from features.events import decode
+
+    out = tmp_path / "scores.jsonl"
+    _run(history, scores_out=out)
+    rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    events = {}
+    for line in history.read_bytes().splitlines():
+        ev = decode(line)
+        if not hasattr(ev, "reason"):
+            events[ev.event_id] = ev
+    at_events = [r for r in rows if r["moment"] == "event"]
+    assert at_events and len(at_events) < len(rows)
+    assert all(r["event_id"] is None for r in rows if r["moment"] == "idle")
+    for r in at_events:
+        ev = events[r["event_id"]]
+        assert ev.customer_id == r["customer_id"]
+        assert ev.ts_ms <= datetime.fromisoformat(r["ts"]).timestamp() * 1000  # scored as of it or later
+        if r["kind"] == "campaign_response":  # a send's example: that send, of that campaign
+            assert (ev.type, ev.action) == ("campaign", "sent")
+            assert r["example_id"].endswith(":" + ev.campaign_id)
+
+
 def test_purchases_only_replay_sees_only_purchases(history: Path, tmp_path: Path) -> None:
     report = _run(history, drop_types=("web", "campaign"))
     assert report["dropped_by_type"] > 0

@@ -34,3 +34,12 @@ def test_an_outcome_is_encoded_after_the_example_was() -> None:
     assert CustomerScoring.from_json(after).pending[0].outcome is True
     rec.pending.append(Pending("churn_risk", "e2", 6, 10, {}, 0.3, "cold_start"))
     assert CustomerScoring.from_json(rec.to_json()) == rec
+
+
+def test_an_example_keeps_the_event_it_was_scored_at() -> None:
+    rec = _record()
+    rec.pending.append(Pending("churn_risk", "churn_risk:c1:6", 6, 10, {}, 0.3, "model", event_id="e-6"))
+    stored = rec.to_json()
+    assert stored.count(b'"event_id"') == 1 and b'"event_id":"e-6"' in stored  # the idle one: none
+    back = CustomerScoring.from_json(stored)
+    assert back == rec and [p.event_id for p in back.pending] == [None, "e-6"]
