@@ -22,7 +22,7 @@ from typing import Literal
 from features.spec import DAY_MS, check_name, parse_duration_ms
 
 KindType = Literal["learned", "rule", "rfm"]
-ModelName = Literal["logistic", "tree"]
+ModelName = Literal["logistic", "tree", "forest"]
 LearnAt = Literal["horizon", "fresh"]
 
 

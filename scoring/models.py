@@ -26,7 +26,7 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
-from river import compose, drift, linear_model, optim, preprocessing, tree
+from river import compose, drift, forest, linear_model, optim, preprocessing, tree
 
 from scoring.metrics import auc
 
@@ -103,6 +103,16 @@ def _pipeline(model: str) -> Any:
             preprocessing.StandardScaler(),
             tree.HoeffdingAdaptiveTreeClassifier(grace_period=100, seed=0),
         )
+    if model == "forest":
+        # A tree ensemble: Adaptive Random Forest (Gomes et al. 2017), ten Hoeffding trees on
+        # random feature subsets, each replaced in the background when its own drift detector
+        # fires. The scaler changes no split; it keeps explain() on one scale for every model.
+        return compose.Pipeline(
+            preprocessing.StandardScaler(),
+            forest.ARFClassifier(n_models=10, seed=0),
+        )
+    if model != "logistic":
+        raise ValueError(f"unknown model {model!r}: logistic, tree or forest")
     # AdaGrad adapts the step per feature: rare signals (a click, a refund) still move their weight.
     return compose.Pipeline(
         preprocessing.StandardScaler(),
@@ -799,8 +809,8 @@ class OnlineModel:
         """Top contributing features.
 
         Linear models: weight x standardised value (the term's share of the
-        log-odds). Trees: the most unusual inputs by absolute z-score (what sets
-        this customer apart), since a tree has no additive terms.
+        log-odds). Trees and forests: the most unusual inputs by absolute z-score
+        (what sets this customer apart), since a tree has no additive terms.
         """
         scaler = self.pipeline["StandardScaler"]
         z = scaler.transform_one(self._complete(x))

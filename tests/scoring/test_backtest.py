@@ -470,3 +470,18 @@ def test_the_report_gives_tick_growth_as_a_number_of_one_type() -> None:
     # YAML's 2 is an int; the defaults are floats: one report said 2 beside 1.0.
     assert growth == {"purchase_propensity": 2.0, "churn_risk": 1.0, "rfm_segment": 1.0}
     assert all(type(v) is float for v in growth.values())
+
+
+def test_a_forest_serves_in_a_replay(history: Path, tmp_path: Path) -> None:
+    # model: forest (a tree ensemble) from the config, through the same core and report.
+    from scoring.config import load_scoring_config
+    from scoring.core import ScoringCore
+
+    path = tmp_path / "forest.yaml"
+    path.write_text("kinds:\n  purchase_propensity: {model: forest}\n")
+    scfg = load_scoring_config(str(path))
+    with open(history, "rb") as lines:
+        report = run_backtest(lines, BacktestConfig(batch_baseline=False), ScoringCore.in_memory(kinds=scfg.kinds))
+    kind = report["kinds"]["purchase_propensity"]
+    assert report["models"]["purchase_propensity"]["model"] == "forest"
+    assert kind["model_only"]["labels"] > 100 and kind["model_only"]["auc"] > 0.55

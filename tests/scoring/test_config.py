@@ -37,7 +37,7 @@ UPSELL: dict[str, Any] = {
 @pytest.mark.parametrize(("data", "message"), [
     ({"kinds": {"churn_risk": {"horizon": "60 days"}}}, "kinds.churn_risk.horizon: not a duration"),
     ({"kinds": {"churn_risk": {"modle": "tree"}}}, "kinds.churn_risk: unknown keys ['modle']"),
-    ({"kinds": {"churn_risk": {"model": "forest"}}}, "kinds.churn_risk.model: one of logistic, tree"),
+    ({"kinds": {"churn_risk": {"model": "svm"}}}, "kinds.churn_risk.model: one of logistic, tree, forest"),
     ({"kinds": {"purchse_propensity": {"horizon": "7d"}}}, "kinds.purchse_propensity: unknown score kind"),
     ({"kinds": {"churn_risk": {"outcome": ["purchase:bought"]}}}, "kinds.churn_risk.outcome: unknown event"),
     ({"kinds": {"churn_risk": {"outcome": ["purchase"]}}}, "kinds.churn_risk.outcome: unknown event"),

@@ -377,3 +377,21 @@ def test_model_inputs_of_equal_value_share_one_float() -> None:
     b = model_input({"orders_total": 0, "web_events_7d": 3, "spend_total": -2.0})
     assert a == b == {"orders_total": 0.0, "web_events_7d": math.log1p(3.0), "spend_total": -math.log1p(2.0)}
     assert all(a[k] is b[k] for k in a)
+
+
+def test_a_forest_learns_and_restores_bit_for_bit() -> None:
+    # The tree ensemble (model: forest): it ranks the stream's two signals, and a snapshot
+    # taken mid-stream, its random state included, scores and learns on exactly as the original.
+    rows = list(_stream(3_000, seed=9))
+    model = OnlineModel("k", "forest", 50, 10)
+    losses = _run(model, rows[:2_000])
+    assert model.ready
+    probe = [x for x, _ in rows[2_000:2_300]]
+    got = auc([model.predict(x) for x in probe], [y for _, y in rows[2_000:2_300]])
+    assert got is not None and got > 0.75
+    assert sum(losses[1_000:]) / 1_000 < math.log(2)  # better than a coin after its first labels
+    clone = OnlineModel.restore(model.snapshot())
+    assert [clone.predict(x) for x in probe] == [model.predict(x) for x in probe]
+    assert clone.explain(probe[0]) == model.explain(probe[0])
+    # Learning on draws from the forest's random state (Poisson weights, new trees on drift).
+    assert _run(clone, rows[2_000:]) == _run(model, rows[2_000:])

@@ -18,7 +18,7 @@ T0 = 1_704_067_200_000
 DAY = 86_400_000
 
 
-@pytest.mark.parametrize("name", ["logistic", "tree"])
+@pytest.mark.parametrize("name", ["logistic", "tree", "forest"])
 def test_river_estimator_checks_pass_on_every_model(name: str) -> None:
     checks.check_estimator(_pipeline(name))
 
