@@ -395,3 +395,31 @@ def test_a_forest_learns_and_restores_bit_for_bit() -> None:
     assert clone.explain(probe[0]) == model.explain(probe[0])
     # Learning on draws from the forest's random state (Poisson weights, new trees on drift).
     assert _run(clone, rows[2_000:]) == _run(model, rows[2_000:])
+
+
+def test_occlusion_reasons_are_the_linear_terms_for_a_linear_model() -> None:
+    # The trees' method (log-odds lost when one input moves to its mean) gives a logistic
+    # model's own terms, weight x standardised value: one meaning for every model's reasons.
+    model = _model()
+    for x, y in _stream(2_000, seed=10):
+        model.learn(x, y)
+    x = {"a": 1.7, "b": -0.4}
+    scaler = model.pipeline["StandardScaler"]
+    full = model._complete(x)
+    occluded = model._occlusion(full, scaler.transform_one(full), scaler.means)
+    linear = dict(model.explain(x, top=2))
+    assert occluded.keys() == linear.keys() == {"a", "b"}
+    for k in occluded:
+        assert abs(occluded[k] - linear[k]) < 1e-4
+
+
+def test_a_forest_s_reasons_name_the_input_that_decides() -> None:
+    # "noise" sits far from its mean and decides nothing: a z-score ranking would put it first.
+    rng = random.Random(11)
+    model = OnlineModel("k", "forest", 50, 10)
+    for _ in range(2_000):
+        a, noise = rng.gauss(0, 1), rng.gauss(0, 1)
+        model.learn({"a": a, "noise": noise}, int(a > 0.3))
+    reasons = model.explain({"a": 1.5, "noise": 3.0}, top=2)
+    assert reasons[0][0] == "a" and reasons[0][1] > 0  # it raises the score
+    assert len(reasons) == 1 or abs(reasons[1][1]) < abs(reasons[0][1])
