@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -363,6 +363,42 @@ def event_time_ms(raw: bytes | None, max_bytes: int = MAX_EVENT_BYTES) -> int | 
         return None
     # decode()'s own reading: one it rejects as too far ahead cannot move the frontier either.
     return _line_ts(raw, types=("web", "purchase", "campaign"), parse=_event_ts_ms)
+
+
+def with_zone(line: bytes, zone: tzinfo) -> bytes:
+    """A line whose ``ts`` is a time or date without a UTC offset, that time read in ``zone``.
+
+    Events carry an offset (the contract); files exported from databases often do
+    not. ``backtest --timezone`` and ``replay --timezone`` read such times in the
+    zone given, as ``import-transactions --timezone`` does: the ``ts`` becomes epoch
+    milliseconds, and every other line is left exactly as it was (not valid JSON,
+    a time with an offset, epoch numbers). A wall time that a DST change skips or
+    repeats is read with the offset before the change (``fold=0``).
+
+    >>> from zoneinfo import ZoneInfo
+    >>> with_zone(b'{"ts":"2024-07-01 12:00:00","n":1}', ZoneInfo("Europe/Berlin"))
+    b'{"ts":1719828000000,"n":1}'
+    >>> with_zone(b'{"ts":"2024-07-01"}', UTC), with_zone(b'{"ts":"2024-07-01T12:00:00Z"}', UTC)
+    (b'{"ts":1719792000000}', b'{"ts":"2024-07-01T12:00:00Z"}')
+    """
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return line
+    ts = obj.get("ts") if isinstance(obj, dict) else None
+    if not isinstance(ts, str):
+        return line
+    text = ts.strip()
+    if text.lstrip("-").replace(".", "", 1).isdigit():
+        return line  # epoch seconds or milliseconds as text (fromisoformat reads 8 digits as a date)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return line
+    if parsed.tzinfo is not None:
+        return line
+    obj["ts"] = round(parsed.replace(tzinfo=zone).timestamp() * 1000)
+    return orjson.dumps(obj)
 
 
 def _line_ts(

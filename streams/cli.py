@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import IO, Any
 
@@ -125,26 +126,50 @@ def count_lines(path: Path) -> int:
 
 
 @contextmanager
-def time_ordered_lines(path: Path, window_ms: int) -> Iterator[Iterable[bytes]]:
+def time_ordered_lines(path: Path, window_ms: int, zone: tzinfo | None = None) -> Iterator[Iterable[bytes]]:
     """The file's lines in event-time order.
 
     A file in time order (within ``window_ms``, the lateness the replay absorbs) is
     streamed as it is. Any other order (by customer, as SQL exports often are)
     would advance the event-time clock ahead of customers still to come and
     corrupt every label, so such a file is sorted in memory first, and stderr
-    says so.
+    says so. With ``zone``, times without a UTC offset are read in it
+    (:func:`features.events.with_zone`).
     """
-    from features.events import out_of_order, time_sorted
+    from features.events import out_of_order, time_sorted, with_zone
+
+    def lines(handle: Iterable[bytes]) -> Iterable[bytes]:
+        return handle if zone is None else (with_zone(line, zone) for line in handle)
 
     with open_input(path) as handle:
-        behind = out_of_order(handle, window_ms)
+        behind = out_of_order(lines(handle), window_ms)
     with open_input(path) as handle:
         if not behind:
-            yield handle
+            yield lines(handle)
             return
         print(f"{path.name}: {behind:,} events are more than {window_ms / 60_000:g} min older than a "
               "line above them (not in time order): sorting the file in memory first", file=sys.stderr)
-        yield time_sorted(handle)
+        yield time_sorted(lines(handle))
+
+
+def zone_arg(text: str) -> tzinfo:
+    """``--timezone``: UTC or an IANA zone name.
+
+    >>> zone_arg("utc"), zone_arg("Europe/Paris").key
+    (datetime.timezone.utc, 'Europe/Paris')
+    """
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if text.upper() in ("UTC", "Z"):
+        return UTC
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise argparse.ArgumentTypeError(f"unknown time zone {text!r} (an IANA name such as Europe/Paris)") from None
+
+
+NAIVE_HINT = ("hint: event times without a UTC offset; give --timezone with the zone they were written in "
+              "(UTC, Europe/Paris, America/New_York, ...) to read them in it")
 
 
 @command("simulate")
@@ -207,7 +232,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             customers_out=Path(args.customers_out) if args.customers_out and i == 0 else None,
         )
         with progress(f"backtest {scfg.name}", total) as tick, \
-                time_ordered_lines(Path(args.file), scfg.lateness_ms) as lines:
+                time_ordered_lines(Path(args.file), scfg.lateness_ms, args.timezone) as lines:
             bcfg.progress = tick
             report = run_backtest(lines, bcfg, ShardedCore(core, args.workers) if sharded else core)
             # Line numbers in the report are the file's own unless it had to be sorted.
@@ -226,6 +251,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     if not reports[0]["events"] and reports[0]["invalid"] and _looks_like_csv(Path(args.file)):
         print("hint: this looks like a CSV table, not JSON Lines events: turn it into purchase events "
               "with 'leadpulse import-transactions' first (see its --help)", file=sys.stderr)
+    if any("no UTC offset" in e["reason"] for e in reports[0].get("invalid_examples", ())):
+        print(NAIVE_HINT, file=sys.stderr)
     print(f"report: {path}")
     written = reports[0].get("customers_out")
     if written:
@@ -464,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replay on N processes, customers hashed over them (in-process store only; "
                    "see the README: the same report for any N > 1)")
     p.add_argument("--no-batch-baseline", action="store_true", help="skip the weekly batch LR baseline")
+    p.add_argument("--timezone", type=zone_arg, metavar="ZONE",
+                   help="read event times without a UTC offset (and bare dates) in this zone "
+                   "(UTC, Europe/Paris, ...); without it such events are invalid")
 
     for extend in EXTRA_PARSERS:
         extend(sub)

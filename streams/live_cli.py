@@ -60,6 +60,7 @@ from streams.cli import (
     open_input,
     progress,
     time_ordered_lines,
+    zone_arg,
 )
 
 __all__ = ["WorkerProcess", "replay_lines", "worker_env"]
@@ -402,7 +403,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     lateness_ms = load_scoring_config(settings.scoring_config).lateness_ms
     producer = make_producer(settings)
     try:
-        with progress(f"replay {path.name}", total) as tick, time_ordered_lines(path, lateness_ms) as handle:
+        with progress(f"replay {path.name}", total) as tick, \
+                time_ordered_lines(path, lateness_ms, args.timezone) as handle:
             stats = replay_lines(handle, producer, settings.topics, speed=args.speed,
                                  unroutable=args.unroutable, tick=tick)
     finally:
@@ -671,6 +673,8 @@ def _add_parsers(sub: Any) -> None:
                    help="event seconds per wall second (0 = as fast as possible)")
     p.add_argument("--unroutable", default="dlq",
                    help="where lines without a known type go: 'dlq' (with the reason) or a topic name")
+    p.add_argument("--timezone", type=zone_arg, metavar="ZONE",
+                   help="publish event times without a UTC offset (and bare dates) as read in this zone")
 
     p = sub.add_parser("demo", help="embedded broker + Redis + worker + simulator, live table")
     p.add_argument("--seconds", type=float, default=60.0)

@@ -254,3 +254,56 @@ def test_a_mistake_in_the_compare_config_stops_backtest_before_the_first_replay(
     err = capsys.readouterr().err
     assert "b.yaml: kinds.churn_risk.horizon: not a duration" in err and len(err.splitlines()) == 1
     assert not scores.exists()
+
+
+def _naive(path: Path, out: Path, zone: str) -> None:
+    # Every event time written as a database export would: local wall time, no offset.
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    import orjson
+
+    from features.events import parse_ts_ms
+
+    lines = []
+    for line in path.read_bytes().splitlines():
+        obj = orjson.loads(line)
+        local = datetime.fromtimestamp(parse_ts_ms(obj["ts"]) / 1000, ZoneInfo(zone))
+        obj["ts"] = local.replace(tzinfo=None).isoformat(sep=" ")
+        lines.append(orjson.dumps(obj))
+    out.write_bytes(b"\n".join(lines) + b"\n")
+
+
+def test_times_without_an_offset_read_in_the_zone_given(tmp_path: Path, capsys) -> None:
+    original, naive = tmp_path / "events.jsonl", tmp_path / "naive.jsonl"
+    write_jsonl(SimulationConfig(customers=80, days=60, seed=3), original)  # winter: no DST change
+    _naive(original, naive, "Europe/Berlin")
+
+    def report(*args: str) -> dict:
+        out = tmp_path / "out"
+        assert main(["backtest", *args, "--out", str(out), "--no-batch-baseline"]) == 0
+        return json.loads((out / "report.json").read_text())
+
+    refused = report(str(naive))
+    assert refused["events"] == 0 and refused["invalid"] > 0
+    assert "--timezone" in capsys.readouterr().err
+    want, got = report(str(original)), report(str(naive), "--timezone", "Europe/Berlin")
+    assert got["events"] == want["events"] > 0 and got["invalid"] == 0
+    assert got["kinds"] == want["kinds"]  # the same events at the same instants: the same figures
+    shifted = report(str(naive), "--timezone", "UTC")  # read an hour off: other labels
+    assert shifted["events"] == want["events"] and shifted["kinds"] != want["kinds"]
+
+
+def test_a_file_out_of_order_is_sorted_by_the_zoned_times(tmp_path: Path) -> None:
+    from zoneinfo import ZoneInfo
+
+    from streams.cli import time_ordered_lines
+
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"ts":"2024-01-02 10:00:00","n":1}\n{"ts":"2024-01-01T12:00:00Z","n":2}\n'
+                     b'{"ts":"2024-01-01 12:30:00","n":3}\n')
+    with time_ordered_lines(path, 0, ZoneInfo("Asia/Tokyo")) as lines:
+        got = [json.loads(line) for line in lines]
+    # 12:30 in Tokyo is 03:30 UTC, before noon UTC; the time with an offset is left as written.
+    assert [e["n"] for e in got] == [3, 2, 1]
+    assert got[0]["ts"] == 1704079800000 and got[1]["ts"] == "2024-01-01T12:00:00Z"
