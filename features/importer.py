@@ -1048,10 +1048,13 @@ def _rows(
     order-level cells are filled from its first row (:func:`_fill_from_order`).
     """
     lines = iter(lines)
+    first = next(lines, None)
+    if first is not None:
+        lines = chain([first], lines)
+        if first.lstrip("\ufeff \t").startswith("{") and delimiter == "auto":
+            yield from _json_rows(lines, config, result, progress)
+            return
     if delimiter == "auto":
-        first = next(lines, None)
-        if first is not None:
-            lines = chain([first], lines)
         delimiter = sniff_delimiter(first or "")
     delimiter = DELIMITERS.get(delimiter, delimiter)
     result.delimiter = delimiter
@@ -1104,6 +1107,101 @@ def _rows(
         if config.order:
             first_row = _fill_from_order(row, first_row, config, result)
         yield number, row
+
+
+# A JSON Lines export: columns named in the first this many objects are checked against.
+JSON_COLUMN_CHECK_ROWS = 1_000
+
+
+def json_cell(obj: Mapping[str, Any], column: str) -> str | None:
+    """One JSON object's value for a column, as the cell text a CSV would hold (None: absent).
+
+    ``column`` is a key, or a dotted path into nested objects (Segment, Mixpanel and
+    BigQuery exports nest, e.g. ``properties.time``); a key that itself holds dots wins.
+    Numbers keep their JSON text, ``null`` is an empty cell, and an object or a list
+    is its JSON.
+
+    >>> row = {"id": 7, "properties": {"time": 1704067200, "price": 12.5, "tags": ["a"]}, "v": None}
+    >>> [json_cell(row, c) for c in ("id", "properties.time", "properties.price", "properties.tags", "v", "x")]
+    ['7', '1704067200', '12.5', '["a"]', '', None]
+    """
+    if column in obj:
+        value = obj[column]
+    else:
+        value = obj
+        for part in column.split("."):
+            if not isinstance(value, dict) or part not in value:
+                return None
+            value = value[part]
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return orjson.dumps(value).decode()
+
+
+def _json_rows(
+    lines: Iterable[str], config: ImportConfig, result: ImportResult, progress: Callable[[int], None] | None,
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line number, {column: cell})`` per JSON object line: a JSON Lines export read as a table.
+
+    A column that none of the first ``JSON_COLUMN_CHECK_ROWS`` objects has is refused, as a
+    CSV column missing from the header is (a misspelt name would skip every row); one
+    absent from some objects (an amount only on purchases) is an empty cell there.
+    """
+    result.delimiter = "JSON Lines"
+    columns = config.columns()
+    seen: set[str] = set()
+    held: list[tuple[int, dict[str, str]]] = []
+    checked = False
+    first_row: dict[str, str] = {}
+    objects = 0
+
+    def check() -> None:
+        absent = [c for c in columns if c not in seen]
+        if absent and objects:
+            raise ImportFailed(f"column(s) {', '.join(absent)} in none of the first {objects:,} JSON "
+                               f"objects (keys: {', '.join(sorted(keys)[:30])}; a nested one as a.b)")
+
+    keys: set[str] = set()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        result.rows += 1
+        if progress and result.rows % 10_000 == 0:
+            progress(result.rows)
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            result.skip(number, "not valid JSON")
+            continue
+        if not isinstance(obj, dict):
+            result.skip(number, "not a JSON object")
+            continue
+        cells = {c: json_cell(obj, c) for c in columns}
+        row = {c: "" if v is None else v for c, v in cells.items()}
+        if not checked:
+            objects += 1
+            keys.update(obj)
+            seen.update(c for c, v in cells.items() if v is not None)
+        if config.order:
+            first_row = _fill_from_order(row, first_row, config, result)
+        if checked:
+            yield number, row
+            continue
+        held.append((number, row))
+        if objects >= JSON_COLUMN_CHECK_ROWS:
+            check()
+            checked = True
+            yield from held
+            held = []
+    if not checked:
+        check()
+        yield from held
 
 
 class _Evidence:

@@ -251,6 +251,12 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     if not reports[0]["events"] and reports[0]["invalid"] and _looks_like_csv(Path(args.file)):
         print("hint: this looks like a CSV table, not JSON Lines events: turn it into purchase events "
               "with 'leadpulse import-transactions' first (see its --help)", file=sys.stderr)
+    elif not reports[0]["events"] and reports[0]["invalid"] and not any(
+        "no UTC offset" in e["reason"] for e in reports[0].get("invalid_examples", ())
+    ):
+        print("hint: no line is a leadpulse event; JSON Lines of another shape (an analytics or CDP "
+              "export) become events with 'leadpulse import-events' (or import-transactions), naming "
+              "its keys as columns, nested ones as a.b", file=sys.stderr)
     if any("no UTC offset" in e["reason"] for e in reports[0].get("invalid_examples", ())):
         print(NAIVE_HINT, file=sys.stderr)
     print(f"report: {path}")

@@ -87,7 +87,8 @@ def add_parser(sub: Any) -> None:
 
 
 def _add_columns(p: Any, event_log: bool) -> None:
-    p.add_argument("file", help="CSV file with a header line, gzip is fine ('-' for stdin)")
+    p.add_argument("file", help="CSV file with a header line, or JSON Lines (one object per line; a column "
+                   "is a key, nested as a.b); gzip is fine ('-' for stdin)")
     p.add_argument("--out", required=True, help="JSON Lines file to write")
     cols = p.add_argument_group("columns")
     cols.add_argument("--customer", required=True, metavar="COL", help="customer id column")

@@ -785,3 +785,38 @@ def test_a_binary_file_is_refused_as_not_a_table(tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err
     assert "the first line is not a header of column names but binary data" in err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_json_lines_export_imports_as_its_csv_does(history: tuple[str, dict[int, str], list[list[str]]]) -> None:
+    # The same rows as one JSON object per line (as BigQuery or a CDP exports a table): the
+    # same events, the same skipped rows and reasons; only the read format differs.
+    text, _, _ = history
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    header, body = rows[0], [r for r in rows[1:] if len(r) == len(rows[0])]  # JSON has no field count
+    as_csv = io.StringIO(newline="")
+    csv.writer(as_csv, lineterminator="\n").writerows([header, *body])
+    lines = [json.dumps(dict(zip(header, r, strict=True)), ensure_ascii=False) + "\n" for r in body]
+    from_csv = import_transactions(io.StringIO(as_csv.getvalue(), newline=""), RETAIL)
+    from_json = import_transactions(lines, RETAIL)
+    assert from_json.events == from_csv.events and len(from_json.events) > 1_000
+    assert [e.reason for e in from_json.errors] == [e.reason for e in from_csv.errors]
+    assert from_json.summary() | {"delimiter": ","} == from_csv.summary()
+    assert from_json.summary()["delimiter"] == "JSON Lines"
+
+
+def test_json_lines_columns_are_keys_or_nested_paths_and_a_misspelt_one_is_refused() -> None:
+    lines = [
+        '{"event":"order","properties":{"user":{"id":7},"time":1704067200,"total":12.5}}\n',
+        '\n',
+        '{"event":"order","properties":{"user":{"id":"7"},"time":"2024-01-03T10:00:00Z","total":null}}\n',
+        '{"broken\n',
+        '["not", "an", "object"]\n',
+        '{"event":"order","properties":{"user":{"id":8},"time":1704153600,"total":3}}\n',
+    ]
+    cfg = ImportConfig(customer="properties.user.id", time="properties.time", amount="properties.total")
+    result = import_transactions(lines, cfg)
+    assert [(e["customer_id"], e["amount"]) for e in result.events] == [("7", 12.5), ("8", 3.0)]
+    assert result.events[0]["ts"].startswith("2024-01-01T00:00:00")  # epoch seconds, as in a CSV cell
+    assert result.skipped_by_reason() == {"missing amount": 1, "not valid JSON": 1, "not a JSON object": 1}
+    with pytest.raises(ImportFailed, match="properties.user_id in none of the first 3 JSON objects"):
+        import_transactions(lines, replace(cfg, customer="properties.user_id"))

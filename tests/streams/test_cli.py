@@ -307,3 +307,26 @@ def test_a_file_out_of_order_is_sorted_by_the_zoned_times(tmp_path: Path) -> Non
     # 12:30 in Tokyo is 03:30 UTC, before noon UTC; the time with an offset is left as written.
     assert [e["n"] for e in got] == [3, 2, 1]
     assert got[0]["ts"] == 1704079800000 and got[1]["ts"] == "2024-01-01T12:00:00Z"
+
+
+def test_an_analytics_export_in_json_lines_imports_as_an_event_log(tmp_path: Path, capsys) -> None:
+    # Mixpanel's raw export shape: the event name on top, everything else nested in properties.
+    export = tmp_path / "export.jsonl"
+    rows = [("view", "u1", 1704067200, None), ("add to cart", "u1", 1704067260, None),
+            ("purchase", "u1", 1704067500, 12.5), ("view", "u2", 1704070800, None)]
+    export.write_text("".join(
+        json.dumps({"event": e, "properties": {"distinct_id": u, "time": t, **({"amount": a} if a else {})}}) + "\n"
+        for e, u, t, a in rows
+    ))
+    out = tmp_path / "events.jsonl"
+    assert main(["import-events", str(export), "--customer", "properties.distinct_id", "--time", "properties.time",
+                 "--action", "event", "--amount", "properties.amount", "--default-currency", "EUR",
+                 "--out", str(out)]) == 0
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(e["type"], e.get("action"), e["customer_id"]) for e in events] == [
+        ("web", "product_view", "u1"), ("web", "add_to_cart", "u1"), ("purchase", None, "u1"),
+        ("web", "product_view", "u2")]
+    capsys.readouterr()
+    # Given to backtest as it is, no line is an event: the hint names the import.
+    assert main(["backtest", str(export), "--out", str(tmp_path / "bt"), "--no-batch-baseline"]) == 0
+    assert "import-events" in capsys.readouterr().err
