@@ -1051,7 +1051,19 @@ def _rows(
     first = next(lines, None)
     if first is not None:
         lines = chain([first], lines)
-        if first.lstrip("\ufeff \t").startswith("{") and delimiter == "auto":
+        start = first.lstrip("\ufeff \t\r\n")[:1]
+        if start == "[" and delimiter == "auto":
+            # One JSON array of objects ("export as JSON"): read whole, then as JSON Lines.
+            try:
+                items = orjson.loads("".join(lines))
+            except orjson.JSONDecodeError as exc:
+                raise ImportFailed(f"a JSON array that is not valid JSON: {str(exc)[:120]}") from None
+            if not isinstance(items, list):
+                raise ImportFailed("not a JSON array of objects")
+            yield from _json_rows((orjson.dumps(item).decode() for item in items), config, result, progress)
+            result.delimiter = "JSON array"
+            return
+        if start == "{" and delimiter == "auto":
             yield from _json_rows(lines, config, result, progress)
             return
     if delimiter == "auto":

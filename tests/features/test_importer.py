@@ -820,3 +820,13 @@ def test_json_lines_columns_are_keys_or_nested_paths_and_a_misspelt_one_is_refus
     assert result.skipped_by_reason() == {"missing amount": 1, "not valid JSON": 1, "not a JSON object": 1}
     with pytest.raises(ImportFailed, match="properties.user_id in none of the first 3 JSON objects"):
         import_transactions(lines, replace(cfg, customer="properties.user_id"))
+
+
+def test_a_json_array_export_reads_as_its_objects() -> None:
+    text = json.dumps([{"c": "a", "t": "2024-01-01T10:00:00Z", "amt": 5}, {"c": "b", "t": "2024-01-02T10:00:00Z", "amt": 7.5}],
+                      indent=2)
+    result = import_transactions(text.splitlines(keepends=True), ImportConfig(customer="c", time="t", amount="amt"))
+    assert [(e["customer_id"], e["amount"]) for e in result.events] == [("a", 5.0), ("b", 7.5)]
+    assert result.summary()["delimiter"] == "JSON array"
+    with pytest.raises(ImportFailed, match="not valid JSON"):
+        import_transactions(["[{\"c\": 1,\n"], ImportConfig(customer="c", time="t", amount="amt"))
