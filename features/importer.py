@@ -1167,7 +1167,8 @@ def _json_rows(
     """
     result.delimiter = "JSON Lines"
     columns = config.columns()
-    seen: set[str] = set()
+    seen: set[str] = set()  # columns some of the first objects have
+    keys: set[str] = set()  # their top-level keys, for the refusal's message
     held: list[tuple[int, dict[str, str]]] = []
     checked = False
     first_row: dict[str, str] = {}
@@ -1179,7 +1180,6 @@ def _json_rows(
             raise ImportFailed(f"column(s) {', '.join(absent)} in none of the first {objects:,} JSON "
                                f"objects (keys: {', '.join(sorted(keys)[:30])}; a nested one as a.b)")
 
-    keys: set[str] = set()
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
