@@ -485,3 +485,30 @@ def test_a_forest_serves_in_a_replay(history: Path, tmp_path: Path) -> None:
     kind = report["kinds"]["purchase_propensity"]
     assert report["models"]["purchase_propensity"]["model"] == "forest"
     assert kind["model_only"]["labels"] > 100 and kind["model_only"]["auc"] > 0.55
+
+
+def test_a_sample_of_customers_is_the_replay_of_those_customers_alone(history: Path, tmp_path: Path) -> None:
+    from features.events import decode
+    from scoring.backtest import in_sample
+
+    sampled = _run(history, sample_pct=40, batch_baseline=False)
+    # The same file with only the sampled customers' lines (invalid lines kept: they count).
+    kept, out = [], 0
+    for line in history.read_bytes().splitlines():
+        ev = decode(line)
+        if hasattr(ev, "reason") or in_sample(ev.customer_id, 40):
+            kept.append(line)
+        else:
+            out += 1
+    alone = tmp_path / "alone.jsonl"
+    alone.write_bytes(b"\n".join(kept) + b"\n")
+    whole = _run(alone, batch_baseline=False)
+    full = _run(history, batch_baseline=False)
+    assert sampled["sample_pct"] == 40 and sampled["sampled_out"] == out
+    assert 0.25 * full["events"] < sampled["events"] < 0.55 * full["events"]
+    for r in (sampled, whole):
+        for key in ("seconds", "events_per_second", "labels_per_second", "lines", "sample_pct", "sampled_out"):
+            r.pop(key, None)
+        for e in r["invalid_examples"]:
+            e.pop("first_line")  # a line number of the other file
+    assert sampled == whole
