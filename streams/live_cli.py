@@ -48,6 +48,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -513,9 +514,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ensure_topics(settings)
             if history is not None:
                 events_path = history
-                span = history_span(events_path)
+                span = history_span(events_path, args.timezone)
                 if span is None:
-                    raise ValueError(f"{events_path.name}: no line with a readable event time")
+                    raise ValueError(f"{events_path.name}: no line with a readable event time (times "
+                                     "without a UTC offset: give --timezone)")
                 days = max((span[1] - span[0]) / 86_400_000, 1 / 24)
                 history_end = ms_to_iso(span[1])
                 what = f"{events_path.name}: {span[2]:,} lines from {ms_to_iso(span[0])[:10]} to {history_end[:10]}"
@@ -539,7 +541,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             def send() -> None:
                 # A history of one's own may be in any order; the simulator's is in time order
                 # but for its dirty lines, which the worker is there to show handled (as late).
-                with (time_ordered_lines(events_path, lateness_ms) if history is not None
+                with (time_ordered_lines(events_path, lateness_ms, args.timezone) if history is not None
                       else open(events_path, "rb")) as handle:  # noqa: SIM115 - closed by the with
                     counting = _Counting(handle, view)
                     replay_lines(counting, producer, settings.topics, speed=speed, stop=stop)
@@ -606,7 +608,7 @@ def _input_file(name: str) -> Path:
     return path
 
 
-def history_span(path: Path) -> tuple[int, int, int] | None:
+def history_span(path: Path, zone: tzinfo | None = None) -> tuple[int, int, int] | None:
     """``(first, last, lines)``: the event-time span of a JSON Lines file's events (``None``: none).
 
     >>> import tempfile
@@ -616,14 +618,14 @@ def history_span(path: Path) -> tuple[int, int, int] | None:
     >>> history_span(f)
     (1704067200000, 1704240000000, 3)
     """
-    from features.events import event_time_ms
+    from features.events import event_time_ms, with_zone
 
     first = last = None
     lines = 0
     with open_input(path) as handle:
         for line in handle:
             lines += 1
-            ts = event_time_ms(line)
+            ts = event_time_ms(line if zone is None else with_zone(line, zone))
             if ts is None:
                 continue
             first = ts if first is None else min(first, ts)
@@ -680,6 +682,8 @@ def _add_parsers(sub: Any) -> None:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--file", help="replay this JSON Lines history instead of the simulator's (any order, "
                    "gzip is fine; leadpulse import-transactions writes one), compressed into the run")
+    p.add_argument("--timezone", type=zone_arg, metavar="ZONE",
+                   help="with --file: read event times without a UTC offset (and bare dates) in this zone")
     p.add_argument("--customers", type=int, default=300)
     p.add_argument("--days", type=int, default=120, help="simulated history compressed into the run")
     p.add_argument("--seed", type=int, default=7)

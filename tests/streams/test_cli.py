@@ -330,3 +330,14 @@ def test_an_analytics_export_in_json_lines_imports_as_an_event_log(tmp_path: Pat
     # Given to backtest as it is, no line is an event: the hint names the import.
     assert main(["backtest", str(export), "--out", str(tmp_path / "bt"), "--no-batch-baseline"]) == 0
     assert "import-events" in capsys.readouterr().err
+
+
+def test_the_demo_reads_a_history_of_wall_times_in_the_zone_given(tmp_path: Path) -> None:
+    from zoneinfo import ZoneInfo
+
+    from streams.live_cli import history_span
+
+    path = tmp_path / "h.jsonl"
+    path.write_text('{"type":"web","ts":"2024-01-03 09:00:00"}\n{"type":"purchase","ts":"2024-01-01"}\n')
+    assert history_span(path) is None  # no time it can read: the demo says to give --timezone
+    assert history_span(path, ZoneInfo("Europe/Berlin")) == (1704063600000, 1704268800000, 2)
