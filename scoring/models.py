@@ -109,9 +109,13 @@ def _pipeline(model: str) -> Any:
         # A tree ensemble: Adaptive Random Forest (Gomes et al. 2017), ten Hoeffding trees on
         # random feature subsets, each replaced in the background when its own drift detector
         # fires. The scaler changes no split; it keeps explain() on one scale for every model.
+        # Bounded: with River's defaults (unbounded depth, a split try every 50 labels, each
+        # label learned about 6 times) a snapshot after 20,000 labels of 45 inputs was 147 MB
+        # and 1.6 ms a label; depth 8, 200 and once (Oza's online bagging) made it 11 MB and
+        # 0.4 ms, ranking as well on that stream (AUC 0.856 against 0.848).
         return compose.Pipeline(
             preprocessing.StandardScaler(),
-            forest.ARFClassifier(n_models=10, seed=0),
+            forest.ARFClassifier(n_models=10, max_depth=8, grace_period=200, lambda_value=1, seed=0),
         )
     if model != "logistic":
         raise ValueError(f"unknown model {model!r}: logistic, tree or forest")
