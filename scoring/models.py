@@ -101,9 +101,11 @@ _PLANS: dict[tuple[str, ...], dict[tuple[str, ...], tuple[str, ...]]] = {}
 
 def _pipeline(model: str) -> Any:
     if model == "tree":
+        # At most 8 deep (2^8 leaves, each with its per-input statistics), as the forest's trees:
+        # unbounded, the tree only grows on a long history, and it is snapshotted whole.
         return compose.Pipeline(
             preprocessing.StandardScaler(),
-            tree.HoeffdingAdaptiveTreeClassifier(grace_period=100, seed=0),
+            tree.HoeffdingAdaptiveTreeClassifier(grace_period=100, max_depth=8, seed=0),
         )
     if model == "forest":
         # A tree ensemble: Adaptive Random Forest (Gomes et al. 2017), ten Hoeffding trees on
