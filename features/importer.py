@@ -191,7 +191,7 @@ class ImportConfig:
             raise ImportFailed(f"default channel {self.default_channel!r}: one of {', '.join(sorted(CHANNELS))}")
         if not re.fullmatch(r"[A-Za-z]{3}", self.default_currency):
             raise ImportFailed("default currency must be a 3-letter ISO code such as EUR")
-        _zone(self.timezone)
+        time_zone(self.timezone)
         if self.time_format and self.time_format.startswith(COUNT_UNITS):
             _count_start(self.time_format)  # refused here, not once per row
         if self.rates and not self.convert_to:
@@ -598,7 +598,8 @@ def _legacy_run(match: re.Match[str]) -> str:
         return raw.decode("latin-1")
 
 
-def _zone(name: str) -> tzinfo:
+def time_zone(name: str) -> tzinfo:
+    """UTC or an IANA zone, by name (``--timezone`` of the imports, backtest, replay and demo)."""
     if name.upper() in ("UTC", "Z"):
         return UTC
     try:
@@ -952,7 +953,7 @@ def import_transactions(
     (True, ['2024-01-13', '2024-02-03'], 'mdy (from 1 row with a day above 12)')
     """
     config.check()
-    zone = _zone(config.timezone)
+    zone = time_zone(config.timezone)
     result = ImportResult()
     evidence = _Evidence(config)
     rows: Iterable[tuple[int, dict[str, str]]]

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, tzinfo
+from datetime import tzinfo
 from pathlib import Path
 from typing import IO, Any
 
@@ -153,19 +153,17 @@ def time_ordered_lines(path: Path, window_ms: int, zone: tzinfo | None = None) -
 
 
 def zone_arg(text: str) -> tzinfo:
-    """``--timezone``: UTC or an IANA zone name.
+    """``--timezone``: UTC or an IANA zone name, read as the imports read theirs.
 
     >>> zone_arg("utc"), zone_arg("Europe/Paris").key
     (datetime.timezone.utc, 'Europe/Paris')
     """
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    from features.importer import ImportFailed, time_zone
 
-    if text.upper() in ("UTC", "Z"):
-        return UTC
     try:
-        return ZoneInfo(text)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise argparse.ArgumentTypeError(f"unknown time zone {text!r} (an IANA name such as Europe/Paris)") from None
+        return time_zone(text)
+    except ImportFailed as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 NAIVE_HINT = ("hint: event times without a UTC offset; give --timezone with the zone they were written in "
@@ -252,16 +250,16 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         path = write_report({"compare": True, "a": reports[0], "b": reports[1]}, out_dir)
     _write_html(out_dir, reports)
     print(_headline(reports))
-    if not reports[0]["events"] and reports[0]["invalid"] and _looks_like_csv(Path(args.file)):
+    naive = any("no UTC offset" in e["reason"] for e in reports[0].get("invalid_examples", ()))
+    none_read = not reports[0]["events"] and reports[0]["invalid"]
+    if none_read and _looks_like_csv(Path(args.file)):
         print("hint: this looks like a CSV table, not JSON Lines events: turn it into purchase events "
               "with 'leadpulse import-transactions' first (see its --help)", file=sys.stderr)
-    elif not reports[0]["events"] and reports[0]["invalid"] and not any(
-        "no UTC offset" in e["reason"] for e in reports[0].get("invalid_examples", ())
-    ):
+    elif none_read and not naive:
         print("hint: no line is a leadpulse event; JSON Lines of another shape (an analytics or CDP "
               "export) become events with 'leadpulse import-events' (or import-transactions), naming "
               "its keys as columns, nested ones as a.b", file=sys.stderr)
-    if any("no UTC offset" in e["reason"] for e in reports[0].get("invalid_examples", ())):
+    if naive:
         print(NAIVE_HINT, file=sys.stderr)
     print(f"report: {path}")
     written = reports[0].get("customers_out")
