@@ -84,7 +84,7 @@ def parse_ts_ms(value: Any) -> int:
         ms = _epoch_ms(value)
     elif isinstance(value, str):
         text = value.strip()
-        if text.lstrip("-").replace(".", "", 1).isdigit():
+        if _epoch_text(text):
             ms = _epoch_ms(float(text) if "." in text else int(text))
         else:
             try:
@@ -365,6 +365,11 @@ def event_time_ms(raw: bytes | None, max_bytes: int = MAX_EVENT_BYTES) -> int | 
     return _line_ts(raw, types=("web", "purchase", "campaign"), parse=_event_ts_ms)
 
 
+def _epoch_text(text: str) -> bool:
+    # Epoch seconds or milliseconds written as text ("1704067200", "1704067200.25").
+    return text.lstrip("-").replace(".", "", 1).isdigit()
+
+
 def with_zone(line: bytes, zone: tzinfo) -> bytes:
     """A line whose ``ts`` is a time or date without a UTC offset, that time read in ``zone``.
 
@@ -389,8 +394,8 @@ def with_zone(line: bytes, zone: tzinfo) -> bytes:
     if not isinstance(ts, str):
         return line
     text = ts.strip()
-    if text.lstrip("-").replace(".", "", 1).isdigit():
-        return line  # epoch seconds or milliseconds as text (fromisoformat reads 8 digits as a date)
+    if _epoch_text(text):
+        return line  # (fromisoformat would read 8 digits as a date)
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
