@@ -1061,8 +1061,8 @@ def _rows(
                 raise ImportFailed(f"a JSON array that is not valid JSON: {str(exc)[:120]}") from None
             if not isinstance(items, list):
                 raise ImportFailed("not a JSON array of objects")
-            yield from _json_rows((orjson.dumps(item).decode() for item in items), config, result, progress)
-            result.delimiter = "JSON array"
+            rows = (orjson.dumps(item).decode() for item in items)
+            yield from _json_rows(rows, config, result, progress, "JSON array")
             return
         if start == "{" and delimiter == "auto":
             yield from _json_rows(lines, config, result, progress)
@@ -1159,6 +1159,7 @@ def json_cell(obj: Mapping[str, Any], column: str) -> str | None:
 
 def _json_rows(
     lines: Iterable[str], config: ImportConfig, result: ImportResult, progress: Callable[[int], None] | None,
+    form: str = "JSON Lines",
 ) -> Iterator[tuple[int, dict[str, str]]]:
     """``(line number, {column: cell})`` per JSON object line: a JSON Lines export read as a table.
 
@@ -1166,7 +1167,7 @@ def _json_rows(
     CSV column missing from the header is (a misspelt name would skip every row); one
     absent from some objects (an amount only on purchases) is an empty cell there.
     """
-    result.delimiter = "JSON Lines"
+    result.delimiter = form  # what the summary says was read
     columns = config.columns()
     seen: set[str] = set()  # columns some of the first objects have
     keys: set[str] = set()  # their top-level keys, for the refusal's message
