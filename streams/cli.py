@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import sys
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import tzinfo
@@ -49,8 +50,9 @@ def open_input(path: Path) -> IO[bytes]:
     r"""Open a data file for reading bytes, decompressing it on the fly when it is packed.
 
     Told by content, not by name: gzip, bzip2 and xz, and a zip archive that holds one
-    data file (as dataset downloads often come). Excel workbooks and Parquet files are
-    refused with what to do instead, rather than read as garbled rows.
+    data file (as dataset downloads often come). Excel workbooks (which the imports
+    read, see :mod:`features.workbook`) and Parquet files are refused with what to do
+    instead, rather than read as garbled rows.
 
     >>> import gzip, tempfile, zipfile
     >>> folder = Path(tempfile.mkdtemp())
@@ -88,20 +90,18 @@ def open_input(path: Path) -> IO[bytes]:
     return open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
 
 
-_EXCEL = ("{name} is an Excel workbook: save the sheet as CSV (File > Save As > CSV UTF-8, "
+_EXCEL = ("{name} is an Excel 97-2003 workbook: save the sheet as .xlsx or CSV (File > Save As > CSV UTF-8, "
           "or pandas: pd.read_excel(f).to_csv(out, index=False)) and import that")
 
 
 def _open_zip_member(path: Path) -> IO[bytes]:
-    import zipfile
-
     archive = zipfile.ZipFile(path)
-    names = [i.filename for i in archive.infolist()
-             if not i.is_dir() and not i.filename.startswith("__MACOSX/")
-             and not i.filename.rsplit("/", 1)[-1].startswith(".")]
-    if any(n == "xl/workbook.xml" for n in names):
+    names = zip_data_members(archive)
+    if any(n == "xl/workbook.xml" for n in names) or (len(names) == 1 and names[0].lower().endswith(".xlsx")):
         archive.close()
-        raise ValueError(_EXCEL.format(name=path.name))
+        raise ValueError(f"{path.name} is an Excel workbook: turn its rows into events first with "
+                         "`leadpulse import-transactions` or `import-events`, which read .xlsx, "
+                         "or save the sheet as CSV")
     if len(names) != 1:
         archive.close()
         shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
@@ -110,6 +110,13 @@ def _open_zip_member(path: Path) -> IO[bytes]:
     member = archive.open(names[0])
     member.close = _closing(member.close, archive.close)  # type: ignore[method-assign]
     return member
+
+
+def zip_data_members(archive: zipfile.ZipFile) -> list[str]:
+    """The files of a zip archive, without folders and what macOS and editors add (``__MACOSX/``, dot files)."""
+    return [i.filename for i in archive.infolist()
+            if not i.is_dir() and not i.filename.startswith("__MACOSX/")
+            and not i.filename.rsplit("/", 1)[-1].startswith(".")]
 
 
 def _closing(*closers: Callable[[], None]) -> Callable[[], None]:

@@ -1,4 +1,4 @@
-"""``leadpulse import-transactions``: a transaction table (CSV) to purchase events (JSON Lines).
+"""``leadpulse import-transactions``: a transaction table (CSV, JSON Lines or .xlsx) to purchase events.
 
 A thin shell over :func:`features.importer.import_transactions`: it reads the
 file, shows a progress bar on a terminal, prints the first skipped rows (line
@@ -26,18 +26,29 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shutil
 import sys
+import tempfile
+import zipfile
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from features.actions import CHANNELS, TARGETS
-from streams.cli import EXTRA_PARSERS, command, count_lines, open_input, progress
+from streams.cli import EXTRA_PARSERS, command, count_lines, open_input, progress, zip_data_members
+
+if TYPE_CHECKING:
+    from features.workbook import WorkbookRead
 
 DEFAULT_ENCODING = "utf-8-sig"  # UTF-8, with or without the byte order mark Excel writes
 
 EXAMPLE = """examples:
+  # UCI Online Retail II as downloaded: a zip of a workbook, one sheet per year
+  leadpulse import-transactions online+retail+ii.zip --customer "Customer ID" --time InvoiceDate \\
+      --order Invoice --quantity Quantity --price Price --product StockCode \\
+      --default-currency GBP --out retail2.jsonl
   # UCI Online Retail (one row per line item, cancellations have negative quantities)
   leadpulse import-transactions online_retail.csv --customer CustomerID --time InvoiceDate \\
       --order InvoiceNo --quantity Quantity --price UnitPrice --product StockCode \\
@@ -49,6 +60,10 @@ EXAMPLE = """examples:
 
 
 EVENTS_EXAMPLE = """examples:
+  # UCI Online Retail II as downloaded: a zip of a workbook, one sheet per year
+  leadpulse import-transactions online+retail+ii.zip --customer "Customer ID" --time InvoiceDate \\
+      --order Invoice --quantity Quantity --price Price --product StockCode \\
+      --default-currency GBP --out retail2.jsonl
   # Retailrocket's events.csv (timestamp in ms, view / addtocart / transaction, no prices)
   leadpulse import-events events.csv --customer visitorid --time timestamp --action event \\
       --product itemid --order transactionid --out retailrocket.jsonl
@@ -87,8 +102,8 @@ def add_parser(sub: Any) -> None:
 
 
 def _add_columns(p: Any, event_log: bool) -> None:
-    p.add_argument("file", help="CSV file with a header line, or JSON Lines (one object per line; a column "
-                   "is a key, nested as a.b); gzip is fine ('-' for stdin)")
+    p.add_argument("file", help="CSV file with a header line, an Excel workbook (.xlsx), or JSON Lines (one "
+                   "object per line; a column is a key, nested as a.b); gzip is fine ('-' for stdin)")
     p.add_argument("--out", required=True, help="JSON Lines file to write")
     cols = p.add_argument_group("columns")
     cols.add_argument("--customer", required=True, metavar="COL", help="customer id column")
@@ -141,6 +156,9 @@ def _add_columns(p: Any, event_log: bool) -> None:
                       help="carry this column on events (e.g. a segment or country for "
                            "backtest --group-by); repeatable. Never carry personal data.")
     fmt = p.add_argument_group("reading")
+    fmt.add_argument("--sheet", metavar="NAME",
+                     help="the sheet of an Excel workbook to read (default: the first, and after it "
+                          "every sheet with the same header, as a workbook split by year)")
     fmt.add_argument("--delimiter", default="auto",
                      help="field separator: , ; tab | (default: the header's, the most frequent of these)")
     fmt.add_argument("--encoding", default=DEFAULT_ENCODING,
@@ -231,6 +249,61 @@ def _encoding(raw: Any, asked: str) -> str:
 @command("import-events")
 @command("import-transactions")
 def cmd_import_transactions(args: argparse.Namespace) -> int:
+    with _workbook_as_csv(args) as workbook:
+        return _import(args, workbook)
+
+
+@contextmanager
+def _workbook_as_csv(args: argparse.Namespace) -> Iterator[WorkbookRead | None]:
+    """An Excel workbook is written out as a temporary CSV (``TMPDIR``), which is imported and removed.
+
+    The import reads its file twice (see ``import_transactions``): a CSV read twice
+    costs less than parsing the workbook's XML twice.
+    """
+    from features.workbook import is_workbook, write_csv
+
+    path = Path(args.file)
+    with ExitStack() as stack:
+        book = path if args.file != "-" and is_workbook(path) else None
+        member = _zipped_workbook(path) if book is None and args.file != "-" else None
+        if member is not None:  # a dataset download: a zip holding the workbook
+            book = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="leadpulse-"))) / "book.xlsx"
+            with zipfile.ZipFile(path) as archive, archive.open(member) as src, book.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        if book is None:
+            if args.sheet is not None:
+                raise ValueError(f"--sheet reads an Excel workbook, and {path.name} is not one")
+            yield None
+            return
+        copy = stack.enter_context(tempfile.NamedTemporaryFile(
+            "w", prefix="leadpulse-sheet-", suffix=".csv", encoding="utf-8", newline=""))
+        read = write_csv(book, copy, args.sheet)
+        copy.flush()
+        names = " + ".join(repr(s.name) for s in read.sheets)
+        print(f"{path.name}: an Excel workbook, sheet{'s' if len(read.sheets) > 1 else ''} {names} ({sum(s.rows for s in read.sheets):,} rows)"
+              + (f"; not read: {', '.join(repr(n) for n in read.other_sheets)} (another table, or "
+                 "hidden: --sheet NAME reads one)" if read.other_sheets else ""), file=sys.stderr)
+        args.given_file, args.file = args.file, copy.name
+        args.delimiter, args.encoding = "comma", "utf-8"
+        yield read
+
+
+def _zipped_workbook(path: Path) -> str | None:
+    """The workbook a zip archive holds as its one file (``online+retail.zip``), if it does."""
+    from features.workbook import WORKBOOK_PART
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = zip_data_members(archive)
+            if len(names) != 1 or WORKBOOK_PART in names:
+                return None
+            with archive.open(names[0]) as member:
+                return names[0] if member.read(4) == b"PK\x03\x04" else None
+    except (OSError, zipfile.BadZipFile):
+        return None
+
+
+def _import(args: argparse.Namespace, workbook: WorkbookRead | None) -> int:
     from features.importer import ImportConfig, import_transactions
 
     config = ImportConfig(
@@ -266,8 +339,11 @@ def cmd_import_transactions(args: argparse.Namespace) -> int:
 
     with progress("import" if stdin else "import (read twice)", None if lines is None else 2 * lines) as tick:
         result = import_transactions(source, config, delimiter=args.delimiter, progress=tick)
+    if workbook is not None:
+        result.delimiter = "Excel workbook"  # what the summary says was read
     for err in result.errors[: max(0, args.max_errors)]:
-        print(f"skipped {err}", file=sys.stderr)
+        where = f"line {err.line}" if workbook is None else workbook.where(err.line)
+        print(f"skipped {where}: {err.reason}", file=sys.stderr)
     hidden = result.rows_skipped - min(len(result.errors), max(0, args.max_errors))
     if hidden > 0:
         print(f"... and {hidden:,} more skipped rows (counted in the summary)", file=sys.stderr)
@@ -275,6 +351,8 @@ def cmd_import_transactions(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     result.write(out)
     summary = result.summary()
+    if workbook is not None:
+        summary.update(workbook.summary())
     print(json.dumps({**summary, "out": str(out)}, indent=2))
     for key in ("shared_customer_id", "one_order_per_customer"):  # notes on the customer column
         if key in summary:
