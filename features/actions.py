@@ -74,13 +74,21 @@ def action_table(overrides: Mapping[str, str] = {}) -> dict[str, tuple[str, str]
     """
     table = dict(ACTION_ALIASES)
     for raw, target in overrides.items():
-        if target == "skip":
-            table[norm_action(raw)] = ("skip", "")
-        elif target in ("purchase", "refund"):
-            table[norm_action(raw)] = ("purchase", "completed" if target == "purchase" else "refunded")
-        else:
-            table[norm_action(raw)] = next(t for t in _VOCABULARY if t[1] == target)
+        table[norm_action(raw)] = action_target(target)
     return table
 
 
-__all__ = ["ACTION_ALIASES", "CHANNELS", "TARGETS", "action_table", "norm_action"]
+def action_target(target: str) -> tuple[str, str]:
+    """What a ``--map`` target means: ``(event type, action)``, ``("skip", "")`` for skip.
+
+    >>> action_target("page_view"), action_target("refund"), action_target("skip")
+    (('web', 'page_view'), ('purchase', 'refunded'), ('skip', ''))
+    """
+    if target == "skip":
+        return ("skip", "")
+    if target in ("purchase", "refund"):
+        return ("purchase", "completed" if target == "purchase" else "refunded")
+    return next(t for t in _VOCABULARY if t[1] == target)
+
+
+__all__ = ["ACTION_ALIASES", "CHANNELS", "TARGETS", "action_table", "action_target", "norm_action"]

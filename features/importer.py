@@ -96,7 +96,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
-from features.actions import ACTION_ALIASES, CHANNELS, TARGETS, action_table, norm_action
+from features.actions import (
+    ACTION_ALIASES,
+    CHANNELS,
+    TARGETS,
+    action_table,
+    action_target,
+    norm_action,
+)
 from features.events import (
     MAX_TS_MS,
     MIN_TS_MS,
@@ -158,6 +165,9 @@ class ImportConfig:
     # (value -> leadpulse action, or "skip"). Without it every row is a purchase.
     action: str | None = None
     actions: Mapping[str, str] = field(default_factory=dict)
+    # What every other action value is read as (a clickstream's page names: page_view);
+    # None skips them, counted in the summary's unmapped_actions.
+    other_actions: str | None = None
     session: str | None = None  # web sessions; purchases of one session are one order without ``order``
     campaign: str | None = None  # campaign id, for sent / opened / clicked rows
     channel: str | None = None  # email, sms, push, web, ads; otherwise default_channel
@@ -183,6 +193,9 @@ class ImportConfig:
             if target not in TARGETS:
                 raise ImportFailed(f"--map {value}={target}: the action must be one of "
                                    f"{', '.join(sorted(TARGETS))}")
+        if self.other_actions is not None and self.other_actions not in TARGETS:
+            raise ImportFailed(f"--others {self.other_actions}: the action must be one of "
+                               f"{', '.join(sorted(TARGETS))}")
         for value, target in self.statuses.items():
             if target not in STATUS_TARGETS:
                 raise ImportFailed(f"--status-map {value}={target}: the status must be one of "
@@ -245,6 +258,8 @@ class ImportResult:
     converted: Counter[str] = field(default_factory=Counter)  # rows converted, by their currency
     types: Counter[str] = field(default_factory=Counter)  # events written by type (event logs)
     unmapped: Counter[str] = field(default_factory=Counter)  # event log action values not read
+    others: Counter[str] = field(default_factory=Counter)  # action values read as other_actions
+    others_as: str = ""  # what they were read as
     unread_statuses: Counter[str] = field(default_factory=Counter)  # status values read as not a purchase
     amounts: str = ""  # a note when an event log's purchases have no amounts
     date_order: str = "not needed"
@@ -337,6 +352,8 @@ class ImportResult:
             **({"event_types": dict(self.types.most_common())} if self.types else {}),
             **({"amounts": self.amounts} if self.amounts else {}),
             **({"unmapped_actions": self.unmapped_actions()} if self.unmapped else {}),
+            **({f"actions_read_as_{self.others_as}": _vocabulary(self.others, "--action")}
+               if self.others else {}),
             **({"unread_statuses": _vocabulary(self.unread_statuses, "--status")}
                if self.unread_statuses else {}),
             **({"shared_customer_id": shared} if (shared := _shared_id_note(counts)) else {}),
@@ -979,12 +996,17 @@ def import_transactions(
     activity: list[_Encoded] = []  # web and campaign events of an event log
     seen: Counter[str] = Counter()
     table = action_table(config.actions) if config.action else None
+    other = action_target(config.other_actions) if config.action and config.other_actions else None
+    result.others_as = config.other_actions or ""
     for number, row in rows:
         kind = ("purchase", "completed")
         if table is not None:
             assert config.action is not None
             value = norm_action(row[config.action])
             found = table.get(value)
+            if found is None and other is not None:
+                result.others[value] += 1
+                found = other
             if found is None:
                 result.unmapped[value] += 1
                 result.skip(number, "unknown action (see unmapped_actions in the "

@@ -115,6 +115,10 @@ def _add_columns(p: Any, event_log: bool) -> None:
         cols.add_argument("--map", metavar="VALUE=ACTION", action="append", default=[],
                           help="read an action value as ACTION: one of "
                                + ", ".join(sorted(TARGETS)) + "; repeatable")
+        cols.add_argument("--others", metavar="ACTION", dest="other_actions",
+                          help="read every action value that no built-in word or --map reads as ACTION "
+                               "(page_view for a clickstream's page names, or skip); default: skip them "
+                               "and count them in the summary's unmapped_actions")
         cols.add_argument("--session", metavar="COL",
                           help="web session id column (without --order, a session's purchase "
                                "rows are one order)")
@@ -317,7 +321,8 @@ def _import(args: argparse.Namespace, workbook: WorkbookRead | None) -> int:
     )
     if args.command == "import-events":
         config = replace(
-            config, action=args.action, actions=_actions(args.map), session=args.session,
+            config, action=args.action, actions=_actions(args.map), other_actions=args.other_actions,
+            session=args.session,
             campaign=args.campaign, channel=args.channel, default_channel=args.default_channel,
             event_id=args.event_id,
         )

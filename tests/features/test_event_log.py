@@ -138,6 +138,25 @@ def test_a_column_of_many_values_is_not_echoed_as_actions() -> None:
     assert result.summary()["rows_skipped"] == 30
 
 
+def test_other_action_words_are_read_as_one_action_when_asked() -> None:
+    """A clickstream names its pages (home, catalog, checkout_step_2): ``--others page_view``."""
+    rows = [{"t": f"2024-03-01T10:0{i}:00Z", "c": "c1", "a": a}
+            for i, a in enumerate(["home", "Catalog", "view", "checkout step 2", "wishlist", "purchase"])]
+    cfg = ImportConfig(customer="c", time="t", action="a", actions={"wishlist": "skip"}, other_actions="page_view")
+    result = import_transactions(_csv(rows), cfg)
+    assert [(e["type"], e.get("action")) for e in result.events] == [
+        ("web", "page_view"), ("web", "page_view"), ("web", "product_view"), ("web", "page_view"),
+        ("purchase", None)]
+    summary = result.summary()
+    assert summary["actions_read_as_page_view"] == {"home": 1, "catalog": 1, "checkout_step_2": 1}
+    assert summary["skipped_by_reason"] == {"action skipped (--map VALUE=skip)": 1}
+    assert "unmapped_actions" not in summary
+    without = import_transactions(_csv(rows), ImportConfig(customer="c", time="t", action="a"))
+    assert without.summary()["unmapped_actions"] == {"home": 1, "catalog": 1, "checkout_step_2": 1, "wishlist": 1}
+    with pytest.raises(ImportFailed, match="--others like"):
+        import_transactions(_csv(rows), ImportConfig(customer="c", time="t", action="a", other_actions="like"))
+
+
 def test_a_map_to_an_unknown_action_is_refused_before_reading() -> None:
     with pytest.raises(ImportFailed, match="--map like=favourite"):
         import_transactions(_csv([{"t": "2024-03-01T10:00:00Z", "c": "c1", "a": "like"}]),
