@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 from xml.etree.ElementTree import Element, iterparse
 
 WORKBOOK_PART = "xl/workbook.xml"
@@ -282,6 +282,7 @@ class SheetRead:
 class WorkbookRead:
     """What :func:`write_csv` read: the sheets written out, those left, and where each CSV line came from."""
 
+    form: ClassVar[str] = "Excel workbook"  # what the import's summary says was read
     sheets: list[SheetRead]
     other_sheets: list[str]
     # (first CSV line, sheet, its row there) wherever the two stop counting alike: each

@@ -50,9 +50,9 @@ def open_input(path: Path) -> IO[bytes]:
     r"""Open a data file for reading bytes, decompressing it on the fly when it is packed.
 
     Told by content, not by name: gzip, bzip2 and xz, and a zip archive that holds one
-    data file (as dataset downloads often come). Excel workbooks (which the imports
-    read, see :mod:`features.workbook`) and Parquet files are refused with what to do
-    instead, rather than read as garbled rows.
+    data file (as dataset downloads often come). Excel workbooks and Parquet files
+    (which the imports read, see :mod:`features.workbook` and :mod:`features.parquet`)
+    are refused with what to do instead, rather than read as garbled rows.
 
     >>> import gzip, tempfile, zipfile
     >>> folder = Path(tempfile.mkdtemp())
@@ -83,8 +83,9 @@ def open_input(path: Path) -> IO[bytes]:
         return _open_zip_member(path)
     if head.startswith(b"PAR1"):
         raise ValueError(
-            f"{path.name} is a Parquet file: write it out as CSV (pandas: "
-            "pd.read_parquet(f).to_csv(out, index=False)) or JSON Lines first")
+            f"{path.name} is a Parquet file: turn its rows into events first with "
+            "`leadpulse import-transactions` or `import-events`, which read Parquet with pyarrow "
+            "installed (pip install 'leadpulse[parquet]')")
     if head.startswith(b"\xd0\xcf\x11\xe0"):
         raise ValueError(_EXCEL.format(name=path.name))
     return open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it

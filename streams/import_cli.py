@@ -40,6 +40,7 @@ from features.actions import CHANNELS, TARGETS
 from streams.cli import EXTRA_PARSERS, command, count_lines, open_input, progress, zip_data_members
 
 if TYPE_CHECKING:
+    from features.parquet import ParquetRead
     from features.workbook import WorkbookRead
 
 DEFAULT_ENCODING = "utf-8-sig"  # UTF-8, with or without the byte order mark Excel writes
@@ -81,7 +82,7 @@ EVENTS_EXAMPLE = """examples:
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "import-transactions",
-        help="turn a transaction CSV into purchase events (JSON Lines)",
+        help="turn a transaction table (CSV, JSON, Excel, Parquet) into purchase events (JSON Lines)",
         description="Turn a transaction table into purchase events, sorted by time. Rows that "
                     "cannot be read are skipped and reported by line number and reason.",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -89,7 +90,7 @@ def add_parser(sub: Any) -> None:
     _add_columns(p, event_log=False)
     e = sub.add_parser(
         "import-events",
-        help="turn an event log CSV (views, carts, purchases, e-mail activity) into events",
+        help="turn an event log table (views, carts, purchases, e-mail activity) into events",
         description="Turn an event log (one row per thing a customer did: page or product "
                     "views, carts, purchases, e-mail opens and clicks) into web, purchase and "
                     "campaign events, sorted by time. The --action column says what each row "
@@ -102,8 +103,9 @@ def add_parser(sub: Any) -> None:
 
 
 def _add_columns(p: Any, event_log: bool) -> None:
-    p.add_argument("file", help="CSV file with a header line, an Excel workbook (.xlsx), or JSON Lines (one "
-                   "object per line; a column is a key, nested as a.b); gzip is fine ('-' for stdin)")
+    p.add_argument("file", help="CSV file with a header line, an Excel workbook (.xlsx), Parquet (with pyarrow), "
+                   "or JSON Lines (one object per line; a column is a key, nested as a.b); gzip is fine "
+                   "('-' for stdin)")
     p.add_argument("--out", required=True, help="JSON Lines file to write")
     cols = p.add_argument_group("columns")
     cols.add_argument("--customer", required=True, metavar="COL", help="customer id column")
@@ -253,40 +255,48 @@ def _encoding(raw: Any, asked: str) -> str:
 @command("import-events")
 @command("import-transactions")
 def cmd_import_transactions(args: argparse.Namespace) -> int:
-    with _workbook_as_csv(args) as workbook:
-        return _import(args, workbook)
+    with _table_as_csv(args) as table:
+        return _import(args, table)
 
 
 @contextmanager
-def _workbook_as_csv(args: argparse.Namespace) -> Iterator[WorkbookRead | None]:
-    """An Excel workbook is written out as a temporary CSV (``TMPDIR``), which is imported and removed.
+def _table_as_csv(args: argparse.Namespace) -> Iterator[WorkbookRead | ParquetRead | None]:
+    """An Excel workbook or a Parquet file is written out as a temporary CSV (``TMPDIR``), imported, removed.
 
     The import reads its file twice (see ``import_transactions``): a CSV read twice
-    costs less than parsing the workbook's XML twice.
+    costs less than parsing a workbook's XML, or decoding Parquet, twice.
     """
-    from features.workbook import is_workbook, write_csv
+    from features import parquet, workbook
 
     path = Path(args.file)
     with ExitStack() as stack:
-        book = path if args.file != "-" and is_workbook(path) else None
-        member = _zipped_workbook(path) if book is None and args.file != "-" else None
+        given = args.file != "-"
+        book = path if given and workbook.is_workbook(path) else None
+        member = _zipped_workbook(path) if given and book is None else None
         if member is not None:  # a dataset download: a zip holding the workbook
             book = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="leadpulse-"))) / "book.xlsx"
             with zipfile.ZipFile(path) as archive, archive.open(member) as src, book.open("wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-        if book is None:
-            if args.sheet is not None:
-                raise ValueError(f"--sheet reads an Excel workbook, and {path.name} is not one")
+        columnar = given and book is None and parquet.is_parquet(path)
+        if args.sheet is not None and book is None:
+            raise ValueError(f"--sheet reads an Excel workbook, and {path.name} is not one")
+        if book is None and not columnar:
             yield None
             return
         copy = stack.enter_context(tempfile.NamedTemporaryFile(
-            "w", prefix="leadpulse-sheet-", suffix=".csv", encoding="utf-8", newline=""))
-        read = write_csv(book, copy, args.sheet)
+            "w", prefix="leadpulse-table-", suffix=".csv", encoding="utf-8", newline=""))
+        read: WorkbookRead | ParquetRead
+        if book is not None:
+            read = workbook.write_csv(book, copy, args.sheet)
+            names = " + ".join(repr(s.name) for s in read.sheets)
+            print(f"{path.name}: an Excel workbook, sheet{'s' if len(read.sheets) > 1 else ''} {names} "
+                  f"({sum(s.rows for s in read.sheets):,} rows)"
+                  + (f"; not read: {', '.join(repr(n) for n in read.other_sheets)} (another table, or "
+                     "hidden: --sheet NAME reads one)" if read.other_sheets else ""), file=sys.stderr)
+        else:
+            read = parquet.write_csv(path, copy)
+            print(f"{path.name}: a Parquet file ({read.rows:,} rows)", file=sys.stderr)
         copy.flush()
-        names = " + ".join(repr(s.name) for s in read.sheets)
-        print(f"{path.name}: an Excel workbook, sheet{'s' if len(read.sheets) > 1 else ''} {names} ({sum(s.rows for s in read.sheets):,} rows)"
-              + (f"; not read: {', '.join(repr(n) for n in read.other_sheets)} (another table, or "
-                 "hidden: --sheet NAME reads one)" if read.other_sheets else ""), file=sys.stderr)
         args.given_file, args.file = args.file, copy.name
         args.delimiter, args.encoding = "comma", "utf-8"
         yield read
@@ -307,7 +317,7 @@ def _zipped_workbook(path: Path) -> str | None:
         return None
 
 
-def _import(args: argparse.Namespace, workbook: WorkbookRead | None) -> int:
+def _import(args: argparse.Namespace, table: WorkbookRead | ParquetRead | None) -> int:
     from features.importer import ImportConfig, import_transactions
 
     config = ImportConfig(
@@ -344,10 +354,10 @@ def _import(args: argparse.Namespace, workbook: WorkbookRead | None) -> int:
 
     with progress("import" if stdin else "import (read twice)", None if lines is None else 2 * lines) as tick:
         result = import_transactions(source, config, delimiter=args.delimiter, progress=tick)
-    if workbook is not None:
-        result.delimiter = "Excel workbook"  # what the summary says was read
+    if table is not None:  # what the summary says was read
+        result.delimiter = table.form
     for err in result.errors[: max(0, args.max_errors)]:
-        where = f"line {err.line}" if workbook is None else workbook.where(err.line)
+        where = f"line {err.line}" if table is None else table.where(err.line)
         print(f"skipped {where}: {err.reason}", file=sys.stderr)
     hidden = result.rows_skipped - min(len(result.errors), max(0, args.max_errors))
     if hidden > 0:
@@ -356,8 +366,8 @@ def _import(args: argparse.Namespace, workbook: WorkbookRead | None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     result.write(out)
     summary = result.summary()
-    if workbook is not None:
-        summary.update(workbook.summary())
+    if table is not None:
+        summary.update(table.summary())
     print(json.dumps({**summary, "out": str(out)}, indent=2))
     for key in ("shared_customer_id", "one_order_per_customer"):  # notes on the customer column
         if key in summary:

@@ -59,7 +59,6 @@ def test_import_and_backtest_read_a_zipped_export(tmp_path: Path, capsys) -> Non
     [
         ("orders.xls", lambda p: p.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504)),
          "Excel 97-2003 workbook"),
-        ("orders.parquet", lambda p: p.write_bytes(b"PAR1" + bytes(64) + b"PAR1"), "Parquet file"),
     ],
 )
 def test_formats_we_do_not_read_are_refused_with_what_to_do(tmp_path: Path, capsys, name, write, says) -> None:
