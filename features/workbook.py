@@ -42,7 +42,7 @@ import csv
 import re
 import zipfile
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -272,10 +272,11 @@ def sheet_rows(z: zipfile.ZipFile, sheet: Sheet, book: _Book | None = None) -> I
 
 @dataclass
 class SheetRead:
-    """What :func:`write_csv` read of one sheet: its name and how many rows below its header."""
+    """What :func:`write_csv` read of one sheet: its name, its rows below the header, the header's row."""
 
     name: str
     rows: int
+    header_row: int = 1
 
 
 @dataclass
@@ -301,6 +302,9 @@ class WorkbookRead:
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sheets": {s.name: s.rows for s in self.sheets}}
+        if any(s.header_row != 1 for s in self.sheets):
+            # A report's title rows above the header are not read.
+            out["header_rows"] = {s.name: s.header_row for s in self.sheets}
         if self.other_sheets:
             out["sheets_not_read"] = self.other_sheets
         return out
@@ -310,16 +314,33 @@ def _breaks(cells: list[str]) -> int:
     return sum(c.count("\n") + c.count("\r") - c.count("\r\n") for c in cells if "\n" in c or "\r" in c)
 
 
-def write_csv(path: Path, out: IO[str], sheet: str | None = None) -> WorkbookRead:
+# Rows searched for the header: a report's title, date and blank rows come above it.
+HEADER_SEARCH_ROWS = 50
+
+
+def _find_header(
+    rows: Iterator[tuple[int, list[str]]], is_header: Callable[[list[str]], bool],
+) -> tuple[int, list[str]] | None:
+    """The header row among a sheet's first ``HEADER_SEARCH_ROWS`` rows (the rows above it are read past)."""
+    for _, row in zip(range(HEADER_SEARCH_ROWS), rows, strict=False):
+        if is_header([c.strip() for c in row[1]]):
+            return row
+    return None
+
+
+def write_csv(path: Path, out: IO[str], sheet: str | None = None, columns: Sequence[str] = ()) -> WorkbookRead:
     """Write a workbook's table out as CSV (UTF-8 text, ``\\n`` lines, quoted as needed).
 
     ``sheet`` names the sheet to read. Without it: the first visible sheet, and
-    after it every other visible sheet whose header (first row) is the same, in
-    tab order, as a workbook split by year is one table; their header rows are
-    not repeated. A row shorter than the header is one whose last cells are
+    after it every other visible sheet with the same header, in tab order, as a
+    workbook split by year is one table; their header rows are not repeated. The
+    header is the first row, or with ``columns`` the first of the sheet's first
+    ``HEADER_SEARCH_ROWS`` rows that names them all: a report's title rows above it
+    are left out. A row shorter than the header is one whose last cells are
     empty: it is padded (Excel stores no empty cell). :meth:`WorkbookRead.where`
     turns a line of the CSV back into its sheet and row.
     """
+    wanted = [c.strip() for c in columns]
     with zipfile.ZipFile(path) as z:
         found = sheets(z)
         if sheet is not None:
@@ -337,8 +358,21 @@ def write_csv(path: Path, out: IO[str], sheet: str | None = None) -> WorkbookRea
         read = WorkbookRead([], [s.name for s in found if s not in chosen])
         for current in chosen:
             rows = sheet_rows(z, current, book)
-            first = next(rows, None)
-            if first is None or (header is not None and first[1] != header):
+            if header is None:
+                first = _find_header(rows, lambda cells: all(c in cells for c in wanted))
+                if first is None and wanted:
+                    # No row names them: the widest of the first rows (a title row is narrow) is
+                    # the header the import then refuses, listing its columns.
+                    search = list(zip(range(HEADER_SEARCH_ROWS), sheet_rows(z, current, book), strict=False))
+                    widest = max((sum(1 for c in row[1] if c.strip()) for _, row in search), default=0)
+                    first = next((row for _, row in search if sum(1 for c in row[1] if c.strip()) == widest), None)
+                    rows = sheet_rows(z, current, book)
+                    for number, _cells in rows:  # read past it
+                        if first is None or number == first[0]:
+                            break
+            else:
+                first = _find_header(rows, [c.strip() for c in header].__eq__)
+            if first is None:
                 if header is None:
                     raise ValueError(f"sheet {current.name!r} of {path.name} is empty")
                 read.other_sheets.append(current.name)  # another table
@@ -365,7 +399,7 @@ def write_csv(path: Path, out: IO[str], sheet: str | None = None) -> WorkbookRea
                 expected = number + 1
                 if extra:
                     read.marks.append((line, current.name, expected))
-            read.sheets.append(SheetRead(current.name, count))
+            read.sheets.append(SheetRead(current.name, count, first[0]))
         left = set(read.other_sheets)
         read.other_sheets = [s.name for s in found if s.name in left]  # in tab order
         return read

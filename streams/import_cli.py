@@ -287,10 +287,12 @@ def _table_as_csv(args: argparse.Namespace) -> Iterator[WorkbookRead | ParquetRe
             "w", prefix="leadpulse-table-", suffix=".csv", encoding="utf-8", newline=""))
         read: WorkbookRead | ParquetRead
         if book is not None:
-            read = workbook.write_csv(book, copy, args.sheet)
+            read = workbook.write_csv(book, copy, args.sheet, columns=(args.customer, args.time))
             names = " + ".join(repr(s.name) for s in read.sheets)
+            below = "" if all(s.header_row == 1 for s in read.sheets) else (
+                ", header on row " + " / ".join(str(s.header_row) for s in read.sheets))
             print(f"{path.name}: an Excel workbook, sheet{'s' if len(read.sheets) > 1 else ''} {names} "
-                  f"({sum(s.rows for s in read.sheets):,} rows)"
+                  f"({sum(s.rows for s in read.sheets):,} rows{below})"
                   + (f"; not read: {', '.join(repr(n) for n in read.other_sheets)} (another table, or "
                      "hidden: --sheet NAME reads one)" if read.other_sheets else ""), file=sys.stderr)
         else:

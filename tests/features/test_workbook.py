@@ -141,6 +141,41 @@ def test_a_workbook_split_by_year_imports_as_its_csv_export_does(tmp_path: Path,
     assert code == 2 and "--sheet reads an Excel workbook" in err
 
 
+def test_a_report_with_title_rows_above_its_header(tmp_path: Path, capsys) -> None:
+    """A report's sheets start with a title, a date and a blank row: the header is the row naming the columns."""
+    data, broken = _retail(600, seed=9)
+    book = openpyxl.Workbook()
+    sheets_ = [book.active, book.create_sheet("Q2")]
+    sheets_[0].title = "Q1"
+    for sheet, part in zip(sheets_, (data[:300], data[300:]), strict=True):
+        sheet.append(["Sales report"])
+        sheet.append(["Generated", datetime(2011, 1, 5)])
+        sheet.append([])
+        sheet.append(HEADER)
+        for row in part:
+            sheet.append(row)
+    xlsx = tmp_path / "report.xlsx"
+    book.save(xlsx)
+    exported = tmp_path / "report.csv"
+    with exported.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(HEADER)
+        writer.writerows([_csv_cell(v) for v in row] for row in data)
+    code, from_book, err = _import(xlsx, tmp_path / "book.jsonl", capsys)
+    assert code == 0, err
+    assert "header on row 4 / 4" in err
+    assert from_book["header_rows"] == {"Q1": 4, "Q2": 4} and from_book["sheets"] == {"Q1": 300, "Q2": 300}
+    assert _import(exported, tmp_path / "csv.jsonl", capsys)[0] == 0
+    assert (tmp_path / "book.jsonl").read_bytes() == (tmp_path / "csv.jsonl").read_bytes()
+    shown = [line.split(": ", 1)[0] for line in err.splitlines() if line.startswith("skipped ")]
+    assert shown == [f"skipped sheet {'Q1' if i < 300 else 'Q2'!r} row {i % 300 + 5}" for i in sorted(broken)]
+    # A misspelt column: the refusal lists the header's columns, not the title's.
+    code = main(["import-transactions", str(xlsx), *RETAIL_ARGS, "--customer", "Customer", "--out",
+                 str(tmp_path / "x.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and "column(s) Customer not in the header (columns: InvoiceNo, StockCode" in err
+
+
 def test_cells_as_xlsxwriter_writes_them_in_the_1904_date_system(tmp_path: Path) -> None:
     path = tmp_path / "mac.xlsx"
     book = xlsxwriter.Workbook(str(path), {"date_1904": True})
