@@ -89,7 +89,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -263,6 +263,7 @@ class ImportResult:
     unread_statuses: Counter[str] = field(default_factory=Counter)  # status values read as not a purchase
     amounts: str = ""  # a note when an event log's purchases have no amounts
     date_order: str = "not needed"
+    header_line: int = 1  # below a title or comment lines, the line that names the columns
     delimiter: str = ","
     decimal: str = "point"
 
@@ -360,6 +361,7 @@ class ImportResult:
             **({"one_order_per_customer": once}
                if (once := one_order_each_note(buyers.buyers, buyers.repeats)) else {}),
             "date_order": self.date_order,
+            **({"header_line": self.header_line} if self.header_line != 1 else {}),
             "delimiter": {"\t": "tab"}.get(self.delimiter, self.delimiter),
             "decimal": self.decimal,
             "first_event": orjson.loads(self.encoded[0])["ts"] if self.encoded else None,
@@ -920,13 +922,41 @@ class _Line:
     source_currency: str  # the row's own currency, before any conversion
 
 
-def _records(lines: Iterable[str], delimiter: str) -> Iterator[tuple[int, list[str]]]:
+def _records(lines: Iterable[str], delimiter: str, first_line: int = 1) -> Iterator[tuple[int, list[str]]]:
     """``(first line number, cells)`` per CSV record (quoted fields may span lines)."""
     reader = csv.reader(lines, delimiter=delimiter)
-    start = 1
+    start = first_line
     for cells in reader:
         yield start, cells
-        start = reader.line_num + 1
+        start = first_line + reader.line_num
+
+
+# Lines searched for the header: analytics and bank exports write a title, the date range
+# or "# ----" comment lines above it.
+HEADER_SEARCH_LINES = 50
+
+
+def _header_line(head: list[str], config: ImportConfig, delimiter: str) -> int:
+    r"""Index in ``head`` of the first line naming the customer and time columns.
+
+    When none does (a misspelt column), the widest line: the header the import then
+    refuses, listing its columns, rather than a title line above it.
+
+    >>> cfg = ImportConfig(customer="Client", time="Date", amount="Revenue")
+    >>> _header_line(["# All Web Site Data\n", "\n", "Client,Date,Revenue\n", "c1,2020-01-01,5\n"], cfg, "auto")
+    2
+    >>> _header_line(["Bank statement\n", "Clint;Date;Amount\n", "c1;2020-01-01;5\n"], cfg, "auto")
+    1
+    """
+    wanted = [c for c in (config.customer, config.time) if c]
+    widths = []
+    for i, line in enumerate(head):
+        d = DELIMITERS.get(delimiter, delimiter) if delimiter != "auto" else sniff_delimiter(line)
+        cells = [c.strip().lstrip("\ufeff") for c in next(csv.reader([line], delimiter=d), [])]
+        if all(c in cells for c in wanted):
+            return i
+        widths.append(sum(1 for c in cells if c))
+    return widths.index(max(widths)) if widths else 0
 
 
 def sniff_delimiter(header: str) -> str:
@@ -1089,11 +1119,15 @@ def _rows(
         if start == "{" and delimiter == "auto":
             yield from _json_rows(lines, config, result, progress)
             return
+    head = list(islice(lines, HEADER_SEARCH_LINES))
+    skip = _header_line(head, config, delimiter)
+    lines = chain(head[skip:], lines)
+    result.header_line = skip + 1
     if delimiter == "auto":
-        delimiter = sniff_delimiter(first or "")
+        delimiter = sniff_delimiter(head[skip] if head else "")
     delimiter = DELIMITERS.get(delimiter, delimiter)
     result.delimiter = delimiter
-    records = _records(lines, delimiter)
+    records = _records(lines, delimiter, first_line=skip + 1)
     try:
         _, header = next(records)
     except StopIteration:

@@ -355,6 +355,31 @@ def test_dash_dates_are_decided_by_the_file_like_slash_dates() -> None:
     assert result.date_order == "dmy (from 1 row with a day above 12)" and not result.errors
 
 
+def test_title_and_comment_lines_above_the_header_are_read_past(tmp_path: Path, capsys) -> None:
+    """Analytics and bank exports write a title, a date range or ``# ----`` lines above the table."""
+    from streams.cli import main
+
+    table = "Client;Booked;Amount\nk1;2024-03-01 10:00;12,50\nk2;soon;3\nk1;2024-03-04 10:00;7\n"
+    preamble = "# ----------------------------------------\n# Bookings export\n# 20240301-20240331\n\n"
+    plain, titled = tmp_path / "plain.csv", tmp_path / "titled.csv"
+    plain.write_text(table)
+    titled.write_text(preamble + table)
+    args = ["--customer", "Client", "--time", "Booked", "--amount", "Amount"]
+    for path in (plain, titled):
+        assert main(["import-transactions", str(path), *args, "--out", str(path.with_suffix(".jsonl"))]) == 0
+    outs = capsys.readouterr()
+    assert plain.with_suffix(".jsonl").read_bytes() == titled.with_suffix(".jsonl").read_bytes()
+    summaries = [json.loads(part) for part in outs.out.replace("}\n{", "}\x00{").split("\x00")]
+    assert "header_line" not in summaries[0] and summaries[1]["header_line"] == 5
+    assert summaries[1]["decimal"].startswith("comma") and summaries[1]["delimiter"] == ";"
+    # Line numbers stay the file's own: the bad time is on line 3 of one, line 7 of the other.
+    assert "skipped line 3: bad time" in outs.err and "skipped line 7: bad time" in outs.err
+    # A misspelt column is refused with the table's columns, not the title's.
+    assert main(["import-transactions", str(titled), "--customer", "Klient", "--time", "Booked",
+                 "--amount", "Amount", "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert "(columns: Client, Booked, Amount)" in capsys.readouterr().err
+
+
 def test_command_errors_are_fatal_row_errors_are_not() -> None:
     with pytest.raises(ImportFailed, match="column.*missing_col"):
         _import("c,t,a\nx,2024-01-01,1\n", ImportConfig(customer="c", time="missing_col", amount="a"))
