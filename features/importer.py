@@ -1202,6 +1202,15 @@ def json_cell(obj: Mapping[str, Any], column: str) -> str | None:
             if not isinstance(value, dict) or part not in value:
                 return None
             value = value[part]
+    return cell_text(value)
+
+
+def cell_text(value: Any) -> str:
+    """A JSON value as the cell text a CSV would hold: ``null`` empty, numbers as their JSON text.
+
+    >>> [cell_text(v) for v in (None, "a", True, 7, 12.5, {"k": [1]})]
+    ['', 'a', 'true', '7', '12.5', '{"k":[1]}']
+    """
     if value is None:
         return ""
     if isinstance(value, str):
@@ -1210,7 +1219,7 @@ def json_cell(obj: Mapping[str, Any], column: str) -> str | None:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    return orjson.dumps(value).decode()
+    return orjson.dumps(value, default=str).decode()
 
 
 def _json_rows(

@@ -33,7 +33,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
+from features.importer import cell_text
 
 INSTALL_HINT = "reading Parquet needs pyarrow: pip install 'leadpulse[parquet]' (or pyarrow)"
 
@@ -48,14 +48,6 @@ def is_parquet(path: Path) -> bool:
 
 
 def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
     if isinstance(value, Decimal):
@@ -66,7 +58,7 @@ def _cell(value: Any) -> str:
         return value.isoformat()
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    return orjson.dumps(value, default=str).decode()
+    return cell_text(value)  # text, booleans, whole numbers, lists and structs (as JSON)
 
 
 class ParquetRead:

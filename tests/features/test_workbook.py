@@ -70,6 +70,15 @@ def _csv_cell(value: Any) -> str:
     return str(value)
 
 
+def _csv_export(data: list[list[Any]], path: Path) -> Path:
+    """The table as Excel's "Save as CSV" writes it (dates in ISO form)."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(HEADER)
+        writer.writerows([_csv_cell(v) for v in row] for row in data)
+    return path
+
+
 def _import(path: Path, out: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, dict, str]:
     code = main(["import-transactions", str(path), *RETAIL_ARGS, *extra, "--out", str(out)])
     captured = capsys.readouterr()
@@ -98,11 +107,7 @@ def test_a_workbook_split_by_year_imports_as_its_csv_export_does(tmp_path: Path,
             cell.number_format = "dd/mm/yyyy hh:mm"
     xlsx = tmp_path / "online_retail_II.xlsx"
     book.save(xlsx)
-    exported = tmp_path / "online_retail_II.csv"
-    with exported.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(HEADER)
-        writer.writerows([_csv_cell(v) for v in row] for row in data)
+    exported = _csv_export(data, tmp_path / "online_retail_II.csv")
 
     code, from_book, err = _import(xlsx, tmp_path / "book.jsonl", capsys)
     assert code == 0, err
@@ -156,11 +161,7 @@ def test_a_report_with_title_rows_above_its_header(tmp_path: Path, capsys) -> No
             sheet.append(row)
     xlsx = tmp_path / "report.xlsx"
     book.save(xlsx)
-    exported = tmp_path / "report.csv"
-    with exported.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(HEADER)
-        writer.writerows([_csv_cell(v) for v in row] for row in data)
+    exported = _csv_export(data, tmp_path / "report.csv")
     code, from_book, err = _import(xlsx, tmp_path / "book.jsonl", capsys)
     assert code == 0, err
     assert "header on row 4 / 4" in err
