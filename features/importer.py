@@ -31,7 +31,8 @@ Rules, chosen for what real exports look like:
   purchase did not happen (pending, failed, ...) are skipped.
 - **Time.** ISO 8601 dates and date-times, with or without an offset
   (``2011-12-09``, ``2011-12-09 12:50:00``, ``2011-12-09T12:50:00+01:00``);
-  epoch seconds (9-10 digits) or milliseconds (12-13 digits); ``YYYYMMDD``;
+  epoch seconds (9-10 digits), milliseconds (12-13), microseconds (15-16: GA4's
+  BigQuery export) or nanoseconds (18-19); ``YYYYMMDD``;
   slash, dot or dash dates (``12/9/2011 12:50``, ``09.12.2011``, ``09-12-2011``;
   dashes with a 4-digit year only); and year-first slash or dot dates
   (``2011/12/09``, never ambiguous). A time without
@@ -40,7 +41,7 @@ Rules, chosen for what real exports look like:
   ``date_order="auto"`` the file decides, from rows whose day is above 12; when
   no row settles it, the import stops and asks for ``date_order`` or
   ``time_format``. ``time_format`` (a :func:`~datetime.datetime.strptime`
-  format, or ``epoch_s``, ``epoch_ms``, ``excel``, or ``days:DATE`` / ``weeks:DATE``
+  format, or ``epoch_s``, ``epoch_ms``, ``epoch_us``, ``epoch_ns``, ``excel``, or ``days:DATE`` / ``weeks:DATE``
   for a count of days or weeks after DATE, as anonymised panels write time) overrides
   all guessing.
 - **Amounts.** ``1234.5``, ``1,234.50``, ``€ 12``, ``(12.50)`` and ``12.50-``
@@ -150,7 +151,7 @@ class ImportConfig:
     product: str | None = None
     category: str | None = None
     extra: tuple[str, ...] = ()  # columns carried on events as extra fields (segment, region)
-    time_format: str | None = None  # strptime format, "epoch_s" / "epoch_ms" / "excel", "days:DATE"
+    time_format: str | None = None  # strptime format, "epoch_s" / "_ms" / "_us" / "_ns" / "excel", "days:DATE"
     clock: str | None = None  # a time-of-day column (1631, 16:31) added to a date-only ``time``
     date_order: DateOrder = "auto"
     timezone: str = "UTC"  # for times without an offset
@@ -719,6 +720,9 @@ def parse_time(
             return _to_ms(datetime.fromtimestamp(float(s), UTC), zone)
         if time_format == "epoch_ms":
             return _to_ms(datetime.fromtimestamp(float(s) / 1000, UTC), zone)
+        if time_format in ("epoch_us", "epoch_ns"):
+            per_ms = 1_000 if time_format == "epoch_us" else 1_000_000
+            return _to_ms(datetime.fromtimestamp(int(s.split(".")[0]) // per_ms / 1000, UTC), zone)
         if time_format == "excel":
             return _to_ms(EXCEL_EPOCH + timedelta(days=float(s)), zone)
         if time_format and time_format.startswith(COUNT_UNITS):
@@ -740,10 +744,15 @@ def parse_time(
                 return _to_ms(datetime.fromtimestamp(float(s), UTC), zone)
             if len(whole) in (12, 13):
                 return _to_ms(datetime.fromtimestamp(float(s) / 1000, UTC), zone)
+            # Microseconds (GA4's BigQuery export, UNIX_MICROS) and nanoseconds (Spark, ClickHouse):
+            # whole milliseconds by integer division, as a float would round the last digits.
+            for width, per_ms in ((16, 1_000), (19, 1_000_000)):
+                if len(whole) in (width - 1, width):
+                    return _to_ms(datetime.fromtimestamp(int(s.split(".")[0]) // per_ms / 1000, UTC), zone)
         except (ValueError, OverflowError, OSError):
             raise RowProblem("bad time: not a valid date") from None
-        raise RowProblem("bad time: a number that is neither epoch seconds (10 digits), "
-                         "milliseconds (13 digits) nor YYYYMMDD (use --time-format; a day number: days:DATE)")
+        raise RowProblem("bad time: a number that is neither epoch seconds (10 digits), milliseconds (13), "
+                         "microseconds (16), nanoseconds (19) nor YYYYMMDD (use --time-format; a day number: days:DATE)")
     m = _slash(s)
     year_first = m is None and (m := _YMD.fullmatch(s)) is not None
     if m:

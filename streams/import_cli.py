@@ -172,7 +172,7 @@ def _add_columns(p: Any, event_log: bool) -> None:
                           "order mark; by default, bytes that are not UTF-8 are read as Windows-1252, "
                           "as older exports write them, and counted; given, bad bytes skip their row)")
     fmt.add_argument("--time-format", metavar="FMT",
-                     help="strptime format such as '%%d/%%m/%%Y %%H:%%M', or epoch_s, epoch_ms, excel, or "
+                     help="strptime format such as '%%d/%%m/%%Y %%H:%%M', or epoch_s, epoch_ms, epoch_us, epoch_ns, excel, or "
                           "days:DATE / weeks:DATE for a count of days or weeks after DATE (days:2020-01-01); "
                           "default: ISO 8601, epoch, YYYYMMDD, 2011/12/09, slash, dot or dash dates (12/9/2011, 09.12.2011, "
                           "09-12-2011) and month names (09-Dec-2011, Dec 9, 2011), guessed per row")

@@ -220,6 +220,11 @@ def test_cli_reports_line_numbers_without_customer_ids(
     ("1323435000", {"time_format": "epoch_s"}, "2011-12-09T12:50:00"),
     ("1323435000000", {"time_format": "epoch_ms"}, "2011-12-09T12:50:00"),
     ("40886.5", {"time_format": "excel"}, "2011-12-09T12:00:00"),
+    # Microseconds (GA4's BigQuery export) and nanoseconds: whole milliseconds, never rounded up.
+    ("1323435000999999", {}, "2011-12-09T12:50:00.999"),
+    ("1323435000999999999", {}, "2011-12-09T12:50:00.999"),
+    ("1323435000123456", {"time_format": "epoch_us"}, "2011-12-09T12:50:00.123"),
+    ("1323435000123456789", {"time_format": "epoch_ns"}, "2011-12-09T12:50:00.123"),
 ])
 def test_parse_time(text: str, kwargs: dict[str, Any], expected: str) -> None:
     assert parse_time(text, **kwargs) == _ms(expected)
