@@ -255,3 +255,35 @@ def test_extra_columns_that_are_event_fields_are_refused_only_where_the_import_w
     with pytest.raises(ImportFailed, match="clash with event fields"):
         import_transactions(_csv(rows), ImportConfig(customer="c", time="t", amount="total", action="a",
                                                      extra=("category",)))
+
+
+def test_a_ga4_bigquery_export_in_json_lines() -> None:
+    """GA4's BigQuery export: epoch microseconds as strings, nested ecommerce, GA4's event names."""
+    base = 1_680_700_930_123_456  # 2023-04-05T13:22:10.123456Z
+    rows = [
+        {"event_name": "session_start", "event_timestamp": str(base), "user_pseudo_id": "111.222"},
+        {"event_name": "page_view", "event_timestamp": str(base + 1_000_000), "user_pseudo_id": "111.222"},
+        {"event_name": "view_item", "event_timestamp": str(base + 2_876_543), "user_pseudo_id": "111.222"},
+        {"event_name": "add_to_cart", "event_timestamp": str(base + 4_000_000), "user_pseudo_id": "111.222"},
+        {"event_name": "begin_checkout", "event_timestamp": str(base + 5_000_000), "user_pseudo_id": "111.222"},
+        {"event_name": "purchase", "event_timestamp": str(base + 6_000_000), "user_pseudo_id": "111.222",
+         "ecommerce": {"transaction_id": "T-1", "purchase_revenue": 59.9}},
+        {"event_name": "purchase", "event_timestamp": str(base + 7_000_000), "user_pseudo_id": "333.444",
+         "ecommerce": {"transaction_id": "T-2", "purchase_revenue": None}},
+    ]
+    lines = [json.dumps(r) + "\n" for r in rows]
+    cfg = ImportConfig(customer="user_pseudo_id", time="event_timestamp", action="event_name",
+                       order="ecommerce.transaction_id", amount="ecommerce.purchase_revenue",
+                       default_currency="USD", other_actions="skip")
+    result = import_transactions(lines, cfg)
+    events = result.events
+    assert [(e["type"], e.get("action"), e["ts"]) for e in events] == [
+        ("web", "page_view", "2023-04-05T13:22:11.123+00:00"),
+        ("web", "product_view", "2023-04-05T13:22:12.999+00:00"),  # 12.999999 s: cut, not rounded up
+        ("web", "add_to_cart", "2023-04-05T13:22:14.123+00:00"),
+        ("purchase", None, "2023-04-05T13:22:16.123+00:00"),
+    ]
+    assert events[-1]["amount"] == 59.9 and events[-1]["order_id"] == "T-1"
+    summary = result.summary()
+    assert summary["actions_read_as_skip"] == {"session_start": 1, "begin_checkout": 1}
+    assert summary["skipped_by_reason"] == {"action skipped (--map VALUE=skip)": 2, "missing amount": 1}
