@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import sys
+import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+PROGRESS_LOG_S = 60.0  # off a terminal, long runs log their progress this often
 
 
 def command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
@@ -31,10 +33,46 @@ def command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callab
 
 
 @contextmanager
-def progress(label: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
-    """A progress bar on a terminal; silent when stderr is not one (CI, pipes, logs)."""
+def progress(
+    label: str, total: int | None = None, log_every_s: float = 0.0, count: Callable[[], int] | None = None,
+) -> Iterator[Callable[[int], None]]:
+    """A progress bar on a terminal. Elsewhere (a log, a script's pipe), with ``log_every_s``,
+    a line on stderr at most that often, once the run has lasted that long: how far, and
+    about how long is left (``count`` gives the total then, when ``total`` is None, so a
+    short run never pays for counting).
+
+    >>> import io, contextlib
+    >>> err = io.StringIO()
+    >>> with contextlib.redirect_stderr(err), progress("backtest", 1_000, log_every_s=1e-9) as tick:
+    ...     tick(250)
+    >>> err.getvalue().startswith("backtest: 250 lines of 1,000 (25%), 0 s; about 0 s left")
+    True
+    """
     if not sys.stderr.isatty():
-        yield lambda _n: None
+        if log_every_s <= 0:
+            yield lambda _n: None
+            return
+        start = last = time.monotonic()
+        known = total
+
+        def log(n: int) -> None:
+            nonlocal last, known
+            now = time.monotonic()
+            if now - last < log_every_s:
+                return
+            last = now
+            if known is None and count is not None:
+                known = count()
+            elapsed = now - start
+            line = f"{label}: {n:,} lines"
+            if known and 0 < n <= known:
+                left = elapsed * (known - n) / n
+                line += f" of {known:,} ({100 * n / known:.0f}%), {_duration(elapsed)}; about {_duration(left)} left"
+            else:
+                line += f", {_duration(elapsed)}"
+            print(line, file=sys.stderr, flush=True)
+
+        yield log
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -44,6 +82,19 @@ def progress(label: str, total: int | None = None) -> Iterator[Callable[[int], N
     ) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.update(task, completed=n)
+
+
+def _duration(seconds: float) -> str:
+    """
+    >>> _duration(42.4), _duration(754), _duration(7_380)
+    ('42 s', '12 min 34 s', '2 h 3 min')
+    """
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3_600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3_600} h {s % 3_600 // 60} min"
 
 
 def open_input(path: Path) -> IO[bytes]:
@@ -241,7 +292,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             customers_out=Path(args.customers_out) if args.customers_out and i == 0 else None,
             sample_pct=args.sample,
         )
-        with progress(f"backtest {scfg.name}", total) as tick, \
+        # Off a terminal, a line a minute on a long replay: a script's log says it is alive and when it ends.
+        with progress(f"backtest {scfg.name}", total, log_every_s=PROGRESS_LOG_S,
+                      count=lambda: count_lines(Path(args.file))) as tick, \
                 time_ordered_lines(Path(args.file), scfg.lateness_ms, args.timezone) as lines:
             bcfg.progress = tick
             report = run_backtest(lines, bcfg, ShardedCore(core, args.workers) if sharded else core)

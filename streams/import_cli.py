@@ -37,7 +37,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from features.actions import CHANNELS, TARGETS
-from streams.cli import EXTRA_PARSERS, command, count_lines, open_input, progress, zip_data_members
+from streams.cli import (
+    EXTRA_PARSERS,
+    PROGRESS_LOG_S,
+    command,
+    count_lines,
+    open_input,
+    progress,
+    zip_data_members,
+)
 
 if TYPE_CHECKING:
     from features.parquet import ParquetRead
@@ -354,7 +362,9 @@ def _import(args: argparse.Namespace, table: WorkbookRead | ParquetRead | None) 
             ) as handle:
                 yield from handle
 
-    with progress("import" if stdin else "import (read twice)", None if lines is None else 2 * lines) as tick:
+    with progress("import" if stdin else "import (read twice)", None if lines is None else 2 * lines,
+                  log_every_s=PROGRESS_LOG_S,
+                  count=None if stdin else lambda: 2 * (count_lines(Path(args.file)) - 1)) as tick:
         result = import_transactions(source, config, delimiter=args.delimiter, progress=tick)
     if table is not None:  # what the summary says was read
         result.delimiter = table.form

@@ -334,3 +334,20 @@ def test_the_demo_reads_a_history_of_wall_times_in_the_zone_given(tmp_path: Path
     path.write_text('{"type":"web","ts":"2024-01-03 09:00:00"}\n{"type":"purchase","ts":"2024-01-01"}\n')
     assert history_span(path) is None  # no time it can read: the demo says to give --timezone
     assert history_span(path, ZoneInfo("Europe/Berlin")) == (1704063600000, 1704268800000, 2)
+
+
+def test_long_runs_log_their_progress_off_a_terminal(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A script's log (no terminal) gets a line now and then: how far, and about how long is left."""
+    import streams.cli
+
+    history = tmp_path / "history.jsonl"
+    n = write_jsonl(SimulationConfig(customers=600, days=120, seed=4), history).events
+    assert n > 20_000
+    monkeypatch.setattr(streams.cli, "PROGRESS_LOG_S", 1e-9)  # a line at every tick, as if each took a minute
+    assert main(["backtest", str(history), "--out", str(tmp_path / "bt"), "--no-batch-baseline"]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("backtest default: ")]
+    assert lines[0].startswith(f"backtest default: 10,000 lines of {n:,} (") and "left" in lines[0]
+    assert len(lines) == n // 10_000
+    monkeypatch.setattr(streams.cli, "PROGRESS_LOG_S", 0.0)  # the default's short runs: nothing
+    assert main(["backtest", str(history), "--out", str(tmp_path / "bt2"), "--no-batch-baseline"]) == 0
+    assert "lines of" not in capsys.readouterr().err
