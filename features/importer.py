@@ -1197,21 +1197,39 @@ def json_cell(obj: Mapping[str, Any], column: str) -> str | None:
     ``column`` is a key, or a dotted path into nested objects (Segment, Mixpanel and
     BigQuery exports nest, e.g. ``properties.time``); a key that itself holds dots wins.
     Numbers keep their JSON text, ``null`` is an empty cell, and an object or a list
-    is its JSON.
+    is its JSON. A list of ``{"key": ..., "value": ...}`` items, as GA4's BigQuery
+    export holds ``event_params`` and ``user_properties``, is looked into by key,
+    and a value typed GA4's way (``{"string_value": null, "int_value": "7", ...}``)
+    is the one that is set: ``event_params.ga_session_id``.
 
     >>> row = {"id": 7, "properties": {"time": 1704067200, "price": 12.5, "tags": ["a"]}, "v": None}
     >>> [json_cell(row, c) for c in ("id", "properties.time", "properties.price", "properties.tags", "v", "x")]
     ['7', '1704067200', '12.5', '["a"]', '', None]
+    >>> ga4 = {"event_params": [{"key": "page_title", "value": {"string_value": "Home", "int_value": None}},
+    ...                         {"key": "ga_session_id", "value": {"string_value": None, "int_value": "1680700900"}}]}
+    >>> json_cell(ga4, "event_params.ga_session_id"), json_cell(ga4, "event_params.page_title")
+    ('1680700900', 'Home')
     """
     if column in obj:
         value = obj[column]
     else:
         value = obj
         for part in column.split("."):
-            if not isinstance(value, dict) or part not in value:
+            if isinstance(value, list):
+                value = next((item.get("value") for item in value
+                              if isinstance(item, dict) and item.get("key") == part), _ABSENT)
+                if isinstance(value, dict) and value and all(k.endswith("_value") for k in value):
+                    value = next((v for v in value.values() if v is not None), None)
+            elif isinstance(value, dict):
+                value = value.get(part, _ABSENT)
+            else:
                 return None
-            value = value[part]
+            if value is _ABSENT:
+                return None
     return cell_text(value)
+
+
+_ABSENT = object()  # a key that is not there, told from one that holds null
 
 
 def cell_text(value: Any) -> str:

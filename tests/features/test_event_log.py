@@ -271,10 +271,15 @@ def test_a_ga4_bigquery_export_in_json_lines() -> None:
         {"event_name": "purchase", "event_timestamp": str(base + 7_000_000), "user_pseudo_id": "333.444",
          "ecommerce": {"transaction_id": "T-2", "purchase_revenue": None}},
     ]
+    for r in rows:  # GA4 keeps the session in a list of typed key-value params
+        r["event_params"] = [
+            {"key": "page_title", "value": {"string_value": "Shop", "int_value": None}},
+            {"key": "ga_session_id", "value": {"string_value": None, "int_value": "1680700900"}},
+        ]
     lines = [json.dumps(r) + "\n" for r in rows]
     cfg = ImportConfig(customer="user_pseudo_id", time="event_timestamp", action="event_name",
                        order="ecommerce.transaction_id", amount="ecommerce.purchase_revenue",
-                       default_currency="USD", other_actions="skip")
+                       session="event_params.ga_session_id", default_currency="USD", other_actions="skip")
     result = import_transactions(lines, cfg)
     events = result.events
     assert [(e["type"], e.get("action"), e["ts"]) for e in events] == [
@@ -284,6 +289,7 @@ def test_a_ga4_bigquery_export_in_json_lines() -> None:
         ("purchase", None, "2023-04-05T13:22:16.123+00:00"),
     ]
     assert events[-1]["amount"] == 59.9 and events[-1]["order_id"] == "T-1"
+    assert {e["session_id"] for e in events if e["type"] == "web"} == {"1680700900"}
     summary = result.summary()
     assert summary["actions_read_as_skip"] == {"session_start": 1, "begin_checkout": 1}
     assert summary["skipped_by_reason"] == {"action skipped (--map VALUE=skip)": 2, "missing amount": 1}
