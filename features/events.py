@@ -65,11 +65,14 @@ _ONE_MS = timedelta(milliseconds=1)
 
 
 def parse_ts_ms(value: Any) -> int:
-    """Epoch milliseconds from RFC 3339 text (with offset), epoch milliseconds or epoch seconds.
+    """Epoch milliseconds from RFC 3339 text (with offset), or an epoch number of seconds,
+    milliseconds, microseconds or nanoseconds.
 
     A number below 10^11 is read as seconds: as milliseconds it would fall
     before 1973-03-03, outside the accepted times, so no valid timestamp changes
-    meaning. Accepted: from 1973-03-03 to the end of 2099.
+    meaning. Likewise from 10^14 on (as milliseconds, after the year 5000) it is
+    microseconds, and from 10^17 nanoseconds (Debezium's ``ts_us`` and ``ts_ns``,
+    Spark), cut to whole milliseconds. Accepted: from 1973-03-03 to the end of 2099.
 
     >>> parse_ts_ms("2024-01-01T00:00:00Z"), parse_ts_ms(1704067200000)
     (1704067200000, 1704067200000)
@@ -77,6 +80,8 @@ def parse_ts_ms(value: Any) -> int:
     (1704067200000, 1704067200250)
     >>> parse_ts_ms("2038-12-10T00:48:30.436Z"), parse_ts_ms("2024-03-01T10:00:00.1239+01:00")
     (2175554910436, 1709283600123)
+    >>> parse_ts_ms(1704067200123999), parse_ts_ms("1704067200123999999")
+    (1704067200123, 1704067200123)
     """
     if isinstance(value, bool):
         raise ValueError("timestamp must be RFC 3339 text or epoch milliseconds")
@@ -113,7 +118,13 @@ def _event_ts_ms(value: Any) -> int:
 def _epoch_ms(number: float) -> int:
     if number != number or number in (float("inf"), float("-inf")):
         raise ValueError("timestamp is not a number")
-    return round(number * 1000) if abs(number) < 1e11 else int(number)
+    if abs(number) < 1e11:
+        return round(number * 1000)  # seconds
+    if abs(number) >= 1e17:
+        return int(number) // 1_000_000  # nanoseconds
+    if abs(number) >= 1e14:
+        return int(number) // 1_000  # microseconds
+    return int(number)
 
 
 def id_text(value: Any) -> Any:
@@ -366,7 +377,7 @@ def event_time_ms(raw: bytes | None, max_bytes: int = MAX_EVENT_BYTES) -> int | 
 
 
 def _epoch_text(text: str) -> bool:
-    # Epoch seconds or milliseconds written as text ("1704067200", "1704067200.25").
+    # An epoch number written as text ("1704067200", "1704067200.25", "1704067200123456").
     return text.lstrip("-").replace(".", "", 1).isdigit()
 
 
