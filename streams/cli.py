@@ -149,6 +149,10 @@ _EXCEL = ("{name} is an Excel 97-2003 workbook: save the sheet as .xlsx or CSV (
 def _open_zip_member(path: Path) -> IO[bytes]:
     archive = zipfile.ZipFile(path)
     names = zip_data_members(archive)
+    if "xl/workbook.bin" in names or "content.xml" in names and "mimetype" in names:
+        archive.close()
+        kind = "an Excel binary workbook (.xlsb)" if "xl/workbook.bin" in names else "an OpenDocument file (.ods)"
+        raise ValueError(f"{path.name} is {kind}: save the sheet as .xlsx (which the imports read) or CSV")
     if any(n == "xl/workbook.xml" for n in names) or (len(names) == 1 and names[0].lower().endswith(".xlsx")):
         archive.close()
         raise ValueError(f"{path.name} is an Excel workbook: turn its rows into events first with "

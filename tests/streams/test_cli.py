@@ -54,11 +54,21 @@ def test_import_and_backtest_read_a_zipped_export(tmp_path: Path, capsys) -> Non
     assert "2 events (0 invalid" in capsys.readouterr().out
 
 
+def _zip(path: Path, *members: str) -> None:
+    with zipfile.ZipFile(path, "w") as z:
+        for name in members:
+            z.writestr(name, b"")
+
+
 @pytest.mark.parametrize(
     ("name", "write", "says"),
     [
         ("orders.xls", lambda p: p.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504)),
          "Excel 97-2003 workbook"),
+        ("orders.xlsb", lambda p: _zip(p, "[Content_Types].xml", "xl/workbook.bin", "xl/worksheets/sheet1.bin"),
+         "Excel binary workbook"),
+        ("orders.ods", lambda p: _zip(p, "mimetype", "content.xml", "styles.xml", "META-INF/manifest.xml"),
+         "OpenDocument file"),
     ],
 )
 def test_formats_we_do_not_read_are_refused_with_what_to_do(tmp_path: Path, capsys, name, write, says) -> None:
