@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import math
 import re
 import sys
@@ -176,6 +177,10 @@ class ImportConfig:
     event_id: str | None = None  # the log's own event id, kept so later replays deduplicate
     # Status values read otherwise than the built-in words (value -> completed / refunded / skip).
     statuses: Mapping[str, str] = field(default_factory=dict)
+    # A key for a keyed hash (HMAC-SHA256) of every customer id: e-mail addresses and other
+    # personal ids stay out of the events, and so out of Kafka keys, Redis and score records.
+    # The same key gives the same ids (re-imports join; the key's holder can hash a CRM list).
+    customer_key: bytes | None = field(default=None, repr=False)
     # Lines read as UTF-8 with errors="surrogateescape": bytes that are not UTF-8 are read as
     # Windows-1252 (Latin-1 where it has no character) instead of skipping the row. The CLI
     # sets it when --encoding was not given.
@@ -359,6 +364,7 @@ class ImportResult:
             **({"unread_statuses": _vocabulary(self.unread_statuses, "--status")}
                if self.unread_statuses else {}),
             **({"shared_customer_id": shared} if (shared := _shared_id_note(counts)) else {}),
+            **({"customer_ids_are_emails": emails} if (emails := emails_note(counts)) else {}),
             **({"one_order_per_customer": once}
                if (once := one_order_each_note(buyers.buyers, buyers.repeats)) else {}),
             "date_order": self.date_order,
@@ -1458,7 +1464,41 @@ def _customer(row: dict[str, str], config: ImportConfig) -> str:
         raise RowProblem(_missing("customer", row[config.customer]))
     if len(customer) > 200:
         raise RowProblem("bad customer: longer than 200 characters")
-    return customer
+    return customer if config.customer_key is None else hashed_id(customer, config.customer_key)
+
+
+def hashed_id(customer: str, key: bytes) -> str:
+    """A customer id replaced by a keyed hash: 24 hex digits of HMAC-SHA256 (96 bits).
+
+    E-mail addresses are read in lower case first (``Ann@x.org`` and ``ann@x.org`` are
+    one customer, as every mail system reads them).
+
+    >>> hashed_id("Ann@Example.org", b"k") == hashed_id("ann@example.org", b"k") != hashed_id("ann@example.org", b"j")
+    True
+    >>> len(hashed_id("17850", b"k"))
+    24
+    """
+    text = customer.lower() if "@" in customer else customer
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()[:24]
+
+
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
+
+
+def emails_note(counts: Counter[str]) -> str:
+    """A note when customer ids look like e-mail addresses (none is shown).
+
+    >>> emails_note(Counter({"ann@example.org": 3, "c2": 1}))[:52]
+    'customer ids look like e-mail addresses (1 of 2): th'
+    >>> emails_note(Counter({"c1": 1}))
+    ''
+    """
+    emails = sum(1 for c in counts if "@" in c and _EMAIL.fullmatch(c))
+    if not emails:
+        return ""
+    return (f"customer ids look like e-mail addresses ({emails:,} of {len(counts):,}): they would be Kafka "
+            "keys, Redis keys and score records; --hash-customers replaces each with a keyed hash "
+            "(its key in LEADPULSE_CUSTOMER_KEY)")
 
 
 _NO_EXTRA: dict[str, str] = {}  # shared by the lines without --extra values: never written to

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from features.parquet import ParquetRead
     from features.workbook import WorkbookRead
 
+CUSTOMER_KEY_VAR = "LEADPULSE_CUSTOMER_KEY"  # the --hash-customers key: a secret, so not an option
 DEFAULT_ENCODING = "utf-8-sig"  # UTF-8, with or without the byte order mark Excel writes
 
 EXAMPLE = """examples:
@@ -200,6 +202,10 @@ def _add_columns(p: Any, event_log: bool) -> None:
                          help="amounts like 1,234.50, whatever the numbers look like")
     fmt.add_argument("--refunds", choices=["event", "skip"], default="event",
                      help="negative amounts / quantities: refund events (default) or skip")
+    fmt.add_argument("--hash-customers", action="store_true",
+                     help="replace every customer id with a keyed hash (HMAC-SHA256, 24 hex digits; the key "
+                          "from LEADPULSE_CUSTOMER_KEY, never from the command line): e-mail addresses and "
+                          "other personal ids stay out of the events, Kafka, Redis and score records")
     fmt.add_argument("--max-errors", type=int, default=20,
                      help="skipped rows shown on stderr (all are counted; default 20)")
 
@@ -346,6 +352,12 @@ def _import(args: argparse.Namespace, table: WorkbookRead | ParquetRead | None) 
             campaign=args.campaign, channel=args.channel, default_channel=args.default_channel,
             event_id=args.event_id,
         )
+    if args.hash_customers:
+        key = os.environ.get(CUSTOMER_KEY_VAR, "")
+        if len(key) < 16:
+            raise ValueError(f"--hash-customers takes its key from {CUSTOMER_KEY_VAR}: set it to a secret of "
+                             "16 characters or more (the same key gives the same ids on every import)")
+        config = replace(config, customer_key=key.encode())
     stdin = args.file == "-"
     lines = count_lines(Path(args.file)) - 1 if sys.stderr.isatty() and not stdin else None
     source: Any = sys.stdin  # read once, so its rows are held
@@ -381,7 +393,7 @@ def _import(args: argparse.Namespace, table: WorkbookRead | ParquetRead | None) 
     if table is not None:
         summary.update(table.summary())
     print(json.dumps({**summary, "out": str(out)}, indent=2))
-    for key in ("shared_customer_id", "one_order_per_customer"):  # notes on the customer column
+    for key in ("shared_customer_id", "one_order_per_customer", "customer_ids_are_emails"):  # the customer column
         if key in summary:
             print(f"note: {summary[key]}", file=sys.stderr)
     if not result.encoded and result.rows:

@@ -860,3 +860,36 @@ def test_a_json_array_export_reads_as_its_objects() -> None:
     assert result.summary()["delimiter"] == "JSON array"
     with pytest.raises(ImportFailed, match="not valid JSON"):
         import_transactions(["[{\"c\": 1,\n"], ImportConfig(customer="c", time="t", amount="amt"))
+
+
+def test_customer_ids_that_are_emails_are_noted_and_hashed_when_asked(tmp_path: Path, capsys, monkeypatch) -> None:
+    from streams.cli import main
+
+    src = tmp_path / "mailing.csv"
+    src.write_text("email,date,total\nAnn@Example.org,2024-03-01,10\nann@example.org,2024-03-09,12\n"
+                   "bob@example.net,2024-03-02,5\n")
+    args = ["import-transactions", str(src), "--customer", "email", "--time", "date", "--amount", "total"]
+    assert main([*args, "--out", str(tmp_path / "plain.jsonl")]) == 0
+    out = capsys.readouterr()
+    assert "customer ids look like e-mail addresses (3 of 3)" in out.err
+    assert json.loads(out.out)["customer_ids_are_emails"].startswith("customer ids look like e-mail addresses")
+    assert "example" not in out.err + out.out  # the note names no address
+
+    monkeypatch.delenv("LEADPULSE_CUSTOMER_KEY", raising=False)
+    assert main([*args, "--hash-customers", "--out", str(tmp_path / "h.jsonl")]) == 2
+    assert "LEADPULSE_CUSTOMER_KEY" in capsys.readouterr().err
+
+    monkeypatch.setenv("LEADPULSE_CUSTOMER_KEY", "a secret of the marketing team")
+    for name in ("h1", "h2"):
+        assert main([*args, "--hash-customers", "--out", str(tmp_path / f"{name}.jsonl")]) == 0
+    out = capsys.readouterr()
+    assert "e-mail" not in out.err and "customer_ids_are_emails" not in out.out
+    hashed = (tmp_path / "h1.jsonl").read_text()
+    assert "@" not in hashed and "example" not in hashed
+    assert hashed == (tmp_path / "h2.jsonl").read_text()  # the same key: the same ids, re-imports join
+    ids = [json.loads(line)["customer_id"] for line in hashed.splitlines()]
+    assert len(ids) == 3 and len(set(ids)) == 2 and all(len(i) == 24 for i in ids)  # Ann is one customer
+    monkeypatch.setenv("LEADPULSE_CUSTOMER_KEY", "another secret, another team")
+    assert main([*args, "--hash-customers", "--out", str(tmp_path / "h3.jsonl")]) == 0
+    other = {json.loads(line)["customer_id"] for line in (tmp_path / "h3.jsonl").read_text().splitlines()}
+    assert other.isdisjoint(ids)
