@@ -796,19 +796,22 @@ _cached_time = lru_cache(maxsize=1 << 15)(parse_time)
 _cached_number = lru_cache(maxsize=1 << 15)(parse_number)
 
 
-_CLOCK_CELL = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?|(\d{1,4})")
+_CLOCK_CELL = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2})(?:\.(\d{1,3}))?)?|(\d{1,4})")
 
 
 @lru_cache(maxsize=1 << 12)
 def clock_ms(text: str) -> int:
     """Milliseconds after midnight of a time-of-day cell: ``1631`` or ``539`` (HHMM, as
-    dunnhumby's ``TRANS_TIME``), ``16:31`` or ``16:31:05``; raises :class:`RowProblem`.
+    dunnhumby's ``TRANS_TIME``), ``16:31``, ``16:31:05`` or ``16:31:05.250`` (a workbook's time
+    cell); raises :class:`RowProblem`.
 
     Added to the instant the time column gives (a date: its midnight), so on a day the
     clocks change, a time after the change is an hour off in a zone with summer time.
 
     >>> clock_ms("1631") == clock_ms("16:31") == (16 * 60 + 31) * 60_000, clock_ms("539") // 60_000
     (True, 339)
+    >>> clock_ms("16:31:05.25") - clock_ms("16:31:05")
+    250
     >>> clock_ms("2460")
     Traceback (most recent call last):
     ...
@@ -817,13 +820,15 @@ def clock_ms(text: str) -> int:
     m = _CLOCK_CELL.fullmatch(text.strip())
     if m is None:
         raise RowProblem("missing clock" if not text.strip() else "bad clock: not a time of day as 1631 or 16:31")
-    if m[4] is not None:
-        hours, minutes, seconds = int(m[4]) // 100, int(m[4]) % 100, 0
+    millis = 0
+    if m[5] is not None:
+        hours, minutes, seconds = int(m[5]) // 100, int(m[5]) % 100, 0
     else:
         hours, minutes, seconds = int(m[1]), int(m[2]), int(m[3] or 0)
+        millis = int((m[4] or "0").ljust(3, "0"))
     if hours > 23 or minutes > 59 or seconds > 59:
         raise RowProblem("bad clock: not a time of day as 1631 or 16:31")
-    return ((hours * 60 + minutes) * 60 + seconds) * 1000
+    return ((hours * 60 + minutes) * 60 + seconds) * 1000 + millis
 
 
 def _row_time(row: dict[str, str], config: ImportConfig, order: DateOrder, zone: tzinfo) -> int:

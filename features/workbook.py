@@ -198,8 +198,14 @@ def _number(text: str) -> str:
 
 
 def _date(text: str, epoch: datetime) -> str:
-    moment = epoch + timedelta(milliseconds=round(float(text) * 86_400_000))
-    shown = moment.strftime("%Y-%m-%d %H:%M:%S")
+    """A date or time cell's text; a serial below 1 is a time of day alone (a column of its own).
+
+    >>> _date("40513.354166666664", _EPOCH_1900), _date("0.5573", _EPOCH_1900)
+    ('2010-12-01 08:30:00', '13:22:30.720')
+    """
+    serial = float(text)
+    moment = epoch + timedelta(milliseconds=round(serial * 86_400_000))
+    shown = moment.strftime("%H:%M:%S" if 0 <= serial < 1 else "%Y-%m-%d %H:%M:%S")
     return f"{shown}.{moment.microsecond // 1000:03d}" if moment.microsecond else shown
 
 

@@ -240,3 +240,24 @@ def test_backtest_given_a_workbook_says_to_import_it(tmp_path: Path, capsys) -> 
     err = capsys.readouterr().err
     assert "Excel workbook" in err and "import-transactions" in err
     assert not (tmp_path / "r" / "report.json").exists()
+
+
+def test_a_date_column_and_a_time_column(tmp_path: Path, capsys) -> None:
+    """A sheet that keeps the day and the time of day apart: the time cells read as a clock."""
+    from datetime import date, time
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["Kunde", "Datum", "Uhrzeit", "Betrag"])
+    sheet.append(["k1", date(2023, 4, 5), time(13, 22, 10), 12.5])
+    sheet.append(["k2", date(2023, 4, 6), time(0, 5), 3])
+    for row in sheet.iter_rows(min_row=2):
+        row[1].number_format, row[2].number_format = "DD.MM.YYYY", "hh:mm:ss"
+    path = tmp_path / "kasse.xlsx"
+    book.save(path)
+    code = main(["import-transactions", str(path), "--customer", "Kunde", "--time", "Datum", "--clock", "Uhrzeit",
+                 "--amount", "Betrag", "--timezone", "Europe/Berlin", "--out", str(tmp_path / "k.jsonl")])
+    assert code == 0, capsys.readouterr().err
+    events = [json.loads(line) for line in (tmp_path / "k.jsonl").read_text().splitlines()]
+    assert [(e["customer_id"], e["ts"], e["amount"]) for e in events] == [
+        ("k1", "2023-04-05T11:22:10.000+00:00", 12.5), ("k2", "2023-04-05T22:05:00.000+00:00", 3.0)]
