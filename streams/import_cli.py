@@ -1,4 +1,4 @@
-"""``leadpulse import-transactions``: a transaction table (CSV, JSON Lines or .xlsx) to purchase events.
+"""``leadpulse import-transactions``: a transaction table (CSV, JSON, .xlsx, Parquet) to purchase events.
 
 A thin shell over :func:`features.importer.import_transactions`: it reads the
 file, shows a progress bar on a terminal, prints the first skipped rows (line
@@ -71,10 +71,10 @@ EXAMPLE = """examples:
 
 
 EVENTS_EXAMPLE = """examples:
-  # UCI Online Retail II as downloaded: a zip of a workbook, one sheet per year
-  leadpulse import-transactions online+retail+ii.zip --customer "Customer ID" --time InvoiceDate \\
-      --order Invoice --quantity Quantity --price Price --product StockCode \\
-      --default-currency GBP --out retail2.jsonl
+  # GA4's BigQuery export as JSON Lines (epoch microseconds; the session among event_params)
+  leadpulse import-events ga4.jsonl --customer user_pseudo_id --time event_timestamp \\
+      --action event_name --session event_params.ga_session_id --order ecommerce.transaction_id \\
+      --amount ecommerce.purchase_revenue --default-currency USD --others skip --out ga4-events.jsonl
   # Retailrocket's events.csv (timestamp in ms, view / addtocart / transaction, no prices)
   leadpulse import-events events.csv --customer visitorid --time timestamp --action event \\
       --product itemid --order transactionid --out retailrocket.jsonl
