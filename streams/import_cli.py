@@ -269,8 +269,19 @@ def _encoding(raw: Any, asked: str) -> str:
 @command("import-events")
 @command("import-transactions")
 def cmd_import_transactions(args: argparse.Namespace) -> int:
+    key = _customer_key(args)  # refused before a large workbook is read, not after
     with _table_as_csv(args) as table:
-        return _import(args, table)
+        return _import(args, table, key)
+
+
+def _customer_key(args: argparse.Namespace) -> bytes | None:
+    if not args.hash_customers:
+        return None
+    key = os.environ.get(CUSTOMER_KEY_VAR, "")
+    if len(key) < 16:
+        raise ValueError(f"--hash-customers takes its key from {CUSTOMER_KEY_VAR}: set it to a secret of "
+                         "16 characters or more (the same key gives the same ids on every import)")
+    return key.encode()
 
 
 @contextmanager
@@ -333,7 +344,7 @@ def _zipped_workbook(path: Path) -> str | None:
         return None
 
 
-def _import(args: argparse.Namespace, table: WorkbookRead | ParquetRead | None) -> int:
+def _import(args: argparse.Namespace, table: WorkbookRead | ParquetRead | None, key: bytes | None) -> int:
     from features.importer import ImportConfig, import_transactions
 
     config = ImportConfig(
@@ -352,12 +363,8 @@ def _import(args: argparse.Namespace, table: WorkbookRead | ParquetRead | None) 
             campaign=args.campaign, channel=args.channel, default_channel=args.default_channel,
             event_id=args.event_id,
         )
-    if args.hash_customers:
-        key = os.environ.get(CUSTOMER_KEY_VAR, "")
-        if len(key) < 16:
-            raise ValueError(f"--hash-customers takes its key from {CUSTOMER_KEY_VAR}: set it to a secret of "
-                             "16 characters or more (the same key gives the same ids on every import)")
-        config = replace(config, customer_key=key.encode())
+    if key is not None:
+        config = replace(config, customer_key=key)
     stdin = args.file == "-"
     lines = count_lines(Path(args.file)) - 1 if sys.stderr.isatty() and not stdin else None
     source: Any = sys.stdin  # read once, so its rows are held
