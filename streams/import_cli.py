@@ -400,9 +400,9 @@ def _import(args: argparse.Namespace, table: WorkbookRead | ParquetRead | None, 
     if table is not None:
         summary.update(table.summary())
     print(json.dumps({**summary, "out": str(out)}, indent=2))
-    for key in ("shared_customer_id", "one_order_per_customer", "customer_ids_are_emails"):  # the customer column
-        if key in summary:
-            print(f"note: {summary[key]}", file=sys.stderr)
+    for note in ("shared_customer_id", "one_order_per_customer", "customer_ids_are_emails"):  # the customer column
+        if note in summary:
+            print(f"note: {summary[note]}", file=sys.stderr)
     if not result.encoded and result.rows:
         print("nothing imported: every row was skipped", file=sys.stderr)
         return 1
