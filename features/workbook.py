@@ -130,10 +130,13 @@ def _book(z: zipfile.ZipFile) -> _Book:
         if tag == "workbookPr" and elem.get("date1904", "").lower() in ("1", "true"):
             book.epoch = _EPOCH_1904
     if "xl/sharedStrings.xml" in z.NameToInfo:
-        for tag, elem in _parse(z, "xl/sharedStrings.xml"):
-            if tag == "si":
-                book.strings.append(_text(elem))
-                elem.clear()
+        with z.open("xl/sharedStrings.xml") as handle:
+            events = iterparse(handle, events=("start", "end"))
+            _, root = next(events)
+            for event, elem in events:
+                if event == "end" and _local(elem.tag) == "si":
+                    book.strings.append(_text(elem))
+                    root.clear()  # strings read are let go: a table of ids holds a million
     if "xl/styles.xml" in z.NameToInfo:
         custom: dict[int, str] = {}
         styles: list[int] = []
@@ -301,8 +304,10 @@ class WorkbookRead:
 
         >>> WorkbookRead([], [], [(1, "2010", 1), (9, "2011", 2)]).where(12)
         "sheet '2011' row 5"
+        >>> WorkbookRead([], [], [(1, "2010", 1), (9, "📈 2011", 2)]).where(9)
+        "sheet '📈 2011' row 2"
         """
-        i = bisect_right(self.marks, (line, "\uffff")) - 1
+        i = bisect_right(self.marks, line, key=lambda mark: mark[0]) - 1
         first, sheet, row = self.marks[max(i, 0)]
         return f"sheet {sheet!r} row {row + line - first}"
 
