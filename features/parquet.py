@@ -25,15 +25,10 @@ held whole, and writes each value as the importer reads it:
 
 from __future__ import annotations
 
-import csv
-import math
-from bisect import bisect_right
-from datetime import date, datetime, time
-from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from features.importer import cell_text
+from features.tabular import TableWriter
 
 INSTALL_HINT = "reading Parquet needs pyarrow: pip install 'leadpulse[parquet]' (or pyarrow)"
 
@@ -47,44 +42,7 @@ def is_parquet(path: Path) -> bool:
         return False
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, datetime):
-        return value.isoformat() if value.tzinfo is not None else value.isoformat(sep=" ")
-    if isinstance(value, date | time):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return cell_text(value)  # text, booleans, whole numbers, lists and structs (as JSON)
-
-
-class ParquetRead:
-    """What :func:`write_csv` read: the row count, and where a CSV line came from."""
-
-    form = "Parquet"  # what the import's summary says was read
-
-    def __init__(self) -> None:
-        self.rows = 0
-        # (first CSV line, row) wherever a value with a line break made a row span lines.
-        self.marks: list[tuple[int, int]] = [(2, 1)]
-
-    def where(self, line: int) -> str:
-        """The row (1 = the first below the header) a line of the CSV holds.
-
-        >>> read = ParquetRead(); read.marks.append((10, 8)); read.where(5), read.where(12)
-        ('row 4', 'row 10')
-        """
-        first, row = self.marks[max(bisect_right(self.marks, (line, math.inf)) - 1, 0)]
-        return f"row {row + line - first}"
-
-    def summary(self) -> dict[str, Any]:
-        return {"parquet_rows": self.rows}
-
-
-def write_csv(path: Path, out: IO[str], batch_rows: int = 65_536) -> ParquetRead:
+def write_csv(path: Path, out: IO[str], batch_rows: int = 65_536) -> TableWriter:
     """Write a Parquet file's rows out as CSV (UTF-8 text, ``\\n`` lines), a row group at a time."""
     try:
         import pyarrow as pa
@@ -95,23 +53,14 @@ def write_csv(path: Path, out: IO[str], batch_rows: int = 65_536) -> ParquetRead
         source = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
         raise ValueError(f"{path.name} is not a Parquet file pyarrow can read ({str(exc)[:200]})") from None
-    names = source.schema_arrow.names
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(names)
-    read = ParquetRead()
-    line = 2
+    table = TableWriter(out, source.schema_arrow.names, form="Parquet")
     for batch in source.iter_batches(batch_size=batch_rows):
         columns = []
         for column in batch.columns:
             if pa.types.is_timestamp(column.type) and column.type.unit == "ns":
                 # Python's datetime holds microseconds; event times need no finer.
                 column = column.cast(pa.timestamp("us", column.type.tz), safe=False)
-            columns.append([_cell(v) for v in column.to_pylist()])
-        for cells in zip(*columns, strict=True):
-            writer.writerow(cells)
-            read.rows += 1
-            breaks = sum(c.count("\n") + c.count("\r") - c.count("\r\n") for c in cells if "\n" in c or "\r" in c)
-            line += 1 + breaks
-            if breaks:
-                read.marks.append((line, read.rows + 1))
-    return read
+            columns.append(column.to_pylist())
+        for values in zip(*columns, strict=True):
+            table.write(values)
+    return table

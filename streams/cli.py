@@ -137,6 +137,10 @@ def open_input(path: Path) -> IO[bytes]:
             f"{path.name} is a Parquet file: turn its rows into events first with "
             "`leadpulse import-transactions` or `import-events`, which read Parquet with pyarrow "
             "installed (pip install 'leadpulse[parquet]')")
+    if head.startswith(b"SQLite f"):
+        raise ValueError(
+            f"{path.name} is a SQLite database: turn a table of it into events first with "
+            "`leadpulse import-transactions` or `import-events` (--table NAME, or --query 'select ...')")
     if head.startswith(b"\xd0\xcf\x11\xe0"):
         raise ValueError(_EXCEL.format(name=path.name))
     return open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it

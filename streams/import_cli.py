@@ -1,4 +1,4 @@
-"""``leadpulse import-transactions``: a transaction table (CSV, JSON, .xlsx, Parquet) to purchase events.
+"""``leadpulse import-transactions``: a transaction table (CSV, JSON, .xlsx, Parquet, SQLite) to purchase events.
 
 A thin shell over :func:`features.importer.import_transactions`: it reads the
 file, shows a progress bar on a terminal, prints the first skipped rows (line
@@ -49,7 +49,7 @@ from streams.cli import (
 )
 
 if TYPE_CHECKING:
-    from features.parquet import ParquetRead
+    from features.tabular import TableWriter
     from features.workbook import WorkbookRead
 
 CUSTOMER_KEY_VAR = "LEADPULSE_CUSTOMER_KEY"  # the --hash-customers key: a secret, so not an option
@@ -92,7 +92,7 @@ EVENTS_EXAMPLE = """examples:
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "import-transactions",
-        help="turn a transaction table (CSV, JSON, Excel, Parquet) into purchase events (JSON Lines)",
+        help="turn a transaction table (CSV, JSON, Excel, Parquet, SQLite) into purchase events",
         description="Turn a transaction table into purchase events, sorted by time. Rows that "
                     "cannot be read are skipped and reported by line number and reason.",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -114,8 +114,8 @@ def add_parser(sub: Any) -> None:
 
 def _add_columns(p: Any, event_log: bool) -> None:
     p.add_argument("file", help="CSV file with a header line, an Excel workbook (.xlsx), Parquet (with pyarrow), "
-                   "or JSON Lines (one object per line; a column is a key, nested as a.b); gzip is fine "
-                   "('-' for stdin)")
+                   "a SQLite database, or JSON Lines (one object per line; a column is a key, nested as "
+                   "a.b); gzip is fine ('-' for stdin)")
     p.add_argument("--out", required=True, help="JSON Lines file to write")
     cols = p.add_argument_group("columns")
     cols.add_argument("--customer", required=True, metavar="COL", help="customer id column")
@@ -175,6 +175,11 @@ def _add_columns(p: Any, event_log: bool) -> None:
     fmt.add_argument("--sheet", metavar="NAME",
                      help="the sheet of an Excel workbook to read (default: the first, and after it "
                           "every sheet with the same header, as a workbook split by year)")
+    fmt.add_argument("--table", metavar="NAME",
+                     help="the table of a SQLite database to read (default: its only table)")
+    fmt.add_argument("--query", metavar="SQL",
+                     help="a SELECT on a SQLite database whose rows are the table to import, e.g. a "
+                          "join of orders and customers (the database is opened read-only)")
     fmt.add_argument("--delimiter", default="auto",
                      help="field separator: , ; tab | (default: the header's, the most frequent of these)")
     fmt.add_argument("--encoding", default=DEFAULT_ENCODING,
@@ -285,13 +290,14 @@ def _customer_key(args: argparse.Namespace) -> bytes | None:
 
 
 @contextmanager
-def _table_as_csv(args: argparse.Namespace) -> Iterator[WorkbookRead | ParquetRead | None]:
-    """An Excel workbook or a Parquet file is written out as a temporary CSV (``TMPDIR``), imported, removed.
+def _table_as_csv(args: argparse.Namespace) -> Iterator[WorkbookRead | TableWriter | None]:
+    """An Excel workbook, a Parquet file or a SQLite database is written out as a temporary CSV
+    (``TMPDIR``), imported, removed.
 
     The import reads its file twice (see ``import_transactions``): a CSV read twice
-    costs less than parsing a workbook's XML, or decoding Parquet, twice.
+    costs less than parsing a workbook's XML, decoding Parquet or querying twice.
     """
-    from features import parquet, workbook
+    from features import parquet, sqlite_table, workbook
 
     path = Path(args.file)
     with ExitStack() as stack:
@@ -303,14 +309,17 @@ def _table_as_csv(args: argparse.Namespace) -> Iterator[WorkbookRead | ParquetRe
             with zipfile.ZipFile(path) as archive, archive.open(member) as src, book.open("wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
         columnar = given and book is None and parquet.is_parquet(path)
+        database = given and book is None and sqlite_table.is_sqlite(path)
         if args.sheet is not None and book is None:
             raise ValueError(f"--sheet reads an Excel workbook, and {path.name} is not one")
-        if book is None and not columnar:
+        if (args.table is not None or args.query is not None) and not database:
+            raise ValueError(f"--table and --query read a SQLite database, and {path.name} is not one")
+        if book is None and not columnar and not database:
             yield None
             return
         copy = stack.enter_context(tempfile.NamedTemporaryFile(
             "w", prefix="leadpulse-table-", suffix=".csv", encoding="utf-8", newline=""))
-        read: WorkbookRead | ParquetRead
+        read: WorkbookRead | TableWriter
         if book is not None:
             read = workbook.write_csv(book, copy, args.sheet, columns=(args.customer, args.time))
             names = " + ".join(repr(s.name) for s in read.sheets)
@@ -320,9 +329,12 @@ def _table_as_csv(args: argparse.Namespace) -> Iterator[WorkbookRead | ParquetRe
                   f"({sum(s.rows for s in read.sheets):,} rows{below})"
                   + (f"; not read: {', '.join(repr(n) for n in read.other_sheets)} (another table, or "
                      "hidden: --sheet NAME reads one)" if read.other_sheets else ""), file=sys.stderr)
-        else:
+        elif columnar:
             read = parquet.write_csv(path, copy)
             print(f"{path.name}: a Parquet file ({read.rows:,} rows)", file=sys.stderr)
+        else:
+            read = sqlite_table.write_csv(path, copy, args.table, args.query)
+            print(f"{path.name}: a SQLite database ({read.rows:,} rows)", file=sys.stderr)
         copy.flush()
         args.given_file, args.file = args.file, copy.name
         args.delimiter, args.encoding = "comma", "utf-8"
@@ -344,7 +356,7 @@ def _zipped_workbook(path: Path) -> str | None:
         return None
 
 
-def _import(args: argparse.Namespace, table: WorkbookRead | ParquetRead | None, key: bytes | None) -> int:
+def _import(args: argparse.Namespace, table: WorkbookRead | TableWriter | None, key: bytes | None) -> int:
     from features.importer import ImportConfig, import_transactions
 
     config = ImportConfig(
