@@ -34,6 +34,7 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
+from itertools import chain, islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,6 +111,20 @@ def add_parser(sub: Any) -> None:
         epilog=EVENTS_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_columns(e, event_log=True)
+    i = sub.add_parser(
+        "inspect",
+        help="say which column of a table is what, and suggest the import command",
+        description="Profile the columns of a table (CSV, JSON Lines, Excel, Parquet, SQLite) from a "
+                    "sample of its rows: how full, how many distinct values, what share reads as a time, "
+                    "a number, an e-mail address, a status or an action word; then suggest the "
+                    "import-transactions or import-events command. Cell values are not shown, except "
+                    "those of a small vocabulary (statuses, actions, currencies).",
+    )
+    i.add_argument("file", help="the table, in any format the imports read")
+    i.add_argument("--rows", type=int, default=5_000, help="rows sampled from the top (default 5,000)")
+    i.add_argument("--sheet", metavar="NAME", help="the sheet of an Excel workbook")
+    i.add_argument("--table", metavar="NAME", help="the table of a SQLite database")
+    i.add_argument("--query", metavar="SQL", help="a SELECT on a SQLite database")
 
 
 def _add_columns(p: Any, event_log: bool) -> None:
@@ -321,7 +336,8 @@ def _table_as_csv(args: argparse.Namespace) -> Iterator[WorkbookRead | TableWrit
             "w", prefix="leadpulse-table-", suffix=".csv", encoding="utf-8", newline=""))
         read: WorkbookRead | TableWriter
         if book is not None:
-            read = workbook.write_csv(book, copy, args.sheet, columns=(args.customer, args.time))
+            named = tuple(c for c in (getattr(args, "customer", None), getattr(args, "time", None)) if c)
+            read = workbook.write_csv(book, copy, args.sheet, columns=named)
             names = " + ".join(repr(s.name) for s in read.sheets)
             below = "" if all(s.header_row == 1 for s in read.sheets) else (
                 ", header on row " + " / ".join(str(s.header_row) for s in read.sheets))
@@ -339,6 +355,95 @@ def _table_as_csv(args: argparse.Namespace) -> Iterator[WorkbookRead | TableWrit
         args.given_file, args.file = args.file, copy.name
         args.delimiter, args.encoding = "comma", "utf-8"
         yield read
+
+
+@command("inspect")
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from features.inspect import command as import_command
+    from features.inspect import profile, suggest
+
+    given = args.file
+    with _table_as_csv(args) as table:
+        rows = list(islice(_sample_rows(Path(args.file)), max(1, args.rows)))
+    if not rows:
+        print(f"{given}: no rows under a header", file=sys.stderr)
+        return 1
+    profiles = profile(rows)
+    form = table.form if table is not None else "JSON" if isinstance(rows[0], _Flat) else "CSV"
+    print(f"{given}: {form}, {len(rows):,} rows read (the first; --rows N for more), {len(profiles)} columns")
+    width = min(max(len(p.name) for p in profiles), 40)
+    for p in profiles:
+        print(f"  {p.name:<{width}}  {p.describe()}")
+    if {"event_id", "customer_id", "ts", "type"} <= {p.name for p in profiles}:
+        print(f"\nthese rows are leadpulse events already: leadpulse backtest {given} --out report/")
+        return 0
+    pick = suggest(profiles)
+    event_log = "action" in pick
+    if "customer" not in pick or "time" not in pick:
+        print("\nno customer and time columns found: name them with --customer and --time "
+              "(leadpulse import-transactions --help)")
+        return 0
+    extra = [f"--sheet {args.sheet!r}" if args.sheet else "", f"--table {args.table!r}" if args.table else "",
+             f"--query {args.query!r}" if args.query else ""]
+    print("\nsuggested (check each column it picked):\n  "
+          + " ".join([import_command(given, pick, event_log), *[e for e in extra if e]]))
+    if "amount" not in pick and "price" not in pick:
+        print("  no amount column found: add --amount COL (or --price and --quantity)")
+    elif "currency" not in pick:
+        print("  amounts are read as EUR: add --default-currency CODE (or --currency COL)")
+    action = next((p for p in profiles if p.name == pick.get("action")), None)
+    if action is not None and action.share(action.actions) < 1.0:
+        print("  some action words are not ones the import knows: add --others page_view (or skip), "
+              "or --map WORD=ACTION for each")
+    return 0
+
+
+class _Flat(dict[str, str]):
+    """A JSON object flattened to dotted columns, as the imports address them."""
+
+
+def _sample_rows(path: Path) -> Iterator[dict[str, str]]:
+    """The table's rows as ``{column: cell}``: a CSV's under its header, a JSON object's flattened."""
+    import csv
+
+    from features.importer import sniff_delimiter
+
+    with open_input(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as text:
+        first = text.readline()
+        start = first.lstrip(" \t\r\n")[:1]
+        if start in ("{", "["):
+            import orjson
+
+            if start == "[":
+                items = orjson.loads(first + text.read())
+                objects: Iterator[Any] = iter(items if isinstance(items, list) else [])
+            else:
+                objects = (orjson.loads(line) for line in chain([first], text) if line.strip())
+            for obj in objects:
+                if isinstance(obj, dict):
+                    yield _flatten(obj)
+            return
+        lines = chain([first], text)
+        yield from csv.DictReader(lines, delimiter=sniff_delimiter(first))
+
+
+def _flatten(obj: dict[str, Any], prefix: str = "") -> _Flat:
+    from features.importer import cell_text
+
+    flat = _Flat()
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) and "key" in v for v in value):
+            for item in value:  # GA4's key-value lists: event_params.ga_session_id
+                inner = item.get("value")
+                if isinstance(inner, dict) and inner and all(k.endswith("_value") for k in inner):
+                    inner = next((v for v in inner.values() if v is not None), None)
+                flat[f"{name}.{item['key']}"] = cell_text(inner)
+        else:
+            flat[name] = cell_text(value)
+    return flat
 
 
 def _zipped_workbook(path: Path) -> str | None:

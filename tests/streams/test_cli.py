@@ -361,3 +361,29 @@ def test_long_runs_log_their_progress_off_a_terminal(tmp_path: Path, capsys, mon
     monkeypatch.setattr(streams.cli, "PROGRESS_LOG_S", 0.0)  # the default's short runs: nothing
     assert main(["backtest", str(history), "--out", str(tmp_path / "bt2"), "--no-batch-baseline"]) == 0
     assert "lines of" not in capsys.readouterr().err
+
+
+def test_inspect_suggests_an_import_that_runs(tmp_path: Path, capsys) -> None:
+    import csv
+    import random
+    import shlex
+
+    rng = random.Random(3)
+    src = tmp_path / "orders.csv"
+    with src.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Order No", "Client", "Order date", "Net total", "Status"])
+        for i in range(3_000):
+            writer.writerow([f"A-{10_000 + i}", f"client {rng.randint(1, 400)}", f"{1 + i % 28}/{1 + i % 12}/2023",
+                             f"{rng.randint(100, 90_000) / 100:.2f}", rng.choice(["paid", "shipped", "cancelled"])])
+    assert main(["inspect", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert "3,000 rows read" in out and "Client" in out and "client 1" not in out  # no customer named
+    suggested = next(line.strip() for line in out.splitlines() if line.strip().startswith("leadpulse "))
+    assert "--customer Client" in suggested and "--time 'Order date'" in suggested
+    assert "--order 'Order No'" in suggested and "--amount 'Net total'" in suggested and "--status Status" in suggested
+    argv = shlex.split(suggested)[1:]
+    argv[argv.index("--out") + 1] = str(tmp_path / "events.jsonl")
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["events_written"] == 3_000 and summary["refund_events"] > 500

@@ -1,0 +1,226 @@
+"""Which column of an unknown export is what: a profile of each column, and the import it suggests.
+
+A new table (a shop's export, a CRM dump, an analytics log) comes with its own column
+names. :func:`profile` reads a sample of its rows and says, per column, how full it is,
+how many distinct values it has, and what share of its cells read as a time, a
+number or an e-mail address; :func:`suggest` picks the columns an import needs
+(customer, time, amount, order, ...) from those figures and the names, and
+:func:`command` writes the ``leadpulse import-...`` line to start from.
+
+Cell values are never shown, except those of a column of status, action or currency
+words (at most 30 short values, a fifth or more of them words the import knows, none
+with an ``@``), as the import's summary shows such words.
+
+>>> rows = [{"Kunde": f"k{i % 7}", "Datum": f"2024-03-{1 + i % 28:02d}", "Betrag": f"{i}.50",
+...          "Status": "paid" if i % 9 else "refunded"} for i in range(60)]
+>>> cols = profile(rows)
+>>> pick = suggest(cols)
+>>> pick["customer"], pick["time"], pick["amount"], pick["status"]
+('Kunde', 'Datum', 'Betrag', 'Status')
+>>> command("orders.csv", pick, event_log=False)
+'leadpulse import-transactions orders.csv --customer Kunde --time Datum --amount Betrag --status Status --out events.jsonl'
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from features.actions import ACTION_ALIASES, norm_action
+from features.importer import (
+    COMPLETED_STATUSES,
+    NO_VALUE,
+    REFUND_STATUSES,
+    RowProblem,
+    parse_number,
+    parse_time,
+)
+
+DISTINCT_CAP = 10_000  # distinct values counted per column (a sample's ids need no more)
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
+# Names that say what a column is, in the words exports use (English, some German, French, Spanish).
+_NAMES: dict[str, tuple[str, ...]] = {
+    "customer": ("customer", "client", "user", "member", "buyer", "contact", "kunde", "visitor", "account",
+                 "email", "distinct_id", "person", "shopper", "cliente", "usuario"),
+    "time": ("time", "date", "timestamp", "created", "datum", "ts", "when", "at", "fecha", "zeit"),
+    "amount": ("amount", "total", "revenue", "value", "sales", "spend", "betrag", "umsatz", "price_total",
+               "payment", "sum", "montant", "importe", "dollars"),
+    "order": ("order", "invoice", "transaction", "receipt", "basket", "bestell", "rechnung", "commande", "pedido"),
+    "quantity": ("quantity", "qty", "units", "menge", "anzahl", "count", "cds", "items"),
+    "price": ("price", "unit_price", "unitprice", "preis", "prix", "precio"),
+    "product": ("product", "sku", "item", "stock", "article", "artikel", "asin", "ean"),
+    "status": ("status", "state"),
+    "currency": ("currency", "curr", "waehrung", "devise", "moneda"),
+    "action": ("event", "action", "type", "activity", "event_type", "event_name"),
+    "session": ("session",),
+    "campaign": ("campaign", "mailing", "newsletter", "utm_campaign"),
+}
+
+
+@dataclass
+class ColumnProfile:
+    """What a sample says about one column."""
+
+    name: str
+    filled: int = 0
+    rows: int = 0
+    distinct: int = 0
+    times: int = 0  # cells that read as a time (parse_time, date order settled by the cells)
+    numbers: int = 0
+    decimals: int = 0  # numbers with a fractional part
+    negatives: int = 0
+    emails: int = 0
+    statuses: int = 0  # cells that are a status word the import knows
+    actions: int = 0  # cells that are an action word the import knows
+    currencies: int = 0  # three-letter upper-case codes
+    max_len: int = 0
+    vocabulary: dict[str, int] = field(default_factory=dict)  # its values, when a small vocabulary
+
+    def share(self, count: int) -> float:
+        return count / self.filled if self.filled else 0.0
+
+    def describe(self) -> str:
+        """One line: fill rate, distinct values, and what its cells read as."""
+        kinds = [(self.times, "times"), (self.numbers, "numbers"), (self.emails, "e-mail addresses"),
+                 (self.statuses, "statuses"), (self.actions, "actions"), (self.currencies, "currency codes")]
+        reads = ", ".join(f"{100 * self.share(n):.0f}% {what}" for n, what in kinds if self.share(n) >= 0.5)
+        fill = 100 * self.filled / self.rows if self.rows else 0
+        distinct = f"{self.distinct:,}{'+' if self.distinct >= DISTINCT_CAP else ''} distinct"
+        line = f"{fill:.0f}% filled, {distinct}" + (f"; {reads}" if reads else "")
+        if self.vocabulary:
+            line += ": " + ", ".join(f"{v} ({n:,})" for v, n in self.vocabulary.items())
+        return line
+
+
+def profile(rows: Iterable[Mapping[str, str]], columns: Iterable[str] = ()) -> list[ColumnProfile]:
+    """Profile each column over the rows (a sample: the first few thousand are plenty)."""
+    profiles: dict[str, ColumnProfile] = {c: ColumnProfile(c) for c in columns}
+    values: dict[str, Counter[str]] = {}
+    for row in rows:
+        for name, raw in row.items():
+            p = profiles.get(name)
+            if p is None:
+                p = profiles[name] = ColumnProfile(name)
+            p.rows += 1
+            cell = (raw or "").strip()
+            if not cell or cell in NO_VALUE:
+                continue
+            p.filled += 1
+            p.max_len = max(p.max_len, len(cell))
+            seen = values.setdefault(name, Counter())
+            if cell in seen or len(seen) < DISTINCT_CAP:
+                seen[cell] += 1
+            _read(p, cell)
+    out = []
+    for name, p in profiles.items():
+        seen = values.get(name, Counter())
+        p.distinct = len(seen)
+        words = max(p.statuses, p.actions, p.currencies)
+        if 0 < len(seen) <= 30 and p.share(words) >= 0.2 and all(len(v) <= 40 and "@" not in v for v in seen):
+            p.vocabulary = dict(seen.most_common())  # statuses, actions, currencies: no one's data
+        out.append(p)
+    return out
+
+
+def _read(p: ColumnProfile, cell: str) -> None:
+    try:
+        parse_time(cell, date_order="dmy")
+        p.times += 1
+    except (RowProblem, ValueError):
+        pass
+    for comma in (False, True):  # 12.50, or a European export's 12,50
+        try:
+            number = parse_number(cell, comma)
+        except (RowProblem, ValueError, OverflowError):
+            continue
+        p.numbers += 1
+        p.decimals += number != int(number)
+        p.negatives += number < 0
+        break
+    if "@" in cell and _EMAIL.fullmatch(cell):
+        p.emails += 1
+    word = norm_action(cell)
+    if word in COMPLETED_STATUSES or word in REFUND_STATUSES:
+        p.statuses += 1
+    if word in ACTION_ALIASES:
+        p.actions += 1
+    if len(cell) == 3 and cell.isalpha() and cell.isupper():
+        p.currencies += 1
+
+
+def _named(p: ColumnProfile, role: str) -> bool:
+    name = norm_action(p.name).replace(".", "_")
+    bare = re.sub(r"_?(id|no|nr|number|num|key)$", "", name)  # itemid, customer_no
+    parts = set(re.split(r"_+", name)) | {name, name.replace("_", ""), bare}
+    return any(word in parts or (len(word) > 4 and word in name) for word in _NAMES[role])
+
+
+def suggest(profiles: list[ColumnProfile]) -> dict[str, str]:
+    """The column for each role an import needs, from the profiles (names break ties).
+
+    Roles: ``customer``, ``time``, ``amount`` (or ``price`` with ``quantity``), ``order``,
+    ``product``, ``status``, ``currency``, and for an event log ``action``, ``session``
+    and ``campaign``. A role no column fits is left out.
+    """
+    pick: dict[str, str] = {}
+    used: set[str] = set()
+
+    def take(role: str, fits: Iterable[tuple[float, ColumnProfile]]) -> None:
+        best = max(((score, p) for score, p in fits if p.name not in used and score > 0),
+                   key=lambda sp: sp[0], default=None)
+        if best is not None:
+            pick[role] = best[1].name
+            used.add(best[1].name)
+
+    full = [p for p in profiles if p.filled]
+    take("time", ((p.share(p.times) + _named(p, "time") - p.share(p.decimals), p) for p in full
+                  if p.share(p.times) >= 0.8))
+    take("action", ((p.share(p.actions) + _named(p, "action"), p) for p in full
+                    if (p.share(p.actions) >= 0.5 or _named(p, "action") and p.share(p.actions) >= 0.2)
+                    and p.distinct <= 200))
+    take("status", ((p.share(p.statuses) + _named(p, "status"), p) for p in full
+                    if p.share(p.statuses) >= 0.5 and p.distinct <= 50))
+    take("currency", ((p.share(p.currencies) + _named(p, "currency"), p) for p in full
+                      if p.share(p.currencies) >= 0.9 and p.distinct <= 50))
+    # Ids: text or whole numbers, not times, with more values than a vocabulary has.
+    ids = [p for p in full if p.share(p.decimals) < 0.05 and p.max_len <= 200 and p.share(p.times) < 0.5
+           and (p.distinct > 30 or p.distinct > p.filled / 10)]
+    take("customer", ((1.0 + 2 * _named(p, "customer") + _id_named(p) + p.share(p.emails)
+                       - p.distinct / p.filled / 2, p) for p in ids if p.distinct < p.filled))
+    take("order", ((1.0 + 2 * _named(p, "order") + _id_named(p) - abs(0.5 - p.distinct / p.filled), p)
+                   for p in ids if _named(p, "order")))
+    money = [p for p in full if p.share(p.numbers) >= 0.9]
+    # Line items (a unit price and a quantity) before a row total: a price is no order's amount.
+    take("price", ((p.share(p.decimals) + 2 * _named(p, "price"), p) for p in money if _named(p, "price")))
+    take("quantity", ((2 * _named(p, "quantity") - p.share(p.decimals), p) for p in money if _named(p, "quantity")))
+    if "price" in pick and "quantity" not in pick:
+        used.discard(pick.pop("price"))
+    take("amount", ((p.share(p.decimals) + 2 * _named(p, "amount"), p) for p in money
+                    if _named(p, "amount") or p.share(p.decimals) > 0.3 and "price" not in pick))
+    named_ids = [p for p in full if p.share(p.decimals) < 0.05 and p.share(p.times) < 0.5]
+    for role in ("product", "session", "campaign"):
+        take(role, ((1.0 + _id_named(p) / 2, p) for p in named_ids if _named(p, role)))
+    return pick
+
+
+def _id_named(p: ColumnProfile) -> float:
+    """0.5 for a name that says it is an id (``user_id``, ``CustomerID``, ``invoice_no``)."""
+    name = p.name.lower().replace(".", "_")
+    return 0.5 if re.search(r"(^|_|[a-z])(id|no|nr|number|num|key)$", name) else 0.0
+
+
+_OPTIONS = ("customer", "time", "action", "order", "amount", "price", "quantity", "product", "status",
+            "currency", "session", "campaign")
+
+
+def command(path: str, pick: Mapping[str, str], event_log: bool) -> str:
+    """The import command line the picked columns make (``--out events.jsonl``)."""
+    verb = "import-events" if event_log else "import-transactions"
+    parts = ["leadpulse", verb, path]
+    for role in _OPTIONS:
+        if role in pick and (event_log or role not in ("action", "session", "campaign")):
+            parts += [f"--{role}", pick[role]]
+    return " ".join(shlex.quote(p) for p in parts + ["--out", "events.jsonl"])

@@ -1,0 +1,74 @@
+"""``leadpulse inspect``: which column of an export is what, on the shapes real exports have."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+
+import pytest
+
+from features.inspect import command, profile, suggest
+
+
+def _rows(n: int, make) -> list[dict[str, str]]:
+    rng = random.Random(7)
+    return [make(i, rng) for i in range(n)]
+
+
+def _when(i: int, rng: random.Random, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    return (datetime(2021, 1, 1) + timedelta(minutes=37 * i + rng.randint(0, 30))).strftime(fmt)
+
+
+SHAPES = {
+    "online retail (line items)": (
+        lambda i, r: {"InvoiceNo": str(536365 + i // 4), "StockCode": f"85{r.randint(100, 999)}B",
+                      "Description": "WHITE HANGING HEART", "Quantity": str(r.randint(1, 24)),
+                      "InvoiceDate": _when(i // 4, r, "%m/%d/%Y %H:%M"), "UnitPrice": r.choice(["2.55", "3.39", "0.85"]),
+                      "CustomerID": f"{r.randint(12346, 12600)}.0", "Country": "United Kingdom"},
+        {"customer": "CustomerID", "time": "InvoiceDate", "order": "InvoiceNo", "price": "UnitPrice",
+         "quantity": "Quantity", "product": "StockCode"},
+    ),
+    "retailrocket (event log)": (
+        lambda i, r: {"timestamp": str(1_433_221_332_117 + 60_000 * i), "visitorid": str(r.randint(1, 400)),
+                      "event": r.choice(["view"] * 8 + ["addtocart", "transaction"]), "itemid": str(r.randint(1, 9000)),
+                      "transactionid": str(r.randint(1, 500)) if r.random() < 0.1 else ""},
+        {"customer": "visitorid", "time": "timestamp", "action": "event", "product": "itemid", "order": "transactionid"},
+    ),
+    "mailing activity": (
+        lambda i, r: {"Email": f"person{r.randint(1, 300)}@example.com", "Campaign": f"spring-{r.randint(1, 9)}",
+                      "Action": r.choice(["sent", "sent", "opened", "clicked"]), "Timestamp": _when(i, r)},
+        {"customer": "Email", "time": "Timestamp", "action": "Action", "campaign": "Campaign"},
+    ),
+    "shop orders": (
+        lambda i, r: {"order_id": f"#{1000 + i}", "customer_id": f"cus_{r.randint(1, 250)}", "created_at": _when(i, r),
+                      "total": f"{r.randint(500, 25000) / 100:.2f}", "currency": r.choice(["EUR", "EUR", "CHF"]),
+                      "status": r.choice(["paid", "paid", "refunded", "pending"])},
+        {"customer": "customer_id", "time": "created_at", "order": "order_id", "amount": "total",
+         "currency": "currency", "status": "status"},
+    ),
+    "a German ERP export": (
+        lambda i, r: {"Kundennummer": str(r.randint(10000, 10300)), "Rechnungsdatum": _when(i, r, "%d.%m.%Y"),
+                      "Belegnummer": str(4711 + i), "Betrag": f"{r.randint(100, 99999) / 100:.2f}".replace(".", ",")},
+        {"customer": "Kundennummer", "time": "Rechnungsdatum", "amount": "Betrag"},
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_the_columns_each_role_needs_are_found(shape: str) -> None:
+    make, expected = SHAPES[shape]
+    pick = suggest(profile(_rows(2_000, make)))
+    assert {role: pick.get(role) for role in expected} == expected
+    line = command("export.csv", pick, event_log="action" in pick)
+    assert line.startswith("leadpulse import-events" if "action" in expected else "leadpulse import-transactions")
+
+
+def test_no_cell_value_is_shown_but_status_action_and_currency_words() -> None:
+    make, _ = SHAPES["shop orders"]
+    shown = " ".join(p.describe() for p in profile(_rows(500, make)))
+    assert "paid (" in shown and "EUR (" in shown
+    assert "cus_" not in shown and "#10" not in shown and "2021-" not in shown
+    mail, _ = SHAPES["mailing activity"]
+    shown = " ".join(p.describe() for p in profile(_rows(500, mail)))
+    assert "example.com" not in shown and "spring-" not in shown and "opened (" in shown
+    assert "100% e-mail addresses" in shown
