@@ -406,7 +406,7 @@ def _sample_rows(path: Path) -> Iterator[dict[str, str]]:
     """The table's rows as ``{column: cell}``: a CSV's under its header, a JSON object's flattened."""
     import csv
 
-    from features.importer import sniff_delimiter
+    from features.importer import HEADER_SEARCH_LINES, sniff_delimiter
 
     with open_input(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as text:
         first = text.readline()
@@ -423,8 +423,13 @@ def _sample_rows(path: Path) -> Iterator[dict[str, str]]:
                 if isinstance(obj, dict):
                     yield _flatten(obj)
             return
-        lines = chain([first], text)
-        yield from csv.DictReader(lines, delimiter=sniff_delimiter(first))
+        # Title or comment lines above the header (an analytics export's "# ----"): the
+        # header is the widest of the first lines.
+        head = [first, *islice(text, HEADER_SEARCH_LINES - 1)]
+        widths = [len(next(csv.reader([line], delimiter=sniff_delimiter(line)), [])) for line in head]
+        start_at = widths.index(max(widths))
+        lines = chain(head[start_at:], text)
+        yield from csv.DictReader(lines, delimiter=sniff_delimiter(head[start_at]))
 
 
 def _flatten(obj: dict[str, Any], prefix: str = "") -> _Flat:

@@ -387,3 +387,8 @@ def test_inspect_suggests_an_import_that_runs(tmp_path: Path, capsys) -> None:
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["events_written"] == 3_000 and summary["refund_events"] > 500
+    # An analytics export's comment lines above the header.
+    titled = tmp_path / "titled.csv"
+    titled.write_text("# ----\n# Orders export\n\nClient;Date;Total\nk1;2024-01-02;3,50\nk2;2024-01-03;4\n")
+    assert main(["inspect", str(titled)]) == 0
+    assert "--customer Client --time Date --amount Total" in capsys.readouterr().out
