@@ -190,6 +190,8 @@ def suggest(profiles: list[ColumnProfile]) -> dict[str, str]:
            and (p.distinct > 30 or p.distinct > p.filled / 10)]
     take("customer", ((1.0 + 2 * _named(p, "customer") + _id_named(p) + p.share(p.emails)
                        - p.distinct / p.filled / 2, p) for p in ids if p.distinct < p.filled))
+    if "customer" not in pick:  # a sample too small for anyone to repeat: the name decides
+        take("customer", ((1.0 + _id_named(p), p) for p in ids if _named(p, "customer")))
     take("order", ((1.0 + 2 * _named(p, "order") + _id_named(p) - abs(0.5 - p.distinct / p.filled), p)
                    for p in ids if _named(p, "order")))
     money = [p for p in full if p.share(p.numbers) >= 0.9]
