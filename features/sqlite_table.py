@@ -50,7 +50,9 @@ def _connect(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
 
 
-def write_csv(path: Path, out: IO[str], table: str | None = None, query: str | None = None) -> TableWriter:
+def write_csv(
+    path: Path, out: IO[str], table: str | None = None, query: str | None = None, limit: int | None = None,
+) -> TableWriter:
     """Write a table's rows (``table``), or a query's (``query``), out as CSV.
 
     With neither, a database of one table is read whole; one of several is refused
@@ -72,7 +74,7 @@ def write_csv(path: Path, out: IO[str], table: str | None = None, query: str | N
         if cursor.description is None:
             raise ValueError(f"{path.name}: the query returns no rows (give a select)")
         table_out = TableWriter(out, [d[0] for d in cursor.description], form="SQLite")
-        while batch := cursor.fetchmany(10_000):
+        while (limit is None or table_out.rows < limit) and (batch := cursor.fetchmany(10_000)):
             for values in batch:
                 table_out.write(values)
     return table_out

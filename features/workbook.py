@@ -339,7 +339,9 @@ def _find_header(
     return None
 
 
-def write_csv(path: Path, out: IO[str], sheet: str | None = None, columns: Sequence[str] = ()) -> WorkbookRead:
+def write_csv(
+    path: Path, out: IO[str], sheet: str | None = None, columns: Sequence[str] = (), limit: int | None = None,
+) -> WorkbookRead:
     """Write a workbook's table out as CSV (UTF-8 text, ``\\n`` lines, quoted as needed).
 
     ``sheet`` names the sheet to read. Without it: the first visible sheet, and
@@ -349,7 +351,8 @@ def write_csv(path: Path, out: IO[str], sheet: str | None = None, columns: Seque
     ``HEADER_SEARCH_ROWS`` rows that names them all: a report's title rows above it
     are left out. A row shorter than the header is one whose last cells are
     empty: it is padded (Excel stores no empty cell). :meth:`WorkbookRead.where`
-    turns a line of the CSV back into its sheet and row.
+    turns a line of the CSV back into its sheet and row. ``limit``: at most that many
+    rows below the header(s).
     """
     wanted = [c.strip() for c in columns]
     with zipfile.ZipFile(path) as z:
@@ -367,7 +370,10 @@ def write_csv(path: Path, out: IO[str], sheet: str | None = None, columns: Seque
         header: list[str] | None = None
         line = 1  # the CSV line the next row starts on
         read = WorkbookRead([], [s.name for s in found if s not in chosen])
+        written = 0
         for current in chosen:
+            if limit is not None and written >= limit:
+                break
             rows = sheet_rows(z, current, book)
             if header is None:
                 first = _find_header(rows, lambda cells: all(c in cells for c in wanted))
@@ -399,6 +405,9 @@ def write_csv(path: Path, out: IO[str], sheet: str | None = None, columns: Seque
                 expected = -1  # a following sheet's rows go on from the line after the last
             width = len(header)
             for number, cells in rows:
+                if limit is not None and written >= limit:
+                    break  # a sample (leadpulse inspect) needs no more
+                written += 1
                 if number != expected:
                     read.marks.append((line, current.name, number))
                 if len(cells) < width:

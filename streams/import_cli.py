@@ -305,7 +305,7 @@ def _customer_key(args: argparse.Namespace) -> bytes | None:
 
 
 @contextmanager
-def _table_as_csv(args: argparse.Namespace) -> Iterator[WorkbookRead | TableWriter | None]:
+def _table_as_csv(args: argparse.Namespace, limit: int | None = None) -> Iterator[WorkbookRead | TableWriter | None]:
     """An Excel workbook, a Parquet file or a SQLite database is written out as a temporary CSV
     (``TMPDIR``), imported, removed.
 
@@ -337,7 +337,7 @@ def _table_as_csv(args: argparse.Namespace) -> Iterator[WorkbookRead | TableWrit
         read: WorkbookRead | TableWriter
         if book is not None:
             named = tuple(c for c in (getattr(args, "customer", None), getattr(args, "time", None)) if c)
-            read = workbook.write_csv(book, copy, args.sheet, columns=named)
+            read = workbook.write_csv(book, copy, args.sheet, columns=named, limit=limit)
             names = " + ".join(repr(s.name) for s in read.sheets)
             below = "" if all(s.header_row == 1 for s in read.sheets) else (
                 ", header on row " + " / ".join(str(s.header_row) for s in read.sheets))
@@ -346,10 +346,10 @@ def _table_as_csv(args: argparse.Namespace) -> Iterator[WorkbookRead | TableWrit
                   + (f"; not read: {', '.join(repr(n) for n in read.other_sheets)} (another table, or "
                      "hidden: --sheet NAME reads one)" if read.other_sheets else ""), file=sys.stderr)
         elif columnar:
-            read = parquet.write_csv(path, copy)
+            read = parquet.write_csv(path, copy, limit=limit)
             print(f"{path.name}: a Parquet file ({read.rows:,} rows)", file=sys.stderr)
         else:
-            read = sqlite_table.write_csv(path, copy, args.table, args.query)
+            read = sqlite_table.write_csv(path, copy, args.table, args.query, limit=limit)
             print(f"{path.name}: a SQLite database ({read.rows:,} rows)", file=sys.stderr)
         copy.flush()
         args.given_file, args.file = args.file, copy.name
@@ -363,7 +363,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from features.inspect import profile, suggest
 
     given = args.file
-    with _table_as_csv(args) as table:
+    with _table_as_csv(args, limit=max(1, args.rows)) as table:
         rows = list(islice(_sample_rows(Path(args.file)), max(1, args.rows)))
     if not rows:
         print(f"{given}: no rows under a header", file=sys.stderr)

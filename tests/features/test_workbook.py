@@ -126,6 +126,12 @@ def test_a_workbook_split_by_year_imports_as_its_csv_export_does(tmp_path: Path,
     assert [[where, reason.split(":")[0].split(" (")[0]] for where, reason in shown] == expected
     assert "not read: 'Notes', 'Scratch'" in err
 
+    # inspect reads the first rows alone and suggests the import above.
+    assert main(["inspect", str(xlsx), "--rows", "500"]) == 0
+    shown = capsys.readouterr()
+    assert "(500 rows)" in shown.err and "500 rows read" in shown.out
+    assert "--customer CustomerID --time InvoiceDate --order InvoiceNo --price UnitPrice --quantity Quantity" in shown.out
+
     # As UCI hands it out: a zip holding the workbook.
     download = tmp_path / "online+retail+ii.zip"
     with zipfile.ZipFile(download, "w") as z:
