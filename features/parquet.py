@@ -26,7 +26,7 @@ held whole, and writes each value as the importer reads it:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from features.tabular import TableWriter
 
@@ -54,6 +54,14 @@ def write_csv(path: Path, out: IO[str], batch_rows: int = 65_536, limit: int | N
     except (pa.ArrowException, OSError) as exc:
         raise ValueError(f"{path.name} is not a Parquet file pyarrow can read ({str(exc)[:200]})") from None
     table = TableWriter(out, source.schema_arrow.names, form="Parquet")
+    try:
+        _write_rows(pa, source, table, batch_rows, limit)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"{path.name} is a damaged Parquet file ({str(exc)[:200]})") from None
+    return table
+
+
+def _write_rows(pa: Any, source: Any, table: TableWriter, batch_rows: int, limit: int | None) -> None:
     for batch in source.iter_batches(batch_size=batch_rows):
         columns = []
         for column in batch.columns:
@@ -65,4 +73,3 @@ def write_csv(path: Path, out: IO[str], batch_rows: int = 65_536, limit: int | N
             table.write(values)
         if limit is not None and table.rows >= limit:
             break  # a sample (leadpulse inspect): the row group read is plenty
-    return table

@@ -20,6 +20,7 @@ without ``.0``, ``NULL`` as an empty cell).
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import IO
 
@@ -39,10 +40,14 @@ def is_sqlite(path: Path) -> bool:
 
 def tables(path: Path) -> list[str]:
     """The database's tables and views, by name."""
-    with _connect(path) as db:
-        return [name for (name,) in db.execute(
-            "select name from sqlite_master where type in ('table', 'view') and name not like 'sqlite_%' "
-            "order by name")]
+    with closing(_connect(path)) as db:
+        try:
+            listed = db.execute(
+                "select name from sqlite_master where type in ('table', 'view') and name not like 'sqlite_%' "
+                "order by name").fetchall()
+        except sqlite3.Error as exc:
+            raise ValueError(f"{path.name} is a SQLite database that cannot be read ({exc})") from None
+    return [name for (name,) in listed]
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -66,7 +71,7 @@ def write_csv(
                                  "name one with --table, or join them with --query 'select ...'")
             table = names[0]
         query = f'select * from "{table.replace(chr(34), chr(34) * 2)}"'
-    with _connect(path) as db:
+    with closing(_connect(path)) as db:
         try:
             cursor = db.execute(query)
         except sqlite3.Error as exc:
@@ -74,7 +79,10 @@ def write_csv(
         if cursor.description is None:
             raise ValueError(f"{path.name}: the query returns no rows (give a select)")
         table_out = TableWriter(out, [d[0] for d in cursor.description], form="SQLite")
-        while (limit is None or table_out.rows < limit) and (batch := cursor.fetchmany(10_000)):
-            for values in batch:
-                table_out.write(values)
+        try:
+            while (limit is None or table_out.rows < limit) and (batch := cursor.fetchmany(10_000)):
+                for values in batch:
+                    table_out.write(values)
+        except sqlite3.Error as exc:
+            raise ValueError(f"{path.name}: reading the rows failed ({exc})") from None
     return table_out

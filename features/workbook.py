@@ -41,13 +41,14 @@ from __future__ import annotations
 import csv
 import re
 import zipfile
+import zlib
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, ClassVar
-from xml.etree.ElementTree import Element, iterparse
+from xml.etree.ElementTree import Element, ParseError, iterparse
 
 WORKBOOK_PART = "xl/workbook.xml"
 
@@ -354,6 +355,16 @@ def write_csv(
     turns a line of the CSV back into its sheet and row. ``limit``: at most that many
     rows below the header(s).
     """
+    try:
+        return _write_csv(path, out, sheet, columns, limit)
+    except (ParseError, zipfile.BadZipFile, KeyError, EOFError, zlib.error) as exc:
+        # Refused whole: half a damaged workbook imported would look like a complete history.
+        raise ValueError(f"{path.name} is a damaged workbook ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+def _write_csv(
+    path: Path, out: IO[str], sheet: str | None, columns: Sequence[str], limit: int | None,
+) -> WorkbookRead:
     wanted = [c.strip() for c in columns]
     with zipfile.ZipFile(path) as z:
         found = sheets(z)

@@ -151,7 +151,10 @@ _EXCEL = ("{name} is an Excel 97-2003 workbook: save the sheet as .xlsx or CSV (
 
 
 def _open_zip_member(path: Path) -> IO[bytes]:
-    archive = zipfile.ZipFile(path)
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"{path.name} is a zip archive (or an .xlsx) that is damaged or cut short ({exc})") from None
     names = zip_data_members(archive)
     if "xl/workbook.bin" in names or "content.xml" in names and "mimetype" in names:
         archive.close()

@@ -72,3 +72,15 @@ def test_tables_are_named_or_refused_with_their_names(chinook: Path, tmp_path: P
     assert "readonly" in capsys.readouterr().err
     assert main(["backtest", str(chinook), "--out", str(tmp_path / "r")]) == 2
     assert "SQLite database" in capsys.readouterr().err
+
+
+def test_a_damaged_database_is_refused_with_a_reason(chinook: Path, tmp_path: Path, capsys) -> None:
+    raw = bytearray(chinook.read_bytes())
+    raw[100:] = bytes(len(raw) - 100)  # its header kept, its pages gone
+    broken = tmp_path / "broken.sqlite"
+    broken.write_bytes(bytes(raw))
+    for extra in ([], ["--table", "Invoice"], ["--query", JOIN]):
+        code = main(["import-transactions", str(broken), *ARGS, *extra, "--out", str(tmp_path / "x.jsonl")])
+        err = capsys.readouterr().err
+        assert code == 2 and "broken.sqlite" in err and "Traceback" not in err, err
+    assert not (tmp_path / "x.jsonl").exists()

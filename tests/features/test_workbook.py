@@ -267,3 +267,37 @@ def test_a_date_column_and_a_time_column(tmp_path: Path, capsys) -> None:
     events = [json.loads(line) for line in (tmp_path / "k.jsonl").read_text().splitlines()]
     assert [(e["customer_id"], e["ts"], e["amount"]) for e in events] == [
         ("k1", "2023-04-05T11:22:10.000+00:00", 12.5), ("k2", "2023-04-05T22:05:00.000+00:00", 3.0)]
+
+
+def test_damaged_files_are_refused_with_a_reason(tmp_path: Path, capsys) -> None:
+    """A download cut short, or a part of it damaged: a reason, never a traceback, nothing half-imported."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data, _ = _retail(2_000)
+    book = openpyxl.Workbook()
+    for row in [HEADER, *data]:
+        book.active.append(row)
+    whole = tmp_path / "whole.xlsx"
+    book.save(whole)
+    cut = tmp_path / "cut.xlsx"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    damaged = tmp_path / "damaged.xlsx"
+    with zipfile.ZipFile(whole) as src, zipfile.ZipFile(damaged, "w") as dst:
+        for info in src.infolist():
+            part = src.read(info.filename)
+            dst.writestr(info, part[: len(part) // 2] if info.filename.startswith("xl/worksheets/") else part)
+    table = tmp_path / "orders.parquet"
+    pq.write_table(pa.table({"CustomerID": [1.0] * 5_000, "InvoiceDate": ["2011-01-01"] * 5_000,
+                             "UnitPrice": [2.5] * 5_000}), table, row_group_size=1_000)
+    broken_parquet = tmp_path / "broken.parquet"
+    raw = table.read_bytes()
+    broken_parquet.write_bytes(raw[:4] + bytes(len(raw) // 2) + raw[4 + len(raw) // 2:])
+    for path, says in ((cut, "damaged or cut short"), (damaged, "damaged workbook"),
+                       (broken_parquet, "Parquet file")):
+        out = tmp_path / "events.jsonl"
+        code = main(["import-transactions", str(path), "--customer", "CustomerID", "--time", "InvoiceDate",
+                     "--amount", "UnitPrice", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and says in err and "Traceback" not in err, err
+        assert not out.exists()
