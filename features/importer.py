@@ -117,6 +117,10 @@ from features.events import (
     ms_to_iso,
 )
 
+# A field longer than csv's default 128 KiB (a JSON blob or an HTML description in an
+# export) is read, not an error that stops the import.
+csv.field_size_limit(64 << 20)
+
 DateOrder = Literal["auto", "dmy", "mdy"]
 
 REFUND_STATUSES = frozenset({

@@ -8,12 +8,15 @@ function over the packages, so the same things can be done from Python.
 from __future__ import annotations
 
 import argparse
+import csv
 import gzip
 import json
+import lzma
 import os
 import sys
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import tzinfo
@@ -639,6 +642,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConnectionError as exc:  # a service it needs is unreachable: not a usage error
         print(f"leadpulse {args.command}: {exc}", file=sys.stderr)
         return 1
+    except (OSError, EOFError, csv.Error, zlib.error, lzma.LZMAError) as exc:
+        # An input that cannot be read (a directory, a compressed file cut short): a reason, not a traceback.
+        cut = " (a compressed file cut short?)" if isinstance(exc, EOFError | zlib.error | lzma.LZMAError) else ""
+        print(f"leadpulse {args.command}: cannot read the input{cut}: {exc}", file=sys.stderr)
+        return 2
 
 
 @contextmanager

@@ -392,3 +392,26 @@ def test_inspect_suggests_an_import_that_runs(tmp_path: Path, capsys) -> None:
     titled.write_text("# ----\n# Orders export\n\nClient;Date;Total\nk1;2024-01-02;3,50\nk2;2024-01-03;4\n")
     assert main(["inspect", str(titled)]) == 0
     assert "--customer Client --time Date --amount Total" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["import-transactions", "inspect", "backtest"])
+def test_inputs_that_cannot_be_read_get_a_reason_not_a_traceback(tmp_path: Path, capsys, command: str) -> None:
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    cut = tmp_path / "orders.csv.gz"
+    cut.write_bytes(gzip.compress(ROWS * 50)[:40])
+    for path, says in ((folder, "Is a directory"), (cut, "cut short")):
+        extra = {"import-transactions": ["--customer", "customer", "--time", "time", "--amount", "amount",
+                                         "--out", str(tmp_path / "o.jsonl")],
+                 "inspect": [], "backtest": ["--out", str(tmp_path / "r")]}[command]
+        assert main([command, str(path), *extra]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err
+
+
+def test_a_field_longer_than_csv_default_limit_is_read(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "orders.csv"
+    src.write_text("customer,time,amount,description\n" + f"c1,2024-01-02,10,{'x' * 300_000}\n" + "c2,2024-01-03,5,short\n")
+    assert main(["import-transactions", str(src), "--customer", "customer", "--time", "time", "--amount", "amount",
+                 "--out", str(tmp_path / "o.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out)["events_written"] == 2
