@@ -134,7 +134,8 @@ COMPLETED_STATUSES = frozenset({
     "partially_refunded",  # Shopify: paid, then part refunded; the purchase happened
 })
 STATUS_TARGETS = frozenset({"completed", "refunded", "skip"})
-DELIMITERS = {"comma": ",", "semicolon": ";", "tab": "\t", "\\t": "\t", "pipe": "|"}
+# " " stands for runs of spaces and tabs (CDNOW's master file, fixed-width-looking exports).
+DELIMITERS = {"comma": ",", "semicolon": ";", "tab": "\t", "\\t": "\t", "pipe": "|", "space": " ", "whitespace": " "}
 
 class ImportFailed(ValueError):
     """The whole import cannot go on (missing column, ambiguous dates): fix the command."""
@@ -171,6 +172,8 @@ class ImportConfig:
     # (value -> leadpulse action, or "skip"). Without it every row is a purchase.
     action: str | None = None
     actions: Mapping[str, str] = field(default_factory=dict)
+    # Column names of a file that has no header line (its line 1 is a row), in order.
+    header: tuple[str, ...] = ()
     # What every other action value is read as (a clickstream's page names: page_view);
     # None skips them, counted in the summary's unmapped_actions.
     other_actions: str | None = None
@@ -372,8 +375,8 @@ class ImportResult:
             **({"one_order_per_customer": once}
                if (once := one_order_each_note(buyers.buyers, buyers.repeats)) else {}),
             "date_order": self.date_order,
-            **({"header_line": self.header_line} if self.header_line != 1 else {}),
-            "delimiter": {"\t": "tab"}.get(self.delimiter, self.delimiter),
+            **({"header_line": self.header_line or "none (--columns)"} if self.header_line != 1 else {}),
+            "delimiter": {"\t": "tab", " ": "spaces"}.get(self.delimiter, self.delimiter),
             "decimal": self.decimal,
             "first_event": orjson.loads(self.encoded[0])["ts"] if self.encoded else None,
             "last_event": orjson.loads(self.encoded[-1])["ts"] if self.encoded else None,
@@ -946,14 +949,21 @@ class _Line:
     source_currency: str  # the row's own currency, before any conversion
 
 
-def _records(lines: Iterable[str], delimiter: str, first_line: int = 1) -> Iterator[tuple[int, list[str]]]:
-    """``(first line number, cells)`` per CSV record (quoted fields may span lines)."""
+def csv_records(lines: Iterable[str], delimiter: str, first_line: int = 1) -> Iterator[tuple[int, list[str]]]:
+    """``(first line number, cells)`` per CSV record (quoted fields may span lines).
+
+    ``" "``: fields apart by runs of spaces and tabs, and none around a line's ends.
+    """
+    if delimiter == " ":
+        lines = (_SPACES.sub(" ", line.strip(" \t\r\n")) + "\n" for line in lines)
     reader = csv.reader(lines, delimiter=delimiter)
     start = first_line
     for cells in reader:
         yield start, cells
         start = first_line + reader.line_num
 
+
+_SPACES = re.compile(r"[ \t]+")
 
 # Lines searched for the header: analytics and bank exports write a title, the date range
 # or "# ----" comment lines above it.
@@ -973,25 +983,50 @@ def _header_line(head: list[str], config: ImportConfig, delimiter: str) -> int:
     1
     """
     wanted = [c for c in (config.customer, config.time) if c]
-    widths = []
     for i, line in enumerate(head):
-        d = DELIMITERS.get(delimiter, delimiter) if delimiter != "auto" else sniff_delimiter(line)
-        cells = [c.strip().lstrip("\ufeff") for c in next(csv.reader([line], delimiter=d), [])]
-        if all(c in cells for c in wanted):
+        if all(c in _line_cells(line, delimiter) for c in wanted):
             return i
-        widths.append(sum(1 for c in cells if c))
+    return widest_line(head, delimiter)
+
+
+def widest_line(head: list[str], delimiter: str = "auto") -> int:
+    """Index of the line with the most cells among the first lines: a table's header, below any title.
+
+    A ``# ...`` comment counts none; on a tie, a line split by , ; tab or | wins over one
+    of words apart by spaces (a title).
+
+    >>> widest_line(["# GA export\n", "Report: March\n", "\n", "Client;Date;Total\n", "k1;2024-03-01;5\n"])
+    3
+    """
+    widths = [0.0 if line.lstrip().startswith("#") else
+              sum(1 for c in _line_cells(line, delimiter) if c) - 0.5 * (_delimiter_of(line, delimiter) == " ")
+              for line in head]
     return widths.index(max(widths)) if widths else 0
 
 
+def _delimiter_of(line: str, delimiter: str) -> str:
+    return DELIMITERS.get(delimiter, delimiter) if delimiter != "auto" else sniff_delimiter(line)
+
+
+def _line_cells(line: str, delimiter: str) -> list[str]:
+    cells = next((c for _, c in csv_records([line], _delimiter_of(line, delimiter))), [])
+    return [c.strip().lstrip("\ufeff") for c in cells]
+
+
 def sniff_delimiter(header: str) -> str:
-    r"""The field separator a header line uses: the most frequent of , ; tab | (comma if none).
+    r"""The field separator a header line uses: the most frequent of , ; tab |; with none of
+    them, runs of spaces when the line holds words apart (``" "``), else comma.
 
     >>> sniff_delimiter("Kunde;Datum;Betrag\n"), sniff_delimiter('"a,b"\tc\td'), sniff_delimiter("one")
     (';', '\t', ',')
+    >>> sniff_delimiter(" customer_id  date number_of_cds  dollar_value\r\n")  # runs of spaces
+    ' '
     """
     unquoted = re.sub(r'"[^"]*"', "", header)  # a quoted name may hold any of them
     counts = {d: unquoted.count(d) for d in (",", ";", "\t", "|")}
     best = max(counts, key=lambda d: counts[d])
+    if not counts[best] and len(unquoted.split()) >= 2:
+        return " "  # none of them, but words apart: runs of spaces separate the fields
     return best if counts[best] else ","
 
 
@@ -1144,18 +1179,22 @@ def _rows(
             yield from _json_rows(lines, config, result, progress)
             return
     head = list(islice(lines, HEADER_SEARCH_LINES))
-    skip = _header_line(head, config, delimiter)
+    skip = 0 if config.header else _header_line(head, config, delimiter)
     lines = chain(head[skip:], lines)
     result.header_line = skip + 1
     if delimiter == "auto":
         delimiter = sniff_delimiter(head[skip] if head else "")
     delimiter = DELIMITERS.get(delimiter, delimiter)
     result.delimiter = delimiter
-    records = _records(lines, delimiter, first_line=skip + 1)
-    try:
-        _, header = next(records)
-    except StopIteration:
-        raise ImportFailed("the file is empty (no header line)") from None
+    records = csv_records(lines, delimiter, first_line=skip + 1)
+    if config.header:  # a file without a header line: its columns named by the user
+        header = list(config.header)
+        result.header_line = 0
+    else:
+        try:
+            _, header = next(records)
+        except StopIteration:
+            raise ImportFailed("the file is empty (no header line)") from None
 
     def header_cell(cell: str) -> str:
         name = cell.strip().lstrip("\ufeff")

@@ -31,7 +31,7 @@ import shutil
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from itertools import chain, islice
@@ -196,7 +196,11 @@ def _add_columns(p: Any, event_log: bool) -> None:
                      help="a SELECT on a SQLite database whose rows are the table to import, e.g. a "
                           "join of orders and customers (the database is opened read-only)")
     fmt.add_argument("--delimiter", default="auto",
-                     help="field separator: , ; tab | (default: the header's, the most frequent of these)")
+                     help="field separator: , ; tab | or space (runs of spaces and tabs; default: the "
+                          "header's, the most frequent of these, or spaces when it has none of them)")
+    fmt.add_argument("--columns", metavar="A,B,...",
+                     help="the column names of a file without a header line (its first line is a row), "
+                          "in order, e.g. customer,date,cds,dollars for CDNOW's master file")
     fmt.add_argument("--encoding", default=DEFAULT_ENCODING,
                      help="file encoding (default utf-8, or utf-16 when the file starts with its byte "
                           "order mark; by default, bytes that are not UTF-8 are read as Windows-1252, "
@@ -364,7 +368,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     given = args.file
     with _table_as_csv(args, limit=max(1, args.rows)) as table:
-        rows = list(islice(_sample_rows(Path(args.file)), max(1, args.rows)))
+        rows, headerless = _sample_rows(Path(args.file), max(1, args.rows))
     if not rows:
         print(f"{given}: no rows under a header", file=sys.stderr)
         return 1
@@ -385,6 +389,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 0
     extra = [f"--sheet {args.sheet!r}" if args.sheet else "", f"--table {args.table!r}" if args.table else "",
              f"--query {args.query!r}" if args.query else ""]
+    if headerless:  # name the columns after what they hold, and say so
+        roles = {column: role for role, column in pick.items()}
+        names = [roles.get(p.name, p.name) for p in profiles]
+        pick = {role: role for role in pick}
+        extra.insert(0, "--columns " + ",".join(names))
+        print("\nits first line is a row, not a header: --columns names the columns, in order")
     print("\nsuggested (check each column it picked):\n  "
           + " ".join([import_command(given, pick, event_log), *[e for e in extra if e]]))
     if "amount" not in pick and "price" not in pick:
@@ -402,11 +412,19 @@ class _Flat(dict[str, str]):
     """A JSON object flattened to dotted columns, as the imports address them."""
 
 
-def _sample_rows(path: Path) -> Iterator[dict[str, str]]:
-    """The table's rows as ``{column: cell}``: a CSV's under its header, a JSON object's flattened."""
-    import csv
+def _sample_rows(path: Path, n: int) -> tuple[list[dict[str, str]], bool]:
+    """Up to ``n`` rows of the table as ``{column: cell}`` (a CSV's under its header, a JSON
+    object's flattened), and whether its first line looks like a row, not a header.
 
-    from features.importer import HEADER_SEARCH_LINES, sniff_delimiter
+    A file without a header line gets its columns named ``column1``, ``column2``, ...
+    """
+    from features.importer import (
+        HEADER_SEARCH_LINES,
+        csv_records,
+        parse_number,
+        sniff_delimiter,
+        widest_line,
+    )
 
     with open_input(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as text:
         first = text.readline()
@@ -416,20 +434,38 @@ def _sample_rows(path: Path) -> Iterator[dict[str, str]]:
 
             if start == "[":
                 items = orjson.loads(first + text.read())
-                objects: Iterator[Any] = iter(items if isinstance(items, list) else [])
+                objects: Iterable[Any] = items if isinstance(items, list) else []
             else:
-                objects = (orjson.loads(line) for line in chain([first], text) if line.strip())
-            for obj in objects:
-                if isinstance(obj, dict):
-                    yield _flatten(obj)
-            return
-        # Title or comment lines above the header (an analytics export's "# ----"): the
-        # header is the widest of the first lines.
+                objects = (_json_or_none(line) for line in chain([first], text) if line.strip())
+            return [_flatten(obj) for obj in islice((o for o in objects if isinstance(o, dict)), n)], False
+        # Title or comment lines above the header (an analytics export's "# ----").
         head = [first, *islice(text, HEADER_SEARCH_LINES - 1)]
-        widths = [len(next(csv.reader([line], delimiter=sniff_delimiter(line)), [])) for line in head]
-        start_at = widths.index(max(widths))
-        lines = chain(head[start_at:], text)
-        yield from csv.DictReader(lines, delimiter=sniff_delimiter(head[start_at]))
+        at = widest_line(head)
+        delimiter = sniff_delimiter(head[at]) if head else ","
+        records = (cells for _, cells in csv_records(chain(head[at:], text), delimiter))
+        header = next(records, [])
+
+        def numeric(cell: str) -> bool:
+            try:
+                parse_number(cell, None if "," in cell else False)
+            except ValueError:
+                return False
+            return True
+
+        # Names are words; a line of numbers and dates is a row (CDNOW's master file has no header).
+        headerless = bool(header) and sum(numeric(c) for c in header if c.strip()) >= max(1, len(header) // 2)
+        names = [f"column{i + 1}" for i in range(len(header))] if headerless else [c.strip() for c in header]
+        rows = chain([header], records) if headerless else records
+        return [dict(zip(names, cells, strict=False)) for cells in islice(rows, n)], headerless
+
+
+def _json_or_none(line: str) -> Any:
+    import orjson
+
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None  # a bad line: the import counts it, the sample passes it by
 
 
 def _flatten(obj: dict[str, Any], prefix: str = "") -> _Flat:
@@ -470,6 +506,7 @@ def _import(args: argparse.Namespace, table: WorkbookRead | TableWriter | None, 
     from features.importer import ImportConfig, import_transactions
 
     config = ImportConfig(
+        header=tuple(c.strip() for c in args.columns.split(",")) if args.columns else (),
         customer=args.customer, time=args.time, amount=args.amount, order=args.order,
         currency=args.currency, default_currency=args.default_currency, status=args.status,
         quantity=args.quantity, price=args.price, product=args.product, category=args.category,

@@ -893,3 +893,46 @@ def test_customer_ids_that_are_emails_are_noted_and_hashed_when_asked(tmp_path: 
     assert main([*args, "--hash-customers", "--out", str(tmp_path / "h3.jsonl")]) == 0
     other = {json.loads(line)["customer_id"] for line in (tmp_path / "h3.jsonl").read_text().splitlines()}
     assert other.isdisjoint(ids)
+
+
+def test_cdnow_master_file_as_published_with_spaces_and_without_a_header(tmp_path: Path, capsys) -> None:
+    """CDNOW's master file: fields apart by runs of spaces, CRLF, leading spaces; the original has no header."""
+    import collections
+    import shlex
+
+    from streams.cli import main
+
+    rng = random.Random(11)
+    rows = [(f"{rng.randint(1, 300):05d}", f"1997{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}",
+             rng.randint(1, 9), f"{rng.randint(500, 9000) / 100:.2f}") for _ in range(1_500)]
+    body = "".join(f" {c} {d}  {n}   {v}\r\n" for c, d, n, v in rows)
+    spaced = tmp_path / "CDNOW_master.txt"  # as the lifetimes package ships it, with a header
+    spaced.write_text(" customer_id  date number_of_cds  dollar_value\r\n" + body, newline="")
+    bare = tmp_path / "CDNOW_master_original.txt"  # as first published: no header line
+    bare.write_text(body, newline="")
+
+    def purchases(path: Path) -> collections.Counter:
+        return collections.Counter((e["customer_id"], e["ts"], e["amount"])
+                                   for e in map(json.loads, path.read_text().splitlines()))
+
+    assert main(["import-transactions", str(spaced), "--customer", "customer_id", "--time", "date",
+                 "--amount", "dollar_value", "--out", str(tmp_path / "a.jsonl")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["events_written"] == 1_500 and summary["delimiter"] == "spaces"
+    assert main(["import-transactions", str(bare), "--columns", "customer,date,cds,dollars", "--customer", "customer",
+                 "--time", "date", "--amount", "dollars", "--out", str(tmp_path / "b.jsonl")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["events_written"] == 1_500 and summary["header_line"] == "none (--columns)"
+    assert purchases(tmp_path / "a.jsonl") == purchases(tmp_path / "b.jsonl")
+    assert {e[0] for e in purchases(tmp_path / "a.jsonl")} == {c for c, *_ in rows}  # ids keep their zeros
+    # inspect finds the header-less file's columns and suggests --columns; the command runs as printed.
+    assert main(["inspect", str(bare)]) == 0
+    out = capsys.readouterr().out
+    assert "its first line is a row, not a header" in out
+    suggested = next(line.strip() for line in out.splitlines() if line.strip().startswith("leadpulse "))
+    assert "--columns customer,time," in suggested
+    argv = shlex.split(suggested)[1:]
+    argv[argv.index("--out") + 1] = str(tmp_path / "c.jsonl")
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert purchases(tmp_path / "c.jsonl") == purchases(tmp_path / "b.jsonl")
