@@ -990,7 +990,7 @@ def _header_line(head: list[str], config: ImportConfig, delimiter: str) -> int:
 
 
 def widest_line(head: list[str], delimiter: str = "auto") -> int:
-    """Index of the line with the most cells among the first lines: a table's header, below any title.
+    r"""Index of the line with the most cells among the first lines: a table's header, below any title.
 
     A ``# ...`` comment counts none; on a tie, a line split by , ; tab or | wins over one
     of words apart by spaces (a title).
