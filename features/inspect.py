@@ -44,7 +44,7 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
 # Names that say what a column is, in the words exports use (English, some German, French, Spanish).
 _NAMES: dict[str, tuple[str, ...]] = {
     "customer": ("customer", "client", "user", "member", "buyer", "contact", "kunde", "visitor", "account",
-                 "email", "distinct_id", "person", "shopper", "cliente", "usuario"),
+                 "email", "distinct_id", "person", "shopper", "cliente", "usuario", "household", "cust"),
     "time": ("time", "date", "timestamp", "created", "datum", "ts", "when", "at", "fecha", "zeit"),
     "amount": ("amount", "total", "revenue", "value", "sales", "spend", "betrag", "umsatz", "price_total",
                "payment", "sum", "montant", "importe", "dollars"),
@@ -57,6 +57,8 @@ _NAMES: dict[str, tuple[str, ...]] = {
     "action": ("event", "action", "type", "activity", "event_type", "event_name"),
     "session": ("session",),
     "campaign": ("campaign", "mailing", "newsletter", "utm_campaign"),
+    "day_number": ("day", "day_no", "day_number", "days"),
+    "clock": ("trans_time", "time_of_day", "clock", "hour_minute", "uhrzeit", "heure"),
 }
 
 
@@ -178,6 +180,12 @@ def suggest(profiles: list[ColumnProfile]) -> dict[str, str]:
     full = [p for p in profiles if p.filled]
     take("time", ((p.share(p.times) + _named(p, "time") - p.share(p.decimals), p) for p in full
                   if p.share(p.times) >= 0.8))
+    if "time" not in pick:
+        # Anonymised panels count days from an undisclosed start (dunnhumby's DAY 1 to 711).
+        take("day_number", ((1.0, p) for p in full if _named(p, "day_number") and p.share(p.numbers) >= 0.99
+                            and p.share(p.decimals) == 0 and p.negatives == 0))
+        if "day_number" in pick:
+            take("clock", ((1.0, p) for p in full if _named(p, "clock") and p.share(p.numbers) >= 0.99))
     take("action", ((p.share(p.actions) + _named(p, "action"), p) for p in full
                     if (p.share(p.actions) >= 0.5 or _named(p, "action") and p.share(p.actions) >= 0.2)
                     and p.distinct <= 200))
@@ -214,15 +222,26 @@ def _id_named(p: ColumnProfile) -> float:
     return 0.5 if re.search(r"(^|_|[a-z])(id|no|nr|number|num|key)$", name) else 0.0
 
 
-_OPTIONS = ("customer", "time", "action", "order", "amount", "price", "quantity", "product", "status",
+_OPTIONS = ("customer", "time", "clock", "action", "order", "amount", "price", "quantity", "product", "status",
             "currency", "session", "campaign")
 
 
 def command(path: str, pick: Mapping[str, str], event_log: bool) -> str:
-    """The import command line the picked columns make (``--out events.jsonl``)."""
+    """The import command line the picked columns make (``--out events.jsonl``).
+
+    A day-number column (``day_number``) becomes ``--time COL --time-format days:START``,
+    with ``START`` left for the user: only they know the day before day 1.
+    """
     verb = "import-events" if event_log else "import-transactions"
     parts = ["leadpulse", verb, path]
+    pick = dict(pick)
+    if "day_number" in pick and "time" not in pick:
+        pick["time"] = pick.pop("day_number")
+        parts_after = ["--time-format", "days:START"]
+    else:
+        parts_after = []
     for role in _OPTIONS:
         if role in pick and (event_log or role not in ("action", "session", "campaign")):
             parts += [f"--{role}", pick[role]]
+    parts += parts_after
     return " ".join(shlex.quote(p) for p in parts + ["--out", "events.jsonl"])

@@ -383,7 +383,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 0
     pick = suggest(profiles)
     event_log = "action" in pick
-    if "customer" not in pick or "time" not in pick:
+    if "customer" not in pick or ("time" not in pick and "day_number" not in pick):
         print("\nno customer and time columns found: name them with --customer and --time "
               "(leadpulse import-transactions --help)")
         return 0
@@ -397,6 +397,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print("\nits first line is a row, not a header: --columns names the columns, in order")
     print("\nsuggested (check each column it picked):\n  "
           + " ".join([import_command(given, pick, event_log), *[e for e in extra if e]]))
+    if "day_number" in pick:
+        print(f"  {pick['day_number']} counts days: replace START with the date before day 1 "
+              "(days:2019-12-31 makes day 1 the first of January 2020)")
     if "amount" not in pick and "price" not in pick:
         print("  no amount column found: add --amount COL (or --price and --quantity)")
     elif "currency" not in pick:

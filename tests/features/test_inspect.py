@@ -51,7 +51,21 @@ SHAPES = {
                       "Belegnummer": str(4711 + i), "Betrag": f"{r.randint(100, 99999) / 100:.2f}".replace(".", ",")},
         {"customer": "Kundennummer", "time": "Rechnungsdatum", "amount": "Betrag"},
     ),
+    "dunnhumby (day numbers)": (
+        lambda i, r: {"household_key": str(r.randint(1, 2500)), "BASKET_ID": str(26984851472 + i // 3),
+                      "DAY": str(1 + i // 5), "PRODUCT_ID": str(r.randint(25671, 18316298)),
+                      "QUANTITY": str(r.randint(1, 3)), "SALES_VALUE": f"{r.randint(50, 900) / 100:.2f}",
+                      "TRANS_TIME": f"{r.randint(0, 23)}{r.randint(0, 59):02d}", "WEEK_NO": str(1 + i // 35)},
+        {"customer": "household_key", "day_number": "DAY", "clock": "TRANS_TIME", "order": "BASKET_ID",
+         "amount": "SALES_VALUE", "quantity": "QUANTITY", "product": "PRODUCT_ID"},
+    ),
 }
+
+
+def test_day_numbers_become_a_time_format_the_user_completes() -> None:
+    make, _ = SHAPES["dunnhumby (day numbers)"]
+    line = command("transaction_data.csv", suggest(profile(_rows(2_000, make))), event_log=False)
+    assert "--time DAY --clock TRANS_TIME" in line and line.endswith("--time-format days:START --out events.jsonl")
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
