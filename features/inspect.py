@@ -178,8 +178,9 @@ def suggest(profiles: list[ColumnProfile]) -> dict[str, str]:
             used.add(best[1].name)
 
     full = [p for p in profiles if p.filled]
-    take("time", ((p.share(p.times) + _named(p, "time") - p.share(p.decimals), p) for p in full
-                  if p.share(p.times) >= 0.8))
+    # A time column's moments differ row to row; a date beside it (GA4's event_date) repeats.
+    take("time", ((p.share(p.times) + _named(p, "time") - p.share(p.decimals) + min(p.distinct / p.filled, 1) / 2, p)
+                  for p in full if p.share(p.times) >= 0.8))
     if "time" not in pick:
         # Anonymised panels count days from an undisclosed start (dunnhumby's DAY 1 to 711).
         take("day_number", ((1.0, p) for p in full if _named(p, "day_number") and p.share(p.numbers) >= 0.99
@@ -194,8 +195,9 @@ def suggest(profiles: list[ColumnProfile]) -> dict[str, str]:
     take("currency", ((p.share(p.currencies) + _named(p, "currency"), p) for p in full
                       if p.share(p.currencies) >= 0.9 and p.distinct <= 50))
     # Ids: text or whole numbers, not times, with more values than a vocabulary has.
-    ids = [p for p in full if p.share(p.decimals) < 0.05 and p.max_len <= 200 and p.share(p.times) < 0.5
-           and (p.distinct > 30 or p.distinct > p.filled / 10)]
+    # (GA4's user_pseudo_id reads as a decimal number, 1234567890.1680700930: named as an id, it is one.)
+    ids = [p for p in full if (p.share(p.decimals) < 0.05 or _named(p, "customer") and not _named(p, "amount"))
+           and p.max_len <= 200 and p.share(p.times) < 0.5 and (p.distinct > 30 or p.distinct > p.filled / 10)]
     take("customer", ((1.0 + 2 * _named(p, "customer") + _id_named(p) + p.share(p.emails)
                        - p.distinct / p.filled / 2, p) for p in ids if p.distinct < p.filled))
     if "customer" not in pick:  # a sample too small for anyone to repeat: the name decides
@@ -210,7 +212,7 @@ def suggest(profiles: list[ColumnProfile]) -> dict[str, str]:
         used.discard(pick.pop("price"))
     take("amount", ((p.share(p.decimals) + 2 * _named(p, "amount"), p) for p in money
                     if _named(p, "amount") or p.share(p.decimals) > 0.3 and "price" not in pick))
-    named_ids = [p for p in full if p.share(p.decimals) < 0.05 and p.share(p.times) < 0.5]
+    named_ids = [p for p in full if p.share(p.decimals) < 0.05]  # GA4's session id is an epoch second
     for role in ("product", "session", "campaign"):
         take(role, ((1.0 + _id_named(p) / 2, p) for p in named_ids if _named(p, role)))
     return pick

@@ -51,6 +51,17 @@ SHAPES = {
                       "Belegnummer": str(4711 + i), "Betrag": f"{r.randint(100, 99999) / 100:.2f}".replace(".", ",")},
         {"customer": "Kundennummer", "time": "Rechnungsdatum", "amount": "Betrag"},
     ),
+    "GA4 BigQuery export (flattened)": (
+        lambda i, r: {"event_date": "20230405", "event_timestamp": str(1_680_700_930_123_456 + 7_000_000 * i),
+                      "event_name": r.choice(["page_view"] * 6 + ["session_start", "view_item", "purchase"]),
+                      "event_params.ga_session_id": str(1_680_700_000 + r.randint(1, 900)),
+                      "user_pseudo_id": f"{(n := r.randint(1, 400)) * 7919}.{1_680_000_000 + n}",
+                      "ecommerce.transaction_id": f"T{i}" if i % 9 == 0 else "",
+                      "ecommerce.purchase_revenue": f"{r.uniform(5, 200):.2f}" if i % 9 == 0 else ""},
+        {"customer": "user_pseudo_id", "time": "event_timestamp", "action": "event_name",
+         "session": "event_params.ga_session_id", "order": "ecommerce.transaction_id",
+         "amount": "ecommerce.purchase_revenue"},
+    ),
     "dunnhumby (day numbers)": (
         lambda i, r: {"household_key": str(r.randint(1, 2500)), "BASKET_ID": str(26984851472 + i // 3),
                       "DAY": str(1 + i // 5), "PRODUCT_ID": str(r.randint(25671, 18316298)),
