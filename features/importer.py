@@ -1102,7 +1102,8 @@ def import_transactions(
                                     "summary; --map VALUE=ACTION reads it)")
                 continue
             if found[0] == "skip":
-                result.skip(number, "action skipped (--map VALUE=skip)")
+                result.skip(number, "action skipped (--others skip)" if value in result.others
+                            else "action skipped (--map VALUE=skip)")
                 continue
             kind = found
         try:

@@ -292,4 +292,4 @@ def test_a_ga4_bigquery_export_in_json_lines() -> None:
     assert {e["session_id"] for e in events if e["type"] == "web"} == {"1680700900"}
     summary = result.summary()
     assert summary["actions_read_as_skip"] == {"session_start": 1, "begin_checkout": 1}
-    assert summary["skipped_by_reason"] == {"action skipped (--map VALUE=skip)": 2, "missing amount": 1}
+    assert summary["skipped_by_reason"] == {"action skipped (--others skip)": 2, "missing amount": 1}
