@@ -163,9 +163,11 @@ def _named(p: ColumnProfile, role: str) -> bool:
 def suggest(profiles: list[ColumnProfile]) -> dict[str, str]:
     """The column for each role an import needs, from the profiles (names break ties).
 
-    Roles: ``customer``, ``time``, ``amount`` (or ``price`` with ``quantity``), ``order``,
-    ``product``, ``status``, ``currency``, and for an event log ``action``, ``session``
-    and ``campaign``. A role no column fits is left out.
+    Roles: ``customer``, ``time`` (or ``day_number`` with a ``clock``, for a panel that
+    counts days), ``amount`` (or ``price`` with ``quantity``), ``order``, ``product``,
+    ``status``, ``currency``, and for an event log ``action``, ``session`` and
+    ``campaign``. A role no column fits is left out; of two times (an order's and its
+    delivery's), the first in the table wins, so the user checks the pick.
     """
     pick: dict[str, str] = {}
     used: set[str] = set()
