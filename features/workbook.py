@@ -204,11 +204,14 @@ def _number(text: str) -> str:
 def _date(text: str, epoch: datetime) -> str:
     """A date or time cell's text; a serial below 1 is a time of day alone (a column of its own).
 
-    >>> _date("40513.354166666664", _EPOCH_1900), _date("0.5573", _EPOCH_1900)
-    ('2010-12-01 08:30:00', '13:22:30.720')
+    >>> _date("40513.354166666664", _EPOCH_1900), _date("0.5573", _EPOCH_1900), _date("1e12", _EPOCH_1900)
+    ('2010-12-01 08:30:00', '13:22:30.720', '1000000000000')
     """
     serial = float(text)
-    moment = epoch + timedelta(milliseconds=round(serial * 86_400_000))
+    try:
+        moment = epoch + timedelta(milliseconds=round(serial * 86_400_000))
+    except OverflowError:
+        return _number(text)  # no date a calendar holds: the number, for the import to refuse
     shown = moment.strftime("%H:%M:%S" if 0 <= serial < 1 else "%Y-%m-%d %H:%M:%S")
     return f"{shown}.{moment.microsecond // 1000:03d}" if moment.microsecond else shown
 
@@ -256,6 +259,8 @@ def sheet_rows(z: zipfile.ZipFile, sheet: Sheet, book: _Book | None = None) -> I
                     elif kind is None or kind == "n":
                         if int(c.get("s", "0")) in date_styles:
                             text = dates.get(v) or dates.setdefault(v, _date(v, epoch))
+                            if len(dates) > 100_000:
+                                dates.clear()  # a sheet of distinct moments: memory stays bounded
                         else:
                             text = _number(v)
                     elif kind == "s":
@@ -357,7 +362,7 @@ def write_csv(
     """
     try:
         return _write_csv(path, out, sheet, columns, limit)
-    except (ParseError, zipfile.BadZipFile, KeyError, EOFError, zlib.error) as exc:
+    except (ParseError, zipfile.BadZipFile, KeyError, IndexError, EOFError, zlib.error) as exc:
         # Refused whole: half a damaged workbook imported would look like a complete history.
         raise ValueError(f"{path.name} is a damaged workbook ({type(exc).__name__}: {str(exc)[:120]})") from None
 
