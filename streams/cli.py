@@ -554,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leadpulse",
         description="Streaming customer and lead scoring: simulate, import and backtest histories "
-        "offline; run live workers on Kafka and Redis. Start with 'leadpulse demo'.",
+        "offline; run live workers on Kafka and Redis. Start with 'leadpulse demo'; for a table of "
+        "your own, 'leadpulse inspect FILE' suggests the import.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
