@@ -392,10 +392,11 @@ def _write_csv(
                 break
             rows = sheet_rows(z, current, book)
             if header is None:
-                first = _find_header(rows, lambda cells: all(c in cells for c in wanted))
-                if first is None and wanted:
-                    # No row names them: the widest of the first rows (a title row is narrow) is
-                    # the header the import then refuses, listing its columns.
+                first = _find_header(rows, lambda cells: all(c in cells for c in wanted)) if wanted else None
+                if first is None:
+                    # No row names them (or no names are given, as to inspect): the widest of the
+                    # first rows is the header, as a title row is narrow; the import then refuses
+                    # it, listing its columns, when it lacks a name given.
                     search = list(zip(range(HEADER_SEARCH_ROWS), sheet_rows(z, current, book), strict=False))
                     widest = max((sum(1 for c in row[1] if c.strip()) for _, row in search), default=0)
                     first = next((row for _, row in search if sum(1 for c in row[1] if c.strip()) == widest), None)

@@ -176,6 +176,9 @@ def test_a_report_with_title_rows_above_its_header(tmp_path: Path, capsys) -> No
     assert (tmp_path / "book.jsonl").read_bytes() == (tmp_path / "csv.jsonl").read_bytes()
     shown = [line.split(": ", 1)[0] for line in err.splitlines() if line.startswith("skipped ")]
     assert shown == [f"skipped sheet {'Q1' if i < 300 else 'Q2'!r} row {i % 300 + 5}" for i in sorted(broken)]
+    # inspect, told no column names, finds the header below the title rows too.
+    assert main(["inspect", str(xlsx)]) == 0
+    assert "--customer CustomerID --time InvoiceDate --order InvoiceNo" in capsys.readouterr().out
     # A misspelt column: the refusal lists the header's columns, not the title's.
     code = main(["import-transactions", str(xlsx), *RETAIL_ARGS, "--customer", "Customer", "--out",
                  str(tmp_path / "x.jsonl")])
