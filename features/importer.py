@@ -641,6 +641,14 @@ def time_zone(name: str) -> tzinfo:
         raise ImportFailed(f"unknown time zone {name!r} (use an IANA name such as Europe/Paris)") from exc
 
 
+def _fine_epoch_ms(text: str, per_ms: int) -> int:
+    """Epoch micro- or nanoseconds (``per_ms`` to a millisecond) cut to whole milliseconds.
+
+    By integer division: a float would round the last digits, and up into the next ms.
+    """
+    return _to_ms(datetime.fromtimestamp(int(text.split(".")[0]) // per_ms / 1000, UTC), UTC)
+
+
 def _to_ms(dt: datetime, zone: tzinfo) -> int:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=zone)
@@ -734,8 +742,7 @@ def parse_time(
         if time_format == "epoch_ms":
             return _to_ms(datetime.fromtimestamp(float(s) / 1000, UTC), zone)
         if time_format in ("epoch_us", "epoch_ns"):
-            per_ms = 1_000 if time_format == "epoch_us" else 1_000_000
-            return _to_ms(datetime.fromtimestamp(int(s.split(".")[0]) // per_ms / 1000, UTC), zone)
+            return _fine_epoch_ms(s, 1_000 if time_format == "epoch_us" else 1_000_000)
         if time_format == "excel":
             return _to_ms(EXCEL_EPOCH + timedelta(days=float(s)), zone)
         if time_format and time_format.startswith(COUNT_UNITS):
@@ -757,11 +764,10 @@ def parse_time(
                 return _to_ms(datetime.fromtimestamp(float(s), UTC), zone)
             if len(whole) in (12, 13):
                 return _to_ms(datetime.fromtimestamp(float(s) / 1000, UTC), zone)
-            # Microseconds (GA4's BigQuery export, UNIX_MICROS) and nanoseconds (Spark, ClickHouse):
-            # whole milliseconds by integer division, as a float would round the last digits.
+            # Microseconds (GA4's BigQuery export, UNIX_MICROS) and nanoseconds (Spark, ClickHouse).
             for width, per_ms in ((16, 1_000), (19, 1_000_000)):
                 if len(whole) in (width - 1, width):
-                    return _to_ms(datetime.fromtimestamp(int(s.split(".")[0]) // per_ms / 1000, UTC), zone)
+                    return _fine_epoch_ms(s, per_ms)
         except (ValueError, OverflowError, OSError):
             raise RowProblem("bad time: not a valid date") from None
         raise RowProblem("bad time: a number that is neither epoch seconds (10 digits), milliseconds (13), "
