@@ -1277,10 +1277,8 @@ def json_cell(obj: Mapping[str, Any], column: str) -> str | None:
         value = obj
         for part in column.split("."):
             if isinstance(value, list):
-                value = next((item.get("value") for item in value
+                value = next((typed_value(item.get("value")) for item in value
                               if isinstance(item, dict) and item.get("key") == part), _ABSENT)
-                if isinstance(value, dict) and value and all(k.endswith("_value") for k in value):
-                    value = next((v for v in value.values() if v is not None), None)
             elif isinstance(value, dict):
                 value = value.get(part, _ABSENT)
             else:
@@ -1291,6 +1289,17 @@ def json_cell(obj: Mapping[str, Any], column: str) -> str | None:
 
 
 _ABSENT = object()  # a key that is not there, told from one that holds null
+
+
+def typed_value(value: Any) -> Any:
+    """A value typed GA4's way (``{"string_value": None, "int_value": "7", ...}``) as the one set.
+
+    >>> typed_value({"string_value": None, "int_value": "7"}), typed_value({"a": 1}), typed_value("x")
+    ('7', {'a': 1}, 'x')
+    """
+    if isinstance(value, dict) and value and all(k.endswith("_value") for k in value):
+        return next((v for v in value.values() if v is not None), None)
+    return value
 
 
 def cell_text(value: Any) -> str:

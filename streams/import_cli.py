@@ -472,7 +472,7 @@ def _json_or_none(line: str) -> Any:
 
 
 def _flatten(obj: dict[str, Any], prefix: str = "") -> _Flat:
-    from features.importer import cell_text
+    from features.importer import cell_text, typed_value
 
     flat = _Flat()
     for key, value in obj.items():
@@ -480,11 +480,8 @@ def _flatten(obj: dict[str, Any], prefix: str = "") -> _Flat:
         if isinstance(value, dict):
             flat.update(_flatten(value, f"{name}."))
         elif isinstance(value, list) and value and all(isinstance(v, dict) and "key" in v for v in value):
-            for item in value:  # GA4's key-value lists: event_params.ga_session_id
-                inner = item.get("value")
-                if isinstance(inner, dict) and inner and all(k.endswith("_value") for k in inner):
-                    inner = next((v for v in inner.values() if v is not None), None)
-                flat[f"{name}.{item['key']}"] = cell_text(inner)
+            for item in value:  # GA4's key-value lists: event_params.ga_session_id, as json_cell reads it
+                flat[f"{name}.{item['key']}"] = cell_text(typed_value(item.get("value")))
         else:
             flat[name] = cell_text(value)
     return flat
