@@ -49,6 +49,15 @@ def typed_cell(value: Any) -> str:
     return cell_text(value)  # text, booleans, whole numbers, lists and structs (as JSON)
 
 
+def line_breaks(cells: Sequence[str]) -> int:
+    r"""How many more lines than one a row takes in a CSV (its cells' line breaks, CRLF as one).
+
+    >>> line_breaks(["a", "b\r\nc", "d\ne\rf"])
+    3
+    """
+    return sum(c.count("\n") + c.count("\r") - c.count("\r\n") for c in cells if "\n" in c or "\r" in c)
+
+
 class TableWriter:
     """Rows written as CSV under a header; :meth:`where` names the row a CSV line holds."""
 
@@ -65,7 +74,7 @@ class TableWriter:
         cells = [typed_cell(v) for v in values]
         self._writer.writerow(cells)
         self.rows += 1
-        breaks = sum(c.count("\n") + c.count("\r") - c.count("\r\n") for c in cells if "\n" in c or "\r" in c)
+        breaks = line_breaks(cells)
         self._line += 1 + breaks
         if breaks:
             self._marks.append((self._line, self.rows + 1))

@@ -46,9 +46,12 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import chain, islice
 from pathlib import Path
 from typing import IO, Any, ClassVar
 from xml.etree.ElementTree import Element, ParseError, iterparse
+
+from features.tabular import line_breaks
 
 WORKBOOK_PART = "xl/workbook.xml"
 
@@ -327,22 +330,19 @@ class WorkbookRead:
         return out
 
 
-def _breaks(cells: list[str]) -> int:
-    return sum(c.count("\n") + c.count("\r") - c.count("\r\n") for c in cells if "\n" in c or "\r" in c)
-
-
 # Rows searched for the header: a report's title, date and blank rows come above it.
 HEADER_SEARCH_ROWS = 50
 
 
-def _find_header(
-    rows: Iterator[tuple[int, list[str]]], is_header: Callable[[list[str]], bool],
-) -> tuple[int, list[str]] | None:
-    """The header row among a sheet's first ``HEADER_SEARCH_ROWS`` rows (the rows above it are read past)."""
-    for _, row in zip(range(HEADER_SEARCH_ROWS), rows, strict=False):
-        if is_header([c.strip() for c in row[1]]):
-            return row
-    return None
+def _find_header(head: list[tuple[int, list[str]]], is_header: Callable[[list[str]], bool]) -> int | None:
+    """Index of the header among a sheet's first rows: the first that ``is_header`` says is one."""
+    return next((i for i, (_, cells) in enumerate(head) if is_header([c.strip() for c in cells])), None)
+
+
+def _widest(head: list[tuple[int, list[str]]]) -> int | None:
+    """Index of the first of the rows with the most filled cells (a title row is narrow)."""
+    widths = [sum(1 for c in cells if c.strip()) for _, cells in head]
+    return widths.index(max(widths)) if widths else None
 
 
 def write_csv(
@@ -391,21 +391,18 @@ def _write_csv(
             if limit is not None and written >= limit:
                 break
             rows = sheet_rows(z, current, book)
+            head = list(islice(rows, HEADER_SEARCH_ROWS))
             if header is None:
-                first = _find_header(rows, lambda cells: all(c in cells for c in wanted)) if wanted else None
-                if first is None:
+                at = _find_header(head, lambda cells: all(c in cells for c in wanted)) if wanted else None
+                if at is None:
                     # No row names them (or no names are given, as to inspect): the widest of the
-                    # first rows is the header, as a title row is narrow; the import then refuses
-                    # it, listing its columns, when it lacks a name given.
-                    search = list(zip(range(HEADER_SEARCH_ROWS), sheet_rows(z, current, book), strict=False))
-                    widest = max((sum(1 for c in row[1] if c.strip()) for _, row in search), default=0)
-                    first = next((row for _, row in search if sum(1 for c in row[1] if c.strip()) == widest), None)
-                    rows = sheet_rows(z, current, book)
-                    for number, _cells in rows:  # read past it
-                        if first is None or number == first[0]:
-                            break
+                    # first rows is the header; the import then refuses it, listing its columns,
+                    # when it lacks a name given.
+                    at = _widest(head)
             else:
-                first = _find_header(rows, [c.strip() for c in header].__eq__)
+                at = _find_header(head, [c.strip() for c in header].__eq__)
+            first = None if at is None else head[at]
+            rows = chain(head[at + 1:] if at is not None else [], rows)  # the rows below the header
             if first is None:
                 if header is None:
                     raise ValueError(f"sheet {current.name!r} of {path.name} is empty")
@@ -416,7 +413,7 @@ def _write_csv(
                 header = first[1]
                 read.marks.append((line, current.name, first[0]))
                 writer.writerow(header)
-                line += 1 + _breaks(header)
+                line += 1 + line_breaks(header)
                 expected = first[0] + 1
             else:
                 expected = -1  # a following sheet's rows go on from the line after the last
@@ -431,7 +428,7 @@ def _write_csv(
                     cells.extend([""] * (width - len(cells)))
                 writer.writerow(cells)
                 count += 1
-                extra = _breaks(cells)
+                extra = line_breaks(cells)
                 line += 1 + extra
                 expected = number + 1
                 if extra:
