@@ -127,6 +127,24 @@ def profile(rows: Iterable[Mapping[str, str]], columns: Iterable[str] = ()) -> l
     return out
 
 
+def looks_like_a_row(first_line: list[str]) -> bool:
+    """Whether a table's first line is a row, not a header: half or more of its cells numbers.
+
+    Names are words; CDNOW's master file as first published starts with its first purchase.
+
+    >>> looks_like_a_row(["00001", "19970101", "1", "11.77"]), looks_like_a_row(["customer", "date", "amount"])
+    (True, False)
+    """
+    def number(cell: str) -> bool:
+        try:
+            parse_number(cell)
+        except ValueError:
+            return False
+        return True
+
+    return bool(first_line) and sum(number(c) for c in first_line if c.strip()) >= max(1, len(first_line) // 2)
+
+
 def _read(p: ColumnProfile, cell: str) -> None:
     try:
         parse_time(cell, date_order="dmy")

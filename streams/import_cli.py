@@ -421,13 +421,8 @@ def _sample_rows(path: Path, n: int) -> tuple[list[dict[str, str]], bool]:
 
     A file without a header line gets its columns named ``column1``, ``column2``, ...
     """
-    from features.importer import (
-        HEADER_SEARCH_LINES,
-        csv_records,
-        parse_number,
-        sniff_delimiter,
-        widest_line,
-    )
+    from features.importer import HEADER_SEARCH_LINES, csv_records, sniff_delimiter, widest_line
+    from features.inspect import looks_like_a_row
 
     with open_input(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as text:
         first = text.readline()
@@ -447,16 +442,7 @@ def _sample_rows(path: Path, n: int) -> tuple[list[dict[str, str]], bool]:
         delimiter = sniff_delimiter(head[at]) if head else ","
         records = (cells for _, cells in csv_records(chain(head[at:], text), delimiter))
         header = next(records, [])
-
-        def numeric(cell: str) -> bool:
-            try:
-                parse_number(cell, None if "," in cell else False)
-            except ValueError:
-                return False
-            return True
-
-        # Names are words; a line of numbers and dates is a row (CDNOW's master file has no header).
-        headerless = bool(header) and sum(numeric(c) for c in header if c.strip()) >= max(1, len(header) // 2)
+        headerless = looks_like_a_row(header)
         names = [f"column{i + 1}" for i in range(len(header))] if headerless else [c.strip() for c in header]
         rows = chain([header], records) if headerless else records
         return [dict(zip(names, cells, strict=False)) for cells in islice(rows, n)], headerless
