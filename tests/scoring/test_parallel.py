@@ -136,6 +136,48 @@ def test_cli_workers(history: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["backtest", str(history), "--out", str(tmp_path / "r3"), "--workers", "0"]) == 2
 
 
+def test_cli_shards_a_large_file_by_default(history: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import streams.cli as cli
+
+    monkeypatch.setattr(cli, "usable_cores", lambda: 2)
+    assert main(["backtest", str(history), "--out", str(tmp_path / "small"), "--no-batch-baseline"]) == 0
+    small = json.loads((tmp_path / "small" / "report.json").read_text())
+    assert history.stat().st_size < cli.AUTO_WORKERS_MIN_BYTES
+    assert small["config"]["workers"] is None and small["config"]["workers_chosen"] == "auto"
+
+    monkeypatch.setattr(cli, "AUTO_WORKERS_MIN_BYTES", history.stat().st_size)
+    assert main(["backtest", str(history), "--out", str(tmp_path / "auto"), "--no-batch-baseline"]) == 0
+    assert main(["backtest", str(history), "--out", str(tmp_path / "two"), "--no-batch-baseline",
+                 "--workers", "2"]) == 0
+    auto, two = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("auto", "two"))
+    assert auto["config"]["workers"] == 2 and auto["config"]["workers_chosen"] == "auto"
+    assert two["config"]["workers_chosen"] == "given"
+    for rep in (auto, two):
+        for key in TIMING:
+            rep.pop(key)
+        rep["config"].pop("workers_chosen")
+    assert auto == two, "auto is --workers 2, figure for figure"
+    assert not multiprocessing.active_children()
+
+
+def test_auto_workers_keeps_one_process_where_two_are_not_known_to_help(history: Path, tmp_path: Path) -> None:
+    from scoring.config import load_scoring_config, scoring_config_from_dict
+    from streams.cli import auto_workers
+
+    default = [load_scoring_config(None)]
+    large = tmp_path / "large.jsonl"
+    large.write_bytes(b"\n" * (5 << 20))
+    assert auto_workers(large, default, redis=False, cores=2) == 2
+    assert auto_workers(large, default, redis=False, cores=1) == 1
+    assert auto_workers(large, default, redis=True, cores=4) == 1
+    assert auto_workers(history, default, redis=False, cores=4) == 1, "a small file"
+    assert auto_workers(Path("-"), default, redis=False, cores=4) == 1, "a pipe"
+    forest = scoring_config_from_dict({"kinds": {"purchase_propensity": {"model": "forest"}}})
+    fresh = scoring_config_from_dict({"kinds": {"purchase_propensity": {"learn_at": "fresh"}}})
+    assert auto_workers(large, [forest], redis=False, cores=2) == 1, "a forest is shipped whole each round"
+    assert auto_workers(large, [default[0], fresh], redis=False, cores=2) == 1, "--compare with fresh learning"
+
+
 def test_only_the_in_process_store_is_sharded() -> None:
     import redis
 
