@@ -12,7 +12,7 @@ about 1M events by default).
     python scripts/bench_backtest.py --customers 2000 --days 365 --runs 3
     python scripts/bench_backtest.py --memory --customers 2000
     python scripts/bench_backtest.py --no-redis --against 2fbf872   # this tree vs an older commit
-    python scripts/bench_backtest.py --no-redis --workers 2         # also sharded over 2 processes
+    python scripts/bench_backtest.py --no-redis --workers 0         # without the sharded replay
 """
 
 from __future__ import annotations
@@ -85,8 +85,9 @@ def main() -> int:
     ap.add_argument("--against", metavar="REV",
                     help="also run the in-process store (and Redis, unless --no-redis) at git revision "
                     "REV, alternating (ratios vs REV)")
-    ap.add_argument("--workers", type=int, default=0, metavar="N",
-                    help="also run the in-process store sharded over N processes (backtest --workers N)")
+    ap.add_argument("--workers", type=int, default=2, metavar="N",
+                    help="also run the in-process store sharded over N processes (backtest --workers N; "
+                    "default 2, what `leadpulse backtest` does with a large file on two cores; 0: not)")
     ap.add_argument("--memory", action="store_true", help="fixed customers, short vs long history")
     ap.add_argument("--long-days", type=int, default=0, help="long history length (default: ~10x events)")
     args = ap.parse_args()

@@ -307,12 +307,23 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             customers_out=Path(args.customers_out) if args.customers_out and i == 0 else None,
             sample_pct=args.sample,
         )
+        runner: Any = core
+        if sharded:
+            try:
+                runner = ShardedCore(core, workers)
+            except OSError as exc:  # no process to fork (a container's limit, memory)
+                if args.workers:
+                    print(f"error: could not start {workers} worker processes: {exc}", file=sys.stderr)
+                    return 2
+                print(f"note: could not start {workers} worker processes ({exc}); replaying in one",
+                      file=sys.stderr)
+                workers, sharded = 1, False
         # Off a terminal, a line a minute on a long replay: a script's log says it is alive and when it ends.
         with progress(f"backtest {scfg.name}", total, log_every_s=PROGRESS_LOG_S,
                       count=lambda: count_lines(Path(args.file))) as tick, \
                 time_ordered_lines(Path(args.file), scfg.lateness_ms, args.timezone) as lines:
             bcfg.progress = tick
-            report = run_backtest(lines, bcfg, ShardedCore(core, workers) if sharded else core)
+            report = run_backtest(lines, bcfg, runner)
             # Line numbers in the report are the file's own unless it had to be sorted.
             report["input_sorted"] = isinstance(lines, list)
         report["config"]["name"] = scfg.name

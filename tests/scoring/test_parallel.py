@@ -160,6 +160,26 @@ def test_cli_shards_a_large_file_by_default(history: Path, tmp_path: Path, monke
     assert not multiprocessing.active_children()
 
 
+def test_cli_replays_in_one_process_when_no_worker_can_start(
+    history: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import scoring.parallel as parallel
+    import streams.cli as cli
+
+    def no_fork(*_: Any) -> None:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(parallel, "_Process", no_fork)
+    monkeypatch.setattr(cli, "usable_cores", lambda: 2)
+    monkeypatch.setattr(cli, "AUTO_WORKERS_MIN_BYTES", 1)
+    assert main(["backtest", str(history), "--out", str(tmp_path / "auto"), "--no-batch-baseline"]) == 0
+    assert "replaying in one" in capsys.readouterr().err
+    report = json.loads((tmp_path / "auto" / "report.json").read_text())
+    assert report["config"]["workers"] is None and report["kinds"]["purchase_propensity"]["labels"] > 100
+    assert main(["backtest", str(history), "--out", str(tmp_path / "two"), "--workers", "2"]) == 2
+    assert "could not start 2 worker processes" in capsys.readouterr().err
+
+
 def test_auto_workers_keeps_one_process_where_two_are_not_known_to_help(history: Path, tmp_path: Path) -> None:
     from scoring.config import load_scoring_config, scoring_config_from_dict
     from streams.cli import auto_workers
