@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import multiprocessing
 import os
@@ -192,6 +193,9 @@ def test_auto_workers_keeps_one_process_where_two_are_not_known_to_help(history:
     assert auto_workers(large, default, redis=True, cores=4) == 1
     assert auto_workers(history, default, redis=False, cores=4) == 1, "a small file"
     assert auto_workers(Path("-"), default, redis=False, cores=4) == 1, "a pipe"
+    packed = tmp_path / "large.jsonl.gz"
+    packed.write_bytes(gzip.compress(os.urandom(1 << 20)))  # random bytes stay about their size
+    assert auto_workers(packed, default, redis=False, cores=2) == 2, "counted as unpacked"
     forest = scoring_config_from_dict({"kinds": {"purchase_propensity": {"model": "forest"}}})
     fresh = scoring_config_from_dict({"kinds": {"purchase_propensity": {"learn_at": "fresh"}}})
     assert auto_workers(large, [forest], redis=False, cores=2) == 1, "a forest is shipped whole each round"
