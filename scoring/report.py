@@ -36,6 +36,7 @@ import base64
 import html
 import io
 import math
+import os
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
@@ -353,6 +354,8 @@ class _Page:
     def __init__(self) -> None:
         self.parts: list[str] = []
         self.charts: list[str] = []
+        # Charts not yet drawn: (index of their part, report, name, title, caption, draw).
+        self._drafts: list[tuple[int, int, str, str, str, Callable[[], Figure | str]]] = []
 
     def add(self, text: str) -> None:
         self.parts.append(text)
@@ -360,22 +363,69 @@ class _Page:
     def chart(
         self, report: int, name: str, title: str, caption: str, draw: Callable[[], Figure | str]
     ) -> None:
-        """Draw a chart; ``draw`` returns a figure, or a string saying why there is none."""
-        cid = f"r{report}-{name}"
-        result = draw()
-        if isinstance(result, str):
-            self.add(
-                f'<div class="chart-missing" data-missing="{_e(name)}" data-report="{report}">'
-                f"<h4>{_e(title)}</h4><p class=\"note\">{_e(result)}</p></div>"
+        """A chart, drawn by :meth:`render`; ``draw`` returns a figure, or a string saying why there is none."""
+        self._drafts.append((len(self.parts), report, name, title, caption, draw))
+        self.add("")  # its place, filled by render()
+
+    def render(self) -> None:
+        """Draw every chart, on several cores where there are (they are independent)."""
+        drafts, self._drafts = self._drafts, []
+        results = _render_all([draw for *_, draw in drafts])
+        for (at, report, name, title, caption, _), (drawn, result) in zip(drafts, results, strict=True):
+            cid = f"r{report}-{name}"
+            if not drawn:
+                self.parts[at] = (
+                    f'<div class="chart-missing" data-missing="{_e(name)}" data-report="{report}">'
+                    f"<h4>{_e(title)}</h4><p class=\"note\">{_e(result)}</p></div>"
+                )
+                continue
+            self.charts.append(cid)
+            self.parts[at] = (
+                f'<figure class="chart" id="{_e(cid)}" data-chart="{_e(name)}" data-report="{report}">'
+                f"<h4>{_e(title)}</h4>"
+                f'<img alt="{_e(title)}" src="data:image/png;base64,{result}">'
+                f"<figcaption>{caption}</figcaption></figure>"
             )
-            return
-        self.charts.append(cid)
-        self.add(
-            f'<figure class="chart" id="{_e(cid)}" data-chart="{_e(name)}" data-report="{report}">'
-            f"<h4>{_e(title)}</h4>"
-            f'<img alt="{_e(title)}" src="data:image/png;base64,{_png(result)}">'
-            f"<figcaption>{caption}</figcaption></figure>"
-        )
+
+
+# Charts to draw, for the processes render() forks: they inherit the callables, not pickles.
+_PENDING: list[Callable[[], Figure | str]] = []
+# Fewer charts than this are drawn in this process: forking costs more than it saves.
+PARALLEL_MIN_CHARTS = 6
+MAX_CHART_PROCESSES = 4
+
+
+def _render_one(i: int) -> tuple[bool, str]:
+    result = _PENDING[i]()
+    return (False, result) if isinstance(result, str) else (True, _png(result))
+
+
+def _render_all(draws: list[Callable[[], Figure | str]]) -> list[tuple[bool, str]]:
+    """Each chart as (drawn, base64 PNG) or (False, why not), in order.
+
+    Matplotlib draws about 8 charts a second on one core, and a report has 7-25 of them.
+
+    >>> _render_all([lambda: "no data"])
+    [(False, 'no data')]
+    """
+    global _PENDING
+    import multiprocessing
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = 1
+    _PENDING = draws
+    try:
+        if len(draws) >= PARALLEL_MIN_CHARTS and cores > 1 and "fork" in multiprocessing.get_all_start_methods():
+            try:
+                with multiprocessing.get_context("fork").Pool(min(cores, MAX_CHART_PROCESSES)) as pool:
+                    return pool.map(_render_one, range(len(draws)), chunksize=1)
+            except OSError:
+                pass  # no process to fork: draw them here
+        return [_render_one(i) for i in range(len(draws))]
+    finally:
+        _PENDING = []
 
 
 def _lift_chart(k: dict[str, Any]) -> Figure | str:
@@ -977,6 +1027,7 @@ def write_html(reports: list[dict[str, Any]], path: str | Path) -> Path:
         _compare(page, reports, labels)
     for ri, rep in enumerate(reports):
         _report_body(page, ri, rep, labels[ri], count)
+    page.render()
     doc = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -148,6 +148,23 @@ def test_page_is_self_contained(single_page: Path) -> None:
     assert text.count("data:image/png;base64,") >= 10
 
 
+def test_charts_drawn_in_several_processes_are_the_ones_drawn_in_one(
+    reports: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import multiprocessing
+    import re
+
+    import scoring.report as report
+
+    pages = {}
+    for name, at_least in (("forked", 1), ("here", 10_000)):
+        monkeypatch.setattr(report, "PARALLEL_MIN_CHARTS", at_least)
+        pages[name] = re.sub(r"generated [^.]*\.", "", write_html(reports, tmp_path / f"{name}.html").read_text())
+    assert pages["forked"] == pages["here"], "the same page, chart for chart"
+    assert pages["here"].count("data:image/png;base64,") >= 10
+    assert not multiprocessing.active_children(), "the drawing processes ended"
+
+
 @pytest.mark.timeout(INSTALL_TIMEOUT_S + 300)
 def test_every_chart_renders_in_chromium(
     chromium: str, single_page: Path, reports: list[dict[str, Any]], tmp_path: Path
