@@ -990,7 +990,7 @@ def _header_line(head: list[str], config: ImportConfig, delimiter: str) -> int:
     """
     wanted = [c for c in (config.customer, config.time) if c]
     for i, line in enumerate(head):
-        if all(c in _line_cells(line, delimiter) for c in wanted):
+        if all(c in line_cells(line, delimiter) for c in wanted):
             return i
     return widest_line(head, delimiter)
 
@@ -1005,7 +1005,7 @@ def widest_line(head: list[str], delimiter: str = "auto") -> int:
     3
     """
     widths = [0.0 if line.lstrip().startswith("#") else
-              sum(1 for c in _line_cells(line, delimiter) if c) - 0.5 * (_delimiter_of(line, delimiter) == " ")
+              sum(1 for c in line_cells(line, delimiter) if c) - 0.5 * (_delimiter_of(line, delimiter) == " ")
               for line in head]
     return widths.index(max(widths)) if widths else 0
 
@@ -1014,7 +1014,8 @@ def _delimiter_of(line: str, delimiter: str) -> str:
     return DELIMITERS.get(delimiter, delimiter) if delimiter != "auto" else sniff_delimiter(line)
 
 
-def _line_cells(line: str, delimiter: str) -> list[str]:
+def line_cells(line: str, delimiter: str) -> list[str]:
+    """The cells of one line, trimmed (``auto``: its own delimiter, sniffed)."""
     cells = next((c for _, c in csv_records([line], _delimiter_of(line, delimiter))), [])
     return [c.strip().lstrip("\ufeff") for c in cells]
 

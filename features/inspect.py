@@ -207,9 +207,13 @@ def suggest(profiles: list[ColumnProfile]) -> dict[str, str]:
                             and p.share(p.decimals) == 0 and p.negatives == 0))
         if "day_number" in pick:
             take("clock", ((1.0, p) for p in full if _named(p, "clock") and p.share(p.numbers) >= 0.99))
+    # An order's status (delivered, shipped, canceled) also reads as e-mail actions: where it
+    # reads at least as well as a status, it is one, and the table is of orders, not events.
+    statuses = {p.name for p in full if p.share(p.statuses) >= 0.5
+                and p.share(p.statuses) + _named(p, "status") >= p.share(p.actions) + _named(p, "action")}
     take("action", ((p.share(p.actions) + _named(p, "action"), p) for p in full
                     if (p.share(p.actions) >= 0.5 or _named(p, "action") and p.share(p.actions) >= 0.2)
-                    and p.distinct <= 200))
+                    and p.distinct <= 200 and p.name not in statuses))
     take("status", ((p.share(p.statuses) + _named(p, "status"), p) for p in full
                     if p.share(p.statuses) >= 0.5 and p.distinct <= 50))
     take("currency", ((p.share(p.currencies) + _named(p, "currency"), p) for p in full

@@ -40,7 +40,7 @@ def is_sqlite(path: Path) -> bool:
 
 def tables(path: Path) -> list[str]:
     """The database's tables and views, by name."""
-    with closing(_connect(path)) as db:
+    with closing(connect(path)) as db:
         try:
             listed = db.execute(
                 "select name from sqlite_master where type in ('table', 'view') and name not like 'sqlite_%' "
@@ -50,8 +50,8 @@ def tables(path: Path) -> list[str]:
     return [name for (name,) in listed]
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    # Read only: an import never writes to the user's database.
+def connect(path: Path) -> sqlite3.Connection:
+    """The database, opened read-only: an import never writes to the user's database."""
     return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
 
 
@@ -71,18 +71,32 @@ def write_csv(
                                  "name one with --table, or join them with --query 'select ...'")
             table = names[0]
         query = f'select * from "{table.replace(chr(34), chr(34) * 2)}"'
-    with closing(_connect(path)) as db:
-        try:
-            cursor = db.execute(query)
-        except sqlite3.Error as exc:
-            raise ValueError(f"{path.name}: the query failed ({exc})") from None
-        if cursor.description is None:
-            raise ValueError(f"{path.name}: the query returns no rows (give a select)")
-        table_out = TableWriter(out, [d[0] for d in cursor.description], form="SQLite")
-        try:
-            while (limit is None or table_out.rows < limit) and (batch := cursor.fetchmany(10_000)):
-                for values in batch:
-                    table_out.write(values)
-        except sqlite3.Error as exc:
-            raise ValueError(f"{path.name}: reading the rows failed ({exc})") from None
+    with closing(connect(path)) as db:
+        return query_csv(db, query, out, path.name, limit)
+
+
+def query_csv(
+    db: sqlite3.Connection, query: str, out: IO[str], label: str, limit: int | None = None, form: str = "SQLite",
+) -> TableWriter:
+    """Write the rows of ``query`` on ``db`` out as CSV; ``label`` names the source in errors,
+    ``form`` in the import's summary.
+
+    >>> import io
+    >>> out = io.StringIO()
+    >>> query_csv(sqlite3.connect(":memory:"), "select 1 as n, null as m", out, "memory").rows, out.getvalue().splitlines()
+    (1, ['n,m', '1,'])
+    """
+    try:
+        cursor = db.execute(query)
+    except sqlite3.Error as exc:
+        raise ValueError(f"{label}: the query failed ({exc})") from None
+    if cursor.description is None:
+        raise ValueError(f"{label}: the query returns no rows (give a select)")
+    table_out = TableWriter(out, [d[0] for d in cursor.description], form=form)
+    try:
+        while (limit is None or table_out.rows < limit) and (batch := cursor.fetchmany(10_000)):
+            for values in batch:
+                table_out.write(values)
+    except sqlite3.Error as exc:
+        raise ValueError(f"{label}: reading the rows failed ({exc})") from None
     return table_out

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import replace
 from itertools import chain, islice
 from pathlib import Path
@@ -124,7 +124,9 @@ def add_parser(sub: Any) -> None:
     i.add_argument("--rows", type=int, default=5_000, help="rows sampled from the top (default 5,000)")
     i.add_argument("--sheet", metavar="NAME", help="the sheet of an Excel workbook")
     i.add_argument("--table", metavar="NAME", help="the table of a SQLite database")
-    i.add_argument("--query", metavar="SQL", help="a SELECT on a SQLite database")
+    i.add_argument("--query", metavar="SQL", help="a SELECT on a SQLite database, or on the file and --join files")
+    i.add_argument("--join", metavar="FILE", action="append", default=[], type=Path,
+                   help="another table for --query, named after its file; repeatable")
 
 
 def _add_columns(p: Any, event_log: bool) -> None:
@@ -194,7 +196,11 @@ def _add_columns(p: Any, event_log: bool) -> None:
                      help="the table of a SQLite database to read (default: its only table)")
     fmt.add_argument("--query", metavar="SQL",
                      help="a SELECT on a SQLite database whose rows are the table to import, e.g. a "
-                          "join of orders and customers (the database is opened read-only)")
+                          "join of orders and customers (the database is opened read-only); or on the "
+                          "file and the --join files, each a table named after its file")
+    fmt.add_argument("--join", metavar="FILE", action="append", default=[], type=Path,
+                     help="another table for --query to join (CSV, Excel, Parquet or SQLite), named "
+                          "after its file up to the first dot (orders.csv: orders); repeatable")
     fmt.add_argument("--delimiter", default="auto",
                      help="field separator: , ; tab | or space (runs of spaces and tabs; default: the "
                           "header's, the most frequent of these, or spaces when it has none of them)")
@@ -331,8 +337,16 @@ def _table_as_csv(args: argparse.Namespace, limit: int | None = None) -> Iterato
         database = given and book is None and sqlite_table.is_sqlite(path)
         if args.sheet is not None and book is None:
             raise ValueError(f"--sheet reads an Excel workbook, and {path.name} is not one")
-        if (args.table is not None or args.query is not None) and not database:
-            raise ValueError(f"--table and --query read a SQLite database, and {path.name} is not one")
+        joins = list(getattr(args, "join", ()) or ())
+        if joins and args.query is None:
+            raise ValueError("--join adds a table for --query to join: give the --query too")
+        if args.table is not None and not database:
+            raise ValueError(f"--table reads a SQLite database, and {path.name} is not one")
+        if args.query is not None and (joins or not database):
+            if not given:
+                raise ValueError("--query joins files: give the first one by name, not on stdin")
+            yield _joined(args, path, joins, stack, limit)
+            return
         if book is None and not columnar and not database:
             yield None
             return
@@ -359,6 +373,29 @@ def _table_as_csv(args: argparse.Namespace, limit: int | None = None) -> Iterato
         args.given_file, args.file = args.file, copy.name
         args.delimiter, args.encoding = "comma", "utf-8"
         yield read
+
+
+def _joined(args: argparse.Namespace, path: Path, joins: list[Path], stack: ExitStack,
+            limit: int | None) -> TableWriter:
+    """The rows of ``--query`` on the file and the ``--join`` files, as a temporary CSV."""
+    from features import join_tables, sqlite_table
+
+    for extra in joins:
+        if not extra.is_file():
+            raise ValueError(f"--join {extra}: no such file")
+    db, loaded = join_tables.open_tables(path, joins, open_input)
+    with closing(db):
+        described = ", ".join(f"{name} ({rows:,} rows)" if rows >= 0 else f"{name} (a database)"
+                              for name, rows in loaded.items())
+        print(f"tables for --query: {described}", file=sys.stderr)
+        copy = stack.enter_context(tempfile.NamedTemporaryFile(  # noqa: SIM115 - the caller's stack closes it
+            "w", prefix="leadpulse-table-", suffix=".csv", encoding="utf-8", newline=""))
+        read = sqlite_table.query_csv(db, args.query, copy, "--query", limit=limit, form="query")
+    print(f"--query: {read.rows:,} rows", file=sys.stderr)
+    copy.flush()
+    args.given_file, args.file = args.file, copy.name
+    args.delimiter, args.encoding = "comma", "utf-8"
+    return read
 
 
 @command("inspect")
@@ -388,7 +425,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
               "(leadpulse import-transactions --help)")
         return 0
     extra = [f"--sheet {args.sheet!r}" if args.sheet else "", f"--table {args.table!r}" if args.table else "",
-             f"--query {args.query!r}" if args.query else ""]
+             f"--query {args.query!r}" if args.query else "",
+             *(f"--join {str(j)!r}" for j in args.join)]
     if headerless:  # name the columns after what they hold, and say so
         roles = {column: role for role, column in pick.items()}
         names = [roles.get(p.name, p.name) for p in profiles]
