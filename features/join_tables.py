@@ -80,7 +80,8 @@ def open_tables(
     from features import sqlite_table
 
     main_is_db = sqlite_table.is_sqlite(main)
-    db = sqlite_table.connect(main) if main_is_db else sqlite3.connect(":memory:")
+    # URIs on, so an attached database is opened read-only whatever SQLite was built with.
+    db = sqlite_table.connect(main) if main_is_db else sqlite3.connect("file::memory:", uri=True)
     loaded: dict[str, int] = {}
     try:
         for path in ([] if main_is_db else [main]) + list(joins):

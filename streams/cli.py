@@ -558,12 +558,14 @@ def _workers_hint(rep: dict[str, Any], cores: int) -> str | None:
     '  note: 140 s on one core of 4: --workers 3 shards the replay by customer over more (README: more cores)'
     >>> _workers_hint({"seconds": 140.0, "config": {"workers": 2, "workers_chosen": "given"}}, 4) is None
     True
+    >>> _workers_hint({"seconds": 140.0, "config": {"workers": None, "workers_chosen": "given"}}, 4) is None
+    True
     >>> _workers_hint({"seconds": 140.0, "config": {"workers": 2, "workers_chosen": "auto"}}, 8)
     '  note: 140 s on 2 workers of 8 cores: --workers 7 may be quicker (README: more cores)'
     """
     config = rep.get("config") or {}
-    if cores < 2 or rep.get("seconds", 0) < 60:
-        return None
+    if cores < 2 or rep.get("seconds", 0) < 60 or (not config.get("workers") and config.get("workers_chosen") == "given"):
+        return None  # --workers 1 asked for the plain replay
     # The replay's own process reads and learns beside the workers: one core for it.
     more = max(cores - 1, 2)
     if not config.get("workers"):
