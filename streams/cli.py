@@ -294,6 +294,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         return 2
     workers = args.workers or auto_workers(Path(args.file), configs, bool(args.redis))
     sharded = workers > 1
+    if sharded and not args.workers:
+        print(f"replaying on {workers} worker processes, customers hashed over them (a large file, "
+              f"{usable_cores()} cores; --workers 1 for one process)", file=sys.stderr)
     for i, scfg in enumerate(configs):
         core = _core(scfg, args.redis)
         bcfg = BacktestConfig(

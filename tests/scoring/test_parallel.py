@@ -137,7 +137,9 @@ def test_cli_workers(history: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["backtest", str(history), "--out", str(tmp_path / "r3"), "--workers", "0"]) == 2
 
 
-def test_cli_shards_a_large_file_by_default(history: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_shards_a_large_file_by_default(
+    history: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import streams.cli as cli
 
     monkeypatch.setattr(cli, "usable_cores", lambda: 2)
@@ -147,7 +149,9 @@ def test_cli_shards_a_large_file_by_default(history: Path, tmp_path: Path, monke
     assert small["config"]["workers"] is None and small["config"]["workers_chosen"] == "auto"
 
     monkeypatch.setattr(cli, "AUTO_WORKERS_MIN_BYTES", history.stat().st_size)
+    capsys.readouterr()
     assert main(["backtest", str(history), "--out", str(tmp_path / "auto"), "--no-batch-baseline"]) == 0
+    assert "replaying on 2 worker processes" in capsys.readouterr().err
     assert main(["backtest", str(history), "--out", str(tmp_path / "two"), "--no-batch-baseline",
                  "--workers", "2"]) == 0
     auto, two = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("auto", "two"))
