@@ -658,8 +658,11 @@ class OnlineModel:
         """Refit the logistic weights on the recent window, in the scaler's current space.
 
         Per-label SGD steps keep the model fresh between refits; the refit brings it
-        to the optimum a batch job would reach on the same labels, which matters
-        most while labels are few. Bounded: ``window`` rows, warm-started.
+        toward the optimum a batch job would reach on the same labels, which matters
+        most while labels are few. Bounded: ``window`` rows, warm-started. lbfgs stops
+        at ``tol=1e-3``, short of the optimum (weights up to 0.6 apart on the 2k-customer
+        simulation's windows); refits converged with newton-cholesky, at the same cost,
+        moved AUC by -0.002 to +0.002 there, with and without web and campaign events.
         """
         from sklearn.linear_model import LogisticRegression
 
