@@ -315,7 +315,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             try:
                 runner = ShardedCore(core, workers)
             except OSError as exc:  # no process to fork (a container's limit, memory)
-                if args.workers:
+                if args.workers or i > 0:  # asked for, or --compare's first replay had them
                     print(f"error: could not start {workers} worker processes: {exc}", file=sys.stderr)
                     return 2
                 print(f"note: could not start {workers} worker processes ({exc}); replaying in one",

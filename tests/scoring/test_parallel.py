@@ -185,6 +185,32 @@ def test_cli_replays_in_one_process_when_no_worker_can_start(
     assert "could not start 2 worker processes" in capsys.readouterr().err
 
 
+def test_compare_never_replays_its_two_configurations_in_different_modes(
+    history: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import scoring.parallel as parallel
+    import streams.cli as cli
+
+    started = []
+    real = parallel._Process
+
+    def second_replay_cannot_fork(*args: Any) -> Any:
+        started.append(1)
+        if len(started) > 2:  # the first replay's two workers started
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real(*args)
+
+    monkeypatch.setattr(parallel, "_Process", second_replay_cannot_fork)
+    monkeypatch.setattr(cli, "usable_cores", lambda: 2)
+    monkeypatch.setattr(cli, "AUTO_WORKERS_MIN_BYTES", 1)
+    other = tmp_path / "other.yaml"
+    other.write_text("kinds:\n  purchase_propensity:\n    horizon: 14d\n")
+    assert main(["backtest", str(history), "--out", str(tmp_path / "c"), "--no-batch-baseline",
+                 "--compare", str(other)]) == 2
+    assert "could not start 2 worker processes" in capsys.readouterr().err
+    assert not multiprocessing.active_children()
+
+
 def test_auto_workers_keeps_one_process_where_two_are_not_known_to_help(history: Path, tmp_path: Path) -> None:
     from scoring.config import load_scoring_config, scoring_config_from_dict
     from streams.cli import auto_workers
