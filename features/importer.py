@@ -436,7 +436,8 @@ def one_order_each_note(buyers: int, repeats: int) -> str:
         return ""
     return (f"no customer of {buyers:,} has a second order: is the customer column an id per order? "
             "Churn and propensity learn from repeat purchases, so import with the column that names "
-            "the person (in Olist's tables customer_unique_id, not customer_id)")
+            "the person (in Olist's tables customer_unique_id, not customer_id; where it is in another "
+            "file, --join FILE --query 'select ...' joins it in)")
 
 
 def _binary(header: list[str]) -> bool:
