@@ -662,7 +662,9 @@ class OnlineModel:
         most while labels are few. Bounded: ``window`` rows, warm-started. lbfgs stops
         at ``tol=1e-3``, short of the optimum (weights up to 0.6 apart on the 2k-customer
         simulation's windows); refits converged with newton-cholesky, at the same cost,
-        moved AUC by -0.002 to +0.002 there, with and without web and campaign events.
+        moved AUC by -0.002 to +0.002 there, with and without web and campaign events, and
+        on CDNOW lowered churn from 0.686 to 0.683 (propensity 0.743 both): the early stop
+        regularises.
         """
         from sklearn.linear_model import LogisticRegression
 
