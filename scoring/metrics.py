@@ -139,6 +139,20 @@ def lift_summary(probs: Floats, labels: Labels) -> dict[str, float | None]:
     }
 
 
+def ratio_ceiling(rate: float) -> float | None:
+    """The highest top/bottom decile ratio any score can reach at this outcome rate (``None``: unbounded).
+
+    A decile holds a tenth of the examples. Above a 90% outcome rate the other nine deciles
+    cannot hold every outcome, so the bottom one holds at least ``10 x rate - 9`` of them:
+    churn where nearly everyone churns (one-time buyers) cannot rank 3 to 1, however good.
+
+    >>> round(ratio_ceiling(0.986), 2), ratio_ceiling(0.95), ratio_ceiling(0.726)
+    (1.16, 2.0, None)
+    """
+    bottom = 10.0 * rate - 9.0
+    return None if bottom <= 0 else 1.0 / bottom
+
+
 def calibration(probs: Floats, labels: Labels, bins: int = 10) -> list[tuple[float, float, int]]:
     """(mean predicted, observed rate, count) per equal-width probability bin, empty bins dropped.
 

@@ -46,6 +46,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from scoring.metrics import ratio_ceiling
+
 __all__ = ["chart_ids", "compare_sentence", "versus_sentence", "write_html"]
 
 ONLINE, RULE, BATCH = "#1f5fa8", "#8c8c8c", "#e07b00"
@@ -338,11 +340,20 @@ def _headline_sentence(k: dict[str, Any]) -> str:
                      f" on the model's own {_pct(share, 0)} its AUC is {warm['auc']:.3f}.")
     ratio = k.get("top_bottom_decile_ratio")
     if ratio is not None:
-        useful = "above" if ratio >= USEFUL_RATIO else "below"
-        sentence += (
-            f" Its top decile converts {ratio:.1f}× as often as its bottom decile, "
-            f"{useful} the {USEFUL_RATIO:.0f}× rule of thumb for a useful score"
-        )
+        rate = k["positives"] / k["labels"] if k.get("labels") else 0.0
+        ceiling = ratio_ceiling(rate)
+        if ceiling is not None and ceiling < USEFUL_RATIO:
+            sentence += (
+                f" Its top decile converts {ratio:.1f}× as often as its bottom decile; at a {_pct(rate)} "
+                f"outcome rate no score can reach more than {ceiling:.2f}×, so the {USEFUL_RATIO:.0f}× rule "
+                "of thumb does not apply"
+            )
+        else:
+            useful = "above" if ratio >= USEFUL_RATIO else "below"
+            sentence += (
+                f" Its top decile converts {ratio:.1f}× as often as its bottom decile, "
+                f"{useful} the {USEFUL_RATIO:.0f}× rule of thumb for a useful score"
+            )
         sentence += "."
     return sentence
 
@@ -699,7 +710,8 @@ def _model_rows(k: dict[str, Any], prefix: str = "") -> list[list[str]]:
     for name, s in entries:
         ratio = s.get("top_bottom_decile_ratio")
         flag = ""
-        if ratio is not None:
+        ceiling = ratio_ceiling(s["positives"] / s["labels"]) if s.get("labels") and s.get("positives") is not None else None
+        if ratio is not None and (ceiling is None or ceiling >= USEFUL_RATIO):
             flag = ' class="good"' if ratio >= USEFUL_RATIO else ' class="weak"'
         rows.append([
             _e(prefix + name), _num(s.get("labels"), 0), _num(s.get("positives"), 0),

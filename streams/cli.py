@@ -528,6 +528,7 @@ def _headline(reports: list[dict[str, Any]]) -> str:
         for hint in (_idle_hint(rep), _workers_hint(rep, usable_cores()), _sample_hint(rep)):
             if hint:
                 lines.append(hint)
+        lines.extend(_ceiling_hints(rep))
         for kind, m in (rep.get("models") or {}).items():
             if not m["labels"]:
                 continue  # e.g. campaign response on a purchases-only history
@@ -592,6 +593,26 @@ def _sample_hint(rep: dict[str, Any]) -> str | None:
         return None
     return ("  note: --sample 10 replays a tenth of the customers (each with all of their events) "
             "in about a tenth of the time")
+
+
+def _ceiling_hints(rep: dict[str, Any]) -> list[str]:
+    """A note for each kind whose outcome rate caps the top/bottom decile ratio below 3.
+
+    >>> _ceiling_hints({"kinds": {"churn_risk": {"labels": 1000, "positives": 986}, "x": {"labels": 0}}})
+    ['  note: churn_risk: 98.6% of its labels are positive, so no score can reach a top/bottom decile ratio above 1.16 (read its AUC)']
+    """
+    from scoring.metrics import ratio_ceiling
+
+    notes = []
+    for kind, k in rep["kinds"].items():
+        if not k.get("labels"):
+            continue
+        rate = k.get("positives", 0) / k["labels"]
+        ceiling = ratio_ceiling(rate)
+        if ceiling is not None and ceiling < 3.0:
+            notes.append(f"  note: {kind}: {100 * rate:.1f}% of its labels are positive, so no score can reach "
+                         f"a top/bottom decile ratio above {ceiling:.2f} (read its AUC)")
+    return notes
 
 
 def _idle_hint(rep: dict[str, Any]) -> str | None:

@@ -304,3 +304,17 @@ def test_cli_backtest_writes_report_html(tmp_path: Path, capsys: pytest.CaptureF
     assert checked  # the command line says how each kind fared after the change
     assert all(k["change"]["at"].startswith("2024-01-15") for k in report["kinds"].values() if k.get("labels"))
 
+
+
+def test_a_ratio_no_score_can_reach_is_not_judged_against_the_rule_of_thumb() -> None:
+    from scoring.report import _headline_sentence, _model_rows
+
+    # One-time buyers: nearly every churn label is positive, so the bottom decile holds outcomes too.
+    capped = {"auc": 0.74, "labels": 1000, "positives": 986, "top_bottom_decile_ratio": 1.0, "baselines": {}}
+    sentence = _headline_sentence(capped)
+    assert "at a 98.6% outcome rate no score can reach more than 1.16×" in sentence
+    assert "below the 3× rule of thumb" not in sentence
+    assert 'class="weak"' not in "".join(_model_rows(capped)[0])
+    free = {**capped, "positives": 726, "top_bottom_decile_ratio": 2.4}
+    assert "below the 3× rule of thumb" in _headline_sentence(free)
+    assert 'class="weak"' in "".join(_model_rows(free)[0])
