@@ -139,3 +139,21 @@ def test_tables_hold_text_as_the_file_does(tmp_path: Path) -> None:
     assert rows == [("007", "a", "1,5", "x"), ("008", "b", "2", None), ("Müller", "c", "3", "y")]
     assert db.execute("select sum(Price) from t_2024_sales where id != '007'").fetchone() == (5.0,)
     db.close()
+
+
+def test_an_event_log_joins_its_customers_too(tmp_path: Path, capsys) -> None:
+    # A clickstream keyed by a device id, and a table that names each device's person.
+    log = tmp_path / "clicks.csv"
+    log.write_text("device,at,event\n" + "".join(
+        f"d{n % 6},2024-02-{1 + n % 20:02d}T10:{n % 60:02d}:00Z,{'view' if n % 4 else 'transaction'}\n"
+        for n in range(60)))
+    people = tmp_path / "devices.csv"
+    people.write_text("device,person\n" + "".join(f"d{n},p{n // 2}\n" for n in range(6)))
+    assert main(["import-events", str(log), "--join", str(people), "--out", str(tmp_path / "e.jsonl"),
+                 "--query", "select p.person, c.at, c.event from clicks c join devices p using (device)",
+                 "--customer", "person", "--time", "at", "--action", "event"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    events = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert {ev["customer_id"] for ev in events} == {"p0", "p1", "p2"}
+    assert Counter(ev["type"] for ev in events) == {"web": 45, "purchase": 15}
+    assert summary["query_rows"] == 60
