@@ -143,11 +143,11 @@ def test_tables_hold_text_as_the_file_does(tmp_path: Path) -> None:
 
 def test_an_event_log_joins_its_customers_too(tmp_path: Path, capsys) -> None:
     # A clickstream keyed by a device id, and a table that names each device's person.
-    log = tmp_path / "clicks.csv"
-    log.write_text("device,at,event\n" + "".join(
-        f"d{n % 6},2024-02-{1 + n % 20:02d}T10:{n % 60:02d}:00Z,{'view' if n % 4 else 'transaction'}\n"
-        for n in range(60)))
-    people = tmp_path / "devices.csv"
+    rows = [("device", "at", "event")] + [
+        (f"d{n % 6}", f"2024-02-{1 + n % 20:02d}T10:{n % 60:02d}:00Z", "view" if n % 4 else "transaction")
+        for n in range(60)]
+    log, people = tmp_path / "clicks.csv", tmp_path / "devices.csv"
+    log.write_text("".join(",".join(row) + "\n" for row in rows))
     people.write_text("device,person\n" + "".join(f"d{n},p{n // 2}\n" for n in range(6)))
     assert main(["import-events", str(log), "--join", str(people), "--out", str(tmp_path / "e.jsonl"),
                  "--query", "select p.person, c.at, c.event from clicks c join devices p using (device)",
