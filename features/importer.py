@@ -993,22 +993,31 @@ def _header_line(head: list[str], config: ImportConfig, delimiter: str) -> int:
     for i, line in enumerate(head):
         if all(c in line_cells(line, delimiter) for c in wanted):
             return i
-    return widest_line(head, delimiter)
+    return likely_header(head, delimiter)
 
 
-def widest_line(head: list[str], delimiter: str = "auto") -> int:
-    r"""Index of the line with the most cells among the first lines: a table's header, below any title.
+def likely_header(head: list[str], delimiter: str = "auto") -> int:
+    r"""Index of a table's header among its first lines, below any title, blank or ``#`` line.
 
-    A ``# ...`` comment counts none; on a tie, a line split by , ; tab or | wins over one
-    of words apart by spaces (a title).
+    The first line as wide as most lines, cells counted (empty ones too: a header may end
+    with an unnamed column); a row wider than the header (a trailing field) does not move
+    it. A line of words apart by spaces counts half a cell less: a title, unless every
+    line is so (CDNOW's master file).
 
-    >>> widest_line(["# GA export\n", "Report: March\n", "\n", "Client;Date;Total\n", "k1;2024-03-01;5\n"])
+    >>> likely_header(["# GA export\n", "Report: March\n", "\n", "Client;Date;Total\n", "k1;2024-03-01;5\n"])
     3
+    >>> likely_header(["Customers export\n", "\n", "id;person\n", "c1;p1\n", "c2;p2\n"])
+    2
+    >>> likely_header(["id,id,Price,\n", "007,a,5,x\n", "008,b,2,y,extra\n", "009,c,1,z\n"])
+    0
     """
-    widths = [0.0 if line.lstrip().startswith("#") else
-              sum(1 for c in line_cells(line, delimiter) if c) - 0.5 * (_delimiter_of(line, delimiter) == " ")
-              for line in head]
-    return widths.index(max(widths)) if widths else 0
+    widths = [0.0 if not line.strip() or line.lstrip().startswith("#") else
+              len(line_cells(line, delimiter)) - 0.5 * (_delimiter_of(line, delimiter) == " ") for line in head]
+    counted = [w for w in widths if w]
+    if not counted:
+        return 0
+    usual = Counter(counted).most_common(1)[0][0]
+    return next(i for i, w in enumerate(widths) if w >= usual)
 
 
 def _delimiter_of(line: str, delimiter: str) -> str:

@@ -37,7 +37,6 @@ import io
 import re
 import sqlite3
 import tempfile
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
@@ -46,7 +45,7 @@ from features.importer import (
     HEADER_SEARCH_LINES,
     csv_records,
     legacy_text,
-    line_cells,
+    likely_header,
     sniff_delimiter,
 )
 
@@ -125,7 +124,7 @@ def _insert(db: sqlite3.Connection, name: str, path: Path, text: io.TextIOBase) 
         head.append(line)
         if len(head) >= HEADER_SEARCH_LINES:
             break
-    at = header_index(head)
+    at = likely_header(head)
     delimiter = sniff_delimiter(head[at]) if head else ","
     records = csv_records(_lines(head[at:], text), delimiter)
     header = next((cells for _, cells in records), None)
@@ -149,27 +148,6 @@ def _insert(db: sqlite3.Connection, name: str, path: Path, text: io.TextIOBase) 
             batch.clear()
     db.executemany(insert, batch)
     return rows + len(batch)
-
-
-def header_index(head: list[str]) -> int:
-    r"""Index in the first lines of a file of its header: below any title, blank or ``#`` lines.
-
-    The first line as wide as most lines (cells counted, empty ones too: a header may end
-    with an unnamed column); rows wider than the header (a trailing field) do not move it.
-
-    >>> header_index(["Customers export\n", "\n", "id;person\n", "c1;p1\n", "c2;p2\n"])
-    2
-    >>> header_index(["id,id,Price,\n", "007,a,5,x\n", "008,b,2,y,extra\n", "009,c,1,z\n"])
-    0
-    """
-    # Words apart by spaces count half a cell less: a title, unless every line is so.
-    widths = [0.0 if not line.strip() or line.lstrip().startswith("#") else
-              len(line_cells(line, "auto")) - 0.5 * (sniff_delimiter(line) == " ") for line in head]
-    counted = [w for w in widths if w]
-    if not counted:
-        return 0
-    usual = Counter(counted).most_common(1)[0][0]
-    return next(i for i, w in enumerate(widths) if w >= usual)
 
 
 def _lines(head: list[str], rest: Iterator[str] | io.TextIOBase) -> Iterator[str]:

@@ -36,7 +36,7 @@ from contextlib import ExitStack, closing, contextmanager
 from dataclasses import replace
 from itertools import chain, islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from features.actions import CHANNELS, TARGETS
 from streams.cli import (
@@ -342,18 +342,18 @@ def _table_as_csv(args: argparse.Namespace, limit: int | None = None) -> Iterato
             raise ValueError("--join adds a table for --query to join: give the --query too")
         if args.table is not None and not database:
             raise ValueError(f"--table reads a SQLite database, and {path.name} is not one")
-        if args.query is not None and (joins or not database):
-            if not given:
-                raise ValueError("--query joins files: give the first one by name, not on stdin")
-            yield _joined(args, path, joins, stack, limit)
-            return
-        if book is None and not columnar and not database:
+        joined = args.query is not None and (bool(joins) or not database)
+        if joined and not given:
+            raise ValueError("--query joins files: give the first one by name, not on stdin")
+        if not joined and book is None and not columnar and not database:
             yield None
             return
         copy = stack.enter_context(tempfile.NamedTemporaryFile(
             "w", prefix="leadpulse-table-", suffix=".csv", encoding="utf-8", newline=""))
         read: WorkbookRead | TableWriter
-        if book is not None:
+        if joined:
+            read = _joined(args.query, path, joins, copy, limit)
+        elif book is not None:
             named = tuple(c for c in (getattr(args, "customer", None), getattr(args, "time", None)) if c)
             read = workbook.write_csv(book, copy, args.sheet, columns=named, limit=limit)
             names = " + ".join(repr(s.name) for s in read.sheets)
@@ -375,9 +375,8 @@ def _table_as_csv(args: argparse.Namespace, limit: int | None = None) -> Iterato
         yield read
 
 
-def _joined(args: argparse.Namespace, path: Path, joins: list[Path], stack: ExitStack,
-            limit: int | None) -> TableWriter:
-    """The rows of ``--query`` on the file and the ``--join`` files, as a temporary CSV."""
+def _joined(query: str, path: Path, joins: list[Path], out: IO[str], limit: int | None) -> TableWriter:
+    """The rows of ``--query`` on the file and the ``--join`` files, written to ``out`` as CSV."""
     from features import join_tables, sqlite_table
 
     for extra in joins:
@@ -388,13 +387,8 @@ def _joined(args: argparse.Namespace, path: Path, joins: list[Path], stack: Exit
         described = ", ".join(f"{name} ({rows:,} rows)" if rows >= 0 else f"{name} (a database)"
                               for name, rows in loaded.items())
         print(f"tables for --query: {described}", file=sys.stderr)
-        copy = stack.enter_context(tempfile.NamedTemporaryFile(  # noqa: SIM115 - the caller's stack closes it
-            "w", prefix="leadpulse-table-", suffix=".csv", encoding="utf-8", newline=""))
-        read = sqlite_table.query_csv(db, args.query, copy, "--query", limit=limit, form="query")
+        read = sqlite_table.query_csv(db, query, out, "--query", limit=limit, form="query")
     print(f"--query: {read.rows:,} rows", file=sys.stderr)
-    copy.flush()
-    args.given_file, args.file = args.file, copy.name
-    args.delimiter, args.encoding = "comma", "utf-8"
     return read
 
 
@@ -459,7 +453,7 @@ def _sample_rows(path: Path, n: int) -> tuple[list[dict[str, str]], bool]:
 
     A file without a header line gets its columns named ``column1``, ``column2``, ...
     """
-    from features.importer import HEADER_SEARCH_LINES, csv_records, sniff_delimiter, widest_line
+    from features.importer import HEADER_SEARCH_LINES, csv_records, likely_header, sniff_delimiter
     from features.inspect import looks_like_a_row
 
     with open_input(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as text:
@@ -476,7 +470,7 @@ def _sample_rows(path: Path, n: int) -> tuple[list[dict[str, str]], bool]:
             return [_flatten(obj) for obj in islice((o for o in objects if isinstance(o, dict)), n)], False
         # Title or comment lines above the header (an analytics export's "# ----").
         head = [first, *islice(text, HEADER_SEARCH_LINES - 1)]
-        at = widest_line(head)
+        at = likely_header(head)
         delimiter = sniff_delimiter(head[at]) if head else ","
         records = (cells for _, cells in csv_records(chain(head[at:], text), delimiter))
         header = next(records, [])
