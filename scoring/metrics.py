@@ -139,17 +139,24 @@ def lift_summary(probs: Floats, labels: Labels) -> dict[str, float | None]:
     }
 
 
-def ratio_ceiling(rate: float) -> float | None:
-    """The highest top/bottom decile ratio any score can reach at this outcome rate (``None``: unbounded).
+# The field's rule of thumb: a useful score's top decile has this many times its bottom's outcome rate.
+USEFUL_RATIO = 3.0
 
-    A decile holds a tenth of the examples. Above a 90% outcome rate the other nine deciles
-    cannot hold every outcome, so the bottom one holds at least ``10 x rate - 9`` of them:
-    churn where nearly everyone churns (one-time buyers) cannot rank 3 to 1, however good.
 
-    >>> round(ratio_ceiling(0.986), 2), ratio_ceiling(0.95), ratio_ceiling(0.726)
-    (1.16, 2.0, None)
+def ratio_ceiling(labels: int | None, positives: int | None) -> float | None:
+    """The highest top/bottom decile ratio any score can reach on these labels (``None``: unbounded).
+
+    A decile holds a tenth of the examples. Above a 90% outcome rate ``r`` the other nine
+    deciles cannot hold every outcome, so the bottom one holds at least ``10r - 9`` of its
+    examples' outcomes: churn where nearly everyone churns (one-time buyers) cannot rank
+    3 to 1, however good.
+
+    >>> round(ratio_ceiling(1000, 986), 2), ratio_ceiling(20, 19), ratio_ceiling(1000, 726), ratio_ceiling(0, 0)
+    (1.16, 2.0, None, None)
     """
-    bottom = 10.0 * rate - 9.0
+    if not labels or positives is None:
+        return None
+    bottom = 10.0 * positives / labels - 9.0
     return None if bottom <= 0 else 1.0 / bottom
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import pickle
 import signal
 import traceback
@@ -62,6 +63,20 @@ SHARD = "0"  # each worker's core sees one shard: its customers
 # more than the second core gave. A round ends with the batch that makes it this long.
 ROUND_EVENTS = 5_000
 ROUND_SPAN_MS = DAY_MS
+
+
+def fork_cores() -> int:
+    """The CPUs this process may fork workers onto: its share on Linux (a container's or a
+    taskset's, not the machine's); 1 elsewhere, where a forked copy of a process holding
+    numpy and matplotlib is not safe (macOS), so nothing is forked by default.
+
+    >>> fork_cores() >= 1
+    True
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return 1
 
 
 def owner(customer_id: str, workers: int) -> int:

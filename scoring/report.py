@@ -36,7 +36,6 @@ import base64
 import html
 import io
 import math
-import os
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
@@ -46,7 +45,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from scoring.metrics import ratio_ceiling
+from scoring.metrics import USEFUL_RATIO, ratio_ceiling
 
 __all__ = ["chart_ids", "compare_sentence", "versus_sentence", "write_html"]
 
@@ -59,7 +58,6 @@ OTHER_BANDS = ("#bcbddc", "#a1d99b", "#fdd0a2", "#c7e9c0")
 AUC_TIE = 0.01
 MIN_WEEK_CLASS = 5  # a weekly AUC needs this many positives and negatives, or it is not drawn
 MIN_WEEK_LABELS = 20  # and a weekly log loss this many labels
-USEFUL_RATIO = 3.0  # the field's rule of thumb for top/bottom decile outcome rates
 MIN_GROUP = 30  # smaller groups are shown but left out of max/min ratios
 
 # Charts every labelled kind gets, and the global ones (see :func:`chart_ids`).
@@ -340,11 +338,11 @@ def _headline_sentence(k: dict[str, Any]) -> str:
                      f" on the model's own {_pct(share, 0)} its AUC is {warm['auc']:.3f}.")
     ratio = k.get("top_bottom_decile_ratio")
     if ratio is not None:
-        rate = k["positives"] / k["labels"] if k.get("labels") else 0.0
-        ceiling = ratio_ceiling(rate)
+        ceiling = ratio_ceiling(k.get("labels"), k.get("positives"))
         if ceiling is not None and ceiling < USEFUL_RATIO:
             sentence += (
-                f" Its top decile converts {ratio:.1f}× as often as its bottom decile; at a {_pct(rate)} "
+                f" Its top decile converts {ratio:.1f}× as often as its bottom decile; at a "
+                f"{_pct(k['positives'] / k['labels'])} "
                 f"outcome rate no score can reach more than {ceiling:.2f}×, so the {USEFUL_RATIO:.0f}× rule "
                 "of thumb does not apply"
             )
@@ -422,13 +420,12 @@ def _render_all(draws: list[Callable[[], Figure | str]]) -> list[tuple[bool, str
     global _PENDING
     import multiprocessing
 
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = 1
+    from scoring.parallel import fork_cores
+
+    cores = fork_cores()
     _PENDING = draws
     try:
-        if len(draws) >= PARALLEL_MIN_CHARTS and cores > 1 and "fork" in multiprocessing.get_all_start_methods():
+        if len(draws) >= PARALLEL_MIN_CHARTS and cores > 1:
             try:
                 with multiprocessing.get_context("fork").Pool(min(cores, MAX_CHART_PROCESSES)) as pool:
                     return pool.map(_render_one, range(len(draws)), chunksize=1)
@@ -710,7 +707,7 @@ def _model_rows(k: dict[str, Any], prefix: str = "") -> list[list[str]]:
     for name, s in entries:
         ratio = s.get("top_bottom_decile_ratio")
         flag = ""
-        ceiling = ratio_ceiling(s["positives"] / s["labels"]) if s.get("labels") and s.get("positives") is not None else None
+        ceiling = ratio_ceiling(s.get("labels"), s.get("positives"))
         if ratio is not None and (ceiling is None or ceiling >= USEFUL_RATIO):
             flag = ' class="good"' if ratio >= USEFUL_RATIO else ' class="weak"'
         rows.append([

@@ -100,6 +100,10 @@ def _duration(seconds: float) -> str:
     return f"{s // 3_600} h {s % 3_600 // 60} min"
 
 
+# How packed files begin (open_input unpacks them; auto_workers counts them unpacked).
+GZIP_MAGIC, BZIP2_MAGIC, XZ_MAGIC, ZIP_MAGIC = b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"PK\x03\x04"
+
+
 def open_input(path: Path) -> IO[bytes]:
     r"""Open a data file for reading bytes, decompressing it on the fly when it is packed.
 
@@ -123,24 +127,26 @@ def open_input(path: Path) -> IO[bytes]:
     """
     with open(path, "rb") as probe:
         head = probe.read(8)
-    if head.startswith(b"\x1f\x8b"):
+    if head.startswith(GZIP_MAGIC):
         return gzip.open(path, "rb")  # type: ignore[return-value]
-    if head.startswith(b"BZh"):
+    if head.startswith(BZIP2_MAGIC):
         import bz2
 
         return bz2.open(path, "rb")
-    if head.startswith(b"\xfd7zXZ\x00"):
+    if head.startswith(XZ_MAGIC):
         import lzma
 
         return lzma.open(path, "rb")
-    if head.startswith(b"PK\x03\x04"):
+    if head.startswith(ZIP_MAGIC):
         return _open_zip_member(path)
     if head.startswith(b"PAR1"):
         raise ValueError(
             f"{path.name} is a Parquet file: turn its rows into events first with "
             "`leadpulse import-transactions` or `import-events`, which read Parquet with pyarrow "
             "installed (pip install 'leadpulse[parquet]')")
-    if head.startswith(b"SQLite f"):
+    from features.sqlite_table import MAGIC as SQLITE_MAGIC
+
+    if head.startswith(SQLITE_MAGIC[:8]):
         raise ValueError(
             f"{path.name} is a SQLite database: turn a table of it into events first with "
             "`leadpulse import-transactions` or `import-events` (--table NAME, or --query 'select ...')")
@@ -270,7 +276,7 @@ def _plain(obj: Any) -> dict[str, Any]:
 def cmd_backtest(args: argparse.Namespace) -> int:
     from scoring.backtest import BacktestConfig, run_backtest, write_report
     from scoring.config import load_scoring_config
-    from scoring.parallel import ShardedCore
+    from scoring.parallel import ShardedCore, fork_cores
     from streams.runtime import tune_gc
 
     tune_gc()  # a replay allocates by the million and frees nearly all of it at once
@@ -296,7 +302,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     sharded = workers > 1
     if sharded and not args.workers:
         print(f"replaying on {workers} worker processes, customers hashed over them (a large file, "
-              f"{usable_cores()} cores; --workers 1 for one process)", file=sys.stderr)
+              f"{fork_cores()} cores; --workers 1 for one process)", file=sys.stderr)
     for i, scfg in enumerate(configs):
         core = _core(scfg, args.redis)
         bcfg = BacktestConfig(
@@ -374,20 +380,8 @@ def _write_html(out_dir: Path, reports: list[dict[str, Any]]) -> None:
 AUTO_WORKERS_MIN_BYTES = 4 << 20
 # A packed file (gzip, bzip2, xz, zip) counts as this many times its size: JSON Lines of
 # events pack 6-10 to 1 (the 2k-customer simulation: 44 MB, 5.1 MB gzipped).
-PACKED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"PK\x03\x04")
+PACKED_MAGIC = (GZIP_MAGIC, BZIP2_MAGIC, XZ_MAGIC, ZIP_MAGIC)
 PACKED_RATIO = 6
-
-
-def usable_cores() -> int:
-    """The CPUs this process may run on (a container's or taskset's share, not the machine's).
-
-    >>> usable_cores() >= 1
-    True
-    """
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def auto_workers(path: Path, configs: list[Any], redis: bool, cores: int | None = None) -> int:
@@ -395,7 +389,7 @@ def auto_workers(path: Path, configs: list[Any], redis: bool, cores: int | None 
 
     Two where they are known to be quicker and to give the report any worker count gives:
     a file of at least :data:`AUTO_WORKERS_MIN_BYTES` on the in-process store, two or more
-    usable cores, the fork start method (Linux), and learned kinds that are logistic and
+    cores to fork onto (:func:`~scoring.parallel.fork_cores`: Linux), and learned kinds that are logistic and
     learn at horizon close (a tree or forest is shipped whole to the workers each round,
     and ``learn_at: fresh`` loses its freshness to the rounds). More than two were not
     measured here: ``--workers N`` asks for them.
@@ -404,10 +398,10 @@ def auto_workers(path: Path, configs: list[Any], redis: bool, cores: int | None 
     >>> auto_workers(Path("no-such-file"), [load_scoring_config(None)], redis=False, cores=2)
     1
     """
-    import multiprocessing
+    from scoring.parallel import fork_cores
 
-    cores = usable_cores() if cores is None else cores
-    if redis or cores < 2 or "fork" not in multiprocessing.get_all_start_methods():
+    cores = fork_cores() if cores is None else cores
+    if redis or cores < 2:
         return 1
     try:
         if not path.is_file():
@@ -456,6 +450,7 @@ def _looks_like_csv(path: Path) -> bool:
 
 def _headline(reports: list[dict[str, Any]]) -> str:
     from features.importer import one_order_each_note
+    from scoring.parallel import fork_cores
     from scoring.report import interval_text
 
     lines = []
@@ -525,7 +520,7 @@ def _headline(reports: list[dict[str, Any]]) -> str:
         for kind, k in rep["kinds"].items():
             if k.get("by_moment"):
                 lines.append(f"  {kind} by scoring moment: " + _moments(k["by_moment"]))
-        for hint in (_idle_hint(rep), _workers_hint(rep, usable_cores()), _sample_hint(rep)):
+        for hint in (_idle_hint(rep), _workers_hint(rep, fork_cores()), _sample_hint(rep)):
             if hint:
                 lines.append(hint)
         lines.extend(_ceiling_hints(rep))
@@ -601,17 +596,14 @@ def _ceiling_hints(rep: dict[str, Any]) -> list[str]:
     >>> _ceiling_hints({"kinds": {"churn_risk": {"labels": 1000, "positives": 986}, "x": {"labels": 0}}})
     ['  note: churn_risk: 98.6% of its labels are positive, so no score can reach a top/bottom decile ratio above 1.16 (read its AUC)']
     """
-    from scoring.metrics import ratio_ceiling
+    from scoring.metrics import USEFUL_RATIO, ratio_ceiling
 
     notes = []
     for kind, k in rep["kinds"].items():
-        if not k.get("labels"):
-            continue
-        rate = k.get("positives", 0) / k["labels"]
-        ceiling = ratio_ceiling(rate)
-        if ceiling is not None and ceiling < 3.0:
-            notes.append(f"  note: {kind}: {100 * rate:.1f}% of its labels are positive, so no score can reach "
-                         f"a top/bottom decile ratio above {ceiling:.2f} (read its AUC)")
+        ceiling = ratio_ceiling(k.get("labels"), k.get("positives"))
+        if ceiling is not None and ceiling < USEFUL_RATIO:
+            notes.append(f"  note: {kind}: {100 * k['positives'] / k['labels']:.1f}% of its labels are positive, "
+                         f"so no score can reach a top/bottom decile ratio above {ceiling:.2f} (read its AUC)")
     return notes
 
 

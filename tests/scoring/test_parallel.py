@@ -140,9 +140,10 @@ def test_cli_workers(history: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_cli_shards_a_large_file_by_default(
     history: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    import scoring.parallel as parallel
     import streams.cli as cli
 
-    monkeypatch.setattr(cli, "usable_cores", lambda: 2)
+    monkeypatch.setattr(parallel, "fork_cores", lambda: 2)
     assert main(["backtest", str(history), "--out", str(tmp_path / "small"), "--no-batch-baseline"]) == 0
     small = json.loads((tmp_path / "small" / "report.json").read_text())
     assert history.stat().st_size < cli.AUTO_WORKERS_MIN_BYTES
@@ -175,7 +176,7 @@ def test_cli_replays_in_one_process_when_no_worker_can_start(
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
     monkeypatch.setattr(parallel, "_Process", no_fork)
-    monkeypatch.setattr(cli, "usable_cores", lambda: 2)
+    monkeypatch.setattr(parallel, "fork_cores", lambda: 2)
     monkeypatch.setattr(cli, "AUTO_WORKERS_MIN_BYTES", 1)
     assert main(["backtest", str(history), "--out", str(tmp_path / "auto"), "--no-batch-baseline"]) == 0
     assert "replaying in one" in capsys.readouterr().err
@@ -201,7 +202,7 @@ def test_compare_never_replays_its_two_configurations_in_different_modes(
         return real(*args)
 
     monkeypatch.setattr(parallel, "_Process", second_replay_cannot_fork)
-    monkeypatch.setattr(cli, "usable_cores", lambda: 2)
+    monkeypatch.setattr(parallel, "fork_cores", lambda: 2)
     monkeypatch.setattr(cli, "AUTO_WORKERS_MIN_BYTES", 1)
     other = tmp_path / "other.yaml"
     other.write_text("kinds:\n  purchase_propensity:\n    horizon: 14d\n")
