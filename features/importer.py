@@ -980,7 +980,7 @@ HEADER_SEARCH_LINES = 50
 def _header_line(head: list[str], config: ImportConfig, delimiter: str) -> int:
     r"""Index in ``head`` of the first line naming the customer and time columns.
 
-    When none does (a misspelt column), the widest line: the header the import then
+    When none does (a misspelt column), :func:`likely_header`: the header the import then
     refuses, listing its columns, rather than a title line above it.
 
     >>> cfg = ImportConfig(customer="Client", time="Date", amount="Revenue")
