@@ -561,6 +561,8 @@ _CLOCK = r"(?:[ T,]+(?P<H>\d{1,2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d{1,6
 _SLASH = re.compile(r"(?P<a>\d{1,2})(?P<sep>[/.-])(?P<b>\d{1,2})[/.-](?P<y>\d{4}|\d{2})" + _CLOCK)
 # The year first, with slashes or dots (2011/12/09, as Japanese and some ERP exports write it).
 _YMD = re.compile(r"(?P<y>\d{4})[/.](?P<b>\d{1,2})[/.](?P<a>\d{1,2})" + _CLOCK)
+# ISO's dashes with a 12-hour clock (2011-12-09 12:50 PM), which ISO parsing refuses.
+_YMD_12H = re.compile(r"(?P<y>\d{4})-(?P<b>\d{1,2})-(?P<a>\d{1,2})" + _CLOCK)
 # Month names (English): 05-Apr-2023, 5 April 2023, Apr 5, 2023, and RFC 2822 mail dates
 # (Wed, 05 Apr 2023 13:22:10 +0200), as CRM, mail and Oracle or Excel exports write them.
 _MONTH_NAMES = ("january", "february", "march", "april", "may", "june", "july", "august",
@@ -705,8 +707,8 @@ def parse_time(
     (1323435000000, 1323435000000, 1323388800000)
     >>> parse_time("12/9/2011 12:50", date_order="mdy"), parse_time("9.12.2011 12:50", date_order="dmy")
     (1323435000000, 1323435000000)
-    >>> parse_time("12/9/2011 12:50 PM", date_order="mdy")
-    1323435000000
+    >>> parse_time("12/9/2011 12:50 PM", date_order="mdy"), parse_time("2011-12-09 12:50 PM")
+    (1323435000000, 1323435000000)
     >>> parse_time("09-12-2011 12:50", date_order="dmy"), parse_time("2011/12/09 12:50")
     (1323435000000, 1323435000000)
     >>> parse_time("09/12/2011 12:50", "%d/%m/%Y %H:%M")
@@ -774,7 +776,12 @@ def parse_time(
         raise RowProblem("bad time: a number that is neither epoch seconds (10 digits), milliseconds (13), "
                          "microseconds (16), nanoseconds (19) nor YYYYMMDD (use --time-format; a day number: days:DATE)")
     m = _slash(s)
-    year_first = m is None and (m := _YMD.fullmatch(s)) is not None
+    year_first = False
+    if m is None:
+        m = _YMD.fullmatch(s)
+        if m is None and (dashed := _YMD_12H.fullmatch(s)) is not None and dashed["p"]:
+            m = dashed
+        year_first = m is not None
     if m:
         a, b = int(m["a"]), int(m["b"])
         if a > 12 and b > 12:

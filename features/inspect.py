@@ -146,11 +146,14 @@ def looks_like_a_row(first_line: list[str]) -> bool:
 
 
 def _read(p: ColumnProfile, cell: str) -> None:
-    try:
-        parse_time(cell, date_order="dmy")
+    # Either date order: a US export's 08/29/2020 is a time too (the import settles the order).
+    for order in ("dmy", "mdy"):
+        try:
+            parse_time(cell, date_order=order)
+        except (RowProblem, ValueError):
+            continue
         p.times += 1
-    except (RowProblem, ValueError):
-        pass
+        break
     for comma in (False, True):  # 12.50, or a European export's 12,50
         try:
             number = parse_number(cell, comma)

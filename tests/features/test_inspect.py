@@ -46,6 +46,14 @@ SHAPES = {
         {"customer": "customer_id", "time": "created_at", "order": "order_id", "amount": "total",
          "currency": "currency", "status": "status"},
     ),
+    # Month first over a whole year: most days are above 12, so most cells read month/day/year only.
+    "a US shop export (12-hour clock)": (
+        lambda i, r: {"Order ID": str(1000 + i), "Customer Email": f"buyer{r.randint(1, 300)}@example.com",
+                      "Order Date": (datetime(2020, 1, 1) + timedelta(hours=4 * i + r.randint(0, 3)))
+                      .strftime("%m/%d/%Y %I:%M %p"),
+                      "Total": r.choice(["$1,922.33", "$49.00", "($39.00)"]), "Status": r.choice(["Completed", "Refunded"])},
+        {"customer": "Customer Email", "time": "Order Date", "order": "Order ID", "amount": "Total", "status": "Status"},
+    ),
     "a German ERP export": (
         lambda i, r: {"Kundennummer": str(r.randint(10000, 10300)), "Rechnungsdatum": _when(i, r, "%d.%m.%Y"),
                       "Belegnummer": str(4711 + i), "Betrag": f"{r.randint(100, 99999) / 100:.2f}".replace(".", ",")},
