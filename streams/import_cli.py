@@ -436,6 +436,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print("  no amount column found: add --amount COL (or --price and --quantity)")
     elif "currency" not in pick:
         print("  amounts are read as EUR: add --default-currency CODE (or --currency COL)")
+    customer = next(p for p in profiles if p.name == pick["customer"])
+    if customer.share(customer.emails) >= 0.5:  # the import says it too, after the fact
+        print("  customer ids are e-mail addresses: add --hash-customers to keep them out of Kafka and Redis "
+              "keys (its key in LEADPULSE_CUSTOMER_KEY)")
     action = next((p for p in profiles if p.name == pick.get("action")), None)
     if action is not None and action.share(action.actions) < 1.0:
         print("  some action words are not ones the import knows: add --others page_view (or skip), "

@@ -394,6 +394,33 @@ def test_inspect_suggests_an_import_that_runs(tmp_path: Path, capsys) -> None:
     assert "--customer Client --time Date --amount Total" in capsys.readouterr().out
 
 
+def test_inspect_reads_a_us_export_and_says_to_hash_e_mail_ids(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Month-first dates with a 12-hour clock over a year, and customers known by their e-mail."""
+    import random
+    import shlex
+    from datetime import datetime, timedelta
+
+    rng = random.Random(5)
+    src = tmp_path / "orders.csv"
+    rows = ["Order ID,Order Date,Customer Email,Total"]
+    for i in range(2_000):
+        when = datetime(2020, 1, 1) + timedelta(hours=4 * i + rng.randint(0, 3))
+        rows.append(f'{1000 + i},{when:%m/%d/%Y %I:%M %p},buyer{rng.randint(1, 300)}@example.com,"${rng.randint(1, 3000):,}.50"')
+    src.write_text("\r\n".join(rows) + "\r\n", encoding="utf-8-sig")
+    assert main(["inspect", str(src)]) == 0
+    out = capsys.readouterr().out
+    suggested = next(line.strip() for line in out.splitlines() if line.strip().startswith("leadpulse "))
+    assert "--customer 'Customer Email' --time 'Order Date'" in suggested and "--hash-customers" in out
+    assert "example.com" not in out
+    monkeypatch.setenv("LEADPULSE_CUSTOMER_KEY", "a-secret-of-sixteen-chars")
+    argv = shlex.split(suggested)[1:] + ["--hash-customers", "--default-currency", "USD"]
+    argv[argv.index("--out") + 1] = str(tmp_path / "events.jsonl")
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["events_written"] == 2_000 and summary["date_order"].startswith("mdy")
+    assert "example.com" not in (tmp_path / "events.jsonl").read_text()
+
+
 @pytest.mark.parametrize("command", ["import-transactions", "inspect", "backtest"])
 def test_inputs_that_cannot_be_read_get_a_reason_not_a_traceback(tmp_path: Path, capsys, command: str) -> None:
     folder = tmp_path / "a-folder"
