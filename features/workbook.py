@@ -198,7 +198,15 @@ def _column(ref: str) -> int:
 
 
 def _number(text: str) -> str:
-    value = float(text)
+    """A number cell's text as the import reads it; what is not a number stays as written.
+
+    >>> _number("12.0"), _number("0.1"), _number("n/a")
+    ('12', '0.1', 'n/a')
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        return text
     if value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     return repr(value)
@@ -210,7 +218,10 @@ def _date(text: str, epoch: datetime) -> str:
     >>> _date("40513.354166666664", _EPOCH_1900), _date("0.5573", _EPOCH_1900), _date("1e12", _EPOCH_1900)
     ('2010-12-01 08:30:00', '13:22:30.720', '1000000000000')
     """
-    serial = float(text)
+    try:
+        serial = float(text)
+    except ValueError:
+        return text  # not a serial: the text, for the import to refuse with its reason
     try:
         moment = epoch + timedelta(milliseconds=round(serial * 86_400_000))
     except OverflowError:
@@ -257,8 +268,8 @@ def sheet_rows(z: zipfile.ZipFile, sheet: Sheet, book: _Book | None = None) -> I
                     text = "" if inline is None else _text(inline)
                 else:
                     v = c.findtext(v_tag)
-                    if v is None:
-                        text = ""
+                    if v is None or not v.strip():
+                        text = ""  # a formula never calculated: openpyxl and pandas write an empty <v/>
                     elif kind is None or kind == "n":
                         if int(c.get("s", "0")) in date_styles:
                             text = dates.get(v) or dates.setdefault(v, _date(v, epoch))

@@ -272,6 +272,24 @@ def test_a_date_column_and_a_time_column(tmp_path: Path, capsys) -> None:
         ("k1", "2023-04-05T11:22:10.000+00:00", 12.5), ("k2", "2023-04-05T22:05:00.000+00:00", 3.0)]
 
 
+def test_formulas_never_calculated_read_as_empty_cells(tmp_path: Path, capsys) -> None:
+    """openpyxl and pandas write a formula with an empty cached value: no value, not a failure."""
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["customer", "date", "amount", "total"])
+    for i in range(20):
+        sheet.append([f"c{i % 7}", datetime(2022, 1, 1) + timedelta(days=9 * i), 10.5 + i, f"=C{i + 2}*2"])
+    path = tmp_path / "formulas.xlsx"
+    book.save(path)
+    rows = [cells for _, cells in sheet_rows(zipfile.ZipFile(path), sheets(zipfile.ZipFile(path))[0])]
+    assert rows[1] == ["c0", "2022-01-01 00:00:00", "10.5"]  # the formula's cell is empty, so trimmed
+    assert main(["inspect", str(path)]) == 0
+    assert "--customer customer --time date --amount amount" in capsys.readouterr().out
+    code = main(["import-transactions", str(path), "--customer", "customer", "--time", "date", "--amount", "amount",
+                 "--out", str(tmp_path / "f.jsonl")])
+    assert code == 0 and json.loads(capsys.readouterr().out)["events_written"] == 20
+
+
 def test_damaged_files_are_refused_with_a_reason(tmp_path: Path, capsys) -> None:
     """A download cut short, or a part of it damaged: a reason, never a traceback, nothing half-imported."""
     import pyarrow as pa
