@@ -457,17 +457,28 @@ def _sample_rows(path: Path, n: int) -> tuple[list[dict[str, str]], bool]:
 
     A file without a header line gets its columns named ``column1``, ``column2``, ...
     """
-    from features.importer import HEADER_SEARCH_LINES, csv_records, likely_header, sniff_delimiter
+    from features.importer import (
+        HEADER_SEARCH_LINES,
+        csv_records,
+        legacy_text,
+        likely_header,
+        sniff_delimiter,
+    )
     from features.inspect import looks_like_a_row
 
-    with open_input(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as text:
-        first = text.readline()
+    with open_input(path) as raw:
+        # Decoded as the imports decode it: UTF-16 by its byte order mark, and bytes that are
+        # not UTF-8 as Windows-1252, so the names inspect suggests are the ones the import reads.
+        encoding = _encoding(raw, DEFAULT_ENCODING)
+        wrapper = io.TextIOWrapper(raw, encoding=encoding, errors="surrogateescape", newline="")
+        text: Iterator[str] = map(legacy_text, wrapper) if encoding == DEFAULT_ENCODING else iter(wrapper)
+        first = next(text, "")
         start = first.lstrip(" \t\r\n")[:1]
         if start in ("{", "["):
             import orjson
 
             if start == "[":
-                items = orjson.loads(first + text.read())
+                items = orjson.loads(first + "".join(text))
                 objects: Iterable[Any] = items if isinstance(items, list) else []
             else:
                 objects = (_json_or_none(line) for line in chain([first], text) if line.strip())

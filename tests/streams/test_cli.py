@@ -421,6 +421,26 @@ def test_inspect_reads_a_us_export_and_says_to_hash_e_mail_ids(tmp_path: Path, c
     assert "example.com" not in (tmp_path / "events.jsonl").read_text()
 
 
+@pytest.mark.parametrize("encoding", ["cp1252", "utf-16"])
+def test_inspect_decodes_a_file_as_the_import_does(tmp_path: Path, capsys, encoding: str) -> None:
+    """An older ERP's Windows-1252 and Excel's "Unicode text" (UTF-16): the suggestion runs as printed."""
+    import shlex
+
+    src = tmp_path / "belege.csv"
+    lines = ["Kundennummer;Belegdatum;Betrag;Währung"]
+    lines += [f"{i % 60:06d};{1 + i % 28:02d}.{1 + i % 12:02d}.2022;1.{i % 1000:03d},50 €;EUR" for i in range(300)]
+    src.write_bytes("\r\n".join(lines).encode(encoding))  # Python's utf-16 writes the byte order mark
+    assert main(["inspect", str(src)]) == 0
+    out = capsys.readouterr().out
+    suggested = next(line.strip() for line in out.splitlines() if line.strip().startswith("leadpulse "))
+    assert "--amount Betrag --currency Währung" in suggested.replace("'", "")
+    argv = shlex.split(suggested)[1:]
+    argv[argv.index("--out") + 1] = str(tmp_path / "events.jsonl")
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["events_written"] == 300 and summary["rows_skipped"] == 0
+
+
 @pytest.mark.parametrize("command", ["import-transactions", "inspect", "backtest"])
 def test_inputs_that_cannot_be_read_get_a_reason_not_a_traceback(tmp_path: Path, capsys, command: str) -> None:
     folder = tmp_path / "a-folder"
