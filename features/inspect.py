@@ -47,7 +47,7 @@ _NAMES: dict[str, tuple[str, ...]] = {
                  "email", "distinct_id", "person", "shopper", "cliente", "usuario", "household", "cust"),
     "time": ("time", "date", "timestamp", "created", "datum", "ts", "when", "at", "fecha", "zeit"),
     "amount": ("amount", "total", "revenue", "value", "sales", "spend", "betrag", "umsatz", "price_total",
-               "payment", "sum", "montant", "importe", "dollars"),
+               "payment", "sum", "montant", "importe", "dollars", "gross"),
     "order": ("order", "invoice", "transaction", "receipt", "basket", "bestell", "rechnung", "commande", "pedido"),
     "quantity": ("quantity", "qty", "units", "menge", "anzahl", "count", "cds", "items"),
     "price": ("price", "unit_price", "unitprice", "preis", "prix", "precio"),
@@ -60,6 +60,15 @@ _NAMES: dict[str, tuple[str, ...]] = {
     "day_number": ("day", "day_no", "day_number", "days"),
     "clock": ("trans_time", "time_of_day", "clock", "hour_minute", "uhrzeit", "heure"),
 }
+# Money beside an order's value, never its amount or quantity ("Discount Amount" holds "count",
+# PayPal's "Shipping and Handling Amount" says amount): a shop export has several of them.
+_NOT_AN_ORDER_VALUE = ("discount", "rabatt", "remise", "shipping", "versand", "handling", "freight", "postage",
+                       "tax", "vat", "mwst", "fee", "tip", "commission", "refund", "balance", "coupon", "weight")
+# Three-letter codes a payment tool writes in lower case (Stripe's "usd"); upper case needs no list.
+_LOWER_CURRENCIES = frozenset(
+    "usd eur gbp jpy cny cad aud nzd chf sek nok dkk pln czk huf ron bgn inr brl mxn zar sgd hkd krw try "
+    "ils aed sar thb idr myr php twd ars clp cop pen rub uah".split())
+_ORDER_MARK = re.compile(r"#\d+")  # Shopify's order names: #1001
 
 
 @dataclass
@@ -77,7 +86,9 @@ class ColumnProfile:
     emails: int = 0
     statuses: int = 0  # cells that are a status word the import knows
     actions: int = 0  # cells that are an action word the import knows
-    currencies: int = 0  # three-letter upper-case codes
+    currencies: int = 0  # three-letter upper-case codes (or a known one in lower case)
+    refunds: int = 0  # cells that are a refund word (of the statuses)
+    order_marks: int = 0  # cells such as #1001
     max_len: int = 0
     vocabulary: dict[str, int] = field(default_factory=dict)  # its values, when a small vocabulary
 
@@ -168,10 +179,13 @@ def _read(p: ColumnProfile, cell: str) -> None:
     word = norm_action(cell)
     if word in COMPLETED_STATUSES or word in REFUND_STATUSES:
         p.statuses += 1
+        p.refunds += word in REFUND_STATUSES
     if word in ACTION_ALIASES:
         p.actions += 1
-    if len(cell) == 3 and cell.isalpha() and cell.isupper():
+    if len(cell) == 3 and cell.isalpha() and (cell.isupper() or cell in _LOWER_CURRENCIES):
         p.currencies += 1
+    if cell[0] == "#" and _ORDER_MARK.fullmatch(cell):
+        p.order_marks += 1
 
 
 def _named(p: ColumnProfile, role: str) -> bool:
@@ -214,24 +228,34 @@ def suggest(profiles: list[ColumnProfile]) -> dict[str, str]:
     # reads at least as well as a status, it is one, and the table is of orders, not events.
     statuses = {p.name for p in full if p.share(p.statuses) >= 0.5
                 and p.share(p.statuses) + _named(p, "status") >= p.share(p.actions) + _named(p, "action")}
+    # One value throughout (Stripe's Description "Order") tells no rows apart: only a column
+    # named as the action is one then (an export of opens alone).
     take("action", ((p.share(p.actions) + _named(p, "action"), p) for p in full
                     if (p.share(p.actions) >= 0.5 or _named(p, "action") and p.share(p.actions) >= 0.2)
-                    and p.distinct <= 200 and p.name not in statuses))
-    take("status", ((p.share(p.statuses) + _named(p, "status"), p) for p in full
-                    if p.share(p.statuses) >= 0.5 and p.distinct <= 50))
+                    and p.distinct <= 200 and p.name not in statuses and (p.distinct > 1 or _named(p, "action"))))
+    # Of two status columns (Shopify's financial and fulfilment statuses), the one with refunds.
+    take("status", ((p.share(p.statuses) + _named(p, "status") + 0.5 * (p.refunds > 0), p) for p in full
+                    if p.share(p.statuses) >= 0.5 and 1 < p.distinct <= 50))
     take("currency", ((p.share(p.currencies) + _named(p, "currency"), p) for p in full
                       if p.share(p.currencies) >= 0.9 and p.distinct <= 50))
     # Ids: text or whole numbers, not times, with more values than a vocabulary has.
     # (GA4's user_pseudo_id reads as a decimal number, 1234567890.1680700930: named as an id, it is one.)
+    # (Ten-digit ids read as epoch seconds: one named as an id is an id, once the time is picked.)
     ids = [p for p in full if (p.share(p.decimals) < 0.05 or _named(p, "customer") and not _named(p, "amount"))
-           and p.max_len <= 200 and p.share(p.times) < 0.5 and (p.distinct > 30 or p.distinct > p.filled / 10)]
-    take("customer", ((1.0 + 2 * _named(p, "customer") + _id_named(p) + p.share(p.emails)
-                       - p.distinct / p.filled / 2, p) for p in ids if p.distinct < p.filled))
+           and p.max_len <= 200 and (p.share(p.times) < 0.5 or _id_named(p) and p.name != pick.get("time"))
+           and (p.distinct > 30 or p.distinct > p.filled / 10)]
+    # An id named as the customer's before an address (Stripe's Customer ID, then its Customer Email).
+    take("customer", ((1.0 + 2 * _named(p, "customer") + _id_named(p) + 0.4 * p.share(p.emails)
+                       - p.distinct / p.filled / 2, p) for p in ids if p.distinct < p.filled
+                      and p.share(p.order_marks) < 0.5))
     if "customer" not in pick:  # a sample too small for anyone to repeat: the name decides
         take("customer", ((1.0 + _id_named(p), p) for p in ids if _named(p, "customer")))
-    take("order", ((1.0 + 2 * _named(p, "order") + _id_named(p) - abs(0.5 - p.distinct / p.filled), p)
-                   for p in ids if _named(p, "order")))
-    money = [p for p in full if p.share(p.numbers) >= 0.9]
+    take("order", ((1.0 + 2 * _named(p, "order") + _id_named(p) + p.share(p.order_marks)
+                    - abs(0.5 - p.distinct / p.filled), p)
+                   for p in ids if _named(p, "order") or p.share(p.order_marks) >= 0.9))
+    # One value throughout (a shipping fee of 0.00) is no order's value, quantity or price.
+    money = [p for p in full if p.share(p.numbers) >= 0.9 and p.distinct > 1
+             and not _beside_the_value(p.name)]
     # Line items (a unit price and a quantity) before a row total: a price is no order's amount.
     take("price", ((p.share(p.decimals) + 2 * _named(p, "price"), p) for p in money if _named(p, "price")))
     take("quantity", ((2 * _named(p, "quantity") - p.share(p.decimals), p) for p in money if _named(p, "quantity")))
@@ -245,9 +269,19 @@ def suggest(profiles: list[ColumnProfile]) -> dict[str, str]:
     return pick
 
 
+def _beside_the_value(name: str) -> bool:
+    """Whether a column's name says it holds a discount, fee, tax or the like (a word of it starts so).
+
+    >>> [_beside_the_value(n) for n in ("Discount Amount", "TotalTax", "Amount Refunded", "Coffee Sales", "Total")]
+    [True, True, True, False, False]
+    """
+    words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", name).lower())
+    return any(word.startswith(_NOT_AN_ORDER_VALUE) for word in words)
+
+
 def _id_named(p: ColumnProfile) -> float:
     """0.5 for a name that says it is an id (``user_id``, ``CustomerID``, ``invoice_no``)."""
-    name = p.name.lower().replace(".", "_")
+    name = norm_action(p.name).replace(".", "_")  # "Customer ID" too
     return 0.5 if re.search(r"(^|_|[a-z])(id|no|nr|number|num|key)$", name) else 0.0
 
 

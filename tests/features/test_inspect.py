@@ -54,6 +54,35 @@ SHAPES = {
                       "Total": r.choice(["$1,922.33", "$49.00", "($39.00)"]), "Status": r.choice(["Completed", "Refunded"])},
         {"customer": "Customer Email", "time": "Order Date", "order": "Order ID", "amount": "Total", "status": "Status"},
     ),
+    # Order fields on an order's first line only; a fulfilment status that never changes; a
+    # discount column whose name holds "count"; "#1001" order names.
+    "Shopify orders export": (
+        lambda i, r: {"Name": f"#{1001 + i // 2}", "Email": f"user{r.randint(1, 300)}@example.com",
+                      "Financial Status": r.choice(["paid"] * 8 + ["refunded", "pending"]) if i % 2 == 0 else "",
+                      "Paid at": _when(i, r, "%Y-%m-%d %H:%M:%S -0500") if i % 2 == 0 else "",
+                      "Fulfillment Status": "fulfilled" if i % 2 == 0 else "",
+                      "Currency": "USD" if i % 2 == 0 else "", "Total": f"{r.randint(500, 25000) / 100:.2f}"
+                      if i % 2 == 0 else "", "Discount Amount": "0.00" if i % 2 == 0 else "",
+                      "Lineitem quantity": str(r.randint(1, 3)), "Lineitem price": f"{r.randint(500, 9000) / 100:.2f}"},
+        {"customer": "Email", "time": "Paid at", "order": "Name", "status": "Financial Status",
+         "quantity": "Lineitem quantity", "price": "Lineitem price", "amount": "Total", "currency": "Currency"},
+    ),
+    # A constant description that reads as an action word, lower-case currencies, fees beside the amount.
+    "Stripe charges": (
+        lambda i, r: {"id": f"ch_{i:024d}", "Description": "Order", "Created (UTC)": _when(i, r, "%Y-%m-%d %H:%M"),
+                      "Amount": f"{r.randint(500, 25000) / 100:.2f}", "Amount Refunded": r.choice(["0.00"] * 9 + ["12.00"]),
+                      "Currency": "usd", "Fee": f"{r.randint(30, 900) / 100:.2f}",
+                      "Status": r.choice(["Paid"] * 8 + ["Failed", "Refunded"]),
+                      "Customer ID": f"cus_{r.randint(1, 300):014d}", "Customer Email": f"b{r.randint(1, 300)}@example.com"},
+        {"customer": "Customer ID", "time": "Created (UTC)", "amount": "Amount", "currency": "Currency",
+         "status": "Status", "action": None},
+    ),
+    # Ten-digit customer numbers read as epoch seconds too.
+    "ten-digit customer ids": (
+        lambda i, r: {"Customer ID": str(1_600_000_000 + r.randint(1, 150) * 7919), "Order Date": _when(i, r),
+                      "Order Total": f"{r.randint(500, 25000) / 100:.2f}"},
+        {"customer": "Customer ID", "time": "Order Date", "amount": "Order Total"},
+    ),
     "a German ERP export": (
         lambda i, r: {"Kundennummer": str(r.randint(10000, 10300)), "Rechnungsdatum": _when(i, r, "%d.%m.%Y"),
                       "Belegnummer": str(4711 + i), "Betrag": f"{r.randint(100, 99999) / 100:.2f}".replace(".", ",")},
@@ -93,7 +122,7 @@ def test_the_columns_each_role_needs_are_found(shape: str) -> None:
     pick = suggest(profile(_rows(2_000, make)))
     assert {role: pick.get(role) for role in expected} == expected
     line = command("export.csv", pick, event_log="action" in pick)
-    assert line.startswith("leadpulse import-events" if "action" in expected else "leadpulse import-transactions")
+    assert line.startswith("leadpulse import-events" if expected.get("action") else "leadpulse import-transactions")
 
 
 def test_no_cell_value_is_shown_but_status_action_and_currency_words() -> None:
