@@ -65,9 +65,11 @@ _NAMES: dict[str, tuple[str, ...]] = {
 _NOT_AN_ORDER_VALUE = ("discount", "rabatt", "remise", "shipping", "versand", "handling", "freight", "postage",
                        "tax", "vat", "mwst", "fee", "tip", "commission", "refund", "balance", "coupon", "weight")
 # Three-letter codes a payment tool writes in lower case (Stripe's "usd"); upper case needs no list.
-_LOWER_CURRENCIES = frozenset(
-    "usd eur gbp jpy cny cad aud nzd chf sek nok dkk pln czk huf ron bgn inr brl mxn zar sgd hkd krw try "
-    "ils aed sar thb idr myr php twd ars clp cop pen rub uah".split())
+_LOWER_CURRENCIES = frozenset({
+    "usd", "eur", "gbp", "jpy", "cny", "cad", "aud", "nzd", "chf", "sek", "nok", "dkk", "pln", "czk", "huf", "ron",
+    "bgn", "inr", "brl", "mxn", "zar", "sgd", "hkd", "krw", "try", "ils", "aed", "sar", "thb", "idr", "myr", "php",
+    "twd", "ars", "clp", "cop", "pen", "rub", "uah",
+})
 _ORDER_MARK = re.compile(r"#\d+")  # Shopify's order names: #1001
 
 
