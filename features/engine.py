@@ -32,7 +32,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from features.events import AnyEvent, action_of
+from features.events import MAX_AMOUNT, AnyEvent, action_of
 from features.spec import ACTIONS, DAY_MS, Catalog, DerivedSpec, FeatureSpec, default_catalog
 
 State = dict[str, float]
@@ -141,7 +141,9 @@ def _event_value(event: AnyEvent, name: str) -> Any:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    # An extra field a custom feature sums is not validated as an amount is: the same bound
+    # keeps its sums finite.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not -MAX_AMOUNT <= value <= MAX_AMOUNT:
         return None
     return float(value)
 

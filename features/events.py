@@ -172,6 +172,12 @@ class WebEvent(_Base):
     category: str | None = None
 
 
+# A quadrillion in any currency: far above any order, and far enough below the largest float
+# that spend features summing a customer's orders stay finite (two orders of 1e308 made
+# infinity, then NaN in the model's scaler, and stopped the replay).
+MAX_AMOUNT = 1e15
+
+
 class Item(BaseModel):
     """One line of an order (optional: spend features read the order's ``amount``).
 
@@ -182,8 +188,8 @@ class Item(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
     product_id: str | None = None
     category: str | None = None
-    quantity: Annotated[float, Field(ge=0)] = 1
-    price: Annotated[float, Field(ge=0)] = 0.0
+    quantity: Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)] = 1
+    price: Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)] = 0.0
 
 
 class PurchaseEvent(_Base):
@@ -197,12 +203,20 @@ class PurchaseEvent(_Base):
 
     type: Literal["purchase"]
     order_id: Annotated[str, Field(min_length=1)]
-    amount: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    amount: Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
     currency: Annotated[str, Field(pattern=r"^[A-Za-z]{3}$")]
     items: list[Item] | None = None
     status: Literal["completed", "refunded"] = "completed"
 
     _order_id = field_validator("order_id", mode="before")(id_text)
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _not_a_flag(cls, value: Any) -> Any:
+        # Lax mode reads true as 1.0: a flag in the amount's place is a mapping mistake.
+        if isinstance(value, bool):
+            raise ValueError("a number, not true or false")
+        return value
 
     @field_validator("currency")
     @classmethod

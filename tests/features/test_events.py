@@ -167,6 +167,14 @@ def test_integer_ids_are_read_as_text() -> None:
     assert ok(web(customer_id=123)) == ok(web(customer_id="123"))
 
 
+def test_amounts_that_cannot_be_summed_or_are_flags_are_invalid() -> None:
+    # Two orders of 1e308 summed to infinity in the spend features, then NaN in the model.
+    assert "less than or equal to" in bad(purchase(amount=1e308))
+    assert ok(purchase(amount=1e15)).amount == 1e15
+    assert "less than or equal to" in bad(purchase(items=[{"product_id": "p", "quantity": 1e300, "price": 1}]))
+    assert "not true or false" in bad(purchase(amount=True))
+
+
 def test_lax_numeric_string_amount_is_coerced() -> None:
     # Current contract (pydantic lax mode): a numeric string amount is accepted.
     assert ok(purchase(amount="42.5")).amount == 42.5
