@@ -368,9 +368,20 @@ def read_jsonl(lines: Iterable[bytes | str]) -> Iterator[tuple[int, AnyEvent | E
     ...          b'', b'not json']
     >>> [(n, type(item).__name__) for n, item in read_jsonl(lines)]
     [(1, 'WebEvent'), (3, 'EventError')]
+
+    A byte order mark before the first line (Windows editors and Excel write one) is not
+    part of the event:
+
+    >>> [type(item).__name__ for _, item in read_jsonl([b"\\xef\\xbb\\xbf" + lines[0]])]
+    ['WebEvent']
     """
     for number, line in enumerate(lines, start=1):
         stripped = line.strip()
+        if number == 1:
+            if isinstance(stripped, bytes):
+                stripped = stripped.removeprefix(b"\xef\xbb\xbf")
+            else:
+                stripped = stripped.removeprefix("\ufeff")
         if stripped:
             yield number, decode(stripped)
 
@@ -491,6 +502,20 @@ def time_sorted(lines: Iterable[bytes | str]) -> list[bytes]:
             keyed.append((_ts_key(raw), number, raw))
     keyed.sort(key=lambda item: (item[0], item[1]))
     return [raw for _, _, raw in keyed]
+
+
+def without_bom(lines: Iterable[bytes]) -> Iterator[bytes]:
+    r"""The lines, the first without a UTF-8 byte order mark (Windows editors and Excel write one).
+
+    >>> list(without_bom([b'\xef\xbb\xbf{"a": 1}\n', b'{"b": 2}\n']))
+    [b'{"a": 1}\n', b'{"b": 2}\n']
+    """
+    it = iter(lines)
+    first = next(it, None)
+    if first is None:
+        return
+    yield first.removeprefix(b"\xef\xbb\xbf")
+    yield from it
 
 
 def read_jsonl_file(path: str | Path) -> Iterator[tuple[int, AnyEvent | EventError]]:

@@ -215,9 +215,10 @@ def time_ordered_lines(path: Path, window_ms: int, zone: tzinfo | None = None) -
     says so. With ``zone``, times without a UTC offset are read in it
     (:func:`features.events.with_zone`).
     """
-    from features.events import out_of_order, time_sorted, with_zone
+    from features.events import out_of_order, time_sorted, with_zone, without_bom
 
     def lines(handle: Iterable[bytes]) -> Iterable[bytes]:
+        handle = without_bom(handle)
         return handle if zone is None else (with_zone(line, zone) for line in handle)
 
     with open_input(path) as handle:

@@ -148,6 +148,16 @@ def test_status_map_reads_a_shop_own_status_words(tmp_path: Path, capsys) -> Non
     assert "--status-map 'processing': give VALUE=STATUS" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("timezone", [[], ["--timezone", "Europe/Paris"]])
+def test_a_byte_order_mark_before_the_first_event_is_not_an_invalid_line(tmp_path: Path, capsys, timezone) -> None:
+    plain, marked = tmp_path / "plain.jsonl", tmp_path / "marked.jsonl"
+    n = write_jsonl(SimulationConfig(customers=20, days=10, seed=2), plain).events
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())  # as a Windows editor saves it
+    assert main(["backtest", str(marked), "--out", str(tmp_path / "r"), "--no-batch-baseline", *timezone]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert (report["events"], report["invalid"]) == (n, 0)
+
+
 def test_backtest_says_why_a_kind_has_no_auc_and_where_the_customers_went(tmp_path: Path, capsys) -> None:
     # One customer buying daily for four weeks: every propensity label is positive.
     src = tmp_path / "one.csv"
