@@ -13,37 +13,43 @@ import re
 from collections.abc import Mapping
 
 # What an event log's action values mean: (event type, action). Keys are normalised
-# (lower case, "-" and " " as "_"); the words of Google Analytics, Segment, Snowplow and
-# public shop logs (Retailrocket's view/addtocart/transaction, REES46's view/cart/purchase).
+# (lower case, "-" and " " as "_"); the words of Google Analytics, Segment, Snowplow, Mixpanel,
+# Klaviyo and Mailchimp, and of public shop logs (Retailrocket's view/addtocart/transaction,
+# REES46's view/cart/purchase).
 _VOCABULARY: dict[tuple[str, str], tuple[str, ...]] = {
-    ("web", "page_view"): ("page_view", "pageview", "page", "screen_view", "view_page", "visit"),
+    ("web", "page_view"): ("page_view", "pageview", "page", "screen_view", "view_page", "visit", "page_viewed",
+                           "$mp_web_page_view", "active_on_site"),
     ("web", "product_view"): ("product_view", "view", "item_view", "view_item", "productview",
-                              "product_viewed", "detail", "product_detail", "viewed"),
+                              "product_viewed", "detail", "product_detail", "viewed", "viewed_product"),
     ("web", "add_to_cart"): ("add_to_cart", "addtocart", "cart", "add", "add_cart",
-                             "added_to_cart", "product_added"),
+                             "added_to_cart", "product_added", "add_to_basket", "added_to_basket"),
     ("web", "remove_from_cart"): ("remove_from_cart", "removefromcart", "remove_cart",
                                   "product_removed"),
     ("web", "search"): ("search", "products_searched", "view_search_results"),
     ("web", "signup"): ("signup", "sign_up", "register", "registration", "signed_up"),
     ("web", "login"): ("login", "log_in", "sign_in", "signin", "signed_in"),
     ("purchase", "completed"): ("purchase", "transaction", "order", "buy", "purchased",
-                                "order_completed", "sale"),
+                                "order_completed", "sale", "placed_order"),
     ("purchase", "refunded"): ("refund", "refunded", "return", "returned", "order_refunded",
                                "cancel", "cancelled", "canceled"),
-    # Campaign words are read with an "email_" prefix too (email_opened, email_link_clicked).
+    # Campaign words are read with an "email_" prefix and an "_email" suffix too (email_opened,
+    # email_link_clicked; Klaviyo's "Opened Email", "Received Email").
     ("campaign", "sent"): ("sent", "send"),
-    ("campaign", "delivered"): ("delivered", "delivery"),
+    ("campaign", "delivered"): ("delivered", "delivery", "received"),
     ("campaign", "opened"): ("opened", "open"),
     ("campaign", "clicked"): ("clicked", "click", "link_clicked"),
     ("campaign", "converted"): ("converted", "conversion", "convert"),
-    ("campaign", "unsubscribed"): ("unsubscribed", "unsubscribe", "optout", "opt_out"),
-    ("campaign", "bounced"): ("bounced", "bounce"),
+    # A spam complaint ends the mailing as an unsubscribe does (senders must stop sending).
+    ("campaign", "unsubscribed"): ("unsubscribed", "unsubscribe", "optout", "opt_out", "unsub",
+                                   "marked_as_spam", "spam_complaint", "complained"),
+    ("campaign", "bounced"): ("bounced", "bounce", "soft_bounce", "hard_bounce", "soft_bounced", "hard_bounced"),
 }
 ACTION_ALIASES: dict[str, tuple[str, str]] = {
-    prefix + word: target
+    spelled: target
     for target, words in _VOCABULARY.items()
     for word in words
-    for prefix in ("", "email_")[: 2 if target[0] == "campaign" else 1]
+    for spelled in ((word, f"email_{word}", f"{word}_email", word.replace("marked_", "marked_email_"))
+                    if target[0] == "campaign" else (word,))
 }
 # What --map may name: each leadpulse action (refund for a refunded purchase), or skip.
 TARGETS = frozenset({
@@ -69,8 +75,8 @@ def action_table(overrides: Mapping[str, str] = {}) -> dict[str, tuple[str, str]
     >>> table = action_table({"PV": "page_view", "wishlist": "skip"})
     >>> [table.get(norm_action(v)) for v in ("addtocart", "View", "transaction", "pv", "wishlist", "like")]
     [('web', 'add_to_cart'), ('web', 'product_view'), ('purchase', 'completed'), ('web', 'page_view'), ('skip', ''), None]
-    >>> table[norm_action("Email Opened")]
-    ('campaign', 'opened')
+    >>> table[norm_action("Email Opened")], table[norm_action("Opened Email")], table[norm_action("Marked Email as Spam")]
+    (('campaign', 'opened'), ('campaign', 'opened'), ('campaign', 'unsubscribed'))
     """
     table = dict(ACTION_ALIASES)
     for raw, target in overrides.items():
