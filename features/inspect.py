@@ -40,7 +40,8 @@ from features.importer import (
 )
 
 DISTINCT_CAP = 10_000  # distinct values counted per column (a sample's ids need no more)
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
+# Not a url that carries an address in its query (?email=a@b.com): no / : ? = & before the @.
+_EMAIL = re.compile(r"[^@\s/:?=&]+@[^@\s/?]+\.[A-Za-z]{2,}")
 # Names that say what a column is, in the words exports use (English, some German, French, Spanish).
 _NAMES: dict[str, tuple[str, ...]] = {
     "customer": ("customer", "client", "user", "member", "buyer", "contact", "kunde", "visitor", "account",
@@ -56,6 +57,7 @@ _NAMES: dict[str, tuple[str, ...]] = {
     "currency": ("currency", "curr", "waehrung", "devise", "moneda"),
     "action": ("event", "action", "type", "activity", "event_type", "event_name"),
     "session": ("session",),
+    "page": ("page", "page_name", "screen", "screen_name", "page_title"),
     "campaign": ("campaign", "mailing", "newsletter", "utm_campaign"),
     "day_number": ("day", "day_no", "day_number", "days"),
     "clock": ("trans_time", "time_of_day", "clock", "hour_minute", "uhrzeit", "heure"),
@@ -114,12 +116,13 @@ def profile(rows: Iterable[Mapping[str, str]], columns: Iterable[str] = ()) -> l
     """Profile each column over the rows (a sample: the first few thousand are plenty)."""
     profiles: dict[str, ColumnProfile] = {c: ColumnProfile(c) for c in columns}
     values: dict[str, Counter[str]] = {}
+    total = 0
     for row in rows:
+        total += 1
         for name, raw in row.items():
             p = profiles.get(name)
             if p is None:
                 p = profiles[name] = ColumnProfile(name)
-            p.rows += 1
             cell = (raw or "").strip()
             if not cell or cell in NO_VALUE:
                 continue
@@ -131,6 +134,7 @@ def profile(rows: Iterable[Mapping[str, str]], columns: Iterable[str] = ()) -> l
             _read(p, cell)
     out = []
     for name, p in profiles.items():
+        p.rows = total  # a JSON object without the key has no value there either
         seen = values.get(name, Counter())
         p.distinct = len(seen)
         words = max(p.statuses, p.actions, p.currencies)
@@ -203,7 +207,7 @@ def suggest(profiles: list[ColumnProfile]) -> dict[str, str]:
     Roles: ``customer``, ``time`` (or ``day_number`` with a ``clock``, for a panel that
     counts days), ``amount`` (or ``price`` with ``quantity``), ``order``, ``product``,
     ``status``, ``currency``, and for an event log ``action``, ``session`` and
-    ``campaign``. A role no column fits is left out; of two times (an order's and its
+    ``campaign`` (and ``others``: ``page_view`` where the action column names pages). A role no column fits is left out; of two times (an order's and its
     delivery's), the first in the table wins, so the user checks the pick.
     """
     pick: dict[str, str] = {}
@@ -232,9 +236,17 @@ def suggest(profiles: list[ColumnProfile]) -> dict[str, str]:
                 and p.share(p.statuses) + _named(p, "status") >= p.share(p.actions) + _named(p, "action")}
     # One value throughout (Stripe's Description "Order") tells no rows apart: only a column
     # named as the action is one then (an export of opens alone).
-    take("action", ((p.share(p.actions) + _named(p, "action"), p) for p in full
+    # Over all rows, not the filled ones: Snowplow's se_action (19% filled, all words) is not
+    # the action where its event column (every row, most of them words) is.
+    take("action", ((p.actions / p.rows + _named(p, "action"), p) for p in full
                     if (p.share(p.actions) >= 0.5 or _named(p, "action") and p.share(p.actions) >= 0.2)
                     and p.distinct <= 200 and p.name not in statuses and (p.distinct > 1 or _named(p, "action"))))
+    if "action" not in pick:
+        # A clickstream that names its pages (home, catalog, cart): each row a page view.
+        take("action", ((1.0, p) for p in full if _named(p, "page") and 1 < p.distinct <= 200
+                        and p.share(p.times) < 0.5 and p.share(p.numbers) < 0.5))
+        if "action" in pick:
+            pick["others"] = "page_view"
     # Of two status columns (Shopify's financial and fulfilment statuses), the one with refunds.
     take("status", ((p.share(p.statuses) + _named(p, "status") + 0.5 * (p.refunds > 0), p) for p in full
                     if p.share(p.statuses) >= 0.5 and 1 < p.distinct <= 50))
@@ -287,8 +299,8 @@ def _id_named(p: ColumnProfile) -> float:
     return 0.5 if re.search(r"(^|_|[a-z])(id|no|nr|number|num|key)$", name) else 0.0
 
 
-_OPTIONS = ("customer", "time", "clock", "action", "order", "amount", "price", "quantity", "product", "status",
-            "currency", "session", "campaign")
+_OPTIONS = ("customer", "time", "clock", "action", "others", "order", "amount", "price", "quantity", "product",
+            "status", "currency", "session", "campaign")
 
 
 def command(path: str, pick: Mapping[str, str], event_log: bool) -> str:
@@ -306,7 +318,7 @@ def command(path: str, pick: Mapping[str, str], event_log: bool) -> str:
     else:
         parts_after = []
     for role in _OPTIONS:
-        if role in pick and (event_log or role not in ("action", "session", "campaign")):
+        if role in pick and (event_log or role not in ("action", "others", "session", "campaign")):
             parts += [f"--{role}", pick[role]]
     parts += parts_after
     return " ".join(shlex.quote(p) for p in parts + ["--out", "events.jsonl"])

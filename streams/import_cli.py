@@ -433,15 +433,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"  {pick['day_number']} counts days: replace START with the date before day 1 "
               "(days:2019-12-31 makes day 1 the first of January 2020)")
     if "amount" not in pick and "price" not in pick:
-        print("  no amount column found: add --amount COL (or --price and --quantity)")
+        print("  no amount column found: add --amount COL (or --price and --quantity)" if not event_log else
+              "  no amount column found: purchases in the log get amount 0 (add --amount COL if it has one)")
     elif "currency" not in pick:
         print("  amounts are read as EUR: add --default-currency CODE (or --currency COL)")
     customer = next(p for p in profiles if p.name == pick["customer"])
+    if customer.filled < 0.95 * customer.rows:  # anonymous visitors of an analytics log
+        print(f"  {customer.name} is empty in {100 - 100 * customer.filled / customer.rows:.0f}% of the rows read: "
+              "the import skips those (missing customer)")
     if customer.share(customer.emails) >= 0.5:  # the import says it too, after the fact
         print("  customer ids are e-mail addresses: add --hash-customers to keep them out of Kafka and Redis "
               "keys (its key in LEADPULSE_CUSTOMER_KEY)")
     action = next((p for p in profiles if p.name == pick.get("action")), None)
-    if action is not None and action.share(action.actions) < 1.0:
+    if action is not None and action.share(action.actions) < 1.0 and "others" not in pick:
         print("  some action words are not ones the import knows: add --others page_view (or skip), "
               "or --map WORD=ACTION for each")
     return 0

@@ -83,6 +83,28 @@ SHAPES = {
                       "Order Total": f"{r.randint(500, 25000) / 100:.2f}"},
         {"customer": "Customer ID", "time": "Order Date", "amount": "Order Total"},
     ),
+    "Klaviyo activity": (
+        lambda i, r: {"Email": f"p{r.randint(1, 150)}@example.com", "Campaign ID": f"c{r.randint(1, 4)}",
+                      "Event": r.choice(["Received Email", "Opened Email", "Clicked Email", "Bounced Email",
+                                         "Unsubscribed", "Marked Email as Spam"]), "Timestamp": _when(i, r)},
+        {"customer": "Email", "time": "Timestamp", "action": "Event", "campaign": "Campaign ID"},
+    ),
+    # Page names for actions: each row is a page view (--others page_view), not a purchase of its price.
+    "a clickstream naming its pages": (
+        lambda i, r: {"session": f"s{r.randint(1, 500)}", "visitor": f"v{r.randint(1, 200)}", "ts": _when(i, r),
+                      "page": r.choice(["home", "catalog", "product/12", "cart", "checkout_step_2", "thank_you"]),
+                      "price": f"{r.uniform(1, 90):.2f}"},
+        {"customer": "visitor", "time": "ts", "action": "page", "others": "page_view", "session": "session"},
+    ),
+    # The structured-event action is filled on a fifth of the rows; the event column on all of them.
+    "Snowplow": (
+        lambda i, r: {"collector_tstamp": _when(i, r), "user_id": f"u{r.randint(1, 300)}",
+                      "event": (e := r.choice(["page_view", "transaction", "struct", "page_ping"])),
+                      "se_action": r.choice(["add-to-basket", "view"]) if e == "struct" else "",
+                      "page_url": f"https://shop.example/p?email=u{r.randint(1, 9)}@example.com",
+                      "domain_sessionid": f"{r.randint(1, 900):08x}"},
+        {"customer": "user_id", "time": "collector_tstamp", "action": "event"},
+    ),
     "a German ERP export": (
         lambda i, r: {"Kundennummer": str(r.randint(10000, 10300)), "Rechnungsdatum": _when(i, r, "%d.%m.%Y"),
                       "Belegnummer": str(4711 + i), "Betrag": f"{r.randint(100, 99999) / 100:.2f}".replace(".", ",")},
@@ -134,3 +156,16 @@ def test_no_cell_value_is_shown_but_status_action_and_currency_words() -> None:
     shown = " ".join(p.describe() for p in profile(_rows(500, mail)))
     assert "example.com" not in shown and "spring-" not in shown and "opened (" in shown
     assert "100% e-mail addresses" in shown
+
+
+def test_fill_rates_count_the_rows_a_json_key_is_missing_from() -> None:
+    rows = [{"userId": f"u{i % 9}", "anonymousId": f"a{i}"} if i % 10 < 7 else {"anonymousId": f"a{i}"}
+            for i in range(100)]
+    user = next(p for p in profile(rows) if p.name == "userId")
+    assert user.describe().startswith("70% filled")
+
+
+def test_a_url_that_carries_an_address_is_not_an_address() -> None:
+    rows = [{"page_url": f"https://shop.example/?email=u{i}@example.com", "mail": f"u{i}@example.com"} for i in range(50)]
+    url, mail = profile(rows)
+    assert "e-mail" not in url.describe() and "100% e-mail addresses" in mail.describe()
