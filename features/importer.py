@@ -1546,7 +1546,11 @@ def _customer(row: dict[str, str], config: ImportConfig) -> str:
         raise RowProblem(_missing("customer", row[config.customer]))
     if len(customer) > 200:
         raise RowProblem("bad customer: longer than 200 characters")
-    return customer if config.customer_key is None else hashed_id(customer, config.customer_key)
+    if config.customer_key is not None:
+        return hashed_id(customer, config.customer_key)
+    # An address is one customer however it is capitalised (as hashed_id reads it): a shop
+    # export holds Ann@Example.org on one order and ann@example.org on the next.
+    return customer.lower() if "@" in customer and _EMAIL.fullmatch(customer) else customer
 
 
 def hashed_id(customer: str, key: bytes) -> str:

@@ -418,6 +418,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print("\nno customer and time columns found: name them with --customer and --time "
               "(leadpulse import-transactions --help)")
         return 0
+    customer = next(p for p in profiles if p.name == pick["customer"])
     extra = [f"--sheet {args.sheet!r}" if args.sheet else "", f"--table {args.table!r}" if args.table else "",
              f"--query {args.query!r}" if args.query else "",
              *(f"--join {str(j)!r}" for j in args.join)]
@@ -437,7 +438,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
               "  no amount column found: purchases in the log get amount 0 (add --amount COL if it has one)")
     elif "currency" not in pick:
         print("  amounts are read as EUR: add --default-currency CODE (or --currency COL)")
-    customer = next(p for p in profiles if p.name == pick["customer"])
     if customer.filled < 0.95 * customer.rows:  # anonymous visitors of an analytics log
         print(f"  {customer.name} is empty in {100 - 100 * customer.filled / customer.rows:.0f}% of the rows read: "
               "the import skips those (missing customer)")
