@@ -541,10 +541,15 @@ def _unlabelled(rep: dict[str, Any]) -> list[str]:
     """A note for each learned kind that got no label: the table leaves such a kind out.
 
     >>> _unlabelled({"models": {"churn_risk": {"labels": 5}, "signup": {"labels": 0}},
-    ...              "config": {"drop_types": ["web", "campaign"]}})
+    ...              "config": {"drop_types": ["web", "campaign"]}, "dropped_by_type": 120})
     ['  note: signup has no labels (web and campaign events were dropped: it may be scored at or labelled by them)']
+
+    Dropping types the history does not hold is not why (a purchase table has none to drop):
+
+    >>> _unlabelled({"models": {"signup": {"labels": 0}}, "config": {"drop_types": ["web"]}, "dropped_by_type": 0})
+    ['  note: signup has no labels (the history has none of the events it is scored at, or no horizon closed)']
     """
-    dropped = " and ".join((rep.get("config") or {}).get("drop_types") or ())
+    dropped = " and ".join((rep.get("config") or {}).get("drop_types") or ()) if rep.get("dropped_by_type") else ""
     why = (f"{dropped} events were dropped: it may be scored at or labelled by them" if dropped
            else "the history has none of the events it is scored at, or no horizon closed")
     return [f"  note: {kind} has no labels ({why})"
