@@ -1031,6 +1031,21 @@ def _delimiter_of(line: str, delimiter: str) -> str:
     return DELIMITERS.get(delimiter, delimiter) if delimiter != "auto" else sniff_delimiter(line)
 
 
+def numbered_names(names: list[str], fold_case: bool = False) -> list[str]:
+    """Column names, a repeated one numbered in order (``fold_case``: as SQLite compares them).
+
+    >>> numbered_names(["id", "price", "id", "id"]), numbered_names(["Id", "id"], fold_case=True)
+    (['id', 'price', 'id_2', 'id_3'], ['Id', 'id_2'])
+    """
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        key = n.lower() if fold_case else n
+        seen[key] = seen.get(key, 0) + 1
+        out.append(n if seen[key] == 1 else f"{n}_{seen[key]}")
+    return out
+
+
 def line_cells(line: str, delimiter: str) -> list[str]:
     """The cells of one line, trimmed (``auto``: its own delimiter, sniffed)."""
     cells = next((c for _, c in csv_records([line], _delimiter_of(line, delimiter))), [])
@@ -1226,7 +1241,8 @@ def _rows(
         return legacy_text(name) if config.legacy_fallback else name
 
     header = [header_cell(h) for h in header]
-    index = {name: i for i, name in reversed(list(enumerate(header)))}
+    # A repeated name is numbered (Amount, Amount_2), as inspect lists it: each column can be named.
+    index = {name: i for i, name in enumerate(numbered_names(header))}
     absent = [c for c in config.columns() if c not in index]
     if absent:
         shown = ", ".join(_UNDECODABLE.sub("?", h) for h in header[:30])

@@ -46,6 +46,7 @@ from features.importer import (
     csv_records,
     legacy_text,
     likely_header,
+    numbered_names,
     sniff_delimiter,
 )
 
@@ -158,13 +159,7 @@ def _lines(head: list[str], rest: Iterator[str] | io.TextIOBase) -> Iterator[str
 def _unique(names: list[str]) -> list[str]:
     """Column names, a repeated one numbered (SQLite refuses a table with two of one name).
 
-    >>> _unique(["id", "price", "id", "id"])
-    ['id', 'price', 'id_2', 'id_3']
+    >>> _unique(["id", "price", "ID", "id"])
+    ['id', 'price', 'ID_2', 'id_3']
     """
-    seen: dict[str, int] = {}
-    out = []
-    for n in names:
-        key = n.lower()  # SQLite's column names ignore case
-        seen[key] = seen.get(key, 0) + 1
-        out.append(n if seen[key] == 1 else f"{n}_{seen[key]}")
-    return out
+    return numbered_names(names, fold_case=True)  # SQLite's column names ignore case

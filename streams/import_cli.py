@@ -466,6 +466,7 @@ def _sample_rows(path: Path, n: int) -> tuple[list[dict[str, str]], bool]:
         csv_records,
         legacy_text,
         likely_header,
+        numbered_names,
         sniff_delimiter,
     )
     from features.inspect import looks_like_a_row
@@ -494,7 +495,8 @@ def _sample_rows(path: Path, n: int) -> tuple[list[dict[str, str]], bool]:
         records = (cells for _, cells in csv_records(chain(head[at:], text), delimiter))
         header = next(records, [])
         headerless = looks_like_a_row(header)
-        names = [f"column{i + 1}" for i in range(len(header))] if headerless else [c.strip() for c in header]
+        names = ([f"column{i + 1}" for i in range(len(header))] if headerless
+                 else numbered_names([c.strip() for c in header]))  # as the import numbers them
         rows = chain([header], records) if headerless else records
         return [dict(zip(names, cells, strict=False)) for cells in islice(rows, n)], headerless
 

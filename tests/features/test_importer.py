@@ -938,3 +938,20 @@ def test_cdnow_master_file_as_published_with_spaces_and_without_a_header(tmp_pat
     assert main(argv) == 0
     capsys.readouterr()
     assert purchases(tmp_path / "c.jsonl") == purchases(tmp_path / "b.jsonl")
+
+
+def test_a_repeated_column_name_is_numbered_so_each_column_can_be_named(tmp_path: Path, capsys) -> None:
+    """A report with two 'Amount' columns (net and gross, say): the second is Amount_2, in inspect too."""
+    from streams.cli import main
+
+    src = tmp_path / "orders.csv"
+    src.write_text("Customer,Date,Amount,Amount,Order\nc1,2024-01-02,0,10,o1\nc2,2024-01-03,0,12,o2\n"
+                   "Customer,Date,Amount,Amount,Order\nc1,2024-02-03,0,7,o3\n")  # exports joined: a header again
+    assert main(["inspect", str(src)]) == 0
+    assert "  Amount_2 " in capsys.readouterr().out
+    assert main(["import-transactions", str(src), "--customer", "Customer", "--time", "Date", "--amount", "Amount_2",
+                 "--out", str(tmp_path / "o.jsonl")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["events_written"] == 3 and summary["skipped_by_reason"] == {"the header line repeated": 1}
+    amounts = [json.loads(line)["amount"] for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert amounts == [10.0, 12.0, 7.0]
