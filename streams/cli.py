@@ -18,8 +18,8 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from datetime import tzinfo
+from contextlib import contextmanager, nullcontext
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import IO, Any
 
@@ -282,6 +282,14 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
     tune_gc()  # a replay allocates by the million and frees nearly all of it at once
     out_dir = Path(args.out)
+    # Said before the replay, naming the option: an OSError later read as "cannot read the input".
+    if out_dir.exists() and not out_dir.is_dir():
+        print(f"error: --out {out_dir} is a file; give a directory for report.json and report.html", file=sys.stderr)
+        return 2
+    for option, given in (("--scores-out", args.scores_out), ("--customers-out", args.customers_out)):
+        if given and Path(given).is_dir():
+            print(f"error: {option} {given} is a directory; give a file name", file=sys.stderr)
+            return 2
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.scores_out:
         Path(args.scores_out).parent.mkdir(parents=True, exist_ok=True)
@@ -359,6 +367,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
               "its keys as columns, nested ones as a.b", file=sys.stderr)
     if naive:
         print(NAIVE_HINT, file=sys.stderr)
+    for note in _option_notes(reports[0], args.group_by, _change_at_ms(args.change_at)):
+        print(note)
     print(f"report: {path}")
     written = reports[0].get("customers_out")
     if written:
@@ -535,6 +545,31 @@ def _headline(reports: list[dict[str, Any]]) -> str:
             lines.append(line)
         lines.extend(_unlabelled(rep))
     return "\n".join(lines)
+
+
+def _option_notes(rep: dict[str, Any], group_by: str | None, change_at_ms: int | None) -> list[str]:
+    """What a --group-by or --change-at given could not show: a field no event has, a change outside the history.
+
+    >>> rep = {"first_event": "2024-01-01T00:00:00+00:00", "last_event": "2024-06-30T00:00:00+00:00",
+    ...        "kinds": {"churn_risk": {"fairness": {"groups": {"unknown": {}}}}}}
+    >>> for line in _option_notes(rep, "segmnt", 4_102_444_800_000): print(line)
+      note: no event carries segmnt: every example is in the group 'unknown' (a field of the events, as in the README)
+      note: the change at 2100-01-01 is outside the history (2024-01-01 to 2024-06-30): no figures before and after it
+    """
+    from features.events import ms_to_iso
+
+    notes = []
+    groups = [set((k.get("fairness") or {}).get("groups") or ()) for k in (rep.get("kinds") or {}).values()]
+    if group_by and groups and all(g <= {"unknown"} for g in groups):
+        notes.append(f"  note: no event carries {group_by}: every example is in the group 'unknown' "
+                     "(a field of the events, as in the README)")
+    first, last = rep.get("first_event"), rep.get("last_event")
+    if change_at_ms is not None and first and last:
+        first_ms, last_ms = (int(datetime.fromisoformat(t).timestamp() * 1000) for t in (first, last))
+        if not first_ms < change_at_ms <= last_ms:
+            notes.append(f"  note: the change at {ms_to_iso(change_at_ms)[:10]} is outside the history "
+                         f"({first[:10]} to {last[:10]}): no figures before and after it")
+    return notes
 
 
 def _unlabelled(rep: dict[str, Any]) -> list[str]:
@@ -766,18 +801,20 @@ def _spooled(args: argparse.Namespace) -> Iterator[None]:
     (``TMPDIR``) and is removed after.
     """
     name = getattr(args, "file", None)
+    # "-" is standard input: the imports stream it themselves, other commands read a copy.
+    stdin = name == "-" and args.command not in ("import-transactions", "import-events")
     path = Path(name) if isinstance(name, str) and name != "-" else None
-    if path is None or not path.is_fifo():  # a directory or a missing file: the command says so
+    if not stdin and (path is None or not path.is_fifo()):  # a directory or a missing file: the command says so
         yield
         return
     import shutil
     import tempfile
 
     with tempfile.NamedTemporaryFile(prefix="leadpulse-input-") as copy:
-        with open(path, "rb") as pipe:
+        with open(path, "rb") if path is not None else nullcontext(sys.stdin.buffer) as pipe:
             shutil.copyfileobj(pipe, copy, 1 << 20)
         copy.flush()
-        print(f"{path}: a pipe, read into a temporary file first", file=sys.stderr)
+        print(f"{path or 'standard input'}: a pipe, read into a temporary file first", file=sys.stderr)
         args.given_file, args.file = args.file, copy.name
         yield
 

@@ -472,3 +472,22 @@ def test_a_field_longer_than_csv_default_limit_is_read(tmp_path: Path, capsys) -
     assert main(["import-transactions", str(src), "--customer", "customer", "--time", "time", "--amount", "amount",
                  "--out", str(tmp_path / "o.jsonl")]) == 0
     assert json.loads(capsys.readouterr().out)["events_written"] == 2
+
+
+def test_backtest_names_the_option_at_fault_and_what_it_could_not_show(tmp_path: Path, capsys, monkeypatch) -> None:
+    import io
+
+    history = tmp_path / "h.jsonl"
+    n = write_jsonl(SimulationConfig(customers=30, days=20, seed=3), history).events
+    # An output path that cannot be one: said before the replay, naming the option.
+    assert main(["backtest", str(history), "--out", str(history)]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert main(["backtest", str(history), "--out", str(tmp_path / "r"), "--scores-out", str(tmp_path)]) == 2
+    assert "--scores-out" in capsys.readouterr().err and not (tmp_path / "r" / "report.json").exists()
+    # Standard input, as the imports read it.
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(history.read_bytes())))
+    assert main(["backtest", "-", "--out", str(tmp_path / "r"), "--no-batch-baseline",
+                 "--group-by", "segmnt", "--change-at", "2090-01-01"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["events"] == n
+    assert "no event carries segmnt" in out and "the change at 2090-01-01 is outside the history" in out
