@@ -601,6 +601,11 @@ def _import(args: argparse.Namespace, table: WorkbookRead | TableWriter | None, 
     for note in ("shared_customer_id", "one_order_per_customer", "customer_ids_are_emails"):  # the customer column
         if note in summary:
             print(f"note: {summary[note]}", file=sys.stderr)
+    untimed = result.skipped.get("missing time", 0)
+    if untimed >= max(1, result.rows // 10) and not args.order:
+        # Shopify writes an order's date, total and status on its first line only.
+        print(f"note: {untimed:,} rows have no time: if they are an order's later lines, --order COL reads "
+              "them with their order's first line", file=sys.stderr)
     if not result.encoded and result.rows:
         print("nothing imported: every row was skipped", file=sys.stderr)
         return 1

@@ -955,3 +955,20 @@ def test_a_repeated_column_name_is_numbered_so_each_column_can_be_named(tmp_path
     assert summary["events_written"] == 3 and summary["skipped_by_reason"] == {"the header line repeated": 1}
     amounts = [json.loads(line)["amount"] for line in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert amounts == [10.0, 12.0, 7.0]
+
+
+def test_an_orders_later_lines_without_a_time_point_to_order(tmp_path: Path, capsys) -> None:
+    """Shopify writes an order's date and total on its first line only."""
+    from streams.cli import main
+
+    src = tmp_path / "orders.csv"
+    src.write_text("Name,Email,Paid at,Total,Lineitem sku\n"
+                   + "".join(f"#{1000 + i},c{i % 7}@example.com,2024-01-{1 + i % 28:02d} 10:00,{10 + i},A\n"
+                             f"#{1000 + i},c{i % 7}@example.com,,,B\n" for i in range(30)))
+    args = ["import-transactions", str(src), "--customer", "Email", "--time", "Paid at", "--amount", "Total"]
+    assert main([*args, "--out", str(tmp_path / "a.jsonl")]) == 0
+    captured = capsys.readouterr()
+    assert "30 rows have no time: if they are an order's later lines, --order COL" in captured.err
+    assert main([*args, "--order", "Name", "--product", "Lineitem sku", "--out", str(tmp_path / "b.jsonl")]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["rows_skipped"] == 0 and "have no time" not in captured.err
