@@ -752,13 +752,20 @@ def _change_at_ms(text: str | None) -> int | None:
     (1719792000000, 1719792000000, None)
     >>> _change_at_ms(" 2024-07-01 ")
     1719792000000
+    >>> _change_at_ms("2024-07-01T10:00")
+    Traceback (most recent call last):
+    ...
+    ValueError: --change-at 2024-07-01T10:00: timestamp has no UTC offset (a date, 2024-07-01, or a time with its offset)
     """
     from features.events import parse_ts_ms
 
     text = (text or "").strip()
     if not text:
         return None
-    return parse_ts_ms(f"{text}T00:00:00Z" if len(text) == 10 else text)
+    try:
+        return parse_ts_ms(f"{text}T00:00:00Z" if len(text) == 10 else text)
+    except ValueError as exc:
+        raise ValueError(f"--change-at {text}: {exc} (a date, 2024-07-01, or a time with its offset)") from None
 
 
 # Other modules add subcommands here (live worker, replay, demo, import).
