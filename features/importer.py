@@ -1695,12 +1695,16 @@ def _parse_row(
                 raise RowProblem("bad currency: not a 3-letter code")
             currency = cur
     else:
-        # "CHF 1'234.50", "12.50 USD": the cell names its currency (a symbol like $ does not:
-        # several currencies share it).
+        # "CHF 1'234.50", "12.50 USD", "€12", "£1,000": the cell names its currency (not $ or ¥:
+        # several currencies write each).
         cell = row[config.amount] if config.amount else row[config.price] if config.price else ""
         named = _CELL_CURRENCY.search(cell)
         if named:
             currency = named[1] or named[2]
+        elif "€" in cell:
+            currency = "EUR"
+        elif "£" in cell:
+            currency = "GBP"
     currency = source = sys.intern(currency.upper())
     if config.convert_to and currency != config.convert_to.upper():
         rate = next((r for code, r in config.rates.items() if code.upper() == currency), None)

@@ -438,10 +438,12 @@ def test_swiss_amounts_group_thousands_with_an_apostrophe() -> None:
 
 
 def test_a_currency_code_in_the_amount_cell_is_the_rows_currency() -> None:
-    text = "c,t,a\nk1,2024-01-02,CHF 1'234.50\nk2,2024-01-03,12.50 usd\nk3,2024-01-04,€ 3\n"
-    result = _import(text, ImportConfig(customer="c", time="t", amount="a", default_currency="EUR"))
+    text = ("c,t,a\nk1,2024-01-02,CHF 1'234.50\nk2,2024-01-03,12.50 usd\nk3,2024-01-04,€ 3\n"
+            "k4,2024-01-05,\"£1,000\"\nk5,2024-01-06,$7\n")
+    result = _import(text, ImportConfig(customer="c", time="t", amount="a", default_currency="SEK"))
     assert [(e["customer_id"], e["currency"], e["amount"]) for e in result.events] == [
-        ("k1", "CHF", 1234.5), ("k2", "USD", 12.5), ("k3", "EUR", 3.0)]  # a symbol names no currency
+        ("k1", "CHF", 1234.5), ("k2", "USD", 12.5), ("k3", "EUR", 3.0), ("k4", "GBP", 1000.0),
+        ("k5", "SEK", 7.0)]  # $ names several currencies: the default
     column = _import("c,t,a,cur\nk1,2024-01-02,CHF 5,GBP\n",
                      ImportConfig(customer="c", time="t", amount="a", currency="cur"))
     assert column.events[0]["currency"] == "GBP"  # a currency column says it for every row
