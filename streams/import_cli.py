@@ -609,4 +609,6 @@ def _import(args: argparse.Namespace, table: WorkbookRead | TableWriter | None, 
     if not result.encoded and result.rows:
         print("nothing imported: every row was skipped", file=sys.stderr)
         return 1
+    if not result.rows:  # an empty day's export is no mistake: said, not failed
+        print("note: no rows under the header: nothing to import", file=sys.stderr)
     return 0
