@@ -125,13 +125,20 @@ DateOrder = Literal["auto", "dmy", "mdy"]
 
 REFUND_STATUSES = frozenset({
     "refunded", "refund", "returned", "return", "cancelled", "canceled", "cancellation",
-    "reversed", "chargeback", "voided", "void",
+    "reversed", "chargeback",
 })
 COMPLETED_STATUSES = frozenset({
     "completed", "complete", "paid", "shipped", "delivered", "fulfilled", "closed", "success",
     "succeeded", "ok", "invoiced", "settled", "captured", "done",
-    "won", "closed_won",  # a CRM's deals
+    "won", "closed_won", "closedwon",  # a CRM's deals (HubSpot writes closedwon)
     "partially_refunded",  # Shopify: paid, then part refunded; the purchase happened
+})
+# Words that say a row is no purchase, neither made nor taken back: skipped as any unread
+# status is, and known, so inspect offers such a column as the status. A void was never
+# charged (an authorisation released, an invoice cancelled before payment): no refund either.
+NOT_PURCHASE_STATUSES = frozenset({
+    "voided", "void", "pending", "failed", "declined", "open", "lost", "closed_lost", "closedlost",
+    "abandoned", "draft", "expired", "unpaid",
 })
 STATUS_TARGETS = frozenset({"completed", "refunded", "skip"})
 # " " stands for runs of spaces and tabs (CDNOW's master file, fixed-width-looking exports).
@@ -1542,6 +1549,8 @@ def _status(value: str, overrides: Mapping[str, str] | None = None) -> str | Non
 
     >>> _status("Closed Won"), _status("partially_refunded"), _status("Cancelled"), _status("pending")
     ('completed', 'completed', 'refunded', None)
+    >>> _status("closedwon"), _status("closedlost"), _status("voided")
+    ('completed', None, None)
     >>> _status("Processing", {"processing": "completed"}), _status("on-hold", {"On Hold": "skip"})
     ('completed', 'skip')
     """

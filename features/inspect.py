@@ -33,6 +33,7 @@ from features.actions import ACTION_ALIASES, norm_action
 from features.importer import (
     COMPLETED_STATUSES,
     NO_VALUE,
+    NOT_PURCHASE_STATUSES,
     REFUND_STATUSES,
     RowProblem,
     parse_number,
@@ -183,7 +184,7 @@ def _read(p: ColumnProfile, cell: str) -> None:
     if "@" in cell and _EMAIL.fullmatch(cell):
         p.emails += 1
     word = norm_action(cell)
-    if word in COMPLETED_STATUSES or word in REFUND_STATUSES:
+    if word in COMPLETED_STATUSES or word in REFUND_STATUSES or word in NOT_PURCHASE_STATUSES:
         p.statuses += 1
         p.refunds += word in REFUND_STATUSES
     if word in ACTION_ALIASES:

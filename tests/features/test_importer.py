@@ -974,3 +974,20 @@ def test_an_orders_later_lines_without_a_time_point_to_order(tmp_path: Path, cap
     assert main([*args, "--order", "Name", "--product", "Lineitem sku", "--out", str(tmp_path / "b.jsonl")]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["rows_skipped"] == 0 and "have no time" not in captured.err
+
+
+def test_crm_stages_and_voided_invoices(tmp_path: Path, capsys) -> None:
+    """HubSpot's closedwon is a purchase, closedlost none; a voided invoice was never charged: no refund."""
+    from streams.cli import main
+
+    src = tmp_path / "deals.csv"
+    src.write_text("Deal ID,Deal Stage,Close Date,Amount,Company\n"
+                   + "".join(f"{i},{('closedwon', 'closedlost', 'voided')[i % 3]},2023-0{1 + i % 9}-1{i % 9} 14:03,"
+                             f"{100 + i},co{i % 20}\n" for i in range(90)))
+    assert main(["inspect", str(src)]) == 0
+    assert "--status 'Deal Stage'" in capsys.readouterr().out
+    assert main(["import-transactions", str(src), "--customer", "Company", "--time", "Close Date", "--amount", "Amount",
+                 "--status", "Deal Stage", "--out", str(tmp_path / "d.jsonl")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["events_written"] == 30 and summary["refund_events"] == 0
+    assert summary["unread_statuses"] == {"closedlost": 30, "voided": 30}
