@@ -33,7 +33,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from features.events import MAX_AMOUNT, AnyEvent, action_of
-from features.spec import ACTIONS, DAY_MS, Catalog, DerivedSpec, FeatureSpec, default_catalog
+from features.spec import (
+    ACTIONS,
+    DAY_MS,
+    Catalog,
+    DerivedSpec,
+    FeatureSpec,
+    default_catalog,
+    sensitive_word,
+)
 
 State = dict[str, float]
 # Operations are plain tuples: cheap to build, to JSON-encode for Lua, to compare.
@@ -163,7 +171,7 @@ class FeatureEngine:
     def __init__(self, catalog: Catalog | None = None, sensitive: tuple[str, ...] = ()) -> None:
         self.catalog = catalog or default_catalog()
         for spec in self.catalog.features:
-            if spec.field and spec.field in sensitive:
+            if sensitive_word(spec.field, sensitive):
                 raise ValueError(f"{spec.name} reads sensitive attribute {spec.field!r}")
         self._dispatch: dict[tuple[str, str], list[FeatureSpec]] = {}
         self._distinct_caps: dict[str, int] = {}

@@ -55,6 +55,32 @@ def parse_duration_ms(text: str) -> int:
     return int(float(match.group(1)) * _UNITS_MS[match.group(2)])
 
 
+def _name_words(name: str) -> list[str]:
+    # "customerGender", "AGE_GROUP", "Age Band": the words of a name, in lower case.
+    return [w for w in re.split(r"[^0-9a-z]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()) if w]
+
+
+def sensitive_word(name: str | None, sensitive: Sequence[str]) -> str | None:
+    """The sensitive name that ``name`` holds as one of its words, in any case (``None``: none).
+
+    A field is an export's column, named as its tool names it: ``Age``, ``AGE_GROUP`` and
+    ``customer_gender`` are the age and gender the defaults name, ``page_views`` and
+    ``average_basket`` are not.
+
+    >>> [sensitive_word(n, ("age", "age_band", "gender")) for n in ("Age", "AGE_GROUP", "customerGender",
+    ...                                                              "page_views", "average_basket", None)]
+    ['age', 'age', 'gender', None, None, None]
+    """
+    if not name:
+        return None
+    words = _name_words(name)
+    for entry in sensitive:
+        want = _name_words(entry)
+        if want and any(words[i:i + len(want)] == want for i in range(len(words) - len(want) + 1)):
+            return entry
+    return None
+
+
 def check_name(name: object, what: str = "names") -> None:
     """Refuse a name that is not lower_snake_case (names key Redis, metric labels, model inputs).
 

@@ -40,11 +40,15 @@ from features.spec import (
     FeatureSpec,
     default_catalog,
     parse_duration_ms,
+    sensitive_word,
 )
 from scoring.kinds import Bands, KindType, LearnAt, ModelName, ScoreKind, default_kinds
 from scoring.triggers import Policy, TriggerRule
 
-DEFAULT_SENSITIVE = ("age", "age_band", "gender", "ethnicity", "religion")
+# Matched as words of a name in any case (features.spec.sensitive_word): AGE_GROUP, customer_gender.
+DEFAULT_SENSITIVE = ("age", "age_band", "gender", "sex", "ethnicity", "race", "religion", "nationality",
+                     "birth_date", "birthdate", "date_of_birth", "dob", "birth_year", "geschlecht", "sexe",
+                     "sexo", "edad")
 
 T = TypeVar("T")
 
@@ -79,13 +83,14 @@ def scoring_config_from_dict(
         raise ConfigError(f"name: text, not {data['name']!r}")
     catalog = _catalog(data.get("catalog"), base)
     for spec in catalog.features:  # a feature over a sensitive field would be a model input
-        if spec.field in sensitive:
-            raise ConfigError(f"catalog: {spec.name} aggregates {spec.field!r}, which is sensitive and "
+        word = sensitive_word(spec.field, sensitive)
+        if word:
+            raise ConfigError(f"catalog: {spec.name} aggregates {spec.field!r}, which is sensitive ({word}) and "
                               "never a model input (take it off `sensitive` if it may be one)")
     # ... and so would a derived feature that reads one.
     names = set(sensitive)
     for d in catalog.derived:
-        read = [i for i in d.inputs if i in names]
+        read = [i for i in d.inputs if sensitive_word(i, sensitive)]
         if read:
             raise ConfigError(f"catalog.derived: {d.name} reads {read[0]!r}, which is sensitive and never "
                               "a model input, not even through a derived feature")
@@ -215,8 +220,9 @@ def _check_kind(where: str, kind: ScoreKind, catalog: Catalog, sensitive: set[st
     if unknown:
         raise ConfigError(f"{where}.rule_weights: unknown features {unknown} (the catalogue has "
                           f"{len(catalog.names)}: {', '.join(catalog.names)})")
-    if set(weights) & sensitive:  # the rule is also every learned kind's cold-start prior
-        raise ConfigError(f"{where}.rule_weights: {sorted(set(weights) & sensitive)[0]} is sensitive, "
+    weighed = sorted(w for w in weights if sensitive_word(w, tuple(sensitive)))
+    if weighed:  # the rule is also every learned kind's cold-start prior
+        raise ConfigError(f"{where}.rule_weights: {weighed[0]} is sensitive, "
                           "and no score weighs a sensitive attribute")
     for feat, points in weights.items():
         if not _number(points):

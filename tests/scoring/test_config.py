@@ -98,6 +98,13 @@ UPSELL: dict[str, Any] = {
     ({"sensitive": "age"}, "sensitive: a list"),
     ({"catalog": {"features": [{"name": "max_age", "source": "any", "agg": "max", "field": "age"}]}},
      "catalog: max_age aggregates 'age', which is sensitive"),
+    # An export's column as its tool names it: in any case, or as one word of a longer name.
+    ({"catalog": {"features": [{"name": "oldest", "source": "any", "agg": "max", "field": "Age"}]}},
+     "catalog: oldest aggregates 'Age', which is sensitive (age)"),
+    ({"catalog": {"features": [{"name": "g", "source": "any", "agg": "max", "field": "AGE_GROUP"}]}},
+     "catalog: g aggregates 'AGE_GROUP', which is sensitive (age)"),
+    ({"catalog": {"features": [{"name": "g", "source": "any", "agg": "max", "field": "customerGender"}]}},
+     "catalog: g aggregates 'customerGender', which is sensitive (gender)"),
     ({"kind": {}}, "the config: unknown keys ['kind']"),
     # Text where a true/false goes was taken as true: "no" switched drift refits on.
     ({"kinds": {"churn_risk": {"drift_refit": "no"}}}, "kinds.churn_risk.drift_refit: true or false, not 'no'"),
