@@ -781,7 +781,8 @@ def parse_time(
         except (ValueError, OverflowError, OSError):
             raise RowProblem("bad time: not a valid date") from None
         raise RowProblem("bad time: a number that is neither epoch seconds (10 digits), milliseconds (13), "
-                         "microseconds (16), nanoseconds (19) nor YYYYMMDD (use --time-format; a day number: days:DATE)")
+                         "microseconds (16), nanoseconds (19) nor YYYYMMDD (use --time-format; a day number: days:DATE; "
+                         "an Excel date's serial such as 44927: excel)")
     m = _slash(s)
     year_first = False
     if m is None:

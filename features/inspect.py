@@ -46,7 +46,8 @@ _EMAIL = re.compile(r"[^@\s/:?=&]+@[^@\s/?]+\.[A-Za-z]{2,}")
 # Names that say what a column is, in the words exports use (English, some German, French, Spanish).
 _NAMES: dict[str, tuple[str, ...]] = {
     "customer": ("customer", "client", "user", "member", "buyer", "contact", "kunde", "visitor", "account",
-                 "email", "distinct_id", "person", "shopper", "cliente", "usuario", "household", "cust"),
+                 "email", "distinct_id", "person", "shopper", "cliente", "usuario", "household", "cust",
+                 "organization", "organisation", "company", "firma", "empresa"),  # a B2B CRM's customer
     "time": ("time", "date", "timestamp", "created", "datum", "ts", "when", "at", "fecha", "zeit"),
     "amount": ("amount", "total", "revenue", "value", "sales", "spend", "betrag", "umsatz", "price_total",
                "payment", "sum", "montant", "importe", "dollars", "gross"),
@@ -61,6 +62,7 @@ _NAMES: dict[str, tuple[str, ...]] = {
     "page": ("page", "page_name", "screen", "screen_name", "page_title"),
     "campaign": ("campaign", "mailing", "newsletter", "utm_campaign"),
     "day_number": ("day", "day_no", "day_number", "days"),
+    "not_a_day_number": ("hour", "since", "prior", "dow", "weekday", "week", "month", "of"),
     "clock": ("trans_time", "time_of_day", "clock", "hour_minute", "uhrzeit", "heure"),
 }
 # Money beside an order's value, never its amount or quantity ("Discount Amount" holds "count",
@@ -74,6 +76,9 @@ _LOWER_CURRENCIES = frozenset({
     "twd", "ars", "clp", "cop", "pen", "rub", "uah",
 })
 _ORDER_MARK = re.compile(r"#\d+")  # Shopify's order names: #1001
+_CLOCK_CELL = re.compile(r"\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?")  # a time of day in a column of its own
+# Excel's serial days: 20000 is 1954-10-03, 80000 is 2119-01-10 (a date cell exported as its number).
+_EXCEL_SERIALS = (20_000, 80_000)
 
 
 @dataclass
@@ -94,6 +99,10 @@ class ColumnProfile:
     currencies: int = 0  # three-letter upper-case codes (or a known one in lower case)
     refunds: int = 0  # cells that are a refund word (of the statuses)
     order_marks: int = 0  # cells such as #1001
+    midnights: int = 0  # times at midnight (a date without its time of day)
+    clocks: int = 0  # cells that are a time of day alone (13:22 or 13:22:10)
+    low: float | None = None  # the smallest and largest number read
+    high: float | None = None
     max_len: int = 0
     vocabulary: dict[str, int] = field(default_factory=dict)  # its values, when a small vocabulary
 
@@ -167,20 +176,29 @@ def _read(p: ColumnProfile, cell: str) -> None:
     # Either date order: a US export's 08/29/2020 is a time too (the import settles the order).
     for order in ("dmy", "mdy"):
         try:
-            parse_time(cell, date_order=order)
+            ms = parse_time(cell, date_order=order)
         except (RowProblem, ValueError):
             continue
         p.times += 1
+        p.midnights += ms % 86_400_000 == 0
         break
-    for comma in (False, True):  # 12.50, or a European export's 12,50
-        try:
-            number = parse_number(cell, comma)
-        except (RowProblem, ValueError, OverflowError):
-            continue
-        p.numbers += 1
-        p.decimals += number != int(number)
-        p.negatives += number < 0
-        break
+    if _CLOCK_CELL.fullmatch(cell):
+        p.clocks += 1
+    letters = "".join(ch for ch in cell if ch.isalpha())
+    # A number may carry its currency's code (EUR 12); other letters make it no number
+    # (Pipedrive's "Org 19", a "SKU-31"), though the import reads a code-like prefix as one.
+    if not letters or letters.lower() in _LOWER_CURRENCIES:
+        for comma in (False, True):  # 12.50, or a European export's 12,50
+            try:
+                number = parse_number(cell, comma)
+            except (RowProblem, ValueError, OverflowError):
+                continue
+            p.numbers += 1
+            p.decimals += number != int(number)
+            p.negatives += number < 0
+            p.low = number if p.low is None else min(p.low, number)
+            p.high = number if p.high is None else max(p.high, number)
+            break
     if "@" in cell and _EMAIL.fullmatch(cell):
         p.emails += 1
     word = norm_action(cell)
@@ -226,11 +244,26 @@ def suggest(profiles: list[ColumnProfile]) -> dict[str, str]:
     take("time", ((p.share(p.times) + _named(p, "time") - p.share(p.decimals) + min(p.distinct / p.filled, 1) / 2, p)
                   for p in full if p.share(p.times) >= 0.8))
     if "time" not in pick:
-        # Anonymised panels count days from an undisclosed start (dunnhumby's DAY 1 to 711).
-        take("day_number", ((1.0, p) for p in full if _named(p, "day_number") and p.share(p.numbers) >= 0.99
-                            and p.share(p.decimals) == 0 and p.negatives == 0))
+        # A date cell exported as its serial number (an ERP's Posting Date: 44927).
+        lo, hi = _EXCEL_SERIALS
+        take("time", ((1.0 + min(p.distinct / p.filled, 1), p) for p in full if _named(p, "time")
+                      and p.share(p.numbers) >= 0.99 and p.low is not None and p.high is not None
+                      and lo <= p.low and p.high <= hi))
+        if "time" in pick:
+            pick["time_format"] = "excel"
+    if "time" not in pick:
+        # Anonymised panels count days from an undisclosed start (dunnhumby's DAY 1 to 711), over
+        # more than a month; not an hour of the day, a weekday, or days since the last order
+        # (Instacart's days_since_prior_order: each customer's own clock, no timeline).
+        take("day_number", ((1.0, p) for p in full if _named(p, "day_number") and not _named(p, "not_a_day_number")
+                            and p.share(p.numbers) >= 0.99 and p.share(p.decimals) == 0 and p.negatives == 0
+                            and p.distinct > 31))
         if "day_number" in pick:
             take("clock", ((1.0, p) for p in full if _named(p, "clock") and p.share(p.numbers) >= 0.99))
+    elif "time_format" not in pick and _all_midnight(full, pick["time"]):
+        # A till's export keeps the time of day in a column of its own (Datum, Uhrzeit).
+        take("clock", ((1.0 + _named(p, "clock"), p) for p in full
+                       if p.share(p.clocks) >= 0.95 and (_named(p, "clock") or _named(p, "time"))))
     # An order's status (delivered, shipped, canceled) also reads as e-mail actions: where it
     # reads at least as well as a status, it is one, and the table is of orders, not events.
     statuses = {p.name for p in full if p.share(p.statuses) >= 0.5
@@ -294,14 +327,19 @@ def _beside_the_value(name: str) -> bool:
     return any(word.startswith(_NOT_AN_ORDER_VALUE) for word in words)
 
 
+def _all_midnight(profiles: list[ColumnProfile], name: str) -> bool:
+    p = next(p for p in profiles if p.name == name)
+    return p.times > 0 and p.midnights == p.times
+
+
 def _id_named(p: ColumnProfile) -> float:
     """0.5 for a name that says it is an id (``user_id``, ``CustomerID``, ``invoice_no``)."""
     name = norm_action(p.name).replace(".", "_")  # "Customer ID" too
     return 0.5 if re.search(r"(^|_|[a-z])(id|no|nr|number|num|key)$", name) else 0.0
 
 
-_OPTIONS = ("customer", "time", "clock", "action", "others", "order", "amount", "price", "quantity", "product",
-            "status", "currency", "session", "campaign")
+_OPTIONS = ("customer", "time", "time_format", "clock", "action", "others", "order", "amount", "price", "quantity",
+            "product", "status", "currency", "session", "campaign")
 
 
 def command(path: str, pick: Mapping[str, str], event_log: bool) -> str:
@@ -320,6 +358,6 @@ def command(path: str, pick: Mapping[str, str], event_log: bool) -> str:
         parts_after = []
     for role in _OPTIONS:
         if role in pick and (event_log or role not in ("action", "others", "session", "campaign")):
-            parts += [f"--{role}", pick[role]]
+            parts += [f"--{role.replace('_', '-')}", pick[role]]
     parts += parts_after
     return " ".join(shlex.quote(p) for p in parts + ["--out", "events.jsonl"])

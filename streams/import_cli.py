@@ -27,6 +27,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -438,6 +439,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
               "  no amount column found: purchases in the log get amount 0 (add --amount COL if it has one)")
     elif "currency" not in pick:
         print("  amounts are read as EUR: add --default-currency CODE (or --currency COL)")
+    amount = pick.get("amount") or pick.get("price")
+    if amount and re.search(r"(^|[^a-z])(cents?|pence|centimes)($|[^a-z])", amount.lower()):
+        from features.join_tables import table_name
+
+        # Billing tools (Chargebee, Stripe's API) keep integer cents; features sum what they are given.
+        print(f"  {amount} looks like cents: the import reads amounts as written; in currency units: "
+              f"--query 'select *, \"{amount}\" / 100.0 as amount_units from {table_name(Path(given))}' "
+              "--amount amount_units")
     if customer.filled < 0.95 * customer.rows:  # anonymous visitors of an analytics log
         print(f"  {customer.name} is empty in {100 - 100 * customer.filled / customer.rows:.0f}% of the rows read: "
               "the import skips those (missing customer)")

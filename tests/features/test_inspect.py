@@ -105,6 +105,27 @@ SHAPES = {
                       "domain_sessionid": f"{r.randint(1, 900):08x}"},
         {"customer": "user_id", "time": "collector_tstamp", "action": "event"},
     ),
+    # Date cells exported as Excel's serial numbers.
+    "an ERP ledger with serial dates": (
+        lambda i, r: {"Customer No.": f"C{r.randint(1, 200):05d}", "Posting Date": str(44_927 + i // 9),
+                      "Document No.": f"INV{i}", "Amount": f"{r.randint(100, 90_000) / 100:.2f}"},
+        {"customer": "Customer No.", "time": "Posting Date", "time_format": "excel", "amount": "Amount"},
+    ),
+    # A till keeps the day and the time of day apart.
+    "a POS export (date and time apart)": (
+        lambda i, r: {"Kundennummer": str(r.randint(1000, 1300)), "Datum": _when(i, r, "%d.%m.%Y"),
+                      "Uhrzeit": f"{r.randint(8, 19):02d}:{r.randint(0, 59):02d}:{r.randint(0, 59):02d}",
+                      "Umsatz": f"{r.randint(100, 9999) / 100:.2f}".replace(".", ",")},
+        {"customer": "Kundennummer", "time": "Datum", "clock": "Uhrzeit", "amount": "Umsatz"},
+    ),
+    # A B2B CRM: the organisation is the customer, not the deal's title; "Org 19" is no number.
+    "Pipedrive deals": (
+        lambda i, r: {"Deal - Title": f"Deal {r.randint(1, 900)}", "Deal - Organization": f"Org {r.randint(1, 60)}",
+                      "Deal - Value": str(r.randint(500, 90_000)), "Deal - Currency": "EUR",
+                      "Deal - Status": r.choice(["won", "won", "lost", "open"]), "Deal - Won time": _when(i, r)},
+        {"customer": "Deal - Organization", "time": "Deal - Won time", "amount": "Deal - Value",
+         "status": "Deal - Status", "currency": "Deal - Currency"},
+    ),
     "a German ERP export": (
         lambda i, r: {"Kundennummer": str(r.randint(10000, 10300)), "Rechnungsdatum": _when(i, r, "%d.%m.%Y"),
                       "Belegnummer": str(4711 + i), "Betrag": f"{r.randint(100, 99999) / 100:.2f}".replace(".", ",")},
@@ -169,3 +190,13 @@ def test_a_url_that_carries_an_address_is_not_an_address() -> None:
     rows = [{"page_url": f"https://shop.example/?email=u{i}@example.com", "mail": f"u{i}@example.com"} for i in range(50)]
     url, mail = profile(rows)
     assert "e-mail" not in url.describe() and "100% e-mail addresses" in mail.describe()
+
+
+def test_a_table_without_a_timeline_gets_no_time_column() -> None:
+    """Instacart's orders: an hour of the day, a weekday, and days since the customer's last order."""
+    rows = _rows(2_000, lambda i, r: {"order_id": str(i), "user_id": str(r.randint(1, 200)),
+                                      "order_number": str(r.randint(1, 40)), "order_dow": str(r.randint(0, 6)),
+                                      "order_hour_of_day": str(r.randint(6, 22)),
+                                      "days_since_prior_order": str(r.randint(0, 30))})
+    pick = suggest(profile(rows))
+    assert "time" not in pick and "day_number" not in pick

@@ -491,3 +491,23 @@ def test_backtest_names_the_option_at_fault_and_what_it_could_not_show(tmp_path:
     out = capsys.readouterr().out
     assert json.loads((tmp_path / "r" / "report.json").read_text())["events"] == n
     assert "no event carries segmnt" in out and "the change at 2090-01-01 is outside the history" in out
+
+
+def test_inspect_says_how_to_read_cents_as_currency_units(tmp_path: Path, capsys) -> None:
+    import shlex
+
+    src = tmp_path / "invoices.csv"
+    src.write_text("invoice_number,customer_id,invoice_date,amount_cents,currency\n"
+                   + "".join(f"INV-{i},cus_{i % 40},2022-0{1 + i % 9}-1{i % 10}T10:00:00Z,{900 + i},USD\n"
+                             for i in range(200)))
+    assert main(["inspect", str(src)]) == 0
+    out = capsys.readouterr().out
+    suggested = next(line.strip() for line in out.splitlines() if line.strip().startswith("leadpulse "))
+    hint = next(line.strip() for line in out.splitlines() if "looks like cents" in line)
+    argv = shlex.split(suggested)[1:]
+    argv[argv.index("--amount"): argv.index("--amount") + 2] = shlex.split(hint.split("in currency units: ")[1])
+    argv[argv.index("--out") + 1] = str(tmp_path / "events.jsonl")
+    assert main(argv) == 0
+    capsys.readouterr()
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert sorted(e["amount"] for e in events) == [(900 + i) / 100 for i in range(200)]
