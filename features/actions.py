@@ -31,7 +31,7 @@ _VOCABULARY: dict[tuple[str, str], tuple[str, ...]] = {
     ("purchase", "completed"): ("purchase", "transaction", "order", "buy", "purchased",
                                 "order_completed", "sale", "placed_order"),
     ("purchase", "refunded"): ("refund", "refunded", "return", "returned", "order_refunded",
-                               "cancel", "cancelled", "canceled"),
+                               "cancel", "cancelled", "canceled", "chargeback", "reversed"),
     # Campaign words are read with an "email_" prefix and an "_email" suffix too (email_opened,
     # email_link_clicked; Klaviyo's "Opened Email", "Received Email").
     ("campaign", "sent"): ("sent", "send"),
