@@ -123,6 +123,7 @@ def load_scoring_config(path: str | Path | None) -> ScoringConfig:
 # Event keys: "type" or "type:action" (a purchase's action is its status).
 _EVENT_FIELDS = ("score_on", "only_on", "rescore_on", "outcome")
 _DURATIONS = ("rescore", "register", "horizon", "tick", "active_within")
+MIN_TICK_MS = 3_600_000  # an idle rescore at most hourly
 _FLAGS = ("requires_purchase", "drift_refit", "missing_indicators")
 _AT_LEAST = {  # field: smallest allowed value
     "min_labels": 1, "min_per_class": 1, "consolidate_every": 0, "window": 1, "consolidate_max": 1,
@@ -171,6 +172,8 @@ def _kinds(overrides: Mapping[str, Any], catalog: Catalog, sensitive: set[str]) 
         if kind.tick and kind.tick_growth > 1:
             _reads(f"{where}.tick_growth", catalog, _SILENCE, either=True)
         out.append(kind)
+    if not out:  # the core would fall back on the defaults: the opposite of what the file says
+        raise ConfigError("kinds: every kind is switched off; leave at least one enabled")
     rfm = [k.name for k in out if k.type == "rfm"]
     if len(rfm) > 1:  # one grader (quintile sketches) per shard
         raise ConfigError(f"kinds: at most one kind of type rfm, not {rfm}")
@@ -197,6 +200,11 @@ def _check_kind(where: str, kind: ScoreKind, catalog: Catalog, sensitive: set[st
         value = getattr(kind, key)
         if value is not None:
             _duration(f"{where}.{key}", value)
+    if kind.tick and 0 < parse_duration_ms(kind.tick) < MIN_TICK_MS:
+        # Every silent customer is rescored each tick: 7m (minutes, not months) made a replay of
+        # 300 customers run for hours.
+        raise ConfigError(f"{where}.tick: at least 1h, not {kind.tick} (each tick rescores every idle customer; "
+                          "m is minutes, months are 30d)")
     if parse_duration_ms(kind.horizon) <= 0:
         raise ConfigError(f"{where}.horizon: must be longer than 0")
     for key, least in _AT_LEAST.items():

@@ -96,6 +96,10 @@ UPSELL: dict[str, Any] = {
     ({"policy": {"triggers": [{"name": "t", "kind": "churn_risk", "action": "x", "min_idle_days": "45"}]}},
      "policy.triggers[0].min_idle_days: a number of days"),
     ({"sensitive": "age"}, "sensitive: a list"),
+    ({"kinds": {k: {"enabled": False} for k in ("purchase_propensity", "churn_risk", "campaign_response",
+                                                  "engagement", "rfm_segment")}},
+     "kinds: every kind is switched off; leave at least one enabled"),
+    ({"kinds": {"churn_risk": {"tick": "7m"}}}, "kinds.churn_risk.tick: at least 1h, not 7m"),
     ({"catalog": {"features": [{"name": "max_age", "source": "any", "agg": "max", "field": "age"}]}},
      "catalog: max_age aggregates 'age', which is sensitive"),
     # An export's column as its tool names it: in any case, or as one word of a longer name.
