@@ -165,6 +165,9 @@ class Settings(BaseSettings):
         # Checked here: kafka-python took "" or "host:90920" for brokers it could not reach,
         # 30 seconds later. A host alone is port 9092, as for Kafka's own clients.
         for broker in value.split(","):
+            if "://" in broker or "/" in broker:
+                # kafka://h:9092 read as host "kafka" port 9092: a traceback naming another host.
+                raise ValueError(f"brokers are host:port[,host:port], without a scheme or path, not {value!r}")
             host, colon, port = broker.strip().rpartition(":")
             if not colon:
                 host, port = port, "9092"

@@ -34,7 +34,7 @@ def test_a_misspelt_variable_is_reported_with_the_name_meant(
     assert "TOPICS__SCORES" not in err and "REDIS_SERVER" not in err
 
 
-@pytest.mark.parametrize("brokers", ["", "kafka:", "kafka:90920", "kafka:9092,"])
+@pytest.mark.parametrize("brokers", ["", "kafka:", "kafka:90920", "kafka:9092,", "kafka://127.0.0.1:9092", "PLAINTEXT://b1:9092"])
 def test_brokers_that_are_not_host_port_are_refused(brokers: str) -> None:
     with pytest.raises(ValidationError, match="host:port"):
         Settings(kafka_bootstrap=brokers)
