@@ -368,7 +368,10 @@ def _catalog(value: Any, base_dir: Path | None) -> Catalog:
 
 
 def _feature(where: str, value: Any) -> FeatureSpec:
-    spec = _build(FeatureSpec, where, _mapping(where, value))
+    given = _mapping(where, value)
+    if "agg" in given:  # first: the spec's own checks read it ("a window goes with count, ...")
+        _choice(f"{where}.agg", given["agg"], get_args(Aggregation))
+    spec = _build(FeatureSpec, where, given)
     _choice(f"{where}.agg", spec.agg, get_args(Aggregation))
     if not isinstance(spec.weights, Mapping) or not all(_number(w) for w in spec.weights.values()):
         raise ConfigError(f"{where}.weights: a mapping of action to a number")

@@ -188,8 +188,12 @@ class Settings(BaseSettings):
     def _redis_database(cls, value: SecretStr) -> SecretStr:
         # redis-py ignores a database it cannot read as a number ("/prod" is database 0).
         # The message leaves the URL out: it may hold the password.
-        path = urlsplit(value.get_secret_value()).path.strip("/")
-        if value.get_secret_value().startswith(("redis://", "rediss://")) and path and not path.isdigit():
+        url = value.get_secret_value()
+        if not url.lower().startswith(("redis://", "rediss://", "unix://")):
+            # redis-py said so only at the first connection, naming no setting.
+            raise ValueError("a URL that starts with redis://, rediss:// (TLS) or unix://")
+        path = urlsplit(url).path.strip("/")
+        if url.startswith(("redis://", "rediss://")) and path and not path.isdigit():
             raise ValueError("the database after the last / must be a number")
         return value
 

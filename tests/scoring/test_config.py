@@ -78,6 +78,8 @@ UPSELL: dict[str, Any] = {
      "catalog.features[0]: x_7d: unknown action 'teleport'"),
     ({"catalog": {"features": [{"name": "x", "source": "web", "agg": "median"}]}},
      "catalog.features[0].agg: one of count"),
+    ({"catalog": {"features": [{"name": "x", "source": "web", "agg": "countt", "window": "7d"}]}},
+     "catalog.features[0].agg: one of count"),
     ({"catalog": {"features": [{"name": "x", "source": "web", "agg": "count", "window": "a week"}]}},
      "catalog.features[0]: not a duration"),
     ({"catalog": {"features": [{"name": "orders_total", "source": "web", "agg": "count"}]}},

@@ -88,3 +88,9 @@ def test_a_redis_ca_file_without_a_tls_url_is_refused(
     assert err == ("leadpulse worker: invalid settings: LEADPULSE_REDIS_SSL_CA_CERTS is set but "
                    "LEADPULSE_REDIS_URL is not rediss:// (TLS)\n")
     assert Settings(redis_url="rediss://127.0.0.1:6380/0", redis_ssl_ca_certs=str(ca)).redis_ssl_ca_certs
+
+
+def test_a_redis_url_of_another_scheme_is_refused_without_showing_it() -> None:
+    with pytest.raises(ValidationError, match="redis://, rediss:// \\(TLS\\) or unix://") as info:
+        Settings(redis_url="http://user:s3cret@cache:6379/0")
+    assert "s3cret" not in str(info.value)
