@@ -486,13 +486,20 @@ def out_of_order(lines: Iterable[bytes | str], window_ms: int) -> int:
     return behind
 
 
-def time_sorted(lines: Iterable[bytes | str]) -> list[bytes]:
+class SortedLines(list[bytes]):
+    """Lines in time order; ``numbers[i]`` is the file's own (1-based) number of line ``i``."""
+
+    numbers: list[int]
+
+
+def time_sorted(lines: Iterable[bytes | str]) -> SortedLines:
     """The non-blank lines sorted by ``ts`` (stable: equal times keep the file's order).
 
     In memory: about the file's size again, plus a few dozen bytes a line.
 
-    >>> time_sorted(['{"ts": 1704070800000, "n": 1}', "", '{"ts": 1704067200000, "n": 2}'])
-    [b'{"ts": 1704067200000, "n": 2}', b'{"ts": 1704070800000, "n": 1}']
+    >>> out = time_sorted(['{"ts": 1704070800000, "n": 1}', "", '{"ts": 1704067200000, "n": 2}'])
+    >>> out, out.numbers
+    ([b'{"ts": 1704067200000, "n": 2}', b'{"ts": 1704070800000, "n": 1}'], [3, 1])
     """
     keyed = []
     for number, line in enumerate(lines):
@@ -501,7 +508,9 @@ def time_sorted(lines: Iterable[bytes | str]) -> list[bytes]:
         if raw:
             keyed.append((_ts_key(raw), number, raw))
     keyed.sort(key=lambda item: (item[0], item[1]))
-    return [raw for _, _, raw in keyed]
+    out = SortedLines(raw for _, _, raw in keyed)
+    out.numbers = [number + 1 for _, number, _ in keyed]
+    return out
 
 
 def without_bom(lines: Iterable[bytes]) -> Iterator[bytes]:

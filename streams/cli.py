@@ -344,6 +344,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             report = run_backtest(lines, bcfg, runner)
             # Line numbers in the report are the file's own unless it had to be sorted.
             report["input_sorted"] = isinstance(lines, list)
+            numbers: list[int] = getattr(lines, "numbers", [])
+            for bad in report.get("invalid_examples", ()) if numbers else ():
+                bad["first_line"] = numbers[bad["first_line"] - 1]  # the file's own line, not the sorted order's
         report["config"]["name"] = scfg.name
         report["config"]["workers_chosen"] = "given" if args.workers else "auto"
         report["input"] = getattr(args, "given_file", args.file)  # a pipe's own name, not its copy's
@@ -480,7 +483,9 @@ def _headline(reports: list[dict[str, Any]]) -> str:
             lines.append(f"  note: purchases in {len(currencies)} currencies ({shown}) are summed as given; "
                          "convert them first (import-transactions --convert-to)")
         for bad in rep.get("invalid_examples", [])[:3]:
-            where = f", first at line {bad['first_line']:,}" if rep.get("input_sorted") is False else ""
+            # A sorted file's invalid lines come in time order, not the file's: one of them, not the first.
+            first = "for one, line" if rep.get("input_sorted") else "first at line"
+            where = f", {first} {bad['first_line']:,}" if "first_line" in bad else ""
             lines.append(f"  invalid: {bad['count']:,} x {bad['reason'][:110]}{where}")
         lines.append(
             f"  {'kind':<22}{'labels':>9}{'pos':>8}{'AUC':>7}{'rule':>7}{'top/bot':>9}"

@@ -511,3 +511,18 @@ def test_inspect_says_how_to_read_cents_as_currency_units(tmp_path: Path, capsys
     capsys.readouterr()
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert sorted(e["amount"] for e in events) == [(900 + i) / 100 for i in range(200)]
+
+
+def test_a_sorted_files_invalid_lines_are_reported_at_the_files_own_line_numbers(tmp_path: Path, capsys) -> None:
+    history = tmp_path / "h.jsonl"
+    write_jsonl(SimulationConfig(customers=40, days=30, seed=6), history)
+    lines = history.read_bytes().splitlines()
+    lines.reverse()  # newest first, as an export sorted the other way: the replay sorts it
+    lines.insert(500, b"{not json")
+    history.write_bytes(b"\n".join(lines) + b"\n")
+    assert main(["backtest", str(history), "--out", str(tmp_path / "r"), "--no-batch-baseline"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["input_sorted"] is True
+    assert [(b["reason"][:12], b["first_line"]) for b in report["invalid_examples"]] == [("invalid JSON", 501)]
+    assert "for one, line 501" in out
