@@ -33,6 +33,7 @@ True
 from __future__ import annotations
 
 import csv
+import dataclasses
 import heapq
 import math
 import time
@@ -339,6 +340,7 @@ def _run_backtest(
     baselines: dict[str, BatchBaseline] = {}
     groups: dict[str, str] = {}
     per_day: dict[str, Counter[str]] = defaultdict(Counter)
+    fired: Counter[str] = Counter()  # triggers by rule
     bands_per_week: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
     drifts: list[dict[str, Any]] = []
     first_ts: int | None = None
@@ -387,6 +389,7 @@ def _run_backtest(
             per_day[rec["ts"][:10]]["alerts"] += 1
         for rec in out.triggers:
             per_day[rec["ts"][:10]]["triggers"] += 1
+            fired[rec["trigger"]] += 1
         drifts.extend(out.drifts)
         for ex in out.labelled:
             if config.on_labelled:
@@ -502,6 +505,8 @@ def _run_backtest(
         "scores_published": sum(c["scores"] for c in per_day.values()),
         "alerts": sum(c["alerts"] for c in per_day.values()),
         "triggers": sum(c["triggers"] for c in per_day.values()),
+        # Per rule, every rule of the policy listed (0: it never fired on this history).
+        "triggers_by_rule": {rule.name: fired[rule.name] for rule in core.policy.triggers},
         "drifts": drifts,
         "kinds": kinds_report,
         # Each learned kind's model at the end of the replay: what it weighs on this history.
@@ -522,6 +527,9 @@ def _run_backtest(
             "group_by": config.group_by,
             "kinds": [k.name for k in core.kinds],
             "tick_growth": {k.name: float(k.tick_growth) for k in core.kinds if k.tick_ms},
+            # What produced the report: each kind's settings and the policy, as the config gave them.
+            "kind_settings": {k.name: dataclasses.asdict(k) for k in core.kinds},
+            "policy": {key: value for key, value in dataclasses.asdict(core.policy).items() if key != "control_salt"},
         },
     }
     return report

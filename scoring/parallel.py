@@ -166,7 +166,7 @@ class _Shard:
             # 5 µs each to unpickle, about one per event.
             total.scores = [{"ts": r["ts"], "kind": r["kind"], "band": r["band"]} for r in total.scores]
             total.alerts = [{"ts": r["ts"]} for r in total.alerts]
-            total.triggers = [{"ts": r["ts"]} for r in total.triggers]
+            total.triggers = [{"ts": r["ts"], "trigger": r["trigger"]} for r in total.triggers]
             return total, blob
         if op == "features":
             return pickle.dumps(self.core.features, protocol=pickle.HIGHEST_PROTOCOL)
@@ -279,6 +279,7 @@ class ShardedCore:
             raise ValueError("a sharded replay runs on the in-process store")
         self.workers = workers
         self.kinds = core.kinds
+        self.policy = core.policy  # the workers' alerts and triggers (the report lists its rules)
         self._template = core
         # Learned here, in this process, for every worker (taken before a worker in this
         # process, workers=1, gives the core a registry of its own).

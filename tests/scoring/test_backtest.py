@@ -512,3 +512,20 @@ def test_a_sample_of_customers_is_the_replay_of_those_customers_alone(history: P
         for e in r["invalid_examples"]:
             e.pop("first_line")  # a line number of the other file
     assert sampled == whole
+
+
+def test_the_report_says_what_produced_it_and_which_triggers_fired(history: Path) -> None:
+    from scoring.config import scoring_config_from_dict
+    from scoring.core import ScoringCore
+
+    scfg = scoring_config_from_dict({"kinds": {"churn_risk": {"horizon": "45d"}},
+                                     "policy": {"control_salt": "a-team-salt"}})
+    core = ScoringCore.in_memory(kinds=scfg.kinds, policy=scfg.policy)
+    with history.open("rb") as lines:
+        report = run_backtest(lines, BacktestConfig(batch_baseline=False), core)
+    config = report["config"]
+    assert config["kind_settings"]["churn_risk"]["horizon"] == "45d"
+    assert [t["name"] for t in config["policy"]["triggers"]] == list(report["triggers_by_rule"])
+    assert sum(report["triggers_by_rule"].values()) == report["triggers"] > 0
+    assert "control_salt" not in config["policy"]
+    json.dumps(report)  # as report.json holds it
