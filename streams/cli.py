@@ -545,7 +545,7 @@ def _headline(reports: list[dict[str, Any]]) -> str:
                 continue  # e.g. campaign response on a purchases-only history
             state = "serving" if m["serving"] else "not serving (cold start or on trial)"
             line = f"  {kind} model at the end: {m['labels']:,} labels ({m['positives']:,} positive), {state}"
-            if m.get("weights"):
+            if m.get("weights") and m.get("positives"):  # weights learned from one class say nothing
                 line += "; weighs most: " + ", ".join(f"{w['feature']} {w['weight']:+.2f}" for w in m["weights"][:4])
             lines.append(line)
         lines.extend(_unlabelled(rep))
