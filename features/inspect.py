@@ -62,6 +62,9 @@ _NAMES: dict[str, tuple[str, ...]] = {
     "page": ("page", "page_name", "screen", "screen_name", "page_title"),
     "campaign": ("campaign", "mailing", "newsletter", "utm_campaign"),
     "day_number": ("day", "day_no", "day_number", "days"),
+    # Ids of other things than the customer: an order's lines name them (Olist's items).
+    "not_customer": ("product", "order", "session", "campaign", "seller", "vendor", "supplier", "merchant",
+                     "store", "item", "sku", "invoice", "transaction"),
     "not_a_day_number": ("hour", "since", "prior", "dow", "weekday", "week", "month", "of"),
     "clock": ("trans_time", "time_of_day", "clock", "hour_minute", "uhrzeit", "heure"),
 }
@@ -295,7 +298,7 @@ def suggest(profiles: list[ColumnProfile]) -> dict[str, str]:
     # An id named as the customer's before an address (Stripe's Customer ID, then its Customer Email).
     take("customer", ((1.0 + 2 * _named(p, "customer") + _id_named(p) + 0.4 * p.share(p.emails)
                        - p.distinct / p.filled / 2, p) for p in ids if p.distinct < p.filled
-                      and p.share(p.order_marks) < 0.5))
+                      and p.share(p.order_marks) < 0.5 and (_named(p, "customer") or not _named(p, "not_customer"))))
     if "customer" not in pick:  # a sample too small for anyone to repeat: the name decides
         take("customer", ((1.0 + _id_named(p), p) for p in ids if _named(p, "customer")))
     take("order", ((1.0 + 2 * _named(p, "order") + _id_named(p) + p.share(p.order_marks)

@@ -418,6 +418,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if "customer" not in pick or ("time" not in pick and "day_number" not in pick):
         print("\nno customer and time columns found: name them with --customer and --time "
               "(leadpulse import-transactions --help)")
+        if "customer" not in pick and "order" in pick:
+            print(f"  its rows name an order ({pick['order']}) but no customer: join the orders' table with "
+                  "--join FILE and --query (README: several tables, joined in the command)")
         return 0
     customer = next(p for p in profiles if p.name == pick["customer"])
     extra = [f"--sheet {args.sheet!r}" if args.sheet else "", f"--table {args.table!r}" if args.table else "",

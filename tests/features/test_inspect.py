@@ -200,3 +200,12 @@ def test_a_table_without_a_timeline_gets_no_time_column() -> None:
                                       "days_since_prior_order": str(r.randint(0, 30))})
     pick = suggest(profile(rows))
     assert "time" not in pick and "day_number" not in pick
+
+
+def test_an_order_lines_table_offers_no_product_or_seller_as_the_customer() -> None:
+    """Olist's order items: order, product and seller ids, and no customer (it is in the orders' table)."""
+    rows = _rows(2_000, lambda i, r: {"order_id": f"o{i // 2}", "order_item_id": str(1 + i % 2),
+                                      "product_id": f"p{r.randint(1, 300)}", "seller_id": f"s{r.randint(1, 80)}",
+                                      "shipping_limit_date": _when(i, r), "price": f"{r.uniform(5, 200):.2f}"})
+    pick = suggest(profile(rows))
+    assert "customer" not in pick and pick["order"] == "order_id"
