@@ -356,6 +356,9 @@ class FeatureEngine:
         """The customer's features as of an event time (``None`` = no value yet).
 
         The same values as reading each feature with its reader (:meth:`read`).
+        ``as_of_ms`` is at or after the newest event the state holds: a state keeps no
+        history to undo, so reading it earlier gives today's counts. Point-in-time rows
+        come from reading as events are applied, as the scoring core does.
         """
         st = state if isinstance(state, dict) else dict(state)
         get = st.get

@@ -314,6 +314,8 @@ def run_backtest(
     """
     # The refits are small (at most tens of thousands of rows): BLAS threads cost more than they
     # give, and on a shared 2-core machine their spin-waits made whole replays 3-4x slower.
+    if isinstance(lines, str | bytes):  # a path or one line: iterated, it is one character a line
+        raise TypeError("run_backtest takes lines (an open file, a list), not one string: open(path, 'rb') it first")
     with threadpool_limits(limits=1):
         return _run_backtest(lines, config, core)
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from features.engine import TIME_FIELD, FeatureEngine, State, apply_ops
-from features.events import AnyEvent, action_of, ms_to_iso
+from features.events import AnyEvent, CampaignEvent, PurchaseEvent, WebEvent, action_of, ms_to_iso
 from features.spec import DAY_MS, Catalog
 from features.store import DUPLICATE, LATE, BatchResult, FeatureStore, InMemoryFeatureStore, Update
 from scoring.kinds import ScoreKind, default_kinds
@@ -252,6 +252,16 @@ class _Attempt:
     runs: list[_ShardRun] | None = None
 
 
+_EVENT_TYPES = (WebEvent, PurchaseEvent, CampaignEvent)
+
+
+def _customer_key(customer_id: str | int) -> str:
+    # As the event contract reads an id (features.events: integers as text, spaces trimmed).
+    if isinstance(customer_id, bool) or not isinstance(customer_id, str | int):
+        raise TypeError(f"a customer id is text or a whole number, not {type(customer_id).__name__}")
+    return str(customer_id).strip()
+
+
 def _overlapping(batches: Sequence[ShardBatch]) -> bool:
     """Whether a customer comes up in more than one shard's batch (each shard comes up once)."""
     owner: dict[str, str] = {}
@@ -339,6 +349,11 @@ class ScoringCore:
     def process(self, events: Sequence[AnyEvent], shard: str = "0", newest: int | None = None) -> Outputs:
         """Apply, score and label one batch of decoded events from one shard.
 
+        Labels mature and idle customers are rescored at the end of each call, up to the
+        batch's watermark: keep a batch to little event time (``run_backtest`` cuts them at
+        an hour, ``BacktestConfig.max_batch_span_ms``), or the rescores due inside it are
+        made late or not at all. Events come in event-time order, within the lateness.
+
         ``newest``: the event time of the newest event of the whole batch when this call
         gets a part of it (a replay sharded by customer): the watermark follows it, so every
         part's labels mature and idle customers tick as in one process.
@@ -364,6 +379,12 @@ class ScoringCore:
         """
         if len({shard for shard, _, _ in batches}) != len(batches):
             raise ValueError("each shard may come up once in a call")
+        for _, events, _ in batches:
+            wrong = next((ev for ev in events if not isinstance(ev, _EVENT_TYPES)), None)
+            if wrong is not None:  # a dict, a line, or decode's EventError for a bad one
+                reason = getattr(wrong, "reason", None)
+                raise TypeError(f"process takes decoded events (features.events.decode), not {type(wrong).__name__}"
+                                + (f": {reason}" if reason else ""))
         memo: dict[str, Outputs] = {} if done is None else done
         todo = [b for b in batches if b[0] not in memo]
         if len(todo) > 1 and (self.learn_inline or _overlapping(todo)):
@@ -840,8 +861,12 @@ class ScoringCore:
             }
         return out
 
-    def current(self, customer_id: str) -> dict[str, Any]:
-        """A customer's last published scores (for the HTTP API)."""
+    def current(self, customer_id: str | int) -> dict[str, Any]:
+        """A customer's last published scores (for the HTTP API).
+
+        The id is read as events read it: ``42`` and ``" 42 "`` are customer ``"42"``.
+        """
+        customer_id = _customer_key(customer_id)
         rec = self.state.load([customer_id])[customer_id]
         return {
             name: {"value": ks.value, "band": ks.band, "scored_at": ks.scored_at and ms_to_iso(ks.scored_at)}
@@ -849,7 +874,19 @@ class ScoringCore:
             if ks.value is not None
         }
 
-    def erase(self, customer_id: str) -> None:
-        """Forget a customer everywhere (deletion on request)."""
+    def erase(self, customer_id: str | int) -> None:
+        """Forget a customer everywhere (deletion on request).
+
+        The id is read as events read it: ``erase(42)`` forgets the customer whose events
+        said ``"customer_id": 42`` (stored as ``"42"``); a padded ``" 42 "`` is that one too.
+
+        >>> from features.events import decode
+        >>> core = ScoringCore.in_memory()
+        >>> _ = core.process([decode('{"event_id":1,"customer_id":42,"ts":1709287200,"type":"purchase",'
+        ...                          '"order_id":"o1","amount":80,"currency":"eur"}')])
+        >>> bool(core.current(42)), core.erase(42), core.current("42")
+        (True, None, {})
+        """
+        customer_id = _customer_key(customer_id)
         self.features.erase(customer_id)
         self.state.erase(customer_id)

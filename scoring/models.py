@@ -541,6 +541,11 @@ class OnlineModel:
         trial uses the prediction it made before it first learned the example
         (kept by ``example_id``), not one from a model that has fitted it.
         """
+        if y not in (0, 1):
+            raise ValueError(f"{self.kind}: a label is 0 or 1, not {y!r}")
+        if not -1e150 < sum(x.values()) < 1e150:  # one NaN, inf or 1e300 makes its scaler NaN for good
+            bad = [k for k, v in x.items() if not -1e150 < v < 1e150]
+            raise ValueError(f"{self.kind}: inputs are finite numbers below 1e150 (log-compress large ones), not {bad}")
         held = self._trial_preds.pop(example_id, None) if self.fresh and example_id else None
         if not self.proven and rule_prob is not None:
             self._observe_rule(rule_prob, y)

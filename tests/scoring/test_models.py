@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Iterator
 
 import numpy as np
+import pytest
 
 from scoring.metrics import auc
 from scoring.models import OnlineModel
@@ -423,3 +424,20 @@ def test_a_forest_s_reasons_name_the_input_that_decides() -> None:
     reasons = model.explain({"a": 1.5, "noise": 3.0}, top=2)
     assert reasons[0][0] == "a" and reasons[0][1] > 0  # it raises the score
     assert len(reasons) == 1 or abs(reasons[1][1]) < abs(reasons[0][1])
+
+
+@pytest.mark.parametrize(("x", "y", "says"), [
+    ({"x": float("nan")}, 1, "inputs are finite numbers"),
+    ({"x": float("inf")}, 0, "inputs are finite numbers"),
+    ({"x": 1e300}, 1, "inputs are finite numbers"),
+    ({"x": 1.0}, 2, "a label is 0 or 1"),
+    ({"x": 1.0}, 0.5, "a label is 0 or 1"),
+])
+def test_an_input_or_label_that_would_spoil_the_model_is_refused(x, y, says) -> None:
+    # One NaN made the scaler's statistics NaN: the input carried no signal ever after.
+    m = OnlineModel("demo", min_labels=2, min_per_class=1)
+    with pytest.raises(ValueError, match=says):
+        m.learn(x, y)
+    for i in range(200):
+        m.learn({"x": float(i % 2)}, i % 2)
+    assert m.predict({"x": 1.0}) > 0.8 > 0.2 > m.predict({"x": 0.0})  # unharmed

@@ -187,3 +187,23 @@ def test_a_snapshot_of_another_model_than_the_config_s_is_not_loaded(change: dic
     assert model.version == 0 and (model.model_name, model.outcome_label) == (
         change.get("model", "logistic"), change.get("label_on_outcome", 1))
     assert ModelRegistry(scoring_config_from_dict({}).kinds).refresh(store) == ["purchase_propensity"]
+
+
+def test_the_python_api_says_what_it_takes() -> None:
+    """Mistakes a notebook makes get a reason, not an AttributeError or a silent no-op."""
+    from features.events import decode
+    from scoring.backtest import BacktestConfig, run_backtest
+    from scoring.core import ScoringCore
+
+    core = ScoringCore.in_memory()
+    for wrong, says in (({"event_id": "e"}, "not dict"), (decode(b"{oops"), "not EventError: invalid JSON")):
+        with pytest.raises(TypeError, match=says):
+            core.process([wrong])
+    order = decode('{"event_id":1,"customer_id":42,"ts":1709287200,"type":"purchase","order_id":"o1",'
+                   '"amount":80,"currency":"eur"}')
+    core.process([order])
+    assert core.current(42) == core.current(" 42 ") == core.current("42") != {}
+    core.erase(42)  # the id as the event gave it
+    assert core.current("42") == {}
+    with pytest.raises(TypeError, match="not one string"):
+        run_backtest("history.jsonl", BacktestConfig())
