@@ -36,6 +36,7 @@ TRIAL_MIN_PER_CLASS = 30
 # The cold-start rule is calibrated once, on its first this many matured labels (or more,
 # until TRIAL_MIN_PER_CLASS of each class have come).
 RULE_FIT_LABELS = 200
+RULE_FLOOR = 0.001  # the cold-start rule's probability before its Platt fit: 0.001 to 0.999
 # A logistic model that learns at horizon close fits its labels this many at a time (and at
 # every refit), in numpy instead of River's per-label dict work: see OnlineModel._flush.
 # Staler gradients the larger it is: on the simulator (5,000 customers), churn AUC was
@@ -477,7 +478,10 @@ class OnlineModel:
         (True, True)
         """
         if self.rule_fit is None:
-            return rule_prob
+            # Before the fit, the rule's own value, kept off 0 and 1: a rule with no points says
+            # "no chance", and every such customer who then bought (or churned) cost the
+            # report's log loss 16 (its clip). Monotone, so the ranking is the rule's.
+            return RULE_FLOOR + (1.0 - 2 * RULE_FLOOR) * rule_prob
         a, b = self.rule_fit
         return _sigmoid(a * _logit(rule_prob) + b)
 

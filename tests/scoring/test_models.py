@@ -252,7 +252,10 @@ def test_the_rule_serving_cold_start_is_calibrated_to_the_matured_labels() -> No
     assert abs(sum(served) / len(served) - observed) < 0.02  # the rate, not the rule's 0.7
     ranked = sorted(held_out, key=lambda r: r[0])
     assert [model.calibrate_rule(r) for r, _ in ranked] == sorted(model.calibrate_rule(r) for r, _ in ranked)
-    assert _model().calibrate_rule(0.7) == 0.7  # no labels yet: the rule as it is
+    # No labels yet: the rule as it is, kept off certainty (0 points is not "no chance").
+    fresh = _model()
+    assert abs(fresh.calibrate_rule(0.7) - 0.7) < 0.001 and 0 < fresh.calibrate_rule(0.0) < fresh.calibrate_rule(0.01)
+    assert fresh.calibrate_rule(1.0) < 1.0
 
 
 def _sparse_stream(n: int, seed: int) -> Iterator[Example]:
