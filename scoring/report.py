@@ -341,19 +341,30 @@ def _headline_sentence(k: dict[str, Any]) -> str:
         ceiling = ratio_ceiling(k.get("labels"), k.get("positives"))
         if ceiling is not None and ceiling < USEFUL_RATIO:
             sentence += (
-                f" Its top decile converts {ratio:.1f}× as often as its bottom decile; at a "
+                f" Its top decile has the outcome {ratio:.1f}× as often as its bottom decile; at a "
                 f"{_pct(k['positives'] / k['labels'])} "
                 f"outcome rate no score can reach more than {ceiling:.2f}×, so the {USEFUL_RATIO:.0f}× rule "
                 "of thumb does not apply"
             )
         else:
             useful = "above" if ratio >= USEFUL_RATIO else "below"
+            shown = f"{ratio:.2f}" if abs(ratio - USEFUL_RATIO) < 0.05 else f"{ratio:.1f}"  # 2.96 is no 3.0
             sentence += (
-                f" Its top decile converts {ratio:.1f}× as often as its bottom decile, "
+                f" Its top decile has the outcome {shown}× as often as its bottom decile, "
                 f"{useful} the {USEFUL_RATIO:.0f}× rule of thumb for a useful score"
             )
+            parts_below = [(name, m["top_bottom_decile_ratio"]) for name, m in (k.get("by_moment") or {}).items()
+                           if m.get("top_bottom_decile_ratio") is not None]
+            if ratio >= USEFUL_RATIO and len(parts_below) > 1 and all(r < USEFUL_RATIO for _, r in parts_below):
+                # Two populations pooled (active customers, silent ones): the ratio is in the mix.
+                within = " and ".join(f"{r:.1f}× {_MOMENTS.get(name, name)}" for name, r in parts_below)
+                sentence += (f", but only pooled: within each population it is below ({within}), so it "
+                             "mostly tells active customers from silent ones")
         sentence += "."
     return sentence
+
+
+_MOMENTS = {"event": "among customers scored at their own events", "idle": "among silent customers rescored on schedule"}
 
 
 # ---------------------------------------------------------------------- charts
@@ -713,7 +724,9 @@ def _model_rows(k: dict[str, Any], prefix: str = "") -> list[list[str]]:
         rows.append([
             _e(prefix + name), _num(s.get("labels"), 0), _num(s.get("positives"), 0),
             f"<b>{_num(s.get('auc'))}</b>", _num(s.get("log_loss")),
-            _num(s.get("lift_top_decile"), 2), f"<span{flag}>{_num(ratio, 1)}</span>",
+            # Near the rule of thumb, two places: a red 3.0 beside a green 3.3 read as a contradiction.
+            _num(s.get("lift_top_decile"), 2),
+            f"<span{flag}>{_num(ratio, 2 if ratio is not None and abs(ratio - USEFUL_RATIO) < 0.05 else 1)}</span>",
         ])
     return rows
 
@@ -904,6 +917,25 @@ def _operations(page: _Page, ri: int, rep: dict[str, Any]) -> None:
     page.add("</section>")
 
 
+# What decides a kind's examples and labels: two configurations that differ here score other targets.
+_LABEL_SETTINGS = ("horizon", "outcome", "label_on_outcome", "requires_purchase", "active_within", "score_on",
+                   "register", "tick", "match_field")
+
+
+def _label_settings_changed(reports: Sequence[dict[str, Any]], kind: str) -> list[str]:
+    """The settings of ``kind`` that decide its labels and differ between two reports' configs.
+
+    >>> a = {"config": {"kind_settings": {"k": {"horizon": "7d", "model": "logistic"}}}}
+    >>> b = {"config": {"kind_settings": {"k": {"horizon": "14d", "model": "tree"}}}}
+    >>> _label_settings_changed([a, b], "k"), _label_settings_changed([a, a], "k")
+    (['horizon 7d against 14d'], [])
+    """
+    settings = [((rep.get("config") or {}).get("kind_settings") or {}).get(kind) or {} for rep in reports]
+    a, b = settings[0], settings[1]
+    return [f"{key} {a[key]} against {b[key]}" for key in _LABEL_SETTINGS
+            if key in a and key in b and a[key] != b[key]]
+
+
 def _compare(page: _Page, reports: Sequence[dict[str, Any]], labels: Sequence[str]) -> None:
     page.add('<section class="compare" id="compare"><h2>Side by side</h2>')
     page.add("<p>Both configurations replayed the same events, judged on their own point-in-time labels.</p>")
@@ -916,6 +948,11 @@ def _compare(page: _Page, reports: Sequence[dict[str, Any]], labels: Sequence[st
         k0, k1 = ks[0], ks[1]
         if k0 and k1:
             sentence = compare_sentence(labels[0], k0.get("auc"), labels[1], k1.get("auc"))
+            changed = _label_settings_changed(reports, kind)
+            if changed:
+                # Other labels (a 14-day against a 7-day outcome): each AUC is over its own examples.
+                sentence += (f" The two label this kind differently ({'; '.join(changed)}): each AUC is over its own "
+                             "examples and outcome, so they tell how well each ranks its own target, not which is better.")
             page.add(f'<p class="sentence">{_e(sentence)}</p>')
         rows: list[list[str]] = []
         for label, k in zip(labels, ks, strict=True):

@@ -214,13 +214,10 @@ class InMemoryStateStore:
         self._graders: dict[str, RfmGrader] = {}
 
     def load(self, customer_ids: Sequence[str]) -> dict[str, CustomerScoring]:
-        out = {}
-        for cid in customer_ids:
-            rec = self._records.get(cid)
-            if rec is None:
-                rec = self._records[cid] = CustomerScoring()
-            out[cid] = rec
-        return out
+        # A customer not seen yet gets a new record, kept once saved: a read (the API's
+        # current scores of an unknown id) adds nothing, as on Redis.
+        records = self._records
+        return {cid: records.get(cid) or CustomerScoring() for cid in customer_ids}
 
     def save(self, shards: dict[str, ShardSave]) -> dict[str, list[str]]:
         handed_out = {}

@@ -374,9 +374,13 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         print(note)
     print(f"report: {path}")
     written = reports[0].get("customers_out")
+    first = f" with {args.config or 'the defaults'} (the first configuration)" if args.compare else ""
     if written:
         n = written["customers"]
-        print(f"customers: {written['path']} ({n:,} customer{'s' if n != 1 else ''} scored as of {written['as_of']})")
+        print(f"customers: {written['path']} ({n:,} customer{'s' if n != 1 else ''} scored as of {written['as_of']}"
+              f"{first})")
+    if args.scores_out and args.compare:
+        print(f"scores: {args.scores_out}{first}")
     return 0
 
 

@@ -318,3 +318,28 @@ def test_a_ratio_no_score_can_reach_is_not_judged_against_the_rule_of_thumb() ->
     free = {**capped, "positives": 726, "top_bottom_decile_ratio": 2.4}
     assert "below the 3× rule of thumb" in _headline_sentence(free)
     assert 'class="weak"' in "".join(_model_rows(free)[0])
+
+
+def test_compare_says_when_the_two_configurations_label_a_kind_differently(tmp_path) -> None:
+    from scoring.report import write_html
+
+    def rep(horizon: str, auc: float) -> dict:
+        kind = {"labels": 100, "positives": 30, "auc": auc, "top_bottom_decile_ratio": 2.0}
+        return {"kinds": {"purchase_propensity": kind}, "config": {"name": horizon,
+                "kind_settings": {"purchase_propensity": {"horizon": horizon, "model": "logistic"}}}}
+
+    path = write_html([rep("7d", 0.728), rep("14d", 0.735)], tmp_path / "report.html")
+    text = path.read_text()
+    assert "label this kind differently (horizon 7d against 14d)" in text
+
+
+def test_a_pooled_decile_ratio_that_no_population_reaches_is_said_to_be_pooled() -> None:
+    from scoring.report import _headline_sentence
+
+    k = {"labels": 1000, "positives": 300, "auc": 0.7, "top_bottom_decile_ratio": 3.3,
+         "by_moment": {"event": {"top_bottom_decile_ratio": 2.1}, "idle": {"top_bottom_decile_ratio": 2.6}}}
+    text = _headline_sentence(k)
+    assert "has the outcome 3.3× as often" in text and "converts" not in text
+    assert "but only pooled: within each population it is below (2.1×" in text
+    k["top_bottom_decile_ratio"] = 2.96
+    assert "2.96× as often as its bottom decile, below" in _headline_sentence(k)
