@@ -770,7 +770,8 @@ def _kind_section(page: _Page, ri: int, rep: dict[str, Any], kind: str, k: dict[
                  "kind: it has no outcome to judge against (a points score), or no horizon closed "
                  "inside the history. Only its published scores are shown.</p>")
         page.add('<div class="grid">')
-        page.chart(ri, f"bands-{kind}", "Score bands over time", _BANDS_CAPTION, lambda: _bands_chart(bands))
+        page.chart(ri, f"bands-{kind}", "Score bands over time", _bands_caption(rep, kind),
+               lambda: _bands_chart(bands))
         page.add("</div></section>")
         return
     page.add(f'<p class="sentence">{_e(_headline_sentence(k))}</p>')
@@ -817,7 +818,8 @@ def _kind_section(page: _Page, ri: int, rep: dict[str, Any], kind: str, k: dict[
                "Predicted probability against the observed rate, per probability bin (dot size and "
                "label = examples). On the diagonal, a score of 0.3 means 30%.",
                lambda: _calibration_chart(k))
-    page.chart(ri, f"bands-{kind}", "Score bands over time", _BANDS_CAPTION, lambda: _bands_chart(bands))
+    page.chart(ri, f"bands-{kind}", "Score bands over time", _bands_caption(rep, kind),
+               lambda: _bands_chart(bands))
     page.add("</div>")
     page.chart(ri, f"weekly-auc-{kind}", "Weekly AUC (prequential)",
                "Each week's examples were scored before their outcome was known; AUC per week of the "
@@ -842,6 +844,20 @@ def _kind_section(page: _Page, ri: int, rep: dict[str, Any], kind: str, k: dict[
 
 _BANDS_CAPTION = ("Share of the scores published each week that fell in each band "
                   "(cold / warm / hot thresholds of the kind).")
+
+
+def _bands_caption(rep: dict[str, Any], kind: str) -> str:
+    """The bands chart's caption, with the kind's thresholds when the report has them.
+
+    >>> _bands_caption({"config": {"kind_settings": {"k": {"bands": {"warm": 15, "hot": 40}}}}}, "k")
+    'Share of the scores published each week that fell in each band: cold below 15, warm from 15, hot from 40 (on the 0-100 value, 100 x the probability; bands are thresholds, not rates).'
+    """
+    bands = (((rep.get("config") or {}).get("kind_settings") or {}).get(kind) or {}).get("bands") or {}
+    if "warm" not in bands or "hot" not in bands:
+        return _BANDS_CAPTION
+    warm, hot = bands["warm"], bands["hot"]
+    return (f"Share of the scores published each week that fell in each band: cold below {warm:g}, warm from "
+            f"{warm:g}, hot from {hot:g} (on the 0-100 value, 100 x the probability; bands are thresholds, not rates).")
 
 
 def _fairness_section(page: _Page, ri: int, kind: str, fair: dict[str, Any]) -> None:
