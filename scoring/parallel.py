@@ -198,7 +198,26 @@ class _Local:
         self.reply = None
 
 
-def _serve(conn: Connection, core: ScoringCore) -> None:
+def _die_with_parent(parent: int) -> None:
+    """On Linux, have the kernel stop this worker when the replay's process dies.
+
+    A replay killed outright (SIGKILL, or a SIGTERM nothing turned into a clean stop) left
+    its workers blocked forever on a pipe to a parent gone, holding their memory and the
+    command's stdout (a ``| tee`` never ended).
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the pipe's EOF still stops an idle worker
+        return
+    if os.getppid() != parent:  # the parent died before the request took hold
+        os._exit(1)
+
+
+def _serve(conn: Connection, core: ScoringCore, parent: int) -> None:
+    _die_with_parent(parent)
     # Ctrl-C reaches the whole process group: the replay's process stops its workers, which
     # would otherwise each print a KeyboardInterrupt traceback of their own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -229,7 +248,7 @@ class _Process:
     def __init__(self, ctx: Any, core: ScoringCore, index: int) -> None:
         self.index = index
         self.conn, theirs = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(theirs, core), daemon=True,
+        self.proc = ctx.Process(target=_serve, args=(theirs, core, os.getpid()), daemon=True,
                                 name=f"leadpulse-backtest-{index}")
         self.proc.start()
         theirs.close()

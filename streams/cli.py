@@ -13,6 +13,7 @@ import gzip
 import json
 import lzma
 import os
+import signal
 import sys
 import time
 import zipfile
@@ -273,8 +274,25 @@ def _plain(obj: Any) -> dict[str, Any]:
     return dict(obj)
 
 
+class Terminated(BaseException):
+    """SIGTERM (timeout, systemd, docker stop) in a command that must stop its worker processes."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 @command("backtest")
 def cmd_backtest(args: argparse.Namespace) -> int:
+    # Stopped as Ctrl-C stops it, through the replay's cleanup: its worker processes go too.
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _backtest(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _backtest(args: argparse.Namespace) -> int:
     from scoring.backtest import BacktestConfig, run_backtest, write_report
     from scoring.config import load_scoring_config
     from scoring.parallel import ShardedCore, fork_cores
@@ -788,7 +806,11 @@ def main(argv: list[str] | None = None) -> int:
         with _spooled(args):
             return COMMANDS[args.command](args)
     except KeyboardInterrupt:
+        print(f"leadpulse {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"leadpulse {args.command}: stopped (SIGTERM)", file=sys.stderr)
+        return 143
     except BrokenPipeError:
         # Whoever read stdout went away (| head): stop quietly, as other command line tools do,
         # and point stdout at nothing so the flush at exit does not raise again.

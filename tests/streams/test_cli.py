@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import json
 import lzma
@@ -526,3 +527,50 @@ def test_a_sorted_files_invalid_lines_are_reported_at_the_files_own_line_numbers
     assert report["input_sorted"] is True
     assert [(b["reason"][:12], b["first_line"]) for b in report["invalid_examples"]] == [("invalid JSON", 501)]
     assert "for one, line 501" in out
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from /proc (Linux)")
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_a_stopped_backtest_takes_its_worker_processes_with_it(tmp_path: Path, sig: str) -> None:
+    """timeout, systemd and docker stop send SIGTERM; its workers were left blocked on a pipe forever."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    history = tmp_path / "h.jsonl"
+    write_jsonl(SimulationConfig(customers=600, days=365, seed=8), history)
+    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "backtest", str(history), "--out", str(tmp_path / "r"),
+                             "--workers", "2", "--no-batch-baseline"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(workers := _children(proc.pid)) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)  # replaying
+    proc.send_signal(getattr(signal, sig))
+    try:
+        _, err = proc.communicate(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(_alive(w) for w in workers):
+            assert time.monotonic() < deadline, f"workers left running after {sig}"
+            time.sleep(0.05)
+    finally:
+        for w in workers:  # a failing run leaves none behind either
+            with contextlib.suppress(OSError):
+                os.kill(w, signal.SIGKILL)
+    if sig == "SIGTERM":
+        assert proc.returncode == 143 and b"stopped (SIGTERM)" in err and b"Traceback" not in err

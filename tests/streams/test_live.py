@@ -68,6 +68,7 @@ class Deployment:
             "kafka_bootstrap": bootstrap, "redis_url": redis_url, "partitions": PARTITIONS,
             "app_id": name, "redis_prefix": name, "broker_session_timeout_s": 10,
             "broker_rebalance_timeout_s": 3, "snapshot_every_labels": 50, "snapshot_every_s": 2,
+            "snapshot_min_interval_s": 0.5,  # the first snapshot early in a backlog, well before its end
             "model_refresh_s": 1, "batch_size": 200, "keep_late": True,
             **{f"topics__{k}": v for k, v in self.topics.model_dump().items()},
         }
