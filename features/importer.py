@@ -971,6 +971,20 @@ class _Line:
     source_currency: str  # the row's own currency, before any conversion
 
 
+def table_records(lines: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
+    """A delimited table's records from its header line on (the header first): title or
+    comment lines above it passed by (:func:`likely_header`), the delimiter sniffed from it.
+
+    >>> [cells for _, cells in table_records(["# Orders export", "", "a;b", "1;2"])]
+    [['a', 'b'], ['1', '2']]
+    """
+    rest = iter(lines)
+    head = list(islice(rest, HEADER_SEARCH_LINES))
+    at = likely_header(head)
+    delimiter = sniff_delimiter(head[at]) if head else ","
+    return csv_records(chain(head[at:], rest), delimiter, first_line=at + 1)
+
+
 def csv_records(lines: Iterable[str], delimiter: str, first_line: int = 1) -> Iterator[tuple[int, list[str]]]:
     """``(first line number, cells)`` per CSV record (quoted fields may span lines).
 

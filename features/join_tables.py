@@ -37,18 +37,11 @@ import io
 import re
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from features.importer import (
-    HEADER_SEARCH_LINES,
-    csv_records,
-    legacy_text,
-    likely_header,
-    numbered_names,
-    sniff_delimiter,
-)
+from features.importer import legacy_text, numbered_names, table_records
 
 ROWS_PER_INSERT = 10_000
 
@@ -120,14 +113,7 @@ def _load(db: sqlite3.Connection, name: str, path: Path, opener: Callable[[Path]
 
 
 def _insert(db: sqlite3.Connection, name: str, path: Path, text: io.TextIOBase) -> int:
-    head: list[str] = []
-    for line in text:
-        head.append(line)
-        if len(head) >= HEADER_SEARCH_LINES:
-            break
-    at = likely_header(head)
-    delimiter = sniff_delimiter(head[at]) if head else ","
-    records = csv_records(_lines(head[at:], text), delimiter)
+    records = table_records(text)
     header = next((cells for _, cells in records), None)
     if not header:
         raise ValueError(f"{path.name} is empty: no header line to name its columns")
@@ -149,11 +135,6 @@ def _insert(db: sqlite3.Connection, name: str, path: Path, text: io.TextIOBase) 
             batch.clear()
     db.executemany(insert, batch)
     return rows + len(batch)
-
-
-def _lines(head: list[str], rest: Iterator[str] | io.TextIOBase) -> Iterator[str]:
-    yield from head
-    yield from rest
 
 
 def _unique(names: list[str]) -> list[str]:

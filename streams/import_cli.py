@@ -473,14 +473,7 @@ def _sample_rows(path: Path, n: int) -> tuple[list[dict[str, str]], bool]:
 
     A file without a header line gets its columns named ``column1``, ``column2``, ...
     """
-    from features.importer import (
-        HEADER_SEARCH_LINES,
-        csv_records,
-        legacy_text,
-        likely_header,
-        numbered_names,
-        sniff_delimiter,
-    )
+    from features.importer import legacy_text, numbered_names, table_records
     from features.inspect import looks_like_a_row
 
     with open_input(path) as raw:
@@ -501,10 +494,7 @@ def _sample_rows(path: Path, n: int) -> tuple[list[dict[str, str]], bool]:
                 objects = (_json_or_none(line) for line in chain([first], text) if line.strip())
             return [_flatten(obj) for obj in islice((o for o in objects if isinstance(o, dict)), n)], False
         # Title or comment lines above the header (an analytics export's "# ----").
-        head = [first, *islice(text, HEADER_SEARCH_LINES - 1)]
-        at = likely_header(head)
-        delimiter = sniff_delimiter(head[at]) if head else ","
-        records = (cells for _, cells in csv_records(chain(head[at:], text), delimiter))
+        records = (cells for _, cells in table_records(chain([first], text)))
         header = next(records, [])
         headerless = looks_like_a_row(header)
         names = ([f"column{i + 1}" for i in range(len(header))] if headerless
