@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import orjson
 from pydantic import (
@@ -375,13 +375,8 @@ def read_jsonl(lines: Iterable[bytes | str]) -> Iterator[tuple[int, AnyEvent | E
     >>> [type(item).__name__ for _, item in read_jsonl([b"\\xef\\xbb\\xbf" + lines[0]])]
     ['WebEvent']
     """
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(without_bom(lines), start=1):
         stripped = line.strip()
-        if number == 1:
-            if isinstance(stripped, bytes):
-                stripped = stripped.removeprefix(b"\xef\xbb\xbf")
-            else:
-                stripped = stripped.removeprefix("\ufeff")
         if stripped:
             yield number, decode(stripped)
 
@@ -513,17 +508,21 @@ def time_sorted(lines: Iterable[bytes | str]) -> SortedLines:
     return out
 
 
-def without_bom(lines: Iterable[bytes]) -> Iterator[bytes]:
+T = TypeVar("T", bound=bytes | str)
+
+
+def without_bom(lines: Iterable[T]) -> Iterator[T]:
     r"""The lines, the first without a UTF-8 byte order mark (Windows editors and Excel write one).
 
-    >>> list(without_bom([b'\xef\xbb\xbf{"a": 1}\n', b'{"b": 2}\n']))
-    [b'{"a": 1}\n', b'{"b": 2}\n']
+    >>> list(without_bom([b'\xef\xbb\xbf{"a": 1}\n', b'{"b": 2}\n'])), list(without_bom(["\ufeffx", "y"]))
+    ([b'{"a": 1}\n', b'{"b": 2}\n'], ['x', 'y'])
     """
     it = iter(lines)
     first = next(it, None)
     if first is None:
         return
-    yield first.removeprefix(b"\xef\xbb\xbf")
+    # removeprefix gives the base type back: the same type as the line's.
+    yield cast(T, first.removeprefix(b"\xef\xbb\xbf") if isinstance(first, bytes) else first.removeprefix("\ufeff"))
     yield from it
 
 
