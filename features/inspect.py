@@ -39,6 +39,7 @@ from features.importer import (
     parse_number,
     parse_time,
 )
+from features.spec import name_words
 
 DISTINCT_CAP = 10_000  # distinct values counted per column (a sample's ids need no more)
 # Not a url that carries an address in its query (?email=a@b.com): no / : ? = & before the @.
@@ -326,8 +327,7 @@ def _beside_the_value(name: str) -> bool:
     >>> [_beside_the_value(n) for n in ("Discount Amount", "TotalTax", "Amount Refunded", "Coffee Sales", "Total")]
     [True, True, True, False, False]
     """
-    words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", name).lower())
-    return any(word.startswith(_NOT_AN_ORDER_VALUE) for word in words)
+    return any(word.startswith(_NOT_AN_ORDER_VALUE) for word in name_words(name))
 
 
 def _all_midnight(profiles: list[ColumnProfile], name: str) -> bool:

@@ -55,8 +55,12 @@ def parse_duration_ms(text: str) -> int:
     return int(float(match.group(1)) * _UNITS_MS[match.group(2)])
 
 
-def _name_words(name: str) -> list[str]:
-    # "customerGender", "AGE_GROUP", "Age Band": the words of a name, in lower case.
+def name_words(name: str) -> list[str]:
+    """The words of a name, in lower case: ``customerGender``, ``AGE_GROUP``, ``Age Band``.
+
+    >>> name_words("customerGender"), name_words("Shipping and Handling Amount")
+    (['customer', 'gender'], ['shipping', 'and', 'handling', 'amount'])
+    """
     return [w for w in re.split(r"[^0-9a-z]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()) if w]
 
 
@@ -73,9 +77,9 @@ def sensitive_word(name: str | None, sensitive: Sequence[str]) -> str | None:
     """
     if not name:
         return None
-    words = _name_words(name)
+    words = name_words(name)
     for entry in sensitive:
-        want = _name_words(entry)
+        want = name_words(entry)
         if want and any(words[i:i + len(want)] == want for i in range(len(words) - len(want) + 1)):
             return entry
     return None
