@@ -348,9 +348,8 @@ def _headline_sentence(k: dict[str, Any]) -> str:
             )
         else:
             useful = "above" if ratio >= USEFUL_RATIO else "below"
-            shown = f"{ratio:.2f}" if abs(ratio - USEFUL_RATIO) < 0.05 else f"{ratio:.1f}"  # 2.96 is no 3.0
             sentence += (
-                f" Its top decile has the outcome {shown}× as often as its bottom decile, "
+                f" Its top decile has the outcome {_ratio_text(ratio)}× as often as its bottom decile, "
                 f"{useful} the {USEFUL_RATIO:.0f}× rule of thumb for a useful score"
             )
             parts_below = [(name, m["top_bottom_decile_ratio"]) for name, m in (k.get("by_moment") or {}).items()
@@ -362,6 +361,16 @@ def _headline_sentence(k: dict[str, Any]) -> str:
                              "mostly tells active customers from silent ones")
         sentence += "."
     return sentence
+
+
+def _ratio_text(ratio: float | None) -> str:
+    """A top/bottom decile ratio to one place, or two near the rule of thumb: a red 3.0 beside
+    a green 3.3 read as a contradiction (it was 2.96).
+
+    >>> _ratio_text(2.96), _ratio_text(12.34), _ratio_text(None)
+    ('2.96', '12.3', '–')
+    """
+    return _num(ratio, 2 if ratio is not None and abs(ratio - USEFUL_RATIO) < 0.05 else 1)
 
 
 _MOMENTS = {"event": "among customers scored at their own events", "idle": "among silent customers rescored on schedule"}
@@ -724,9 +733,7 @@ def _model_rows(k: dict[str, Any], prefix: str = "") -> list[list[str]]:
         rows.append([
             _e(prefix + name), _num(s.get("labels"), 0), _num(s.get("positives"), 0),
             f"<b>{_num(s.get('auc'))}</b>", _num(s.get("log_loss")),
-            # Near the rule of thumb, two places: a red 3.0 beside a green 3.3 read as a contradiction.
-            _num(s.get("lift_top_decile"), 2),
-            f"<span{flag}>{_num(ratio, 2 if ratio is not None and abs(ratio - USEFUL_RATIO) < 0.05 else 1)}</span>",
+            _num(s.get("lift_top_decile"), 2), f"<span{flag}>{_ratio_text(ratio)}</span>",
         ])
     return rows
 
@@ -846,13 +853,18 @@ _BANDS_CAPTION = ("Share of the scores published each week that fell in each ban
                   "(cold / warm / hot thresholds of the kind).")
 
 
+def _kind_settings(rep: dict[str, Any], kind: str) -> dict[str, Any]:
+    """A kind's settings as the report's config gave them (empty in reports from before they were kept)."""
+    return ((rep.get("config") or {}).get("kind_settings") or {}).get(kind) or {}
+
+
 def _bands_caption(rep: dict[str, Any], kind: str) -> str:
     """The bands chart's caption, with the kind's thresholds when the report has them.
 
     >>> _bands_caption({"config": {"kind_settings": {"k": {"bands": {"warm": 15, "hot": 40}}}}}, "k")
     'Share of the scores published each week that fell in each band: cold below 15, warm from 15, hot from 40 (on the 0-100 value, 100 x the probability; bands are thresholds, not rates).'
     """
-    bands = (((rep.get("config") or {}).get("kind_settings") or {}).get(kind) or {}).get("bands") or {}
+    bands = _kind_settings(rep, kind).get("bands") or {}
     if "warm" not in bands or "hot" not in bands:
         return _BANDS_CAPTION
     warm, hot = bands["warm"], bands["hot"]
@@ -946,8 +958,7 @@ def _label_settings_changed(reports: Sequence[dict[str, Any]], kind: str) -> lis
     >>> _label_settings_changed([a, b], "k"), _label_settings_changed([a, a], "k")
     (['horizon 7d against 14d'], [])
     """
-    settings = [((rep.get("config") or {}).get("kind_settings") or {}).get(kind) or {} for rep in reports]
-    a, b = settings[0], settings[1]
+    a, b = _kind_settings(reports[0], kind), _kind_settings(reports[1], kind)
     return [f"{key} {a[key]} against {b[key]}" for key in _LABEL_SETTINGS
             if key in a and key in b and a[key] != b[key]]
 
