@@ -20,7 +20,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
-from datetime import datetime, tzinfo
+from datetime import tzinfo
 from pathlib import Path
 from typing import IO, Any
 
@@ -583,7 +583,7 @@ def _option_notes(rep: dict[str, Any], group_by: str | None, change_at_ms: int |
       note: no event carries segmnt: every example is in the group 'unknown' (a field of the events, as in the README)
       note: the change at 2100-01-01 is outside the history (2024-01-01 to 2024-06-30): no figures before and after it
     """
-    from features.events import ms_to_iso
+    from features.events import ms_to_iso, parse_ts_ms
 
     notes = []
     groups = [set((k.get("fairness") or {}).get("groups") or ()) for k in (rep.get("kinds") or {}).values()]
@@ -591,10 +591,8 @@ def _option_notes(rep: dict[str, Any], group_by: str | None, change_at_ms: int |
         notes.append(f"  note: no event carries {group_by}: every example is in the group 'unknown' "
                      "(a field of the events, as in the README)")
     first, last = rep.get("first_event"), rep.get("last_event")
-    if change_at_ms is not None and first and last:
-        first_ms, last_ms = (int(datetime.fromisoformat(t).timestamp() * 1000) for t in (first, last))
-        if not first_ms < change_at_ms <= last_ms:
-            notes.append(f"  note: the change at {ms_to_iso(change_at_ms)[:10]} is outside the history "
+    if change_at_ms is not None and first and last and not parse_ts_ms(first) < change_at_ms <= parse_ts_ms(last):
+        notes.append(f"  note: the change at {ms_to_iso(change_at_ms)[:10]} is outside the history "
                          f"({first[:10]} to {last[:10]}): no figures before and after it")
     return notes
 
