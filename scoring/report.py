@@ -36,6 +36,7 @@ import base64
 import html
 import io
 import math
+import signal
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
@@ -424,6 +425,13 @@ PARALLEL_MIN_CHARTS = 6
 MAX_CHART_PROCESSES = 4
 
 
+def _chart_worker() -> None:
+    # Forked with the caller's handlers: the pool ends its workers with SIGTERM, which
+    # `leadpulse backtest` turns into an exception (a traceback after every report).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the caller stops the pool
+
+
 def _render_one(i: int) -> tuple[bool, str]:
     result = _PENDING[i]()
     return (False, result) if isinstance(result, str) else (True, _png(result))
@@ -447,7 +455,7 @@ def _render_all(draws: list[Callable[[], Figure | str]]) -> list[tuple[bool, str
     try:
         if len(draws) >= PARALLEL_MIN_CHARTS and cores > 1:
             try:
-                with multiprocessing.get_context("fork").Pool(min(cores, MAX_CHART_PROCESSES)) as pool:
+                with multiprocessing.get_context("fork").Pool(min(cores, MAX_CHART_PROCESSES), _chart_worker) as pool:
                     return pool.map(_render_one, range(len(draws)), chunksize=1)
             except OSError:
                 pass  # no process to fork: draw them here

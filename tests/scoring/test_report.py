@@ -23,6 +23,7 @@ import pytest
 from matplotlib.image import imread
 
 from scoring.backtest import BacktestConfig, run_backtest
+from scoring.parallel import fork_cores
 from scoring.report import change_sentence, chart_ids, compare_sentence, versus_sentence, write_html
 from scoring.simulator import SimulationConfig, simulate
 
@@ -343,3 +344,22 @@ def test_a_pooled_decile_ratio_that_no_population_reaches_is_said_to_be_pooled()
     assert "but only pooled: within each population it is below (2.1×" in text
     k["top_bottom_decile_ratio"] = 2.96
     assert "2.96× as often as its bottom decile, below" in _headline_sentence(k)
+
+
+@pytest.mark.skipif(fork_cores() < 2, reason="charts are drawn in one process on one core")
+def test_chart_processes_do_not_run_the_callers_sigterm_handler() -> None:
+    """`leadpulse backtest` turns SIGTERM into a clean stop; the chart pool's workers inherited
+    that handler, and the pool's own SIGTERM at its end printed a traceback after a report."""
+    import signal
+
+    from scoring.report import PARALLEL_MIN_CHARTS, _render_all
+
+    def handler(signum: int, frame: Any) -> None:
+        raise RuntimeError("the caller's handler")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        drawn = _render_all([lambda: str(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)] * PARALLEL_MIN_CHARTS)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert drawn == [(False, "True")] * PARALLEL_MIN_CHARTS
