@@ -218,9 +218,11 @@ def _die_with_parent(parent: int) -> None:
 
 def _serve(conn: Connection, core: ScoringCore, parent: int) -> None:
     _die_with_parent(parent)
-    # Ctrl-C reaches the whole process group: the replay's process stops its workers, which
-    # would otherwise each print a KeyboardInterrupt traceback of their own.
+    # Ctrl-C reaches the whole process group, and systemd's SIGTERM every process of the
+    # service: the replay's process stops its workers, which would otherwise each print a
+    # traceback of their own (or run the SIGTERM handler `leadpulse backtest` forked them with).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # As in the replay's own process (run_backtest): BLAS threads spin-wait against the other
     # workers for refits of a few thousand rows. A forked child does not keep the limit.
     with threadpool_limits(limits=1):

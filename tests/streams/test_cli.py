@@ -544,9 +544,10 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from /proc (Linux)")
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL", "SIGTERM to the group"])
 def test_a_stopped_backtest_takes_its_worker_processes_with_it(tmp_path: Path, sig: str) -> None:
-    """timeout, systemd and docker stop send SIGTERM; its workers were left blocked on a pipe forever."""
+    """timeout, systemd and docker stop send SIGTERM; its workers were left blocked on a pipe forever.
+    systemd sends it to every process of the service: each worker printed a traceback of its own."""
     import signal
     import subprocess
     import sys
@@ -555,13 +556,17 @@ def test_a_stopped_backtest_takes_its_worker_processes_with_it(tmp_path: Path, s
     history = tmp_path / "h.jsonl"
     write_jsonl(SimulationConfig(customers=600, days=365, seed=8), history)
     proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "backtest", str(history), "--out", str(tmp_path / "r"),
-                             "--workers", "2", "--no-batch-baseline"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--workers", "2", "--no-batch-baseline"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
     deadline = time.monotonic() + 60
     while len(workers := _children(proc.pid)) < 2:
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     time.sleep(0.5)  # replaying
-    proc.send_signal(getattr(signal, sig))
+    if sig == "SIGTERM to the group":
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(getattr(signal, sig))
     try:
         _, err = proc.communicate(timeout=30)
         deadline = time.monotonic() + 10
@@ -572,5 +577,5 @@ def test_a_stopped_backtest_takes_its_worker_processes_with_it(tmp_path: Path, s
         for w in workers:  # a failing run leaves none behind either
             with contextlib.suppress(OSError):
                 os.kill(w, signal.SIGKILL)
-    if sig == "SIGTERM":
+    if sig.startswith("SIGTERM"):
         assert proc.returncode == 143 and b"stopped (SIGTERM)" in err and b"Traceback" not in err
