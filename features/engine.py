@@ -36,6 +36,7 @@ from features.events import MAX_AMOUNT, AnyEvent, action_of
 from features.spec import (
     ACTIONS,
     DAY_MS,
+    DEFAULT_SENSITIVE,
     Catalog,
     DerivedSpec,
     FeatureSpec,
@@ -164,11 +165,11 @@ _Ring = tuple[str, int, int, bool, float | None]
 class FeatureEngine:
     """Compiles a :class:`~features.spec.Catalog` into event dispatch and vector readers.
 
-    ``sensitive`` names fields that must never become feature values; a spec
-    that reads one is refused.
+    ``sensitive`` names fields that must never become feature values, matched as words of
+    the field's name (``features.spec.sensitive_word``); a spec that reads one is refused.
     """
 
-    def __init__(self, catalog: Catalog | None = None, sensitive: tuple[str, ...] = ()) -> None:
+    def __init__(self, catalog: Catalog | None = None, sensitive: tuple[str, ...] = DEFAULT_SENSITIVE) -> None:
         self.catalog = catalog or default_catalog()
         for spec in self.catalog.features:
             if sensitive_word(spec.field, sensitive):

@@ -64,6 +64,13 @@ def name_words(name: str) -> list[str]:
     return [w for w in re.split(r"[^0-9a-z]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()) if w]
 
 
+# Matched as words of a name in any case (sensitive_word): AGE_GROUP, customer_gender. The
+# defaults of the scoring config, the core and the engine alike.
+DEFAULT_SENSITIVE = ("age", "age_band", "gender", "sex", "ethnicity", "race", "religion", "nationality",
+                     "birth_date", "birthdate", "date_of_birth", "dob", "birth_year", "geschlecht", "sexe",
+                     "sexo", "edad")
+
+
 def sensitive_word(name: str | None, sensitive: Sequence[str]) -> str | None:
     """The sensitive name that ``name`` holds as one of its words, in any case (``None``: none).
 

@@ -33,6 +33,7 @@ import yaml
 
 from features.spec import (
     ACTIONS,
+    DEFAULT_SENSITIVE,
     Aggregation,
     Catalog,
     DerivedKind,
@@ -44,11 +45,6 @@ from features.spec import (
 )
 from scoring.kinds import Bands, KindType, LearnAt, ModelName, ScoreKind, default_kinds
 from scoring.triggers import Policy, TriggerRule
-
-# Matched as words of a name in any case (features.spec.sensitive_word): AGE_GROUP, customer_gender.
-DEFAULT_SENSITIVE = ("age", "age_band", "gender", "sex", "ethnicity", "race", "religion", "nationality",
-                     "birth_date", "birthdate", "date_of_birth", "dob", "birth_year", "geschlecht", "sexe",
-                     "sexo", "edad")
 
 T = TypeVar("T")
 

@@ -41,7 +41,7 @@ from typing import Any
 
 from features.engine import TIME_FIELD, FeatureEngine, State, apply_ops
 from features.events import AnyEvent, CampaignEvent, PurchaseEvent, WebEvent, action_of, ms_to_iso
-from features.spec import DAY_MS, Catalog
+from features.spec import DAY_MS, DEFAULT_SENSITIVE, Catalog
 from features.store import DUPLICATE, LATE, BatchResult, FeatureStore, InMemoryFeatureStore, Update
 from scoring.kinds import ScoreKind, default_kinds
 from scoring.models import (
@@ -300,7 +300,7 @@ class ScoringCore:
         policy: Policy | None = None,
         lateness_ms: int = 3_600_000,
         learn_inline: bool = True,
-        sensitive: Sequence[str] = ("age", "age_band", "gender", "ethnicity", "religion"),
+        sensitive: Sequence[str] = DEFAULT_SENSITIVE,
         explain: bool = True,
     ) -> None:
         self.engine = engine
@@ -339,9 +339,14 @@ class ScoringCore:
     def in_memory(
         cls, catalog: Catalog | None = None, lateness_ms: int = 3_600_000, **kw: Any
     ) -> ScoringCore:
-        """A core with in-process stores: backtests, tests, notebooks."""
+        """A core with in-process stores: backtests, tests, notebooks.
+
+        The engine refuses a feature over a sensitive field (``sensitive``, by default
+        ``DEFAULT_SENSITIVE``), as a scoring config does.
+        """
+        sensitive = tuple(kw.get("sensitive", DEFAULT_SENSITIVE))
         return cls(
-            FeatureEngine(catalog), InMemoryFeatureStore(lateness_ms), InMemoryStateStore(),
+            FeatureEngine(catalog, sensitive), InMemoryFeatureStore(lateness_ms), InMemoryStateStore(),
             lateness_ms=lateness_ms, **kw,
         )
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from river import compose, drift, forest, linear_model, optim, preprocessing, tree
 
+from features.spec import sensitive_word
 from scoring.metrics import auc
 
 ModelInput = dict[str, float]
@@ -53,6 +54,11 @@ def model_input(vector: Mapping[str, float | None], exclude: Iterable[str] = ())
 
     >>> model_input({"orders_total": 3.0, "last_purchase_at": 1.7e12, "days_since_last_click": None})
     {'orders_total': 1.3862943611198906, 'days_since_last_click_missing': 1.0}
+
+    ``exclude`` names sensitive attributes, matched as words of a feature's name:
+
+    >>> model_input({"orders_total": 3.0, "gender_codes_30d": 2.0, "page_views_7d": 1.0}, ("gender", "age"))
+    {'orders_total': 1.3862943611198906, 'page_views_7d': 0.6931471805599453}
     """
     skip = exclude if isinstance(exclude, tuple) else tuple(exclude)
     plans = _PLANS.get(skip)
@@ -67,7 +73,7 @@ def model_input(vector: Mapping[str, float | None], exclude: Iterable[str] = ())
             plans.clear()  # bounded, whatever callers pass
         # Per name: dropped ("") or the name of its missing indicator.
         plan = plans[names] = tuple(
-            "" if name.endswith("_at") or name in skip else name + "_missing" for name in names
+            "" if name.endswith("_at") or sensitive_word(name, skip) else name + "_missing" for name in names
         )
     log1p = math.log1p
     out: ModelInput = {}

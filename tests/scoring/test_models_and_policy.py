@@ -67,6 +67,26 @@ def test_sensitive_attribute_can_never_be_a_feature() -> None:
         FeatureEngine(cat, sensitive=("age",))
 
 
+def test_the_python_api_keeps_sensitive_attributes_out_as_a_config_does() -> None:
+    """ScoringCore.in_memory built its engine with no sensitive list, the core's own default was
+    shorter than the config's, and the model inputs dropped exact names only."""
+    from features.engine import FeatureEngine
+    from features.spec import DEFAULT_SENSITIVE, Catalog, FeatureSpec, default_catalog
+
+    over_gender = Catalog((*default_catalog().features, FeatureSpec("codes_30d", "web", "distinct",
+                                                                    field="customer_gender", window="30d")),
+                          default_catalog().derived)
+    with pytest.raises(ValueError, match="sensitive"):
+        ScoringCore.in_memory(over_gender)
+    with pytest.raises(ValueError, match="sensitive"):
+        FeatureEngine(over_gender)
+    assert ScoringCore.in_memory().sensitive == DEFAULT_SENSITIVE
+    ScoringCore.in_memory(over_gender, sensitive=())  # taken off the list: the user's call
+    # A feature whose own name holds a sensitive word (a derived one, say) is no model input.
+    x = model_input({"orders_total": 1.0, "customerGender_codes": 2.0, "sex_ratio": 0.5}, DEFAULT_SENSITIVE)
+    assert x == {"orders_total": math.log1p(1.0)}
+
+
 def test_bands_have_hysteresis() -> None:
     b = Bands(warm=30, hot=60, hysteresis=5)
     assert b.of(61) == "hot" and b.of(57, previous="hot") == "hot" and b.of(54, previous="hot") == "warm"
