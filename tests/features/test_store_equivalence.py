@@ -397,6 +397,22 @@ def test_large_single_customer_batch(rstore: RedisFeatureStore) -> None:
     assert rstore.remembered_ids("c1") == mem.remembered_ids("c1")
 
 
+def test_a_burst_out_of_order_forgets_ids_as_redis_does(rstore: RedisFeatureStore) -> None:
+    """Thousands of one customer's events within the lateness, shuffled, redelivered, in
+    batches: the in-process store forgets expired ids from a heap (it scanned them all at
+    each event), and must keep exactly the ids Redis keeps."""
+    rnd = random.Random(5)
+    events = [ev("web", T0 + i * 20_000 + rnd.randrange(LATENESS // 2)) for i in range(4000)]
+    events.sort(key=lambda e: e.ts_ms + rnd.randrange(LATENESS // 3))
+    events[1000:1000] = events[900:950]  # redeliveries
+    mem = InMemoryFeatureStore(lateness_ms=LATENESS)
+    for batch in _batches(events, list(range(0, len(events), 333))):
+        assert rstore.apply(batch).statuses == mem.apply(batch).statuses
+        assert rstore.remembered_ids("c1") == mem.remembered_ids("c1")
+    assert state(rstore) == state(mem)
+    assert 64 < len(mem.remembered_ids("c1")) < 4000
+
+
 def test_numbers_round_trip_exactly(rstore: RedisFeatureStore) -> None:
     tricky = [0.1, 1 / 3, 1e-300, 5e-324, 1.7976931348623157e308, 123456789.12345679, 2.0**53 + 2]
     ops = tuple(("x", f"f{i}", v) for i, v in enumerate(tricky))
