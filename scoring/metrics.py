@@ -120,22 +120,54 @@ def decile_rates(probs: Floats, labels: Labels, bins: int = 10) -> list[float]:
     return [float(chunk.mean()) for chunk in np.array_split(y, bins)]
 
 
-def lift_summary(probs: Floats, labels: Labels) -> dict[str, float | None]:
-    """Top-decile lift and the top/bottom decile ratio (``None`` when undefined).
+# Below this many outcomes in the bottom decile its rate, the ratio's denominator, is loose:
+# reports quote the ratio's lower bound (``top_bottom_ratio_low``) and judge by it.
+FEW_BOTTOM_OUTCOMES = 10
 
-    >>> lift_summary([0.9, 0.1] * 10, [1, 0] * 10)["lift_top_decile"]
-    2.0
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """A binomial proportion's 95% Wilson score interval.
+
+    >>> [round(v, 4) for v in wilson_interval(0, 1000)], [round(v, 3) for v in wilson_interval(50, 100)]
+    ([0.0, 0.0038], [0.404, 0.596])
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def lift_summary(probs: Floats, labels: Labels) -> dict[str, float | None]:
+    """Top-decile lift, the top/bottom decile ratio, and the ratio's lower bound (``None``
+    when undefined).
+
+    A bottom decile with no outcome has an unbounded ratio: it is reported against half a
+    case, a figure that grows with the number of labels, not with the score. The lower
+    bound (the top decile's rate at its 95% Wilson low over the bottom's at its high)
+    stays finite and is what a few bottom outcomes allow one to claim.
+
+    >>> s = lift_summary([0.9, 0.1] * 10, [1, 0] * 10)
+    >>> s["lift_top_decile"], s["bottom_decile_positives"], round(s["top_bottom_ratio_low"], 2)
+    (2.0, 0, 0.52)
     """
     rates = decile_rates(probs, labels)
     base = float(np.mean(labels)) if len(labels) else 0.0
     if not rates or base == 0:
-        return {"lift_top_decile": None, "top_bottom_decile_ratio": None}
+        return {"lift_top_decile": None, "top_bottom_decile_ratio": None, "top_bottom_ratio_low": None,
+                "bottom_decile_positives": None}
     bottom = rates[-1]
-    # A bottom decile with no outcome at all has an infinite ratio; report it against half a case.
     floor = 0.5 / max(1, len(labels) // 10)
+    # np.array_split's sizes: the first len % 10 deciles hold one example more.
+    n_top, n_bottom = -(-len(labels) // 10), len(labels) // 10
+    k_top, k_bottom = round(rates[0] * n_top), round(bottom * n_bottom)
+    high = wilson_interval(k_bottom, n_bottom)[1]
     return {
         "lift_top_decile": rates[0] / base,
         "top_bottom_decile_ratio": rates[0] / max(bottom, floor),
+        "top_bottom_ratio_low": wilson_interval(k_top, n_top)[0] / high if high > 0 else None,
+        "bottom_decile_positives": k_bottom,
     }
 
 

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from scoring.metrics import USEFUL_RATIO, ratio_ceiling
+from scoring.metrics import FEW_BOTTOM_OUTCOMES, USEFUL_RATIO, ratio_ceiling
 
 __all__ = ["chart_ids", "compare_sentence", "versus_sentence", "write_html"]
 
@@ -57,6 +57,8 @@ OTHER_BANDS = ("#bcbddc", "#a1d99b", "#fdd0a2", "#c7e9c0")
 # Below this AUC difference two scores rank "about as well"; weekly AUCs on a
 # few hundred labels wobble by more than that.
 AUC_TIE = 0.01
+# Fewer outcomes (or non-outcomes) than this: the headline gives no verdict against a baseline.
+MIN_VERDICT_OUTCOMES = 30
 MIN_WEEK_CLASS = 5  # a weekly AUC needs this many positives and negatives, or it is not drawn
 MIN_WEEK_LABELS = 20  # and a weekly log loss this many labels
 MIN_GROUP = 30  # smaller groups are shown but left out of max/min ratios
@@ -314,7 +316,39 @@ def compare_sentence(a_name: str, a_auc: float | None, b_name: str, b_auc: float
 
 
 def _headline_sentence(k: dict[str, Any]) -> str:
+    """The headline of one learned kind: its baselines, then its top/bottom decile ratio.
+
+    >>> k = {"labels": 366, "positives": 14, "auc": 0.688, "sources": {"cold_start": 366},
+    ...      "baselines": {"rule": {"auc": 0.688}}, "top_bottom_decile_ratio": 5.8,
+    ...      "top_bottom_ratio_low": 0.9, "bottom_decile_positives": 1}
+    >>> print(_headline_sentence(k))  # doctest: +NORMALIZE_WHITESPACE
+    The model never took over from the cold-start rule (it was not ready by the end): every score
+    here is the rule's. With 14 outcomes, too few (fewer than 30) for a verdict against a
+    baseline. Its bottom decile holds 1 outcome, too few for a firm top/bottom ratio (5.8×):
+    its top decile has the outcome at least 0.9× as often (95% bound), which cannot tell
+    whether it passes the 3× rule of thumb for a useful score.
+    """
     base = k.get("baselines") or {}
+    sources = k.get("sources") or {}
+    never_served = bool(sources) and not sources.get("model")
+    positives, labels = k.get("positives") or 0, k.get("labels") or 0
+    few = min(positives, labels - positives) < MIN_VERDICT_OUTCOMES
+    if never_served:
+        sentence = ("The model never took over from the cold-start rule (it was not ready by the end): "
+                    "every score here is the rule's.")
+        if few:
+            sentence += (f" With {positives:,} outcomes, too few (fewer than {MIN_VERDICT_OUTCOMES}) for a "
+                         "verdict against a baseline.")
+        elif (batch := base.get("batch_weekly")) is not None:
+            same = batch.get("online_on_same_examples") or {}
+            sentence += " The rule " + versus_sentence(same.get("auc"), batch.get("auc"), "the weekly batch LR",
+                                                       ", on the same examples",
+                                                       ci=batch.get("online_minus_batch_ci95")) + "."
+        return sentence + _ratio_sentence(k)
+    if few:
+        sentence = (f"With {positives:,} outcomes in {labels:,} labels, too few (fewer than "
+                    f"{MIN_VERDICT_OUTCOMES} of each class) for a verdict against a baseline.")
+        return sentence + _ratio_sentence(k)
     parts = []
     rule = base.get("rule")
     if rule is not None:
@@ -337,10 +371,27 @@ def _headline_sentence(k: dict[str, Any]) -> str:
         share = warm["labels"] / k["labels"]
         sentence += (f" The first {_pct(1 - share, 0)} of examples were scored by the cold-start rule;"
                      f" on the model's own {_pct(share, 0)} its AUC is {warm['auc']:.3f}.")
+    return sentence + _ratio_sentence(k)
+
+
+def _ratio_sentence(k: dict[str, Any]) -> str:
+    sentence = ""
     ratio = k.get("top_bottom_decile_ratio")
+    low, bottom = k.get("top_bottom_ratio_low"), k.get("bottom_decile_positives")
     if ratio is not None:
         ceiling = ratio_ceiling(k.get("labels"), k.get("positives"))
-        if ceiling is not None and ceiling < USEFUL_RATIO:
+        if bottom is not None and bottom < FEW_BOTTOM_OUTCOMES and low is not None:
+            # The bottom decile's rate is the ratio's denominator: a few outcomes (or none, half
+            # a case) make the point figure say more than the examples do.
+            judged = ("above" if low >= USEFUL_RATIO else "below" if ratio < USEFUL_RATIO else None)
+            verdict = (f"{judged} the {USEFUL_RATIO:.0f}× rule of thumb for a useful score" if judged else
+                       f"which cannot tell whether it passes the {USEFUL_RATIO:.0f}× rule of thumb for a useful score")
+            sentence += (
+                f" Its bottom decile holds {bottom:,} outcome{'' if bottom == 1 else 's'}, too few for a firm "
+                f"top/bottom ratio ({_ratio_text(ratio)}×): its top decile has the outcome at least "
+                f"{_ratio_text(low)}× as often (95% bound), {verdict}"
+            )
+        elif ceiling is not None and ceiling < USEFUL_RATIO:
             sentence += (
                 f" Its top decile has the outcome {ratio:.1f}× as often as its bottom decile; at a "
                 f"{_pct(k['positives'] / k['labels'])} "
@@ -736,12 +787,21 @@ def _model_rows(k: dict[str, Any], prefix: str = "") -> list[list[str]]:
         ratio = s.get("top_bottom_decile_ratio")
         flag = ""
         ceiling = ratio_ceiling(s.get("labels"), s.get("positives"))
-        if ratio is not None and (ceiling is None or ceiling >= USEFUL_RATIO):
-            flag = ' class="good"' if ratio >= USEFUL_RATIO else ' class="weak"'
+        low, bottom = s.get("top_bottom_ratio_low"), s.get("bottom_decile_positives")
+        loose = ratio is not None and low is not None and bottom is not None and bottom < FEW_BOTTOM_OUTCOMES
+        if loose:  # judged by what a few bottom outcomes allow: its 95% lower bound
+            shown = (f'<span title="point figure {_ratio_text(ratio)}; the bottom decile holds {bottom:,} '
+                     f'outcomes">≥ {_ratio_text(low)}</span>')
+            if low is not None and low >= USEFUL_RATIO:
+                shown = f'<span class="good">{shown}</span>'
+        else:
+            if ratio is not None and (ceiling is None or ceiling >= USEFUL_RATIO):
+                flag = ' class="good"' if ratio >= USEFUL_RATIO else ' class="weak"'
+            shown = f"<span{flag}>{_ratio_text(ratio)}</span>"
         rows.append([
             _e(prefix + name), _num(s.get("labels"), 0), _num(s.get("positives"), 0),
             f"<b>{_num(s.get('auc'))}</b>", _num(s.get("log_loss")),
-            _num(s.get("lift_top_decile"), 2), f"<span{flag}>{_ratio_text(ratio)}</span>",
+            _num(s.get("lift_top_decile"), 2), shown,
         ])
     return rows
 

@@ -18,7 +18,7 @@ import sys
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from datetime import tzinfo
 from pathlib import Path
@@ -264,6 +264,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     summary = write_jsonl(cfg, args.out)
     print(json.dumps({"out": str(args.out), **_plain(summary)}, indent=2))
     return 0
+
+
+def _ratio_cell(k: Mapping[str, Any]) -> str:
+    """A kind's top/bottom decile ratio for the summary table: its 95% lower bound, marked,
+    when the bottom decile holds too few outcomes for the point figure to mean much.
+
+    >>> _ratio_cell({"top_bottom_decile_ratio": 1245.9, "top_bottom_ratio_low": 2.43, "bottom_decile_positives": 0})
+    '>=2.4'
+    >>> _ratio_cell({"top_bottom_decile_ratio": 8.04, "top_bottom_ratio_low": 6.1, "bottom_decile_positives": 40})
+    '8.0'
+    """
+    from scoring.metrics import FEW_BOTTOM_OUTCOMES
+
+    low, bottom = k.get("top_bottom_ratio_low"), k.get("bottom_decile_positives")
+    if low is not None and bottom is not None and bottom < FEW_BOTTOM_OUTCOMES:
+        return f">={low:.1f}"
+    return _f(k.get("top_bottom_decile_ratio"), 1)
 
 
 def _plain(obj: Any) -> dict[str, Any]:
@@ -519,9 +536,14 @@ def _headline(reports: list[dict[str, Any]]) -> str:
             same = batch.get("online_on_same_examples", {})
             lines.append(
                 f"  {kind:<22}{k['labels']:>9,}{k['positives']:>8,}{_f(k['auc']):>7}"
-                f"{_f(b['rule']['auc']):>7}{_f(k['top_bottom_decile_ratio'], 1):>9}"
+                f"{_f(b['rule']['auc']):>7}{_ratio_cell(k):>9}"
                 f"   {_f(same.get('auc')):>7}{_f(batch.get('auc')):>7}"
             )
+        if any(_ratio_cell(k).startswith(">=") for k in rep["kinds"].values()):
+            from scoring.metrics import FEW_BOTTOM_OUTCOMES
+
+            lines.append(f"  note: >=: the bottom decile holds fewer than {FEW_BOTTOM_OUTCOMES} outcomes, so its "
+                         "top/bot is the ratio's 95% lower bound (the point figure is in report.json)")
         for kind, k in rep["kinds"].items():
             if k["auc"] is None:  # a "-" in the table says nothing of why
                 lines.append(f"  {kind}: no AUC: {k['labels']:,} labels, {k['positives']:,} positive; it needs "

@@ -231,6 +231,7 @@ def test_headline_sentences_follow_the_numbers(reports: list[dict[str, Any]], tm
     assert "variant ranks worse" in compare_sentence("default", 0.8, "variant", 0.7)
     rep = copy.deepcopy(reports[0])
     k = rep["kinds"]["purchase_propensity"]
+    k["sources"], k["labels"], k["positives"] = {"model": 900, "cold_start": 100}, 1000, 100  # a model that served
     rule = k["baselines"]["rule"]
     k["auc"], rule["auc"], rule["online_minus_rule_ci95"] = 0.9, 0.6, [0.25, 0.35]
     text = write_html([rep], tmp_path / "a.html").read_text()
@@ -246,6 +247,37 @@ def test_headline_sentences_follow_the_numbers(reports: list[dict[str, Any]], tm
     del rule["online_minus_rule_ci95"]
     text = write_html([rep], tmp_path / "d.html").read_text()
     assert "ranks worse than the rule baseline (AUC 0.550 vs 0.600, -0.050)" in text
+
+
+def test_headline_claims_no_more_than_its_examples_hold() -> None:
+    """A model that never served was called "the online model", verdicts rested on 8 outcomes,
+    and a bottom decile without an outcome gave a ratio of 1,245.9x "above the rule of thumb"."""
+    from scoring.report import _headline_sentence
+
+    served = {"labels": 89_220, "positives": 4_000, "auc": 0.657, "sources": {"model": 89_220},
+              "baselines": {"rule": {"auc": 0.6, "online_minus_rule_ci95": [0.04, 0.07]}},
+              "top_bottom_decile_ratio": 1245.9, "top_bottom_ratio_low": 2.4, "bottom_decile_positives": 0}
+    text = _headline_sentence(served)
+    assert "ranks better than the rule baseline" in text
+    assert "1,245.9× as often" not in text and "at least 2.4× as often (95% bound)" in text
+    assert "cannot tell whether it passes the 3× rule of thumb" in text and "above the 3×" not in text
+    firm = {**served, "top_bottom_decile_ratio": 9.0, "top_bottom_ratio_low": 6.5, "bottom_decile_positives": 45}
+    assert "has the outcome 9.0× as often as its bottom decile, above the 3× rule" in _headline_sentence(firm)
+    loose_but_clear = {**served, "top_bottom_ratio_low": 4.1, "bottom_decile_positives": 3}
+    assert "at least 4.1× as often (95% bound), above the 3× rule" in _headline_sentence(loose_but_clear)
+
+    rule_only = {**served, "sources": {"cold_start": 89_220},
+                 "baselines": {"rule": {"auc": 0.657, "online_minus_rule_ci95": [0.0, 0.0]},
+                               "batch_weekly": {"auc": 0.6, "online_on_same_examples": {"auc": 0.657},
+                                                "online_minus_batch_ci95": [0.03, 0.08]}}}
+    text = _headline_sentence(rule_only)
+    assert text.startswith("The model never took over from the cold-start rule")
+    assert "The online model" not in text and "than the rule baseline" not in text
+    assert "The rule ranks better than the weekly batch LR" in text
+
+    few = {**served, "labels": 366, "positives": 8}
+    text = _headline_sentence(few)
+    assert "too few (fewer than 30 of each class) for a verdict" in text and "ranks better" not in text
 
 
 def test_change_sentence_verdict_follows_its_interval() -> None:
