@@ -62,11 +62,10 @@ from scoring.state import (
     ShardSave,
     StateStore,
 )
-from scoring.triggers import BAND_RANK, Policy, in_control, jump_from
+from scoring.triggers import BAND_RANK, Policy, in_control, jump_from, remember_score
 
 log = logging.getLogger(__name__)
 
-HISTORY_LIMIT = 8
 IDLE = ":idle"  # suffix of the example ids of idle rescores
 # Per customer and kind: a flood of sends must not grow a customer's record without bound.
 MAX_PENDING_PER_KIND = 32
@@ -636,6 +635,7 @@ class ScoringCore:
         band = kind.bands.of(value, ks.band)
         out.counts["scored"] += 1
         old_value, old_band = ks.value, ks.band
+        jumped = False
         if old_value is None or abs(value - old_value) >= self.policy.min_change or band != old_band:
             record = {
                 "customer_id": cid, "kind": kind.name, "old_value": old_value, "value": value,
@@ -652,11 +652,12 @@ class ScoringCore:
                 if extra_key in res:
                     record[extra_key] = res[extra_key]
             out.scores.append(record)
-            self._alert(cid, kind, ks, value, band, old_value, old_band, ts, event_id, out)
+            jumped = self._alert(cid, kind, ks, value, band, old_value, old_band, ts, event_id, out)
             ks.value, ks.band = value, band
         self._trigger(cid, kind, ks, vector, band, old_band, value, ts, out)
-        ks.history = [(t, v) for t, v in ks.history if ts - t <= self.policy.jump_window_ms]
-        ks.history = (ks.history + [(ts, value)])[-HISTORY_LIMIT:]
+        if jumped:
+            ks.history = []  # a jump told: the next one is a new rise from here
+        ks.history = remember_score(ks.history, ts, value, self.policy.jump_window_ms)
         ks.scored_at = ts
         if kind.tick_ms:
             wait = kind.tick_ms
@@ -686,14 +687,17 @@ class ScoringCore:
     def _alert(
         self, cid: str, kind: ScoreKind, ks: KindState, value: float, band: str,
         old_value: float | None, old_band: str | None, ts: int, event_id: str | None, out: Outputs,
-    ) -> None:
+    ) -> bool:
+        """Alert on a jump or a higher band; whether it was a jump."""
         if old_value is None:
-            return  # a first score is news to nobody
+            return False  # a first score is news to nobody
         if ks.alerted_at is not None and ts - ks.alerted_at < self.policy.alert_cooldown_ms:
-            return
+            return False
         jump = jump_from(ks.history, value, ts, self.policy.jump_window_ms)
         reason = None
-        if jump >= self.policy.jump_points:
+        # A jump is told as the score rises: a fall, however high above the window's low, is not one.
+        jumped = value > old_value and jump >= self.policy.jump_points
+        if jumped:
             reason = f"jumped {jump:.1f} points within {self.policy.jump_window}"
         elif BAND_RANK[band] > BAND_RANK[old_band]:
             reason = f"entered {band} band"
@@ -704,6 +708,7 @@ class ScoringCore:
                 "value": value, "old_band": old_band, "band": band, "event_id": event_id,
                 "ts": ms_to_iso(ts),
             })
+        return jumped
 
     def _trigger(
         self, cid: str, kind: ScoreKind, ks: KindState, vector: dict[str, float | None],

@@ -86,14 +86,47 @@ class Policy:
         return parse_duration_ms(self.alert_cooldown)
 
 
+# A score history keeps the lowest score per slice of the jump window: at most this many
+# slices (and the one being filled), whatever the rescoring rate.
+JUMP_SLICES = 8
+
+
 def jump_from(history: list[tuple[int, float]], value: float, now: int, window_ms: int) -> float:
     """Rise of ``value`` over the lowest score in the window (0 when none).
+
+    ``history`` holds (slice start, lowest score in the slice), as :func:`remember_score`
+    keeps it: the window reaches back to the start of its oldest slice, an eighth of the
+    window at most beyond it.
 
     >>> jump_from([(0, 10.0), (5, 30.0)], 40.0, now=6, window_ms=10)
     30.0
     """
-    lows = [v for t, v in history if now - t <= window_ms]
+    slice_ms = max(1, window_ms // JUMP_SLICES)
+    lows = [v for t, v in history if now - t < window_ms + slice_ms]
     return value - min(lows) if lows else 0.0
 
 
-__all__ = ["BAND_RANK", "DAY_MS", "Policy", "TriggerRule", "default_triggers", "in_control", "jump_from"]
+def remember_score(history: list[tuple[int, float]], ts: int, value: float, window_ms: int) -> list[tuple[int, float]]:
+    """The history with a new score: the lowest score per eighth of the window, for the window.
+
+    Bounded however often a customer is rescored; the lows of the whole window stay (an
+    hourly score rising for two days over a 7-day window is one rise, not the last 8 hours).
+
+    >>> h: list[tuple[int, float]] = []
+    >>> for hour in range(49):  # rises by half a point an hour
+    ...     h = remember_score(h, hour * 3_600_000, 0.5 * hour, 7 * 86_400_000)
+    >>> len(h), jump_from(h, 24.5, 48 * 3_600_000, 7 * 86_400_000)
+    (3, 24.5)
+    """
+    slice_ms = max(1, window_ms // JUMP_SLICES)
+    start = ts - ts % slice_ms
+    kept = [(t, v) for t, v in history if ts - t < window_ms + slice_ms]
+    if kept and kept[-1][0] == start:
+        kept[-1] = (start, min(kept[-1][1], value))
+    else:
+        kept.append((start, value))
+    return kept[-(JUMP_SLICES + 1):]
+
+
+__all__ = ["BAND_RANK", "DAY_MS", "Policy", "TriggerRule", "default_triggers", "in_control", "jump_from",
+           "remember_score"]

@@ -117,6 +117,55 @@ def test_jump_alert_respects_cooldown() -> None:
     assert all(a["ts"] > out.alerts[0]["ts"] for a in later.alerts)
 
 
+def _browsing_core(jump_points: float, cooldown: str, **kind: object) -> ScoringCore:
+    from scoring.config import scoring_config_from_dict
+
+    off = {k: {"enabled": False} for k in ("purchase_propensity", "churn_risk", "campaign_response",
+                                           "rfm_segment", "engagement")}
+    cfg = scoring_config_from_dict({
+        "kinds": off | {"browsing": {"type": "rule", "rescore": "1h", "rule_weights": {"page_views_7d": 1},
+                                     "rule_scale": 1000, "bands": {"warm": 90, "hot": 95}, **kind}},
+        "policy": {"jump_points": jump_points, "jump_window": "7d", "alert_cooldown": cooldown, "min_change": 0,
+                   "triggers": []}})
+    return ScoringCore.in_memory(cfg.catalog, kinds=cfg.kinds, policy=cfg.policy)
+
+
+def test_a_steady_rise_within_the_jump_window_is_a_jump() -> None:
+    """Only the last 8 scores were kept: an hourly score rising 25 points over two days never
+    alerted with a 7-day window (the window was 8 hours in effect)."""
+    core = _browsing_core(jump_points=15, cooldown="30d")
+    scores, alerts = [], []
+    for i in range(300):  # a page view every 10 minutes for 50 hours, scored at most hourly
+        out = core.process([_web("c1", T0 + i * 600_000, f"e{i}", "page_view")])
+        scores += [s["value"] for s in out.scores]
+        alerts += out.alerts
+    assert max(scores) - min(scores) > 20 and all(b >= a for a, b in zip(scores, scores[1:], strict=False))
+    assert len(alerts) == 1 and alerts[0]["reason"].startswith("jumped 15.")
+    state = core.state.load(["c1"])["c1"].kinds["browsing"]
+    assert len(state.history) <= 9  # the window's lows, bounded however often it is rescored
+
+
+def test_a_jump_alert_fires_on_a_rise_and_the_next_needs_a_new_rise() -> None:
+    """Jump alerts fired on falling scores (95.2 -> 92.6, "jumped 19.5") and again each day the
+    cooldown allowed, against the same low point days earlier."""
+    core = _browsing_core(jump_points=10, cooldown="1h", tick="1h", rule_weights={"web_engagement": 1},
+                          rule_scale=40)
+    alerts = []
+    t, n = T0, 0
+    for burst, pause_h in ((30, 3), (0, 30), (4, 3), (20, 3)):  # up, quiet (falls), a little up, up again
+        for _ in range(burst):
+            alerts += core.process([_web("c1", t, f"e{n}", "page_view")]).alerts
+            t, n = t + 600_000, n + 1
+        for _ in range(pause_h):
+            t += 3_600_000
+            alerts += core.advance("0", t).alerts
+    jumps = [a for a in alerts if a["reason"].startswith("jumped")]
+    assert len(jumps) >= 2 and all(a["value"] > a["old_value"] for a in jumps)
+    # After each jump told, the next one is at least jump_points above the value it was told at.
+    for first, second in zip(jumps, jumps[1:], strict=False):
+        assert second["value"] - first["value"] >= 10
+
+
 def test_rfm_grades_follow_the_stream() -> None:
     g = RfmGrader()
     for i in range(500):
