@@ -32,7 +32,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from features.events import MAX_AMOUNT, AnyEvent, action_of
+from features.events import MAX_AMOUNT, AnyEvent, action_of, event_field
 from features.spec import (
     ACTIONS,
     DAY_MS,
@@ -142,11 +142,6 @@ def _evict_oldest(state: State, prefix: str, nkey: str) -> None:
     oldest = min((v, k) for k, v in state.items() if k.startswith(prefix))
     del state[oldest[1]]
     state[nkey] -= 1.0
-
-
-def _event_value(event: AnyEvent, name: str) -> Any:
-    value = getattr(event, name, None)
-    return event.extra(name) if value is None else value
 
 
 def _number(value: Any) -> float | None:
@@ -261,7 +256,7 @@ class FeatureEngine:
         for spec in specs:
             agg = spec.agg
             if spec.field and agg != "distinct":
-                raw = _number(_event_value(event, spec.field))
+                raw = _number(event_field(event, spec.field))
                 if raw is None:
                     continue
                 amount = raw * spec.weights.get(action, 1.0)
@@ -269,7 +264,7 @@ class FeatureEngine:
                 amount = float(spec.weights.get(action, 1.0))
             if agg == "distinct":
                 assert spec.field is not None
-                value = _event_value(event, spec.field)
+                value = event_field(event, spec.field)
                 base = self._distinct_base(spec)
                 if value is None or base in seen_bases:
                     continue

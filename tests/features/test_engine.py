@@ -213,6 +213,21 @@ def test_weights_and_extra_field() -> None:
     assert v["score_sum"] == 2.0  # a non-numeric extra value is skipped
 
 
+def test_extra_fields_named_as_pydantic_methods() -> None:
+    # `copy`, `json`, `model_dump` are BaseModel methods: the event's extra field is read, not them.
+    cat = Catalog((
+        FeatureSpec("copies_30d", "campaign", "distinct", window="30d", field="copy"),
+        FeatureSpec("json_sum", "campaign", "sum", field="json"),
+        FeatureSpec("dump_max", "campaign", "max", field="model_dump"),
+        FeatureSpec("validate_30d", "campaign", "distinct", window="30d", field="validate"),
+    ))
+    eng = FeatureEngine(cat)
+    s = feed(eng, [ev("campaign", T0 + i, copy="A", json=2, model_dump=5 - i) for i in range(4)])
+    v = eng.vector(s, T0 + 10)
+    assert v["copies_30d"] == 1.0 and v["json_sum"] == 8.0 and v["dump_max"] == 5.0
+    assert v["validate_30d"] == 0.0  # absent: not the method, counted once per event
+
+
 # -- derived --------------------------------------------------------------------------
 
 

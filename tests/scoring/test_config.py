@@ -289,6 +289,26 @@ def test_a_match_field_kind_skips_events_without_the_field() -> None:
     assert scored == [("cart_to_click", "e2")]
 
 
+def test_a_match_field_named_as_a_pydantic_method_matches_the_events_value() -> None:
+    """``copy`` (the ad copy variant) is also BaseModel.copy: the event's field is what matches."""
+    from features.events import decode, parse_ts_ms
+
+    cfg = scoring_config_from_dict({"kinds": {"copy_response": {
+        "type": "learned", "only_on": ["campaign:sent"], "register": "0s", "horizon": "3d",
+        "outcome": ["campaign:clicked"], "match_field": "copy"}}})
+    core = ScoringCore.in_memory(catalog=cfg.catalog, kinds=cfg.kinds, policy=cfg.policy)
+    campaign = '"type":"campaign","campaign_id":"k","channel":"email"'
+    out = core.process([
+        decode(f'{{"event_id":"e1","customer_id":"c1","ts":"2024-03-01T10:00:00Z",{campaign},'
+               '"action":"sent","copy":"A"}'),
+        decode(f'{{"event_id":"e2","customer_id":"c1","ts":"2024-03-01T11:00:00Z",{campaign},'
+               '"action":"clicked","copy":"A"}'),
+        decode('{"event_id":"e3","customer_id":"c2","ts":"2024-03-06T10:00:00Z","type":"web","action":"login"}'),
+    ])
+    labels = [(ex.example_id, ex.label) for ex in out.labelled if ex.kind == "copy_response"]
+    assert labels == [(f"copy_response:c1:{parse_ts_ms('2024-03-01T10:00:00Z')}:A", 1)]
+
+
 OWN_CATALOG: dict[str, Any] = {"defaults": False, "features": [
     {"name": "buys_365d", "source": "purchase:completed", "agg": "count", "window": "365d"},
     {"name": "last_buy_at", "source": "purchase:completed", "agg": "last_time", "default": None},
