@@ -120,6 +120,33 @@ def test_distinct_eviction_tie_breaks_on_value() -> None:
     assert sorted(k.rsplit("|", 1)[1] for k in s if "|d|" in k) == ["b", "c"]
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_distinct_features_sharing_a_field_each_read_their_own_cap(seed: int) -> None:
+    """Features over one source and field share one map, kept to the largest cap: each
+    still reads what it would alone (its cap most recent values), late events and ties included."""
+    import random
+
+    rng = random.Random(seed)
+    small = FeatureSpec("cats_small_7d", "web", "distinct", window="7d", field="category", cap=3)
+    mid = FeatureSpec("cats_mid_1d", "web", "distinct", window="1d", field="category", cap=5)
+    big = FeatureSpec("cats_30d", "web", "distinct", window="30d", field="category", cap=40)
+    shared = FeatureEngine(Catalog((small, mid, big)))
+    alone = {spec.name: FeatureEngine(Catalog((spec,))) for spec in (small, mid, big)}
+    states: dict[str, State] = {name: {} for name in [*alone, "shared"]}
+    newest = T0
+    for _ in range(120):
+        ts = newest + rng.choice((0, 0, HOUR, 5 * HOUR, DAY_MS)) - rng.choice((0, 0, 0, 3 * HOUR))
+        newest = max(newest, ts)
+        event = ev("web", ts, category=f"k{rng.randrange(12)}")
+        apply_ops(states["shared"], shared.ops_for(event))
+        for name, eng in alone.items():
+            apply_ops(states[name], eng.ops_for(event))
+        for as_of in (newest, newest + 2 * DAY_MS):
+            got = shared.vector(states["shared"], as_of)
+            want = {name: eng.vector(states[name], as_of)[name] for name, eng in alone.items()}
+            assert {name: got[name] for name in want} == want
+
+
 def test_decayed_sum_halves_per_half_life(engine: FeatureEngine) -> None:
     s = feed(engine, [ev("web", T0, action="add_to_cart")])  # weight 5
     assert engine.vector(s, T0)["web_engagement"] == 5.0
