@@ -557,7 +557,7 @@ class OnlineModel:
             bad = [k for k, v in x.items() if not -1e150 < v < 1e150]
             raise ValueError(f"{self.kind}: inputs are finite numbers below 1e150 (log-compress large ones), not {bad}")
         held = self._trial_preds.pop(example_id, None) if self.fresh and example_id else None
-        if not self.proven and rule_prob is not None:
+        if not self.ready and rule_prob is not None:  # the rule serves: calibrated, trial or not
             self._observe_rule(rule_prob, y)
         if not self.proven and self._enough_labels:
             if rule_prob is None:

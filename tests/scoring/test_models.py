@@ -258,6 +258,16 @@ def test_the_rule_serving_cold_start_is_calibrated_to_the_matured_labels() -> No
     assert fresh.calibrate_rule(1.0) < 1.0
 
 
+@pytest.mark.parametrize("trial", [1_000, 0])
+def test_the_cold_start_rule_is_calibrated_while_it_serves_whatever_the_trial(trial: int) -> None:
+    # trial: 0 switched the calibration off: it ran only while the model was unproven.
+    model = OnlineModel("k", min_labels=2_000, min_per_class=10, trial=trial)
+    for i in range(600):  # 10% positives; the rule says 0.9 for them, 0.6 for the rest
+        model.learn({"x": float(i % 10 == 0)}, int(i % 10 == 0), rule_prob=0.9 if i % 10 == 0 else 0.6)
+    assert not model.ready and model.rule_fit is not None
+    assert model.calibrate_rule(0.6) < 0.05 < 0.5 < model.calibrate_rule(0.9)
+
+
 def _sparse_stream(n: int, seed: int) -> Iterator[Example]:
     """Inputs as model_input gives them: some missing, with their indicator instead."""
     rng = random.Random(seed)
