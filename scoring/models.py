@@ -20,6 +20,7 @@ from __future__ import annotations
 import heapq
 import math
 import pickle
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain
@@ -445,6 +446,14 @@ class OnlineModel:
         state.setdefault("_buffer", [])
         state.setdefault("_linear", None)
         state["refit_gate"] = None
+        # The pipeline's step names are its classes' own names in a new pipeline (interned
+        # strings), so a snapshot pickles each once; unpickled, they are new strings and
+        # pickled twice. The interned ones again: restore(s).snapshot() == s.
+        steps = getattr(state.get("pipeline"), "steps", None)
+        if isinstance(steps, dict):
+            named = [(sys.intern(k) if type(k) is str else k, v) for k, v in steps.items()]
+            steps.clear()
+            steps.update(named)
         recent = state.get("recent")
         if isinstance(recent, deque):  # the window before it was a ring buffer
             window = Window(recent.maxlen or len(recent))
