@@ -28,11 +28,12 @@ that bucket is still inside the window.
 
 from __future__ import annotations
 
+import heapq
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from features.events import MAX_AMOUNT, AnyEvent, action_of
+from features.events import MAX_AMOUNT, AnyEvent, action_of, event_field
 from features.spec import (
     ACTIONS,
     DAY_MS,
@@ -144,11 +145,6 @@ def _evict_oldest(state: State, prefix: str, nkey: str) -> None:
     state[nkey] -= 1.0
 
 
-def _event_value(event: AnyEvent, name: str) -> Any:
-    value = getattr(event, name, None)
-    return event.extra(name) if value is None else value
-
-
 def _number(value: Any) -> float | None:
     # An extra field a custom feature sums is not validated as an amount is: the same bound
     # keeps its sums finite.
@@ -186,12 +182,12 @@ class FeatureEngine:
                 base = self._distinct_base(spec)
                 self._distinct_caps[base] = max(self._distinct_caps.get(base, 0), spec.cap)
         self._readers: list[tuple[str, Reader, float | None]] = []  # (name, read, value when absent)
-        self._distinct_specs: dict[str, list[tuple[str, int]]] = {}
+        self._distinct_specs: dict[str, list[tuple[str, int, int]]] = {}
         for spec in self.catalog.features:
             reader = self._reader(spec)
             if reader is None:
                 self._distinct_specs.setdefault(self._distinct_base(spec), []).append(
-                    (spec.name, spec.window_ms)
+                    (spec.name, spec.window_ms, spec.cap)
                 )
             else:
                 self._readers.append((spec.name, reader, reader({}, 0)))
@@ -210,7 +206,7 @@ class FeatureEngine:
         # Every feature's value for an empty state, in the vector's order (derived last).
         self._empty: dict[str, float | None] = {name: empty for name, _, empty in self._readers}
         for specs in self._distinct_specs.values():
-            self._empty.update((name, 0.0) for name, _ in specs)
+            self._empty.update((name, 0.0) for name, _, _ in specs)
         self._empty.update((name, None) for name, _ in self._derived)
         self._plain: list[tuple[str, float | None]] = []
         self._decayed: list[tuple[str, str, str, int]] = []
@@ -261,7 +257,7 @@ class FeatureEngine:
         for spec in specs:
             agg = spec.agg
             if spec.field and agg != "distinct":
-                raw = _number(_event_value(event, spec.field))
+                raw = _number(event_field(event, spec.field))
                 if raw is None:
                     continue
                 amount = raw * spec.weights.get(action, 1.0)
@@ -269,7 +265,7 @@ class FeatureEngine:
                 amount = float(spec.weights.get(action, 1.0))
             if agg == "distinct":
                 assert spec.field is not None
-                value = _event_value(event, spec.field)
+                value = event_field(event, spec.field)
                 base = self._distinct_base(spec)
                 if value is None or base in seen_bases:
                     continue
@@ -460,10 +456,18 @@ class FeatureEngine:
             if rest is None:
                 # set(st) first: a keys view minus a set walks the (larger) set instead.
                 rest = set(st).difference(self._known)
-            times = [t for t in (st[k] for k in rest if k.startswith(prefix)) if t <= as_of]
-            for name, window in specs:
+            keys = [k for k in rest if k.startswith(prefix)]
+            times = [t for t in (st[k] for k in keys) if t <= as_of]
+            for name, window, cap in specs:
                 since = as_of - window
-                values[name] = float(len([t for t in times if t > since]))
+                if cap < len(keys):
+                    # The map is shared with a feature of a larger cap: this one reads the values
+                    # it would keep alone, its cap most recent (apply_ops evicts the smallest
+                    # (time, key)).
+                    own = heapq.nlargest(cap, [(st[k], k) for k in keys])
+                    values[name] = float(len([t for t, _ in own if since < t <= as_of]))
+                else:
+                    values[name] = float(len([t for t in times if t > since]))
 
 
 def _compile_derived(d: DerivedSpec) -> Callable[[dict[str, float | None], int], float | None]:

@@ -256,6 +256,29 @@ def action_of(event: AnyEvent) -> str:
     return event.status if event.type == "purchase" else event.action
 
 
+# Per event model: the names of its declared fields (ts_ms, not its alias ts).
+_DECLARED = {cls: frozenset(cls.model_fields) for cls in (WebEvent, PurchaseEvent, CampaignEvent)}
+
+
+def event_field(event: AnyEvent, name: str) -> Any:
+    """The value of an event's field ``name``: a declared one, else an extra one (``None``: absent).
+
+    Never another attribute: an extra field called ``copy``, ``json`` or ``model_dump``
+    (the ad copy variant, say) is the event's value, not the pydantic method of that name.
+
+    >>> ev = decode('{"event_id":"e1","customer_id":"c1","ts":1704067200000,"type":"campaign",'
+    ...             '"campaign_id":"k1","channel":"email","action":"sent","copy":"A"}')
+    >>> event_field(ev, "campaign_id"), event_field(ev, "copy"), event_field(ev, "json"), event_field(ev, "x")
+    ('k1', 'A', None, None)
+    """
+    declared = _DECLARED.get(type(event))
+    if declared is None:  # a subclass: its own declared fields
+        declared = frozenset(type(event).model_fields)
+    if name in declared:
+        return getattr(event, name)
+    return (event.model_extra or {}).get(name)
+
+
 @dataclass(frozen=True, slots=True)
 class EventError:
     """A line or message that is not a valid event: the original bytes and why.

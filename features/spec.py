@@ -114,7 +114,9 @@ class FeatureSpec:
     sum/max/min/decayed (``amount`` or an extra field); without it each event
     counts ``weights.get(action, 1)``. ``distinct`` counts distinct values of
     ``field`` (at most ``cap`` most recent are kept). ``buckets`` sets the
-    resolution of a sliding window: window / buckets. The names of ``first_time``
+    resolution of a sliding window: window / buckets. ``default`` is the value before any
+    event (``None``: no value yet) of a count or sum without a window, a max, a min or a
+    time; the others read 0.0 then, and refuse another. The names of ``first_time``
     and ``last_time`` features, and only theirs, end in ``_at``: raw times are
     never model inputs, and :func:`scoring.models.model_input` knows them by name.
     """
@@ -175,6 +177,12 @@ class FeatureSpec:
             raise ValueError(f"{self.name}: {self.agg} needs a field")
         if self.agg == "distinct" and not (self.field and self.window):
             raise ValueError(f"{self.name}: distinct needs a field and a window")
+        # These read 0.0 when there is nothing to count: another default was ignored, silently.
+        if self.default != 0.0 and (self.agg in ("distinct", "decayed") or (self.window and self.agg != "max")):
+            what = {"distinct": "a distinct count", "decayed": "a decayed sum"}.get(self.agg, f"a windowed {self.agg}")
+            raise ValueError(f"{self.name}: default has no effect on {what} (it reads 0.0 with nothing to "
+                             "count); default goes with count and sum without a window, max, min, "
+                             "first_time and last_time")
         # Validated now, not at the first event; a bucket must be at least 1 ms (a divisor).
         if self.window and self.window_ms < self.buckets:
             raise ValueError(f"{self.name}: window must be longer than 0 (1 ms per bucket), not {self.window!r}")

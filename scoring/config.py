@@ -159,6 +159,7 @@ def _kinds(overrides: Mapping[str, Any], catalog: Catalog, sensitive: set[str]) 
         except (TypeError, ValueError) as exc:
             raise _kind_error(where, name, exc) from None
         _check_kind(where, kind, catalog, sensitive)
+        _check_given(where, kind, set(o))
         if kind.requires_purchase:
             _reads(f"{where}.requires_purchase", catalog, _BUYER)
         if kind.active_within:
@@ -233,6 +234,40 @@ def _check_kind(where: str, kind: ScoreKind, catalog: Catalog, sensitive: set[st
             raise ConfigError(f"{where}.rule_weights.{feat}: a number of points, not {points!r}")
     if kind.learned and not kind.outcome:
         raise ConfigError(f"{where}.outcome: a learned kind needs the events that are its outcome")
+
+
+# Settings only a learned kind reads (its examples, labels and model): on a rule or rfm kind
+# they were accepted and did nothing.
+_LEARNED_ONLY = ("register", "horizon", "outcome", "label_on_outcome", "label_without_outcome", "model",
+                 "min_labels", "min_per_class", "consolidate_every", "window", "consolidate_max", "half_life",
+                 "drift_refit", "drift_min_rows", "missing_indicators", "trial", "trial_max", "learn_at")
+
+
+def _check_given(where: str, kind: ScoreKind, given: set[str]) -> None:
+    """Refuse keys the file gives that would have no effect on this kind."""
+    if not kind.learned:
+        for key in _LEARNED_ONLY:
+            if key in given:
+                raise ConfigError(f"{where}.{key}: only a learned kind reads it, and {kind.name} is "
+                                  f"of type {kind.type}")
+    if kind.type == "rfm":
+        for key in ("rule_weights", "rule_scale"):
+            if key in given:
+                raise ConfigError(f"{where}.{key}: an rfm kind scores by its grades, not by rule points")
+    if kind.learned and not (kind.model == "logistic" and kind.consolidate_every > 0):
+        # OnlineModel: only a logistic model refits (a tree's or forest's consolidate_every is 0).
+        for key in ("consolidate_every", "window", "consolidate_max"):
+            if key in given and not (key == "consolidate_every" and kind.consolidate_every == 0):
+                raise ConfigError(f"{where}.{key}: only a logistic model with consolidate_every above 0 "
+                                  f"refits, and {key} sets its refits")
+    if kind.only_on:
+        for key in ("score_on", "rescore", "rescore_on"):
+            if key in given:
+                raise ConfigError(f"{where}.{key}: a kind with only_on scores at those events only "
+                                  f"(not at score_on, nor rescored by other events)")
+    if kind.learned and "trial_max" in given and 0 < kind.trial_max < kind.trial:
+        raise ConfigError(f"{where}.trial_max: below trial ({kind.trial}), so no effect (the trial reaches "
+                          "back at least trial labels; 0 means exactly trial)")
 
 
 # Features the scoring core reads by name (scoring/core.py). A catalogue without them
@@ -369,6 +404,10 @@ def _feature(where: str, value: Any) -> FeatureSpec:
         _choice(f"{where}.agg", given["agg"], get_args(Aggregation))
     spec = _build(FeatureSpec, where, given)
     _choice(f"{where}.agg", spec.agg, get_args(Aggregation))
+    if "cap" in given and spec.agg != "distinct":
+        raise ConfigError(f"{where}.cap: only a distinct feature keeps values (at most cap), not {spec.agg}")
+    if "buckets" in given and not spec.window:
+        raise ConfigError(f"{where}.buckets: the resolution of a window, and this feature has none")
     if not isinstance(spec.weights, Mapping) or not all(_number(w) for w in spec.weights.values()):
         raise ConfigError(f"{where}.weights: a mapping of action to a number")
     if isinstance(spec.cap, bool) or not isinstance(spec.cap, int) or spec.cap < 1:
@@ -389,6 +428,10 @@ def _derived(where: str, value: Any) -> DerivedSpec:
         d["prior"] = tuple(_list(f"{where}.prior", d["prior"]))
     spec = _build(DerivedSpec, where, d)
     _choice(f"{where}.kind", spec.kind, get_args(DerivedKind))
+    if "prior" in d and spec.kind != "ratio":
+        raise ConfigError(f"{where}.prior: only a ratio takes a prior, not {spec.kind}")
+    if "default" in d and spec.kind in ("present", "after"):
+        raise ConfigError(f"{where}.default: {spec.kind} is always 1.0 or 0.0, never without a value")
     if len(spec.prior) != 2 or not all(_number(v) for v in spec.prior):
         raise ConfigError(f"{where}.prior: two numbers (added to the numerator and the denominator)")
     if spec.default is not None and not _number(spec.default):

@@ -40,7 +40,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from features.engine import TIME_FIELD, FeatureEngine, State, apply_ops
-from features.events import AnyEvent, CampaignEvent, PurchaseEvent, WebEvent, action_of, ms_to_iso
+from features.events import (
+    AnyEvent,
+    CampaignEvent,
+    PurchaseEvent,
+    WebEvent,
+    action_of,
+    event_field,
+    ms_to_iso,
+)
 from features.spec import DAY_MS, DEFAULT_SENSITIVE, Catalog
 from features.store import DUPLICATE, LATE, BatchResult, FeatureStore, InMemoryFeatureStore, Update
 from scoring.kinds import ScoreKind, default_kinds
@@ -498,7 +506,7 @@ class ScoringCore:
             if (
                 key in kind.outcome
                 and p.t_ms < ev.ts_ms <= p.end_ms
-                and (kind.match_field is None or str(getattr(ev, kind.match_field, None)) == p.match)
+                and (kind.match_field is None or str(event_field(ev, kind.match_field)) == p.match)
             ):
                 if not p.outcome and kind.learn_at == "fresh":
                     # The example's second sample, with the features of its scored moment.
@@ -537,7 +545,7 @@ class ScoringCore:
                 continue
             match = None
             if kind.match_field:
-                field_value = getattr(ev, kind.match_field, None)
+                field_value = event_field(ev, kind.match_field)
                 if field_value is None:
                     continue  # nothing for an outcome to match: its label would always be the same
                 match = str(field_value)

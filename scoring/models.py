@@ -20,6 +20,7 @@ from __future__ import annotations
 import heapq
 import math
 import pickle
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain
@@ -445,6 +446,14 @@ class OnlineModel:
         state.setdefault("_buffer", [])
         state.setdefault("_linear", None)
         state["refit_gate"] = None
+        # The pipeline's step names are its classes' own names in a new pipeline (interned
+        # strings), so a snapshot pickles each once; unpickled, they are new strings and
+        # pickled twice. The interned ones again: restore(s).snapshot() == s.
+        steps = getattr(state.get("pipeline"), "steps", None)
+        if isinstance(steps, dict):
+            named = [(sys.intern(k) if type(k) is str else k, v) for k, v in steps.items()]
+            steps.clear()
+            steps.update(named)
         recent = state.get("recent")
         if isinstance(recent, deque):  # the window before it was a ring buffer
             window = Window(recent.maxlen or len(recent))
@@ -557,7 +566,7 @@ class OnlineModel:
             bad = [k for k, v in x.items() if not -1e150 < v < 1e150]
             raise ValueError(f"{self.kind}: inputs are finite numbers below 1e150 (log-compress large ones), not {bad}")
         held = self._trial_preds.pop(example_id, None) if self.fresh and example_id else None
-        if not self.proven and rule_prob is not None:
+        if not self.ready and rule_prob is not None:  # the rule serves: calibrated, trial or not
             self._observe_rule(rule_prob, y)
         if not self.proven and self._enough_labels:
             if rule_prob is None:

@@ -120,6 +120,33 @@ def test_distinct_eviction_tie_breaks_on_value() -> None:
     assert sorted(k.rsplit("|", 1)[1] for k in s if "|d|" in k) == ["b", "c"]
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_distinct_features_sharing_a_field_each_read_their_own_cap(seed: int) -> None:
+    """Features over one source and field share one map, kept to the largest cap: each
+    still reads what it would alone (its cap most recent values), late events and ties included."""
+    import random
+
+    rng = random.Random(seed)
+    small = FeatureSpec("cats_small_7d", "web", "distinct", window="7d", field="category", cap=3)
+    mid = FeatureSpec("cats_mid_1d", "web", "distinct", window="1d", field="category", cap=5)
+    big = FeatureSpec("cats_30d", "web", "distinct", window="30d", field="category", cap=40)
+    shared = FeatureEngine(Catalog((small, mid, big)))
+    alone = {spec.name: FeatureEngine(Catalog((spec,))) for spec in (small, mid, big)}
+    states: dict[str, State] = {name: {} for name in [*alone, "shared"]}
+    newest = T0
+    for _ in range(120):
+        ts = newest + rng.choice((0, 0, HOUR, 5 * HOUR, DAY_MS)) - rng.choice((0, 0, 0, 3 * HOUR))
+        newest = max(newest, ts)
+        event = ev("web", ts, category=f"k{rng.randrange(12)}")
+        apply_ops(states["shared"], shared.ops_for(event))
+        for name, eng in alone.items():
+            apply_ops(states[name], eng.ops_for(event))
+        for as_of in (newest, newest + 2 * DAY_MS):
+            got = shared.vector(states["shared"], as_of)
+            want = {name: eng.vector(states[name], as_of)[name] for name, eng in alone.items()}
+            assert {name: got[name] for name in want} == want
+
+
 def test_decayed_sum_halves_per_half_life(engine: FeatureEngine) -> None:
     s = feed(engine, [ev("web", T0, action="add_to_cart")])  # weight 5
     assert engine.vector(s, T0)["web_engagement"] == 5.0
@@ -211,6 +238,21 @@ def test_weights_and_extra_field() -> None:
     v = eng.vector(s, T0 + 3)
     assert v["weighted"] == 4.5
     assert v["score_sum"] == 2.0  # a non-numeric extra value is skipped
+
+
+def test_extra_fields_named_as_pydantic_methods() -> None:
+    # `copy`, `json`, `model_dump` are BaseModel methods: the event's extra field is read, not them.
+    cat = Catalog((
+        FeatureSpec("copies_30d", "campaign", "distinct", window="30d", field="copy"),
+        FeatureSpec("json_sum", "campaign", "sum", field="json"),
+        FeatureSpec("dump_max", "campaign", "max", field="model_dump"),
+        FeatureSpec("validate_30d", "campaign", "distinct", window="30d", field="validate"),
+    ))
+    eng = FeatureEngine(cat)
+    s = feed(eng, [ev("campaign", T0 + i, copy="A", json=2, model_dump=5 - i) for i in range(4)])
+    v = eng.vector(s, T0 + 10)
+    assert v["copies_30d"] == 1.0 and v["json_sum"] == 8.0 and v["dump_max"] == 5.0
+    assert v["validate_30d"] == 0.0  # absent: not the method, counted once per event
 
 
 # -- derived --------------------------------------------------------------------------

@@ -26,11 +26,28 @@ from features.spec import Catalog, DerivedSpec, FeatureSpec, default_catalog
     ({"name": "last_login", "source": "web:login", "agg": "last_time"},
      "last_login: a first_time or last_time feature's name ends in _at"),
     ({"name": "logins_at", "source": "web:login", "agg": "count"}, "logins_at: only a first_time or last_time"),
+    # These read 0.0 with nothing to count: a default was ignored without a word.
+    ({"name": "x", "source": "web", "agg": "count", "window": "7d", "default": None},
+     "x: default has no effect on a windowed count"),
+    ({"name": "x", "source": "web", "agg": "sum", "field": "s", "window": "7d", "default": -1},
+     "x: default has no effect on a windowed sum"),
+    ({"name": "x", "source": "web", "agg": "decayed", "half_life": "7d", "default": None},
+     "x: default has no effect on a decayed sum"),
+    ({"name": "x", "source": "web", "agg": "distinct", "field": "d", "window": "7d", "default": -1},
+     "x: default has no effect on a distinct count"),
 ])
 def test_a_feature_that_cannot_work_is_refused_when_declared(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError) as info:
         FeatureSpec(**kwargs)
     assert message in str(info.value), str(info.value)
+
+
+def test_default_is_taken_where_it_is_read() -> None:
+    for kwargs in ({"agg": "count", "default": None}, {"agg": "sum", "field": "s", "default": -1.0},
+                   {"agg": "max", "field": "s", "window": "7d", "default": None},
+                   {"agg": "min", "field": "s", "default": None}, {"agg": "count", "window": "7d", "default": 0}):
+        assert FeatureSpec("x", "web", **kwargs).default == kwargs["default"]
+    assert default_catalog().names  # the default catalogue declares none where it has no effect
 
 
 def test_weights_of_an_any_source_may_name_any_action() -> None:

@@ -28,11 +28,13 @@ HOUR = 3_600_000
 LATENESS = 6 * HOUR
 
 # The default catalogue plus features that exercise every operation hard:
-# a tiny distinct cap (evictions), windowed max, plain min.
+# a tiny distinct cap (evictions), windowed max, plain min; a distinct feature whose cap is
+# below that of the sessions_* it shares its values with.
 CATALOG = Catalog(
     default_catalog().features
     + (
         FeatureSpec("categories_7d", "web", "distinct", window="7d", field="category", cap=3),
+        FeatureSpec("recent_sessions_30d", "web", "distinct", window="30d", field="session_id", cap=2),
         FeatureSpec("big_order_7d", "purchase:completed", "max", window="7d", field="amount",
                     default=None, buckets=7),
         FeatureSpec("min_order_amount", "purchase:completed", "min", field="amount", default=None),
@@ -215,6 +217,15 @@ def test_distinct_cap_eviction(stores: Stores) -> None:
     assert kept == ["e", "y", "z"]
     assert s["web:category|n"] == 3.0
     assert vec(store, T0 + 11)["categories_7d"] == 3.0
+
+
+def test_distinct_features_sharing_values_read_their_own_caps(stores: Stores) -> None:
+    store = stores.make()
+    store.apply([up(ev("web", T0 + i * HOUR, session_id=f"s{i}")) for i in range(5)])
+    store.apply([up(ev("web", T0 + 2 * HOUR + 1, session_id="s0"))])  # s0 seen again: recent
+    v = vec(store, T0 + 5 * HOUR)
+    assert v["sessions_30d"] == 5.0 and v["recent_sessions_30d"] == 2.0  # s4 and s3, as alone
+    assert vec(store, T0 + 30 * DAY_MS + 3 * HOUR + 1)["recent_sessions_30d"] == 1.0  # s4 left
 
 
 def test_distinct_eviction_compares_bytes_not_locale(stores: Stores) -> None:

@@ -145,6 +145,72 @@ def test_a_mistake_is_a_config_error_that_says_where(data: dict[str, Any], messa
     assert message in str(info.value), str(info.value)
 
 
+@pytest.mark.parametrize(("data", "message"), [
+    # Keys that were accepted without a word and had no effect.
+    ({"kinds": {"vip": {"type": "rule", "rule_weights": {"orders_total": 5}, "horizon": "30d"}}},
+     "kinds.vip.horizon: only a learned kind reads it, and vip is of type rule"),
+    ({"kinds": {"engagement": {"outcome": ["purchase:completed"]}}}, "kinds.engagement.outcome: only a learned"),
+    ({"kinds": {"engagement": {"model": "forest"}}}, "kinds.engagement.model: only a learned kind"),
+    ({"kinds": {"engagement": {"trial": 10}}}, "kinds.engagement.trial: only a learned kind"),
+    ({"kinds": {"rfm_segment": {"min_labels": 500}}}, "kinds.rfm_segment.min_labels: only a learned kind"),
+    ({"kinds": {"rfm_segment": {"learn_at": "fresh"}}}, "kinds.rfm_segment.learn_at: only a learned kind"),
+    ({"kinds": {"rfm_segment": {"rule_weights": {"orders_total": 5}}}},
+     "kinds.rfm_segment.rule_weights: an rfm kind scores by its grades"),
+    ({"kinds": {"purchase_propensity": {"model": "tree", "consolidate_every": 50}}},
+     "kinds.purchase_propensity.consolidate_every: only a logistic model with consolidate_every above 0"),
+    ({"kinds": {"purchase_propensity": {"model": "forest", "window": 500}}},
+     "kinds.purchase_propensity.window: only a logistic model"),
+    ({"kinds": {"purchase_propensity": {"consolidate_every": 0, "consolidate_max": 100}}},
+     "kinds.purchase_propensity.consolidate_max: only a logistic model"),
+    ({"kinds": {"campaign_response": {"score_on": ["web:login"]}}},
+     "kinds.campaign_response.score_on: a kind with only_on scores at those events only"),
+    ({"kinds": {"campaign_response": {"rescore": "1h"}}}, "kinds.campaign_response.rescore: a kind with only_on"),
+    ({"kinds": {"x": {"type": "learned", "only_on": ["web:signup"], "rescore_on": ["web"]}}},
+     "kinds.x.rescore_on: a kind with only_on"),
+    ({"kinds": {"purchase_propensity": {"trial": 2000, "trial_max": 100}}},
+     "kinds.purchase_propensity.trial_max: below trial (2000), so no effect"),
+    ({"catalog": {"features": [{"name": "v", "source": "web", "agg": "count", "window": "7d", "cap": 3}]}},
+     "catalog.features[0].cap: only a distinct feature keeps values"),
+    ({"catalog": {"features": [{"name": "v", "source": "web", "agg": "count", "buckets": 5}]}},
+     "catalog.features[0].buckets: the resolution of a window, and this feature has none"),
+    ({"catalog": {"features": [{"name": "v", "source": "web", "agg": "count", "window": "7d", "default": -1}]}},
+     "catalog.features[0]: v: default has no effect on a windowed count"),
+    ({"catalog": {"derived": [{"name": "d", "kind": "days_since", "inputs": ["last_seen_at"], "prior": [5, 5]}]}},
+     "catalog.derived[0].prior: only a ratio takes a prior, not days_since"),
+    ({"catalog": {"derived": [{"name": "d", "kind": "present", "inputs": ["last_seen_at"], "default": 7}]}},
+     "catalog.derived[0].default: present is always 1.0 or 0.0"),
+    ({"catalog": {"derived": [{"name": "d", "kind": "after", "inputs": ["last_seen_at", "first_seen_at"],
+                               "default": 0}]}}, "catalog.derived[0].default: after is always 1.0 or 0.0"),
+])
+def test_a_key_without_effect_is_refused(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        scoring_config_from_dict(data)
+    assert message in str(info.value), str(info.value)
+
+
+def test_keys_with_an_effect_stay_accepted() -> None:
+    scoring_config_from_dict({
+        "kinds": {
+            "purchase_propensity": {"model": "tree", "consolidate_every": 0, "trial": 2000, "trial_max": 0},
+            "churn_risk": {"consolidate_every": 100, "window": 5000, "consolidate_max": 500, "trial_max": 2000},
+            "campaign_response": {"only_on": ["campaign:sent"], "register": "0s"},
+            "engagement": {"rescore": "1h", "rescore_on": ["web"], "bands": {"warm": 20, "hot": 50},
+                           "tick": "7d", "requires_purchase": True, "active_within": "90d", "rule_scale": 20},
+            "rfm_segment": {"score_on": ["purchase:completed"], "tick": "7d", "bands": {"warm": 30, "hot": 60}},
+            "vip": {"type": "rule", "rule_weights": {"orders_total": 5}, "match_field": "campaign_id"},
+        },
+        "catalog": {"features": [
+            {"name": "cats_7d", "source": "web", "agg": "distinct", "field": "category", "window": "7d", "cap": 5},
+            {"name": "views_7d_24", "source": "web", "agg": "count", "window": "7d", "buckets": 24},
+            {"name": "views_total_n", "source": "web", "agg": "count", "default": None},
+        ], "derived": [
+            {"name": "views_per_cat", "kind": "ratio", "inputs": ["views_7d_24", "cats_7d"], "prior": [0, 1],
+             "default": 0},
+            {"name": "days_since_seen", "kind": "days_since", "inputs": ["last_seen_at"], "default": 999},
+        ]},
+    })
+
+
 def test_a_file_names_itself_in_its_errors_and_bad_yaml_is_one(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("{kinds: [")
@@ -287,6 +353,26 @@ def test_a_match_field_kind_skips_events_without_the_field() -> None:
     ])
     scored = [(s["kind"], s["event_id"]) for s in out.scores if s["kind"] == "cart_to_click"]
     assert scored == [("cart_to_click", "e2")]
+
+
+def test_a_match_field_named_as_a_pydantic_method_matches_the_events_value() -> None:
+    """``copy`` (the ad copy variant) is also BaseModel.copy: the event's field is what matches."""
+    from features.events import decode, parse_ts_ms
+
+    cfg = scoring_config_from_dict({"kinds": {"copy_response": {
+        "type": "learned", "only_on": ["campaign:sent"], "register": "0s", "horizon": "3d",
+        "outcome": ["campaign:clicked"], "match_field": "copy"}}})
+    core = ScoringCore.in_memory(catalog=cfg.catalog, kinds=cfg.kinds, policy=cfg.policy)
+    campaign = '"type":"campaign","campaign_id":"k","channel":"email"'
+    out = core.process([
+        decode(f'{{"event_id":"e1","customer_id":"c1","ts":"2024-03-01T10:00:00Z",{campaign},'
+               '"action":"sent","copy":"A"}'),
+        decode(f'{{"event_id":"e2","customer_id":"c1","ts":"2024-03-01T11:00:00Z",{campaign},'
+               '"action":"clicked","copy":"A"}'),
+        decode('{"event_id":"e3","customer_id":"c2","ts":"2024-03-06T10:00:00Z","type":"web","action":"login"}'),
+    ])
+    labels = [(ex.example_id, ex.label) for ex in out.labelled if ex.kind == "copy_response"]
+    assert labels == [(f"copy_response:c1:{parse_ts_ms('2024-03-01T10:00:00Z')}:A", 1)]
 
 
 OWN_CATALOG: dict[str, Any] = {"defaults": False, "features": [

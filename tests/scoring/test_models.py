@@ -142,9 +142,25 @@ def test_snapshot_restore_is_identical_after_drift_handling() -> None:
     # The same scores, bit for bit, and the same drift handling from there on.
     assert _run(clone, rest) == _run(model, rest)
     assert _state(clone) == _state(model)
-    # Pickle shares River's objects differently on the first round trip; from then on stable.
+    # The same bytes from the first round trip on (the pipeline's step names pickled twice
+    # after a restore, once before it).
+    assert clone.snapshot() == model.snapshot()
     again = OnlineModel.restore(clone.snapshot())
     assert again.snapshot() == clone.snapshot()
+
+
+@pytest.mark.parametrize("name", ["logistic", "tree", "forest"])
+@pytest.mark.parametrize("fresh", [False, True])
+def test_a_restored_model_snapshots_to_the_same_bytes(name: str, fresh: bool) -> None:
+    model = OnlineModel("k", name, 2, 1, 50, fresh=fresh)
+    for i in range(300):
+        x = {"a": float(i % 3), "b": float(i % 5), "c_missing": 1.0} if i % 4 else {"a": float(i % 3), "b": 1.0}
+        (model.learn_fresh if fresh else model.learn)(x, i % 2)
+    blob = model.snapshot()
+    clone = OnlineModel.restore(blob)
+    assert clone.snapshot() == blob
+    probe = [{"a": 1.0, "b": 2.0}, {"a": 2.0, "b": 1.0, "c_missing": 1.0}]
+    assert [clone.predict(x) for x in probe] == [model.predict(x) for x in probe]
 
 
 def test_same_stream_same_model() -> None:
@@ -256,6 +272,16 @@ def test_the_rule_serving_cold_start_is_calibrated_to_the_matured_labels() -> No
     fresh = _model()
     assert abs(fresh.calibrate_rule(0.7) - 0.7) < 0.001 and 0 < fresh.calibrate_rule(0.0) < fresh.calibrate_rule(0.01)
     assert fresh.calibrate_rule(1.0) < 1.0
+
+
+@pytest.mark.parametrize("trial", [1_000, 0])
+def test_the_cold_start_rule_is_calibrated_while_it_serves_whatever_the_trial(trial: int) -> None:
+    # trial: 0 switched the calibration off: it ran only while the model was unproven.
+    model = OnlineModel("k", min_labels=2_000, min_per_class=10, trial=trial)
+    for i in range(600):  # 10% positives; the rule says 0.9 for them, 0.6 for the rest
+        model.learn({"x": float(i % 10 == 0)}, int(i % 10 == 0), rule_prob=0.9 if i % 10 == 0 else 0.6)
+    assert not model.ready and model.rule_fit is not None
+    assert model.calibrate_rule(0.6) < 0.05 < 0.5 < model.calibrate_rule(0.9)
 
 
 def _sparse_stream(n: int, seed: int) -> Iterator[Example]:
