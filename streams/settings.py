@@ -276,8 +276,9 @@ def kafka_unreachable(settings: Settings) -> Iterator[None]:
         ) from None
 
 
-# Read by streams/embedded.py (server binaries), not settings.
-_OTHER_VARIABLES = frozenset({"LEADPULSE_TANSU", "LEADPULSE_REDIS_SERVER"})
+# Read by streams/embedded.py (server binaries) and streams/import_cli.py (the
+# --hash-customers key), not settings.
+_OTHER_VARIABLES = frozenset({"LEADPULSE_TANSU", "LEADPULSE_REDIS_SERVER", "LEADPULSE_CUSTOMER_KEY"})
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

@@ -96,3 +96,12 @@ def test_a_redis_url_of_another_scheme_is_refused_without_showing_it() -> None:
     from streams.cli import _reason  # what the worker prints: pydantic's own text repeats the input
 
     assert "s3cret" not in _reason(info.value) and "redis://" in _reason(info.value)
+
+
+def test_the_customer_key_of_import_is_a_known_variable() -> None:
+    # Read by ``import-transactions --hash-customers`` (streams/import_cli.py), not settings: the
+    # worker, replay and demo reported it as an unknown setting.
+    from streams.import_cli import CUSTOMER_KEY_VAR
+    from streams.settings import unknown_variables
+
+    assert unknown_variables({CUSTOMER_KEY_VAR: "a-secret-of-sixteen-chars"}) == []
