@@ -84,12 +84,20 @@ def load_settings(**values: Any) -> Any:
     """``Settings(**values)``: environment and ``.env`` first, ``values`` override them.
 
     (A plain call: ``Settings.model_validate`` would skip the environment.) Warns on
-    stderr of ``LEADPULSE_*`` variables that no setting reads (typos).
+    stderr of ``LEADPULSE_*`` variables that no setting reads (typos), in the environment
+    or in the ``.env`` file the settings read.
     """
     from streams.settings import Settings, unknown_variables
 
     for name in unknown_variables(os.environ):
         print(f"leadpulse: ignoring unknown setting {name}", file=sys.stderr)
+    env_file = Settings.model_config.get("env_file")
+    if isinstance(env_file, str) and Path(env_file).is_file():
+        from dotenv import dotenv_values  # what pydantic-settings reads the file with
+
+        in_file = dotenv_values(env_file, encoding=Settings.model_config.get("env_file_encoding") or "utf-8")
+        for name in unknown_variables({k: "" for k in in_file if k not in os.environ}):
+            print(f"leadpulse: ignoring unknown setting {name} in {env_file}", file=sys.stderr)
     factory: Any = Settings
     return factory(**values)
 

@@ -105,3 +105,17 @@ def test_the_customer_key_of_import_is_a_known_variable() -> None:
     from streams.settings import unknown_variables
 
     assert unknown_variables({CUSTOMER_KEY_VAR: "a-secret-of-sixteen-chars"}) == []
+
+
+def test_a_misspelt_name_in_the_env_file_is_reported_too(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Settings read ``.env`` as well; a typo there was ignored silently.
+    (tmp_path / ".env").write_text("LEADPULSE_BATCH_SIZE=7\nLEADPULSE_PARTITONS=3\nOTHER_TOOL=1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LEADPULSE_BATCH_SIZE", raising=False)
+    settings = load_settings()
+    assert settings.batch_size == 7  # the file is read
+    err = capsys.readouterr().err
+    assert "ignoring unknown setting LEADPULSE_PARTITONS (did you mean LEADPULSE_PARTITIONS?) in .env" in err
+    assert "BATCH_SIZE" not in err and "OTHER_TOOL" not in err
