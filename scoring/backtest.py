@@ -515,7 +515,8 @@ def _run_backtest(
         "models": {name: model.summary() for name, model in scoring.registry.models.items()},
         "per_day": {d: dict(c) for d, c in sorted(per_day.items())},
         "bands_per_week": {
-            k: [{"week": w, **dict(c)} for w, c in sorted(_by_week(v).items())]
+            # Bands sorted: counted in the order scored, which sharding (--workers) changes.
+            k: [{"week": w, **dict(sorted(c.items()))} for w, c in sorted(_by_week(v).items())]
             for k, v in bands_per_week.items()
         },
         "peak_memory_bytes": peak,
