@@ -579,3 +579,12 @@ def test_a_stopped_backtest_takes_its_worker_processes_with_it(tmp_path: Path, s
                 os.kill(w, signal.SIGKILL)
     if sig.startswith("SIGTERM"):
         assert proc.returncode == 143 and b"stopped (SIGTERM)" in err and b"Traceback" not in err
+
+
+def test_simulate_help_shows_the_size_and_seed_it_writes_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["simulate", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for shown in ("default 1000", "default 365", "default 0"):
+        assert shown in text, shown
