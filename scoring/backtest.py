@@ -491,7 +491,7 @@ def _run_backtest(
         "buyers": buyers.buyers,
         "repeat_buyers": buyers.repeats,
         **({"customers_out": {"path": str(config.customers_out), "customers": customers_written,
-                              "as_of": datetime.fromtimestamp(last_ts / 1000, UTC).isoformat()}}
+                              "as_of": ms_to_iso(last_ts)}}
            if customers_written is not None and last_ts is not None else {}),
         "seconds": round(seconds, 3),
         "events_per_second": round(processed / seconds, 1) if seconds > 0 else None,
@@ -500,8 +500,9 @@ def _run_backtest(
         "labels_per_second": (
             round(sum(len(log.labels) for log in logs.values()) / seconds, 1) if seconds > 0 else None
         ),
-        "first_event": None if first_ts is None else datetime.fromtimestamp(first_ts / 1000, UTC).isoformat(),
-        "last_event": None if last_ts is None else datetime.fromtimestamp(last_ts / 1000, UTC).isoformat(),
+        # In milliseconds, as ms_to_iso writes every published time (not datetime's microseconds).
+        "first_event": None if first_ts is None else ms_to_iso(first_ts),
+        "last_event": None if last_ts is None else ms_to_iso(last_ts),
         "scored": counts["scored"],
         "idle_rescores": counts["idle_rescores"],
         "scores_published": sum(c["scores"] for c in per_day.values()),
@@ -515,7 +516,8 @@ def _run_backtest(
         "models": {name: model.summary() for name, model in scoring.registry.models.items()},
         "per_day": {d: dict(c) for d, c in sorted(per_day.items())},
         "bands_per_week": {
-            k: [{"week": w, **dict(c)} for w, c in sorted(_by_week(v).items())]
+            # Bands sorted: counted in the order scored, which sharding (--workers) changes.
+            k: [{"week": w, **dict(sorted(c.items()))} for w, c in sorted(_by_week(v).items())]
             for k, v in bands_per_week.items()
         },
         "peak_memory_bytes": peak,
@@ -554,7 +556,7 @@ def write_customer_scores(core: ScoringCore, customer_ids: Sequence[str], as_of_
             fields += [f"{kind.name}_probability", f"{kind.name}_reasons"]
         if kind.type == "rfm":
             fields += [f"{kind.name}_segment", f"{kind.name}_rfm"]
-    as_of = datetime.fromtimestamp(as_of_ms / 1000, UTC).isoformat()
+    as_of = ms_to_iso(as_of_ms)  # milliseconds, as every published time
     as_csv = path.suffix.lower() == ".csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as handle:

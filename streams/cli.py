@@ -747,9 +747,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("simulate", help="write realistic events with ground truth (JSON Lines)")
-    p.add_argument("--customers", type=int, default=1000)
-    p.add_argument("--days", type=int, default=365)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--customers", type=int, default=1000, help="customers simulated (default %(default)s)")
+    p.add_argument("--days", type=int, default=365, help="days of history (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed writes the same file (default %(default)s)")
     p.add_argument("--out", required=True)
     p.add_argument("--regime-change", action="store_true", help="behaviour drivers change halfway")
     p.add_argument("--regime", choices=("behaviour", "privacy"),

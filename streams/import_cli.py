@@ -399,14 +399,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from features.inspect import profile, suggest
 
     given = args.file
-    with _table_as_csv(args, limit=max(1, args.rows)) as table:
-        rows, headerless = _sample_rows(Path(args.file), max(1, args.rows))
+    sample = max(1, args.rows)
+    with _table_as_csv(args, limit=sample) as table:
+        rows, headerless = _sample_rows(Path(args.file), sample + 1)  # one more: did the file end?
+    # A copied table (workbook, Parquet, SQLite, --query) holds at most the sample: all of it
+    # only when it ended before.
+    whole = len(rows) <= sample if table is None else len(rows) < sample
+    rows = rows[:sample]
     if not rows:
         print(f"{given}: no rows under a header", file=sys.stderr)
         return 1
     profiles = profile(rows)
     form = table.form if table is not None else "JSON" if isinstance(rows[0], _Flat) else "CSV"
-    print(f"{given}: {form}, {len(rows):,} rows read (the first; --rows N for more), {len(profiles)} columns")
+    sampled = f"all {len(rows):,} rows read" if whole else f"{len(rows):,} rows read (the first; --rows N for more)"
+    print(f"{given}: {form}, {sampled}, {len(profiles)} columns")
     width = min(max(len(p.name) for p in profiles), 40)
     for p in profiles:
         print(f"  {p.name:<{width}}  {p.describe()}")

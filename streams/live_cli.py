@@ -84,12 +84,20 @@ def load_settings(**values: Any) -> Any:
     """``Settings(**values)``: environment and ``.env`` first, ``values`` override them.
 
     (A plain call: ``Settings.model_validate`` would skip the environment.) Warns on
-    stderr of ``LEADPULSE_*`` variables that no setting reads (typos).
+    stderr of ``LEADPULSE_*`` variables that no setting reads (typos), in the environment
+    or in the ``.env`` file the settings read.
     """
     from streams.settings import Settings, unknown_variables
 
     for name in unknown_variables(os.environ):
         print(f"leadpulse: ignoring unknown setting {name}", file=sys.stderr)
+    env_file = Settings.model_config.get("env_file")
+    if isinstance(env_file, str) and Path(env_file).is_file():
+        from dotenv import dotenv_values  # what pydantic-settings reads the file with
+
+        in_file = dotenv_values(env_file, encoding=Settings.model_config.get("env_file_encoding") or "utf-8")
+        for name in unknown_variables({k: "" for k in in_file if k not in os.environ}):
+            print(f"leadpulse: ignoring unknown setting {name} in {env_file}", file=sys.stderr)
     factory: Any = Settings
     return factory(**values)
 
@@ -679,14 +687,15 @@ def _add_parsers(sub: Any) -> None:
                    help="publish event times without a UTC offset (and bare dates) as read in this zone")
 
     p = sub.add_parser("demo", help="embedded broker + Redis + worker + simulator, live table")
-    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--seconds", type=float, default=60.0, help="how long the demo runs (default %(default)g)")
     p.add_argument("--file", help="replay this JSON Lines history instead of the simulator's (any order, "
                    "gzip is fine; leadpulse import-transactions writes one), compressed into the run")
     p.add_argument("--timezone", type=zone_arg, metavar="ZONE",
                    help="with --file: read event times without a UTC offset (and bare dates) in this zone")
-    p.add_argument("--customers", type=int, default=300)
-    p.add_argument("--days", type=int, default=120, help="simulated history compressed into the run")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--customers", type=int, default=300, help="customers simulated (default %(default)s)")
+    p.add_argument("--days", type=int, default=120,
+                   help="simulated history compressed into the run (default %(default)s)")
+    p.add_argument("--seed", type=int, default=7, help="the simulator's seed (default %(default)s)")
 
 
 EXTRA_PARSERS.append(_add_parsers)

@@ -113,7 +113,8 @@ class Settings(BaseSettings):
         "longer ago than the lateness reads as late too (event ids are remembered only inside it)",
     )
     web_api_token: SecretStr | None = Field(
-        None, description="if set, /customers/* and /models require 'Authorization: Bearer <token>'"
+        None, description="if set, /customers/*, /models and DELETE /latency require "
+        "'Authorization: Bearer <token>'",
     )
     scorer_process: bool = Field(
         True, description="score in a child process of the worker, so the Kafka event loop and "
@@ -276,8 +277,9 @@ def kafka_unreachable(settings: Settings) -> Iterator[None]:
         ) from None
 
 
-# Read by streams/embedded.py (server binaries), not settings.
-_OTHER_VARIABLES = frozenset({"LEADPULSE_TANSU", "LEADPULSE_REDIS_SERVER"})
+# Read by streams/embedded.py (server binaries) and streams/import_cli.py (the
+# --hash-customers key), not settings.
+_OTHER_VARIABLES = frozenset({"LEADPULSE_TANSU", "LEADPULSE_REDIS_SERVER", "LEADPULSE_CUSTOMER_KEY"})
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

@@ -529,3 +529,31 @@ def test_the_report_says_what_produced_it_and_which_triggers_fired(history: Path
     assert sum(report["triggers_by_rule"].values()) == report["triggers"] > 0
     assert "control_salt" not in config["policy"]
     json.dumps(report)  # as report.json holds it
+
+
+def test_customers_out_and_the_report_write_times_in_milliseconds_as_every_output_does(
+    history: Path, tmp_path: Path
+) -> None:
+    # Scores, alerts and labels carry features.events.ms_to_iso's form; the customers' file wrote
+    # microseconds (.835000) or no fraction at all.
+    import csv
+    import re
+
+    from features.events import ms_to_iso
+    from scoring.backtest import write_customer_scores
+    from scoring.core import ScoringCore
+
+    core = ScoringCore.in_memory()
+    out = tmp_path / "customers.csv"
+    report = run_backtest(history.read_bytes().splitlines(), BacktestConfig(batch_baseline=False, customers_out=out),
+                          core)
+    millis = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00")
+    for key in ("first_event", "last_event"):
+        assert millis.fullmatch(report[key]), report[key]
+    assert report["customers_out"]["as_of"] == report["last_event"]
+    rows = list(csv.DictReader(out.open()))
+    assert {r["as_of"] for r in rows} == {report["last_event"]}
+    for at_ms in (1_581_296_880_835, 1_581_296_880_000):  # a fraction, and none
+        lines = tmp_path / "customers.jsonl"
+        write_customer_scores(core, [rows[0]["customer_id"]], at_ms, lines)
+        assert orjson.loads(lines.read_bytes())["as_of"] == ms_to_iso(at_ms)

@@ -579,3 +579,44 @@ def test_a_stopped_backtest_takes_its_worker_processes_with_it(tmp_path: Path, s
                 os.kill(w, signal.SIGKILL)
     if sig.startswith("SIGTERM"):
         assert proc.returncode == 143 and b"stopped (SIGTERM)" in err and b"Traceback" not in err
+
+
+def test_simulate_help_shows_the_size_and_seed_it_writes_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["simulate", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for shown in ("default 1000", "default 365", "default 0"):
+        assert shown in text, shown
+
+
+@pytest.mark.parametrize(("rows", "sample", "says"), [
+    (3, 5_000, "all 3 rows read,"), (5, 5, "all 5 rows read,"),
+    (6, 5, "5 rows read (the first; --rows N for more)"),
+])
+def test_inspect_says_when_it_read_the_whole_file(
+    rows: int, sample: int, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "orders.csv"
+    src.write_text("customer,time,amount\n" + "".join(f"c{i},2024-01-0{1 + i % 9},{i}.5\n" for i in range(rows)))
+    assert main(["inspect", str(src), "--rows", str(sample)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert says in first
+    assert ("all " in first) != ("--rows N for more" in first)
+
+
+@pytest.mark.parametrize(("rows", "whole"), [(4, True), (5, False), (9, False)])
+def test_inspect_of_a_database_says_all_only_when_the_table_ended_before_the_sample(
+    rows: int, whole: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "shop.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("create table orders (customer text, time text, amount real)")
+        db.executemany("insert into orders values (?, ?, ?)", [(f"c{i}", "2024-01-02", 1.5) for i in range(rows)])
+        db.commit()
+    assert main(["inspect", str(path), "--rows", "5"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    # The copy of a table holds at most the sample: exactly as many rows may be all or not.
+    assert first.startswith(f"{path}: ") and (f"all {rows} rows read" in first) == whole

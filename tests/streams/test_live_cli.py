@@ -271,3 +271,12 @@ def test_a_ca_file_that_does_not_verify_redis_stops_the_worker_at_start_and_the_
     assert "Redis's TLS certificate does not verify (self-signed certificate)" in err
     assert "LEADPULSE_REDIS_SSL_CA_CERTS" in err and len(err.splitlines()) == 1
     assert "right-pw" not in err and str(front.port) not in err
+
+
+def test_demo_help_shows_its_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--help"])  # main: registers the demo parser
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for shown in ("default 60", "default 300", "default 120", "default 7"):
+        assert shown in text, shown

@@ -96,3 +96,55 @@ def test_a_redis_url_of_another_scheme_is_refused_without_showing_it() -> None:
     from streams.cli import _reason  # what the worker prints: pydantic's own text repeats the input
 
     assert "s3cret" not in _reason(info.value) and "redis://" in _reason(info.value)
+
+
+def test_the_customer_key_of_import_is_a_known_variable() -> None:
+    # Read by ``import-transactions --hash-customers`` (streams/import_cli.py), not settings: the
+    # worker, replay and demo reported it as an unknown setting.
+    from streams.import_cli import CUSTOMER_KEY_VAR
+    from streams.settings import unknown_variables
+
+    assert unknown_variables({CUSTOMER_KEY_VAR: "a-secret-of-sixteen-chars"}) == []
+
+
+def test_a_misspelt_name_in_the_env_file_is_reported_too(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Settings read ``.env`` as well; a typo there was ignored silently.
+    (tmp_path / ".env").write_text("LEADPULSE_BATCH_SIZE=7\nLEADPULSE_PARTITONS=3\nOTHER_TOOL=1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LEADPULSE_BATCH_SIZE", raising=False)
+    settings = load_settings()
+    assert settings.batch_size == 7  # the file is read
+    err = capsys.readouterr().err
+    assert "ignoring unknown setting LEADPULSE_PARTITONS (did you mean LEADPULSE_PARTITIONS?) in .env" in err
+    assert "BATCH_SIZE" not in err and "OTHER_TOOL" not in err
+
+
+def test_the_api_token_description_names_every_route_it_guards() -> None:
+    # streams/app.py asks for the token on DELETE /latency too (the README lists it).
+    description = Settings.model_fields["web_api_token"].description or ""
+    for route in ("/customers/*", "/models", "DELETE /latency"):
+        assert route in description, route
+
+
+def test_every_setting_has_a_row_in_the_readme_settings_table() -> None:
+    from pathlib import Path
+
+    from streams.settings import _OTHER_VARIABLES, Topics
+
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    table = readme.read_text(encoding="utf-8").split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `LEADPULSE_")]
+    names = {f"LEADPULSE_{name.upper()}" for name in Settings.model_fields if name != "topics"}
+    names |= {f"LEADPULSE_TOPICS__{name.upper()}" for name in Topics.model_fields}
+    names |= _OTHER_VARIABLES - {"LEADPULSE_CUSTOMER_KEY"}  # an import option's key, documented there
+    missing = []
+    for name in sorted(names):
+        # Rows group names: `LEADPULSE_KAFKA_SASL_MECHANISM` / `_USERNAME`, `LEADPULSE_TOPICS__SCORES` (and `__WEB`).
+        cut = name.rfind("__") if "__" in name else name.rfind("_")
+        stem, tail = name[:cut], name[cut:]
+        if not any(f"`{name}`" in row or (f"`{stem}_" in row.split("|")[1] and f"`{tail}`" in row.split("|")[1])
+                   for row in rows):
+            missing.append(name)
+    assert missing == []
