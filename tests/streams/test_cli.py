@@ -172,7 +172,7 @@ def test_backtest_says_why_a_kind_has_no_auc_and_where_the_customers_went(tmp_pa
     out = capsys.readouterr().out
     assert ("purchase_propensity: no AUC: 3 labels, 3 positive; it needs positive and negative labels both"
             in out)
-    assert f"customers: {customers} (1 customer scored as of 2020-01-28T00:00:00+00:00)" in out
+    assert f"customers: {customers} (1 customer scored as of 2020-01-28T00:00:00.000+00:00)" in out
 
 
 def test_backtest_says_when_no_customer_bought_twice(tmp_path: Path, capsys) -> None:
