@@ -338,6 +338,9 @@ class ScoringCore:
             for key in kind.only_on or kind.score_on:
                 self._on_event.setdefault(key, set()).add(kind.name)
             self._rescore_on[kind.name] = frozenset(kind.rescore_on)
+        # An idle regrade reads the grade's features, and the customer's own silence where the
+        # catalogue has it: tick_growth and min_idle_days triggers do not count our sends.
+        self._rfm_inputs = RFM_INPUTS + tuple(n for n in ("days_since_last_active",) if n in engine.vector({}, 0))
         self._triggers_by_kind: dict[str, list[Any]] = {}
         for rule in self.policy.triggers:
             self._triggers_by_kind.setdefault(rule.kind, []).append(rule)
@@ -822,7 +825,7 @@ class ScoringCore:
                 elif kind.type == "rfm":
                     # An idle regrade needs three features, not the vector (with the default
                     # kinds RFM comes last: a moment another kind scored has its vector already).
-                    vector = self.engine.values(states[cid], as_of, RFM_INPUTS)
+                    vector = self.engine.values(states[cid], as_of, self._rfm_inputs)
                 else:
                     vector = moment[0] = self.engine.vector(states[cid], as_of)
                 idle = vector.get("days_since_last_event")

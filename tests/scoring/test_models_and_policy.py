@@ -276,3 +276,31 @@ def test_the_python_api_says_what_it_takes() -> None:
     assert core.current("42") == {}
     with pytest.raises(TypeError, match="not one string"):
         run_backtest("history.jsonl", BacktestConfig())
+
+
+def test_an_idle_trigger_on_rfm_does_not_count_our_sends_as_activity() -> None:
+    """An RFM idle regrade read only its grade's features: the trigger then measured silence
+    with our own sends counted, and a win-back on a buyer we e-mail every 3 days never fired."""
+    import json
+
+    from scoring.config import scoring_config_from_dict
+
+    cfg = scoring_config_from_dict({
+        "kinds": {"purchase_propensity": {"enabled": False}, "churn_risk": {"enabled": False},
+                  "campaign_response": {"enabled": False}, "rfm_segment": {"tick": "10d"}},
+        "policy": {"triggers": [{"name": "dormant", "kind": "rfm_segment", "action": "win_back",
+                                 "min_idle_days": 30}]}})
+    core = ScoringCore.in_memory(cfg.catalog, kinds=cfg.kinds, policy=cfg.policy)
+    evs = [{"event_id": "p1", "customer_id": "c1", "ts": T0, "type": "purchase", "order_id": "o1", "amount": 50,
+            "currency": "EUR"}]
+    evs += [{"event_id": f"s{d}", "customer_id": "c1", "ts": T0 + d * DAY, "type": "campaign", "campaign_id": f"k{d}",
+             "channel": "email", "action": "sent"} for d in range(3, 91, 3)]
+    evs += [{"event_id": f"w{d}", "customer_id": "c2", "ts": T0 + d * DAY + 1, "type": "web", "action": "login"}
+            for d in range(91)]  # another customer moves the watermark
+    evs.sort(key=lambda d: d["ts"])
+    fired = []
+    for i in range(0, len(evs), 5):
+        out = core.process([decode(json.dumps(d)) for d in evs[i:i + 5]])
+        fired += [t for t in out.triggers if t["customer_id"] == "c1"]
+    assert fired and all(t["trigger"] == "dormant" for t in fired)
+    assert int(fired[0]["reason"].split()[3]) >= 30
