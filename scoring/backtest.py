@@ -59,6 +59,8 @@ from scoring.metrics import Floats, Labels, auc, auc_difference_ci, calibration,
 from scoring.parallel import ShardedCore
 
 WEEK_MS = 7 * DAY_MS
+# A span this long without any event is reported (report.json's gaps; a note on the command line).
+GAP_NOTE_MS = 30 * DAY_MS
 
 
 @dataclass
@@ -434,10 +436,27 @@ def _run_backtest(
             collect(done)
 
     batch: list[AnyEvent] = []
+    # The history's shape, for notes: spans without any event (a business that paused or
+    # stopped; one late line after months), and events at the very instant of an earlier
+    # event of the same customer (dates without a time: an outcome then never follows its score).
+    gaps: list[tuple[int, int, int]] = []  # (last time before, first time after, events before)
+    replayed = same_instant = 0
+    instant: int | None = None
+    at_instant: set[str] = set()
     try:
         for ev in _reordered(valid_events(), config.reorder_window_ms, counts):
-            first_ts = ev.ts_ms if first_ts is None else first_ts
-            last_ts = ev.ts_ms
+            ts = ev.ts_ms
+            first_ts = ts if first_ts is None else first_ts
+            if last_ts is not None and ts - last_ts >= GAP_NOTE_MS:
+                gaps.append((last_ts, ts, replayed))
+            last_ts = ts
+            if ts != instant:
+                instant, at_instant = ts, {ev.customer_id}
+            elif ev.customer_id in at_instant:
+                same_instant += 1
+            else:
+                at_instant.add(ev.customer_id)
+            replayed += 1
             if batch and ev.ts_ms - batch[0].ts_ms > config.max_batch_span_ms:
                 run(batch)
                 batch = []
@@ -503,6 +522,11 @@ def _run_backtest(
         # In milliseconds, as ms_to_iso writes every published time (not datetime's microseconds).
         "first_event": None if first_ts is None else ms_to_iso(first_ts),
         "last_event": None if last_ts is None else ms_to_iso(last_ts),
+        # Spans of GAP_NOTE_MS or more without an event, and what came after each.
+        "gaps": [{"from": ms_to_iso(a), "to": ms_to_iso(b), "days": round((b - a) / DAY_MS, 1),
+                  "events_after": replayed - before} for a, b, before in gaps],
+        # Events at the same instant as an earlier one of the same customer (redelivered lines aside).
+        "same_instant_events": max(0, same_instant - counts["duplicates"]),
         "scored": counts["scored"],
         "idle_rescores": counts["idle_rescores"],
         "scores_published": sum(c["scores"] for c in per_day.values()),

@@ -557,3 +557,26 @@ def test_customers_out_and_the_report_write_times_in_milliseconds_as_every_outpu
         lines = tmp_path / "customers.jsonl"
         write_customer_scores(core, [rows[0]["customer_id"]], at_ms, lines)
         assert orjson.loads(lines.read_bytes())["as_of"] == ms_to_iso(at_ms)
+
+
+def test_report_tells_gaps_and_same_instant_events() -> None:
+    """One late line six months after the rest inflated every figure with no word; dates
+    without a time of day lost same-day outcomes silently."""
+    day = 86_400_000
+    t0 = 1_704_067_200_000  # 2024-01-01, midnight UTC
+
+    def line(i: int, cid: str, ts: int) -> str:
+        return json.dumps({"event_id": f"e{i}", "customer_id": cid, "ts": ts, "type": "web", "action": "page_view"})
+
+    lines = [line(i, f"c{i % 20}", t0 + (i // 40) * day) for i in range(400)]  # 20 customers, 2 a day each
+    lines.insert(6, lines[5])  # a redelivered line is no same-instant event
+    lines.append(line(999, "c1", t0 + 200 * day))  # one line half a year after the rest
+    report = run_backtest(lines, BacktestConfig(batch_baseline=False))
+    assert report["duplicates"] == 1
+    assert report["same_instant_events"] == 200  # each customer's second event of its day
+    (gap,) = report["gaps"]
+    assert gap["from"].startswith("2024-01-10") and gap["to"].startswith("2024-07-19")
+    assert gap["days"] == 191.0 and gap["events_after"] == 1
+    clean = run_backtest([line(i, f"c{i % 20}", t0 + i * 3_600_000) for i in range(400)],
+                         BacktestConfig(batch_baseline=False))
+    assert clean["gaps"] == [] and clean["same_instant_events"] == 0
