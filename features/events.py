@@ -21,6 +21,7 @@ layer can dead-letter it with the original bytes.
 from __future__ import annotations
 
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -129,11 +130,17 @@ def _epoch_ms(number: float) -> int:
 
 def id_text(value: Any) -> Any:
     """Ids may come as JSON integers (many systems number their customers); they are text here.
+    Text is read in Unicode's composed form (NFC): "Zoë" typed on one system and decomposed
+    (o + combining diaeresis) by another is one customer.
 
-    >>> id_text(42), id_text("c42"), id_text(True)
-    ('42', 'c42', True)
+    >>> id_text(42), id_text("c42"), id_text(True), id_text("Zoe\u0308") == id_text("Zo\u00eb") == "Zo\u00eb"
+    ('42', 'c42', True, True)
     """
-    return str(value) if type(value) is int else value
+    if type(value) is int:
+        return str(value)
+    if type(value) is str and not value.isascii():
+        return unicodedata.normalize("NFC", value)
+    return value
 
 
 class _Base(BaseModel):

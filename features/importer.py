@@ -114,6 +114,7 @@ from features.events import (
     compact,
     decode,
     encode,
+    id_text,
     ms_to_iso,
 )
 
@@ -1581,7 +1582,7 @@ def _status(value: str, overrides: Mapping[str, str] | None = None) -> str | Non
 
 
 def _customer(row: dict[str, str], config: ImportConfig) -> str:
-    customer = _clean_id(row[config.customer])
+    customer = id_text(_clean_id(row[config.customer]))  # composed form, before any hash
     if not customer:
         raise RowProblem(_missing("customer", row[config.customer]))
     if len(customer) > 200:

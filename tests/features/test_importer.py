@@ -991,3 +991,23 @@ def test_crm_stages_and_voided_invoices(tmp_path: Path, capsys) -> None:
     summary = json.loads(capsys.readouterr().out)
     assert summary["events_written"] == 30 and summary["refund_events"] == 0
     assert summary["unread_statuses"] == {"closedlost": 30, "voided": 30}
+
+
+def test_one_name_in_two_unicode_forms_is_one_customer(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Zoë typed composed on one system and decomposed by another became two customers."""
+    from features.events import decode
+    from streams.cli import main
+
+    composed, decomposed = "Zo\u00eb M\u00fcller", "Zoe\u0308 Mu\u0308ller"
+    src = tmp_path / "orders.csv"
+    src.write_text(f"name,date,total\n{composed},2024-03-01,10\n{decomposed},2024-03-09,12\n", encoding="utf-8")
+    args = ["import-transactions", str(src), "--customer", "name", "--time", "date", "--amount", "total"]
+    monkeypatch.setenv("LEADPULSE_CUSTOMER_KEY", "a secret of the marketing team")
+    for extra, name in (([], "plain"), (["--hash-customers"], "hashed")):
+        assert main([*args, *extra, "--out", str(tmp_path / f"{name}.jsonl")]) == 0
+        ids = {json.loads(line)["customer_id"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()}
+        assert len(ids) == 1
+    capsys.readouterr()
+    events = [decode(json.dumps({"event_id": f"e{i}", "customer_id": cid, "ts": 1704067200000, "type": "web",
+                                 "action": "login"})) for i, cid in enumerate((composed, decomposed))]
+    assert events[0].customer_id == events[1].customer_id == composed
