@@ -399,6 +399,10 @@ def _backtest(args: argparse.Namespace) -> int:
     if none_read and _looks_like_csv(Path(args.file)):
         print("hint: this looks like a CSV table, not JSON Lines events: turn it into purchase events "
               "with 'leadpulse import-transactions' first (see its --help)", file=sys.stderr)
+    elif none_read and _all_ahead_of_the_clock(reports[0]):
+        print("hint: every line's time is more than a day ahead of this machine's clock: a history shifted "
+              "into the future, or a clock here set in the past ('date' says which); event times may not lie "
+              "ahead of the clock", file=sys.stderr)
     elif none_read and not naive:
         print("hint: no line is a leadpulse event; JSON Lines of another shape (an analytics or CDP "
               "export) become events with 'leadpulse import-events' (or import-transactions), naming "
@@ -617,6 +621,18 @@ def _option_notes(rep: dict[str, Any], group_by: str | None, change_at_ms: int |
         notes.append(f"  note: the change at {ms_to_iso(change_at_ms)[:10]} is outside the history "
                          f"({first[:10]} to {last[:10]}): no figures before and after it")
     return notes
+
+
+def _all_ahead_of_the_clock(rep: dict[str, Any]) -> bool:
+    """Whether every invalid line was refused for a time ahead of the clock.
+
+    >>> _all_ahead_of_the_clock({"invalid": 3, "invalid_examples": [
+    ...     {"reason": "validation: ts: timestamp more than a day ahead of the clock", "count": 3}]})
+    True
+    """
+    examples = rep.get("invalid_examples") or []
+    return bool(examples) and sum(e["count"] for e in examples) == rep.get("invalid") and all(
+        "ahead of the clock" in e["reason"] for e in examples)
 
 
 def _history_notes(rep: dict[str, Any]) -> list[str]:

@@ -69,6 +69,18 @@ def test_a_csv_given_to_backtest_gets_a_hint(tmp_path: Path, capsys: pytest.Capt
     assert "looks like a CSV table" in err and "import-transactions" in err
 
 
+def test_a_history_ahead_of_the_clock_gets_its_own_hint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A history dated in 2090 was sent to import-events, as if its lines had another shape."""
+    from streams.cli import main
+
+    future = tmp_path / "h.jsonl"
+    future.write_text("".join(json.dumps({"event_id": f"e{i}", "customer_id": "c1", "ts": "2090-01-01T00:00:00Z",
+                                          "type": "web", "action": "login"}) + "\n" for i in range(3)))
+    assert main(["backtest", str(future), "--out", str(tmp_path / "out"), "--no-batch-baseline"]) == 0
+    err = capsys.readouterr().err
+    assert "ahead of this machine's clock" in err and "import-events" not in err
+
+
 def test_same_input_gives_the_same_report(history: Path) -> None:
     a, b = _run(history), _run(history)
     for r in (a, b):
