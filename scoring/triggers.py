@@ -120,12 +120,14 @@ def remember_score(history: list[tuple[int, float]], ts: int, value: float, wind
     """
     slice_ms = max(1, window_ms // JUMP_SLICES)
     start = ts - ts % slice_ms
-    kept = [(t, v) for t, v in history if ts - t < window_ms + slice_ms]
-    if kept and kept[-1][0] == start:
-        kept[-1] = (start, min(kept[-1][1], value))
-    else:
-        kept.append((start, value))
-    return kept[-(JUMP_SLICES + 1):]
+    horizon = ts - window_ms - slice_ms
+    # Called at every score: the common cases (nothing expired, a new slice, a score no lower
+    # in the same slice) touch the ends of the list only. A new list, never the one given.
+    if history and history[0][0] <= horizon:
+        history = [h for h in history if h[0] > horizon]
+    if history and history[-1][0] == start:
+        return history if value >= history[-1][1] else [*history[:-1], (start, value)]
+    return [*history[-JUMP_SLICES:], (start, value)]
 
 
 __all__ = ["BAND_RANK", "DAY_MS", "Policy", "TriggerRule", "default_triggers", "in_control", "jump_from",
