@@ -279,6 +279,12 @@ class Pipeline:
     Off by default: event ids are remembered only inside the lateness window, so a
     redelivery of events applied longer ago reads as late too (a file replayed twice
     puts most of itself there).
+
+    ``max_ahead_ms`` (the live worker: the allowed lateness): a valid event dated more than
+    this ahead of ``clock()`` (the wall clock) is dead-lettered (stage ``event_time``).
+    Taken, it would move its customer's clock ahead, and the customer's real events would
+    then be dropped as late until the wall clock caught up. ``None`` (backtests, replays of
+    history, which have no relation to the wall clock): only decode's one-day bound applies.
     """
 
     def __init__(
@@ -290,8 +296,12 @@ class Pipeline:
         require_key_match: bool = True,
         source: str = "leadpulse",
         keep_late: bool = False,
+        max_ahead_ms: int | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.core = core
+        self.max_ahead_ms = max_ahead_ms
+        self.clock = clock
         self.topics = topics or Topics()
         self.max_event_bytes = max_event_bytes
         self.require_key_match = require_key_match
@@ -306,6 +316,7 @@ class Pipeline:
         dead: list[OutRecord] = []
         counts: Counter[str] = Counter()
         dlq = self.topics.dlq
+        latest = None if self.max_ahead_ms is None else int(self.clock() * 1000) + self.max_ahead_ms
         for msg in messages:
             counts["in"] += 1
             if msg.value is None:
@@ -322,6 +333,16 @@ class Pipeline:
                 counts["key_mismatch"] += 1
                 reason = "message key is not the event's customer_id (input topics must be keyed by customer)"
                 dead.append(dead_letter(msg, reason, dlq, stage="key_check", source=self.source))
+                continue
+            if latest is not None and ev.ts_ms > latest:
+                counts["invalid"] += 1
+                counts["ahead_of_clock"] += 1
+                allowed_ms = self.max_ahead_ms or 0
+                ahead_h = (ev.ts_ms - latest + allowed_ms) / 3_600_000
+                reason = (f"event time {ahead_h:.2f} h ahead of the worker's clock, more than the allowed "
+                          f"lateness ({allowed_ms / 3_600_000:g} h): a producer's clock is wrong; not "
+                          "applied, so that the customer's real events are not dropped as late")
+                dead.append(dead_letter(msg, reason, dlq, stage="event_time", source=self.source))
                 continue
             by_shard.setdefault(str(msg.partition), []).append((msg, ev))
         return by_shard, dead, counts
