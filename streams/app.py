@@ -105,6 +105,8 @@ from streams.pipeline import (
     OrderedAcks,
     OutRecord,
     input_caught_up,
+    instead_of_too_large,
+    record_size,
 )
 from streams.runtime import tune_gc
 from streams.scorer import Scorer, ScorerPool, ScorerProcess
@@ -404,6 +406,7 @@ class LiveWorker:
             "value_serializer": "raw",
             "producer_acks": -1,
             "producer_linger_ms": s.producer_linger_ms,
+            "producer_max_request_size": s.producer_max_request_bytes,
             "consumer_max_fetch_size": s.consumer_max_fetch_bytes,
             "web_enabled": True,
             "web_bind": s.web_host,
@@ -507,15 +510,20 @@ class LiveWorker:
         """
         if not records:
             return
+        records = list(records)
         delay = 0.5
         while True:
             producer = self.app.producer
             try:
-                futures = [
-                    await producer.send(r.topic, r.key, r.value, None, None, list(r.headers) or None)
-                    for r in records
-                ]
-                await asyncio.gather(*futures)
+                futures = [await self._send(producer, r) for r in records]
+                results = await asyncio.gather(*futures, return_exceptions=True)
+                refused = [i for i, res in enumerate(results) if _too_large(res)]
+                if refused:  # final for those records: never retried as they are
+                    records = self._instead_of_too_large(records, refused)
+                    continue  # the others again too: each key's last record stays last
+                for res in results:
+                    if isinstance(res, BaseException):
+                        raise res
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any send failure: retry the batch's outputs
@@ -527,6 +535,36 @@ class LiveWorker:
                 continue
             self._recovered("publish")
             return
+
+    @staticmethod
+    async def _send(producer: Any, r: OutRecord) -> Any:
+        """Hand one record to the producer: its delivery future (a record the producer refuses
+        as too large: a future holding that error, so that :meth:`publish` replaces it)."""
+        try:
+            return await producer.send(r.topic, r.key, r.value, None, None, list(r.headers) or None)
+        except Exception as exc:
+            if not _too_large(exc):
+                raise
+            refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            refused.set_exception(exc)
+            return refused
+
+    def _instead_of_too_large(self, records: list[OutRecord], refused: list[int]) -> list[OutRecord]:
+        """``records`` with each refused one replaced by its truncated copy, or left out if it was one."""
+        out = list(records)
+        for i in reversed(refused):
+            rec = records[i]
+            self.metrics.errors.labels(stage="too_large").inc()
+            instead = instead_of_too_large(rec, self.settings.topics.dlq, self.settings.app_id)
+            if instead is None:
+                log.error("a record of %d bytes to %s is too large for the broker even truncated; not sent",
+                          record_size(rec), rec.topic)
+                del out[i]
+            else:
+                log.warning("a record of %d bytes to %s is too large for the producer or broker; sent "
+                            "truncated to %s", record_size(rec), rec.topic, instead.topic)
+                out[i] = instead
+        return out
 
     async def _fatal(self, stage: str, exc: BaseException) -> None:
         self.metrics.errors.labels(stage=stage).inc()
@@ -1160,6 +1198,26 @@ class LiveWorker:
                     await worker.publish(await worker._call(worker.scorer.erase, customer_id))
                 log.info("erased a customer on request")
                 return self.json({"erased": True})
+
+
+def _too_large(exc: object) -> bool:
+    """Whether a send failed because the record is too large (the producer's check, or the broker's).
+
+    Final for that record: sent again, it fails again. Faust wraps the producer's own error.
+    """
+    from aiokafka.errors import (
+        MessageSizeTooLargeError,
+        RecordListTooLargeError,
+        RecordTooLargeError,
+    )
+
+    too_large = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+    seen = 0
+    while isinstance(exc, BaseException) and seen < 5:
+        if isinstance(exc, too_large):
+            return True
+        exc, seen = exc.__cause__, seen + 1
+    return False
 
 
 def swapped_models(before: dict[str, int], after: dict[str, int]) -> int:

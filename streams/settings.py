@@ -133,6 +133,12 @@ class Settings(BaseSettings):
         "when the scoring processes, not the worker's own, are what is busy)",
     )
     producer_linger_ms: int = Field(5, ge=0, le=1000, description="output producer batching delay")
+    producer_max_request_bytes: int = Field(
+        1_048_588, ge=512 * 1024,
+        description="largest record the worker's producer sends (Faust's default is 1,000,000; this "
+        "is the broker's default message.max.bytes). A dead letter larger keeps its first 64 KiB, "
+        "with headers giving the original size and SHA-256",
+    )
     consumer_max_fetch_bytes: int = Field(
         262_144, ge=1024,
         description="most bytes one fetch returns per input partition. Small enough that a "
