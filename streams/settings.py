@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     broker_session_timeout_s: float = Field(60.0, gt=0)
     broker_rebalance_timeout_s: float = Field(60.0, gt=0)
     max_event_bytes: int = Field(64 * 1024, ge=256)
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, description="a stopping worker (SIGTERM, SIGINT, a crash) that has not finished "
+        "its clean stop after this long exits anyway (status 1, one log line); what it had not "
+        "committed is redelivered and counted once",
+    )
     # Live pipeline (streams/app.py)
     require_key_match: bool = Field(
         True, description="dead-letter valid events whose Kafka key is not their customer_id"

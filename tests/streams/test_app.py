@@ -334,3 +334,93 @@ def test_a_record_the_producer_refuses_as_too_large_is_sent_truncated_once_not_r
     assert len(value) == 64 * 1024 and headers["__connect.errors.stage"] == b"publish"
     assert headers["__connect.errors.topic"] == topics.scores.encode()
     assert worker.metrics.errors.labels(stage="too_large")._value.get() == 2
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_sigterm_ends_a_worker_whose_broker_is_gone_within_the_shutdown_timeout(
+    redis_url: str, unique_topic: str, tmp_path: Any
+) -> None:
+    # Before: with the broker gone, a SIGTERMed worker stayed alive (stuck in Faust's
+    # consumer-thread shutdown, or in wait_empty behind a publish retried without end) until
+    # SIGKILL. A broker of its own, so that it can go.
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import orjson
+
+    from streams.app import ensure_topics
+    from streams.embedded import EmbeddedKafka, free_port
+    from streams.live_cli import WorkerProcess, load_settings, make_producer
+    from streams.settings import Topics
+
+    topics = Topics(**{k: f"{unique_topic}.{v}" for k, v in Topics().model_dump().items()})
+    with EmbeddedKafka() as broker:
+        env = {"kafka_bootstrap": broker.bootstrap, "redis_url": redis_url, "app_id": unique_topic,
+               "redis_prefix": unique_topic, "partitions": 1, "broker_session_timeout_s": 10,
+               "broker_rebalance_timeout_s": 3, "shutdown_timeout_s": 5,
+               **{f"topics__{k}": v for k, v in topics.model_dump().items()}}
+        ensure_topics(load_settings(kafka_bootstrap=broker.bootstrap, partitions=1, topics=topics))
+        worker = WorkerProcess({**env, "web_port": free_port()}, log_path=tmp_path / "w.log")
+        try:
+            worker.start().wait_ready(timeout=120)
+            producer = make_producer(load_settings(kafka_bootstrap=broker.bootstrap))
+            try:
+                event = {"event_id": "e1", "customer_id": "c1", "ts": int(time.time() * 1000),
+                         "type": "web", "action": "product_view", "session_id": "s1"}
+                producer.send(topics.web, key=b"c1", value=orjson.dumps(event)).get(timeout=30)
+            finally:
+                producer.close()
+            deadline = time.monotonic() + 60
+            while worker.get_json("/health")["events"] < 1:  # scoring and publishing
+                assert time.monotonic() < deadline, worker.log_tail()
+                time.sleep(0.2)
+            broker.stop()
+            time.sleep(5)  # the worker notices: its consumer and producer fail to reconnect
+            started = time.monotonic()
+            os.killpg(worker.pid, signal.SIGTERM)
+            assert worker.proc is not None
+            try:
+                code = worker.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"still running 60 s after SIGTERM:\n{worker.log_tail()}") from None
+            took = time.monotonic() - started
+            assert took < 30, (code, took, worker.log_tail())
+            if code != 0:  # the clean stop did not finish: the watchdog ended it, and said so
+                assert code == 1 and took >= 5, (code, took, worker.log_tail())
+                assert "the stop did not finish within 5s (LEADPULSE_SHUTDOWN_TIMEOUT_S)" in worker.log_path.read_text()
+            deadline = time.monotonic() + 10
+            while True:  # the scoring and learning processes went with it
+                try:
+                    os.killpg(worker.pid, 0)
+                except ProcessLookupError:
+                    break
+                assert time.monotonic() < deadline, "a child process outlived the worker"
+                time.sleep(0.1)
+            # The Kafka client's retries: each error once a minute, not at every retry.
+            log = worker.log_path.read_text()
+            assert log.count("Unable connect to node") <= 1 and log.count("Unable to update metadata") <= 1
+        finally:
+            worker.stop(timeout=10)
+
+
+def test_repeated_kafka_client_errors_are_logged_once_a_minute_with_the_count_left_out() -> None:
+    import logging
+
+    from streams.app import RepeatFilter
+
+    now = [0.0]
+    repeats = RepeatFilter(60.0, clock=lambda: now[0])
+
+    def record(msg: str, level: int = logging.ERROR) -> logging.LogRecord:
+        return logging.LogRecord("aiokafka", level, "", 0, msg, ("127.0.0.1",), None)
+
+    passed = [repeats.filter(record("Unable to update metadata from %s")) for _ in range(500)]
+    assert passed.count(True) == 1
+    assert repeats.filter(record("Unable connect to node %s"))  # another message: its own count
+    assert repeats.filter(record("Unable to update metadata from %s", logging.INFO))  # info: not filtered
+    now[0] = 60.5
+    last = record("Unable to update metadata from %s")
+    assert repeats.filter(last) and last.getMessage().endswith("(499 more like it in the last 60s not logged)")
