@@ -105,14 +105,16 @@ from streams.pipeline import (
     OrderedAcks,
     OutRecord,
     input_caught_up,
+    instead_of_too_large,
+    record_size,
 )
-from streams.runtime import tune_gc
+from streams.runtime import exit_after, tune_gc
 from streams.scorer import Scorer, ScorerPool, ScorerProcess
 from streams.settings import Settings, kafka_unreachable
 
 __all__ = [
     "LiveWorker", "RedisCheckpointStore", "check_redis", "check_web_port", "ensure_topics",
-    "MalformedRequestFilter", "faust_credentials", "run_worker", "swapped_models",
+    "MalformedRequestFilter", "RepeatFilter", "faust_credentials", "run_worker", "swapped_models",
 ]
 
 log = logging.getLogger("leadpulse.worker")
@@ -404,6 +406,7 @@ class LiveWorker:
             "value_serializer": "raw",
             "producer_acks": -1,
             "producer_linger_ms": s.producer_linger_ms,
+            "producer_max_request_size": s.producer_max_request_bytes,
             "consumer_max_fetch_size": s.consumer_max_fetch_bytes,
             "web_enabled": True,
             "web_bind": s.web_host,
@@ -507,15 +510,20 @@ class LiveWorker:
         """
         if not records:
             return
+        records = list(records)
         delay = 0.5
         while True:
             producer = self.app.producer
             try:
-                futures = [
-                    await producer.send(r.topic, r.key, r.value, None, None, list(r.headers) or None)
-                    for r in records
-                ]
-                await asyncio.gather(*futures)
+                futures = [await self._send(producer, r) for r in records]
+                results = await asyncio.gather(*futures, return_exceptions=True)
+                refused = [i for i, res in enumerate(results) if _too_large(res)]
+                if refused:  # final for those records: never retried as they are
+                    records = self._instead_of_too_large(records, refused)
+                    continue  # the others again too: each key's last record stays last
+                for res in results:
+                    if isinstance(res, BaseException):
+                        raise res
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any send failure: retry the batch's outputs
@@ -527,6 +535,36 @@ class LiveWorker:
                 continue
             self._recovered("publish")
             return
+
+    @staticmethod
+    async def _send(producer: Any, r: OutRecord) -> Any:
+        """Hand one record to the producer: its delivery future (a record the producer refuses
+        as too large: a future holding that error, so that :meth:`publish` replaces it)."""
+        try:
+            return await producer.send(r.topic, r.key, r.value, None, None, list(r.headers) or None)
+        except Exception as exc:
+            if not _too_large(exc):
+                raise
+            refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            refused.set_exception(exc)
+            return refused
+
+    def _instead_of_too_large(self, records: list[OutRecord], refused: list[int]) -> list[OutRecord]:
+        """``records`` with each refused one replaced by its truncated copy, or left out if it was one."""
+        out = list(records)
+        for i in reversed(refused):
+            rec = records[i]
+            self.metrics.errors.labels(stage="too_large").inc()
+            instead = instead_of_too_large(rec, self.settings.topics.dlq, self.settings.app_id)
+            if instead is None:
+                log.error("a record of %d bytes to %s is too large for the broker even truncated; not sent",
+                          record_size(rec), rec.topic)
+                del out[i]
+            else:
+                log.warning("a record of %d bytes to %s is too large for the producer or broker; sent "
+                            "truncated to %s", record_size(rec), rec.topic, instead.topic)
+                out[i] = instead
+        return out
 
     async def _fatal(self, stage: str, exc: BaseException) -> None:
         self.metrics.errors.labels(stage=stage).inc()
@@ -1162,6 +1200,26 @@ class LiveWorker:
                 return self.json({"erased": True})
 
 
+def _too_large(exc: object) -> bool:
+    """Whether a send failed because the record is too large (the producer's check, or the broker's).
+
+    Final for that record: sent again, it fails again. Faust wraps the producer's own error.
+    """
+    from aiokafka.errors import (
+        MessageSizeTooLargeError,
+        RecordListTooLargeError,
+        RecordTooLargeError,
+    )
+
+    too_large = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+    seen = 0
+    while isinstance(exc, BaseException) and seen < 5:
+        if isinstance(exc, too_large):
+            return True
+        exc, seen = exc.__cause__, seen + 1
+    return False
+
+
 def swapped_models(before: dict[str, int], after: dict[str, int]) -> int:
     """How many kinds' models changed between two ``{kind: version}`` of the scorer.
 
@@ -1200,9 +1258,70 @@ class MalformedRequestFilter(logging.Filter):
         return True
 
 
+class _Worker(faust.Worker):
+    """Faust's worker, whose stop (SIGTERM, SIGINT, a crash) ends the process within a bound.
+
+    Faust's clean stop waits for every event the agents hold to be acked: a batch stuck in a
+    publish that cannot succeed, or a consumer thread waiting on a broker that is gone,
+    kept a SIGTERMed worker alive until SIGKILL (110 s and more, logging ``wait_empty``).
+    """
+
+    shutdown_timeout_s = 30.0
+
+    async def stop(self) -> None:
+        exit_after(self.shutdown_timeout_s, log)
+        await super().stop()
+
+
+class RepeatFilter(logging.Filter):
+    """Lets a warning or error through once per ``interval_s`` per logger and message template;
+    the next one that passes says how many were left out.
+
+    With the broker gone, the Kafka client logged the same connection errors (with
+    tracebacks) some 29,000 times in 10 minutes.
+
+    >>> f, now = RepeatFilter(60.0, clock=lambda: now), 0.0
+    >>> def rec(): return logging.LogRecord("aiokafka", logging.ERROR, "", 0, "Unable to update metadata from %s", (1,), None)
+    >>> [f.filter(rec()) for _ in range(3)]
+    [True, False, False]
+    >>> now = 61.0; r = rec(); f.filter(r), r.getMessage()
+    (True, 'Unable to update metadata from 1 (2 more like it in the last 60s not logged)')
+    """
+
+    def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last: dict[tuple[str, str], float] = {}
+        self._held: Counter[tuple[str, str]] = Counter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, str(record.msg))
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._held[key] += 1
+            return False
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like it in the last {self.interval_s:g}s not logged)"
+        return True
+
+
+# The Kafka client's loggers that repeat a connection error at every retry while a broker is away.
+REPEATING_LOGGERS = ("aiokafka", "aiokafka.conn", "aiokafka.cluster", "aiokafka.consumer.fetcher",
+                     "aiokafka.consumer.group_coordinator", "aiokafka.producer.sender")
+
+
 def run_worker(settings: Settings, *, bare: bool = False, loglevel: str = "info") -> None:
     """Create topics if missing, then run one worker until SIGTERM/SIGINT (exits the process)."""
     logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
+    repeats = RepeatFilter()
+    for name in REPEATING_LOGGERS:
+        logging.getLogger(name).addFilter(repeats)
     check_web_port(settings)
     if not bare:
         # Read before anything waits on Kafka or Redis: a mistake in the file is not a timeout.
@@ -1210,7 +1329,8 @@ def run_worker(settings: Settings, *, bare: bool = False, loglevel: str = "info"
         check_redis(settings)
     ensure_topics(settings)
     worker = LiveWorker(settings, bare=bare)
-    runner = faust.Worker(worker.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    runner = _Worker(worker.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    runner.shutdown_timeout_s = settings.shutdown_timeout_s
     # Faust's start-up spinner, at log levels from warning up, sets the root logger to DEBUG so
     # every record reaches it: each of aiokafka's per-send debug calls then built a record
     # (4% of the event loop in a profile). Our output is a log file, not a terminal.

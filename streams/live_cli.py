@@ -366,8 +366,9 @@ def replay_lines(
     return stats
 
 
-# A dead letter too large to send keeps this much of the line (the header gives its number).
-DLQ_TRUNCATE_BYTES = 64 * 1024
+# A dead letter too large to send keeps this much of the line (the header gives its number),
+# as the worker does with a dead letter too large for its producer.
+DLQ_TRUNCATE_BYTES = 64 * 1024  # streams.pipeline.DLQ_TRUNCATE_BYTES
 
 
 def _dead_letter(producer: Any, dlq: str, line: bytes, reason: str, number: int) -> None:
@@ -385,7 +386,11 @@ def _dead_letter(producer: Any, dlq: str, line: bytes, reason: str, number: int)
         producer.send(dlq, value=line, headers=headers)
     except MessageSizeTooLargeError:
         headers.append(("leadpulse.replay.truncated_from", str(len(line)).encode()))
-        producer.send(dlq, value=line[:DLQ_TRUNCATE_BYTES], headers=headers)
+        # The worker's headers too: leadpulse.truncated_from and leadpulse.sha256 of the whole line.
+        from streams.pipeline import OutRecord, truncated
+
+        cut = truncated(OutRecord(dlq, None, line, tuple(headers)), DLQ_TRUNCATE_BYTES)
+        producer.send(dlq, value=cut.value, headers=list(cut.headers))
 
 
 def make_producer(settings: Any, **overrides: Any) -> Any:

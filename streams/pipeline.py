@@ -75,6 +75,7 @@ where the last snapshot ends. Scorers hot-swap newer snapshots through
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import time
 from collections import Counter
@@ -101,6 +102,8 @@ __all__ = [
     "OutRecord",
     "Pipeline",
     "dead_letter",
+    "fit_record",
+    "instead_of_too_large",
     "input_caught_up",
     "labelled_to_json",
     "labels_from_record",
@@ -195,6 +198,84 @@ def dead_letter(
     return OutRecord(dlq_topic, msg.key, msg.value if msg.value is not None else b"", headers)
 
 
+# A record larger than the producer may send keeps this much of its bytes, as ``leadpulse
+# replay`` does with a line too large for a record; the headers below say what was cut.
+DLQ_TRUNCATE_BYTES = 64 * 1024
+TRUNCATED_FROM = "leadpulse.truncated_from"  # the original value's size in bytes
+ORIGINAL_SHA256 = "leadpulse.sha256"  # SHA-256 (hex) of the whole original value
+# What aiokafka adds to a record's key, value and headers when it checks the request size:
+# a batch header (61 bytes) and at most 21 of record overhead; varint lengths on top.
+_RECORD_OVERHEAD = 61 + 21
+
+
+def record_size(rec: OutRecord) -> int:
+    """An upper bound of the bytes ``rec`` takes in a produce request (the producer's own estimate, or more).
+
+    >>> record_size(OutRecord("t", b"k", b"v" * 100))
+    198
+    """
+    size = _RECORD_OVERHEAD + 5 + len(rec.key or b"") + 5 + len(rec.value or b"") + 5
+    return size + sum(10 + len(name.encode()) + len(value) for name, value in rec.headers)
+
+
+def truncated(rec: OutRecord, keep: int = DLQ_TRUNCATE_BYTES) -> OutRecord:
+    """``rec`` with its value cut to ``keep`` bytes, and headers giving the original size and hash.
+
+    A key longer than ``keep`` is cut too (``leadpulse.key_truncated_from``, ``leadpulse.key_sha256``).
+
+    >>> r = truncated(OutRecord("dlq", b"c1", b"x" * 10), keep=4)
+    >>> r.value, dict(r.headers)["leadpulse.truncated_from"], dict(r.headers)["leadpulse.sha256"][:12]
+    (b'xxxx', b'10', b'fc11d6f28e59')
+    """
+    value = rec.value or b""
+    headers = (*rec.headers, (TRUNCATED_FROM, str(len(value)).encode()),
+               (ORIGINAL_SHA256, hashlib.sha256(value).hexdigest().encode()))
+    key = rec.key
+    if key is not None and len(key) > keep:
+        headers += (("leadpulse.key_truncated_from", str(len(key)).encode()),
+                    ("leadpulse.key_sha256", hashlib.sha256(key).hexdigest().encode()))
+        key = key[:keep]
+    return OutRecord(rec.topic, key, value[:keep], headers)
+
+
+def fit_record(rec: OutRecord, max_bytes: int) -> OutRecord:
+    """``rec`` if the producer can send it (``max_bytes``: its maximum request size), else :func:`truncated`.
+
+    >>> fit_record(OutRecord("dlq", b"k", b"x" * 100), 1000).value == b"x" * 100
+    True
+    >>> len(fit_record(OutRecord("dlq", b"k", b"x" * 100_000), 70_000).value)
+    65536
+    """
+    return rec if record_size(rec) <= max_bytes else truncated(rec)
+
+
+def instead_of_too_large(rec: OutRecord, dlq_topic: str, source: str = "leadpulse") -> OutRecord | None:
+    """What to send instead of a record the producer or broker refused as too large; None: nothing.
+
+    A dead letter (or late record) goes again :func:`truncated`. Any other output goes to
+    ``dlq_topic``, truncated, with the reason and its topic in the usual headers. A record
+    already truncated gets None: cut to 64 KiB, it is still too large for this broker.
+
+    >>> r = instead_of_too_large(OutRecord("scores", b"c1", b"{}"), "dlq")
+    >>> r.topic, dict(r.headers)["__connect.errors.stage"], dict(r.headers)["__connect.errors.topic"]
+    ('dlq', b'publish', b'scores')
+    >>> instead_of_too_large(r, "dlq") is None
+    True
+    """
+    names = {name for name, _ in rec.headers}
+    if TRUNCATED_FROM in names:
+        return None
+    if "__connect.errors.stage" not in names:  # an output, not a dead letter
+        rec = OutRecord(dlq_topic, rec.key, rec.value, (
+            ("__connect.errors.topic", rec.topic.encode()),
+            ("__connect.errors.exception.message", b"output record too large for the producer or broker"),
+            ("__connect.errors.stage", b"publish"),
+            ("__connect.errors.connector.name", source.encode()),
+            *rec.headers,
+        ))
+    return truncated(rec)
+
+
 def labelled_to_json(ex: Labelled) -> bytes:
     """A matured example for the labels topic (the model input ``x`` included).
 
@@ -279,6 +360,15 @@ class Pipeline:
     Off by default: event ids are remembered only inside the lateness window, so a
     redelivery of events applied longer ago reads as late too (a file replayed twice
     puts most of itself there).
+
+    ``max_record_bytes`` (the producer's maximum request size): a dead letter larger than it
+    keeps its first 64 KiB, with headers giving the original size and SHA-256 (:func:`truncated`).
+
+    ``max_ahead_ms`` (the live worker: the allowed lateness): a valid event dated more than
+    this ahead of ``clock()`` (the wall clock) is dead-lettered (stage ``event_time``).
+    Taken, it would move its customer's clock ahead, and the customer's real events would
+    then be dropped as late until the wall clock caught up. ``None`` (backtests, replays of
+    history, which have no relation to the wall clock): only decode's one-day bound applies.
     """
 
     def __init__(
@@ -290,8 +380,14 @@ class Pipeline:
         require_key_match: bool = True,
         source: str = "leadpulse",
         keep_late: bool = False,
+        max_ahead_ms: int | None = None,
+        clock: Callable[[], float] = time.time,
+        max_record_bytes: int | None = None,
     ) -> None:
         self.core = core
+        self.max_record_bytes = max_record_bytes
+        self.max_ahead_ms = max_ahead_ms
+        self.clock = clock
         self.topics = topics or Topics()
         self.max_event_bytes = max_event_bytes
         self.require_key_match = require_key_match
@@ -306,6 +402,7 @@ class Pipeline:
         dead: list[OutRecord] = []
         counts: Counter[str] = Counter()
         dlq = self.topics.dlq
+        latest = None if self.max_ahead_ms is None else int(self.clock() * 1000) + self.max_ahead_ms
         for msg in messages:
             counts["in"] += 1
             if msg.value is None:
@@ -323,7 +420,21 @@ class Pipeline:
                 reason = "message key is not the event's customer_id (input topics must be keyed by customer)"
                 dead.append(dead_letter(msg, reason, dlq, stage="key_check", source=self.source))
                 continue
+            if latest is not None and ev.ts_ms > latest:
+                counts["invalid"] += 1
+                counts["ahead_of_clock"] += 1
+                allowed_ms = self.max_ahead_ms or 0
+                ahead_h = (ev.ts_ms - latest + allowed_ms) / 3_600_000
+                reason = (f"event time {ahead_h:.2f} h ahead of the worker's clock, more than the allowed "
+                          f"lateness ({allowed_ms / 3_600_000:g} h): a producer's clock is wrong; not "
+                          "applied, so that the customer's real events are not dropped as late")
+                dead.append(dead_letter(msg, reason, dlq, stage="event_time", source=self.source))
+                continue
             by_shard.setdefault(str(msg.partition), []).append((msg, ev))
+        if self.max_record_bytes is not None:
+            # Any input record, whatever its size, reaches the DLQ: whole if the producer can
+            # send it, else truncated (a 1 MB record was retried every 30 s, blocking all partitions).
+            dead = [fit_record(r, self.max_record_bytes) for r in dead]
         return by_shard, dead, counts
 
     def process(self, messages: Sequence[Incoming], done: dict[str, Outputs] | None = None) -> BatchOutput:

@@ -64,6 +64,8 @@ class Scorer:
         self.pipeline = Pipeline(
             self.core, s.topics, max_event_bytes=s.max_event_bytes,
             require_key_match=s.require_key_match, source=s.app_id, keep_late=s.keep_late,
+            max_record_bytes=s.producer_max_request_bytes,
+            max_ahead_ms=scfg.lateness_ms,  # live: an event ahead of the wall clock by more is dead-lettered
         )
         self.refresher = ModelRefresher(registry, self.state, s.model_refresh_s)
         # The shards already scored of the batch last attempted: a retry of that batch after

@@ -22,6 +22,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# What a broker's host may be: a name, an IPv4 address, an IPv6 address with or without brackets.
+_BROKER_HOST = re.compile(r"[A-Za-z0-9._-]+|\[?[0-9A-Fa-f:.]+\]?")
+
 
 class Topics(BaseModel):
     web: str = "leadpulse.events.web"
@@ -103,6 +106,11 @@ class Settings(BaseSettings):
     broker_session_timeout_s: float = Field(60.0, gt=0)
     broker_rebalance_timeout_s: float = Field(60.0, gt=0)
     max_event_bytes: int = Field(64 * 1024, ge=256)
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, description="a stopping worker (SIGTERM, SIGINT, a crash) that has not finished "
+        "its clean stop after this long exits anyway (status 1, one log line); what it had not "
+        "committed is redelivered and counted once",
+    )
     # Live pipeline (streams/app.py)
     require_key_match: bool = Field(
         True, description="dead-letter valid events whose Kafka key is not their customer_id"
@@ -131,6 +139,12 @@ class Settings(BaseSettings):
         "when the scoring processes, not the worker's own, are what is busy)",
     )
     producer_linger_ms: int = Field(5, ge=0, le=1000, description="output producer batching delay")
+    producer_max_request_bytes: int = Field(
+        1_048_588, ge=512 * 1024,
+        description="largest record the worker's producer sends (Faust's default is 1,000,000; this "
+        "is the broker's default message.max.bytes). A dead letter larger keeps its first 64 KiB, "
+        "with headers giving the original size and SHA-256",
+    )
     consumer_max_fetch_bytes: int = Field(
         262_144, ge=1024,
         description="most bytes one fetch returns per input partition. Small enough that a "
@@ -165,15 +179,21 @@ class Settings(BaseSettings):
     def _brokers(cls, value: str) -> str:
         # Checked here: kafka-python took "" or "host:90920" for brokers it could not reach,
         # 30 seconds later. A host alone is port 9092, as for Kafka's own clients.
+        # The messages never quote the value: "user:password@host:port" passed as a host
+        # named "user:password@host", and the password was printed when it could not be reached.
         for broker in value.split(","):
             if "://" in broker or "/" in broker:
                 # kafka://h:9092 read as host "kafka" port 9092: a traceback naming another host.
-                raise ValueError(f"brokers are host:port[,host:port], without a scheme or path, not {value!r}")
+                raise ValueError("brokers are host:port[,host:port], without a scheme or path")
+            if "@" in broker:
+                raise ValueError("brokers are host:port[,host:port], without user or password "
+                                 "(credentials go in LEADPULSE_KAFKA_SASL_USERNAME / _PASSWORD)")
             host, colon, port = broker.strip().rpartition(":")
             if not colon:
                 host, port = port, "9092"
-            if not host or not (port.isdigit() and 0 < int(port) < 65536):
-                raise ValueError(f"brokers are host:port[,host:port], not {value!r}")
+            # A host name, an IPv4 address or an IPv6 one (bracketed or not): nothing else.
+            if not _BROKER_HOST.fullmatch(host) or not (port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError("brokers are host:port[,host:port]")
         return value
 
     @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "redis_ssl_ca_certs")
@@ -193,7 +213,14 @@ class Settings(BaseSettings):
         if not url.lower().startswith(("redis://", "rediss://", "unix://")):
             # redis-py said so only at the first connection, naming no setting.
             raise ValueError("a URL that starts with redis://, rediss:// (TLS) or unix://")
-        path = urlsplit(url).path.strip("/")
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:  # urllib's "Port out of range 0-65535" named no setting
+            port = 0
+        if port == 0:
+            raise ValueError("the port must be a number from 1 to 65535")
+        path = parts.path.strip("/")
         if url.startswith(("redis://", "rediss://")) and path and not path.isdigit():
             raise ValueError("the database after the last / must be a number")
         return value

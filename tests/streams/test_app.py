@@ -184,3 +184,243 @@ def test_ready_waits_for_the_first_model_refresh_and_a_rebalance_and_a_standby_i
     assert standby["ready"] is True and standby["assigned"] == [], standby
     assert final == (200, {"ready": True, "mode": "pipeline", "waiting_for": [], "error": None, "assigned": held})
     assert seen[0] == (200, ()) and (503, ("assignment",)) in seen and seen[-1] == (200, ()), seen
+
+
+def _read_all(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of a one-partition topic, from its beginning to its current end."""
+    import time
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             fetch_max_bytes=4 << 20, max_partition_fetch_bytes=4 << 20)
+    tp = TopicPartition(topic, 0)
+    try:
+        consumer.assign([tp])
+        consumer.seek_to_beginning()
+        end = consumer.end_offsets([tp])[tp]
+        out: list[Any] = []
+        deadline = time.monotonic() + 30
+        while consumer.position(tp) < end:
+            out += [r for batch in consumer.poll(timeout_ms=500).values() for r in batch]
+            assert time.monotonic() < deadline, "could not read the topic to its end"
+        return out
+    finally:
+        consumer.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_a_1_mb_input_record_is_dead_lettered_truncated_and_a_clock_ahead_does_not_make_events_late(
+    kafka_bootstrap: str, redis_url: str, unique_topic: str, tmp_path: Any
+) -> None:
+    import hashlib
+    import time
+
+    import orjson
+
+    from streams.app import ensure_topics
+    from streams.embedded import free_port
+    from streams.live_cli import WorkerProcess, load_settings, make_producer
+    from streams.settings import Topics
+
+    topics = Topics(**{k: f"{unique_topic}.{v}" for k, v in Topics().model_dump().items()})
+    env = {"kafka_bootstrap": kafka_bootstrap, "redis_url": redis_url, "app_id": unique_topic,
+           "redis_prefix": unique_topic, "partitions": 1, "broker_session_timeout_s": 10,
+           "broker_rebalance_timeout_s": 3, **{f"topics__{k}": v for k, v in topics.model_dump().items()}}
+    ensure_topics(load_settings(kafka_bootstrap=kafka_bootstrap, partitions=1, topics=topics))
+    now_ms = int(time.time() * 1000)
+
+    def web(eid: str, cid: str, ts_ms: int, **extra: Any) -> bytes:
+        return orjson.dumps({"event_id": eid, "customer_id": cid, "ts": ts_ms, "type": "web",
+                             "action": "add_to_cart", "session_id": "s1", **extra})
+
+    # What the review sent: 1,000,068 bytes, which the broker takes. Its dead letter was over the
+    # producer's 1,000,000-byte request limit: retried every 30 s, every partition blocked.
+    big = web("big", "cbig", now_ms, pad="x" * 999_900)
+    big += b" " * (1_000_068 - len(big))
+    assert len(big) == 1_000_068
+    # And one larger than any producer request: its dead letter is its first 64 KiB.
+    huge = web("huge", "chuge", now_ms, pad="y" * 1_500_000)
+    producer = make_producer(load_settings(kafka_bootstrap=kafka_bootstrap), max_request_size=2 << 20)
+    try:
+        producer.send(topics.web, key=b"cbig", value=big).get(timeout=30)
+        producer.send(topics.web, key=b"chuge", value=huge).get(timeout=30)
+        # A client whose clock is 5 h ahead (within decode's one-day bound), then that customer's
+        # real events, and another customer's.
+        producer.send(topics.web, key=b"cskew", value=web("skewed", "cskew", now_ms + 5 * 3_600_000)).get(timeout=30)
+        for i, cid in enumerate(("cskew", "cother")):
+            producer.send(topics.web, key=cid.encode(), value=web(f"real-{i}", cid, now_ms + i)).get(timeout=30)
+    finally:
+        producer.close()
+
+    with WorkerProcess({**env, "web_port": free_port()}, log_path=tmp_path / "w.log") as worker:
+        worker.wait_ready(timeout=120)
+        deadline = time.monotonic() + 90
+        while True:
+            dlq = _read_all(kafka_bootstrap, topics.dlq)
+            scored = {r.key for r in _read_all(kafka_bootstrap, topics.scores)}
+            if len(dlq) >= 3 and {b"cskew", b"cother"} <= scored:
+                break
+            assert time.monotonic() < deadline, (len(dlq), scored, worker.get_json("/health"), worker.log_tail())
+            time.sleep(1)
+        health = worker.get_json("/health")
+        late = float(next(line.split()[1] for line in worker.get_text("/metrics").splitlines()
+                          if line.startswith("leadpulse_events_late_total ")))
+    by_key = {r.key: r for r in dlq}
+    assert len(dlq) == 3 and set(by_key) == {b"cbig", b"chuge", b"cskew"}
+    # Within the producer's limit (now the broker's default message size): whole.
+    assert by_key[b"cbig"].value == big
+    assert dict(by_key[b"cbig"].headers)["__connect.errors.exception.message"].startswith(b"oversized")
+    cut = dict(by_key[b"chuge"].headers)
+    assert by_key[b"chuge"].value == huge[:64 * 1024]
+    assert cut["leadpulse.truncated_from"] == str(len(huge)).encode()
+    assert cut["leadpulse.sha256"] == hashlib.sha256(huge).hexdigest().encode()
+    assert cut["__connect.errors.exception.message"].startswith(b"oversized")
+    skew = dict(by_key[b"cskew"].headers)
+    assert skew["__connect.errors.stage"] == b"event_time"
+    assert b"ahead of the worker's clock" in skew["__connect.errors.exception.message"]
+    assert orjson.loads(by_key[b"cskew"].value)["event_id"] == "skewed"
+    # The skewed client's real event was scored, not dropped as late; nothing stuck.
+    assert late == 0
+    assert health["status"] == "ok" and health["error"] is None, health
+
+
+@pytest.mark.integration
+def test_a_record_the_producer_refuses_as_too_large_is_sent_truncated_once_not_retried_forever(
+    kafka_bootstrap: str, unique_topic: str
+) -> None:
+    import hashlib
+
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    from streams.pipeline import Incoming, OutRecord, dead_letter
+    from streams.settings import Topics
+
+    topics = Topics(dlq=f"{unique_topic}.dlq", scores=f"{unique_topic}.scores")
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(t, 1, 1) for t in (topics.dlq, topics.scores)])
+    finally:
+        admin.close()
+    worker = LiveWorker(Settings(kafka_bootstrap=kafka_bootstrap, app_id=unique_topic, topics=topics,
+                                 producer_max_request_bytes=512 * 1024), bare=True)
+    original = b"z" * 600_000
+    records = [
+        OutRecord(topics.scores, b"c1", b'{"value": 1}'),
+        dead_letter(Incoming("in", 0, 7, b"c2", original), "oversized", topics.dlq),  # not cut beforehand
+        OutRecord(topics.scores, b"c3", b"v" * 600_000),  # an output too large: to the DLQ, cut
+    ]
+
+    async def publish() -> None:
+        await worker.app.producer.start()
+        try:
+            # Before: ProducerSendError, retried every 30 s without end.
+            await asyncio.wait_for(worker.publish(records), timeout=30)
+        finally:
+            await worker.app.producer.stop()
+
+    asyncio.run(publish())
+    # The batch's other records were sent again with the copies (at least once: keys stay in order).
+    assert {r.value for r in _read_all(kafka_bootstrap, topics.scores)} == {b'{"value": 1}'}
+    dead = {r.key: (r.value, dict(r.headers)) for r in _read_all(kafka_bootstrap, topics.dlq)}
+    assert set(dead) == {b"c2", b"c3"}
+    value, headers = dead[b"c2"]
+    assert value == original[:64 * 1024] and headers["__connect.errors.offset"] == b"7"
+    assert headers["leadpulse.truncated_from"] == b"600000"
+    assert headers["leadpulse.sha256"] == hashlib.sha256(original).hexdigest().encode()
+    value, headers = dead[b"c3"]
+    assert len(value) == 64 * 1024 and headers["__connect.errors.stage"] == b"publish"
+    assert headers["__connect.errors.topic"] == topics.scores.encode()
+    assert worker.metrics.errors.labels(stage="too_large")._value.get() == 2
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_sigterm_ends_a_worker_whose_broker_is_gone_within_the_shutdown_timeout(
+    redis_url: str, unique_topic: str, tmp_path: Any
+) -> None:
+    # Before: with the broker gone, a SIGTERMed worker stayed alive (stuck in Faust's
+    # consumer-thread shutdown, or in wait_empty behind a publish retried without end) until
+    # SIGKILL. A broker of its own, so that it can go.
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import orjson
+
+    from streams.app import ensure_topics
+    from streams.embedded import EmbeddedKafka, free_port
+    from streams.live_cli import WorkerProcess, load_settings, make_producer
+    from streams.settings import Topics
+
+    topics = Topics(**{k: f"{unique_topic}.{v}" for k, v in Topics().model_dump().items()})
+    with EmbeddedKafka() as broker:
+        env = {"kafka_bootstrap": broker.bootstrap, "redis_url": redis_url, "app_id": unique_topic,
+               "redis_prefix": unique_topic, "partitions": 1, "broker_session_timeout_s": 10,
+               "broker_rebalance_timeout_s": 3, "shutdown_timeout_s": 5,
+               **{f"topics__{k}": v for k, v in topics.model_dump().items()}}
+        ensure_topics(load_settings(kafka_bootstrap=broker.bootstrap, partitions=1, topics=topics))
+        worker = WorkerProcess({**env, "web_port": free_port()}, log_path=tmp_path / "w.log")
+        try:
+            worker.start().wait_ready(timeout=120)
+            producer = make_producer(load_settings(kafka_bootstrap=broker.bootstrap))
+            try:
+                event = {"event_id": "e1", "customer_id": "c1", "ts": int(time.time() * 1000),
+                         "type": "web", "action": "product_view", "session_id": "s1"}
+                producer.send(topics.web, key=b"c1", value=orjson.dumps(event)).get(timeout=30)
+            finally:
+                producer.close()
+            deadline = time.monotonic() + 60
+            while worker.get_json("/health")["events"] < 1:  # scoring and publishing
+                assert time.monotonic() < deadline, worker.log_tail()
+                time.sleep(0.2)
+            broker.stop()
+            time.sleep(5)  # the worker notices: its consumer and producer fail to reconnect
+            started = time.monotonic()
+            os.killpg(worker.pid, signal.SIGTERM)
+            assert worker.proc is not None
+            try:
+                code = worker.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"still running 60 s after SIGTERM:\n{worker.log_tail()}") from None
+            took = time.monotonic() - started
+            assert took < 30, (code, took, worker.log_tail())
+            if code != 0:  # the clean stop did not finish: the watchdog ended it, and said so
+                assert code == 1 and took >= 5, (code, took, worker.log_tail())
+                assert "the stop did not finish within 5s (LEADPULSE_SHUTDOWN_TIMEOUT_S)" in worker.log_path.read_text()
+            deadline = time.monotonic() + 10
+            while True:  # the scoring and learning processes went with it
+                try:
+                    os.killpg(worker.pid, 0)
+                except ProcessLookupError:
+                    break
+                assert time.monotonic() < deadline, "a child process outlived the worker"
+                time.sleep(0.1)
+            # The Kafka client's retries: each error once a minute, not at every retry.
+            log = worker.log_path.read_text()
+            assert log.count("Unable connect to node") <= 1 and log.count("Unable to update metadata") <= 1
+        finally:
+            worker.stop(timeout=10)
+
+
+def test_repeated_kafka_client_errors_are_logged_once_a_minute_with_the_count_left_out() -> None:
+    import logging
+
+    from streams.app import RepeatFilter
+
+    now = [0.0]
+    repeats = RepeatFilter(60.0, clock=lambda: now[0])
+
+    def record(msg: str, level: int = logging.ERROR) -> logging.LogRecord:
+        return logging.LogRecord("aiokafka", level, "", 0, msg, ("127.0.0.1",), None)
+
+    passed = [repeats.filter(record("Unable to update metadata from %s")) for _ in range(500)]
+    assert passed.count(True) == 1
+    assert repeats.filter(record("Unable connect to node %s"))  # another message: its own count
+    assert repeats.filter(record("Unable to update metadata from %s", logging.INFO))  # info: not filtered
+    now[0] = 60.5
+    last = record("Unable to update metadata from %s")
+    assert repeats.filter(last) and last.getMessage().endswith("(499 more like it in the last 60s not logged)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,9 @@ def test_replay_dead_letters_a_line_too_large_for_a_record_and_sends_the_rest(
     assert records[0].value == huge[:DLQ_TRUNCATE_BYTES]
     assert headers["leadpulse.replay.line"] == b"1"
     assert headers["leadpulse.replay.truncated_from"] == str(len(huge)).encode()
+    # The worker's format too: the size, and a hash of the whole line.
+    assert headers["leadpulse.truncated_from"] == str(len(huge)).encode()
+    assert headers["leadpulse.sha256"] == hashlib.sha256(huge).hexdigest().encode()
     assert b"too large" in headers["__connect.errors.exception.message"]
 
 

@@ -8,7 +8,7 @@ import zlib
 import orjson
 import pytest
 
-from features.events import decode
+from features.events import decode, parse_ts_ms
 from scoring.core import Labelled, ModelRegistry, ScoringCore
 from scoring.kinds import default_kinds
 from scoring.simulator import MAX_DISORDER_SECONDS, SimulationConfig, simulate
@@ -88,6 +88,29 @@ def test_an_event_from_a_clock_years_ahead_is_dead_lettered_and_loses_nothing_af
     assert orjson.loads(dead.value)["event_id"] == "p-ahead"
     assert b"ahead of the clock" in dict(dead.headers)["__connect.errors.exception.message"]
     assert batch.counts["applied"] == 2 and batch.counts["late"] == 0
+
+
+def test_live_an_event_more_than_the_lateness_ahead_of_the_wall_clock_is_dead_lettered() -> None:
+    # Within decode's one-day bound, an event 5 h ahead moved c1's clock, and c1's real events
+    # after it were dropped as late (lateness 1 h): nothing dead-lettered, only a counter.
+    now_ms = parse_ts_ms("2024-03-01T10:00:00Z")
+    live = Pipeline(ScoringCore.in_memory(learn_inline=False), max_ahead_ms=3_600_000,
+                    clock=lambda: now_ms / 1000)
+    batch = live.process([
+        msg(purchase("p-ahead", ts="2024-03-01T15:00:00Z"), offset=1),
+        msg(purchase("p-near", ts="2024-03-01T10:59:00Z"), offset=2),
+    ])
+    [dead] = [r for r in batch.records if r.topic == T.dlq]
+    assert orjson.loads(dead.value)["event_id"] == "p-ahead" and dead.key == b"c1"
+    h = dict(dead.headers)
+    assert h["__connect.errors.stage"] == b"event_time" and h["__connect.errors.offset"] == b"1"
+    assert h["__connect.errors.exception.message"].startswith(b"event time 5.00 h ahead of the worker's clock")
+    assert batch.counts["ahead_of_clock"] == 1 and batch.counts["invalid"] == 1
+    later = live.process([msg(web("w1", ts="2024-03-01T10:00:30Z"), offset=3, topic=T.web)])
+    assert later.counts["applied"] == 1 and later.counts["late"] == 0, "the real event still counts"
+    # Without it (backtests, replays of history: no relation to the wall clock), only decode's bound.
+    history = Pipeline(ScoringCore.in_memory(learn_inline=False))
+    assert history.process([msg(purchase("p-ahead", ts="2024-03-01T15:00:00Z"))]).counts["applied"] == 1
 
 
 def test_events_later_than_the_lateness_are_kept_on_the_late_topic_as_received() -> None:

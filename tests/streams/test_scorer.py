@@ -281,3 +281,22 @@ def test_batches_sent_ahead_through_a_redis_outage_give_every_output_once(redis_
         proxy.cut()
     assert failures == 1
     assert records == expected
+
+
+def test_live_scoring_dead_letters_an_event_more_than_the_lateness_ahead_of_the_wall_clock(redis_url: str) -> None:
+    # A skewed client clock 5 h ahead (within decode's one-day bound) moved the customer's
+    # clock, and their real events were then dropped as late, only counted.
+    import time
+
+    now_ms = int(time.time() * 1000)
+
+    def web(eid: str, ts_ms: int) -> bytes:
+        return orjson.dumps({"event_id": eid, "customer_id": "c-skew", "ts": ts_ms, "type": "web",
+                             "action": "product_view", "session_id": "s1"})
+
+    scorer = Scorer(Settings(redis_url=redis_url, redis_prefix="sc-ahead"))
+    out, _ = scorer.score([Incoming("leadpulse.events.web", 0, 0, b"c-skew", web("w-ahead", now_ms + 5 * 3_600_000)),
+                           Incoming("leadpulse.events.web", 0, 1, b"c-skew", web("w-now", now_ms))])
+    [dead] = [r for r in out.records if r.topic == "leadpulse.dlq"]
+    assert dict(dead.headers)["__connect.errors.stage"] == b"event_time"
+    assert out.counts["applied"] == 1 and out.counts["late"] == 0

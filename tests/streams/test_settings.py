@@ -148,3 +148,38 @@ def test_every_setting_has_a_row_in_the_readme_settings_table() -> None:
                    for row in rows):
             missing.append(name)
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    "brokers",
+    ["user:S3cr3tKafka9@127.0.0.1:44153", "S3cr3tKafka9@kafka", "b1:9092,user:S3cr3tKafka9@b2:9092",
+     "user:S3cr3tKafka9:9092", "b1 S3cr3tKafka9:9092"],
+)
+def test_brokers_with_credentials_or_other_text_are_refused_without_showing_them(brokers: str) -> None:
+    # Before: "user:password@host:port" passed as a host named "user:password@host", and the
+    # worker printed it when it could not reach it, 30 seconds later.
+    with pytest.raises(ValidationError, match="host:port") as info:
+        Settings(kafka_bootstrap=brokers)
+    from streams.cli import _reason
+
+    assert "S3cr3tKafka9" not in _reason(info.value)
+    assert "S3cr3tKafka9" not in str(info.value).split("[type=")[0]  # our message, not pydantic's echo
+
+
+@pytest.mark.parametrize("brokers", ["127.0.0.1:9092", "kafka-1.internal:9093,kafka-2.internal:9093",
+                                     "[::1]:9092", "::1:9092", "kafka"])
+def test_host_port_brokers_still_pass(brokers: str) -> None:
+    assert Settings(kafka_bootstrap=brokers).kafka_bootstrap == brokers
+
+
+@pytest.mark.parametrize("url", ["redis://:pw1234@127.0.0.1:99999/0", "redis://:pw1234@127.0.0.1:0/0",
+                                 "rediss://:pw1234@cache:port/0"])
+def test_a_redis_url_with_a_bad_port_names_the_setting_without_showing_the_url(url: str) -> None:
+    # Before: the worker stopped with urllib's "Port out of range 0-65535", naming no setting.
+    with pytest.raises(ValidationError) as info:
+        Settings(redis_url=url)
+    from streams.cli import _reason
+
+    assert _reason(info.value) == (
+        "invalid settings: LEADPULSE_REDIS_URL: the port must be a number from 1 to 65535")
+    assert Settings(redis_url="redis://:pw1234@127.0.0.1:6380/0").redis_client().connection_pool.connection_kwargs["port"] == 6380
