@@ -822,11 +822,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write every customer's scores as of the last event, with bands and reasons "
                    "(.csv: a column per kind and figure; otherwise JSON Lines)")
     p.add_argument("--purchases-only", action="store_true", help="drop web and campaign events")
-    p.add_argument("--drop-types", nargs="*", choices=["web", "purchase", "campaign"])
+    p.add_argument("--drop-types", nargs="*", choices=["web", "purchase", "campaign"],
+                   help="drop events of these types before the replay (--purchases-only: web and campaign)")
     p.add_argument("--group-by", help="event extra field for the fairness table (e.g. segment)")
     p.add_argument("--change-at", metavar="TIME",
                    help="a known change (ISO date or time): AUC before and after it, online vs batch")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=500,
+                   help="events per batch at most (a batch also ends after an hour of event time; default 500)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="replay on N processes, customers hashed over them (in-process store only; "
                    "see the README: the same report for any N > 1). Default: 2 for a file of 4 MB "
