@@ -571,7 +571,9 @@ def write_customer_scores(core: ScoringCore, customer_ids: Sequence[str], as_of_
     does not apply; any other suffix gives JSON Lines, one object per customer.
     Scoring changes nothing (:meth:`ScoringCore.scores_now`).
     """
-    fields = ["customer_id", "as_of"]
+    # The days since the customer's last event: why a kind is empty (churn risk past its
+    # window) or the rule's (a learned kind past LONG_SILENT_DAYS: source long_silent).
+    fields = ["customer_id", "as_of", "days_silent"]
     for kind in core.kinds:
         if kind.only_on:
             continue  # scored only at its events (a campaign send): see scores_now
@@ -592,11 +594,15 @@ def write_customer_scores(core: ScoringCore, customer_ids: Sequence[str], as_of_
             chunk = customer_ids[start:start + 1000]
             states = core.features.read(chunk)
             for cid in chunk:
-                scores = core.scores_now(core.engine.vector(states[cid], as_of_ms))
+                vector = core.engine.vector(states[cid], as_of_ms)
+                scores = core.scores_now(vector)
+                silent = vector.get("days_since_last_event")
+                days_silent = None if silent is None else round(silent, 1)
                 if writer is None:
-                    handle.write(orjson.dumps({"customer_id": cid, "as_of": as_of, "scores": scores}).decode() + "\n")
+                    handle.write(orjson.dumps({"customer_id": cid, "as_of": as_of, "days_silent": days_silent,
+                                               "scores": scores}).decode() + "\n")
                     continue
-                row: dict[str, Any] = {"customer_id": _sheet_safe(cid), "as_of": as_of}
+                row: dict[str, Any] = {"customer_id": _sheet_safe(cid), "as_of": as_of, "days_silent": days_silent}
                 for name, sc in scores.items():
                     row.update({f"{name}_{f}": sc[f] for f in ("value", "band", "source")})
                     row[f"{name}_probability"] = sc["probability"]

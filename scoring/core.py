@@ -79,6 +79,10 @@ IDLE = ":idle"  # suffix of the example ids of idle rescores
 MAX_PENDING_PER_KIND = 32
 
 
+# Silent longer than this (days since the customer's last event), a customer is no longer
+# rescored on schedule, so no model learns from such silence: scores_now serves such a
+# customer the cold-start rule (source "long_silent"), not a model extrapolating past it.
+LONG_SILENT_DAYS = 180.0
 # What an RFM grade reads, and the idle check before it (see _process_due_once).
 RFM_INPUTS = (*RFM_METRICS.values(), "days_since_last_event")
 
@@ -613,11 +617,13 @@ class ScoringCore:
                 x = model_input(vector, self.sensitive)
             version = model.version
             inputs = x
-            if model.ready:
+            silent = vector.get("days_since_last_event")
+            if model.ready and not (silent is not None and silent > LONG_SILENT_DAYS):
                 prob, source = model.predict(inputs), "model"
                 reasons = lambda: model.explain(inputs)  # noqa: E731
             else:
-                prob, source = model.calibrate_rule(rule_p), "cold_start"
+                prob = model.calibrate_rule(rule_p)
+                source = "cold_start" if not model.ready else "long_silent"
                 reasons = lambda: rule_explain(vector, kind.rule_weights)  # noqa: E731
         return {
             "probability": prob, "rule_probability": rule_p, "source": source,
@@ -829,7 +835,7 @@ class ScoringCore:
                 else:
                     vector = moment[0] = self.engine.vector(states[cid], as_of)
                 idle = vector.get("days_since_last_event")
-                if idle is not None and idle * DAY_MS > 180 * DAY_MS:
+                if idle is not None and idle > LONG_SILENT_DAYS:
                     continue  # long gone: stop rescoring until the customer shows up again
                 if self._eligible(kind, vector):
                     out.counts["idle_rescores"] += 1
@@ -860,7 +866,10 @@ class ScoringCore:
         for one who never bought, or who has been silent longer than its window) is left
         out, and so is a kind scored only at certain events (``only_on``: campaign response
         is about one send). Reasons are the top contributing features, as in published scores.
-        ``types`` keeps only kinds of these types.
+        A customer silent longer than ``LONG_SILENT_DAYS`` gets the cold-start rule for a
+        learned kind (source ``long_silent``): no model learned from such silence, and a
+        linear one extrapolates (a subscriber gone 900 days scored 100 to buy, as the model
+        weighed the days since a purchase up to a month). ``types`` keeps only kinds of these types.
 
         >>> core = ScoringCore.in_memory()
         >>> scores = core.scores_now(core.engine.vector({}, 1_704_067_200_000))

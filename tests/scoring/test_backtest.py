@@ -592,3 +592,38 @@ def test_report_tells_gaps_and_same_instant_events() -> None:
     clean = run_backtest([line(i, f"c{i % 20}", t0 + i * 3_600_000) for i in range(400)],
                          BacktestConfig(batch_baseline=False))
     assert clean["gaps"] == [] and clean["same_instant_events"] == 0
+
+
+def test_a_customer_silent_past_what_models_learn_from_gets_the_rule(tmp_path: Path) -> None:
+    """Subscribers gone 900 days were scored 100, hot, to buy: customers are rescored only up to
+    LONG_SILENT_DAYS of silence, and the linear model extrapolated the days since a purchase."""
+    import csv
+
+    from features.events import decode
+    from scoring.backtest import write_customer_scores
+    from scoring.core import LONG_SILENT_DAYS, ScoringCore
+
+    core = ScoringCore.in_memory()
+    model = core.registry.models["purchase_propensity"]
+    model.proven, model.version, model.positives = True, 10_000, 5_000  # a model that serves
+    assert model.ready
+    day = 86_400_000
+    t0 = 1_704_067_200_000
+    for c in range(3):  # purchases 300 days apart: c0 is silent 601 days at the end, c2 one day
+        core.process([decode(json.dumps({"event_id": f"p{c}", "customer_id": f"c{c}", "ts": t0 + c * 300 * day,
+                                          "type": "purchase", "order_id": f"o{c}", "amount": 30,
+                                          "currency": "EUR"}))])
+    as_of = t0 + 2 * 300 * day + day
+    out = tmp_path / "customers.csv"
+    write_customer_scores(core, ["c0", "c1", "c2"], as_of, out)
+    rows = {r["customer_id"]: r for r in csv.DictReader(out.open())}
+    assert [float(rows[c]["days_silent"]) for c in ("c0", "c1", "c2")] == [601.0, 301.0, 1.0]
+    assert float(rows["c1"]["days_silent"]) > LONG_SILENT_DAYS
+    assert [rows[c]["purchase_propensity_source"] for c in ("c0", "c1", "c2")] == ["long_silent"] * 2 + ["model"]
+    # The cold-start rule's probability, as it serves before the model is ready.
+    from scoring.models import points_to_probability, rule_points
+
+    kind = next(k for k in core.kinds if k.name == "purchase_propensity")
+    vector = core.engine.vector(core.features.read(["c0"])["c0"], as_of)
+    rule = model.calibrate_rule(points_to_probability(rule_points(vector, kind.rule_weights), kind.rule_scale))
+    assert float(rows["c0"]["purchase_propensity_probability"]) == round(rule, 6)
