@@ -77,6 +77,7 @@ import itertools
 import logging
 import os
 import random
+import secrets
 import shutil
 import socket
 import ssl
@@ -141,6 +142,8 @@ SWITCH_INTERVAL_S = 0.001  # sys.setswitchinterval in the worker's process (Pyth
 API_WAIT_S = 10.0
 LEARN_BATCH = 1000
 BROKER_PROBE_MAX_S = 5.0  # the broker is asked for metadata at least this often (see watch_broker)
+EPOCH_CHECK_S = 5.0  # how often the worker reads Redis's epoch key (see check_redis_epoch)
+DATA_LOST_DEGRADED_S = 300.0  # /health stays degraded this long after Redis was found emptied
 
 
 def faust_credentials(settings: Settings) -> Any:
@@ -351,6 +354,10 @@ class LiveWorker:
         # ensure_topics() reached it just before the worker was built.
         self.broker_answered_at = self.started_monotonic
         self.broker_answered_wall = self.started
+        # Redis's epoch (see check_redis_epoch): the one this worker knows, and when it last
+        # found Redis emptied (wall time).
+        self.redis_epoch: bytes | None = None
+        self.redis_data_lost_at: float | None = None
         self._learn_lock = asyncio.Lock()
         self._unacked_labels: list[tuple[Any, Any]] = []  # (stream, event) awaiting a snapshot
         self._score_lock = asyncio.Lock()
@@ -453,6 +460,10 @@ class LiveWorker:
             async def learn(stream: Any) -> None:
                 async for events in stream.noack_take(LEARN_BATCH, within=s.batch_within_s):
                     await self.learn_batch(stream, events)
+
+            @app.task
+            async def redis_epoch() -> None:
+                await self.watch_redis_epoch()
 
             # A plain loop, not @app.timer: timers stop iterating as soon as the app
             # stops, but the consumer then waits for every unacked label, so the
@@ -1098,6 +1109,51 @@ class LiveWorker:
             return None
         return f"broker unreachable since {_utc(self.broker_answered_wall)} (no answer for {silent:.0f}s)"
 
+    # ------------------------------------------------------------------ Redis epoch
+    async def watch_redis_epoch(self) -> None:
+        """:meth:`check_redis_epoch` at once, then every ``EPOCH_CHECK_S`` (a failed check waits for the next)."""
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self.check_redis_epoch), timeout=EPOCH_CHECK_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - Redis down: /health's PING says so; check again later
+                pass
+            await asyncio.sleep(EPOCH_CHECK_S)
+
+    def check_redis_epoch(self) -> bool:
+        """Whether Redis lost its data since the last check; adopt its epoch (a new one if there is none).
+
+        The epoch is a random value under the deployment's prefix (``<prefix>:epoch``), written
+        only if absent (SET NX), so replicas sharing the Redis all hold the one written first.
+        A Redis that comes back empty (restarted without persistence, FLUSHALL, the key evicted)
+        has none, or, if another replica noticed first, a new one: the worker would otherwise
+        go on from empty features without a sign. Noticed, it is logged once (an ERROR), counted
+        (``leadpulse_redis_data_lost_total``) and shown on /health, and the new epoch adopted,
+        so each loss is reported once per worker. Blocking: call it off the event loop.
+        """
+        key = f"{self.settings.redis_prefix}:epoch"
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(key, f"{int(time.time())}-{secrets.token_hex(8)}", nx=True)
+        pipe.get(key)
+        _, epoch = pipe.execute()
+        known, self.redis_epoch = self.redis_epoch, epoch
+        if known is None or epoch == known:
+            return False
+        self.redis_data_lost_at = time.time()
+        self.metrics.redis_data_lost.inc()
+        log.error("Redis lost its data (its epoch key %s is gone or replaced: restarted without "
+                  "persistence, flushed or evicted?): features, scoring records and models start "
+                  "empty; /health is degraded for %.0fs", key, DATA_LOST_DEGRADED_S)
+        return True
+
+    def redis_data_lost(self) -> str | None:
+        """``None`` unless Redis was found emptied within ``DATA_LOST_DEGRADED_S``; else when."""
+        lost = self.redis_data_lost_at
+        if lost is None or time.time() - lost > DATA_LOST_DEGRADED_S:
+            return None
+        return f"redis: data lost (noticed at {_utc(lost)})"
+
     # ------------------------------------------------------------------ queries
     def health(self) -> tuple[dict[str, Any], int]:
         assigned = self._assigned()
@@ -1105,11 +1161,12 @@ class LiveWorker:
         assignment = assigned or []
         lag = {f"{tp.topic}/{tp.partition}": n for tp, n in self.lag(assignment).items()}
         broker = self.broker_unreachable()
-        status = "ok" if consumer_ready and not self.failing and not broker else "degraded"
+        lost = None if self.bare else self.redis_data_lost()
+        status = "ok" if consumer_ready and not self.failing and not broker and not lost else "degraded"
         body: dict[str, Any] = {
             "status": status,
             "mode": "bare" if self.bare else "pipeline",
-            "error": broker or self.failing,
+            "error": broker or self.failing or lost,
             "broker": "unreachable" if broker else "ok",
             "uptime_s": round(time.time() - self.started, 1),
             "assigned": [f"{tp.topic}/{tp.partition}" for tp in assignment],
@@ -1120,6 +1177,8 @@ class LiveWorker:
         }
         if not self.bare:
             body["model_versions"] = self.model_versions
+            lost_at = self.redis_data_lost_at
+            body["redis_data_lost_at"] = _utc(lost_at) if lost_at is not None else None
         return body, 200 if status == "ok" else 503
 
     def readiness(self) -> tuple[dict[str, Any], int]:

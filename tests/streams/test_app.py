@@ -514,3 +514,84 @@ def worker_probe_s(threshold: float) -> float:
     from streams.app import BROKER_PROBE_MAX_S
 
     return min(BROKER_PROBE_MAX_S, threshold / 4)
+
+
+def test_replicas_sharing_a_redis_agree_on_its_epoch_and_each_reports_a_loss_once(redis_client: Any) -> None:
+    import types
+
+    from streams.app import LiveWorker
+    from streams.metrics import Metrics
+
+    def replica() -> Any:  # the state check_redis_epoch uses, on the real Redis
+        return types.SimpleNamespace(settings=Settings(redis_prefix="epoch-test"), redis=redis_client,
+                                     metrics=Metrics(), redis_epoch=None, redis_data_lost_at=None)
+
+    a, b = replica(), replica()
+    redis_client.set("epoch-test:x", b"1")
+    assert not LiveWorker.check_redis_epoch(a) and not LiveWorker.check_redis_epoch(b)  # start: nothing lost
+    first = redis_client.get("epoch-test:epoch")
+    assert first is not None and a.redis_epoch == b.redis_epoch == first
+    assert not LiveWorker.check_redis_epoch(a)  # unchanged
+    redis_client.flushall()
+    assert LiveWorker.check_redis_epoch(a)  # a notices first and writes a new epoch
+    assert LiveWorker.check_redis_epoch(b)  # b finds a's: a loss for it too, and the same epoch
+    assert a.redis_epoch == b.redis_epoch == redis_client.get("epoch-test:epoch") != first
+    assert not LiveWorker.check_redis_epoch(a) and not LiveWorker.check_redis_epoch(b)  # once per loss
+    for r in (a, b):
+        assert r.metrics.redis_data_lost._value.get() == 1 and r.redis_data_lost_at is not None
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_a_flushed_redis_is_logged_counted_and_shown_on_health_once(
+    kafka_bootstrap: str, unique_topic: str, tmp_path: Any
+) -> None:
+    # Before: a Redis that came back empty went unnoticed (no log line, metric or health change).
+    # A Redis of its own, so that flushing it touches no other test.
+    import time
+
+    import redis as redis_py
+
+    from streams.embedded import EmbeddedRedis, free_port
+    from streams.live_cli import WorkerProcess
+    from streams.settings import Topics
+
+    topics = {f"topics__{k}": f"{unique_topic}.{v}" for k, v in Topics().model_dump().items()}
+
+    def lost_count(worker: WorkerProcess) -> float:
+        return float(next(line.split()[1] for line in worker.get_text("/metrics").splitlines()
+                          if line.startswith("leadpulse_redis_data_lost_total ")))
+
+    with EmbeddedRedis() as server:
+        client = redis_py.Redis.from_url(server.url)
+        env = {"kafka_bootstrap": kafka_bootstrap, "redis_url": server.url, "app_id": unique_topic,
+               "redis_prefix": unique_topic, "partitions": 1, "broker_session_timeout_s": 10,
+               "broker_rebalance_timeout_s": 3, "web_port": free_port(), **topics}
+        try:
+            with WorkerProcess(env, log_path=tmp_path / "w.log") as worker:
+                worker.wait_ready(timeout=120)
+                deadline = time.monotonic() + 30
+                while (epoch := client.get(f"{unique_topic}:epoch")) is None:
+                    assert time.monotonic() < deadline, worker.log_tail()
+                    time.sleep(0.2)
+                health = worker.get_json("/health")
+                assert health["status"] == "ok" and health["redis_data_lost_at"] is None, health
+                assert lost_count(worker) == 0
+
+                client.flushall()
+                flushed = time.monotonic()
+                while (health := worker.get_json("/health"))["redis_data_lost_at"] is None:
+                    assert time.monotonic() - flushed < 15, (health, worker.log_tail())
+                    time.sleep(0.2)
+                assert health["status"] == "degraded", health
+                assert health["error"].startswith("redis: data lost (noticed at "), health
+                assert lost_count(worker) == 1
+                renewed = client.get(f"{unique_topic}:epoch")
+                assert renewed is not None and renewed != epoch
+                time.sleep(12)  # two more checks: the same loss is not reported again
+                assert lost_count(worker) == 1
+                assert worker.get_json("/health")["redis_data_lost_at"] == health["redis_data_lost_at"]
+                log = worker.log_path.read_text()
+                assert log.count("Redis lost its data") == 1, worker.log_tail()
+        finally:
+            client.close()
