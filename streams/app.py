@@ -76,6 +76,8 @@ import hmac
 import itertools
 import logging
 import os
+import random
+import secrets
 import shutil
 import socket
 import ssl
@@ -85,6 +87,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -138,6 +141,9 @@ SWITCH_INTERVAL_S = 0.001  # sys.setswitchinterval in the worker's process (Pyth
 # failed batch in place (Redis down) for as long as the failure lasts.
 API_WAIT_S = 10.0
 LEARN_BATCH = 1000
+BROKER_PROBE_MAX_S = 5.0  # the broker is asked for metadata at least this often (see watch_broker)
+EPOCH_CHECK_S = 5.0  # how often the worker reads Redis's epoch key (see check_redis_epoch)
+DATA_LOST_DEGRADED_S = 300.0  # /health stays degraded this long after Redis was found emptied
 
 
 def faust_credentials(settings: Settings) -> Any:
@@ -344,6 +350,14 @@ class LiveWorker:
         self.models_loaded = bare
         self.started = time.time()
         self.started_monotonic = time.monotonic()
+        # The last answer from a broker (see watch_broker): monotonic, and wall time for /health.
+        # ensure_topics() reached it just before the worker was built.
+        self.broker_answered_at = self.started_monotonic
+        self.broker_answered_wall = self.started
+        # Redis's epoch (see check_redis_epoch): the one this worker knows, and when it last
+        # found Redis emptied (wall time).
+        self.redis_epoch: bytes | None = None
+        self.redis_data_lost_at: float | None = None
         self._learn_lock = asyncio.Lock()
         self._unacked_labels: list[tuple[Any, Any]] = []  # (stream, event) awaiting a snapshot
         self._score_lock = asyncio.Lock()
@@ -447,6 +461,10 @@ class LiveWorker:
                 async for events in stream.noack_take(LEARN_BATCH, within=s.batch_within_s):
                     await self.learn_batch(stream, events)
 
+            @app.task
+            async def redis_epoch() -> None:
+                await self.watch_redis_epoch()
+
             # A plain loop, not @app.timer: timers stop iterating as soon as the app
             # stops, but the consumer then waits for every unacked label, so the
             # final snapshot has to be taken while the app is stopping.
@@ -463,6 +481,10 @@ class LiveWorker:
 
         async def assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
             await self.on_assignment(set(args[0]) if args else set())
+
+        @app.task
+        async def broker_probe() -> None:
+            await self.watch_broker()
 
         app.on_partitions_revoked.connect(cast(Any, revoked))
         app.on_partitions_assigned.connect(cast(Any, assigned))
@@ -1035,17 +1057,117 @@ class LiveWorker:
         self._unacked_labels.clear()
         log.info("model snapshot saved (labels up to offset %d)", covered)
 
+    # ------------------------------------------------------------------ broker contact
+    @property
+    def broker_probe_s(self) -> float:
+        """How often :meth:`watch_broker` asks: four times per ``broker_unreachable_s``, at most every 5 s."""
+        return min(BROKER_PROBE_MAX_S, self.settings.broker_unreachable_s / 4)
+
+    async def watch_broker(self) -> None:
+        """Ask a broker for metadata every :attr:`broker_probe_s`; note each answer.
+
+        The consumer and producer reconnect by themselves, but nothing of theirs tells an idle
+        broker from a gone one: fetches of a caught-up worker return empty either way, and the
+        client refreshes its metadata every 5 minutes. So ask: a metadata request for no topic
+        (a few bytes), on the producer's client, to each known broker in turn until one answers.
+        """
+        while True:
+            try:
+                answered = await asyncio.wait_for(self.probe_broker(), timeout=self.broker_probe_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a timeout, a producer not started yet: no answer
+                answered = False
+            if answered:
+                self.broker_answered()
+            await asyncio.sleep(self.broker_probe_s)
+
+    async def probe_broker(self) -> bool:
+        """Whether one of the brokers the producer knows answers a metadata request now."""
+        from aiokafka.protocol.metadata import MetadataRequest
+
+        producer: Any = self.app.producer
+        client = producer._ensure_producer().client  # Faust's aiokafka producer (raises before start)
+        nodes = [broker.nodeId for broker in client.cluster.brokers()]
+        random.shuffle(nodes)
+        for node in nodes:
+            try:
+                await client.send(node, MetadataRequest([]))
+            except Exception:  # noqa: BLE001 - connection refused, closed, timed out: the next one
+                continue
+            return True
+        return False
+
+    def broker_answered(self) -> None:
+        self.broker_answered_at = time.monotonic()
+        self.broker_answered_wall = time.time()
+
+    def broker_unreachable(self) -> str | None:
+        """``None`` while a broker answered within ``broker_unreachable_s``, else since when none has."""
+        silent = time.monotonic() - self.broker_answered_at
+        if silent <= self.settings.broker_unreachable_s:
+            return None
+        return f"broker unreachable since {_utc(self.broker_answered_wall)} (no answer for {silent:.0f}s)"
+
+    # ------------------------------------------------------------------ Redis epoch
+    async def watch_redis_epoch(self) -> None:
+        """:meth:`check_redis_epoch` at once, then every ``EPOCH_CHECK_S`` (a failed check waits for the next)."""
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self.check_redis_epoch), timeout=EPOCH_CHECK_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - Redis down: /health's PING says so; check again later
+                pass
+            await asyncio.sleep(EPOCH_CHECK_S)
+
+    def check_redis_epoch(self) -> bool:
+        """Whether Redis lost its data since the last check; adopt its epoch (a new one if there is none).
+
+        The epoch is a random value under the deployment's prefix (``<prefix>:epoch``), written
+        only if absent (SET NX), so replicas sharing the Redis all hold the one written first.
+        A Redis that comes back empty (restarted without persistence, FLUSHALL, the key evicted)
+        has none, or, if another replica noticed first, a new one: the worker would otherwise
+        go on from empty features without a sign. Noticed, it is logged once (an ERROR), counted
+        (``leadpulse_redis_data_lost_total``) and shown on /health, and the new epoch adopted,
+        so each loss is reported once per worker. Blocking: call it off the event loop.
+        """
+        key = f"{self.settings.redis_prefix}:epoch"
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(key, f"{int(time.time())}-{secrets.token_hex(8)}", nx=True)
+        pipe.get(key)
+        _, epoch = pipe.execute()
+        known, self.redis_epoch = self.redis_epoch, epoch
+        if known is None or epoch == known:
+            return False
+        self.redis_data_lost_at = time.time()
+        self.metrics.redis_data_lost.inc()
+        log.error("Redis lost its data (its epoch key %s is gone or replaced: restarted without "
+                  "persistence, flushed or evicted?): features, scoring records and models start "
+                  "empty; /health is degraded for %.0fs", key, DATA_LOST_DEGRADED_S)
+        return True
+
+    def redis_data_lost(self) -> str | None:
+        """``None`` unless Redis was found emptied within ``DATA_LOST_DEGRADED_S``; else when."""
+        lost = self.redis_data_lost_at
+        if lost is None or time.time() - lost > DATA_LOST_DEGRADED_S:
+            return None
+        return f"redis: data lost (noticed at {_utc(lost)})"
+
     # ------------------------------------------------------------------ queries
     def health(self) -> tuple[dict[str, Any], int]:
         assigned = self._assigned()
         consumer_ready = assigned is not None
         assignment = assigned or []
         lag = {f"{tp.topic}/{tp.partition}": n for tp, n in self.lag(assignment).items()}
-        status = "ok" if consumer_ready and not self.failing else "degraded"
+        broker = self.broker_unreachable()
+        lost = None if self.bare else self.redis_data_lost()
+        status = "ok" if consumer_ready and not self.failing and not broker and not lost else "degraded"
         body: dict[str, Any] = {
             "status": status,
             "mode": "bare" if self.bare else "pipeline",
-            "error": self.failing,
+            "error": broker or self.failing or lost,
+            "broker": "unreachable" if broker else "ok",
             "uptime_s": round(time.time() - self.started, 1),
             "assigned": [f"{tp.topic}/{tp.partition}" for tp in assignment],
             "lag": lag,
@@ -1055,6 +1177,8 @@ class LiveWorker:
         }
         if not self.bare:
             body["model_versions"] = self.model_versions
+            lost_at = self.redis_data_lost_at
+            body["redis_data_lost_at"] = _utc(lost_at) if lost_at is not None else None
         return body, 200 if status == "ok" else 503
 
     def readiness(self) -> tuple[dict[str, Any], int]:
@@ -1074,12 +1198,15 @@ class LiveWorker:
             waiting.append("assignment")
         if not self.models_loaded:
             waiting.append("models")
+        broker = self.broker_unreachable()
+        if broker:
+            waiting.append("broker")
         ready = not waiting and not self.failing
         body: dict[str, Any] = {
             "ready": ready,
             "mode": "bare" if self.bare else "pipeline",
             "waiting_for": waiting,
-            "error": self.failing,
+            "error": broker or self.failing,
             "assigned": [f"{tp.topic}/{tp.partition}" for tp in sorted(self.assignment or ())] if settled else None,
         }
         return body, 200 if ready else 503
@@ -1218,6 +1345,15 @@ def _too_large(exc: object) -> bool:
             return True
         exc, seen = exc.__cause__, seen + 1
     return False
+
+
+def _utc(t: float) -> str:
+    """A wall time as ISO 8601 UTC to the second.
+
+    >>> _utc(0.0)
+    '1970-01-01T00:00:00Z'
+    """
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def swapped_models(before: dict[str, int], after: dict[str, int]) -> int:

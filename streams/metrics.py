@@ -83,6 +83,9 @@ class Metrics:
         self.snapshots = Counter("leadpulse_model_snapshots", "Model snapshots saved by the learner", registry=r)
         self.model_swaps = Counter("leadpulse_model_swaps", "Models hot-swapped from a newer snapshot", registry=r)
         self.errors = Counter("leadpulse_errors", "Retried or fatal errors", ["stage"], registry=r)
+        self.redis_data_lost = Counter(
+            "leadpulse_redis_data_lost", "Times Redis was found emptied (its epoch key gone or replaced)", registry=r
+        )
         self.batch_seconds = Histogram(
             "leadpulse_batch_seconds", "Processing time of one input batch", registry=r, buckets=_BATCH_BUCKETS
         )

@@ -111,6 +111,11 @@ class Settings(BaseSettings):
         "its clean stop after this long exits anyway (status 1, one log line); what it had not "
         "committed is redelivered and counted once",
     )
+    broker_unreachable_s: float = Field(
+        20.0, ge=2, le=3600, description="/health says degraded and /ready not ready once no "
+        "broker has answered the worker for this long (it asks for metadata every quarter of "
+        "this, at most every 5 s, so an idle broker counts as answering)",
+    )
     # Live pipeline (streams/app.py)
     require_key_match: bool = Field(
         True, description="dead-letter valid events whose Kafka key is not their customer_id"

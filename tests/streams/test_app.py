@@ -424,3 +424,174 @@ def test_repeated_kafka_client_errors_are_logged_once_a_minute_with_the_count_le
     now[0] = 60.5
     last = record("Unable to update metadata from %s")
     assert repeats.filter(last) and last.getMessage().endswith("(499 more like it in the last 60s not logged)")
+
+
+def test_the_broker_counts_as_unreachable_only_after_the_threshold_and_an_answer_clears_it() -> None:
+    import time
+
+    worker = LiveWorker(Settings(app_id="broker-contact", broker_unreachable_s=8), bare=True)
+    assert worker.broker_probe_s == 2.0
+    assert LiveWorker(Settings(app_id="broker-probe-default"), bare=True).broker_probe_s == 5.0
+    assert worker.broker_unreachable() is None  # from start (ensure_topics reached it)
+    worker.broker_answered_at -= 7.5  # silent, but within the threshold: an idle broker between probes
+    assert worker.broker_unreachable() is None
+    worker.broker_answered_at -= 1.7
+    worker.broker_answered_wall = 0.0
+    assert worker.broker_unreachable() == "broker unreachable since 1970-01-01T00:00:00Z (no answer for 9s)"
+    body, status = worker.readiness()
+    assert status == 503 and "broker" in body["waiting_for"] and body["error"].startswith("broker unreachable")
+    worker.broker_answered()  # it answers again: recovered
+    assert worker.broker_unreachable() is None
+    assert abs(worker.broker_answered_wall - time.time()) < 5
+    assert "broker" not in worker.readiness()[0]["waiting_for"]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_health_turns_degraded_while_the_broker_is_gone_and_ok_once_it_is_back(
+    redis_url: str, unique_topic: str, tmp_path: Any
+) -> None:
+    # Before: /health and /ready answered ok and ready (200) with the broker down. A broker of its
+    # own, so that it can go; it comes back on the same port (tansu keeps nothing: topics again).
+    import time
+
+    from streams.app import ensure_topics
+    from streams.embedded import EmbeddedKafka, free_port
+    from streams.live_cli import WorkerProcess, load_settings
+    from streams.settings import Topics
+
+    threshold = 4.0
+    topics = Topics(**{k: f"{unique_topic}.{v}" for k, v in Topics().model_dump().items()})
+    broker = EmbeddedKafka().start()
+    port = broker.port
+    try:
+        env = {"kafka_bootstrap": broker.bootstrap, "redis_url": redis_url, "app_id": unique_topic,
+               "redis_prefix": unique_topic, "partitions": 1, "broker_session_timeout_s": 10,
+               "broker_rebalance_timeout_s": 3, "shutdown_timeout_s": 5, "broker_unreachable_s": threshold,
+               **{f"topics__{k}": v for k, v in topics.model_dump().items()}}
+        settings = load_settings(kafka_bootstrap=broker.bootstrap, partitions=1, topics=topics)
+        ensure_topics(settings)
+        with WorkerProcess({**env, "web_port": free_port()}, log_path=tmp_path / "w.log") as worker:
+            worker.wait_ready(timeout=120)
+            # Idle (no record flows) for three thresholds: the broker answers, health stays ok.
+            deadline = time.monotonic() + 3 * threshold
+            while time.monotonic() < deadline:
+                health = worker.get_json("/health")
+                assert health["status"] == "ok" and health["broker"] == "ok", (health, worker.log_tail())
+                time.sleep(0.5)
+
+            broker.stop()
+            stopped = time.monotonic()
+            while (health := worker.get_json("/health"))["broker"] == "ok":
+                assert time.monotonic() - stopped < threshold + 10, (health, worker.log_tail())
+                time.sleep(0.2)
+            took = time.monotonic() - stopped
+            # Not before the threshold: the last answer came at most one probe interval before the stop.
+            assert took >= threshold - worker_probe_s(threshold) - 0.5, took
+            assert health["status"] == "degraded" and health["broker"] == "unreachable", health
+            assert health["error"].startswith("broker unreachable since "), health
+            status, ready = _ready(worker.port)
+            assert status == 503 and "broker" in ready["waiting_for"], ready
+
+            broker = EmbeddedKafka(port=port).start()
+            ensure_topics(settings)
+            back = time.monotonic()
+            while (health := worker.get_json("/health"))["broker"] != "ok":
+                assert time.monotonic() - back < 30, (health, worker.log_tail())
+                time.sleep(0.2)
+            assert not (health["error"] or "").startswith("broker"), health
+            deadline = time.monotonic() + 60
+            while (got := _ready(worker.port))[0] != 200:  # the consumer rejoins its (new) group
+                assert "broker" not in got[1]["waiting_for"], got
+                assert time.monotonic() < deadline, (got, worker.get_json("/health"), worker.log_tail())
+                time.sleep(0.5)
+            assert worker.get_json("/health")["status"] == "ok"
+    finally:
+        broker.stop()
+
+
+def worker_probe_s(threshold: float) -> float:
+    from streams.app import BROKER_PROBE_MAX_S
+
+    return min(BROKER_PROBE_MAX_S, threshold / 4)
+
+
+def test_replicas_sharing_a_redis_agree_on_its_epoch_and_each_reports_a_loss_once(redis_client: Any) -> None:
+    import types
+
+    from streams.app import LiveWorker
+    from streams.metrics import Metrics
+
+    def replica() -> Any:  # the state check_redis_epoch uses, on the real Redis
+        return types.SimpleNamespace(settings=Settings(redis_prefix="epoch-test"), redis=redis_client,
+                                     metrics=Metrics(), redis_epoch=None, redis_data_lost_at=None)
+
+    a, b = replica(), replica()
+    redis_client.set("epoch-test:x", b"1")
+    assert not LiveWorker.check_redis_epoch(a) and not LiveWorker.check_redis_epoch(b)  # start: nothing lost
+    first = redis_client.get("epoch-test:epoch")
+    assert first is not None and a.redis_epoch == b.redis_epoch == first
+    assert not LiveWorker.check_redis_epoch(a)  # unchanged
+    redis_client.flushall()
+    assert LiveWorker.check_redis_epoch(a)  # a notices first and writes a new epoch
+    assert LiveWorker.check_redis_epoch(b)  # b finds a's: a loss for it too, and the same epoch
+    assert a.redis_epoch == b.redis_epoch == redis_client.get("epoch-test:epoch") != first
+    assert not LiveWorker.check_redis_epoch(a) and not LiveWorker.check_redis_epoch(b)  # once per loss
+    for r in (a, b):
+        assert r.metrics.redis_data_lost._value.get() == 1 and r.redis_data_lost_at is not None
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_a_flushed_redis_is_logged_counted_and_shown_on_health_once(
+    kafka_bootstrap: str, unique_topic: str, tmp_path: Any
+) -> None:
+    # Before: a Redis that came back empty went unnoticed (no log line, metric or health change).
+    # A Redis of its own, so that flushing it touches no other test.
+    import time
+
+    import redis as redis_py
+
+    from streams.embedded import EmbeddedRedis, free_port
+    from streams.live_cli import WorkerProcess
+    from streams.settings import Topics
+
+    topics = {f"topics__{k}": f"{unique_topic}.{v}" for k, v in Topics().model_dump().items()}
+
+    def lost_count(worker: WorkerProcess) -> float:
+        return float(next(line.split()[1] for line in worker.get_text("/metrics").splitlines()
+                          if line.startswith("leadpulse_redis_data_lost_total ")))
+
+    with EmbeddedRedis() as server:
+        client = redis_py.Redis.from_url(server.url)
+        env = {"kafka_bootstrap": kafka_bootstrap, "redis_url": server.url, "app_id": unique_topic,
+               "redis_prefix": unique_topic, "partitions": 1, "broker_session_timeout_s": 10,
+               "broker_rebalance_timeout_s": 3, "web_port": free_port(), **topics}
+        try:
+            with WorkerProcess(env, log_path=tmp_path / "w.log") as worker:
+                worker.wait_ready(timeout=120)
+                deadline = time.monotonic() + 30
+                while (epoch := client.get(f"{unique_topic}:epoch")) is None:
+                    assert time.monotonic() < deadline, worker.log_tail()
+                    time.sleep(0.2)
+                health = worker.get_json("/health")
+                assert health["status"] == "ok" and health["redis_data_lost_at"] is None, health
+                assert lost_count(worker) == 0
+
+                client.flushall()
+                flushed = time.monotonic()
+                while (health := worker.get_json("/health"))["redis_data_lost_at"] is None:
+                    assert time.monotonic() - flushed < 15, (health, worker.log_tail())
+                    time.sleep(0.2)
+                assert health["status"] == "degraded", health
+                assert health["error"].startswith("redis: data lost (noticed at "), health
+                assert lost_count(worker) == 1
+                renewed = client.get(f"{unique_topic}:epoch")
+                assert renewed is not None and renewed != epoch
+                time.sleep(12)  # two more checks: the same loss is not reported again
+                assert lost_count(worker) == 1
+                assert worker.get_json("/health")["redis_data_lost_at"] == health["redis_data_lost_at"]
+                log = worker.log_path.read_text()
+                assert log.count("Redis lost its data") == 1, worker.log_tail()
+        finally:
+            client.close()
