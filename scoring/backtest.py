@@ -645,6 +645,9 @@ def _kind_report(log: _KindLog, config: BacktestConfig) -> dict[str, Any]:
         out["model_only"] = {
             key: value for key, value in summarize(probs[model], labels[model]).items() if key != "decile_rates"
         }
+        # The rule on the same examples: the pooled comparison mixes the cold-start stretch in.
+        rule_there = auc(rule[model], labels[model])
+        out["model_only"]["rule_auc"] = None if rule_there is None else round(rule_there, 6)
     out["calibration"] = calibration(probs, labels)
     out["gains"] = _gains(probs, labels)
     baselines: dict[str, Any] = {"rule": summarize(rule, labels)}
@@ -731,7 +734,7 @@ def _by_moment(log: _KindLog, probs: np.ndarray, labels: np.ndarray, batch: np.n
         figures = {k: v for k, v in summarize(probs[at], labels[at]).items() if k != "decile_rates"}
         both = at & ~np.isnan(batch)
         if both.any():
-            keys = ("labels", "auc", "top_bottom_decile_ratio")
+            keys = ("labels", "auc", "top_bottom_decile_ratio", "top_bottom_ratio_low", "bottom_decile_positives")
             figures["online_on_batch_examples"] = {
                 k: v for k, v in summarize(probs[both], labels[both]).items() if k in keys
             }

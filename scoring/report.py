@@ -322,8 +322,8 @@ def _headline_sentence(k: dict[str, Any]) -> str:
     ...      "baselines": {"rule": {"auc": 0.688}}, "top_bottom_decile_ratio": 5.8,
     ...      "top_bottom_ratio_low": 0.9, "bottom_decile_positives": 1}
     >>> print(_headline_sentence(k))  # doctest: +NORMALIZE_WHITESPACE
-    The model never took over from the cold-start rule (it was not ready by the end): every score
-    here is the rule's. With 14 outcomes, too few (fewer than 30) for a verdict against a
+    The model never took over from the cold-start rule (too few labels of a class, or it did not
+    beat the rule on trial): every score here is the rule's. With 14 outcomes, too few (fewer than 30) for a verdict against a
     baseline. Its bottom decile holds 1 outcome, too few for a firm top/bottom ratio (5.8×):
     its top decile has the outcome at least 0.9× as often (95% bound), which cannot tell
     whether it passes the 3× rule of thumb for a useful score.
@@ -334,8 +334,8 @@ def _headline_sentence(k: dict[str, Any]) -> str:
     positives, labels = k.get("positives") or 0, k.get("labels") or 0
     few = min(positives, labels - positives) < MIN_VERDICT_OUTCOMES
     if never_served:
-        sentence = ("The model never took over from the cold-start rule (it was not ready by the end): "
-                    "every score here is the rule's.")
+        sentence = ("The model never took over from the cold-start rule (too few labels of a class, or it did "
+                    "not beat the rule on trial): every score here is the rule's.")
         if few:
             sentence += (f" With {positives:,} outcomes, too few (fewer than {MIN_VERDICT_OUTCOMES}) for a "
                          "verdict against a baseline.")
@@ -370,7 +370,9 @@ def _headline_sentence(k: dict[str, Any]) -> str:
     if warm and warm.get("auc") is not None and k.get("labels"):
         share = warm["labels"] / k["labels"]
         sentence += (f" The first {_pct(1 - share, 0)} of examples were scored by the cold-start rule;"
-                     f" on the model's own {_pct(share, 0)} its AUC is {warm['auc']:.3f}.")
+                     f" on the model's own {_pct(share, 0)} its AUC is {warm['auc']:.3f}")
+        rule_there = warm.get("rule_auc")
+        sentence += "." if rule_there is None else f", the rule's on the same examples {rule_there:.3f}."
     return sentence + _ratio_sentence(k)
 
 
@@ -784,26 +786,32 @@ def _model_rows(k: dict[str, Any], prefix: str = "") -> list[list[str]]:
                             {"labels": b.get("labels"), "positives": b.get("positives"), **same}))
     rows = []
     for name, s in entries:
-        ratio = s.get("top_bottom_decile_ratio")
-        flag = ""
-        ceiling = ratio_ceiling(s.get("labels"), s.get("positives"))
-        low, bottom = s.get("top_bottom_ratio_low"), s.get("bottom_decile_positives")
-        loose = ratio is not None and low is not None and bottom is not None and bottom < FEW_BOTTOM_OUTCOMES
-        if loose:  # judged by what a few bottom outcomes allow: its 95% lower bound
-            shown = (f'<span title="point figure {_ratio_text(ratio)}; the bottom decile holds {bottom:,} '
-                     f'outcomes">≥ {_ratio_text(low)}</span>')
-            if low is not None and low >= USEFUL_RATIO:
-                shown = f'<span class="good">{shown}</span>'
-        else:
-            if ratio is not None and (ceiling is None or ceiling >= USEFUL_RATIO):
-                flag = ' class="good"' if ratio >= USEFUL_RATIO else ' class="weak"'
-            shown = f"<span{flag}>{_ratio_text(ratio)}</span>"
         rows.append([
             _e(prefix + name), _num(s.get("labels"), 0), _num(s.get("positives"), 0),
             f"<b>{_num(s.get('auc'))}</b>", _num(s.get("log_loss")),
-            _num(s.get("lift_top_decile"), 2), shown,
+            _num(s.get("lift_top_decile"), 2), _ratio_html(s),
         ])
     return rows
+
+
+def _ratio_html(s: dict[str, Any]) -> str:
+    """A top/bottom decile ratio for a table: its 95% lower bound (marked) when the bottom
+    decile holds too few outcomes, coloured against 3x where 3x is reachable.
+
+    >>> _ratio_html({"top_bottom_decile_ratio": 75.6, "top_bottom_ratio_low": 33.7, "bottom_decile_positives": 2})
+    '<span class="good"><span title="point figure 75.6; the bottom decile holds 2 outcomes">≥ 33.7</span></span>'
+    """
+    ratio = s.get("top_bottom_decile_ratio")
+    low, bottom = s.get("top_bottom_ratio_low"), s.get("bottom_decile_positives")
+    if ratio is not None and low is not None and bottom is not None and bottom < FEW_BOTTOM_OUTCOMES:
+        shown = (f'<span title="point figure {_ratio_text(ratio)}; the bottom decile holds {bottom:,} '
+                 f'outcomes">≥ {_ratio_text(low)}</span>')
+        return f'<span class="good">{shown}</span>' if low >= USEFUL_RATIO else shown
+    flag = ""
+    ceiling = ratio_ceiling(s.get("labels"), s.get("positives"))
+    if ratio is not None and (ceiling is None or ceiling >= USEFUL_RATIO):
+        flag = ' class="good"' if ratio >= USEFUL_RATIO else ' class="weak"'
+    return f"<span{flag}>{_ratio_text(ratio)}</span>"
 
 
 MODEL_HEAD = ("score", "labels", "positives", "AUC", "log loss", "top-decile lift", "top/bottom decile")
@@ -829,7 +837,7 @@ def _overview(page: _Page, rep: dict[str, Any]) -> None:
             f'<a href="#{_e(name)}">{_e(name)}</a>', _num(k.get("labels"), 0), _num(k.get("positives"), 0),
             f"<b>{_num(k.get('auc'))}</b>", _num((base.get("rule") or {}).get("auc")),
             _num(batch.get("auc")), _num(k.get("lift_top_decile"), 2),
-            _num(k.get("top_bottom_decile_ratio"), 1), _e(_headline_sentence(k)),
+            _ratio_html(k), _e(_headline_sentence(k)),
         ])
     page.add(_table(("kind", "labels", "positives", "AUC online", "AUC rule", "AUC batch",
                      "top-decile lift", "top/bottom", "in one sentence"), rows, "headline"))

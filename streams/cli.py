@@ -543,7 +543,8 @@ def _headline(reports: list[dict[str, Any]]) -> str:
                 f"{_f(b['rule']['auc']):>7}{_ratio_cell(k):>9}"
                 f"   {_f(same.get('auc')):>7}{_f(batch.get('auc')):>7}"
             )
-        if any(_ratio_cell(k).startswith(">=") for k in rep["kinds"].values()):
+        if any(_ratio_cell(k).startswith(">=") or ">=" in _moments(k.get("by_moment") or {})
+               for k in rep["kinds"].values()):
             from scoring.metrics import FEW_BOTTOM_OUTCOMES
 
             lines.append(f"  note: >=: the bottom decile holds fewer than {FEW_BOTTOM_OUTCOMES} outcomes, so its "
@@ -560,7 +561,12 @@ def _headline(reports: list[dict[str, Any]]) -> str:
             batch = b.get("batch_weekly", {})
             same = batch.get("online_on_same_examples", {})
             text = ""
-            if on_rule and k["auc"] is not None and b["rule"]["auc"] is not None:
+            sources = k.get("sources") or {}
+            if sources and not sources.get("model"):
+                # Every score the rule's: "online - rule" would compare the rule before and after
+                # its one calibration with itself.
+                text += "the model never served: every score is the cold-start rule's"
+            elif on_rule and k["auc"] is not None and b["rule"]["auc"] is not None:
                 text += f"online - rule {k['auc'] - b['rule']['auc']:+.3f}" + interval_text(on_rule)
             if batch.get("online_minus_batch_ci95") and same.get("auc") is not None and batch.get("auc") is not None:
                 text += ("; " if text else "") + f"online - batch {same['auc'] - batch['auc']:+.3f}" + interval_text(
@@ -776,11 +782,11 @@ def _moments(by_moment: dict[str, Any]) -> str:
         m = by_moment.get(moment)
         if not m:
             continue
-        text = f"{name} {m['labels']:,} labels, AUC {_f(m['auc'])}, top/bot {_f(m['top_bottom_decile_ratio'], 1)}"
+        text = f"{name} {m['labels']:,} labels, AUC {_f(m['auc'])}, top/bot {_ratio_cell(m)}"
         on, ba = m.get("online_on_batch_examples") or {}, m.get("batch_weekly") or {}
         if on.get("auc") is not None and ba.get("auc") is not None:
             text += (f" (online / batch on the same examples {_f(on['auc'])} / {_f(ba['auc'])}, "
-                     f"{_f(on.get('top_bottom_decile_ratio'), 1)} / {_f(ba.get('top_bottom_decile_ratio'), 1)})")
+                     f"{_ratio_cell(on)} / {_ratio_cell(ba)})")
         parts.append(text)
     return "; ".join(parts)
 

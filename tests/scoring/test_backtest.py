@@ -318,9 +318,16 @@ def test_the_command_line_prints_each_kinds_differences_with_their_intervals(
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     for kind in ("purchase_propensity", "campaign_response"):
+        line = next(x for x in printed.splitlines() if x.strip().startswith(f"{kind}: "))
+        assert "online - batch" in line
+        if not report["kinds"][kind]["sources"].get("model"):
+            # every score the rule's: no "online - rule" of the rule against itself
+            assert "the model never served" in line and "online - rule" not in line
+            continue
         lo, hi = report["kinds"][kind]["baselines"]["rule"]["online_minus_rule_ci95"]
-        line = next(x for x in printed.splitlines() if x.strip().startswith(f"{kind}: online - rule"))
-        assert f"(95%: {lo:+.3f} to {hi:+.3f})" in line and "online - batch" in line
+        assert f"online - rule {report['kinds'][kind]['auc'] - report['kinds'][kind]['baselines']['rule']['auc']:+.3f}" in line
+        assert f"(95%: {lo:+.3f} to {hi:+.3f})" in line
+    assert any(k["sources"].get("model") for k in report["kinds"].values())
     # Kinds rescored while customers are idle also get their two populations apart.
     moments = report["kinds"]["purchase_propensity"]["by_moment"]
     line = next(x for x in printed.splitlines() if x.strip().startswith("purchase_propensity by scoring moment"))

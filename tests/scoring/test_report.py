@@ -275,6 +275,10 @@ def test_headline_claims_no_more_than_its_examples_hold() -> None:
     assert "The online model" not in text and "than the rule baseline" not in text
     assert "The rule ranks better than the weekly batch LR" in text
 
+    warming = {**served, "model_only": {"labels": 75_000, "auc": 0.858, "rule_auc": 0.728}}
+    assert ("on the model's own 84% its AUC is 0.858, the rule's on the same examples 0.728."
+            in _headline_sentence(warming))
+
     few = {**served, "labels": 366, "positives": 8}
     text = _headline_sentence(few)
     assert "too few (fewer than 30 of each class) for a verdict" in text and "ranks better" not in text
