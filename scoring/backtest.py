@@ -442,7 +442,7 @@ def _run_backtest(
     gaps: list[tuple[int, int, int]] = []  # (last time before, first time after, events before)
     replayed = same_instant = 0
     instant: int | None = None
-    at_instant: set[str] = set()
+    at_instant: dict[str, str | None] = {}  # customer -> order id of its first event at the instant
     try:
         for ev in _reordered(valid_events(), config.reorder_window_ms, counts):
             ts = ev.ts_ms
@@ -450,12 +450,16 @@ def _run_backtest(
             if last_ts is not None and ts - last_ts >= GAP_NOTE_MS:
                 gaps.append((last_ts, ts, replayed))
             last_ts = ts
+            order = ev.order_id if ev.type == "purchase" else None
             if ts != instant:
-                instant, at_instant = ts, {ev.customer_id}
+                instant, at_instant = ts, {ev.customer_id: order}
             elif ev.customer_id in at_instant:
-                same_instant += 1
+                # One order's purchase and refund (an import splits a part-refunded order) are
+                # one thing at one instant, not two events whose order is unknown.
+                if order is None or at_instant[ev.customer_id] != order:
+                    same_instant += 1
             else:
-                at_instant.add(ev.customer_id)
+                at_instant[ev.customer_id] = order
             replayed += 1
             if batch and ev.ts_ms - batch[0].ts_ms > config.max_batch_span_ms:
                 run(batch)

@@ -589,6 +589,9 @@ def test_report_tells_gaps_and_same_instant_events() -> None:
 
     lines = [line(i, f"c{i % 20}", t0 + (i // 40) * day) for i in range(400)]  # 20 customers, 2 a day each
     lines.insert(6, lines[5])  # a redelivered line is no same-instant event
+    order = {"customer_id": "c7", "ts": t0 + 9 * day + 3_600_000, "type": "purchase", "order_id": "o1", "currency": "EUR"}
+    lines[399:399] = [json.dumps({**order, "event_id": "buy", "amount": 20}),  # an order split by the import:
+                      json.dumps({**order, "event_id": "back", "amount": 5, "status": "refunded"})]  # one thing
     lines.append(line(999, "c1", t0 + 200 * day))  # one line half a year after the rest
     report = run_backtest(lines, BacktestConfig(batch_baseline=False))
     assert report["duplicates"] == 1
