@@ -987,6 +987,51 @@ def _fairness_section(page: _Page, ri: int, kind: str, fair: dict[str, Any]) -> 
     page.add("</div>")
 
 
+def history_notes(rep: dict[str, Any], currencies: bool = True) -> list[str]:
+    """What the history's shape does to the figures: spans without events, same-instant events,
+    and (``currencies``) amounts in several currencies summed as given.
+
+    The command line prints these as notes (its currency note among its first lines), and
+    the page under its data quality.
+
+    >>> rep = {"events": 46_025, "same_instant_events": 9_100, "gaps": [{"from": "2024-06-28T23:00:00.000+00:00",
+    ...        "to": "2024-12-30T09:00:00.000+00:00", "days": 184.4, "events_after": 1}]}
+    >>> for line in history_notes(rep): print(line)  # doctest: +NORMALIZE_WHITESPACE
+    no events from 2024-06-28 to 2024-12-30 (184 days), and 1 event after it: the customers rescored
+      over the gap were all silent, easy negatives that raise AUC and ratios; end the history at 2024-06-28
+      (drop the lines after it) for figures of the business as it ran
+    19.8% of events fall at the very instant of an earlier event of the same customer (times without
+      a time of day?): an outcome at the instant of its score is not counted, as nothing says which came
+      first, so same-day responses and repeat orders go uncounted
+    """
+    notes = []
+    events = rep.get("events") or 0
+    for gap in rep.get("gaps") or ():
+        after = gap["events_after"]
+        text = (f"no events from {gap['from'][:10]} to {gap['to'][:10]} ({gap['days']:.0f} days), and "
+                f"{after:,} event{'' if after == 1 else 's'} after it")
+        if events and after / events < 0.02:
+            text += (": the customers rescored over the gap were all silent, easy negatives that raise AUC and "
+                     f"ratios; end the history at {gap['from'][:10]} (drop the lines after it) for figures of "
+                     "the business as it ran")
+        else:
+            text += (": the customers rescored over the gap had nothing to do, easy negatives that make the "
+                     "figures higher than a continuous history would")
+        notes.append(text)
+    ties = rep.get("same_instant_events") or 0
+    if events and ties / events >= 0.05:
+        notes.append(f"{100 * ties / events:.1f}% of events fall at the very instant of an earlier event of "
+                     "the same customer (times without a time of day?): an outcome at the instant of its score is "
+                     "not counted, as nothing says which came first, so same-day responses and repeat orders go "
+                     "uncounted")
+    held = rep.get("purchase_currencies") or {}
+    if currencies and len(held) > 1:
+        shown = ", ".join(f"{c} {n:,}" for c, n in list(held.items())[:5])
+        notes.append(f"purchases in {len(held)} currencies ({shown}) are summed as given; convert them "
+                     "first (import-transactions --convert-to)")
+    return notes
+
+
 def _operations(page: _Page, ri: int, rep: dict[str, Any]) -> None:
     page.add(f'<section class="ops" id="{"ops" if ri == 0 else f"r{ri}-ops"}"><h3>Alerts and triggers</h3>')
     page.add(f"<p>{_num(rep.get('scores_published'), 0)} scores published, "
@@ -1014,6 +1059,8 @@ def _operations(page: _Page, ri: int, rep: dict[str, Any]) -> None:
         ["dropped by type (--drop-types / --purchases-only)", _num(rep.get("dropped_by_type"), 0)],
     ]
     page.add(_table(("", "count"), rows, "quality"))
+    for note in history_notes(rep):
+        page.add(f'<p class="note" data-note="history">{_e(note)}</p>')
     reasons = rep.get("invalid_reasons") or {}
     if reasons:
         page.add(_table(("invalid because", "lines"),

@@ -642,39 +642,10 @@ def _all_ahead_of_the_clock(rep: dict[str, Any]) -> bool:
 
 
 def _history_notes(rep: dict[str, Any]) -> list[str]:
-    """What the history's shape does to the figures: spans without events, same-instant events.
+    """What the history's shape does to the figures (scoring.report.history_notes), as notes."""
+    from scoring.report import history_notes
 
-    >>> rep = {"events": 46_025, "same_instant_events": 9_100, "gaps": [{"from": "2024-06-28T23:00:00.000+00:00",
-    ...        "to": "2024-12-30T09:00:00.000+00:00", "days": 184.4, "events_after": 1}]}
-    >>> for line in _history_notes(rep): print(line)  # doctest: +NORMALIZE_WHITESPACE
-      note: no events from 2024-06-28 to 2024-12-30 (184 days), and 1 event after it: the customers rescored
-        over the gap were all silent, easy negatives that raise AUC and ratios; end the history at 2024-06-28
-        (drop the lines after it) for figures of the business as it ran
-      note: 19.8% of events fall at the very instant of an earlier event of the same customer (times without
-        a time of day?): an outcome at the instant of its score is not counted, as nothing says which came
-        first, so same-day responses and repeat orders go uncounted
-    """
-    notes = []
-    events = rep.get("events") or 0
-    for gap in rep.get("gaps") or ():
-        after = gap["events_after"]
-        text = (f"  note: no events from {gap['from'][:10]} to {gap['to'][:10]} ({gap['days']:.0f} days), and "
-                f"{after:,} event{'' if after == 1 else 's'} after it")
-        if events and after / events < 0.02:
-            text += (": the customers rescored over the gap were all silent, easy negatives that raise AUC and "
-                     f"ratios; end the history at {gap['from'][:10]} (drop the lines after it) for figures of "
-                     "the business as it ran")
-        else:
-            text += (": the customers rescored over the gap had nothing to do, easy negatives that make the "
-                     "figures higher than a continuous history would")
-        notes.append(text)
-    ties = rep.get("same_instant_events") or 0
-    if events and ties / events >= 0.05:
-        notes.append(f"  note: {100 * ties / events:.1f}% of events fall at the very instant of an earlier event of "
-                     "the same customer (times without a time of day?): an outcome at the instant of its score is "
-                     "not counted, as nothing says which came first, so same-day responses and repeat orders go "
-                     "uncounted")
-    return notes
+    return [f"  note: {note}" for note in history_notes(rep, currencies=False)]
 
 
 def _unlabelled(rep: dict[str, Any]) -> list[str]:
