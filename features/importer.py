@@ -529,11 +529,22 @@ class RowProblem(ValueError):
 
 
 class _NotAPurchase(RowProblem):
-    """A row whose status is neither completed nor refunded; ``value`` is counted, never shown."""
+    """A row whose status is neither completed nor refunded; ``value`` is counted, shown only when
+    it is a status the import knows is no purchase (``failed``, ``void``: mapping it to
+    completed would be wrong, so no --status-map hint either).
+
+    >>> str(_NotAPurchase("failed"))
+    "not a purchase: status 'failed' is no purchase (see unread_statuses in the summary)"
+    >>> str(_NotAPurchase("processing"))[:64]
+    'not a purchase: status is neither completed nor refunded (see un'
+    """
 
     def __init__(self, value: str) -> None:
-        super().__init__("not a purchase: status is neither completed nor refunded (see unread_statuses "
-                         "in the summary; --status-map VALUE=completed reads it)")
+        if value in NOT_PURCHASE_STATUSES:
+            super().__init__(f"not a purchase: status {value!r} is no purchase (see unread_statuses in the summary)")
+        else:
+            super().__init__("not a purchase: status is neither completed nor refunded (see unread_statuses "
+                             "in the summary; --status-map VALUE=completed reads it)")
         self.value = value
 
 

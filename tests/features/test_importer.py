@@ -1041,3 +1041,14 @@ def test_an_id_far_above_any_customer_is_pointed_out_by_its_concentration() -> N
     assert _result_of({**counts, "x9f3": 200}).shared_customer_id().startswith(
         "the customer with the most events holds 30.8% of them (200)")
     assert _result_of({**counts, "x9f3": 40}).shared_customer_id() == ""  # 8%: a big buyer may
+
+
+def test_a_status_known_as_no_purchase_gets_no_hint_to_map_it_to_completed() -> None:
+    """A subscription export's failed and void invoices: skipped as no purchase; an unknown status keeps the hint."""
+    text = "c,t,amt,status\na,2024-01-01,19,paid\na,2024-02-01,19,Failed\nb,2024-02-01,49,void\nb,2024-03-01,49,on hold\n"
+    result = _import(text, ImportConfig(customer="c", time="t", amount="amt", status="status"))
+    reasons = {e.line: e.reason for e in result.errors}
+    assert reasons[3] == "not a purchase: status 'failed' is no purchase (see unread_statuses in the summary)"
+    assert reasons[4] == "not a purchase: status 'void' is no purchase (see unread_statuses in the summary)"
+    assert "--status-map VALUE=completed" in reasons[5]
+    assert result.skipped_by_reason() == {"not a purchase": 3}
