@@ -282,6 +282,7 @@ class ImportResult:
     others: Counter[str] = field(default_factory=Counter)  # action values read as other_actions
     others_as: str = ""  # what they were read as
     unread_statuses: Counter[str] = field(default_factory=Counter)  # status values read as not a purchase
+    customer_column: str = ""  # its name: an id equal to it is a header line repeated in the rows
     amounts: str = ""  # a note when an event log's purchases have no amounts
     date_order: str = "not needed"
     header_line: int = 1  # below a title or comment lines, the line that names the columns
@@ -315,20 +316,29 @@ class ImportResult:
         return dict(self.skipped.most_common())
 
     def shared_customer_id(self) -> str:
-        """A note when one customer id holds at least 5% of the events of 50 or more customers.
+        """A note when one customer id of 50 or more looks shared: a placeholder (``0``, ``-1``,
+        ``unknown``, ``guest-…``, the column's name) holding at least 5% of the events, or any
+        id holding at least 15% of them and 50 times the events of the median customer.
 
         Such an id is usually not a customer: a guest checkout, ``0`` or ``unknown`` for
-        everyone without an account. Its features and labels are then no one's. The id
-        itself is never shown (it may be a person's).
+        everyone without an account. Its features and labels are then no one's. A real
+        large customer (a wholesaler's top account, 6% of the orders, ten times the median
+        account's) is no such id. The id itself is never shown (it may be a person's).
 
         >>> result = ImportResult([orjson.dumps({"customer_id": f"c{i}"}) for i in range(60)])
         >>> result.shared_customer_id()
         ''
         >>> result.encoded += [b'{"customer_id": "c0"}'] * 9
+        >>> result.shared_customer_id()  # 14.5%, ten times the median: a large customer
+        ''
+        >>> result.encoded += [b'{"customer_id": "0"}'] * 8
+        >>> result.shared_customer_id()[:68]
+        'a customer id that looks like a placeholder holds 10.4% of them (8):'
+        >>> result.encoded += [b'{"customer_id": "0"}'] * 3
         >>> result.shared_customer_id()[:58]
-        'the customer with the most events holds 14.5% of them (10)'
+        'the customer with the most events holds 13.8% of them (11)'
         """
-        return _shared_id_note(self._scan()[0])
+        return _shared_id_note(self._scan()[0], self.customer_column)
 
     def one_order_each(self) -> str:
         """A note when no customer of 1,000 or more has a second order (see :class:`RepeatBuyers`).
@@ -378,7 +388,7 @@ class ImportResult:
                if self.others else {}),
             **({"unread_statuses": _vocabulary(self.unread_statuses, "--status")}
                if self.unread_statuses else {}),
-            **({"shared_customer_id": shared} if (shared := _shared_id_note(counts)) else {}),
+            **({"shared_customer_id": shared} if (shared := _shared_id_note(counts, self.customer_column)) else {}),
             **({"customer_ids_are_emails": emails} if (emails := emails_note(counts)) else {}),
             **({"one_order_per_customer": once}
                if (once := one_order_each_note(buyers.buyers, buyers.repeats)) else {}),
@@ -391,17 +401,55 @@ class ImportResult:
         }
 
 
-def _shared_id_note(counts: Counter[str]) -> str:
+def _shared_id_note(counts: Counter[str], column: str = "") -> str:
     """The note of :meth:`ImportResult.shared_customer_id`, from the events per customer ('' for none)."""
     if len(counts) < 50:
         return ""
-    top = counts.most_common(1)[0][1]
-    share = top / sum(counts.values())
-    if share < 0.05:
+    total = sum(counts.values())
+    large = [(cid, n) for cid, n in counts.most_common(20) if n >= 0.05 * total]
+    if not large:
         return ""
-    return (f"the customer with the most events holds {share:.1%} of them ({top:,}): a shared id "
+    median = sorted(counts.values())[len(counts) // 2]
+    # A placeholder-looking id among the large ones (a real account may hold more), else the
+    # largest if far above a real customer's share.
+    shared = [rank for rank, (cid, _) in enumerate(large) if placeholder_id(cid, column)]
+    rank = shared[0] if shared else 0
+    top = large[rank][1]
+    share = top / total
+    if not shared and not (share >= 0.15 and top >= 50 * median):
+        return ""
+    which = "the customer with the most events" if rank == 0 else "a customer id that looks like a placeholder"
+    return (f"{which} holds {share:.1%} of them ({top:,}): a shared id "
             "(guest checkout, 0, 'unknown')? If so, its events are no one customer's: remove its "
             "rows and import again")
+
+
+# Ids everyone without an account gets (the customer of a guest checkout, a test order).
+_PLACEHOLDER_WORDS = frozenset({"guest", "unknown", "anonymous", "anon", "undefined", "null", "none", "nil",
+                                "default", "test", "walkin", "dummy", "noname", "nobody", "unregistered"})
+# A header line repeated in the rows (exports pasted together) names the column as its id.
+_HEADER_IDS = frozenset({"customer", "customerid", "customer_id", "user", "userid", "user_id", "client",
+                         "clientid", "client_id", "account", "accountid", "account_id", "id", "email", "kunde"})
+_EMPTY_LIKE = re.compile(r"[-_.#*?/\\ x0]*|-0*1|n/?a|n\.a\.|\(?not set\)?", re.IGNORECASE)
+
+
+def placeholder_id(customer: str, column: str = "") -> bool:
+    """Whether a customer id looks like one many share: 0, -1, empty-like, ``unknown``,
+    ``guest-0042``, or a header word (the column's own name).
+
+    >>> [placeholder_id(c) for c in ("0", "-1", "000", "N/A", "Guest-0042", "UNKNOWN", "customer_id", "x")]
+    [True, True, True, True, True, True, True, True]
+    >>> [placeholder_id(c) for c in ("ACCT-0001", "17850", "c0", "ann@example.org", "Guesthouse Alpen")]
+    [False, False, False, False, False]
+    >>> placeholder_id("Kundennr", column="Kundennr")
+    True
+    """
+    text = customer.strip().lower()
+    if _EMPTY_LIKE.fullmatch(text) or text in NO_VALUE or text in _HEADER_IDS:
+        return True
+    if column and text == column.strip().lower():
+        return True
+    return any(word in _PLACEHOLDER_WORDS for word in re.split(r"[^a-z]+", text))
 
 
 # Buyers. Below that, no second order can be chance: a month's log of a shop where one buyer
@@ -481,11 +529,22 @@ class RowProblem(ValueError):
 
 
 class _NotAPurchase(RowProblem):
-    """A row whose status is neither completed nor refunded; ``value`` is counted, never shown."""
+    """A row whose status is neither completed nor refunded; ``value`` is counted, shown only when
+    it is a status the import knows is no purchase (``failed``, ``void``: mapping it to
+    completed would be wrong, so no --status-map hint either).
+
+    >>> str(_NotAPurchase("failed"))
+    "not a purchase: status 'failed' is no purchase (see unread_statuses in the summary)"
+    >>> str(_NotAPurchase("processing"))[:64]
+    'not a purchase: status is neither completed nor refunded (see un'
+    """
 
     def __init__(self, value: str) -> None:
-        super().__init__("not a purchase: status is neither completed nor refunded (see unread_statuses "
-                         "in the summary; --status-map VALUE=completed reads it)")
+        if value in NOT_PURCHASE_STATUSES:
+            super().__init__(f"not a purchase: status {value!r} is no purchase (see unread_statuses in the summary)")
+        else:
+            super().__init__("not a purchase: status is neither completed nor refunded (see unread_statuses "
+                             "in the summary; --status-map VALUE=completed reads it)")
         self.value = value
 
 
@@ -1122,7 +1181,7 @@ def import_transactions(
     """
     config.check()
     zone = time_zone(config.timezone)
-    result = ImportResult()
+    result = ImportResult(customer_column=config.customer)
     evidence = _Evidence(config)
     rows: Iterable[tuple[int, dict[str, str]]]
     if callable(lines):

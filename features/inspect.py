@@ -73,6 +73,9 @@ _NAMES: dict[str, tuple[str, ...]] = {
 # PayPal's "Shipping and Handling Amount" says amount): a shop export has several of them.
 _NOT_AN_ORDER_VALUE = ("discount", "rabatt", "remise", "shipping", "versand", "handling", "freight", "postage",
                        "tax", "vat", "mwst", "fee", "tip", "commission", "refund", "balance", "coupon", "weight")
+# Words of a column that sorts customers into a few kinds ("Customer Segment", "Account Type").
+_KINDS = ("segment", "status", "state", "type", "tier", "group", "categor", "class", "level", "region", "country",
+          "channel", "source", "kind", "stage")
 # Three-letter codes a payment tool writes in lower case (Stripe's "usd"); upper case needs no list.
 _LOWER_CURRENCIES = frozenset({
     "usd", "eur", "gbp", "jpy", "cny", "cad", "aud", "nzd", "chf", "sek", "nok", "dkk", "pln", "czk", "huf", "ron",
@@ -293,12 +296,18 @@ def suggest(profiles: list[ColumnProfile]) -> dict[str, str]:
     # Ids: text or whole numbers, not times, with more values than a vocabulary has.
     # (GA4's user_pseudo_id reads as a decimal number, 1234567890.1680700930: named as an id, it is one.)
     # (Ten-digit ids read as epoch seconds: one named as an id is an id, once the time is picked.)
-    ids = [p for p in full if (p.share(p.decimals) < 0.05 or _named(p, "customer") and not _named(p, "amount"))
-           and p.max_len <= 200 and (p.share(p.times) < 0.5 or _id_named(p) and p.name != pick.get("time"))
-           and (p.distinct > 30 or p.distinct > p.filled / 10)]
+    idlike = [p for p in full if (p.share(p.decimals) < 0.05 or _named(p, "customer") and not _named(p, "amount"))
+              and p.max_len <= 200 and (p.share(p.times) < 0.5 or _id_named(p) and p.name != pick.get("time"))]
+    ids = [p for p in idlike if p.distinct > 30 or p.distinct > p.filled / 10]
     # An id named as the customer's before an address (Stripe's Customer ID, then its Customer Email).
+    # A column named as the customer's counts even with few values in the sample (an export sorted
+    # by account: its first rows hold a handful), below one with many; a measure (Qty, UnitPrice)
+    # or a column of status words never does.
     take("customer", ((1.0 + 2 * _named(p, "customer") + _id_named(p) + 0.4 * p.share(p.emails)
-                       - p.distinct / p.filled / 2, p) for p in ids if p.distinct < p.filled
+                       - p.distinct / p.filled / 2 - (p not in ids), p)
+                      for p in idlike if (p in ids or _named(p, "customer") and not _a_kind_of(p.name))
+                      and p.distinct < p.filled
+                      and not _measure(p) and p.share(max(p.statuses, p.actions, p.currencies)) < 0.5
                       and p.share(p.order_marks) < 0.5 and (_named(p, "customer") or not _named(p, "not_customer"))))
     if "customer" not in pick:  # a sample too small for anyone to repeat: the name decides
         take("customer", ((1.0 + _id_named(p), p) for p in ids if _named(p, "customer")))
@@ -328,6 +337,24 @@ def _beside_the_value(name: str) -> bool:
     [True, True, True, False, False]
     """
     return any(word.startswith(_NOT_AN_ORDER_VALUE) for word in name_words(name))
+
+
+def _a_kind_of(name: str) -> bool:
+    """Whether a column's name says it holds a kind of customer, not who (a word of it starts so).
+
+    >>> [_a_kind_of(n) for n in ("Customer Segment", "customer_status", "Account Type", "Account", "Client ID")]
+    [True, True, True, False, False]
+    """
+    return any(word.startswith(_KINDS) for word in name_words(name))
+
+
+def _measure(p: ColumnProfile) -> bool:
+    """Whether a column reads as a quantity, price or amount: named so (and not as the customer's), or
+    numbers with decimals that are not named as the customer's id (GA4's user_pseudo_id is one)."""
+    if _named(p, "customer"):  # "Account" holds "count"
+        return False
+    return (any(_named(p, role) for role in ("quantity", "price", "amount"))
+            or p.share(p.numbers) >= 0.9 and p.share(p.decimals) >= 0.05)
 
 
 def _all_midnight(profiles: list[ColumnProfile], name: str) -> bool:

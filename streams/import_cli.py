@@ -401,17 +401,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     given = args.file
     sample = max(1, args.rows)
     with _table_as_csv(args, limit=sample) as table:
-        rows, headerless = _sample_rows(Path(args.file), sample + 1)  # one more: did the file end?
+        # Rows spread over a file not too large; else one more than the sample: did the file end?
+        total = _spread_total(Path(args.file), sample) if table is None else 0
+        rows, headerless = _sample_rows(Path(args.file), sample if total else sample + 1, total)
     # A copied table (workbook, Parquet, SQLite, --query) holds at most the sample: all of it
     # only when it ended before.
-    whole = len(rows) <= sample if table is None else len(rows) < sample
+    whole = not total and (len(rows) <= sample if table is None else len(rows) < sample)
     rows = rows[:sample]
     if not rows:
         print(f"{given}: no rows under a header", file=sys.stderr)
         return 1
     profiles = profile(rows)
     form = table.form if table is not None else "JSON" if isinstance(rows[0], _Flat) else "CSV"
-    sampled = f"all {len(rows):,} rows read" if whole else f"{len(rows):,} rows read (the first; --rows N for more)"
+    sampled = (f"all {len(rows):,} rows read" if whole else f"{len(rows):,} rows read (the first; --rows N for more)"
+               if not total else f"{len(rows):,} rows read (spread over its {total:,}; --rows N for more)")
     print(f"{given}: {form}, {sampled}, {len(profiles)} columns")
     width = min(max(len(p.name) for p in profiles), 40)
     for p in profiles:
@@ -473,9 +476,52 @@ class _Flat(dict[str, str]):
     """A JSON object flattened to dotted columns, as the imports address them."""
 
 
-def _sample_rows(path: Path, n: int) -> tuple[list[dict[str, str]], bool]:
+# inspect samples rows spread over a file up to these (an export sorted by account holds a
+# handful of accounts in its first rows); a larger one, or a pipe, by its first rows.
+SPREAD_MAX_BYTES = 64 << 20
+SPREAD_MAX_ROWS = 200_000
+
+
+def _spread_total(path: Path, n: int) -> int:
+    """The rows of a file to spread a sample of ``n`` over: 0 where it is read from the top
+    (no more rows than ``n``, a pipe, above :data:`SPREAD_MAX_BYTES` or :data:`SPREAD_MAX_ROWS`)."""
+    try:
+        if not path.is_file() or path.stat().st_size > SPREAD_MAX_BYTES:
+            return 0
+    except OSError:
+        return 0
+    with _table_rows(path) as (rows, _):
+        total = sum(1 for _ in islice(rows, SPREAD_MAX_ROWS + 1))
+    return total if n < total <= SPREAD_MAX_ROWS else 0
+
+
+def _spread(rows: Iterable[dict[str, str]], n: int, total: int) -> list[dict[str, str]]:
+    """``n`` of ``total`` rows, evenly spaced from the first (all of them up to ``n`` when ``total`` is 0).
+
+    >>> [r["i"] for r in _spread(({"i": str(i)} for i in range(10)), 4, 10)]
+    ['0', '3', '5', '8']
+    >>> len(_spread(({"i": str(i)} for i in range(10)), 4, 0))
+    4
+    """
+    if not total:
+        return list(islice(rows, n))
+    return [row for i, row in enumerate(islice(rows, total)) if i * n // total != (i - 1) * n // total]
+
+
+def _sample_rows(path: Path, n: int, total: int = 0) -> tuple[list[dict[str, str]], bool]:
     """Up to ``n`` rows of the table as ``{column: cell}`` (a CSV's under its header, a JSON
     object's flattened), and whether its first line looks like a row, not a header.
+
+    With ``total`` (its rows, :func:`_spread_total`), ``n`` rows spread over them.
+    """
+    with _table_rows(path) as (rows, headerless):
+        return _spread(rows, n, total), headerless
+
+
+@contextmanager
+def _table_rows(path: Path) -> Iterator[tuple[Iterator[dict[str, str]], bool]]:
+    """The table's rows as ``{column: cell}``, read as they are used, and whether its first
+    line looks like a row, not a header (:func:`_sample_rows`).
 
     A file without a header line gets its columns named ``column1``, ``column2``, ...
     """
@@ -498,7 +544,8 @@ def _sample_rows(path: Path, n: int) -> tuple[list[dict[str, str]], bool]:
                 objects: Iterable[Any] = items if isinstance(items, list) else []
             else:
                 objects = (_json_or_none(line) for line in chain([first], text) if line.strip())
-            return [_flatten(obj) for obj in islice((o for o in objects if isinstance(o, dict)), n)], False
+            yield (_flatten(obj) for obj in objects if isinstance(obj, dict)), False
+            return
         # Title or comment lines above the header (an analytics export's "# ----").
         records = (cells for _, cells in table_records(chain([first], text)))
         header = next(records, [])
@@ -506,7 +553,7 @@ def _sample_rows(path: Path, n: int) -> tuple[list[dict[str, str]], bool]:
         names = ([f"column{i + 1}" for i in range(len(header))] if headerless
                  else numbered_names([c.strip() for c in header]))  # as the import numbers them
         rows = chain([header], records) if headerless else records
-        return [dict(zip(names, cells, strict=False)) for cells in islice(rows, n)], headerless
+        yield (dict(zip(names, cells, strict=False)) for cells in rows), headerless
 
 
 def _json_or_none(line: str) -> Any:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from features.events import PurchaseEvent, decode
@@ -1011,3 +1012,43 @@ def test_one_name_in_two_unicode_forms_is_one_customer(tmp_path: Path, capsys, m
     events = [decode(json.dumps({"event_id": f"e{i}", "customer_id": cid, "ts": 1704067200000, "type": "web",
                                  "action": "login"})) for i, cid in enumerate((composed, decomposed))]
     assert events[0].customer_id == events[1].customer_id == composed
+
+
+def _result_of(counts: dict[str, int]) -> ImportResult:
+    return ImportResult([orjson.dumps({"customer_id": cid}) for cid, n in counts.items() for _ in range(n)])
+
+
+def test_a_large_real_account_is_no_shared_id() -> None:
+    """A wholesaler's 146 accounts: the largest holds 6.5% of the orders, ten times the median account's."""
+    rng = random.Random(2)
+    counts = {f"ACCT-{i:04d}": 140 - 4 * i if i < 6 else rng.randint(4, 14) for i in range(146)}
+    result = _result_of(counts)
+    assert 0.05 < 140 / sum(counts.values()) < 0.1
+    assert result.shared_customer_id() == ""
+
+
+@pytest.mark.parametrize("placeholder", ["0", "-1", "unknown", "GUEST", "n/a", "Kundennr", "(not set)"])
+def test_a_placeholder_id_is_pointed_out_though_a_real_account_holds_more(placeholder: str) -> None:
+    counts = {f"ACCT-{i:04d}": 200 if i == 0 else 15 for i in range(146)}
+    result = _result_of({**counts, placeholder: 150})
+    result.customer_column = "Kundennr"
+    assert result.shared_customer_id().startswith(
+        "a customer id that looks like a placeholder holds 5.9% of them (150): a shared id")
+
+
+def test_an_id_far_above_any_customer_is_pointed_out_by_its_concentration() -> None:
+    counts = {f"c{i}": 1 + i % 2 for i in range(300)}
+    assert _result_of({**counts, "x9f3": 200}).shared_customer_id().startswith(
+        "the customer with the most events holds 30.8% of them (200)")
+    assert _result_of({**counts, "x9f3": 40}).shared_customer_id() == ""  # 8%: a big buyer may
+
+
+def test_a_status_known_as_no_purchase_gets_no_hint_to_map_it_to_completed() -> None:
+    """A subscription export's failed and void invoices: skipped as no purchase; an unknown status keeps the hint."""
+    text = "c,t,amt,status\na,2024-01-01,19,paid\na,2024-02-01,19,Failed\nb,2024-02-01,49,void\nb,2024-03-01,49,on hold\n"
+    result = _import(text, ImportConfig(customer="c", time="t", amount="amt", status="status"))
+    reasons = {e.line: e.reason for e in result.errors}
+    assert reasons[3] == "not a purchase: status 'failed' is no purchase (see unread_statuses in the summary)"
+    assert reasons[4] == "not a purchase: status 'void' is no purchase (see unread_statuses in the summary)"
+    assert "--status-map VALUE=completed" in reasons[5]
+    assert result.skipped_by_reason() == {"not a purchase": 3}

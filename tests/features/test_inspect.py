@@ -209,3 +209,25 @@ def test_an_order_lines_table_offers_no_product_or_seller_as_the_customer() -> N
                                       "shipping_limit_date": _when(i, r), "price": f"{r.uniform(5, 200):.2f}"})
     pick = suggest(profile(rows))
     assert "customer" not in pick and pick["order"] == "order_id"
+
+
+def _wholesale(i: int, r: random.Random) -> dict[str, str]:
+    """A B2B export sorted by account: the first rows hold a handful of accounts, each with many lines."""
+    return {"Invoice": f"INV{100_000 + i // 4}", "Date": _when(i // 4, r, "%d.%m.%Y"), "Account": f"ACCT-{1 + i // 400:04d}",
+            "Company": f"Company {i // 400} GmbH", "SKU": f"SKU{r.randint(1, 400):04d}", "Qty": str(r.randint(5, 120)),
+            "UnitPrice": f"{r.uniform(2, 80):.2f}".replace(".", ","), "Region": r.choice(["North", "South", "West"]),
+            "Account Type": "key" if i < 800 else "standard"}  # a kind of account, not which
+
+
+def test_an_export_sorted_by_account_gets_its_account_not_a_measure_as_the_customer() -> None:
+    pick = suggest(profile(_rows(2_000, _wholesale)))  # 5 accounts in the sample
+    assert pick["customer"] == "Account"
+    assert (pick["quantity"], pick["price"]) == ("Qty", "UnitPrice")
+
+
+@pytest.mark.parametrize("measure", ["Qty", "Units", "Count", "Price", "Total", "Amount", "Score"])
+def test_a_measure_is_never_the_customer(measure: str) -> None:
+    """Whole numbers named as a measure, or numbers with decimals, are no customer id (whatever else there is)."""
+    rows = _rows(2_000, lambda i, r: {"Date": _when(i, r), "Label": r.choice(["a", "b"]),
+                                      measure: str(r.randint(1, 500)) if measure != "Score" else f"{r.uniform(0, 9):.2f}"})
+    assert suggest(profile(rows)).get("customer") is None

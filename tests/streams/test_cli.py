@@ -592,7 +592,7 @@ def test_simulate_help_shows_the_size_and_seed_it_writes_by_default(capsys: pyte
 
 @pytest.mark.parametrize(("rows", "sample", "says"), [
     (3, 5_000, "all 3 rows read,"), (5, 5, "all 5 rows read,"),
-    (6, 5, "5 rows read (the first; --rows N for more)"),
+    (6, 5, "5 rows read (spread over its 6; --rows N for more)"),
 ])
 def test_inspect_says_when_it_read_the_whole_file(
     rows: int, sample: int, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -603,6 +603,24 @@ def test_inspect_says_when_it_read_the_whole_file(
     first = capsys.readouterr().out.splitlines()[0]
     assert says in first
     assert ("all " in first) != ("--rows N for more" in first)
+
+
+def test_inspect_samples_rows_spread_over_a_file_sorted_by_account(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streams.import_cli
+
+    src = tmp_path / "lines.csv"  # 60 accounts of 100 lines each: the first 500 rows hold five
+    src.write_text("Account;Date;Qty;UnitPrice\n" + "".join(
+        f"A{i // 100:03d};{1 + i % 28:02d}.0{1 + i % 9}.2023;{1 + i % 50};{i % 70},5{i % 10}\n" for i in range(6_000)))
+    assert main(["inspect", str(src), "--rows", "500"]) == 0
+    out = capsys.readouterr().out
+    assert "500 rows read (spread over its 6,000; --rows N for more)" in out
+    assert "Account    100% filled, 60 distinct" in out and "--customer Account" in out
+    monkeypatch.setattr(streams.import_cli, "SPREAD_MAX_ROWS", 5_000)  # a longer file: its first rows
+    assert main(["inspect", str(src), "--rows", "500"]) == 0
+    out = capsys.readouterr().out
+    assert "500 rows read (the first; --rows N for more)" in out and "Account    100% filled, 5 distinct" in out
 
 
 @pytest.mark.parametrize(("rows", "whole"), [(4, True), (5, False), (9, False)])
