@@ -399,3 +399,17 @@ def test_chart_processes_do_not_run_the_callers_sigterm_handler() -> None:
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert drawn == [(False, "True")] * PARALLEL_MIN_CHARTS
+
+
+def test_the_page_carries_the_history_notes_the_command_line_prints(reports: list[dict[str, Any]],
+                                                                    tmp_path: Path) -> None:
+    """Several currencies and same-instant events were said on the command line only."""
+    rep = copy.deepcopy(reports[0])
+    rep["purchase_currencies"] = {"EUR": 5011, "USD": 2766, "GBP": 1983}
+    rep["same_instant_events"] = rep["events"] // 5
+    rep["gaps"] = [{"from": "2024-02-01T00:00:00.000+00:00", "to": "2024-03-15T00:00:00.000+00:00", "days": 43.0,
+                    "events_after": 10}]
+    text = html.unescape(write_html([rep], tmp_path / "notes.html").read_text())
+    assert "purchases in 3 currencies (EUR 5,011, USD 2,766, GBP 1,983) are summed as given" in text
+    assert "of events fall at the very instant of an earlier event of the same customer" in text
+    assert "no events from 2024-02-01 to 2024-03-15 (43 days)" in text
