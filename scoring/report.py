@@ -843,6 +843,40 @@ def _overview(page: _Page, rep: dict[str, Any]) -> None:
                      "top-decile lift", "top/bottom", "in one sentence"), rows, "headline"))
 
 
+def kind_definition(ks: dict[str, Any]) -> str:
+    """What a learned kind predicts, from its settings in report.json (``config.kind_settings``).
+
+    >>> kind_definition({"type": "learned", "horizon": "60d", "outcome": ["purchase:completed"],
+    ...     "label_on_outcome": 0, "requires_purchase": True, "active_within": "60d",
+    ...     "score_on": ["purchase:completed"], "tick": "14d"})
+    'Predicts: no purchase:completed within 60d of the score (label 1 when none comes). Scored for customers with a purchase, last one within 60d; at purchase:completed and every 14d of silence.'
+    >>> kind_definition({"type": "rule"})
+    ''
+    """
+    if ks.get("type") != "learned" or not ks.get("horizon"):
+        return ""
+    outcome = " or ".join(ks.get("outcome") or ["an outcome"])
+    if ks.get("label_on_outcome", 1):
+        text = f"Predicts: {outcome} within {ks['horizon']} of the score."
+    else:
+        text = f"Predicts: no {outcome} within {ks['horizon']} of the score (label 1 when none comes)."
+    who = []
+    if ks.get("requires_purchase"):
+        who.append("customers with a purchase" + (f", last one within {ks['active_within']}"
+                                                  if ks.get("active_within") else ""))
+    when = []
+    if ks.get("only_on"):
+        when.append("only at " + ", ".join(ks["only_on"]))
+    elif ks.get("score_on"):
+        when.append("at " + ", ".join(ks["score_on"]))
+    if ks.get("tick"):
+        when.append(f"every {ks['tick']} of silence")
+    if who or when:
+        text += " Scored" + (f" for {who[0]}" if who else "") + ("; " if who and when else " ") + " and ".join(when)
+        text = text.rstrip() + "."
+    return text
+
+
 def _kind_section(page: _Page, ri: int, rep: dict[str, Any], kind: str, k: dict[str, Any] | None) -> None:
     page.add(f'<section class="kind" id="{_e(kind) if ri == 0 else f"r{ri}-{_e(kind)}"}" '
              f'data-kind="{_e(kind)}" data-report="{ri}"><h3>{_e(kind)}</h3>')
@@ -857,6 +891,9 @@ def _kind_section(page: _Page, ri: int, rep: dict[str, Any], kind: str, k: dict[
                lambda: _bands_chart(bands))
         page.add("</div></section>")
         return
+    defined = kind_definition((rep.get("config") or {}).get("kind_settings", {}).get(kind) or {})
+    if defined:
+        page.add(f'<p class="definition" data-definition="{_e(kind)}">{_e(defined)}</p>')
     page.add(f'<p class="sentence">{_e(_headline_sentence(k))}</p>')
     page.add(_table(MODEL_HEAD, _model_rows(k), "models"))
     sources = k.get("sources") or {}
@@ -939,13 +976,18 @@ def _bands_caption(rep: dict[str, Any], kind: str) -> str:
 
     >>> _bands_caption({"config": {"kind_settings": {"k": {"bands": {"warm": 15, "hot": 40}}}}}, "k")
     'Share of the scores published each week that fell in each band: cold below 15, warm from 15, hot from 40 (on the 0-100 value, 100 x the probability; bands are thresholds, not rates).'
+    >>> _bands_caption({"config": {"kind_settings": {"r": {"type": "rfm", "bands": {"warm": 40, "hot": 70}}}}}, "r").split("(")[1]
+    'on the 0-100 value, the RFM grades on 0-100; bands are thresholds, not rates).'
     """
     bands = _kind_settings(rep, kind).get("bands") or {}
     if "warm" not in bands or "hot" not in bands:
         return _BANDS_CAPTION
     warm, hot = bands["warm"], bands["hot"]
+    # An RFM value is its three grades on 0-100 ((R + F + M - 3) / 12), no probability.
+    scale = ("the RFM grades on 0-100" if _kind_settings(rep, kind).get("type") == "rfm"
+             else "100 x the probability")
     return (f"Share of the scores published each week that fell in each band: cold below {warm:g}, warm from "
-            f"{warm:g}, hot from {hot:g} (on the 0-100 value, 100 x the probability; bands are thresholds, not rates).")
+            f"{warm:g}, hot from {hot:g} (on the 0-100 value, {scale}; bands are thresholds, not rates).")
 
 
 def _fairness_section(page: _Page, ri: int, kind: str, fair: dict[str, Any]) -> None:
