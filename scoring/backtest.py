@@ -59,6 +59,7 @@ from scoring.metrics import Floats, Labels, auc, auc_difference_ci, calibration,
 from scoring.parallel import ShardedCore
 
 WEEK_MS = 7 * DAY_MS
+MAX_ORDER_GAPS = 1_000_000  # gaps between a customer's orders kept for their quartiles
 # A span this long without any event is reported (report.json's gaps; a note on the command line).
 GAP_NOTE_MS = 30 * DAY_MS
 
@@ -339,6 +340,10 @@ def _run_backtest(
     seen_customers: dict[str, None] = {}  # in order of first event (for customers_out)
     currencies: Counter[str] = Counter()  # purchases by currency: amounts are summed as given
     buyers = RepeatBuyers()  # none repeating usually means an order-level customer column
+    # Time from a customer's order to its next: set against a churn horizon (report.json's
+    # order_gap_days; the first MAX_ORDER_GAPS gaps of the file, which comes in time order).
+    last_order: dict[str, tuple[int, str]] = {}
+    order_gaps: list[int] = []
     examples: dict[str, list[int]] = {}  # full reason -> [count, first line]
     logs: dict[str, _KindLog] = defaultdict(_KindLog)
     baselines: dict[str, BatchBaseline] = {}
@@ -376,6 +381,11 @@ def _run_backtest(
                 currencies[item.currency] += 1
                 if item.status == "completed":
                     buyers.add(item.customer_id, item.order_id)
+                    last = last_order.get(item.customer_id)
+                    if last is None or last[1] != item.order_id:
+                        if last is not None and item.ts_ms > last[0] and len(order_gaps) < MAX_ORDER_GAPS:
+                            order_gaps.append(item.ts_ms - last[0])
+                        last_order[item.customer_id] = (item.ts_ms, item.order_id)
             if config.group_by:
                 value = item.extra(config.group_by)
                 if value is not None:
@@ -513,6 +523,7 @@ def _run_backtest(
         "purchase_currencies": dict(currencies.most_common()),
         "buyers": buyers.buyers,
         "repeat_buyers": buyers.repeats,
+        "order_gap_days": _gap_days(order_gaps),
         **({"customers_out": {"path": str(config.customers_out), "customers": customers_written,
                               "as_of": ms_to_iso(last_ts)}}
            if customers_written is not None and last_ts is not None else {}),
@@ -614,6 +625,19 @@ def write_customer_scores(core: ScoringCore, customer_ids: Sequence[str], as_of_
                     row.update({f"{name}_{f}": sc[f] for f in ("segment", "rfm") if f in sc})
                 writer.writerow(row)
     return len(customer_ids)
+
+
+def _gap_days(gaps: list[int]) -> dict[str, Any] | None:
+    """Quartiles of the days between a customer's consecutive orders (``None`` without any).
+
+    >>> _gap_days([d * DAY_MS for d in (10, 20, 30, 40, 50)])
+    {'gaps': 5, 'p25': 20.0, 'median': 30.0, 'p75': 40.0}
+    """
+    if not gaps:
+        return None
+    p25, median, p75 = np.percentile(np.asarray(gaps, dtype=float) / DAY_MS, [25, 50, 75])
+    return {"gaps": len(gaps), "p25": round(float(p25), 1), "median": round(float(median), 1),
+            "p75": round(float(p75), 1)}
 
 
 def _sheet_safe(text: str) -> str:

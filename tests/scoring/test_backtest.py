@@ -637,3 +637,21 @@ def test_a_customer_silent_past_what_models_learn_from_gets_the_rule(tmp_path: P
     vector = core.engine.vector(core.features.read(["c0"])["c0"], as_of)
     rule = model.calibrate_rule(points_to_probability(rule_points(vector, kind.rule_weights), kind.rule_scale))
     assert float(rows["c0"]["purchase_propensity_probability"]) == round(rule, 6)
+
+
+def test_a_churn_horizon_shorter_than_the_gap_between_orders_is_noted() -> None:
+    """A wholesaler's accounts reorder every 90 days: with a 60-day churn horizon every repeat
+    buyer is labelled churned before it reorders, and nothing said so."""
+    from scoring.report import history_notes
+
+    day = 86_400_000
+    t0 = 1_704_067_200_000
+    lines = [json.dumps({"event_id": f"o{c}-{n}", "customer_id": f"a{c}", "ts": t0 + (c % 30) * day + n * 90 * day,
+                         "type": "purchase", "order_id": f"o{c}-{n}", "amount": 500, "currency": "EUR"})
+             for n in range(4) for c in range(40)]
+    lines.sort(key=lambda line: json.loads(line)["ts"])
+    report = run_backtest(lines, BacktestConfig(batch_baseline=False))
+    assert report["order_gap_days"] == {"gaps": 120, "p25": 90.0, "median": 90.0, "p75": 90.0}
+    notes = [n for n in history_notes(report) if "horizon" in n]
+    assert len(notes) == 1 and notes[0].startswith("half of repeat orders come 90 days or more")
+    assert "churn_risk's 60d horizon" in notes[0]
