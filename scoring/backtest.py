@@ -586,9 +586,10 @@ def write_customer_scores(core: ScoringCore, customer_ids: Sequence[str], as_of_
     does not apply; any other suffix gives JSON Lines, one object per customer.
     Scoring changes nothing (:meth:`ScoringCore.scores_now`).
     """
-    # The days since the customer's last event: why a kind is empty (churn risk past its
-    # window) or the rule's (a learned kind past LONG_SILENT_DAYS: source long_silent).
-    fields = ["customer_id", "as_of", "days_silent"]
+    # The days since the customer's last event and last completed purchase: why a kind is
+    # the rule's (a learned kind past LONG_SILENT_DAYS of silence: source long_silent) or
+    # empty (churn risk once the last purchase is past its window, a refund after it or not).
+    fields = ["customer_id", "as_of", "days_silent", "days_since_purchase"]
     for kind in core.kinds:
         if kind.only_on:
             continue  # scored only at its events (a campaign send): see scores_now
@@ -611,13 +612,14 @@ def write_customer_scores(core: ScoringCore, customer_ids: Sequence[str], as_of_
             for cid in chunk:
                 vector = core.engine.vector(states[cid], as_of_ms)
                 scores = core.scores_now(vector)
-                silent = vector.get("days_since_last_event")
-                days_silent = None if silent is None else round(silent, 1)
+                days = {name: None if v is None else round(v, 1) for name, v in (
+                    ("days_silent", vector.get("days_since_last_event")),
+                    ("days_since_purchase", vector.get("days_since_last_purchase")))}
                 if writer is None:
-                    handle.write(orjson.dumps({"customer_id": cid, "as_of": as_of, "days_silent": days_silent,
+                    handle.write(orjson.dumps({"customer_id": cid, "as_of": as_of, **days,
                                                "scores": scores}).decode() + "\n")
                     continue
-                row: dict[str, Any] = {"customer_id": _sheet_safe(cid), "as_of": as_of, "days_silent": days_silent}
+                row: dict[str, Any] = {"customer_id": _sheet_safe(cid), "as_of": as_of, **days}
                 for name, sc in scores.items():
                     row.update({f"{name}_{f}": sc[f] for f in ("value", "band", "source")})
                     row[f"{name}_probability"] = sc["probability"]

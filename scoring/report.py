@@ -253,9 +253,9 @@ def _moment_rows(moments: dict[str, Any]) -> list[list[str]]:
         on, ba = f.get("online_on_batch_examples") or {}, f.get("batch_weekly") or {}
         rows.append([
             name, _num(f.get("labels"), 0), _num(f.get("positives"), 0), _num(f.get("auc")),
-            _num(f.get("top_bottom_decile_ratio"), 1),
+            _ratio_html(f),
             f"{_num(on.get('auc'))} / {_num(ba.get('auc'))}",
-            f"{_num(on.get('top_bottom_decile_ratio'), 1)} / {_num(ba.get('top_bottom_decile_ratio'), 1)}",
+            f"{_ratio_html(on)} / {_ratio_html(ba)}",
         ])
     return rows
 
@@ -324,10 +324,10 @@ def _headline_sentence(k: dict[str, Any]) -> str:
     ...      "top_bottom_ratio_low": 0.9, "bottom_decile_positives": 1}
     >>> print(_headline_sentence(k))  # doctest: +NORMALIZE_WHITESPACE
     The model never took over from the cold-start rule (too few labels of a class, or it did not
-    beat the rule on trial): every score here is the rule's. With 14 outcomes, too few (fewer than 30) for a verdict against a
-    baseline. Its bottom decile holds 1 outcome, too few for a firm top/bottom ratio (5.8×):
-    its top decile has the outcome at least 0.9× as often (95% bound), which cannot tell
-    whether it passes the 3× rule of thumb for a useful score.
+    beat the rule on trial): every score here is the rule's. With 14 labels with the outcome and
+    352 without, too few (fewer than 30 of each) for a verdict against a baseline. Its bottom
+    decile holds 1 outcome, too few to tell its top/bottom ratio (5.8× as a point figure) from
+    1× at 95%.
     """
     base = k.get("baselines") or {}
     sources = k.get("sources") or {}
@@ -338,8 +338,7 @@ def _headline_sentence(k: dict[str, Any]) -> str:
         sentence = ("The model never took over from the cold-start rule (too few labels of a class, or it did "
                     "not beat the rule on trial): every score here is the rule's.")
         if few:
-            sentence += (f" With {positives:,} outcomes, too few (fewer than {MIN_VERDICT_OUTCOMES}) for a "
-                         "verdict against a baseline.")
+            sentence += f" {_too_few(positives, labels)}"
         elif (batch := base.get("batch_weekly")) is not None:
             same = batch.get("online_on_same_examples") or {}
             sentence += " The rule " + versus_sentence(same.get("auc"), batch.get("auc"), "the weekly batch LR",
@@ -347,9 +346,7 @@ def _headline_sentence(k: dict[str, Any]) -> str:
                                                        ci=batch.get("online_minus_batch_ci95")) + "."
         return sentence + _ratio_sentence(k)
     if few:
-        sentence = (f"With {positives:,} outcomes in {labels:,} labels, too few (fewer than "
-                    f"{MIN_VERDICT_OUTCOMES} of each class) for a verdict against a baseline.")
-        return sentence + _ratio_sentence(k)
+        return _too_few(positives, labels) + _ratio_sentence(k)
     parts = []
     rule = base.get("rule")
     if rule is not None:
@@ -377,13 +374,28 @@ def _headline_sentence(k: dict[str, Any]) -> str:
     return sentence + _ratio_sentence(k)
 
 
+def _too_few(positives: int, labels: int) -> str:
+    """Why the headline gives no verdict: the smaller class, named.
+
+    >>> _too_few(32, 38)
+    'With 32 labels with the outcome and 6 without, too few (fewer than 30 of each) for a verdict against a baseline.'
+    """
+    return (f"With {positives:,} labels with the outcome and {labels - positives:,} without, too few (fewer than "
+            f"{MIN_VERDICT_OUTCOMES} of each) for a verdict against a baseline.")
+
+
 def _ratio_sentence(k: dict[str, Any]) -> str:
     sentence = ""
     ratio = k.get("top_bottom_decile_ratio")
     low, bottom = k.get("top_bottom_ratio_low"), k.get("bottom_decile_positives")
     if ratio is not None:
         ceiling = ratio_ceiling(k.get("labels"), k.get("positives"))
-        if bottom is not None and bottom < FEW_BOTTOM_OUTCOMES and low is not None:
+        if bottom is not None and bottom < FEW_BOTTOM_OUTCOMES and low is not None and low < 1.0:
+            sentence += (
+                f" Its bottom decile holds {bottom:,} outcome{'' if bottom == 1 else 's'}, too few to tell its "
+                f"top/bottom ratio ({_ratio_text(ratio)}× as a point figure) from 1× at 95%"
+            )
+        elif bottom is not None and bottom < FEW_BOTTOM_OUTCOMES and low is not None:
             # The bottom decile's rate is the ratio's denominator: a few outcomes (or none, half
             # a case) make the point figure say more than the examples do.
             judged = ("above" if low >= USEFUL_RATIO else "below" if ratio < USEFUL_RATIO else None)
@@ -805,6 +817,9 @@ def _ratio_html(s: dict[str, Any]) -> str:
     ratio = s.get("top_bottom_decile_ratio")
     low, bottom = s.get("top_bottom_ratio_low"), s.get("bottom_decile_positives")
     if ratio is not None and low is not None and bottom is not None and bottom < FEW_BOTTOM_OUTCOMES:
+        if low < 1.0:  # not even "better than flat" at 95%: a bound that says nothing
+            return (f'<span title="point figure {_ratio_text(ratio)}; the bottom decile holds {bottom:,} '
+                    'outcomes, too few to bound the ratio above 1">?</span>')
         shown = (f'<span title="point figure {_ratio_text(ratio)}; the bottom decile holds {bottom:,} '
                  f'outcomes">≥ {_ratio_text(low)}</span>')
         return f'<span class="good">{shown}</span>' if low >= USEFUL_RATIO else shown

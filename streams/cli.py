@@ -274,12 +274,14 @@ def _ratio_cell(k: Mapping[str, Any]) -> str:
     '>=2.4'
     >>> _ratio_cell({"top_bottom_decile_ratio": 8.04, "top_bottom_ratio_low": 6.1, "bottom_decile_positives": 40})
     '8.0'
+    >>> _ratio_cell({"top_bottom_decile_ratio": 5.8, "top_bottom_ratio_low": 0.4, "bottom_decile_positives": 1})
+    '?'
     """
     from scoring.metrics import FEW_BOTTOM_OUTCOMES
 
     low, bottom = k.get("top_bottom_ratio_low"), k.get("bottom_decile_positives")
     if low is not None and bottom is not None and bottom < FEW_BOTTOM_OUTCOMES:
-        return f">={low:.1f}"
+        return f">={low:.1f}" if low >= 1.0 else "?"
     return _f(k.get("top_bottom_decile_ratio"), 1)
 
 
@@ -543,12 +545,13 @@ def _headline(reports: list[dict[str, Any]]) -> str:
                 f"{_f(b['rule']['auc']):>7}{_ratio_cell(k):>9}"
                 f"   {_f(same.get('auc')):>7}{_f(batch.get('auc')):>7}"
             )
-        if any(_ratio_cell(k).startswith(">=") or ">=" in _moments(k.get("by_moment") or {})
-               for k in rep["kinds"].values()):
+        if any(_ratio_cell(k)[:1] in (">", "?") or ">=" in (m := _moments(k.get("by_moment") or {}))
+               or "top/bot ?" in m or " ?" in m for k in rep["kinds"].values()):
             from scoring.metrics import FEW_BOTTOM_OUTCOMES
 
             lines.append(f"  note: >=: the bottom decile holds fewer than {FEW_BOTTOM_OUTCOMES} outcomes, so its "
-                         "top/bot is the ratio's 95% lower bound (the point figure is in report.json)")
+                         "top/bot is the ratio's 95% lower bound; ?: too few to bound it above 1 (the point "
+                         "figures are in report.json)")
         for kind, k in rep["kinds"].items():
             if k["auc"] is None:  # a "-" in the table says nothing of why
                 lines.append(f"  {kind}: no AUC: {k['labels']:,} labels, {k['positives']:,} positive; it needs "

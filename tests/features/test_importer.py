@@ -579,7 +579,7 @@ def test_cli_converts_currencies_and_then_backtest_scores_each_customer(
     report = json.loads((tmp_path / "bt" / "report.json").read_text())
     assert report["purchase_currencies"] == {"EUR": 120}
     lines = customers.read_text().splitlines()
-    assert lines[0].startswith("customer_id,as_of,days_silent,purchase_propensity_value") and len(lines) == 41
+    assert lines[0].startswith("customer_id,as_of,days_silent,days_since_purchase,purchase_propensity_value") and len(lines) == 41
 
 
 SHOPIFY = """

@@ -628,6 +628,7 @@ def test_a_customer_silent_past_what_models_learn_from_gets_the_rule(tmp_path: P
     write_customer_scores(core, ["c0", "c1", "c2"], as_of, out)
     rows = {r["customer_id"]: r for r in csv.DictReader(out.open())}
     assert [float(rows[c]["days_silent"]) for c in ("c0", "c1", "c2")] == [601.0, 301.0, 1.0]
+    assert rows["c0"]["days_since_purchase"] == rows["c0"]["days_silent"]  # its last event was its purchase
     assert float(rows["c1"]["days_silent"]) > LONG_SILENT_DAYS
     assert [rows[c]["purchase_propensity_source"] for c in ("c0", "c1", "c2")] == ["long_silent"] * 2 + ["model"]
     # The cold-start rule's probability, as it serves before the model is ready.

@@ -281,7 +281,15 @@ def test_headline_claims_no_more_than_its_examples_hold() -> None:
 
     few = {**served, "labels": 366, "positives": 8}
     text = _headline_sentence(few)
-    assert "too few (fewer than 30 of each class) for a verdict" in text and "ranks better" not in text
+    assert "With 8 labels with the outcome and 358 without, too few (fewer than 30 of each) for a verdict" in text
+    assert "ranks better" not in text
+    # The smaller class may be the labels without the outcome: it is the one named.
+    assert "With 32 labels with the outcome and 6 without" in _headline_sentence({**served, "labels": 38,
+                                                                                   "positives": 32})
+    # A bound below 1x says nothing: no "at least 0.2x" as if it were a figure.
+    flat = {**served, "top_bottom_ratio_low": 0.2, "bottom_decile_positives": 2}
+    assert "too few to tell its top/bottom ratio (1,245.9× as a point figure) from 1× at 95%" in (
+        _headline_sentence(flat)) and "at least 0.2" not in _headline_sentence(flat)
 
 
 def test_change_sentence_verdict_follows_its_interval() -> None:
