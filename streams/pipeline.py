@@ -85,7 +85,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
-from features.events import MAX_EVENT_BYTES, AnyEvent, EventError, decode
+from features.events import MAX_EVENT_BYTES, AnyEvent, EventError, decode, id_text
 from scoring.core import Labelled, ModelRegistry, Outputs, ScoringCore
 from scoring.state import ModelStore
 from streams.settings import Topics
@@ -174,6 +174,26 @@ class BatchOutput:
     # Kafka timestamps (ms) of the events that caused a published score: event-to-score latency.
     score_event_ts_ms: list[int] = field(default_factory=list)
     shards: list[str] = field(default_factory=list)
+
+
+def _key_is(key: bytes | None, customer_id: str) -> bool:
+    """Whether a message's key names the event's customer, the key read as ids are: a
+    decomposed "Zoë" keyed as the producer had it is the customer the event (read composed,
+    features.events.id_text) names.
+
+    >>> _key_is(b"c1", "c1"), _key_is("Zoe\u0308".encode(), "Zo\u00eb"), _key_is(b"c2", "c1"), _key_is(None, "c1")
+    (True, True, False, False)
+    """
+    if key is None:
+        return False
+    if key == customer_id.encode():
+        return True
+    if customer_id.isascii():  # NFC changes no ASCII id: another key is another customer
+        return False
+    try:
+        return id_text(key.decode()) == customer_id
+    except UnicodeDecodeError:
+        return False
 
 
 def dead_letter(
@@ -414,7 +434,7 @@ class Pipeline:
                 counts["invalid"] += 1
                 dead.append(dead_letter(msg, ev.reason, dlq, source=self.source))
                 continue
-            if self.require_key_match and msg.key != ev.customer_id.encode():
+            if self.require_key_match and not _key_is(msg.key, ev.customer_id):
                 counts["invalid"] += 1
                 counts["key_mismatch"] += 1
                 reason = "message key is not the event's customer_id (input topics must be keyed by customer)"

@@ -147,6 +147,17 @@ def test_key_must_be_the_customer_id_unless_disabled() -> None:
     assert lax.process([msg(purchase("e1"), key=None)]).counts["applied"] == 1
 
 
+def test_a_key_matches_its_id_in_either_unicode_form() -> None:
+    """Ids are read in composed form (NFC); a producer keys by the id as it has it, perhaps
+    decomposed: its key is still the customer's. Another name is still no match."""
+    strict = Pipeline(ScoringCore.in_memory(learn_inline=False))
+    decomposed = "Zoe\u0308"
+    out = strict.process([msg(purchase("e1", cid=decomposed), key=decomposed.encode()),
+                          msg(purchase("e2", cid="Zo\u00eb"), key=decomposed.encode()),
+                          msg(purchase("e3", cid=decomposed), key=b"Zoe")])
+    assert out.counts["applied"] == 2 and out.counts["key_mismatch"] == 1
+
+
 def test_score_records_are_keyed_json_with_the_documented_fields(pipe: Pipeline) -> None:
     batch = pipe.process([msg(web("e0"), topic=T.web, ts=1), msg(purchase("e1"), ts=2)])
     scores = [r for r in batch.records if r.topic == T.scores]
