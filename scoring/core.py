@@ -47,6 +47,7 @@ from features.events import (
     WebEvent,
     action_of,
     event_field,
+    id_text,
     ms_to_iso,
 )
 from features.spec import DAY_MS, DEFAULT_SENSITIVE, Catalog
@@ -267,10 +268,11 @@ _EVENT_TYPES = (WebEvent, PurchaseEvent, CampaignEvent)
 
 
 def _customer_key(customer_id: str | int) -> str:
-    # As the event contract reads an id (features.events: integers as text, spaces trimmed).
+    # As the event contract reads an id (features.events.id_text: integers as text, composed
+    # Unicode; then spaces trimmed, as the event models do).
     if isinstance(customer_id, bool) or not isinstance(customer_id, str | int):
         raise TypeError(f"a customer id is text or a whole number, not {type(customer_id).__name__}")
-    return str(customer_id).strip()
+    return str(id_text(customer_id)).strip()
 
 
 def _overlapping(batches: Sequence[ShardBatch]) -> bool:
@@ -894,7 +896,8 @@ class ScoringCore:
     def current(self, customer_id: str | int) -> dict[str, Any]:
         """A customer's last published scores (for the HTTP API).
 
-        The id is read as events read it: ``42`` and ``" 42 "`` are customer ``"42"``.
+        The id is read as events read it (features.events.id_text, spaces trimmed): ``42`` and
+        ``" 42 "`` are customer ``"42"``, a decomposed "Zoë" the composed one.
         """
         customer_id = _customer_key(customer_id)
         rec = self.state.load([customer_id])[customer_id]

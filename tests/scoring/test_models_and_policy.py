@@ -274,6 +274,13 @@ def test_the_python_api_says_what_it_takes() -> None:
     assert core.current(42) == core.current(" 42 ") == core.current("42") != {}
     core.erase(42)  # the id as the event gave it
     assert core.current("42") == {}
+    # An id in either Unicode form is the one the events stored (composed).
+    zoe = decode('{"event_id":2,"customer_id":"Zo\u00eb","ts":1709287200,"type":"purchase","order_id":"o2",'
+                 '"amount":80,"currency":"eur"}')
+    core.process([zoe])
+    assert core.current("Zoe\u0308") == core.current("Zo\u00eb") != {}
+    core.erase("Zoe\u0308")
+    assert core.current("Zo\u00eb") == {}
     with pytest.raises(TypeError, match="not one string"):
         run_backtest("history.jsonl", BacktestConfig())
 
