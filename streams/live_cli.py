@@ -366,11 +366,6 @@ def replay_lines(
     return stats
 
 
-# A dead letter too large to send keeps this much of the line (the header gives its number),
-# as the worker does with a dead letter too large for its producer.
-DLQ_TRUNCATE_BYTES = 64 * 1024  # streams.pipeline.DLQ_TRUNCATE_BYTES
-
-
 def _dead_letter(producer: Any, dlq: str, line: bytes, reason: str, number: int) -> None:
     """Send a line to the DLQ with the worker's headers; a line too large for a record, truncated."""
     from kafka.errors import MessageSizeTooLargeError
@@ -386,10 +381,12 @@ def _dead_letter(producer: Any, dlq: str, line: bytes, reason: str, number: int)
         producer.send(dlq, value=line, headers=headers)
     except MessageSizeTooLargeError:
         headers.append(("leadpulse.replay.truncated_from", str(len(line)).encode()))
-        # The worker's headers too: leadpulse.truncated_from and leadpulse.sha256 of the whole line.
+        # Cut as the worker cuts a dead letter too large for its producer (its first
+        # streams.pipeline.DLQ_TRUNCATE_BYTES), with its headers leadpulse.truncated_from and
+        # leadpulse.sha256 of the whole line.
         from streams.pipeline import OutRecord, truncated
 
-        cut = truncated(OutRecord(dlq, None, line, tuple(headers)), DLQ_TRUNCATE_BYTES)
+        cut = truncated(OutRecord(dlq, None, line, tuple(headers)))
         producer.send(dlq, value=cut.value, headers=list(cut.headers))
 
 

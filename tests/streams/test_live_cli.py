@@ -84,7 +84,8 @@ def test_replay_dead_letters_a_line_too_large_for_a_record_and_sends_the_rest(
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
     from kafka.admin import NewTopic
 
-    from streams.live_cli import DLQ_TRUNCATE_BYTES, make_producer, replay_lines
+    from streams.live_cli import make_producer, replay_lines
+    from streams.pipeline import DLQ_TRUNCATE_BYTES
     from streams.settings import Settings, Topics
 
     topics = Topics(web=f"{unique_topic}.web", dlq=f"{unique_topic}.dlq")
