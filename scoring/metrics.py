@@ -12,7 +12,8 @@ labels, so anyone can recompute a report's figures from ``--scores-out``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -123,6 +124,20 @@ def decile_rates(probs: Floats, labels: Labels, bins: int = 10) -> list[float]:
 # Below this many outcomes in the bottom decile its rate, the ratio's denominator, is loose:
 # reports quote the ratio's lower bound (``top_bottom_ratio_low``) and judge by it.
 FEW_BOTTOM_OUTCOMES = 10
+
+
+def loose_ratio_bound(figures: Mapping[str, Any]) -> float | None:
+    """The figure to quote for a summary's top/bottom ratio when its bottom decile holds fewer
+    than ``FEW_BOTTOM_OUTCOMES`` outcomes: the ratio's 95% lower bound (``None``: the point
+    figure stands). Reports mark it (``>=``), and a bound below 1 tells nothing (``?``).
+
+    >>> loose_ratio_bound({"top_bottom_ratio_low": 2.4, "bottom_decile_positives": 0})
+    2.4
+    >>> loose_ratio_bound({"top_bottom_ratio_low": 6.1, "bottom_decile_positives": 40}) is None
+    True
+    """
+    low, bottom = figures.get("top_bottom_ratio_low"), figures.get("bottom_decile_positives")
+    return low if low is not None and bottom is not None and bottom < FEW_BOTTOM_OUTCOMES else None
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -47,7 +47,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from features.spec import parse_duration_ms
-from scoring.metrics import FEW_BOTTOM_OUTCOMES, USEFUL_RATIO, ratio_ceiling
+from scoring.metrics import USEFUL_RATIO, loose_ratio_bound, ratio_ceiling
 
 __all__ = ["chart_ids", "compare_sentence", "versus_sentence", "write_html"]
 
@@ -387,15 +387,15 @@ def _too_few(positives: int, labels: int) -> str:
 def _ratio_sentence(k: dict[str, Any]) -> str:
     sentence = ""
     ratio = k.get("top_bottom_decile_ratio")
-    low, bottom = k.get("top_bottom_ratio_low"), k.get("bottom_decile_positives")
+    low, bottom = loose_ratio_bound(k), k.get("bottom_decile_positives")
     if ratio is not None:
         ceiling = ratio_ceiling(k.get("labels"), k.get("positives"))
-        if bottom is not None and bottom < FEW_BOTTOM_OUTCOMES and low is not None and low < 1.0:
+        if low is not None and low < 1.0:
             sentence += (
                 f" Its bottom decile holds {bottom:,} outcome{'' if bottom == 1 else 's'}, too few to tell its "
                 f"top/bottom ratio ({_ratio_text(ratio)}× as a point figure) from 1× at 95%"
             )
-        elif bottom is not None and bottom < FEW_BOTTOM_OUTCOMES and low is not None:
+        elif low is not None:
             # The bottom decile's rate is the ratio's denominator: a few outcomes (or none, half
             # a case) make the point figure say more than the examples do.
             judged = ("above" if low >= USEFUL_RATIO else "below" if ratio < USEFUL_RATIO else None)
@@ -815,8 +815,8 @@ def _ratio_html(s: dict[str, Any]) -> str:
     '<span class="good"><span title="point figure 75.6; the bottom decile holds 2 outcomes">≥ 33.7</span></span>'
     """
     ratio = s.get("top_bottom_decile_ratio")
-    low, bottom = s.get("top_bottom_ratio_low"), s.get("bottom_decile_positives")
-    if ratio is not None and low is not None and bottom is not None and bottom < FEW_BOTTOM_OUTCOMES:
+    low, bottom = loose_ratio_bound(s), s.get("bottom_decile_positives")
+    if ratio is not None and low is not None:
         if low < 1.0:  # not even "better than flat" at 95%: a bound that says nothing
             return (f'<span title="point figure {_ratio_text(ratio)}; the bottom decile holds {bottom:,} '
                     'outcomes, too few to bound the ratio above 1">?</span>')

@@ -277,10 +277,10 @@ def _ratio_cell(k: Mapping[str, Any]) -> str:
     >>> _ratio_cell({"top_bottom_decile_ratio": 5.8, "top_bottom_ratio_low": 0.4, "bottom_decile_positives": 1})
     '?'
     """
-    from scoring.metrics import FEW_BOTTOM_OUTCOMES
+    from scoring.metrics import loose_ratio_bound
 
-    low, bottom = k.get("top_bottom_ratio_low"), k.get("bottom_decile_positives")
-    if low is not None and bottom is not None and bottom < FEW_BOTTOM_OUTCOMES:
+    low = loose_ratio_bound(k)
+    if low is not None:
         return f">={low:.1f}" if low >= 1.0 else "?"
     return _f(k.get("top_bottom_decile_ratio"), 1)
 
