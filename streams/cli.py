@@ -285,6 +285,21 @@ def _ratio_cell(k: Mapping[str, Any]) -> str:
     return _f(k.get("top_bottom_decile_ratio"), 1)
 
 
+def _has_loose_ratio(k: Mapping[str, Any]) -> bool:
+    """Whether a kind's line or its lines by scoring moment quote a ratio's bound (or ``?``).
+
+    >>> _has_loose_ratio({"by_moment": {"idle": {"batch_weekly": {"top_bottom_ratio_low": 0.3,
+    ...                                                            "bottom_decile_positives": 2}}}})
+    True
+    """
+    from scoring.metrics import loose_ratio_bound
+
+    moments = (k.get("by_moment") or {}).values()
+    figures = [k, *moments, *(m.get(part) or {} for m in moments
+                              for part in ("online_on_batch_examples", "batch_weekly"))]
+    return any(loose_ratio_bound(f) is not None for f in figures)
+
+
 def _plain(obj: Any) -> dict[str, Any]:
     import dataclasses
 
@@ -545,8 +560,7 @@ def _headline(reports: list[dict[str, Any]]) -> str:
                 f"{_f(b['rule']['auc']):>7}{_ratio_cell(k):>9}"
                 f"   {_f(same.get('auc')):>7}{_f(batch.get('auc')):>7}"
             )
-        if any(_ratio_cell(k)[:1] in (">", "?") or ">=" in (m := _moments(k.get("by_moment") or {}))
-               or "top/bot ?" in m or " ?" in m for k in rep["kinds"].values()):
+        if any(_has_loose_ratio(k) for k in rep["kinds"].values()):
             from scoring.metrics import FEW_BOTTOM_OUTCOMES
 
             lines.append(f"  note: >=: the bottom decile holds fewer than {FEW_BOTTOM_OUTCOMES} outcomes, so its "
