@@ -354,6 +354,9 @@ class LiveWorker:
         # ensure_topics() reached it just before the worker was built.
         self.broker_answered_at = self.started_monotonic
         self.broker_answered_wall = self.started
+        # When the current run of unanswered requests began (None while the last was answered):
+        # silence alone is no evidence, a stalled event loop asks nothing.
+        self.broker_failing_since: float | None = None
         # Redis's epoch (see check_redis_epoch): the one this worker knows, and when it last
         # found Redis emptied (wall time).
         self.redis_epoch: bytes | None = None
@@ -1072,6 +1075,7 @@ class LiveWorker:
         (a few bytes), on the producer's client, to each known broker in turn until one answers.
         """
         while True:
+            asked = time.monotonic()
             try:
                 answered = await asyncio.wait_for(self.probe_broker(), timeout=self.broker_probe_s)
             except asyncio.CancelledError:
@@ -1080,6 +1084,8 @@ class LiveWorker:
                 answered = False
             if answered:
                 self.broker_answered()
+            else:
+                self.broker_unanswered(asked)
             await asyncio.sleep(self.broker_probe_s)
 
     async def probe_broker(self) -> bool:
@@ -1101,11 +1107,35 @@ class LiveWorker:
     def broker_answered(self) -> None:
         self.broker_answered_at = time.monotonic()
         self.broker_answered_wall = time.time()
+        self.broker_failing_since = None
+
+    def broker_unanswered(self, asked: float) -> None:
+        """Note a request (sent at monotonic ``asked``) that no broker answered."""
+        if self.broker_failing_since is None:
+            self.broker_failing_since = asked
 
     def broker_unreachable(self) -> str | None:
-        """``None`` while a broker answered within ``broker_unreachable_s``, else since when none has."""
-        silent = time.monotonic() - self.broker_answered_at
-        if silent <= self.settings.broker_unreachable_s:
+        """``None`` unless no broker answered for ``broker_unreachable_s`` and the requests have
+        gone unanswered for at least half of that; then since when none has.
+
+        The second condition is why a worker whose event loop stalled (a loaded host, a long
+        collection) is not called cut off: it sent nothing meanwhile, and its next request is
+        answered. One unanswered request is not enough either: it waits a quarter of the threshold.
+
+        >>> w = LiveWorker(Settings(app_id="doc", broker_unreachable_s=8), bare=True)
+        >>> w.broker_answered_at -= 60   # a minute of silence, but nothing asked and unanswered
+        >>> w.broker_unreachable() is None
+        True
+        >>> w.broker_unanswered(time.monotonic() - 5)   # unanswered for 5 s (more than 8 / 2)
+        >>> w.broker_unreachable().startswith("broker unreachable since")
+        True
+        """
+        if self.broker_failing_since is None:
+            return None
+        now = time.monotonic()
+        silent = now - self.broker_answered_at
+        threshold = self.settings.broker_unreachable_s
+        if silent <= threshold or now - self.broker_failing_since < threshold / 2:
             return None
         return f"broker unreachable since {_utc(self.broker_answered_wall)} (no answer for {silent:.0f}s)"
 

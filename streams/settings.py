@@ -113,8 +113,9 @@ class Settings(BaseSettings):
     )
     broker_unreachable_s: float = Field(
         20.0, ge=2, le=3600, description="/health says degraded and /ready not ready once no "
-        "broker has answered the worker for this long (it asks for metadata every quarter of "
-        "this, at most every 5 s, so an idle broker counts as answering)",
+        "broker has answered the worker for this long and its requests have gone unanswered for "
+        "half of it (it asks for metadata every quarter of this, at most every 5 s, so an idle "
+        "broker counts as answering and a stalled worker does not count as cut off)",
     )
     # Live pipeline (streams/app.py)
     require_key_match: bool = Field(

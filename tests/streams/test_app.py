@@ -433,10 +433,18 @@ def test_the_broker_counts_as_unreachable_only_after_the_threshold_and_an_answer
     assert worker.broker_probe_s == 2.0
     assert LiveWorker(Settings(app_id="broker-probe-default"), bare=True).broker_probe_s == 5.0
     assert worker.broker_unreachable() is None  # from start (ensure_topics reached it)
+    # Before: silence alone counted, so an event loop stalled past the threshold (CI, a loaded
+    # host) showed a live broker as unreachable. Nothing asked, nothing unanswered: ok.
+    worker.broker_answered_at -= 30
+    assert worker.broker_unreachable() is None
+    worker.broker_answered()
+    worker.broker_unanswered(time.monotonic())  # one unanswered request, just now: not enough
     worker.broker_answered_at -= 7.5  # silent, but within the threshold: an idle broker between probes
     assert worker.broker_unreachable() is None
     worker.broker_answered_at -= 1.7
     worker.broker_answered_wall = 0.0
+    assert worker.broker_unreachable() is None  # over the threshold, but unanswered for under half of it
+    worker.broker_failing_since -= 4.0
     assert worker.broker_unreachable() == "broker unreachable since 1970-01-01T00:00:00Z (no answer for 9s)"
     body, status = worker.readiness()
     assert status == 503 and "broker" in body["waiting_for"] and body["error"].startswith("broker unreachable")
