@@ -29,6 +29,14 @@ Rules, chosen for what real exports look like:
   order's completed lines (``event_id`` differs). ``refunds="skip"`` skips
   them instead (reason ``refund skipped``). Rows whose status says the
   purchase did not happen (pending, failed, ...) are skipped.
+- **Refunded orders.** A row whose status says refunded, returned or charged back
+  (not cancelled: a cancelled order may never have been paid), with no negative
+  amount, is the order itself, bought and later refunded: it gives the purchase
+  at the order's time and its refund, at ``refund_time``'s cell when given and
+  not blank, else at the same instant (backtest counts one order's purchase and
+  refund at one instant as one thing). Where the same order also has completed
+  rows (a ledger that writes the refund on a row of its own), the row is only
+  that order's refund.
 - **Time.** ISO 8601 dates and date-times, with or without an offset
   (``2011-12-09``, ``2011-12-09 12:50:00``, ``2011-12-09T12:50:00+01:00``);
   epoch seconds (9-10 digits), milliseconds (12-13), microseconds (15-16: GA4's
@@ -117,6 +125,7 @@ from features.events import (
     id_text,
     ms_to_iso,
 )
+from features.spec import DAY_MS
 
 # A field longer than csv's default 128 KiB (a JSON blob or an HTML description in an
 # export) is read, not an error that stops the import.
@@ -165,6 +174,8 @@ class ImportConfig:
     product: str | None = None
     category: str | None = None
     extra: tuple[str, ...] = ()  # columns carried on events as extra fields (segment, region)
+    # When a refunded order was refunded (a refund date, an updated-at column): its refund's time.
+    refund_time: str | None = None
     time_format: str | None = None  # strptime format, "epoch_s" / "_ms" / "_us" / "_ns" / "excel", "days:DATE"
     clock: str | None = None  # a time-of-day column (1631, 16:31) added to a date-only ``time``
     date_order: DateOrder = "auto"
@@ -202,7 +213,7 @@ class ImportConfig:
     legacy_fallback: bool = False
 
     def columns(self) -> list[str]:
-        cols = [self.customer, self.time, self.clock, self.amount, self.order, self.currency, self.status,
+        cols = [self.customer, self.time, self.clock, self.refund_time, self.amount, self.order, self.currency, self.status,
                 self.quantity, self.price, self.product, self.category, self.action, self.session,
                 self.campaign, self.channel, self.event_id, *self.extra]
         return list(dict.fromkeys(c for c in cols if c))
@@ -273,6 +284,10 @@ class ImportResult:
     skipped: Counter[str] = field(default_factory=Counter)
     rows: int = 0
     refund_events: int = 0
+    refunded_orders: int = 0  # rows whose status says refunded: the purchase made beside the refund
+    dates_only: int = 0  # the rows read, when every one's time is a midnight (in --timezone): dates alone
+    # Rows per day and shape of their customer id (id_shape; no id kept), for id_shape_switch.
+    id_shapes: defaultdict[int, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     identical_rows: int = 0
     filled_rows: int = 0  # line items whose blank order-level cells came from the order's first row
     legacy_rows: int = 0  # rows whose bytes were not UTF-8, read as Windows-1252 (legacy_fallback)
@@ -375,6 +390,7 @@ class ImportResult:
             "rows_read": self.rows,
             "events_written": len(self.encoded),
             "refund_events": self.refund_events,
+            **({"purchases_of_refunded_orders": self.refunded_orders} if self.refunded_orders else {}),
             "rows_skipped": self.rows_skipped,
             "skipped_by_reason": self.skipped_by_reason(),
             "identical_rows": self.identical_rows,
@@ -392,6 +408,8 @@ class ImportResult:
             **({"customer_ids_are_emails": emails} if (emails := emails_note(counts)) else {}),
             **({"one_order_per_customer": once}
                if (once := one_order_each_note(buyers.buyers, buyers.repeats)) else {}),
+            **({"dates_without_time_of_day": dates_only_note(self.dates_only)} if self.dates_only else {}),
+            **({"customer_id_shape_changes": switch} if (switch := id_shape_switch(self.id_shapes)) else {}),
             "date_order": self.date_order,
             **({"header_line": self.header_line or "none (--columns)"} if self.header_line != 1 else {}),
             "delimiter": {"\t": "tab", " ": "spaces"}.get(self.delimiter, self.delimiter),
@@ -1024,6 +1042,8 @@ class _Line:
     ts_ms: int
     amount: float  # absolute
     refund: bool
+    bought: bool  # a refunded order's row (its status says so): the order's purchase too
+    refund_ts_ms: int  # the refund's time: ts_ms, or the refund_time cell of a bought row
     currency: str
     item: tuple[float, float, str, str] | None  # quantity, unit price, product, category
     extra: dict[str, str]
@@ -1231,6 +1251,7 @@ def import_transactions(
             if kind[0] != "purchase":
                 activity.append(_activity(row, config, kind, order, zone, seen, columns))
                 result.types[kind[0]] += 1
+                result.id_shapes[activity[-1][0] // DAY_MS][cell_shape(row[config.customer])] += 1
                 continue
             line = _parse_row(number, row, config, order, zone, seen, kind[1] == "refunded", columns)
         except RowProblem as exc:
@@ -1239,9 +1260,16 @@ def import_transactions(
             result.skip(number, str(exc))
             continue
         parsed.append(line)
+        result.id_shapes[line.ts_ms // DAY_MS][cell_shape(row[config.customer])] += 1
         if line.source_currency != line.currency:
             result.converted[line.source_currency] += 1
     result.identical_rows = sum(n - 1 for n in seen.values() if n > 1)
+    # Dates without a time of day (every time a midnight) put a customer's events of one day at
+    # one instant: which came first is lost. The rows' own times (not a refund's); stops at the
+    # first with a time of day.
+    times = chain((ln.ts_ms for ln in parsed), (a[0] for a in activity))
+    if (parsed or activity) and all(_at_midnight(ts, zone) for ts in times):
+        result.dates_only = len(parsed) + len(activity)
     purchases = bool(parsed)
     events = _events(parsed, config, result)  # empties parsed
     if config.action:
@@ -1255,6 +1283,33 @@ def import_transactions(
     result.encoded = [line for _, _, line in events]
     result.errors.sort(key=lambda e: e.line)
     return result
+
+
+@lru_cache(maxsize=1 << 12)
+def _at_midnight(ts_ms: int, zone: tzinfo) -> bool:
+    """Whether a time is a midnight in ``zone`` (a date read without its time of day).
+
+    >>> from zoneinfo import ZoneInfo
+    >>> _at_midnight(parse_time("2024-03-01"), UTC), _at_midnight(parse_time("2024-03-01 00:00:01"), UTC)
+    (True, False)
+    >>> paris = ZoneInfo("Europe/Paris")
+    >>> _at_midnight(parse_time("2024-03-01", zone=paris), paris), _at_midnight(parse_time("2024-03-01"), paris)
+    (True, False)
+    """
+    local = datetime.fromtimestamp(ts_ms / 1000, zone)
+    return local.hour == local.minute == local.second == local.microsecond == 0
+
+
+def dates_only_note(rows: int) -> str:
+    """The note for a history whose every row's time is a midnight (see :func:`import_transactions`).
+
+    >>> dates_only_note(3)[:62]
+    "all 3 rows' times fall at midnight: the time column holds date"
+    """
+    return (f"all {rows:,} rows' times fall at midnight: the time column holds dates without a time of day, so a "
+            "customer's events of one day share one instant and their order within the day is lost (campaign "
+            "response and same-day repeat orders go uncounted); --clock COL adds a time-of-day column, or give "
+            "--time a column with times if the table has one (leadpulse inspect names them)")
 
 
 # An event as (ts_ms, event_id, canonical JSON): sorted by time, then id.
@@ -1550,7 +1605,7 @@ def _fill_from_order(
     order_id = _clean_id(row[config.order])
     if not order_id or not first or _clean_id(first[config.order]) != order_id:
         return row
-    blank = [c for c in (config.customer, config.time, config.status, config.currency)
+    blank = [c for c in (config.customer, config.time, config.status, config.currency, config.refund_time)
              if c and not row[c].strip() and first[c].strip()]
     for c in blank:
         row[c] = first[c]
@@ -1640,6 +1695,22 @@ def _status(value: str, overrides: Mapping[str, str] | None = None) -> str | Non
     return None
 
 
+def _bought_first(value: str, overrides: Mapping[str, str] | None = None) -> bool:
+    """Whether a status read as refunded says the order was bought first: refunded, returned,
+    charged back, or a value ``--status-map`` reads as refunded; not a cancellation, which
+    may come before any payment (a shop cancels an unpaid order).
+
+    >>> [_bought_first(v) for v in ("Refunded", "returned", "chargeback", "Cancelled", "canceled")]
+    [True, True, True, False, False]
+    >>> _bought_first("Cancelled", {"cancelled": "refunded"})
+    True
+    """
+    s = _norm_status(value)
+    if any(_norm_status(told) == s for told in (overrides or {})):
+        return True  # the user's own reading of the word (only "refunded" reaches here)
+    return not s.startswith("cancel")
+
+
 def _customer(row: dict[str, str], config: ImportConfig) -> str:
     customer = id_text(_clean_id(row[config.customer]))  # composed form, before any hash
     if not customer:
@@ -1685,6 +1756,116 @@ def emails_note(counts: Counter[str]) -> str:
     return (f"customer ids look like e-mail addresses ({emails:,} of {len(counts):,}): they would be Kafka "
             "keys, Redis keys and score records; --hash-customers replaces each with a keyed hash "
             "(its key in LEADPULSE_CUSTOMER_KEY)")
+
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_SHAPE_TOKENS = re.compile(r"[^\W_]+|.", re.DOTALL)  # runs of letters and digits, and each other character
+_SEPARATORS = frozenset("-_.:/#+ ,;()[]'")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def id_shape(customer: str) -> str:
+    """The shape of an id, naming none of its characters but separators: safe to print.
+
+    >>> [id_shape(c) for c in ("000123", "CUST-000123", "ann@example.org", "Ann Smith", "cus_NffrFeUfNV2Hib")]
+    ['digits(6)', 'letters(4)-digits(6)', 'e-mail address', 'letters(3) letters(5)', 'letters(3)_alnum(14)']
+    >>> id_shape("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"), id_shape("köln&co")
+    ('hex(64)', 'letters(4)?letters(2)')
+    """
+    if "@" in customer and _EMAIL.fullmatch(customer):
+        return "e-mail address"
+    if _UUID.fullmatch(customer):
+        return "uuid"
+    parts = []
+    for token in _SHAPE_TOKENS.findall(customer):
+        if token.isdigit():
+            parts.append(f"digits({len(token)})")
+        elif token.isalpha():
+            parts.append(f"letters({len(token)})")
+        elif token.isalnum():  # a hash, or a tool's random id (Stripe's cus_...)
+            parts.append(f"{'hex' if len(token) >= 16 and _HEX.issuperset(token) else 'alnum'}({len(token)})")
+        else:
+            parts.append(token if token in _SEPARATORS else "?")
+    return "".join(parts)
+
+
+@lru_cache(maxsize=1 << 15)
+def cell_shape(cell: str) -> str:
+    """The :func:`id_shape` of a customer cell read as the import reads it (``17850.0`` is ``17850``).
+
+    >>> cell_shape(" 17850.0 "), cell_shape("CUST-000123")
+    ('digits(5)', 'letters(4)-digits(6)')
+    """
+    return id_shape(id_text(_clean_id(cell)))
+
+
+_SHAPE_LENGTHS = re.compile(r"\(\d+\)")
+SHAPE_SWITCH_MIN_ROWS = 50  # rows on each side of a switch, at the least
+SHAPE_SWITCH_PURITY = 0.9  # the share of its side's rows each shape holds
+
+
+def id_shape_switch(days: Mapping[int, Counter[str]], what: str = "rows") -> str:
+    """A note when the customer ids change shape at one day and keep the new one ('' otherwise).
+
+    ``days`` maps a day (epoch days) to the rows of each :func:`id_shape` that day. Shapes
+    are compared without their lengths (numbers that grow from 4 to 5 digits are one shape);
+    each side of the day must hold :data:`SHAPE_SWITCH_MIN_ROWS` rows and 5% of all, each
+    shape :data:`SHAPE_SWITCH_PURITY` of its side. A mix throughout (guests by e-mail
+    beside accounts) is no switch. Ids are two customers' then, one person's history split
+    in two, so the note names the shapes and the day, never an id.
+
+    >>> days = {d: Counter({"digits(5)": 30}) for d in range(19_700, 19_710)}
+    >>> days.update({d: Counter({"letters(4)-digits(6)": 28, "digits(5)": 1}) for d in range(19_710, 19_715)})
+    >>> print(id_shape_switch(days))  # doctest: +NORMALIZE_WHITESPACE
+    customer ids change shape on 2023-12-19: before it 300 of 300 rows are digits(5), from it 140 of 145 are
+      letters(4)-digits(6); if one customer has an id of each, they are two customers (their history split in two):
+      map the old ids to the new before importing, or import each period on its own
+    >>> days[19_712]["digits(5)"] += 20  # the old shape still in use: a mix, no switch
+    >>> id_shape_switch(days)
+    ''
+    """
+    if not days:
+        return ""
+    order = sorted(days)
+    coarse: list[Counter[str]] = [Counter() for _ in order]
+    for counts, day in zip(coarse, order, strict=True):
+        for shape, n in days[day].items():
+            counts[_SHAPE_LENGTHS.sub("", shape)] += n
+    total = sum(sum(c.values()) for c in coarse)
+    top = [shape for shape, _ in sum(coarse, Counter()).most_common(2)]
+    least = max(SHAPE_SWITCH_MIN_ROWS, total // 20)
+    if len(top) < 2 or total < 2 * least:
+        return ""
+    best: tuple[int, int, str, str] | None = None  # (rows that fit, split, old, new)
+    for old, new in ((top[0], top[1]), (top[1], top[0])):
+        before = fit_old = 0
+        fit_new = sum(c[new] for c in coarse)
+        for k in range(1, len(order)):
+            before += sum(coarse[k - 1].values())
+            fit_old += coarse[k - 1][old]
+            fit_new -= coarse[k - 1][new]
+            after = total - before
+            if (before >= least and after >= least and fit_old >= SHAPE_SWITCH_PURITY * before
+                    and fit_new >= SHAPE_SWITCH_PURITY * after and (best is None or fit_old + fit_new > best[0])):
+                best = (fit_old + fit_new, k, old, new)
+    if best is None:
+        return ""
+    _, k, old, new = best
+
+    def shown(coarse_shape: str, span: list[int]) -> tuple[str, int, int]:
+        # The commonest full shape of that kind (digits(6), not digits), its kind's rows, the side's rows.
+        full: Counter[str] = Counter()
+        for day in span:
+            full.update({s: n for s, n in days[day].items() if _SHAPE_LENGTHS.sub("", s) == coarse_shape})
+        return full.most_common(1)[0][0], sum(full.values()), sum(sum(days[d].values()) for d in span)
+
+    old_shape, n_old, of_old = shown(old, order[:k])
+    new_shape, n_new, of_new = shown(new, order[k:])
+    switched = datetime.fromtimestamp(order[k] * DAY_MS / 1000, UTC).date().isoformat()
+    return (f"customer ids change shape on {switched}: before it {n_old:,} of {of_old:,} {what} are {old_shape}, "
+            f"from it {n_new:,} of {of_new:,} are {new_shape}; if one customer has an id of each, they are two "
+            "customers (their history split in two): map the old ids to the new before importing, or import "
+            "each period on its own")
 
 
 _NO_EXTRA: dict[str, str] = {}  # shared by the lines without --extra values: never written to
@@ -1762,12 +1943,16 @@ def _parse_row(
         amount = (price or 0.0) * (1.0 if quantity is None else quantity)
     refund = (refund_action or amount < 0 or (quantity is not None and quantity < 0)
               or (price is not None and price < 0))
+    bought = False
     if config.status:
         status = _status(row[config.status], config.statuses)
         if status is None:
             raise _NotAPurchase(_norm_status(row[config.status]))
         if status == "skip":
             raise RowProblem("status skipped (--status-map VALUE=skip)")
+        # A negative row is a refund of its own; a refunded status on the order's row says it
+        # was bought first (a refund alone would leave the purchase out of every feature).
+        bought = status == "refunded" and not refund and _bought_first(row[config.status], config.statuses)
         refund = refund or status == "refunded"
     if refund and config.refunds == "skip":
         raise RowProblem("refund skipped (negative amount or quantity, or refund status)")
@@ -1802,6 +1987,12 @@ def _parse_row(
         unit = abs(price) if price is not None else (abs(amount) / q if q else 0.0)
         product, category = (sys.intern(_text(row[c])[:200]) if c else "" for c in (config.product, config.category))
         item = (q, round(unit, 6), product, category)
+    refund_ts = ts
+    if bought and config.refund_time and _text(row[config.refund_time]):
+        try:
+            refund_ts = max(ts, _cached_time(row[config.refund_time], config.time_format, order, zone))
+        except RowProblem as exc:
+            raise RowProblem(f"bad refund time: {exc}") from None
     extra = _extra(row, config) or _NO_EXTRA
     key = _digest(*(row[c] for c in columns))
     seen[key] += 1
@@ -1809,7 +2000,7 @@ def _parse_row(
     if config.action and not config.order and _cell(row, config.session):
         # An event log's purchase rows are often one per product: a session's are one order.
         group = "session#" + _digest(_cell(row, config.session))
-    return _Line(number, customer, order_id, ts, abs(amount), refund, currency, item, extra,
+    return _Line(number, customer, order_id, ts, abs(amount), refund, bought, refund_ts, currency, item, extra,
                  group, source)
 
 
@@ -1820,6 +2011,13 @@ def _events(lines: list[_Line], config: ImportConfig, result: ImportResult) -> l
         groups[(ln.customer, ln.order or ln.key, ln.refund)].append(ln)
     # Lines are let go as their events are made: not all of both at once (a 500k-row file).
     lines.clear()
+    # A refunded order's purchase, unless the order has completed rows of its own (then the
+    # refunded row is a ledger's refund of it, and a purchase here would count it twice).
+    twins = {(customer, order_key, False): bought for (customer, order_key, refund), members in groups.items()
+             if refund and (customer, order_key, False) not in groups
+             and (bought := [m for m in members if m.bought])}
+    groups.update(twins)
+    result.refunded_orders = len(twins)
     events: list[_Encoded] = []
     for group in list(groups):
         customer, order_key, refund = group
@@ -1835,10 +2033,12 @@ def _events(lines: list[_Line], config: ImportConfig, result: ImportResult) -> l
             order_id = order_key
         else:
             event_id = order_id = "imp-" + _digest(customer, order_key)
+            if group in twins:  # the refund keeps the row's id; its purchase needs another
+                event_id = "imp-" + _digest(customer, order_key, status)
         body: dict[str, Any] = {
             "event_id": event_id,
             "customer_id": customer,
-            "ts": ms_to_iso(min(m.ts_ms for m in kept)),
+            "ts": ms_to_iso(min(m.refund_ts_ms if refund else m.ts_ms for m in kept)),
             "type": "purchase",
             "order_id": order_id,
             "amount": round(sum(m.amount for m in kept), 6),

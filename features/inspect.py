@@ -18,14 +18,14 @@ with an ``@``), as the import's summary shows such words.
 >>> pick["customer"], pick["time"], pick["amount"], pick["status"]
 ('Kunde', 'Datum', 'Betrag', 'Status')
 >>> command("orders.csv", pick, event_log=False)
-'leadpulse import-transactions orders.csv --customer Kunde --time Datum --amount Betrag --status Status --out events.jsonl'
+'leadpulse import-transactions orders.csv --customer Kunde --time Datum --amount Betrag --status Status --out orders.jsonl'
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -36,10 +36,12 @@ from features.importer import (
     NOT_PURCHASE_STATUSES,
     REFUND_STATUSES,
     RowProblem,
+    cell_shape,
+    id_shape_switch,
     parse_number,
     parse_time,
 )
-from features.spec import name_words
+from features.spec import DAY_MS, name_words
 
 DISTINCT_CAP = 10_000  # distinct values counted per column (a sample's ids need no more)
 # Not a url that carries an address in its query (?email=a@b.com): no / : ? = & before the @.
@@ -57,6 +59,7 @@ _NAMES: dict[str, tuple[str, ...]] = {
     "price": ("price", "unit_price", "unitprice", "preis", "prix", "precio"),
     "product": ("product", "sku", "item", "stock", "article", "artikel", "asin", "ean"),
     "status": ("status", "state"),
+    "refund_time": ("refunded", "refund", "returned", "return"),  # refunded_at: when a refunded order was
     "currency": ("currency", "curr", "waehrung", "devise", "moneda"),
     "action": ("event", "action", "type", "activity", "event_type", "event_name"),
     "session": ("session",),
@@ -67,6 +70,9 @@ _NAMES: dict[str, tuple[str, ...]] = {
     "not_customer": ("product", "order", "session", "campaign", "seller", "vendor", "supplier", "merchant",
                      "store", "item", "sku", "invoice", "transaction"),
     "not_a_day_number": ("hour", "since", "prior", "dow", "weekday", "week", "month", "of"),
+    "phone": ("phone", "tel", "telephone", "telefon", "mobile", "mobil", "handy", "msisdn", "cell"),
+    "company": ("organization", "organisation", "company", "firma", "empresa", "account", "business", "org",
+                "firm", "societe"),
     "clock": ("trans_time", "time_of_day", "clock", "hour_minute", "uhrzeit", "heure"),
 }
 # Money beside an order's value, never its amount or quantity ("Discount Amount" holds "count",
@@ -83,6 +89,17 @@ _LOWER_CURRENCIES = frozenset({
     "twd", "ars", "clp", "cop", "pen", "rub", "uah",
 })
 _ORDER_MARK = re.compile(r"#\d+")  # Shopify's order names: #1001
+# A phone number: 7 to 15 digits with a leading + or ( or 00, or in three groups or more (an id
+# such as 2023-000123 has two).
+_PHONE = re.compile(r"(\+|00|\()?\d[\d ()./-]{5,}\d")
+_PHONE_GROUPS = re.compile(r"\d+")
+# Two to four words of letters (a hyphen or apostrophe inside), each starting upper case or
+# all upper case, a comma after the first allowed: Ann Smith, Smith, Ann, Jean-Luc O'Neill.
+_COMPANY_ENDINGS = frozenset({"inc", "corp", "corporation", "co", "company", "ltd", "limited", "llc", "llp", "plc",
+                              "gmbh", "ag", "kg", "se", "sa", "sarl", "sas", "srl", "spa", "bv", "nv", "ab", "as",
+                              "oy", "group", "holding", "holdings"})
+_NAME_WORD = r"[^\W\d_]+(?:[-'][^\W\d_]+)*"
+_PERSON = re.compile(rf"{_NAME_WORD},?(?: (?:(?:van|von|de|der|den|da|di|du|la|le|del|bin|al) )?{_NAME_WORD}){{1,3}}")
 _CLOCK_CELL = re.compile(r"\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?")  # a time of day in a column of its own
 # Excel's serial days: 20000 is 1954-10-03, 80000 is 2119-01-10 (a date cell exported as its number).
 _EXCEL_SERIALS = (20_000, 80_000)
@@ -101,6 +118,8 @@ class ColumnProfile:
     decimals: int = 0  # numbers with a fractional part
     negatives: int = 0
     emails: int = 0
+    phones: int = 0  # +49 170 1234567, (555) 123-4567, 030 1234 5678: personal data as an id
+    names: int = 0  # Ann Smith, Smith, Ann, MÜLLER HANS: people's names as an id
     statuses: int = 0  # cells that are a status word the import knows
     actions: int = 0  # cells that are an action word the import knows
     currencies: int = 0  # three-letter upper-case codes (or a known one in lower case)
@@ -181,11 +200,13 @@ def looks_like_a_row(first_line: list[str]) -> bool:
 
 def _read(p: ColumnProfile, cell: str) -> None:
     # Either date order: a US export's 08/29/2020 is a time too (the import settles the order).
+    timed = False
     for order in ("dmy", "mdy"):
         try:
             ms = parse_time(cell, date_order=order)
         except (RowProblem, ValueError):
             continue
+        timed = True
         p.times += 1
         p.midnights += ms % 86_400_000 == 0
         break
@@ -208,6 +229,13 @@ def _read(p: ColumnProfile, cell: str) -> None:
             break
     if "@" in cell and _EMAIL.fullmatch(cell):
         p.emails += 1
+    elif not letters and _PHONE.fullmatch(cell) and 7 <= sum(ch.isdigit() for ch in cell) <= 15 and not timed \
+            and (cell[0] in "+(" or cell.startswith("00") or len(_PHONE_GROUPS.findall(cell)) >= 3):
+        p.phones += 1
+    elif " " in cell and _PERSON.fullmatch(cell) and all(w[0].isupper() for w in cell.replace(",", "").split()
+                                                          if len(w) > 3) \
+            and cell.rsplit(" ", 1)[-1].strip(".").lower() not in _COMPANY_ENDINGS:
+        p.names += 1
     word = norm_action(cell)
     if word in COMPLETED_STATUSES or word in REFUND_STATUSES or word in NOT_PURCHASE_STATUSES:
         p.statuses += 1
@@ -232,7 +260,7 @@ def suggest(profiles: list[ColumnProfile]) -> dict[str, str]:
 
     Roles: ``customer``, ``time`` (or ``day_number`` with a ``clock``, for a panel that
     counts days), ``amount`` (or ``price`` with ``quantity``), ``order``, ``product``,
-    ``status``, ``currency``, and for an event log ``action``, ``session`` and
+    ``status`` (and ``refund_time``, a refunded order's refund time), ``currency``, and for an event log ``action``, ``session`` and
     ``campaign`` (and ``others``: ``page_view`` where the action column names pages). A role no column fits is left out; of two times (an order's and its
     delivery's), the first in the table wins, so the user checks the pick.
     """
@@ -248,7 +276,9 @@ def suggest(profiles: list[ColumnProfile]) -> dict[str, str]:
 
     full = [p for p in profiles if p.filled]
     # A time column's moments differ row to row; a date beside it (GA4's event_date) repeats.
-    take("time", ((p.share(p.times) + _named(p, "time") - p.share(p.decimals) + min(p.distinct / p.filled, 1) / 2, p)
+    # A refund's time (refunded_at) is no order's.
+    take("time", ((p.share(p.times) + _named(p, "time") - p.share(p.decimals) + min(p.distinct / p.filled, 1) / 2
+                   - 2 * _named(p, "refund_time"), p)
                   for p in full if p.share(p.times) >= 0.8))
     if "time" not in pick:
         # A date cell exported as its serial number (an ERP's Posting Date: 44927).
@@ -291,6 +321,8 @@ def suggest(profiles: list[ColumnProfile]) -> dict[str, str]:
     # Of two status columns (Shopify's financial and fulfilment statuses), the one with refunds.
     take("status", ((p.share(p.statuses) + _named(p, "status") + 0.5 * (p.refunds > 0), p) for p in full
                     if p.share(p.statuses) >= 0.5 and 1 < p.distinct <= 50))
+    if "status" in pick:  # a refunded order's refund at its own time, not the order's
+        take("refund_time", ((p.share(p.times), p) for p in full if _named(p, "refund_time") and p.share(p.times) >= 0.8))
     take("currency", ((p.share(p.currencies) + _named(p, "currency"), p) for p in full
                       if p.share(p.currencies) >= 0.9 and p.distinct <= 50))
     # Ids: text or whole numbers, not times, with more values than a vocabulary has.
@@ -357,6 +389,100 @@ def _measure(p: ColumnProfile) -> bool:
             or p.share(p.numbers) >= 0.9 and p.share(p.decimals) >= 0.05)
 
 
+def dates_only_note(profiles: list[ColumnProfile], pick: Mapping[str, str]) -> str:
+    """A note when the picked time has no time of day ('' otherwise), naming columns that have one.
+
+    Dates alone (every cell at midnight, Excel serial days without a fraction, a day number
+    without its ``--clock``) put a customer's events of one day at one instant.
+
+    >>> rows = [{"Kunde": f"k{i % 7}", "Datum": f"2024-03-{1 + i % 28:02d}", "Betrag": "5",
+    ...          "Geaendert": f"2024-03-{1 + i % 28:02d} 10:{i % 60:02d}"} for i in range(60)]
+    >>> cols = profile(rows)
+    >>> print(dates_only_note(cols, {"customer": "Kunde", "time": "Datum"}))
+    Datum holds dates without a time of day (all 60 read at midnight): a customer's events of one day share one instant and their order within the day is lost (campaign response and same-day repeat orders suffer)
+      these have times of day: Geaendert; --time COL if one of them is when it happened
+    >>> dates_only_note(cols, {"customer": "Kunde", "time": "Geaendert"})
+    ''
+    """
+    if "clock" in pick:
+        return ""
+    name = pick.get("time") or pick.get("day_number")
+    p = next((p for p in profiles if p.name == name), None)
+    if p is None:
+        return ""
+    if "day_number" in pick and "time" not in pick:
+        read = "day numbers"
+    elif pick.get("time_format") == "excel":
+        read = "" if p.decimals else "whole Excel serial days"
+    else:
+        read = f"all {p.times:,} read at midnight" if p.times and p.midnights == p.times else ""
+    if not read:
+        return ""
+    note = (f"{name} holds dates without a time of day ({read}): a customer's events of one day share one instant "
+            "and their order within the day is lost (campaign response and same-day repeat orders suffer)")
+    timed = [q.name for q in profiles if q.name != name and q.filled and q.share(q.times) >= 0.8
+             and q.midnights < q.times]
+    if timed:
+        note += (f"\n  these have times of day: {', '.join(timed[:5])}; --time COL if one of them is when it "
+                 "happened")
+    return note
+
+
+def id_shape_note(rows: Iterable[Mapping[str, str]], pick: Mapping[str, str]) -> str:
+    """A note when the picked customer ids change shape over the rows' time ('' otherwise): see
+    :func:`features.importer.id_shape_switch`, which the import's summary runs on every row.
+
+    >>> rows = [{"c": str(10_000 + i % 300) if i < 400 else f"CUST-{i % 300:06d}",
+    ...          "t": f"2024-{1 + i // 100:02d}-{1 + i % 28:02d} 10:00"} for i in range(800)]
+    >>> id_shape_note(rows, {"customer": "c", "time": "t"})[:112]
+    'customer ids change shape on 2024-05-01: before it 400 of 400 sampled rows are digits(5), from it 400 of 400 are'
+    """
+    customer, time = pick.get("customer"), pick.get("time")
+    if not customer or not time or "time_format" in pick:
+        return ""
+    days: defaultdict[int, Counter[str]] = defaultdict(Counter)
+    for row in rows:
+        cell = (row.get(customer) or "").strip()
+        if not cell or cell in NO_VALUE:
+            continue
+        for order in ("dmy", "mdy"):  # as _read takes either
+            try:
+                ms = parse_time(row.get(time), date_order=order)
+            except (RowProblem, ValueError):
+                continue
+            days[ms // DAY_MS][cell_shape(cell)] += 1
+            break
+    return id_shape_switch(days, "sampled rows")
+
+
+def pii_note(p: ColumnProfile) -> str:
+    """A note when the customer column holds personal data: e-mail addresses, phone numbers or
+    people's names ('' otherwise). It names the column and a share, never a cell.
+
+    >>> rows = [{"Kunde": f"{first} {last}"} for first in ("Ann", "Bo", "Cy") for last in ("Smith", "Lee", "Ng")]
+    >>> print(pii_note(profile(rows)[0]))  # doctest: +NORMALIZE_WHITESPACE
+    Kunde looks like people's names (100% of its cells): two people of one name would be one customer, and a
+      name is personal data; import the table's customer number if it has one, else add --hash-customers
+      (README: e-mail addresses as customer ids)
+    >>> pii_note(profile([{"c": "+49 170 123456" + str(i)} for i in range(9)])[0])[:53]
+    'c looks like phone numbers (100% of its cells): perso'
+    >>> pii_note(profile([{"c": f"k{i}"} for i in range(9)])[0])
+    ''
+    """
+    hash_it = "--hash-customers (README: e-mail addresses as customer ids)"
+    if p.share(p.emails) >= 0.5:  # the import says it too, after the fact
+        return (f"customer ids are e-mail addresses: add {hash_it} to keep them out of Kafka and Redis keys "
+                "(its key in LEADPULSE_CUSTOMER_KEY)")
+    if p.share(p.phones) >= 0.5 or _named(p, "phone") and p.share(p.phones) > 0:
+        return (f"{p.name} looks like phone numbers ({100 * p.share(p.phones):.0f}% of its cells): personal data "
+                f"in every event, Kafka key, Redis key and score record; add {hash_it}")
+    if p.share(p.names) >= 0.5 and not _named(p, "company"):
+        return (f"{p.name} looks like people's names ({100 * p.share(p.names):.0f}% of its cells): two people of one "
+                "name would be one customer, and a name is personal data; import the table's customer number if "
+                f"it has one, else add {hash_it}")
+    return ""
+
+
 def _all_midnight(profiles: list[ColumnProfile], name: str) -> bool:
     p = next(p for p in profiles if p.name == name)
     return p.times > 0 and p.midnights == p.times
@@ -369,11 +495,26 @@ def _id_named(p: ColumnProfile) -> float:
 
 
 _OPTIONS = ("customer", "time", "time_format", "clock", "action", "others", "order", "amount", "price", "quantity",
-            "product", "status", "currency", "session", "campaign")
+            "product", "status", "refund_time", "currency", "session", "campaign")
+
+
+def out_name(path: str) -> str:
+    """The events file an import of ``path`` writes: JSON Lines (the one form the imports write)
+    named after it, never the file itself (an export named ``events.jsonl`` was overwritten
+    by the import suggested for it).
+
+    >>> out_name("data/orders.csv.gz"), out_name("online_retail.xlsx"), out_name("events.jsonl"), out_name("-")
+    ('orders.jsonl', 'online_retail.jsonl', 'events-events.jsonl', 'events.jsonl')
+    """
+    name = path.replace("\\", "/").rsplit("/", 1)[-1]
+    stem = name.split(".")[0] if path != "-" else ""
+    if not stem:
+        return "events.jsonl"
+    return f"{stem}.jsonl" if f"{stem}.jsonl" != name else f"{stem}-events.jsonl"
 
 
 def command(path: str, pick: Mapping[str, str], event_log: bool) -> str:
-    """The import command line the picked columns make (``--out events.jsonl``).
+    """The import command line the picked columns make (``--out``: :func:`out_name`).
 
     A day-number column (``day_number``) becomes ``--time COL --time-format days:START``,
     with ``START`` left for the user: only they know the day before day 1.
@@ -390,4 +531,4 @@ def command(path: str, pick: Mapping[str, str], event_log: bool) -> str:
         if role in pick and (event_log or role not in ("action", "others", "session", "campaign")):
             parts += [f"--{role.replace('_', '-')}", pick[role]]
     parts += parts_after
-    return " ".join(shlex.quote(p) for p in parts + ["--out", "events.jsonl"])
+    return " ".join(shlex.quote(p) for p in parts + ["--out", out_name(path)])

@@ -176,12 +176,15 @@ def _add_columns(p: Any, event_log: bool) -> None:
                       help="one amount in CODE is RATE in the --convert-to currency, e.g. GBP=1.17; "
                            "repeatable. A row in a currency without a rate is skipped and reported")
     cols.add_argument("--status", metavar="COL",
-                      help="status column: refunded/cancelled/returned -> refund, "
-                           "completed/paid/shipped/won/... -> purchase, anything else skipped "
-                           "(and counted in the summary's unread_statuses)")
+                      help="status column: refunded/returned -> the order's purchase and its refund, "
+                           "cancelled -> refund, completed/paid/shipped/won/... -> purchase, anything "
+                           "else skipped (and counted in the summary's unread_statuses)")
     cols.add_argument("--status-map", metavar="VALUE=STATUS", action="append", default=[],
                       help="read a status value as completed, refunded or skip, e.g. "
                            "processing=completed; repeatable")
+    cols.add_argument("--refund-time", metavar="COL",
+                      help="when a refunded order (its --status) was refunded, e.g. a refund date or "
+                           "updated-at column: the time of its refund event (blank: the order's time)")
     cols.add_argument("--quantity", metavar="COL", help="quantity column (line items)")
     cols.add_argument("--price", metavar="COL", help="unit price column (line items)")
     cols.add_argument("--product", metavar="COL", help="product id column (line items)")
@@ -301,6 +304,11 @@ def _encoding(raw: Any, asked: str) -> str:
 @command("import-transactions")
 def cmd_import_transactions(args: argparse.Namespace) -> int:
     key = _customer_key(args)  # refused before a large workbook is read, not after
+    out = Path(args.out)
+    for given in (Path(args.file), *getattr(args, "join", ())):
+        # The events are written after the rows are read: over the export itself, they replaced it.
+        if args.file != "-" and out.exists() and given.exists() and out.samefile(given):
+            raise ValueError(f"--out {args.out} is the file being imported: give the events another name")
     with _table_as_csv(args) as table:
         return _import(args, table, key)
 
@@ -396,7 +404,7 @@ def _joined(query: str, path: Path, joins: list[Path], out: IO[str], limit: int 
 @command("inspect")
 def cmd_inspect(args: argparse.Namespace) -> int:
     from features.inspect import command as import_command
-    from features.inspect import profile, suggest
+    from features.inspect import dates_only_note, id_shape_note, pii_note, profile, suggest
 
     given = args.file
     sample = max(1, args.rows)
@@ -459,12 +467,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"  {amount} looks like cents: the import reads amounts as written; in currency units: "
               f"--query 'select *, \"{amount}\" / 100.0 as amount_units from {table_name(Path(given))}' "
               "--amount amount_units")
+    for note in (dates_only_note(profiles, pick), id_shape_note(rows, pick)):
+        if note:
+            print(f"  {note}")
     if customer.filled < 0.95 * customer.rows:  # anonymous visitors of an analytics log
         print(f"  {customer.name} is empty in {100 - 100 * customer.filled / customer.rows:.0f}% of the rows read: "
               "the import skips those (missing customer)")
-    if customer.share(customer.emails) >= 0.5:  # the import says it too, after the fact
-        print("  customer ids are e-mail addresses: add --hash-customers to keep them out of Kafka and Redis "
-              "keys (its key in LEADPULSE_CUSTOMER_KEY)")
+    personal = pii_note(customer)  # no cell of such a column is shown
+    if personal:
+        print(f"  {personal}")
     action = next((p for p in profiles if p.name == pick.get("action")), None)
     if action is not None and action.share(action.actions) < 1.0 and "others" not in pick:
         print("  some action words are not ones the import knows: add --others page_view (or skip), "
@@ -603,7 +614,8 @@ def _import(args: argparse.Namespace, table: WorkbookRead | TableWriter | None, 
         header=tuple(c.strip() for c in args.columns.split(",")) if args.columns else (),
         customer=args.customer, time=args.time, amount=args.amount, order=args.order,
         currency=args.currency, default_currency=args.default_currency, status=args.status,
-        quantity=args.quantity, price=args.price, product=args.product, category=args.category,
+        refund_time=args.refund_time, quantity=args.quantity, price=args.price, product=args.product,
+        category=args.category,
         extra=tuple(args.extra), time_format=args.time_format, clock=args.clock, date_order=args.date_order,
         timezone=args.timezone, decimal_comma=args.decimal_comma, refunds=args.refunds,
         convert_to=args.convert_to, rates=_rates(args.rate),
@@ -653,7 +665,8 @@ def _import(args: argparse.Namespace, table: WorkbookRead | TableWriter | None, 
     if table is not None:
         summary.update(table.summary())
     print(json.dumps({**summary, "out": str(out)}, indent=2))
-    for note in ("shared_customer_id", "one_order_per_customer", "customer_ids_are_emails"):  # the customer column
+    for note in ("shared_customer_id", "one_order_per_customer", "customer_ids_are_emails",  # the customer column
+                 "customer_id_shape_changes", "dates_without_time_of_day"):
         if note in summary:
             print(f"note: {summary[note]}", file=sys.stderr)
     untimed = result.skipped.get("missing time", 0)

@@ -156,7 +156,7 @@ SHAPES = {
 def test_day_numbers_become_a_time_format_the_user_completes() -> None:
     make, _ = SHAPES["dunnhumby (day numbers)"]
     line = command("transaction_data.csv", suggest(profile(_rows(2_000, make))), event_log=False)
-    assert "--time DAY --clock TRANS_TIME" in line and line.endswith("--time-format days:START --out events.jsonl")
+    assert "--time DAY --clock TRANS_TIME" in line and line.endswith("--time-format days:START --out transaction_data.jsonl")
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))

@@ -514,6 +514,78 @@ def test_inspect_says_how_to_read_cents_as_currency_units(tmp_path: Path, capsys
     assert sorted(e["amount"] for e in events) == [(900 + i) / 100 for i in range(200)]
 
 
+def test_inspect_flags_dates_alone_an_id_change_and_refund_times_and_the_import_runs_as_printed(
+    tmp_path: Path, capsys, monkeypatch,
+) -> None:
+    """An order export with dates but no time of day (a shipping time beside them), refunded orders
+    with their refund time, and customer numbers that became CUST-000123 halfway (a new CRM)."""
+    import random
+    import shlex
+    from datetime import datetime, timedelta
+
+    rng = random.Random(8)
+    src = tmp_path / "events.jsonl"  # an export named as the events file inspect used to suggest
+    rows = []
+    for i in range(1_200):
+        day = datetime(2023, 1, 1) + timedelta(days=i // 4)
+        who = rng.randint(1, 200)
+        status = rng.choice(["paid", "paid", "paid", "refunded"])
+        rows.append({"Order No": str(5_000 + i), "Customer": str(70_000 + who) if i < 700 else f"CUST-{who:06d}",
+                     "Order Date": f"{day:%Y-%m-%d}", "Shipped": f"{day + timedelta(hours=30, minutes=i % 60):%Y-%m-%d %H:%M}",
+                     "Total": f"{rng.randint(500, 9_000) / 100:.2f}", "Status": status,
+                     "Refunded At": f"{day + timedelta(days=9, minutes=i):%Y-%m-%d %H:%M}" if status == "refunded" else ""})
+    with src.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    original = src.read_bytes()
+    assert main(["inspect", str(src)]) == 0
+    out = capsys.readouterr().out
+    suggested = next(line.strip() for line in out.splitlines() if line.strip().startswith("leadpulse "))
+    assert "--time 'Order Date'" in suggested and "--refund-time 'Refunded At'" in suggested
+    assert suggested.endswith("--out events-events.jsonl")  # never the export itself
+    assert "Order Date holds dates without a time of day (all 1,200 read at midnight)" in out
+    assert "these have times of day: Shipped, Refunded At" in out
+    assert ("customer ids change shape on 2023-06-25: before it 700 of 700 sampled rows are digits(5), "
+            "from it 500 of 500 are letters(4)-digits(6)") in out
+    assert "CUST-0" not in out and "7000" not in out and "7001" not in out
+    # Run as printed, from the export's folder: it is not overwritten, and the summary says the same.
+    monkeypatch.chdir(tmp_path)
+    assert main(shlex.split(suggested)[1:]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert src.read_bytes() == original
+    refunded = sum(row["Status"] == "refunded" for row in rows)
+    assert summary["events_written"] == 1_200 + refunded and summary["purchases_of_refunded_orders"] == refunded
+    assert summary["dates_without_time_of_day"].startswith("all 1,200 rows' times fall at midnight")
+    assert summary["customer_id_shape_changes"].startswith("customer ids change shape on 2023-06-25")
+    assert "CUST-0" not in captured.out + captured.err
+    events = [json.loads(line) for line in (tmp_path / "events-events.jsonl").read_text().splitlines()]
+    assert sum(e["amount"] for e in events if e["status"] == "completed") == pytest.approx(
+        sum(float(row["Total"]) for row in rows))  # every order bought, the refunded ones too
+    # Given the export as --out, the import refuses before reading it.
+    assert main(["import-transactions", str(src), "--customer", "Customer", "--time", "Order Date",
+                 "--amount", "Total", "--out", str(src)]) != 0
+    assert "is the file being imported" in capsys.readouterr().err and src.read_bytes() == original
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda i: f"{['Ann', 'Bo', 'Chloé', 'Dmitri'][i % 4]} {['Smith', 'Müller', 'Ng', 'Okafor', 'Silva'][i % 5]}",
+     "Customer looks like people's names (100% of its cells)"),
+    (lambda i: f"+49 170 {1_000_000 + i % 300}", "Customer looks like phone numbers (100% of its cells)"),
+    (lambda i: f"buyer{i % 300}@example.com", "customer ids are e-mail addresses"),
+])
+def test_inspect_points_at_personal_data_in_the_customer_column_and_shows_none(
+    tmp_path: Path, capsys, make, says: str,
+) -> None:
+    src = tmp_path / "orders.csv"
+    src.write_text("Order,Customer,Date,Total\n" + "".join(
+        f"{i},{make(i)},2024-0{1 + i % 9}-1{i % 10} 1{i % 10}:00,{i % 50 + 1}.50\n" for i in range(400)))
+    assert main(["inspect", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert "--customer Customer" in out and says in out and "--hash-customers" in out
+    assert not any(make(i) in out for i in range(400))
+
+
 def test_a_sorted_files_invalid_lines_are_reported_at_the_files_own_line_numbers(tmp_path: Path, capsys) -> None:
     history = tmp_path / "h.jsonl"
     write_jsonl(SimulationConfig(customers=40, days=30, seed=6), history)
