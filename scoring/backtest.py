@@ -611,7 +611,7 @@ def write_customer_scores(core: ScoringCore, customer_ids: Sequence[str], as_of_
             states = core.features.read(chunk)
             for cid in chunk:
                 vector = core.engine.vector(states[cid], as_of_ms)
-                scores = core.scores_now(vector)
+                scores = core.scores_now(vector, as_of_ms)
                 days = {name: None if v is None else round(v, 1) for name, v in (
                     ("days_silent", vector.get("days_since_last_event")),
                     ("days_since_purchase", vector.get("days_since_last_purchase")))}

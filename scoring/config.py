@@ -172,7 +172,7 @@ def _kinds(overrides: Mapping[str, Any], catalog: Catalog, sensitive: set[str]) 
     if not out:  # the core would fall back on the defaults: the opposite of what the file says
         raise ConfigError("kinds: every kind is switched off; leave at least one enabled")
     rfm = [k.name for k in out if k.type == "rfm"]
-    if len(rfm) > 1:  # one grader (quintile sketches) per shard
+    if len(rfm) > 1:  # one grader (customer counts) per shard
         raise ConfigError(f"kinds: at most one kind of type rfm, not {rfm}")
     return out
 

@@ -61,7 +61,7 @@ from scoring.models import (
     rule_points,
 )
 from scoring.rfm import METRICS as RFM_METRICS
-from scoring.rfm import RfmGrader
+from scoring.rfm import RfmGrader, RfmKey
 from scoring.state import (
     CustomerScoring,
     InMemoryStateStore,
@@ -327,15 +327,16 @@ class ScoringCore:
         self.policy = policy or Policy()
         self.lateness_ms = lateness_ms
         self.learn_inline = learn_inline
-        # The RFM grader of the shard being processed: each shard learns its own quintile
-        # edges and keeps them with its state (see StateStore), so they go on from where they
-        # were whichever worker holds the shard, and across a restart. Read at every batch.
+        # The RFM grader of the shard being processed: each shard counts its own buying
+        # customers and keeps the counts with its state (see StateStore), so they go on from
+        # where they were whichever worker holds the shard, and across a restart. Read at
+        # every batch.
         self.rfm = RfmGrader()
         self._attempt: _Attempt | None = None
         # A replay sharded by customer (scoring.parallel) sets this to a list: RFM grades then
-        # use the edges as they stood at the batch's start, and the values graded are kept
-        # here as (time, customer, values) for every shard to observe in one order after it.
-        self.rfm_deferred: list[tuple[int, str, dict[str, float | None]]] | None = None
+        # use the counts as they stood at the batch's start, and each customer's move is kept
+        # here as (time, customer, (old key, new key)) for the replay's grader to apply.
+        self.rfm_deferred: list[tuple[int, str, tuple[RfmKey | None, RfmKey | None]]] | None = None
         # Kind names per event key: a kind missing from a list of kinds costs a dataclass
         # __eq__ (every field) per element, a name missing from a set one hash lookup.
         self._on_event: dict[str, set[str]] = {}
@@ -589,21 +590,18 @@ class ScoringCore:
     # ------------------------------------------------------------------ scoring
     def compute(
         self, kind: ScoreKind, vector: dict[str, float | None], x: dict[str, float] | None = None,
-        observe: bool = True,
+        at_ms: int = 0,
     ) -> dict[str, Any]:
-        """One score for a feature vector (no state change except RFM sketches).
+        """One score for a feature vector, as of ``at_ms`` (what an RFM grade needs), changing nothing.
 
         ``reasons`` is a function: explanations cost time and are built only for
-        scores that get published. ``observe=False``: an RFM grade against the
-        current edges, without adding the customer to the sketches (a read).
+        scores that get published.
         """
         extra: dict[str, Any] = {}
         rule_p = points_to_probability(rule_points(vector, kind.rule_weights), kind.rule_scale)
         version = 0
         if kind.type == "rfm":
-            r, f, m, seg = self.rfm.grade(vector)
-            if observe:
-                self.rfm.observe(vector)
+            r, f, m, seg = self.rfm.grade(vector, at_ms)
             prob = (r + f + m - 3) / 12.0
             grades = [("recency", float(r)), ("frequency", float(f)), ("monetary", float(m))]
             source, reasons = "rule", (lambda: grades)
@@ -644,10 +642,16 @@ class ScoringCore:
         x: dict[str, float] | None,
         out: Outputs,
     ) -> None:
-        deferred = self.rfm_deferred
-        res = self.compute(kind, vector, x, observe=deferred is None)
-        if deferred is not None and kind.type == "rfm":
-            deferred.append((ts, cid, {name: vector.get(name) for name in RFM_METRICS.values()}))
+        if kind.type == "rfm":
+            # Counted in the shard's base under its values now, then graded against it.
+            key = RfmGrader.key(vector, ts)
+            if key != rec.rfm_key:
+                if self.rfm_deferred is None:
+                    self.rfm.move(rec.rfm_key, key)
+                else:
+                    self.rfm_deferred.append((ts, cid, (rec.rfm_key, key)))
+                rec.rfm_key = key
+        res = self.compute(kind, vector, x, ts)
         prob = res["probability"]
         value = round(100.0 * prob, 1)
         ks = rec.kind(kind.name)
@@ -859,14 +863,15 @@ class ScoringCore:
 
     # ------------------------------------------------------------------ queries
     def scores_now(
-        self, vector: dict[str, float | None], types: tuple[str, ...] = ("learned", "rule", "rfm")
+        self, vector: dict[str, float | None], at_ms: int | None = None,
+        types: tuple[str, ...] = ("learned", "rule", "rfm"),
     ) -> dict[str, dict[str, Any]]:
-        """Every kind's score for one feature vector, changing nothing.
+        """Every kind's score for one feature vector (the engine's as of ``at_ms``), changing nothing.
 
-        Nothing is published, learned or kept, and RFM grades against the current quintile
-        edges without adding to them. A kind the customer is not eligible for (churn risk
-        for one who never bought, or who has been silent longer than its window) is left
-        out, and so is a kind scored only at certain events (``only_on``: campaign response
+        Nothing is published, learned or kept, and RFM grades against the shard's base as
+        last counted (``at_ms`` is needed for it: without it, RFM kinds are refused). A kind
+        the customer is not eligible for (churn risk for one who never bought, or who has
+        been silent longer than its window) is left out, and so is a kind scored only at certain events (``only_on``: campaign response
         is about one send). Reasons are the top contributing features, as in published scores.
         A customer silent longer than ``LONG_SILENT_DAYS`` gets the cold-start rule for a
         learned kind (source ``long_silent``): no model learned from such silence, and a
@@ -874,15 +879,18 @@ class ScoringCore:
         weighed the days since a purchase up to a month). ``types`` keeps only kinds of these types.
 
         >>> core = ScoringCore.in_memory()
-        >>> scores = core.scores_now(core.engine.vector({}, 1_704_067_200_000))
+        >>> at = 1_704_067_200_000
+        >>> scores = core.scores_now(core.engine.vector({}, at), at)
         >>> sorted(scores), scores["engagement"]["band"]
         (['engagement', 'purchase_propensity'], 'cold')
         """
+        if at_ms is None and "rfm" in types and any(k.type == "rfm" for k in self.kinds):
+            raise ValueError("scores_now: an RFM grade needs the vector's time (at_ms)")
         out: dict[str, dict[str, Any]] = {}
         for kind in self.kinds:
             if kind.only_on or kind.type not in types or not self._eligible(kind, vector):
                 continue
-            res = self.compute(kind, vector, observe=False)
+            res = self.compute(kind, vector, at_ms=at_ms or 0)
             prob = res["probability"]
             value = round(100.0 * prob, 1)
             out[kind.name] = {

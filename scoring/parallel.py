@@ -12,7 +12,7 @@ The replay's batches are the plain replay's (at most 500 events or an hour of ev
 the workers meet once per round of batches (5,000 events or a day), so the result does
 not depend on N:
 
-- within a round, every worker scores with the models and the RFM quintile edges as
+- within a round, every worker scores with the models and the RFM counts as
   learned up to the round before the previous one (the previous round's labels are being
   learned meanwhile), and each batch's watermark is the newest event of the whole batch,
   not of the worker's part, so labels mature and idle customers are rescored at the same
@@ -372,7 +372,7 @@ class ShardedCore:
         return done
 
     def merged(self) -> ScoringCore:
-        """One core: the learned models and RFM edges, and every worker's customers' features.
+        """One core: the learned models and RFM counts, and every worker's customers' features.
 
         Customers' scoring records (pending examples, last scores) stay with the workers.
         """
@@ -399,7 +399,7 @@ class ShardedCore:
         self._inflight = False
 
     def _serving(self) -> bytes | None:
-        """The models and RFM edges for the workers, when learning changed them since last sent."""
+        """The models and RFM counts for the workers, when learning changed them since last sent."""
         if not self._changed:
             return None
         self._changed = False
@@ -407,12 +407,12 @@ class ShardedCore:
         return pickle.dumps((models, self.grader), protocol=pickle.HIGHEST_PROTOCOL)
 
     def _learn(self, fresh: list[Labelled], labelled: list[Labelled], rfm: list[Any]) -> list[dict[str, Any]]:
-        """Learn a batch's labels and observe its graded RFM values, each in one order."""
+        """Learn a batch's labels (in one order) and count its customers' RFM moves."""
         drifts = self.registry.learn(fresh + labelled) if fresh or labelled else []
         if rfm:
-            rfm.sort(key=_rfm_order)
-            for _, _, values in rfm:
-                self.grader.observe(values)
+            rfm.sort(key=_rfm_order)  # moves add up in any order; one order keeps ``seen`` alike
+            for _, _, (old, new) in rfm:
+                self.grader.move(old, new)
         self._changed = self._changed or bool(fresh or labelled or rfm)
         return drifts
 

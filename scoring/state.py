@@ -122,6 +122,9 @@ class CustomerScoring:
 
     kinds: dict[str, KindState] = field(default_factory=dict)
     pending: list[Pending] = field(default_factory=list)
+    # Where the shard's RFM base counts this customer (see scoring.rfm.RfmGrader.key);
+    # None until an RFM kind graded it. Saved with the grader: both or neither survive.
+    rfm_key: tuple[int, int, int] | None = None
 
     def kind(self, name: str) -> KindState:
         ks = self.kinds.get(name)
@@ -137,7 +140,10 @@ class CustomerScoring:
     def to_json(self) -> bytes:
         # orjson serialises dataclasses natively (same JSON as asdict), ~25x faster:
         # asdict deep-copies every pending example's feature dict.
-        return orjson.dumps({"kinds": self.kinds, "pending": [p.fragment() for p in self.pending]})
+        data: dict[str, Any] = {"kinds": self.kinds, "pending": [p.fragment() for p in self.pending]}
+        if self.rfm_key is not None:
+            data["rfm_key"] = self.rfm_key
+        return orjson.dumps(data)
 
     @classmethod
     def from_json(cls, blob: bytes | str) -> CustomerScoring:
@@ -146,7 +152,8 @@ class CustomerScoring:
         for name, k in data.get("kinds", {}).items():
             k["history"] = [tuple(h) for h in k.get("history", [])]
             kinds[name] = KindState(**k)
-        return cls(kinds, [Pending(**p) for p in data.get("pending", [])])
+        key = data.get("rfm_key")
+        return cls(kinds, [Pending(**p) for p in data.get("pending", [])], None if key is None else tuple(key))
 
 
 class ShardState(NamedTuple):
@@ -175,7 +182,7 @@ class ShardSave(NamedTuple):
 class StateStore(Protocol):
     """Where scoring state lives; ``save`` also maintains the due index and watermark.
 
-    A shard also keeps its RFM grader (the quintile sketches of its customers): saved
+    A shard also keeps its RFM grader (the counts of its buying customers): saved
     with the batch that changed it, so a restarted or reassigned shard grades on from
     where it was, whichever worker holds it.
     """

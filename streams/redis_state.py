@@ -5,7 +5,7 @@
   customer's tag erases it too;
 - ``lp:due:<shard>``: sorted set customer -> next due time (event ms);
 - ``lp:wm:<shard>``: the shard's watermark;
-- ``lp:rfm:<shard>``: the shard's RFM grader (quintile sketches, pickled);
+- ``lp:rfm:<shard>``: the shard's RFM grader (customer counts, pickled);
 - ``lp:model:<kind>``: hash ``version`` + ``blob`` (a model snapshot).
 
 Shards are source partitions: when Kafka moves a partition to another worker,

@@ -100,7 +100,7 @@ class Scorer:
         state = self.features.read([customer_id])[customer_id]
         as_of = int(state.get(TIME_FIELD, 0))
         if state and as_of:
-            # RFM is left at its published grade: the edges loaded here may be another shard's.
+            # RFM is left at its published grade: the counts loaded here may be another shard's.
             vector = self.engine.vector(state, as_of)
             for name, now in self.core.scores_now(vector, types=("learned", "rule")).items():
                 if name in current:
@@ -175,7 +175,7 @@ class ScorerPool:
     customer's records all come from one shard, so their order is kept. Records of
     different shards may come in another order than from one child.
 
-    Each shard keeps its RFM quintile edges in Redis with its state, so they go on
+    Each shard keeps its RFM customer counts in Redis with its state, so they go on
     from where they were whichever child scores the shard. Queries (a customer's
     scores, an erasure) go to the first child: everything they read is in Redis, and
     the other children's caches check Redis's version before using a copy.

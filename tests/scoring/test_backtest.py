@@ -432,7 +432,7 @@ def test_customers_out_scores_every_customer_as_of_the_last_event(history: Path,
     as_of = int(datetime.fromisoformat(report["last_event"]).timestamp() * 1000)
     for row in rows[:40]:
         state = core.features.read([row["customer_id"]])[row["customer_id"]]
-        now = core.scores_now(core.engine.vector(state, as_of))
+        now = core.scores_now(core.engine.vector(state, as_of), as_of)
         assert row["purchase_propensity_value"] == str(now["purchase_propensity"]["value"])
         assert row["purchase_propensity_band"] == now["purchase_propensity"]["band"]
         assert (row["churn_risk_value"] == "") == ("churn_risk" not in now)  # eligible buyers only

@@ -166,15 +166,57 @@ def test_a_jump_alert_fires_on_a_rise_and_the_next_needs_a_new_rise() -> None:
         assert second["value"] - first["value"] >= 10
 
 
-def test_rfm_grades_follow_the_stream() -> None:
+def test_rfm_grades_are_quintiles_of_the_customer_base() -> None:
     g = RfmGrader()
-    for i in range(500):
-        g.observe({"days_since_last_purchase": float(i % 100), "orders_total": float(1 + i % 5),
-                   "spend_total": float(10 * (1 + i % 50))})
-    best = g.grade({"days_since_last_purchase": 1.0, "orders_total": 5.0, "spend_total": 500.0})
-    worst = g.grade({"days_since_last_purchase": 99.0, "orders_total": 1.0, "spend_total": 10.0})
-    assert best[:3] == (5, 5, 5) and best[3] == "champions"
-    assert worst[:3] == (1, 1, 1) and worst[3] == "hibernating"
+    now = T0 + 200 * DAY
+    base = [{"days_since_last_purchase": float(i % 100), "orders_total": float(1 + i % 5),
+             "spend_total": float(10 * (1 + i % 50))} for i in range(500)]
+    for vector in base:
+        g.move(None, RfmGrader.key(vector, now))
+    best = g.grade({"days_since_last_purchase": 1.0, "orders_total": 5.0, "spend_total": 500.0}, now)
+    worst = g.grade({"days_since_last_purchase": 99.0, "orders_total": 1.0, "spend_total": 10.0}, now)
+    assert best == (5, 5, 5, "champions") and worst == (1, 1, 1, "hibernating")
+    # Graded at one moment, as customers.csv does, each grade holds a fifth of the base.
+    for axis in range(3):
+        counts = [0] * 5
+        for vector in base:
+            counts[g.grade(vector, now)[axis] - 1] += 1
+        assert counts == [100] * 5, (axis, counts)
+
+
+def test_rfm_counts_each_buyer_once_however_often_they_buy() -> None:
+    # Before: the edges were learned from every grade, so one customer's 200 orders weighed as
+    # 200 customers, all with recency 0: on dense exports R 5 went to the 1% who bought that day.
+    core = ScoringCore.in_memory()
+    events = []
+    for i in range(200):  # one heavy buyer, every day
+        events.append(decode(f'{{"event_id":"h{i}","customer_id":"heavy","ts":{T0 + i * DAY},'
+                             f'"type":"purchase","order_id":"h{i}","amount":10,"currency":"EUR"}}'))
+    for c in range(99):  # and 99 who bought once, spread over the same time
+        events.append(decode(f'{{"event_id":"o{c}","customer_id":"c{c}","ts":{T0 + c * 2 * DAY + 1},'
+                             f'"type":"purchase","order_id":"o{c}","amount":30,"currency":"EUR"}}'))
+    events.sort(key=lambda e: e.ts_ms)
+    for start in range(0, len(events), 25):
+        core.process(events[start:start + 25])
+    grader = core.state.shard_states(["0"])["0"].grader
+    assert grader is not None
+    assert [sum(c.values()) for c in grader.counts.values()] == [100, 100, 100]
+    assert grader.counts["f"][200] == 1 and grader.counts["f"][1] == 99
+    # The heavy buyer ranks top on frequency and recency (bought last), against 99 others.
+    end = T0 + 200 * DAY
+    state = core.features.read(["heavy"])["heavy"]
+    grades = core.scores_now(core.engine.vector(state, end), end)["rfm_segment"]["rfm"]
+    assert grades[:2] == "55", grades
+    # Moves add up in any order (a sharded replay applies a round's moves in one batch).
+    steps = [(None, (1, 1, 5)), ((1, 1, 5), (3, 2, 9)), (None, (2, 1, 4))]  # x buys twice, y once
+    forward, backward = RfmGrader(), RfmGrader()
+    for old, new in steps:
+        forward.move(old, new)
+    for old, new in reversed(steps):
+        backward.move(old, new)
+    expected = {"r": {3: 1, 2: 1}, "f": {2: 1, 1: 1}, "m": {9: 1, 4: 1}}
+    assert {m: dict(c) for m, c in forward.counts.items()} == expected
+    assert {m: dict(c) for m, c in backward.counts.items()} == expected
 
 
 def test_rfm_recency_grade_falls_while_a_buyer_stays_silent() -> None:
