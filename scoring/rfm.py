@@ -32,7 +32,7 @@ DAY_MS = 86_400_000
 # shard's histogram stays a few hundred bins whatever the currency or the range.
 SPEND_BINS_PER_E = 40
 NO_SPEND = -(10**6)  # the bin of zero or negative spend (refunds), below every other
-STALE_SHARE = 100  # ranks are re-read after 1/STALE_SHARE of the base changed (or 16 changes)
+STALE_SHARE = 100  # ranks are re-read once more than 1/STALE_SHARE of the base moved (at once below 100)
 
 RfmKey = tuple[int, int, int]
 
@@ -172,7 +172,7 @@ class RfmGrader:
     def _current_ranks(self) -> dict[str, _Ranks]:
         ranks = self._ranks
         total = sum(self.counts["f"].values()) if ranks is None else ranks["f"].total
-        if ranks is None or self._moves_since_ranks > max(16, total // STALE_SHARE):
+        if ranks is None or self._moves_since_ranks > total // STALE_SHARE:
             ranks = self._ranks = {name: _Ranks(c) for name, c in self.counts.items()}
             self._moves_since_ranks = 0
         return ranks

@@ -207,6 +207,16 @@ def test_rfm_counts_each_buyer_once_however_often_they_buy() -> None:
     state = core.features.read(["heavy"])["heavy"]
     grades = core.scores_now(core.engine.vector(state, end), end)["rfm_segment"]["rfm"]
     assert grades[:2] == "55", grades
+    # In a small base every move counts at once (grades were against a base 16 moves old:
+    # the restart test's 20 buyers a shard all graded R 5).
+    small = RfmGrader()
+    now = T0 + 10 * DAY
+    for day in (1, 2, 3):
+        small.move(None, (T0 // DAY + day, 1, 100))
+        newest = {"days_since_last_purchase": 10.0 - day, "orders_total": 1.0, "spend_total": 1.0}
+        assert small.grade(newest, now)[:2] == (5, 1)
+    oldest = {"days_since_last_purchase": 9.0, "orders_total": 1.0, "spend_total": 1.0}
+    assert small.grade(oldest, now)[0] == 2  # one of three: ceil(5 / 3)
     # Moves add up in any order (a sharded replay applies a round's moves in one batch).
     steps = [(None, (1, 1, 5)), ((1, 1, 5), (3, 2, 9)), (None, (2, 1, 4))]  # x buys twice, y once
     forward, backward = RfmGrader(), RfmGrader()

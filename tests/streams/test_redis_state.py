@@ -92,7 +92,7 @@ def _rfm_grades(records: list[tuple[str, bytes | None]]) -> list[tuple[str, str,
     return out
 
 
-def test_a_new_worker_grades_rfm_on_from_the_shards_saved_sketches(redis_client: redis.Redis) -> None:
+def test_a_new_worker_grades_rfm_on_from_the_shards_saved_counts(redis_client: redis.Redis) -> None:
     messages = _messages(4000)
 
     def core() -> ScoringCore:  # new objects each time: nothing in memory carries over
@@ -103,9 +103,10 @@ def test_a_new_worker_grades_rfm_on_from_the_shards_saved_sketches(redis_client:
     redis_client.flushall()
     half = 2000
     restarted = _rfm_grades(_run(core(), messages[:half]) + _run(core(), messages[half:]))
-    assert len(straight) > 25 and {g[2][0] for g in straight} >= {"1", "5"}
-    # One process that never let go of its sketches grades the same: each shard's edges were
-    # learned on across batches and the restart, not begun again.
+    # 20 customers a shard: a grade is published when it changes, about once per buyer.
+    assert len(straight) >= 20 and {g[2][0] for g in straight} >= {"1", "5"}
+    # One process that never let go of its counts grades the same: each shard's customers
+    # were counted on across batches and the restart, not begun again.
     assert restarted == straight == _rfm_grades(_run(ScoringCore.in_memory(), messages))
     assert redis_client.exists("lp:rfm:0") and redis_client.exists("lp:rfm:2")
 
