@@ -685,6 +685,11 @@ def _kind_report(log: _KindLog, config: BacktestConfig) -> dict[str, Any]:
     # Whether the online model's lead (or lag) is more than noise: 95% bootstrap interval of
     # online minus baseline AUC on the same examples, resampling whole customers.
     baselines["rule"]["online_minus_rule_ci95"] = _interval(auc_difference_ci(probs, rule, labels, customers))
+    rule_auc = baselines["rule"].get("auc")
+    if rule_auc is not None and rule_auc < 0.5:
+        # Backwards or merely useless: the rule against a constant (AUC 0.5 in every draw).
+        baselines["rule"]["rule_minus_chance_ci95"] = _interval(
+            auc_difference_ci(rule, np.full(len(rule), 0.5), labels, customers))
     batch = _floats(log.batch)
     has_batch = ~np.isnan(batch)
     if config.batch_baseline and has_batch.any():

@@ -1117,11 +1117,36 @@ def history_notes(rep: dict[str, Any], currencies: bool = True) -> list[str]:
                      "not counted, as nothing says which came first, so same-day responses and repeat orders go "
                      "uncounted")
     notes.extend(_horizon_notes(rep))
+    notes.extend(_backwards_rule_notes(rep))
     held = rep.get("purchase_currencies") or {}
     if currencies and len(held) > 1:
         shown = ", ".join(f"{c} {n:,}" for c, n in list(held.items())[:5])
         notes.append(f"purchases in {len(held)} currencies ({shown}) are summed as given; convert them "
                      "first (import-transactions --convert-to)")
+    return notes
+
+
+def _backwards_rule_notes(rep: dict[str, Any]) -> list[str]:
+    """A kind whose rule ranks backwards on this history, beyond noise (its cold-start scores
+    follow the rule: calibration keeps its order).
+
+    >>> rule = {"auc": 0.41, "rule_minus_chance_ci95": [-0.12, -0.05]}
+    >>> _backwards_rule_notes({"kinds": {"churn_risk": {"baselines": {"rule": rule}}}})[0][:80]
+    'churn_risk: its rule of thumb ranks backwards on this history (AUC 0.410, 95%: 0'
+    >>> rule["rule_minus_chance_ci95"] = [-0.12, 0.01]  # could be no ranking at all: no note
+    >>> _backwards_rule_notes({"kinds": {"churn_risk": {"baselines": {"rule": rule}}}})
+    []
+    """
+    notes = []
+    for kind, k in (rep.get("kinds") or {}).items():
+        rule = (k.get("baselines") or {}).get("rule") or {}
+        ci = rule.get("rule_minus_chance_ci95")
+        if not ci or ci[1] is None or ci[1] >= 0:
+            continue
+        notes.append(f"{kind}: its rule of thumb ranks backwards on this history (AUC {rule['auc']:.3f}, 95%: "
+                     f"{0.5 + ci[0]:.3f} to {0.5 + ci[1]:.3f}, where 0.5 is no ranking at all): its points go "
+                     "to the customers who have the outcome less often, and so do the cold-start scores until "
+                     "the model takes over; check the kind's rule_weights (README: Your own configuration)")
     return notes
 
 

@@ -656,3 +656,27 @@ def test_a_churn_horizon_shorter_than_the_gap_between_orders_is_noted() -> None:
     notes = [n for n in history_notes(report) if "horizon" in n]
     assert len(notes) == 1 and notes[0].startswith("half of repeat orders come 90 days or more")
     assert "churn_risk's 60d horizon" in notes[0]
+
+
+def test_a_rule_that_ranks_backwards_is_named_and_a_sound_one_is_not(tmp_path: Path) -> None:
+    # Before: a rule of one's own that ranked backwards (AUC 0.24: points for silence as a sign
+    # of buying) went by without a word, and the cold-start scores followed it.
+    from scoring.config import scoring_config_from_dict
+    from scoring.core import ScoringCore
+    from scoring.report import history_notes
+
+    path = tmp_path / "events.jsonl"
+    write_jsonl(SimulationConfig(customers=400, days=120, seed=5), path)
+    notes = {}
+    for name, weights in (("backwards", {"days_since_last_event": 1.0}), ("default", None)):
+        kinds = {"purchase_propensity": {"rule_weights": weights}} if weights else {}
+        core = ScoringCore.in_memory(kinds=scoring_config_from_dict({"kinds": kinds}).kinds)
+        report = run_backtest(path.read_bytes().splitlines(), BacktestConfig(batch_baseline=False), core)
+        rule = report["kinds"]["purchase_propensity"]["baselines"]["rule"]
+        notes[name] = (rule["auc"], rule.get("rule_minus_chance_ci95"), history_notes(report))
+    auc_back, ci, said = notes["backwards"]
+    assert auc_back < 0.5 and ci is not None and ci[1] < 0
+    assert [n for n in said if n.startswith("purchase_propensity: its rule of thumb ranks backwards")]
+    auc_default, ci_default, said_default = notes["default"]
+    assert auc_default > 0.5 and ci_default is None
+    assert not [n for n in said_default if "ranks backwards" in n]
