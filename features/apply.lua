@@ -259,10 +259,12 @@ for i = 1, #updates do
   local up = updates[i]
   local eid, ts = up[1], up[2]
   local newest = state[TIME_FIELD]
-  if newest ~= nil and ts < newest - lateness then
-    statuses[i] = 'l'
-  elseif redis.call('ZSCORE', idkey, eid) then
+  -- An id already applied is a redelivery (a duplicate), however far behind it is: only
+  -- an event never applied counts as late.
+  if redis.call('ZSCORE', idkey, eid) then
     statuses[i] = 'd'
+  elseif newest ~= nil and ts < newest - lateness then
+    statuses[i] = 'l'
   else
     apply_ops(up[3])
     redis.call('ZADD', idkey, ts, eid)
@@ -271,7 +273,7 @@ for i = 1, #updates do
     if newest == nil or ts > newest then
       set(TIME_FIELD, ts)
       if nids > ID_SOFT_LIMIT then
-        -- Ids older than the lateness horizon can only come back as `late`.
+        -- Ids older than the lateness horizon are forgotten: a redelivery of one counts as late.
         nids = nids - redis.call('ZREMRANGEBYSCORE', idkey, '-inf', '(' .. format('%.17g', ts - lateness))
       end
     end

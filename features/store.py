@@ -9,13 +9,15 @@ Two stores share these semantics exactly: :class:`InMemoryFeatureStore`
 
 Per update, in this order:
 
-1. ``late``: its time is older than the customer's newest event minus the
+1. ``duplicate``: its event id was applied before (a redelivery, however far
+   behind the customer's newest event it is); nothing changes.
+2. ``late``: its time is older than the customer's newest event minus the
    allowed lateness; nothing changes.
-2. ``duplicate``: its event id was applied before; nothing changes.
 3. ``applied``: operations applied, event id remembered, newest time advanced.
 
-Event ids are remembered while they are inside the lateness window; an older
-redelivery is ``late`` anyway, so memory stays bounded and nothing counts twice.
+Event ids are remembered while they are inside the lateness window (and all of a
+customer's, up to ``FORGET_AFTER``); a redelivery of an event whose id was
+forgotten is ``late``, so memory stays bounded and nothing counts twice.
 
 >>> from features.engine import FeatureEngine
 >>> from features.events import decode
@@ -141,11 +143,11 @@ class InMemoryFeatureStore:
         return result
 
     def _apply_one(self, state: State, ids: dict[str, int], up: Update) -> str:
+        if up.event_id in ids:
+            return DUPLICATE
         newest = state.get(TIME_FIELD)
         if newest is not None and up.ts_ms < newest - self.lateness_ms:
             return LATE
-        if up.event_id in ids:
-            return DUPLICATE
         advanced = apply_update(state, up)
         ids[up.event_id] = up.ts_ms
         if len(ids) > FORGET_AFTER:

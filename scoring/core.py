@@ -451,11 +451,13 @@ class ScoringCore:
             for i, (ev, up, status) in enumerate(
                 zip(events, updates[first:last], result.statuses[first:last], strict=True)
             ):
+                rec = records[ev.customer_id]
+                if rec.shard != shard:  # the record is saved with this shard's: it is ours now
+                    self._take_over(ev.customer_id, rec, run, ev.ts_ms)
                 if status == LATE:
                     out.counts["late"] += 1
                     out.late.append(i)
                     continue
-                rec = records[ev.customer_id]
                 key = f"{ev.type}:{action_of(ev)}"
                 if status == DUPLICATE:
                     # Outcomes are idempotent, so a redelivered outcome still labels what it should.
@@ -502,6 +504,27 @@ class ScoringCore:
         run = _ShardRun(shard, out, grader or RfmGrader(), _later(previous, until_ms))
         self._process_due([run], self.state.save({shard: ShardSave({}, run.watermark, due_until=run.watermark)}))
         return out
+
+    def _take_over(self, cid: str, rec: CustomerScoring, run: _ShardRun, ts: int) -> None:
+        """Make ``run``'s shard the owner of a customer's record.
+
+        A record that names another shard (its customer's events came on another partition:
+        a producer with another partitioner or key, or more partitions) is counted
+        (``shard_changes``) and taken over: this shard's due index schedules it from now on
+        (the other shard drops it when its index hands it out, see ``_process_due_once``),
+        and this shard's RFM base counts it under its key. The other shard's base keeps
+        counting it where it last was: only that shard may write its base. A record that
+        names no shard yet (new, or saved before records named theirs) is just stamped.
+        """
+        if rec.shard is not None:
+            run.out.counts["shard_changes"] += 1
+            if rec.rfm_key is not None:
+                # Counted here from now on, so its next move here leaves no count below 0.
+                if self.rfm_deferred is None:
+                    run.grader.move(None, rec.rfm_key)
+                else:
+                    self.rfm_deferred.append((ts, cid, (None, rec.rfm_key)))
+        rec.shard = run.shard
 
     def _use(self, run: _ShardRun) -> None:
         # Scoring grades RFM with the grader of the shard being processed.
@@ -775,6 +798,15 @@ class ScoringCore:
 
     def _process_due_once(self, active: list[tuple[_ShardRun, list[str]]], last: bool) -> dict[str, list[str]]:
         records = self.state.load([cid for _, due in active for cid in due])
+        # A customer another shard took over (see _take_over) leaves this shard's index
+        # unprocessed: its owner schedules it, and writing its record here would undo that.
+        dropped: dict[str, list[str]] = {}
+        for i, (run, due) in enumerate(active):
+            foreign = [cid for cid in due if (owner := records[cid].shard) is not None and owner != run.shard]
+            if foreign:
+                dropped[run.shard] = foreign
+                gone = set(foreign)
+                active[i] = (run, [cid for cid in due if cid not in gone])
         # Most customers are due only because an example matured: that needs no feature
         # state, and on Redis each state read is a round trip's worth of decoding.
         ticking = [
@@ -790,9 +822,13 @@ class ScoringCore:
             # Kept apart until the round is saved: a round that fails adds nothing.
             round_out = Outputs()
             matured = self._due_customers(run, due, records, states, round_out)
-            mine = records if len(active) == 1 else {cid: records[cid] for cid in due}
+            drop = dropped.get(run.shard, ())
+            mine = records if len(active) == 1 and not drop else {cid: records[cid] for cid in due}
+            for rec in mine.values():
+                if rec.shard is None:  # saved before records named their shard
+                    rec.shard = run.shard
             saves[run.shard] = ShardSave(mine, None, run.unsaved_grader(),
-                                         due_until=None if last else run.watermark)
+                                         due_until=None if last else run.watermark, drop=drop)
             done.append((run, matured, round_out))
         handed_out = self.state.save(saves)
         for run, matured, round_out in done:

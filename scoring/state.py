@@ -125,6 +125,10 @@ class CustomerScoring:
     # Where the shard's RFM base counts this customer (see scoring.rfm.RfmGrader.key);
     # None until an RFM kind graded it. Saved with the grader: both or neither survive.
     rfm_key: tuple[int, int, int] | None = None
+    # The shard (source partition) that last processed the customer: another shard's events
+    # for it mean the input is not co-partitioned (see scoring.core.ScoringCore). None in
+    # records written before it existed, until their next save.
+    shard: str | None = None
 
     def kind(self, name: str) -> KindState:
         ks = self.kinds.get(name)
@@ -143,6 +147,8 @@ class CustomerScoring:
         data: dict[str, Any] = {"kinds": self.kinds, "pending": [p.fragment() for p in self.pending]}
         if self.rfm_key is not None:
             data["rfm_key"] = self.rfm_key
+        if self.shard is not None:
+            data["shard"] = self.shard
         return orjson.dumps(data)
 
     @classmethod
@@ -153,7 +159,8 @@ class CustomerScoring:
             k["history"] = [tuple(h) for h in k.get("history", [])]
             kinds[name] = KindState(**k)
         key = data.get("rfm_key")
-        return cls(kinds, [Pending(**p) for p in data.get("pending", [])], None if key is None else tuple(key))
+        return cls(kinds, [Pending(**p) for p in data.get("pending", [])], None if key is None else tuple(key),
+                   data.get("shard"))
 
 
 class ShardState(NamedTuple):
@@ -170,13 +177,16 @@ class ShardSave(NamedTuple):
     index); ``watermark`` and ``grader`` when they changed; ``due_until``: after the
     save, hand out the shard's customers due by then (due time, then id; at most
     ``DUE_LIMIT``). The caller saves every customer handed out so, in its next save:
-    until then a store may keep them due (Redis does, so a round that fails loses none).
+    until then a store may keep them due (Redis does, so a round that fails loses none),
+    or lists it in ``drop``: customers taken out of the shard's due index, their records
+    not written (another shard owns them now; taken out before ``due_until`` hands out).
     """
 
     records: dict[str, CustomerScoring]
     watermark: int | None = None
     grader: RfmGrader | None = None
     due_until: int | None = None
+    drop: Sequence[str] = ()
 
 
 class StateStore(Protocol):
@@ -228,9 +238,13 @@ class InMemoryStateStore:
 
     def save(self, shards: dict[str, ShardSave]) -> dict[str, list[str]]:
         handed_out = {}
-        for shard, (records, watermark, grader, due_until) in shards.items():
+        for shard, (records, watermark, grader, due_until, drop) in shards.items():
             if grader is not None:
                 self._graders[shard] = grader
+            for cid in drop:
+                found = self._due_at.get(cid)
+                if found is not None and found[0] == shard:
+                    del self._due_at[cid]
             heap = self._due.setdefault(shard, [])
             for cid, rec in records.items():
                 self._records[cid] = rec

@@ -100,7 +100,7 @@ from features.events import event_time_ms
 from scoring.config import load_scoring_config
 from streams.faust_transport import LeadpulseApp
 from streams.learning import LearnerProcess, LiveLearner, RedisCheckpointStore
-from streams.metrics import CONTENT_TYPE, LatencyWindow, Metrics
+from streams.metrics import CONTENT_TYPE, LatencyWindow, Metrics, ShardChanges
 from streams.pipeline import (
     BatchOutput,
     EventTimeAligner,
@@ -361,6 +361,9 @@ class LiveWorker:
         # found Redis emptied (wall time).
         self.redis_epoch: bytes | None = None
         self.redis_data_lost_at: float | None = None
+        # Customers whose events came on another input partition than before (the core counts
+        # them): a warning a minute at most, and /health shows the last for an hour.
+        self.shard_changes = ShardChanges()
         self._learn_lock = asyncio.Lock()
         self._unacked_labels: list[tuple[Any, Any]] = []  # (stream, event) awaiting a snapshot
         self._score_lock = asyncio.Lock()
@@ -997,6 +1000,9 @@ class LiveWorker:
         now = time.time()
         self._track(done)
         self.metrics.count(counts, Counter(m.topic for m in (fev.message for fev in done)))
+        moved = counts.get("shard_changes", 0)
+        if moved and (warning := self.shard_changes.note(moved)) is not None:
+            log.warning(warning)  # counts only: no customer id in the log
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         if received:
             self.metrics.batch_events.observe(received)
@@ -1209,6 +1215,18 @@ class LiveWorker:
             body["model_versions"] = self.model_versions
             lost_at = self.redis_data_lost_at
             body["redis_data_lost_at"] = _utc(lost_at) if lost_at is not None else None
+            # Not degraded: the worker goes on right (the new partition owns the customer) and
+            # /health is a liveness probe; restarts during a partition increase would only
+            # add rebalances. The warning says what to look at.
+            moved = self.shard_changes
+            body["customer_shard_changes"] = moved.total
+            body["customer_shard_changed_at"] = _utc(moved.last_at) if moved.last_at is not None else None
+            if moved.recent():
+                body["warning"] = (
+                    "customers' events came on another input partition than before (last at "
+                    f"{_utc(moved.last_at or 0.0)}): after a partition increase expected once; "
+                    "if it goes on, a producer does not co-partition by customer (see the log)"
+                )
         return body, 200 if status == "ok" else 503
 
     def readiness(self) -> tuple[dict[str, Any], int]:

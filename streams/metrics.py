@@ -57,6 +57,7 @@ _COUNTED = {
     "invalid": "invalid",
     "duplicates": "duplicates",
     "late": "late",
+    "shard_changes": "shard_changes",
     "scores_published": "scores",
     "alerts": "alerts",
     "triggers": "triggers",
@@ -73,7 +74,14 @@ class Metrics:
         self.events_in = Counter("leadpulse_events_in", "Input records consumed", ["topic"], registry=r)
         self.invalid = Counter("leadpulse_events_invalid", "Records dead-lettered (invalid or mis-keyed)", registry=r)
         self.duplicates = Counter("leadpulse_events_duplicate", "Events already applied (redelivery, duplicate id)", registry=r)
-        self.late = Counter("leadpulse_events_late", "Events older than the allowed lateness (not applied)", registry=r)
+        self.late = Counter(
+            "leadpulse_events_late", "Events older than the allowed lateness, never applied (not applied now)",
+            registry=r,
+        )
+        self.shard_changes = Counter(
+            "leadpulse_customer_shard_changes",
+            "Customers whose events came on another input partition than before (taken over by it)", registry=r,
+        )
         self.scores = Counter("leadpulse_scores_published", "Score changes published", registry=r)
         self.alerts = Counter("leadpulse_alerts", "Alerts published", registry=r)
         self.triggers = Counter("leadpulse_triggers", "Nurturing triggers published", registry=r)
@@ -231,3 +239,64 @@ class LatencyWindow:
             "p99_ms": pct(0.99),
             "max_ms": round(ordered[-1] * 1000.0, 3) if ordered else None,
         }
+
+
+SHARD_CHANGES_LOG_EVERY_S = 60.0  # at most one warning a minute
+SHARD_CHANGES_SHOWN_S = 3600.0  # /health shows the last change this long
+
+SHARD_CHANGES_WARNING = (
+    "%d customer(s) had events on another input partition than their earlier ones (%d since start; "
+    "counted in leadpulse_customer_shard_changes_total, shown on /health): the partition that got "
+    "them took each customer over. Many at once, then none: the input topics' partition count was "
+    "increased, and customers hashed to other partitions move once; it settles. If it goes on, a "
+    "producer does not co-partition the inputs by customer: another partitioner (librdkafka clients "
+    "default to CRC32, set partitioner=murmur2_random), another message key than customer_id, or an "
+    "input topic with another partition count than the others. Meanwhile two partitions write "
+    "these customers' scoring records (updates lost, idle rescores from both)"
+)
+
+
+class ShardChanges:
+    """Customers whose events came on another shard than before (``shard_changes`` of a
+    batch's counts, see :meth:`scoring.core.ScoringCore._take_over`): when to warn, and what
+    ``/health`` shows. No customer id is kept: only counts and times.
+
+    >>> now = [1000.0]
+    >>> sc = ShardChanges(clock=lambda: now[0])
+    >>> sc.note(3) is not None, sc.note(2)  # the first warns at once, the next waits a minute
+    (True, None)
+    >>> now[0] += 60; msg = sc.note(1); msg.split(" customer")[0], "(6 since start" in msg
+    ('3', True)
+    >>> sc.recent(), (now.__setitem__(0, now[0] + 3601), sc.recent())[1]
+    (True, False)
+    """
+
+    def __init__(
+        self, clock: Any = time.time, log_every_s: float = SHARD_CHANGES_LOG_EVERY_S,
+        shown_s: float = SHARD_CHANGES_SHOWN_S,
+    ) -> None:
+        self.clock = clock
+        self.log_every_s = log_every_s
+        self.shown_s = shown_s
+        self.total = 0
+        self.last_at: float | None = None  # wall time of the last batch with a change
+        self._unlogged = 0
+        self._logged_at: float | None = None
+
+    def note(self, n: int) -> str | None:
+        """Count ``n`` changes; the warning to log now (None: one was logged within the interval)."""
+        if n <= 0:
+            return None
+        now = self.clock()
+        self.total += n
+        self.last_at = now
+        self._unlogged += n
+        if self._logged_at is not None and now - self._logged_at < self.log_every_s:
+            return None
+        self._logged_at = now
+        told, self._unlogged = self._unlogged, 0
+        return SHARD_CHANGES_WARNING % (told, self.total)
+
+    def recent(self) -> bool:
+        """Whether the last change was within ``shown_s``."""
+        return self.last_at is not None and self.clock() - self.last_at <= self.shown_s

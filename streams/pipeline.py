@@ -114,11 +114,12 @@ __all__ = [
 # the learner's consumer about as much as a whole label does, one per example doubled the
 # records the worker moved. Kept well below Kafka's default 1 MB message limit.
 LABELS_RECORD_BYTES = 256 * 1024
-# Why a valid event was not applied. Event ids are remembered only inside the lateness
-# window, so a redelivery of an event applied longer ago than that reads as late too.
+# Why a valid event was not applied. A redelivery of an applied event is a duplicate, not
+# late, while its id is remembered: inside the lateness window, and all of a customer's up to
+# 64 (features.store); past that, its id forgotten, it reads as late.
 LATE_REASON = (
     "later than the allowed lateness behind the customer's newest event; not applied "
-    "(or a redelivery of an event applied before that)"
+    "(or a redelivery of an event applied long before, its id forgotten)"
 )
 
 

@@ -109,7 +109,7 @@ class RedisStateStore:
         batch = CommandBatch(self.client)
         saved: list[tuple[str, bytes, CustomerScoring]] = []
         handing: list[tuple[str, int]] = []  # (shard, index of its ZRANGEBYSCORE in the batch)
-        for shard, (records, watermark, grader, due_until) in shards.items():
+        for shard, (records, watermark, grader, due_until, drop) in shards.items():
             if grader is not None:
                 batch.add("SET", f"{self.prefix}:rfm:{shard}", grader.snapshot())
             due_key = f"{self.prefix}:due:{shard}"
@@ -131,6 +131,8 @@ class RedisStateStore:
                     undue.append(cid)
                 else:
                     dues[cid] = due
+            if drop:  # another shard owns these customers now
+                undue += [cid for cid in drop if cid not in records]
             if undue:
                 batch.add("ZREM", due_key, *undue)
             if dues:

@@ -359,10 +359,10 @@ def test_lateness_duplicate_order(engine: FeatureEngine) -> None:
     state = store.read(["c1"])["c1"]
     assert state[TIME_FIELD] == float(T0 + 3 * HOUR)
     assert engine.vector(state, T0 + 3 * HOUR)["page_views_24h"] == 2.0
-    # a late redelivery of an applied event is late, not duplicate: late is checked first
+    # a late redelivery of an applied event is a duplicate, not late: its id is checked first
     later = ev("web", T0 + 10 * HOUR)
     store.apply([Update.of(later, engine.ops_for(later))])
-    assert store.apply([ups[2]]).statuses == ["late"]
+    assert store.apply([ups[2], ups[1]]).statuses == ["duplicate", "late"]
 
 
 def test_old_ids_forgotten_beyond_lateness(engine: FeatureEngine) -> None:

@@ -173,10 +173,22 @@ def test_older_than_lateness_is_late(stores: Stores) -> None:
     assert store.apply([up(late)]).statuses == ["late"]
     assert state(store) == before
     assert store.apply([up(edge)]).statuses == ["applied"]  # exactly at the bound is on time
-    # late is checked before duplicate: an old redelivery is late
+    # duplicate is checked before late: an old redelivery, its id remembered, is a duplicate
     store.apply([up(ev("web", T0 + 20 * HOUR))])
-    assert store.apply([up(edge)]).statuses == ["late"]
+    assert store.apply([up(edge)]).statuses == ["duplicate"]
+    assert store.apply([up(edge), up(late)]).statuses == ["duplicate", "late"]
     assert late.event_id not in store.remembered_ids("c1")
+
+
+def test_a_redelivery_whose_id_was_forgotten_is_late(stores: Stores) -> None:
+    store = stores.make(lateness_ms=HOUR)
+    events = [ev("web", T0 + i * 60_000) for i in range(70)]
+    store.apply([up(e) for e in events])
+    store.apply([up(ev("web", T0 + 10 * HOUR))])  # past the soft limit: the old ids go
+    forgotten = [e for e in events if e.event_id not in store.remembered_ids("c1")]
+    kept = [e for e in events if e.event_id in store.remembered_ids("c1")]
+    assert forgotten and kept
+    assert store.apply([up(forgotten[0]), up(kept[0])]).statuses == ["late", "duplicate"]
 
 
 def test_ids_forgotten_like_the_reference(stores: Stores) -> None:
@@ -667,14 +679,16 @@ def test_a_held_state_is_written_by_apply_known_to_the_same_bytes(
         t = T0 + b * 600_000
         batch = [up(ev(rng.choice(["web", "purchase", "campaign"]), t + rng.randint(-LATENESS, 60_000),
                        category=rng.choice("abcdefg"))) for _ in range(rng.randint(1, 6))]
-        batch.append(up(ev("web", t - 3 * LATENESS)))  # late
+        if b % 3 == 0:
+            batch.append(up(ev("web", t - 3 * LATENESS)))  # late
         batch.append(batch[0])  # a duplicate inside the batch
         batches.append(batch)
     for batch in batches:
         a, b = cached.apply(batch), scripted.apply(batch)
         assert a.statuses == b.statuses
         assert a.before == b.before
-    assert used[0] == "full" and set(used[1:]) == {"known"}
+    # A batch with a late event goes to apply.lua: only the stored ids tell a redelivery.
+    assert used == ["full"] + ["full" if b % 3 == 0 else "known" for b in range(1, 30)]
     assert _stored(redis_client, cached, "c1") == _stored(redis_client, scripted, "c1")
     assert state(cached) == state(scripted)
 

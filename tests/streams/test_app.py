@@ -603,3 +603,59 @@ def test_a_flushed_redis_is_logged_counted_and_shown_on_health_once(
                 assert log.count("Redis lost its data") == 1, worker.log_tail()
         finally:
             client.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_a_customer_on_another_partition_is_counted_logged_without_its_id_and_shown_on_health(
+    kafka_bootstrap: str, redis_url: str, unique_topic: str, tmp_path: Any
+) -> None:
+    # Before: a producer that put one customer on two partitions went unnoticed.
+    import time
+
+    import orjson
+
+    from streams.app import ensure_topics
+    from streams.embedded import free_port
+    from streams.live_cli import WorkerProcess, load_settings, make_producer
+    from streams.settings import Topics
+
+    topics = Topics(**{k: f"{unique_topic}.{v}" for k, v in Topics().model_dump().items()})
+    env = {"kafka_bootstrap": kafka_bootstrap, "redis_url": redis_url, "app_id": unique_topic,
+           "redis_prefix": unique_topic, "partitions": 2, "broker_session_timeout_s": 10,
+           "broker_rebalance_timeout_s": 3, **{f"topics__{k}": v for k, v in topics.model_dump().items()}}
+    ensure_topics(load_settings(kafka_bootstrap=kafka_bootstrap, partitions=2, topics=topics))
+    now_ms = int(time.time() * 1000)
+
+    def moves(worker: WorkerProcess) -> float:
+        return float(next(line.split()[1] for line in worker.get_text("/metrics").splitlines()
+                          if line.startswith("leadpulse_customer_shard_changes_total ")))
+
+    def wait_events(worker: WorkerProcess, n: int) -> None:
+        deadline = time.monotonic() + 60
+        while worker.get_json("/health")["events"] < n:
+            assert time.monotonic() < deadline, (worker.get_json("/health"), worker.log_tail())
+            time.sleep(0.3)
+
+    producer = make_producer(load_settings(kafka_bootstrap=kafka_bootstrap))
+    with WorkerProcess({**env, "web_port": free_port()}, log_path=tmp_path / "w.log") as worker:
+        worker.wait_ready(timeout=120)
+        try:
+            for i, partition in enumerate((0, 1)):  # the same customer, a partition each time
+                value = orjson.dumps({"event_id": f"m{i}", "customer_id": "cmoved-secret", "ts": now_ms + i,
+                                      "type": "web", "action": "page_view", "session_id": "s1"})
+                producer.send(topics.web, key=b"cmoved-secret", value=value, partition=partition).get(timeout=30)
+                wait_events(worker, i + 1)
+        finally:
+            producer.close()
+        deadline = time.monotonic() + 30
+        while moves(worker) < 1:
+            assert time.monotonic() < deadline, worker.log_tail()
+            time.sleep(0.3)
+        health = worker.get_json("/health")
+        log = worker.log_path.read_text()
+    assert health["customer_shard_changes"] == 1, health
+    assert health["customer_shard_changed_at"] and "another input partition" in health["warning"], health
+    assert health["status"] == "ok", health  # the worker goes on right: not degraded
+    assert log.count("had events on another input partition") == 1, log[-3000:]
+    assert "cmoved-secret" not in log
