@@ -93,6 +93,9 @@ _ORDER_MARK = re.compile(r"#\d+")  # Shopify's order names: #1001
 # such as 2023-000123 has two).
 _PHONE = re.compile(r"(\+|00|\()?\d[\d ()./-]{5,}\d")
 _PHONE_GROUPS = re.compile(r"\d+")
+# 00 and a country code (never 0): 0049 170 1234567, or 11 digits or more in one run. An ERP's
+# zero-padded customer number (SAP's ten digits, 0000100234 or 0012345678) is no phone number.
+_INTERNATIONAL = re.compile(r"00[1-9](?:\d*[ ()./-]|\d{8})")
 # Two to four words of letters (a hyphen or apostrophe inside), each starting upper case or
 # all upper case, a comma after the first allowed: Ann Smith, Smith, Ann, Jean-Luc O'Neill.
 _COMPANY_ENDINGS = frozenset({"inc", "corp", "corporation", "co", "company", "ltd", "limited", "llc", "llp", "plc",
@@ -230,7 +233,7 @@ def _read(p: ColumnProfile, cell: str) -> None:
     if "@" in cell and _EMAIL.fullmatch(cell):
         p.emails += 1
     elif not letters and _PHONE.fullmatch(cell) and 7 <= sum(ch.isdigit() for ch in cell) <= 15 and not timed \
-            and (cell[0] in "+(" or cell.startswith("00") or len(_PHONE_GROUPS.findall(cell)) >= 3):
+            and (cell[0] in "+(" or _INTERNATIONAL.match(cell) or len(_PHONE_GROUPS.findall(cell)) >= 3):
         p.phones += 1
     elif " " in cell and _PERSON.fullmatch(cell) and all(w[0].isupper() for w in cell.replace(",", "").split()
                                                           if len(w) > 3) \

@@ -601,7 +601,9 @@ def write_customer_scores(core: ScoringCore, customer_ids: Sequence[str], as_of_
     as_of = ms_to_iso(as_of_ms)  # milliseconds, as every published time
     as_csv = path.suffix.lower() == ".csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    # RFM grades against the base's counts as they are at the end, not ranks up to 1% of the
+    # base's moves old (the stream's shortcut): the file's grades are the base's own quintiles.
+    with open(path, "w", newline="", encoding="utf-8") as handle, core.rfm.exact():
         # Extra keys (a rule kind's probability and reasons) are not columns: ignored.
         writer = csv.DictWriter(handle, fields, extrasaction="ignore") if as_csv else None
         if writer:

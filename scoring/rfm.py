@@ -24,7 +24,8 @@ import bisect
 import math
 import pickle
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 METRICS = {"r": "days_since_last_purchase", "f": "orders_total", "m": "spend_total"}
 DAY_MS = 86_400_000
@@ -168,6 +169,39 @@ class RfmGrader:
         r = ranks["r"].grade(key[0], ties_up=True)
         f, m = ranks["f"].grade(key[1]), ranks["m"].grade(key[2])
         return r, f, m, segment(r, f)
+
+    @contextmanager
+    def exact(self) -> Iterator[None]:
+        """Grade against the counts as they are now, then go on as before (a report's grades).
+
+        Between moves the grades use ranks re-read once more than 1/STALE_SHARE of the base
+        has moved since: in a stream that is within a grade's noise, in a report of every
+        customer at one moment (``--customers-out``) it showed as the odd customer a grade off
+        the base's own quintiles. The ranks in use and their age are put back after.
+
+        >>> g = RfmGrader()
+        >>> for day in range(1000):  # a buyer a day: 1,000 customers
+        ...     _ = g.move(None, (day, 1, 100))
+        >>> v = {"days_since_last_purchase": 0.0, "orders_total": 1.0, "spend_total": 100.0}
+        >>> g.grade(v, 800 * DAY_MS)[0]  # 801 of 1,000 bought on day 800 or before
+        5
+        >>> for day in range(10):  # ten of the earliest buy again: 1% of the base, ranks kept
+        ...     _ = g.move((day, 1, 100), (1000 + day, 2, 200))
+        >>> g.grade(v, 800 * DAY_MS)[0], g.grade(v, 800 * DAY_MS)[0]
+        (5, 5)
+        >>> with g.exact():  # 791 of 1,000 now
+        ...     g.grade(v, 800 * DAY_MS)[0]
+        4
+        >>> g.grade(v, 800 * DAY_MS)[0]  # the stream's ranks as they were
+        5
+        """
+        saved = (self._ranks, self._moves_since_ranks)
+        self._ranks = {name: _Ranks(c) for name, c in self.counts.items()}
+        self._moves_since_ranks = 0
+        try:
+            yield
+        finally:
+            self._ranks, self._moves_since_ranks = saved
 
     def _current_ranks(self) -> dict[str, _Ranks]:
         ranks = self._ranks

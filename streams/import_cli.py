@@ -401,6 +401,40 @@ def _joined(query: str, path: Path, joins: list[Path], out: IO[str], limit: int 
     return read
 
 
+def _blank_customers_read(rows: list[Any], customer: str, order: str | None) -> str:
+    """What the import does with the sampled rows whose customer cell is empty.
+
+    An order's line items under its first row, with the customer on that row alone (Shopify's
+    orders export), are filled from it; only the others are skipped. Said as all skipped, a
+    Shopify export's 49% of rows were "skipped", of which the import skipped none.
+
+    >>> rows = [{"c": "7", "o": "#1"}, {"c": "", "o": "#1"}, {"c": "", "o": "#2"}, {"c": "", "o": ""}]
+    >>> _blank_customers_read(rows, "c", "o")
+    '1 of them on the line items of an order whose customer the import fills in from its first row, the other 2 skipped (missing customer)'
+    >>> _blank_customers_read(rows[:2], "c", "o")
+    'on the line items of an order whose customer the import fills in from its first row'
+    >>> _blank_customers_read(rows, "c", None)
+    'the import skips those (missing customer)'
+    """
+    from features.importer import NO_VALUE
+
+    def cell(row: Any, name: str) -> str:
+        value = (row.get(name) or "").strip()
+        return "" if value in NO_VALUE else value
+
+    blank = [row for row in rows if not cell(row, customer)]
+    if not order:
+        return "the import skips those (missing customer)"
+    named = {cell(row, order) for row in rows if cell(row, customer)} - {""}
+    filled = sum(cell(row, order) in named for row in blank)
+    if not filled:
+        return "the import skips those (missing customer)"
+    said = "on the line items of an order whose customer the import fills in from its first row"
+    if filled == len(blank):
+        return said
+    return f"{filled:,} of them {said}, the other {len(blank) - filled:,} skipped (missing customer)"
+
+
 @command("inspect")
 def cmd_inspect(args: argparse.Namespace) -> int:
     from features.inspect import command as import_command
@@ -472,7 +506,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             print(f"  {note}")
     if customer.filled < 0.95 * customer.rows:  # anonymous visitors of an analytics log
         print(f"  {customer.name} is empty in {100 - 100 * customer.filled / customer.rows:.0f}% of the rows read: "
-              "the import skips those (missing customer)")
+              + _blank_customers_read(rows, customer.name, pick.get("order")))
     personal = pii_note(customer)  # no cell of such a column is shown
     if personal:
         print(f"  {personal}")

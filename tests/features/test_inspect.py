@@ -231,3 +231,19 @@ def test_a_measure_is_never_the_customer(measure: str) -> None:
     rows = _rows(2_000, lambda i, r: {"Date": _when(i, r), "Label": r.choice(["a", "b"]),
                                       measure: str(r.randint(1, 500)) if measure != "Score" else f"{r.uniform(0, 9):.2f}"})
     assert suggest(profile(rows)).get("customer") is None
+
+
+@pytest.mark.parametrize("cell, phone", [
+    (lambda i: f"{100_000 + i % 300:010d}", False),  # SAP's Kundennummer, zero-padded to ten digits
+    (lambda i: f"{12_345_000 + i % 300:010d}", False),  # 0012345123: padded, not 00 and a country code
+    (lambda i: f"0049 170 {1_000_000 + i % 300}", True),
+    (lambda i: f"0044{7_700_900_000 + i % 300}", True),  # 14 digits in one run
+])
+def test_a_zero_padded_customer_number_is_no_phone_number(cell, phone: bool) -> None:
+    """An ERP export's customer numbers (0000100234) were named phone numbers, personal data."""
+    from features.inspect import pii_note
+
+    rows = [{"Kundennummer": cell(i), "Belegdatum": f"2024-03-{1 + i % 28:02d} 10:00", "Betrag": "12.50"}
+            for i in range(400)]
+    p = next(p for p in profile(rows) if p.name == "Kundennummer")
+    assert ("looks like phone numbers" in pii_note(p)) is phone

@@ -8,6 +8,7 @@ import gzip
 import json
 import lzma
 import os
+import shlex
 import tempfile
 import threading
 import zipfile
@@ -710,3 +711,23 @@ def test_inspect_of_a_database_says_all_only_when_the_table_ended_before_the_sam
     first = capsys.readouterr().out.splitlines()[0]
     # The copy of a table holds at most the sample: exactly as many rows may be all or not.
     assert first.startswith(f"{path}: ") and (f"all {rows} rows read" in first) == whole
+
+
+def test_inspect_does_not_call_an_orders_line_items_under_its_first_row_skipped(tmp_path: Path, capsys) -> None:
+    """Shopify's orders export names the customer on an order's first row only: inspect said
+    49% of the rows would be skipped (missing customer), and the import filled every one."""
+    src = tmp_path / "orders_export.csv"
+    lines = ["Name,Email,Financial Status,Created at,Total,Lineitem quantity,Lineitem price,Customer ID"]
+    for i in range(200):
+        lines.append(f"#{1001 + i},c{i % 40}@shop.example,paid,2024-0{1 + i % 9}-1{i % 10} 10:{i % 60:02d}:00,"
+                     f"{30 + 3 * (i % 7)}.00,1,{10 + i % 7}.00,{5000 + i % 40}")
+        lines += [f"#{1001 + i},,,,,1,{10 + i % 7}.00,"] * 2
+    src.write_text("\n".join(lines) + "\n")
+    assert main(["inspect", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert "--customer 'Customer ID'" in out and "--order Name" in out
+    assert "the import fills in from its first row" in out and "missing customer" not in out
+    cmd = shlex.split(next(line for line in out.splitlines() if "leadpulse import-transactions" in line))[1:]
+    assert main([*cmd[:-1], str(tmp_path / "o.jsonl"), "--default-currency", "EUR"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rows_skipped"] == 0 and summary["rows_filled_from_order_first_row"] == 400
