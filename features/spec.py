@@ -272,6 +272,8 @@ def _windows(name: str, source: str, agg: Aggregation, windows: Sequence[str], *
     return [FeatureSpec(f"{name}_{w}", source, agg, window=w, **kw) for w in windows]
 
 
+# A refund's amount (never negative in an event) taken off its purchase's.
+NET = {"refunded": -1.0}
 # Events the customer caused (every web action, an order, a reaction to a campaign).
 ACTIVE = "web+purchase:completed+campaign:opened|clicked|converted|unsubscribed"
 
@@ -287,9 +289,11 @@ def default_catalog() -> Catalog:
     f: list[FeatureSpec] = [
         # Transactional (RFM)
         FeatureSpec("orders_total", "purchase:completed", "count"),
-        FeatureSpec("spend_total", "purchase:completed", "sum", field="amount"),
+        # Spend is net of refunds (money kept): a customer who refunded every order is no big
+        # spender. Orders count what was ordered; refunds count apart (refunds_365d).
+        FeatureSpec("spend_total", "purchase", "sum", field="amount", weights=NET),
         *_windows("orders", "purchase:completed", "count", ("90d", "365d")),
-        *_windows("spend", "purchase:completed", "sum", ("90d", "365d"), field="amount"),
+        *_windows("spend", "purchase", "sum", ("90d", "365d"), field="amount", weights=NET),
         FeatureSpec("max_order_amount", "purchase:completed", "max", field="amount", default=None),
         FeatureSpec("refunds_365d", "purchase:refunded", "count", window="365d"),
         FeatureSpec("first_purchase_at", "purchase:completed", "first_time", default=None),

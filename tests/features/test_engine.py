@@ -55,11 +55,18 @@ def test_count_and_sum_totals(engine: FeatureEngine) -> None:
     assert v["avg_basket"] == pytest.approx(50.25)
 
 
-def test_refund_is_not_an_order(engine: FeatureEngine) -> None:
+def test_refund_is_not_an_order_and_spend_is_net_of_refunds(engine: FeatureEngine) -> None:
     s = feed(engine, [ev("purchase", T0, amount=80, status="refunded")])
     v = engine.vector(s, T0)
-    assert v["orders_total"] == 0.0 and v["spend_total"] == 0.0
+    # A refund of an order from before the history: no order, and money given back.
+    assert v["orders_total"] == 0.0 and v["spend_total"] == -80.0 and v["spend_365d"] == -80.0
     assert v["refunds_365d"] == 1.0
+    # Before: spend counted completed purchases only, so a customer who refunded every order
+    # (an import makes a refunded order its purchase and its refund) ranked as a big spender.
+    s = feed(engine, [ev("purchase", T0, amount=80), ev("purchase", T0 + HOUR, amount=30),
+                      ev("purchase", T0 + 2 * HOUR, amount=80, status="refunded")])
+    v = engine.vector(s, T0 + 3 * HOUR)
+    assert (v["orders_total"], v["spend_total"], v["spend_90d"], v["refunds_365d"]) == (2.0, 30.0, 30.0, 1.0)
 
 
 def test_max_and_min(engine: FeatureEngine) -> None:
