@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from streams.app import LiveWorker
+from streams.live_cli import HTTP_TIMEOUT_S
 from streams.settings import Settings
 
 
@@ -75,7 +76,7 @@ def test_with_a_token_clearing_the_latency_window_needs_it(kafka_bootstrap: str,
         if token:
             request.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(request, timeout=5) as resp:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as resp:
                 return int(resp.status)
         except urllib.error.HTTPError as exc:
             return exc.code
@@ -94,7 +95,7 @@ def _ready(port: int) -> tuple[int, dict[str, Any]]:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=HTTP_TIMEOUT_S) as resp:
             return int(resp.status), json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -521,7 +522,7 @@ def test_health_turns_degraded_while_the_broker_is_gone_and_ok_once_it_is_back(
     from datetime import UTC, datetime
 
     from streams.app import ensure_topics
-    from streams.embedded import EmbeddedKafka, free_port
+    from streams.embedded import EmbeddedKafka, EmbeddedServerError, free_port
     from streams.live_cli import WorkerProcess, load_settings
     from streams.settings import Topics
 
@@ -548,7 +549,7 @@ def test_health_turns_degraded_while_the_broker_is_gone_and_ok_once_it_is_back(
             broker.stop()
             stopped = time.monotonic()
             while (health := worker.get_json("/health"))["broker"] == "ok":
-                assert time.monotonic() - stopped < threshold + 10, (health, worker.log_tail())
+                assert time.monotonic() - stopped < threshold + 20, (health, worker.log_tail())
                 time.sleep(0.2)
             seen = time.time()
             assert health["status"] == "degraded" and health["broker"] == "unreachable", health
@@ -561,7 +562,14 @@ def test_health_turns_degraded_while_the_broker_is_gone_and_ok_once_it_is_back(
             status, ready = _ready(worker.port)
             assert status == 503 and "broker" in ready["waiting_for"], ready
 
-            broker = EmbeddedKafka(port=port).start()
+            restart = time.monotonic() + 30
+            while True:  # the same port: a reconnect of the worker's may hold it a moment (as its own)
+                try:
+                    broker = EmbeddedKafka(port=port).start()
+                    break
+                except EmbeddedServerError:
+                    assert time.monotonic() < restart, worker.log_tail()
+                    time.sleep(0.5)
             ensure_topics(settings)
             back = time.monotonic()
             while (health := worker.get_json("/health"))["broker"] != "ok":
