@@ -47,6 +47,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from scoring.backtest import BacktestConfig, run_backtest
 from scoring.core import Labelled
@@ -129,6 +130,13 @@ def _fit_predict(make: Callable[[], Any], x: np.ndarray, y: np.ndarray, train: n
 
 def bound(examples: Examples, folds: int = 5) -> dict[str, dict[str, float | None]]:
     """The figures of one kind (see the module docstring), each ``{"auc", "ratio"}``."""
+    # Small fits: OpenMP and BLAS threads cost more than they give, and on a loaded 2-core machine
+    # their spin-waits made these fits several times slower (run_backtest limits them too).
+    with threadpool_limits(limits=1):
+        return _bound(examples, folds)
+
+
+def _bound(examples: Examples, folds: int) -> dict[str, dict[str, float | None]]:
     x, y = examples.matrix(), np.asarray(examples.y)
     prob, rule = np.asarray(examples.prob), np.asarray(examples.rule)
     model, t, end = np.asarray(examples.model), np.asarray(examples.t), np.asarray(examples.end)

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import GroupKFold
+from threadpoolctl import threadpool_limits
 
 from features.events import parse_ts_ms
 from features.spec import DAY_MS
@@ -125,6 +126,13 @@ def _auc_of(rows: list[dict[str, Any]], field: str) -> float | None:
 
 def ceiling(scores: Path, config: SimulationConfig, folds: int = 5) -> dict[str, dict[str, Any]]:
     """Per kind: counts, the online and rule AUCs and the latent-truth ceilings."""
+    # Small fits: OpenMP and BLAS threads cost more than they give, and on a loaded 2-core machine
+    # their spin-waits made these fits several times slower (run_backtest limits them too).
+    with threadpool_limits(limits=1):
+        return _ceiling(scores, config, folds)
+
+
+def _ceiling(scores: Path, config: SimulationConfig, folds: int) -> dict[str, dict[str, Any]]:
     by_kind = load_scores(scores)
     truth = ground_truth(config)
     unknown = {r["customer_id"] for rows in by_kind.values() for r in rows} - truth.keys()

@@ -1091,7 +1091,11 @@ class LiveWorker:
             if answered:
                 self.broker_answered()
             else:
-                self.broker_unanswered(asked)
+                # Unanswered from when it was asked, but from at most its timeout before the failure
+                # was seen: an answer that came in while the event loop stood still loses to the
+                # timeout, whose timer fires first when the loop runs again, and the stall is no
+                # evidence against the broker.
+                self.broker_unanswered(max(asked, time.monotonic() - self.broker_probe_s))
             await asyncio.sleep(self.broker_probe_s)
 
     async def probe_broker(self) -> bool:
@@ -1125,8 +1129,9 @@ class LiveWorker:
         gone unanswered for at least half of that; then since when none has.
 
         The second condition is why a worker whose event loop stalled (a loaded host, a long
-        collection) is not called cut off: it sent nothing meanwhile, and its next request is
-        answered. One unanswered request is not enough either: it waits a quarter of the threshold.
+        collection) is not called cut off: it sent nothing meanwhile (a request it had sent counts
+        from at most its timeout before the failure was seen, see :meth:`watch_broker`), and its
+        next request is answered. One unanswered request is not enough either: it waits a quarter of the threshold.
 
         >>> w = LiveWorker(Settings(app_id="doc", broker_unreachable_s=8), bare=True)
         >>> w.broker_answered_at -= 60   # a minute of silence, but nothing asked and unanswered

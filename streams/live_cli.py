@@ -67,6 +67,9 @@ from streams.cli import (
 __all__ = ["WorkerProcess", "replay_lines", "worker_env"]
 
 INPUT_TYPES = ("web", "purchase", "campaign")
+# How long WorkerProcess waits for an HTTP answer: a worker's event loop can stand still for
+# seconds on a loaded host (a CI machine), and a slow answer is not a wrong one.
+HTTP_TIMEOUT_S = 30.0
 
 
 # --------------------------------------------------------------------------- worker
@@ -169,7 +172,7 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def get_json(self, path: str, timeout: float = 5.0) -> Any:
+    def get_json(self, path: str, timeout: float = HTTP_TIMEOUT_S) -> Any:
         import urllib.error
         import urllib.request  # here: every command would load http and ssl at start-up
 
@@ -179,7 +182,7 @@ class WorkerProcess:
         except urllib.error.HTTPError as exc:  # /health answers 503 with a body
             return json.loads(exc.read())
 
-    def get_text(self, path: str, timeout: float = 5.0) -> str:
+    def get_text(self, path: str, timeout: float = HTTP_TIMEOUT_S) -> str:
         import urllib.request
 
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as resp:

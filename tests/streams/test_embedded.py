@@ -153,4 +153,4 @@ def test_explicit_busy_port_fails_clearly() -> None:
         squatter.listen()
         port = squatter.getsockname()[1]
         with pytest.raises(RuntimeError, match="(?i)in use"):
-            EmbeddedRedis(port=port, startup_timeout=5).start()
+            EmbeddedRedis(port=port, startup_timeout=30).start()  # it exits at once: a safety net

@@ -28,7 +28,13 @@ from features.store import InMemoryFeatureStore, Update
 from scoring.simulator import SimulationConfig, write_jsonl
 from streams.app import ensure_topics
 from streams.embedded import free_port
-from streams.live_cli import WorkerProcess, load_settings, make_producer, replay_lines
+from streams.live_cli import (
+    HTTP_TIMEOUT_S,
+    WorkerProcess,
+    load_settings,
+    make_producer,
+    replay_lines,
+)
 from streams.pipeline import labels_from_record
 from streams.settings import Topics
 
@@ -278,7 +284,7 @@ def test_events_in_scores_alerts_triggers_and_dead_letters_out(deploy: Any, tmp_
     import urllib.request
 
     req = urllib.request.Request(f"http://127.0.0.1:{worker.port}/customers/{cid}", method="DELETE")
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:
         assert json.loads(resp.read()) == {"erased": True}
     assert worker.get_json(f"/customers/{cid}/scores").get("error")
     assert d.features([cid]) == {cid: {}}
