@@ -352,15 +352,24 @@ def test_two_workers_in_one_group_match_a_single_worker(deploy: Any, tmp_path: P
 def test_kill_9_mid_stream_then_restart_counts_nothing_twice_and_loses_nothing(
     deploy: Any, tmp_path: Path
 ) -> None:
+    import threading
+
     d = deploy()
     path = tmp_path / "events.jsonl"
     summary = write_jsonl(SimulationConfig(customers=150, days=60, seed=9), path)
     want, statuses = reference_features(path)
-    d.replay(path)  # a backlog, so the worker is busy when it is killed
+    # The history in two parts: the second arrives while the worker is killed, so it dies
+    # busy however fast it went through the first (under load, the learner's first snapshot
+    # once came after the whole backlog was done: nothing was left to redeliver or learn).
+    lines = path.read_bytes().splitlines(keepends=True)
+    first_part, rest = tmp_path / "first.jsonl", tmp_path / "rest.jsonl"
+    first_part.write_bytes(b"".join(lines[:len(lines) // 2]))
+    rest.write_bytes(b"".join(lines[len(lines) // 2:]))
+    d.replay(first_part)  # a backlog
     first = d.start_worker()
     first.wait_ready()
     model_key = f"{d.name}:model:purchase_propensity"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 120
     # Mid-stream, and after the learner's first snapshot: the restart must resume from it.
     while first.get_json("/health")["events"] < summary.events * 0.3 or not d.redis.hget(model_key, "version"):
         assert time.monotonic() < deadline and first.alive(), first.log_tail()
@@ -370,7 +379,15 @@ def test_kill_9_mid_stream_then_restart_counts_nothing_twice_and_loses_nothing(
     assert metric(first, "leadpulse_events_late_total") == 0
     worker_tmp = Path(first._tmp or "")
     assert worker_tmp.is_dir() and any(worker_tmp.glob("leadpulse-faust-*"))  # Faust's data directory
+    seen = first.get_json("/health")["events"]
+    producing = threading.Thread(target=d.replay, args=(rest,))
+    producing.start()
+    while first.get_json("/health")["events"] <= seen:  # at work on the second part
+        assert time.monotonic() < deadline + 60 and first.alive(), first.log_tail()
+        time.sleep(0.02)
     first.kill()
+    producing.join(timeout=120)
+    assert not producing.is_alive()
     assert not first.alive()
     assert not worker_tmp.exists()  # a killed worker leaves no temporary files behind
     version_at_kill = int(d.redis.hget(model_key, "version") or 0)
