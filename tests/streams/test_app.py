@@ -210,6 +210,20 @@ def _read_all(bootstrap: str, topic: str) -> list[Any]:
         consumer.close()
 
 
+def _worker_env(kafka_bootstrap: str, redis_url: str, unique_topic: str, partitions: int) -> tuple[Any, dict[str, Any]]:
+    """Topics of the test's own, created, and a worker's settings on them (the broker's quick group joins)."""
+    from streams.app import ensure_topics
+    from streams.live_cli import load_settings
+    from streams.settings import Topics
+
+    topics = Topics(**{k: f"{unique_topic}.{v}" for k, v in Topics().model_dump().items()})
+    env = {"kafka_bootstrap": kafka_bootstrap, "redis_url": redis_url, "app_id": unique_topic,
+           "redis_prefix": unique_topic, "partitions": partitions, "broker_session_timeout_s": 10,
+           "broker_rebalance_timeout_s": 3, **{f"topics__{k}": v for k, v in topics.model_dump().items()}}
+    ensure_topics(load_settings(kafka_bootstrap=kafka_bootstrap, partitions=partitions, topics=topics))
+    return topics, env
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_a_1_mb_input_record_is_dead_lettered_truncated_and_a_clock_ahead_does_not_make_events_late(
@@ -220,16 +234,10 @@ def test_a_1_mb_input_record_is_dead_lettered_truncated_and_a_clock_ahead_does_n
 
     import orjson
 
-    from streams.app import ensure_topics
     from streams.embedded import free_port
     from streams.live_cli import WorkerProcess, load_settings, make_producer
-    from streams.settings import Topics
 
-    topics = Topics(**{k: f"{unique_topic}.{v}" for k, v in Topics().model_dump().items()})
-    env = {"kafka_bootstrap": kafka_bootstrap, "redis_url": redis_url, "app_id": unique_topic,
-           "redis_prefix": unique_topic, "partitions": 1, "broker_session_timeout_s": 10,
-           "broker_rebalance_timeout_s": 3, **{f"topics__{k}": v for k, v in topics.model_dump().items()}}
-    ensure_topics(load_settings(kafka_bootstrap=kafka_bootstrap, partitions=1, topics=topics))
+    topics, env = _worker_env(kafka_bootstrap, redis_url, unique_topic, partitions=1)
     now_ms = int(time.time() * 1000)
 
     def web(eid: str, cid: str, ts_ms: int, **extra: Any) -> bytes:
@@ -677,16 +685,10 @@ def test_a_customer_on_another_partition_is_counted_logged_without_its_id_and_sh
 
     import orjson
 
-    from streams.app import ensure_topics
     from streams.embedded import free_port
     from streams.live_cli import WorkerProcess, load_settings, make_producer
-    from streams.settings import Topics
 
-    topics = Topics(**{k: f"{unique_topic}.{v}" for k, v in Topics().model_dump().items()})
-    env = {"kafka_bootstrap": kafka_bootstrap, "redis_url": redis_url, "app_id": unique_topic,
-           "redis_prefix": unique_topic, "partitions": 2, "broker_session_timeout_s": 10,
-           "broker_rebalance_timeout_s": 3, **{f"topics__{k}": v for k, v in topics.model_dump().items()}}
-    ensure_topics(load_settings(kafka_bootstrap=kafka_bootstrap, partitions=2, topics=topics))
+    topics, env = _worker_env(kafka_bootstrap, redis_url, unique_topic, partitions=2)
     now_ms = int(time.time() * 1000)
 
     def moves(worker: WorkerProcess) -> float:
