@@ -37,6 +37,12 @@ Rules, chosen for what real exports look like:
   refund at one instant as one thing). Where the same order also has completed
   rows (a ledger that writes the refund on a row of its own), the row is only
   that order's refund.
+- **Refunded amounts.** ``refund_amount`` names a column of the amount refunded
+  of an order (Shopify's "Refunded Amount"): on a purchase row (paid, partially
+  refunded) a filled amount above 0 is a refund of it beside the purchase, at
+  ``refund_time``'s cell when given, else at the order's time; on a refunded
+  order's row, its refund's amount. At most the order's amount (the summary
+  counts the orders cut to it).
 - **Time.** ISO 8601 dates and date-times, with or without an offset
   (``2011-12-09``, ``2011-12-09 12:50:00``, ``2011-12-09T12:50:00+01:00``);
   epoch seconds (9-10 digits), milliseconds (12-13), microseconds (15-16: GA4's
@@ -176,6 +182,9 @@ class ImportConfig:
     extra: tuple[str, ...] = ()  # columns carried on events as extra fields (segment, region)
     # When a refunded order was refunded (a refund date, an updated-at column): its refund's time.
     refund_time: str | None = None
+    # The amount refunded of an order (Shopify's "Refunded Amount"): a partially refunded order's
+    # refund, and a refunded order's refund in place of its whole amount (see _events).
+    refund_amount: str | None = None
     time_format: str | None = None  # strptime format, "epoch_s" / "_ms" / "_us" / "_ns" / "excel", "days:DATE"
     clock: str | None = None  # a time-of-day column (1631, 16:31) added to a date-only ``time``
     date_order: DateOrder = "auto"
@@ -213,7 +222,8 @@ class ImportConfig:
     legacy_fallback: bool = False
 
     def columns(self) -> list[str]:
-        cols = [self.customer, self.time, self.clock, self.refund_time, self.amount, self.order, self.currency, self.status,
+        cols = [self.customer, self.time, self.clock, self.refund_time, self.refund_amount, self.amount,
+                self.order, self.currency, self.status,
                 self.quantity, self.price, self.product, self.category, self.action, self.session,
                 self.campaign, self.channel, self.event_id, *self.extra]
         return list(dict.fromkeys(c for c in cols if c))
@@ -285,6 +295,8 @@ class ImportResult:
     rows: int = 0
     refund_events: int = 0
     refunded_orders: int = 0  # rows whose status says refunded: the purchase made beside the refund
+    column_refunds: int = 0  # refund events whose amount is the refund_amount column's
+    refunds_capped: int = 0  # of them, orders whose refund amount was above the order's, cut to it
     dates_only: int = 0  # the rows read, when every one's time is a midnight (in --timezone): dates alone
     # Rows per day and shape of their customer id (id_shape; no id kept), for id_shape_switch.
     id_shapes: defaultdict[int, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
@@ -391,6 +403,8 @@ class ImportResult:
             "events_written": len(self.encoded),
             "refund_events": self.refund_events,
             **({"purchases_of_refunded_orders": self.refunded_orders} if self.refunded_orders else {}),
+            **({"refunds_from_refund_amount": self.column_refunds} if self.column_refunds else {}),
+            **({"refund_amounts_capped_at_order_amount": self.refunds_capped} if self.refunds_capped else {}),
             "rows_skipped": self.rows_skipped,
             "skipped_by_reason": self.skipped_by_reason(),
             "identical_rows": self.identical_rows,
@@ -1049,6 +1063,7 @@ class _Line:
     extra: dict[str, str]
     key: str  # the row's group without an order column: content hash or session; '' with one
     source_currency: str  # the row's own currency, before any conversion
+    refunded: float = 0.0  # the refund_amount cell of a purchase or bought row (absolute, converted)
 
 
 def table_records(lines: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
@@ -1556,7 +1571,7 @@ class _Evidence:
 
     def __init__(self, config: ImportConfig) -> None:
         self._time = None if config.time_format else config.time
-        self._numbers = ([c for c in (config.amount, config.price, config.quantity) if c]
+        self._numbers = ([c for c in (config.amount, config.price, config.quantity, config.refund_amount) if c]
                          if config.decimal_comma is None else [])
         self.dates: Counter[str] = Counter()
         self.ambiguous = 0  # slash dates whose day and month are both 12 or less
@@ -1981,6 +1996,14 @@ def _parse_row(
             raise RowProblem(f"no rate for currency {currency} (give --rate {currency}=...)")
         currency = config.convert_to.upper()
         amount, price = amount * rate, None if price is None else price * rate
+    else:
+        rate = 1.0
+    refunded = 0.0
+    if config.refund_amount and config.refunds == "event" and (bought or not refund) and _text(row[config.refund_amount]):
+        try:  # a purchase (paid, partially refunded) or a refunded order's row: not a refund of its own
+            refunded = abs(_cached_number(row[config.refund_amount], config.decimal_comma, "refund amount")) * rate
+        except RowProblem as exc:
+            raise RowProblem(f"bad refund amount: {exc}") from None
     item: tuple[float, float, str, str] | None = None
     if config.product or config.price or config.quantity:
         q = abs(quantity) if quantity is not None else 1.0
@@ -1988,7 +2011,7 @@ def _parse_row(
         product, category = (sys.intern(_text(row[c])[:200]) if c else "" for c in (config.product, config.category))
         item = (q, round(unit, 6), product, category)
     refund_ts = ts
-    if bought and config.refund_time and _text(row[config.refund_time]):
+    if (bought or refunded) and config.refund_time and _text(row[config.refund_time]):
         try:
             refund_ts = max(ts, _cached_time(row[config.refund_time], config.time_format, order, zone))
         except RowProblem as exc:
@@ -2001,7 +2024,7 @@ def _parse_row(
         # An event log's purchase rows are often one per product: a session's are one order.
         group = "session#" + _digest(_cell(row, config.session))
     return _Line(number, customer, order_id, ts, abs(amount), refund, bought, refund_ts, currency, item, extra,
-                 group, source)
+                 group, source, refunded)
 
 
 def _events(lines: list[_Line], config: ImportConfig, result: ImportResult) -> list[_Encoded]:
@@ -2018,34 +2041,47 @@ def _events(lines: list[_Line], config: ImportConfig, result: ImportResult) -> l
              and (bought := [m for m in members if m.bought])}
     groups.update(twins)
     result.refunded_orders = len(twins)
+    column = _column_refunds(groups, twins, result) if config.refund_amount else {}
+    # A purchase with a refund amount and no refund rows (partially refunded): its refund, made here.
+    partials = {(customer, order_key, True): [m for m in members if m.currency == members[0].currency]
+                for (customer, order_key, refund), members in groups.items()
+                if not refund and (customer, order_key) in column and (customer, order_key, True) not in groups}
+    groups.update(partials)
     events: list[_Encoded] = []
     for group in list(groups):
         customer, order_key, refund = group
         members = groups.pop(group)
         first = members[0]
         kept = [m for m in members if m.currency == first.currency]
-        for m in members:
-            if m.currency != first.currency:
-                result.skip(m.line, "currency differs from the order's first line")
+        if group not in partials:  # its lines were the purchase's too, and told of there
+            for m in members:
+                if m.currency != first.currency:
+                    result.skip(m.line, "currency differs from the order's first line")
         status = "refunded" if refund else "completed"
         if config.order:
             event_id = "imp-" + _digest(customer, order_key, status)
             order_id = order_key
         else:
             event_id = order_id = "imp-" + _digest(customer, order_key)
-            if group in twins:  # the refund keeps the row's id; its purchase needs another
+            if group in twins or group in partials:  # the row's id is the other event's
                 event_id = "imp-" + _digest(customer, order_key, status)
+        amount = round(sum(m.amount for m in kept), 6)
+        times = [m.refund_ts_ms if refund else m.ts_ms for m in kept]
+        told = column.get((customer, order_key)) if refund else None
+        if told is not None:  # the refund amount column's, at the refund time of the row that has it
+            times = [m.refund_ts_ms for m in kept if m.refunded] or times
         body: dict[str, Any] = {
             "event_id": event_id,
             "customer_id": customer,
-            "ts": ms_to_iso(min(m.refund_ts_ms if refund else m.ts_ms for m in kept)),
+            "ts": ms_to_iso(min(times)),
             "type": "purchase",
             "order_id": order_id,
-            "amount": round(sum(m.amount for m in kept), 6),
+            "amount": amount if told is None else told,
             "currency": first.currency,
             "status": status,
         }
-        items = [_item(*m.item) for m in kept if m.item is not None]
+        # A part refunded is of no item known: items only on a refund of the whole order.
+        items = [_item(*m.item) for m in kept if m.item is not None and (told is None or told == amount)]
         if items:
             body["items"] = items
         for name, value in first.extra.items():
@@ -2057,8 +2093,36 @@ def _events(lines: list[_Line], config: ImportConfig, result: ImportResult) -> l
             continue
         events.append((event.ts_ms, event.event_id, compact(encode(event))))
         result.refund_events += refund
+        result.column_refunds += told is not None
     events.sort(key=_by_time)
     return events
+
+
+def _column_refunds(
+    groups: Mapping[tuple[str, str, bool], list[_Line]], twins: Mapping[tuple[str, str, bool], list[_Line]],
+    result: ImportResult,
+) -> dict[tuple[str, str], float]:
+    """Each order's refund from the refund amount column, by (customer, order key): at most the
+    order's amount (the orders cut to it are counted). The largest cell of the order's lines: an
+    order-level value, which some exports repeat on every line item (summed, it would count
+    once per item). An order with refund rows of its own (a ledger's), other than its refunded
+    row, has its refund there: the column is not read for it.
+    """
+    column: dict[tuple[str, str], float] = {}
+    for (customer, order_key, refund), members in groups.items():
+        if refund or ((customer, order_key, True) in groups and (customer, order_key, False) not in twins):
+            continue
+        kept = [m for m in members if m.currency == members[0].currency]
+        asked = max(m.refunded for m in kept)
+        if asked <= 0:
+            continue
+        total = round(sum(m.amount for m in kept), 6)
+        if round(asked, 6) > total:
+            result.refunds_capped += 1
+        asked = min(round(asked, 6), total)
+        if asked > 0:
+            column[(customer, order_key)] = asked
+    return column
 
 
 def _item(quantity: float, price: float, product: str, category: str) -> dict[str, Any]:

@@ -263,7 +263,8 @@ def suggest(profiles: list[ColumnProfile]) -> dict[str, str]:
 
     Roles: ``customer``, ``time`` (or ``day_number`` with a ``clock``, for a panel that
     counts days), ``amount`` (or ``price`` with ``quantity``), ``order``, ``product``,
-    ``status`` (and ``refund_time``, a refunded order's refund time), ``currency``, and for an event log ``action``, ``session`` and
+    ``status`` (and ``refund_time``, a refunded order's refund time), ``refund_amount`` (a column
+    named as an amount refunded), ``currency``, and for an event log ``action``, ``session`` and
     ``campaign`` (and ``others``: ``page_view`` where the action column names pages). A role no column fits is left out; of two times (an order's and its
     delivery's), the first in the table wins, so the user checks the pick.
     """
@@ -359,6 +360,9 @@ def suggest(profiles: list[ColumnProfile]) -> dict[str, str]:
         used.discard(pick.pop("price"))
     take("amount", ((p.share(p.decimals) + 2 * _named(p, "amount"), p) for p in money
                     if _named(p, "amount") or p.share(p.decimals) > 0.3 and "price" not in pick))
+    if "amount" in pick or "price" in pick:  # an order's refunded part (Shopify's Refunded Amount): its refund
+        take("refund_amount", ((p.share(p.numbers), p) for p in full if _named(p, "refund_time")
+                               and _named(p, "amount") and p.share(p.numbers) >= 0.9))
     named_ids = [p for p in full if p.share(p.decimals) < 0.05]  # GA4's session id is an epoch second
     for role in ("product", "session", "campaign"):
         take(role, ((1.0 + _id_named(p) / 2, p) for p in named_ids if _named(p, role)))
@@ -498,7 +502,8 @@ def _id_named(p: ColumnProfile) -> float:
 
 
 _OPTIONS = ("customer", "time", "time_format", "clock", "action", "others", "order", "amount", "price", "quantity",
-            "product", "status", "refund_time", "currency", "session", "campaign")
+            "product", "status", "refund_time", "refund_amount", "currency", "session",
+            "campaign")
 
 
 def out_name(path: str) -> str:

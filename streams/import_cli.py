@@ -185,6 +185,11 @@ def _add_columns(p: Any, event_log: bool) -> None:
     cols.add_argument("--refund-time", metavar="COL",
                       help="when a refunded order (its --status) was refunded, e.g. a refund date or "
                            "updated-at column: the time of its refund event (blank: the order's time)")
+    cols.add_argument("--refund-amount", metavar="COL",
+                      help="the amount refunded of an order, e.g. Shopify's 'Refunded Amount': on a "
+                           "purchase row (paid, partially refunded) a refund event of it beside the "
+                           "purchase; on a refunded order's row its refund's amount (blank or 0: none; "
+                           "above the order's amount: cut to it, and counted)")
     cols.add_argument("--quantity", metavar="COL", help="quantity column (line items)")
     cols.add_argument("--price", metavar="COL", help="unit price column (line items)")
     cols.add_argument("--product", metavar="COL", help="product id column (line items)")
@@ -648,7 +653,7 @@ def _import(args: argparse.Namespace, table: WorkbookRead | TableWriter | None, 
         header=tuple(c.strip() for c in args.columns.split(",")) if args.columns else (),
         customer=args.customer, time=args.time, amount=args.amount, order=args.order,
         currency=args.currency, default_currency=args.default_currency, status=args.status,
-        refund_time=args.refund_time, quantity=args.quantity, price=args.price, product=args.product,
+        refund_time=args.refund_time, refund_amount=args.refund_amount, quantity=args.quantity, price=args.price, product=args.product,
         category=args.category,
         extra=tuple(args.extra), time_format=args.time_format, clock=args.clock, date_order=args.date_order,
         timezone=args.timezone, decimal_comma=args.decimal_comma, refunds=args.refunds,

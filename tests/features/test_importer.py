@@ -385,6 +385,69 @@ a,1,2024-01-06 10:00,10,refunded,
     assert sorted(e["status"] for e in told.events if e["order_id"] == "4") == ["completed", "refunded"]
 
 
+def test_a_refund_amount_column_is_a_partly_refunded_orders_refund() -> None:
+    """Shopify's partially_refunded orders imported as purchases alone: the refunded part was
+    lost, and spend (net of refunds) counted it as kept. --refund-amount makes its refund."""
+    text = """
+c,o,t,amt,state,refunded_at,ref
+a,1,2024-01-01 10:00,50,partially_refunded,2024-01-05 09:00,12.50
+a,2,2024-01-02 10:00,20,Refunded,2024-01-09 08:00,20
+a,3,2024-01-03 10:00,30,paid,,0.00
+a,4,2024-01-04 10:00,40,partially_refunded,,90
+a,5,2024-01-05 10:00,-5,refunded,,3
+a,6,2024-01-06 10:00,60,refunded,,
+a,7,2024-01-07 10:00,70,paid,,
+a,8,2024-01-08 10:00,80,refunded,,30
+"""
+    cfg = ImportConfig(customer="c", time="t", order="o", amount="amt", status="state",
+                       refund_time="refunded_at", refund_amount="ref")
+    result = _import(text, cfg)
+    got = sorted((e["order_id"], e["status"], e["amount"], e["ts"][:16]) for e in result.events)
+    assert got == [
+        ("1", "completed", 50.0, "2024-01-01T10:00"),  # the purchase, whole ...
+        ("1", "refunded", 12.5, "2024-01-05T09:00"),  # ... and its refunded part, at its refund time
+        ("2", "completed", 20.0, "2024-01-02T10:00"),
+        ("2", "refunded", 20.0, "2024-01-09T08:00"),
+        ("3", "completed", 30.0, "2024-01-03T10:00"),  # 0.00 refunded: no refund
+        ("4", "completed", 40.0, "2024-01-04T10:00"),
+        ("4", "refunded", 40.0, "2024-01-04T10:00"),  # 90 of an order of 40: cut to 40, at its time
+        ("5", "refunded", 5.0, "2024-01-05T10:00"),  # a refund row of its own: its amount, not the column's
+        ("6", "completed", 60.0, "2024-01-06T10:00"),
+        ("6", "refunded", 60.0, "2024-01-06T10:00"),  # refunded, no amount given: the whole order
+        ("7", "completed", 70.0, "2024-01-07T10:00"),
+        ("8", "completed", 80.0, "2024-01-08T10:00"),
+        ("8", "refunded", 30.0, "2024-01-08T10:00"),  # refunded, 30 of it: the column's amount
+    ]
+    summary = result.summary()
+    assert summary["refund_events"] == 6 and summary["refunds_from_refund_amount"] == 4
+    assert summary["refund_amounts_capped_at_order_amount"] == 1 and not result.errors
+    # Ids: the purchase keeps the one it had before the refund (a re-import dedupes), and the
+    # refund's is its own, the same on every import.
+    ids = {(e["order_id"], e["status"]): e["event_id"] for e in result.events}
+    assert len(set(ids.values())) == len(ids) == 13
+    assert ids == {(e["order_id"], e["status"]): e["event_id"] for e in _import(text, cfg).events}
+    paid = _import("c,o,t,amt,state,refunded_at,ref\na,1,2024-01-01 10:00,50,paid,,\n", cfg)
+    assert paid.events[0]["event_id"] == ids[("1", "completed")]
+    # Without the option, as before: a partially refunded order is a purchase alone.
+    plain = _import(text, replace(cfg, refund_amount=None))
+    assert [e["status"] for e in plain.events if e["order_id"] == "1"] == ["completed"]
+    assert "refunds_from_refund_amount" not in plain.summary()
+    # Without an order column each row is its order: its purchase and its refund, two ids.
+    bare = _import("c,t,amt,state,ref\nb,2024-02-01,15,partially_refunded,5\n",
+                   ImportConfig(customer="c", time="t", amount="amt", status="state", refund_amount="ref"))
+    assert sorted((e["status"], e["amount"]) for e in bare.events) == [("completed", 15.0), ("refunded", 5.0)]
+    assert len({e["event_id"] for e in bare.events}) == 2 and len({e["order_id"] for e in bare.events}) == 1
+    # A line-item export writes the order's refund once per order (or on each line): one refund,
+    # of the order; a cell that is no number skips its row, as a bad amount does.
+    items = _import("c,o,t,amt,state,ref\nd,9,2024-03-01,10,partially_refunded,4\nd,9,2024-03-01,10,"
+                    "partially_refunded,4\nd,8,2024-03-02,10,paid,lots\n", replace(cfg, refund_time=None))
+    assert sorted((e["status"], e["amount"]) for e in items.events) == [("completed", 20.0), ("refunded", 4.0)]
+    assert [(e.line, e.reason.split(":")[0]) for e in items.errors] == [(4, "bad refund amount")]
+    # --refunds skip makes no refund events, from the column either.
+    skip = _import(text, replace(cfg, refunds="skip"))
+    assert {e["status"] for e in skip.events} == {"completed"} and len(skip.events) == 4
+
+
 def test_slash_dates_decided_by_the_file_or_refused() -> None:
     cfg = ImportConfig(customer="c", time="t", amount="a")
     dmy = _import("c,t,a\nx,1/2/2024,1\nx,25/12/2024,1\n", cfg)

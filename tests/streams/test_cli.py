@@ -731,3 +731,37 @@ def test_inspect_does_not_call_an_orders_line_items_under_its_first_row_skipped(
     assert main([*cmd[:-1], str(tmp_path / "o.jsonl"), "--default-currency", "EUR"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["rows_skipped"] == 0 and summary["rows_filled_from_order_first_row"] == 400
+
+
+def test_inspect_suggests_the_refund_amount_and_the_import_makes_partial_refunds(
+    tmp_path: Path, capsys, monkeypatch,
+) -> None:
+    """A shop export's partially refunded orders: inspect names --refund-amount (never a value of
+    it), and the import it prints makes each order's refunded part a refund beside its purchase."""
+    src = tmp_path / "orders.csv"
+    lines = ["Name,Email,Created at,Total,Financial Status,Refunded Amount"]
+    for i in range(60):
+        status = ("paid", "partially_refunded", "refunded")[i % 3]
+        refunded = {"paid": "0.00", "partially_refunded": f"{i % 7 + 1}.25", "refunded": f"{40 + i}.00"}[status]
+        lines.append(f"#{1000 + i},c{i % 9}@example.com,2024-03-{1 + i % 28:02d} 10:{i:02d},"
+                     f"{40 + i}.00,{status},{refunded}")
+    src.write_text("\n".join(lines) + "\n")
+    assert main(["inspect", str(src)]) == 0
+    out = capsys.readouterr().out
+    suggested = next(line.strip() for line in out.splitlines() if line.strip().startswith("leadpulse "))
+    assert "--refund-amount 'Refunded Amount'" in suggested and "--amount Total" in suggested
+    assert "1.25" not in out and "7.25" not in out
+    monkeypatch.chdir(tmp_path)
+    assert main(shlex.split(suggested)[1:]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["refunds_from_refund_amount"] == 40 and summary["refund_events"] == 40
+    assert summary["events_written"] == 100 and "refund_amounts_capped_at_order_amount" not in summary
+    events = [json.loads(line) for line in (tmp_path / "orders.jsonl").read_text().splitlines()]
+    refunds = sorted(e["amount"] for e in events if e["status"] == "refunded" and e["amount"] < 40)
+    assert len(refunds) == 20 and refunds[0] == 1.25  # the partial refunds, of their refunded amounts
+    # An amount above the order's is cut to it, and counted.
+    src.write_text("c,t,a,refund_amount\nx,2024-01-01,10,25\n")
+    assert main(["import-transactions", str(src), "--customer", "c", "--time", "t", "--amount", "a",
+                 "--refund-amount", "refund_amount", "--out", str(tmp_path / "cut.jsonl")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["refund_amounts_capped_at_order_amount"] == 1 and summary["events_written"] == 2
