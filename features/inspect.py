@@ -36,6 +36,8 @@ from features.importer import (
     NOT_PURCHASE_STATUSES,
     REFUND_STATUSES,
     RowProblem,
+    _norm_status,
+    _status,
     cell_shape,
     id_shape_switch,
     parse_number,
@@ -433,6 +435,30 @@ def dates_only_note(profiles: list[ColumnProfile], pick: Mapping[str, str]) -> s
         note += (f"\n  these have times of day: {', '.join(timed[:5])}; --time COL if one of them is when it "
                  "happened")
     return note
+
+
+def unread_status_note(profiles: list[ColumnProfile], pick: Mapping[str, str]) -> str:
+    """A note naming the picked status's values the import does not know ('' if none): it skips
+    their rows, and a paid order among them is lost unless ``--status-map`` reads it.
+
+    >>> rows = [{"Status": s} for s in ["completed"] * 6 + ["processing"] * 3 + ["on-hold", "pending"]]
+    >>> print(unread_status_note(profile(rows), {"status": "Status"}))
+    Status: the import skips rows of processing (3), on-hold (1), statuses it does not know; where one is a paid order (WooCommerce's and Magento's processing is; on-hold awaits payment), --status-map processing=completed reads it
+    >>> unread_status_note(profile(rows[:6] + rows[-1:]), {"status": "Status"})  # pending: known, no purchase
+    ''
+    """
+    p = next((q for q in profiles if q.name == pick.get("status")), None)
+    if p is None or not p.vocabulary:
+        return ""
+    unknown = [(value, n) for value, n in p.vocabulary.items()
+               if _status(value) is None and _norm_status(value) not in NOT_PURCHASE_STATUSES]
+    if not unknown:
+        return ""
+    shown = ", ".join(f"{value} ({n:,})" for value, n in unknown[:6])
+    example = next((value for value, _ in unknown if _norm_status(value) == "processing"), unknown[0][0])
+    return (f"{p.name}: the import skips rows of {shown}, statuses it does not know; where one is a paid order "
+            "(WooCommerce's and Magento's processing is; on-hold awaits payment), "
+            f"--status-map {shlex.quote(example)}=completed reads it")
 
 
 def id_shape_note(rows: Iterable[Mapping[str, str]], pick: Mapping[str, str]) -> str:

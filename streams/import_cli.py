@@ -443,7 +443,14 @@ def _blank_customers_read(rows: list[Any], customer: str, order: str | None) -> 
 @command("inspect")
 def cmd_inspect(args: argparse.Namespace) -> int:
     from features.inspect import command as import_command
-    from features.inspect import dates_only_note, id_shape_note, pii_note, profile, suggest
+    from features.inspect import (
+        dates_only_note,
+        id_shape_note,
+        pii_note,
+        profile,
+        suggest,
+        unread_status_note,
+    )
 
     given = args.file
     sample = max(1, args.rows)
@@ -506,7 +513,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"  {amount} looks like cents: the import reads amounts as written; in currency units: "
               f"--query 'select *, \"{amount}\" / 100.0 as amount_units from {table_name(Path(given))}' "
               "--amount amount_units")
-    for note in (dates_only_note(profiles, pick), id_shape_note(rows, pick)):
+    for note in (dates_only_note(profiles, pick), id_shape_note(rows, pick), unread_status_note(profiles, pick)):
         if note:
             print(f"  {note}")
     if customer.filled < 0.95 * customer.rows:  # anonymous visitors of an analytics log

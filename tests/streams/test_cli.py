@@ -765,3 +765,32 @@ def test_inspect_suggests_the_refund_amount_and_the_import_makes_partial_refunds
                  "--refund-amount", "refund_amount", "--out", str(tmp_path / "cut.jsonl")]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["refund_amounts_capped_at_order_amount"] == 1 and summary["events_written"] == 2
+
+
+def test_inspect_names_the_statuses_the_import_skips_and_the_map_it_prints_imports_them(tmp_path: Path, capsys) -> None:
+    # Before: a WooCommerce export's processing orders (paid, not yet shipped) were skipped by
+    # the import with no word from inspect, only counted after in the summary.
+    import csv
+    import shlex
+
+    src = tmp_path / "woo.csv"
+    statuses = ["completed"] * 3 + ["processing"] * 2 + ["on-hold", "pending"]
+    with src.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Order Number", "Order Date", "Order Status", "Customer User ID", "Order Total"])
+        for i in range(140):
+            writer.writerow([1000 + i, f"2024-03-{1 + i % 28:02d} 1{i % 10}:{i % 60:02d}:00",
+                             statuses[i % len(statuses)], 500 + i % 30, f"{10 + i % 90}.50"])
+    assert main(["inspect", str(src)]) == 0
+    out = capsys.readouterr().out
+    note = next(line for line in out.splitlines() if "statuses it does not know" in line)
+    assert "processing (40)" in note and "on-hold (20)" in note and "pending" not in note
+    assert note.endswith("--status-map processing=completed reads it")
+    suggested = next(line for line in out.splitlines() if line.strip().startswith("leadpulse import-transactions"))
+    args = shlex.split(suggested.strip())[1:] + ["--default-currency", "EUR", "--status-map", "processing=completed"]
+    args[args.index("--out") + 1] = str(tmp_path / "woo.jsonl")
+    assert main(args) == 0
+    summary = capsys.readouterr().out
+    events = [json.loads(line) for line in (tmp_path / "woo.jsonl").read_text().splitlines()]
+    assert sum(e["type"] == "purchase" for e in events) == 100  # completed and processing, 60 + 40
+    assert json.loads(summary[summary.index("{"):])["rows_skipped"] == 40  # on-hold and pending, 20 each
