@@ -230,16 +230,15 @@ class RedisFeatureStore:
             known = self._cache.get(cid)
             if known is not None:
                 codes, after, payload = self._plan(known[1], [updates[i] for i in idxs])
-                if LATE not in codes:
-                    planned[cid] = (codes, after, known)
+                planned[cid] = (codes, after, known)
+                if LATE in codes:
+                    # A late event may be a redelivery (a duplicate): only the stored ids tell,
+                    # so apply.lua decides (the state is not sent back: we hold its version).
+                    calls.append((cid, self._script, self._full_args(cid, idxs, updates, known[0])))
+                else:
                     fkey, idkey = self.keys_for(cid)
                     calls.append((cid, self._known, (2, fkey, idkey, self.lateness_ms, self.ttl_seconds,
                                                       known[0], payload)))
-                    continue
-                # A late event may be a redelivery (a duplicate): only the stored ids tell, so
-                # apply.lua decides (the state is not sent back: we hold its version).
-                planned[cid] = (codes, after, known)
-                calls.append((cid, self._script, self._full_args(cid, idxs, updates, known[0])))
             else:
                 calls.append((cid, self._script, self._full_args(cid, idxs, updates, "")))
         replies = self._run_scripts([(script, args) for _, script, args in calls])

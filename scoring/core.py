@@ -520,11 +520,16 @@ class ScoringCore:
             run.out.counts["shard_changes"] += 1
             if rec.rfm_key is not None:
                 # Counted here from now on, so its next move here leaves no count below 0.
-                if self.rfm_deferred is None:
-                    run.grader.move(None, rec.rfm_key)
-                else:
-                    self.rfm_deferred.append((ts, cid, (None, rec.rfm_key)))
+                self._move_rfm(cid, ts, None, rec.rfm_key)
         rec.shard = run.shard
+
+    def _move_rfm(self, cid: str, ts: int, old: RfmKey | None, new: RfmKey | None) -> None:
+        """Count a customer under ``new`` instead of ``old`` in the RFM base of the shard being
+        processed, or keep the move for a sharded replay's grader (see ``rfm_deferred``)."""
+        if self.rfm_deferred is None:
+            self.rfm.move(old, new)
+        else:
+            self.rfm_deferred.append((ts, cid, (old, new)))
 
     def _use(self, run: _ShardRun) -> None:
         # Scoring grades RFM with the grader of the shard being processed.
@@ -669,10 +674,7 @@ class ScoringCore:
             # Counted in the shard's base under its values now, then graded against it.
             key = RfmGrader.key(vector, ts)
             if key != rec.rfm_key:
-                if self.rfm_deferred is None:
-                    self.rfm.move(rec.rfm_key, key)
-                else:
-                    self.rfm_deferred.append((ts, cid, (rec.rfm_key, key)))
+                self._move_rfm(cid, ts, rec.rfm_key, key)
                 rec.rfm_key = key
         res = self.compute(kind, vector, x, ts)
         prob = res["probability"]
@@ -907,8 +909,9 @@ class ScoringCore:
         Nothing is published, learned or kept, and RFM grades against the shard's base as
         last counted (``at_ms`` is needed for it: without it, RFM kinds are refused). A kind
         the customer is not eligible for (churn risk for one who never bought, or who has
-        been silent longer than its window) is left out, and so is a kind scored only at certain events (``only_on``: campaign response
-        is about one send). Reasons are the top contributing features, as in published scores.
+        been silent longer than its window) is left out, and so is a kind scored only at
+        certain events (``only_on``: campaign response is about one send). Reasons are the
+        top contributing features, as in published scores.
         A customer silent longer than ``LONG_SILENT_DAYS`` gets the cold-start rule for a
         learned kind (source ``long_silent``): no model learned from such silence, and a
         linear one extrapolates (a subscriber gone 900 days scored 100 to buy, as the model

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from features.spec import parse_duration_ms
+from features.spec import DAY_MS, parse_duration_ms
 from scoring.metrics import USEFUL_RATIO, loose_ratio_bound, ratio_ceiling
 
 __all__ = ["chart_ids", "compare_sentence", "versus_sentence", "write_html"]
@@ -1068,7 +1068,7 @@ def _horizon_notes(rep: dict[str, Any]) -> list[str]:
         if not any(str(o).startswith("purchase") for o in ks.get("outcome") or ()):
             continue
         try:
-            horizon_days = parse_duration_ms(ks["horizon"]) / 86_400_000
+            horizon_days = parse_duration_ms(ks["horizon"]) / DAY_MS
         except ValueError:
             continue
         if gaps["median"] > horizon_days:

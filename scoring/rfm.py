@@ -196,8 +196,7 @@ class RfmGrader:
         5
         """
         saved = (self._ranks, self._moves_since_ranks)
-        self._ranks = {name: _Ranks(c) for name, c in self.counts.items()}
-        self._moves_since_ranks = 0
+        self._ranks, self._moves_since_ranks = self._read_ranks(), 0
         try:
             yield
         finally:
@@ -205,11 +204,13 @@ class RfmGrader:
 
     def _current_ranks(self) -> dict[str, _Ranks]:
         ranks = self._ranks
-        total = sum(self.counts["f"].values()) if ranks is None else ranks["f"].total
-        if ranks is None or self._moves_since_ranks > total // STALE_SHARE:
-            ranks = self._ranks = {name: _Ranks(c) for name, c in self.counts.items()}
+        if ranks is None or self._moves_since_ranks > ranks["f"].total // STALE_SHARE:
+            ranks = self._ranks = self._read_ranks()
             self._moves_since_ranks = 0
         return ranks
+
+    def _read_ranks(self) -> dict[str, _Ranks]:
+        return {name: _Ranks(c) for name, c in self.counts.items()}
 
     def snapshot(self) -> bytes:
         """The histograms as bytes (kept with the shard's state, see :class:`scoring.state.StateStore`).

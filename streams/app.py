@@ -1131,7 +1131,8 @@ class LiveWorker:
         The second condition is why a worker whose event loop stalled (a loaded host, a long
         collection) is not called cut off: it sent nothing meanwhile (a request it had sent counts
         from at most its timeout before the failure was seen, see :meth:`watch_broker`), and its
-        next request is answered. One unanswered request is not enough either: it waits a quarter of the threshold.
+        next request is answered. One unanswered request is not enough either: requests go out
+        every quarter of the threshold, and they must fail for half of it.
 
         >>> w = LiveWorker(Settings(app_id="doc", broker_unreachable_s=8), bare=True)
         >>> w.broker_answered_at -= 60   # a minute of silence, but nothing asked and unanswered

@@ -427,9 +427,9 @@ def _blank_customers_read(rows: list[Any], customer: str, order: str | None) -> 
         value = (row.get(name) or "").strip()
         return "" if value in NO_VALUE else value
 
-    blank = [row for row in rows if not cell(row, customer)]
     if not order:
         return "the import skips those (missing customer)"
+    blank = [row for row in rows if not cell(row, customer)]
     named = {cell(row, order) for row in rows if cell(row, customer)} - {""}
     filled = sum(cell(row, order) in named for row in blank)
     if not filled:
