@@ -1,4 +1,4 @@
-"""How fast could the backtest be, if everything but River took no time?
+"""How fast could the backtest be, if everything but River (and the features) took no time?
 
 The backtest's throughput target asks for 20,000 events/s. This script measures the
 part of the work no engineering on our side removes while the models are River
@@ -13,6 +13,12 @@ pipelines learning one example at a time: ``learn_one`` per matured label and
 4. Times the same inputs through :class:`scoring.models.OnlineModel` as the core uses
    it (logistic kinds: labels fitted in chunks, predictions through the pipeline's
    linear form; no refits), and prints that ceiling too.
+5. Times the feature side no scoring logic skips either: decoding every line, applying
+   every event to its customer's state, a feature vector at each moment the core read
+   one, and a model input for each vector the models read (a sample of the moments,
+   ``--sample-every``). With step 4 that is the floor of a replay in one Python process
+   (``floor_events_per_second``): what is left for everything else (the label join,
+   score records, RFM, alerts, triggers, batching) is the rest of the target's budget.
 
     python scripts/bench_river_floor.py --customers 1000 --days 365 --runs 3
     python scripts/bench_river_floor.py --file history.jsonl
@@ -32,17 +38,52 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from features.engine import FeatureEngine, apply_ops  # noqa: E402
+from features.events import EventError, decode  # noqa: E402
+from scoring import core as core_module  # noqa: E402
 from scoring import models  # noqa: E402
 from scoring.backtest import BacktestConfig, run_backtest  # noqa: E402
 from scoring.core import ModelRegistry  # noqa: E402
 from scoring.kinds import default_kinds  # noqa: E402
 
 
-def record(path: Path) -> tuple[dict[str, Any], dict[str, list[tuple[dict[str, float], bool]]], Counter[str]]:
+class Moments:
+    """Every ``every``-th feature vector the core read (a copy of the state and the time),
+    every ``every``-th vector it turned into a model input, and how many of each."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.vectors = self.inputs = 0
+        self.states: list[tuple[dict[str, float], int]] = []
+        self.read: list[dict[str, float | None]] = []  # what the replay read at each sampled moment
+        self.vectors_in: list[dict[str, float | None]] = []
+
+
+def record(
+    path: Path, moments: Moments | None = None,
+) -> tuple[dict[str, Any], dict[str, list[tuple[dict[str, float], bool]]], Counter[str]]:
     """One backtest; the inputs each model learned (completed as it saw them) and predictions made."""
     learned: dict[str, list[tuple[dict[str, float], bool]]] = defaultdict(list)
     predictions: Counter[str] = Counter()
     learn, predict = models.OnlineModel.learn, models.OnlineModel.predict
+    vector, model_input = FeatureEngine.vector, models.model_input
+    sensitive = core_module.model_input
+
+    def spy_vector(self: FeatureEngine, state: Any, as_of_ms: int) -> dict[str, float | None]:
+        values = vector(self, state, as_of_ms)
+        if moments is not None:
+            if moments.vectors % moments.every == 0:
+                moments.states.append((dict(state), as_of_ms))
+                moments.read.append(dict(values))
+            moments.vectors += 1
+        return values
+
+    def spy_input(v: Any, exclude: Any = ()) -> dict[str, float]:
+        if moments is not None:
+            if moments.inputs % moments.every == 0:
+                moments.vectors_in.append(dict(v))
+            moments.inputs += 1
+        return model_input(v, exclude)
 
     def spy_learn(self: models.OnlineModel, x: dict[str, float], y: int, *a: Any, **kw: Any) -> bool:
         learned[self.kind].append((self._complete(dict(x)), bool(y)))
@@ -54,12 +95,61 @@ def record(path: Path) -> tuple[dict[str, Any], dict[str, list[tuple[dict[str, f
 
     models.OnlineModel.learn = spy_learn  # type: ignore[method-assign]
     models.OnlineModel.predict = spy_predict  # type: ignore[method-assign]
+    FeatureEngine.vector = spy_vector  # type: ignore[method-assign]
+    core_module.model_input = spy_input  # the name the core calls
     try:
         with open(path, "rb") as lines:
             report = run_backtest(lines, BacktestConfig(batch_baseline=False))
     finally:
         models.OnlineModel.learn, models.OnlineModel.predict = learn, predict  # type: ignore[method-assign]
+        FeatureEngine.vector = vector  # type: ignore[method-assign]
+        core_module.model_input = sensitive
     return report, learned, predictions
+
+
+def time_features(path: Path, moments: Moments, runs: int) -> dict[str, float]:
+    """Seconds, medians of ``runs``: decoding every line, applying every valid event to its
+    customer's state in file order, and (scaled up from the sample) the vectors and model
+    inputs the replay made."""
+    lines = path.read_bytes().splitlines()
+    events = [ev for ev in map(decode, lines) if not isinstance(ev, EventError)]
+    engine = FeatureEngine()
+    exclude = core_module.ScoringCore.in_memory().sensitive
+
+    def decode_all() -> None:
+        for line in lines:
+            decode(line)
+
+    def apply_all() -> None:
+        states: dict[str, dict[str, float]] = {}
+        for ev in events:
+            state = states.get(ev.customer_id)
+            if state is None:
+                state = states[ev.customer_id] = {}
+            apply_ops(state, engine.ops_for(ev))
+
+    def vectors() -> None:
+        for state, as_of in moments.states:
+            engine.vector(state, as_of)
+
+    def inputs() -> None:
+        for v in moments.vectors_in:
+            models.model_input(v, exclude)
+
+    def median_s(work: Any) -> float:
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    scale_v = moments.vectors / max(len(moments.states), 1)
+    scale_i = moments.inputs / max(len(moments.vectors_in), 1)
+    return {
+        "decode_s": median_s(decode_all), "apply_s": median_s(apply_all),
+        "vectors_s": median_s(vectors) * scale_v, "model_inputs_s": median_s(inputs) * scale_i,
+    }
 
 
 def time_river(examples: list[tuple[dict[str, float], bool]], model: str) -> tuple[float, float]:
@@ -96,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sample-every", type=int, default=10,
+                        help="time every Nth feature vector and model input of the replay (default 10)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
 
             path = Path(tmp) / "history.jsonl"
             write_jsonl(SimulationConfig(customers=args.customers, days=args.days, seed=args.seed), path)
-        report, learned, predictions = record(path)
+        moments = Moments(max(args.sample_every, 1))
+        report, learned, predictions = record(path, moments)
+        features = time_features(path, moments, args.runs)
 
     model_of = {name: m.model_name for name, m in ModelRegistry(default_kinds()).models.items()}
     events = report["events"]
@@ -144,7 +238,13 @@ def main(argv: list[str] | None = None) -> int:
         "online_model_seconds": round(model_s, 2),
         "online_model_ceiling_events_per_second": round(events / model_s) if model_s else None,
         "kinds": rows, "runs": args.runs,
+        "vectors_per_event": round(moments.vectors / events, 3),
+        "model_inputs_per_event": round(moments.inputs / events, 3),
+        **{k: round(v, 2) for k, v in features.items()},
     }
+    floor_s = model_s + sum(features.values())
+    out["floor_us_per_event"] = round(floor_s / events * 1e6, 1)
+    out["floor_events_per_second"] = round(events / floor_s) if floor_s else None
     print(json.dumps(out, indent=2))
     return 0
 
