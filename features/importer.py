@@ -18,7 +18,8 @@ Rules, chosen for what real exports look like:
   event takes the earliest row's time. Without ``order`` every row is one
   purchase.
 - **Stable ids.** ``event_id`` is a hash of (customer, order, status); without
-  an order column, a hash of the row's cells plus its occurrence number among
+  an order column, a hash of the row's cells (but those that change as an order
+  lives on: status, refund time, refund amount) plus its occurrence number among
   identical rows. Re-importing the same file gives the same ids, so a backtest
   or a live replay deduplicates re-imports. Identical rows stay distinct
   purchases (counted as ``identical_rows`` in the summary).
@@ -227,6 +228,18 @@ class ImportConfig:
                 self.quantity, self.price, self.product, self.category, self.action, self.session,
                 self.campaign, self.channel, self.event_id, *self.extra]
         return list(dict.fromkeys(c for c in cols if c))
+
+    def identity_columns(self) -> list[str]:
+        """The columns whose cells name a row without an order or event id column: every column
+        read but those that change as an order lives on (its status, refund time and refund
+        amount), so a later export where a purchase was refunded gives its purchase the id it
+        had (the refund gets one of its own).
+
+        >>> ImportConfig(customer="c", time="t", amount="a", status="s", refund_amount="r").identity_columns()
+        ['c', 't', 'a']
+        """
+        changing = {self.status, self.refund_time, self.refund_amount} - {None, ""}
+        return [c for c in self.columns() if c not in changing]
 
     def check(self) -> None:
         if not self.amount and not self.price and not self.action:
@@ -1236,7 +1249,7 @@ def import_transactions(
         rows = _popped(raw)  # popped as read: a large log's rows are not held beside its events
     order = _decide_date_order(config, evidence.dates, evidence.ambiguous, result)
     config = _decide_decimal(config, evidence.comma, evidence.point, result)
-    columns = config.columns()
+    identity = config.identity_columns()  # what names a row without an id
     parsed: list[_Line] = []
     activity: list[_Encoded] = []  # web and campaign events of an event log
     seen: Counter[str] = Counter()
@@ -1264,11 +1277,11 @@ def import_transactions(
             kind = found
         try:
             if kind[0] != "purchase":
-                activity.append(_activity(row, config, kind, order, zone, seen, columns))
+                activity.append(_activity(row, config, kind, order, zone, seen, identity))
                 result.types[kind[0]] += 1
                 result.id_shapes[activity[-1][0] // DAY_MS][cell_shape(row[config.customer])] += 1
                 continue
-            line = _parse_row(number, row, config, order, zone, seen, kind[1] == "refunded", columns)
+            line = _parse_row(number, row, config, order, zone, seen, kind[1] == "refunded", identity)
         except RowProblem as exc:
             if isinstance(exc, _NotAPurchase):
                 result.unread_statuses[exc.value] += 1
@@ -2063,7 +2076,9 @@ def _events(lines: list[_Line], config: ImportConfig, result: ImportResult) -> l
             order_id = order_key
         else:
             event_id = order_id = "imp-" + _digest(customer, order_key)
-            if group in twins or group in partials:  # the row's id is the other event's
+            # A row that gives a purchase and its refund: the purchase keeps the row's id, the one
+            # it had in an export from before the refund, and the refund takes another.
+            if refund and ((customer, order_key, False) in twins or group in partials):
                 event_id = "imp-" + _digest(customer, order_key, status)
         amount = round(sum(m.amount for m in kept), 6)
         times = [m.refund_ts_ms if refund else m.ts_ms for m in kept]
