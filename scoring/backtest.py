@@ -556,8 +556,9 @@ def _run_backtest(
         "per_day": {d: dict(c) for d, c in sorted(per_day.items())},
         "bands_per_week": {
             # Bands sorted: counted in the order scored, which sharding (--workers) changes.
-            k: [{"week": w, **dict(sorted(c.items()))} for w, c in sorted(_by_week(v).items())]
-            for k, v in bands_per_week.items()
+            # Kinds in the configuration's order, not in the order of their first scores.
+            k.name: [{"week": w, **dict(sorted(c.items()))} for w, c in sorted(_by_week(bands_per_week[k.name]).items())]
+            for k in core.kinds if k.name in bands_per_week
         },
         "peak_memory_bytes": peak,
         "config": {

@@ -76,6 +76,17 @@ from scoring.triggers import BAND_RANK, Policy, in_control, jump_from, remember_
 log = logging.getLogger(__name__)
 
 IDLE = ":idle"  # suffix of the example ids of idle rescores
+
+
+def _id_part(text: str) -> str:
+    """A customer or campaign id as a part of an example id: its colons escaped, so that two
+    examples' ids differ (customer ``a`` sent campaign ``5:m`` at 5, and customer ``a:5``
+    campaign ``m``, gave one id). Ids without ``:`` or ``%`` are as they were.
+
+    >>> _id_part("c1"), _id_part("a:5"), _id_part("50%")
+    ('c1', 'a%3A5', '50%25')
+    """
+    return text.replace("%", "%25").replace(":", "%3A") if ":" in text or "%" in text else text
 # Per customer and kind: a flood of sends must not grow a customer's record without bound.
 MAX_PENDING_PER_KIND = 32
 
@@ -125,8 +136,12 @@ class Labelled:
 
     @property
     def moment(self) -> str:
-        """``event`` (scored at one of the customer's events) or ``idle`` (a scheduled rescore)."""
-        return "idle" if self.example_id.endswith(IDLE) else "event"
+        """``event`` (scored at one of the customer's events) or ``idle`` (a scheduled rescore).
+
+        The event says so; the id's suffix only for examples saved before they kept their
+        event (a campaign called ``idle`` ends its examples' ids the same way).
+        """
+        return "idle" if self.event_id is None and self.example_id.endswith(IDLE) else "event"
 
 
 @dataclass
@@ -721,7 +736,8 @@ class ScoringCore:
             ks.registered_at = ts
             # Idle rescores say so in the id: their examples are another population (silent
             # customers) than those scored at an event, and the backtest reports both apart.
-            example_id = f"{kind.name}:{cid}:{ts}" + (f":{match}" if match else "") + ("" if event_id else IDLE)
+            example_id = (f"{kind.name}:{_id_part(cid)}:{ts}" + (f":{_id_part(match)}" if match else "")
+                          + ("" if event_id else IDLE))
             # The rule prior rides along: it is the rule-only baseline of the backtest.
             rec.pending.append(
                 Pending(kind.name, example_id, ts, ts + kind.horizon_ms, res["x"], prob,
