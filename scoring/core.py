@@ -33,7 +33,9 @@ For each batch:
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -269,6 +271,9 @@ class _ShardRun:
         self.seen = self.grader.seen
 
 
+_RoundDone = tuple[_ShardRun, list[Labelled], Outputs]  # a shard's part of a round of due customers
+
+
 @dataclass(slots=True)
 class _Attempt:
     """How far the call on a batch got: the same batch again (a retry) resumes there."""
@@ -277,6 +282,10 @@ class _Attempt:
     applied: BatchResult  # the feature store applied the batch: applying it again finds duplicates
     outs: list[Outputs] | None = None  # the events' outputs, saved; the rounds of due customers are left
     runs: list[_ShardRun] | None = None
+    # A save that raised may have been made all the same, its reply lost (the connection dropped
+    # after Redis ran it): its token (StateStore.landed) and what it saved, until the retry asks.
+    unsure_events: tuple[str, list[Outputs], list[_ShardRun]] | None = None
+    unsure_round: tuple[str, list[_RoundDone]] | None = None
 
 
 _EVENT_TYPES = (WebEvent, PurchaseEvent, CampaignEvent)
@@ -348,6 +357,8 @@ class ScoringCore:
         # every batch.
         self.rfm = RfmGrader()
         self._attempt: _Attempt | None = None
+        self._tokens = itertools.count()
+        self._token_base = os.urandom(6).hex()  # tokens of another core (a restart) never match
         # A replay sharded by customer (scoring.parallel) sets this to a list: RFM grades then
         # use the counts as they stood at the batch's start, and each customer's move is kept
         # here as (time, customer, (old key, new key)) for the replay's grader to apply.
@@ -444,6 +455,13 @@ class ScoringCore:
         attempt = self._attempt
         if attempt is not None and attempt.key != batch_key:
             attempt = self._attempt = None  # another batch: the failed one was given up
+        if attempt is not None and attempt.unsure_events is not None:
+            token, saved_outs, saved_runs = attempt.unsure_events
+            if self.state.landed(token):  # saved, its reply lost: scoring again would find it done
+                for run in saved_runs:
+                    run.grader_saved()
+                attempt.outs, attempt.runs = saved_outs, saved_runs
+            attempt.unsure_events = None  # (asked: a failure asking leaves the question for the next retry)
         if attempt is not None and attempt.outs is not None and attempt.runs is not None:
             return self._finish_due(attempt, attempt.outs, attempt.runs)
         heads = self.state.shard_states([shard for _, shard, _, _ in work])
@@ -491,11 +509,14 @@ class ScoringCore:
             mine = records if len(work) == 1 else {c: records[c] for c in dict.fromkeys(ev.customer_id for ev in events)}
             saves[shard] = ShardSave(mine, run.watermark, run.unsaved_grader(), due_until=run.watermark)
             runs.append(run)
-        due = self.state.save(saves)
+        token = self._token()
+        attempt.unsure_events = (token, outs, runs)
+        due = self.state.save(saves, token)
+        attempt.unsure_events = None
         for run in runs:
             run.grader_saved()
         attempt.outs, attempt.runs = outs, runs
-        self._process_due(runs, due)
+        self._process_due(runs, due, attempt)
         self._attempt = None
         return outs
 
@@ -507,10 +528,19 @@ class ScoringCore:
         for run in runs:
             run.grader = heads[run.shard].grader or RfmGrader()
             run.grader_saved()
+        if attempt.unsure_round is not None:
+            token, done = attempt.unsure_round
+            if self.state.landed(token):  # the failed round was saved, its reply lost: its outputs stand
+                self._round_saved(done)
+            attempt.unsure_round = None
         # Due customers of a failed round are still in the index (see StateStore.save).
-        self._process_due(runs, self.state.save({run.shard: ShardSave({}, due_until=run.watermark) for run in runs}))
+        self._process_due(runs, self.state.save({run.shard: ShardSave({}, due_until=run.watermark) for run in runs}),
+                          attempt)
         self._attempt = None
         return outs
+
+    def _token(self) -> str:
+        return f"{self._token_base}-{next(self._tokens)}"
 
     def advance(self, shard: str, until_ms: int) -> Outputs:
         """Move a shard's watermark to ``until_ms`` with no new events (end of a replay, idle shard)."""
@@ -803,7 +833,9 @@ class ScoringCore:
                 })
 
     # ------------------------------------------------------------------ time
-    def _process_due(self, runs: list[_ShardRun], due: dict[str, list[str]], max_rounds: int = 64) -> None:
+    def _process_due(
+        self, runs: list[_ShardRun], due: dict[str, list[str]], attempt: _Attempt | None = None, max_rounds: int = 64,
+    ) -> None:
         # An idle customer's rescore moves one tick per round: keep going until nothing is due,
         # so a watermark that jumps (sparse history, a quiet shard) leaves no work behind.
         # Each save hands out the next round's customers (on Redis in the save's round trip),
@@ -812,9 +844,11 @@ class ScoringCore:
             active = [(run, due[run.shard]) for run in runs if due.get(run.shard)]
             if not active:
                 return
-            due = self._process_due_once(active, last=round_ == max_rounds - 1)
+            due = self._process_due_once(active, last=round_ == max_rounds - 1, attempt=attempt)
 
-    def _process_due_once(self, active: list[tuple[_ShardRun, list[str]]], last: bool) -> dict[str, list[str]]:
+    def _process_due_once(
+        self, active: list[tuple[_ShardRun, list[str]]], last: bool, attempt: _Attempt | None = None,
+    ) -> dict[str, list[str]]:
         records = self.state.load([cid for _, due in active for cid in due])
         # A customer another shard took over (see _take_over) leaves this shard's index
         # unprocessed: its owner schedules it, and writing its record here would undo that.
@@ -834,7 +868,7 @@ class ScoringCore:
         ]
         states = self.features.read(ticking) if ticking else {}
         saves: dict[str, ShardSave] = {}
-        done: list[tuple[_ShardRun, list[Labelled], Outputs]] = []
+        done: list[_RoundDone] = []
         for run, due in active:
             self._use(run)
             # Kept apart until the round is saved: a round that fails adds nothing.
@@ -848,7 +882,18 @@ class ScoringCore:
             saves[run.shard] = ShardSave(mine, None, run.unsaved_grader(),
                                          due_until=None if last else run.watermark, drop=drop)
             done.append((run, matured, round_out))
-        handed_out = self.state.save(saves)
+        token = None
+        if attempt is not None:  # a batch's round: its retry asks whether this save was made
+            token = self._token()
+            attempt.unsure_round = (token, done)
+        handed_out = self.state.save(saves, token)
+        if attempt is not None:
+            attempt.unsure_round = None
+        self._round_saved(done)
+        return handed_out
+
+    def _round_saved(self, done: list[_RoundDone]) -> None:
+        """A saved round's outputs, into each shard's; its labels learned when learning inline."""
         for run, matured, round_out in done:
             run.grader_saved()
             out = run.out
@@ -860,7 +905,6 @@ class ScoringCore:
             self._learn_fresh(out, fresh_from)
             if self.learn_inline and matured:
                 out.drifts.extend(self.registry.learn(matured))
-        return handed_out
 
     def _due_customers(
         self, run: _ShardRun, due: list[str], records: dict[str, CustomerScoring], states: dict[str, State],

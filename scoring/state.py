@@ -199,9 +199,18 @@ class StateStore(Protocol):
 
     def load(self, customer_ids: Sequence[str]) -> dict[str, CustomerScoring]: ...
 
-    def save(self, shards: dict[str, ShardSave]) -> dict[str, list[str]]:
+    def save(self, shards: dict[str, ShardSave], token: str | None = None) -> dict[str, list[str]]:
         """Save each shard's part; returns the customers handed out per shard that asked
-        (``due_until``). On Redis, all of it is one round trip."""
+        (``due_until``). On Redis, all of it is one round trip.
+
+        With a ``token`` the save is all or nothing, and :meth:`landed` tells afterwards
+        whether it was made: a save that raised (the connection lost) may have been made
+        all the same, its reply lost on the way back.
+        """
+        ...
+
+    def landed(self, token: str) -> bool:
+        """Whether the last save given ``token`` was made (see :meth:`save`)."""
         ...
 
     def shard_states(self, shards: Sequence[str]) -> dict[str, ShardState]:
@@ -229,6 +238,7 @@ class InMemoryStateStore:
         self._due_at: dict[str, tuple[str, int]] = {}
         self._watermarks: dict[str, int] = {}
         self._graders: dict[str, RfmGrader] = {}
+        self._landed: str | None = None
 
     def load(self, customer_ids: Sequence[str]) -> dict[str, CustomerScoring]:
         # A customer not seen yet gets a new record, kept once saved: a read (the API's
@@ -236,7 +246,7 @@ class InMemoryStateStore:
         records = self._records
         return {cid: records.get(cid) or CustomerScoring() for cid in customer_ids}
 
-    def save(self, shards: dict[str, ShardSave]) -> dict[str, list[str]]:
+    def save(self, shards: dict[str, ShardSave], token: str | None = None) -> dict[str, list[str]]:
         handed_out = {}
         for shard, (records, watermark, grader, due_until, drop) in shards.items():
             if grader is not None:
@@ -258,7 +268,12 @@ class InMemoryStateStore:
                 self._watermarks[shard] = watermark
             if due_until is not None:
                 handed_out[shard] = self._take_due(shard, due_until)
+        if token is not None:
+            self._landed = token
         return handed_out
+
+    def landed(self, token: str) -> bool:
+        return token == self._landed
 
     def _take_due(self, shard: str, until_ms: int) -> list[str]:
         heap = self._due.get(shard, [])

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.exceptions import ResponseError
 
 from features.redis_batch import CommandBatch
 from features.redis_store import key_tag
@@ -37,6 +38,7 @@ from scoring.rfm import RfmGrader
 from scoring.state import DUE_LIMIT, CustomerScoring, ShardSave, ShardState
 
 VERSION_BYTES = 16  # hex: 8 random per store instance, then a counter
+LANDED_TTL_S = 86_400  # a save's token is asked for by the retry that follows it, seconds later
 
 def _flat(reply: list[Any]) -> list[Any]:
     """ZRANGEBYSCORE WITHSCORES as ``[member, score, ...]``: RESP3 answers in pairs."""
@@ -70,6 +72,7 @@ class RedisStateStore:
         self._cache: OrderedDict[str, tuple[bytes, CustomerScoring]] = OrderedDict()
         self._instance = os.urandom(4).hex().encode()
         self._saves = 0
+        self._landed_key = f"{prefix}:landed:{self._instance.decode()}"  # this store's last token
 
     def _key(self, customer_id: str) -> str:
         return f"{self.prefix}:{{{key_tag(customer_id)}}}:s"
@@ -105,8 +108,14 @@ class RedisStateStore:
                 out[c] = _record(raw) if raw else CustomerScoring()
         return {c: out[c] for c in cids}
 
-    def save(self, shards: dict[str, ShardSave]) -> dict[str, list[str]]:
+    def save(self, shards: dict[str, ShardSave], token: str | None = None) -> dict[str, list[str]]:
         batch = CommandBatch(self.client)
+        # With a token: one transaction, its last write the token, so that after a lost reply
+        # landed() tells whether all of it was made (then nothing of it is to be redone) or none.
+        # A client that is not a plain Redis (a cluster's) writes the token last, untransacted.
+        transaction = token is not None and type(self.client) is redis.Redis
+        if transaction:
+            batch.add("MULTI")
         saved: list[tuple[str, bytes, CustomerScoring]] = []
         handing: list[tuple[str, int]] = []  # (shard, index of its ZRANGEBYSCORE in the batch)
         for shard, (records, watermark, grader, due_until, drop) in shards.items():
@@ -143,9 +152,18 @@ class RedisStateStore:
                 # Read, not taken: a customer handed out stays in the index until the caller
                 # saves its record (this save's ZADD or ZREM moves it), so a round that fails
                 # (Redis away, a crash) leaves its customers due for the retry, none lost.
-                handing.append((shard, len(batch)))
+                handing.append((shard, len(batch) - transaction))
                 batch.add("ZRANGEBYSCORE", due_key, "-inf", due_until, "WITHSCORES", "LIMIT", 0, DUE_LIMIT)
+        if token is not None:
+            batch.add("SET", self._landed_key, token, "EX", LANDED_TTL_S)
+        if transaction:
+            batch.add("EXEC")
         replies = batch.execute()
+        if transaction:
+            replies = replies[-1]  # EXEC's: the replies of the commands it ran, in order
+            for reply in replies:
+                if isinstance(reply, ResponseError):
+                    raise reply
         if self.cache_size:
             for cid, version, rec in saved:
                 self._cache[cid] = (version, rec)
@@ -153,6 +171,10 @@ class RedisStateStore:
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return {shard: _handed_out(_flat(replies[i])) for shard, i in handing}
+
+    def landed(self, token: str) -> bool:
+        found = self.client.get(self._landed_key)
+        return found is not None and (found if isinstance(found, str) else found.decode()) == token
 
     def shard_states(self, shards: Sequence[str]) -> dict[str, ShardState]:
         batch = CommandBatch(self.client)

@@ -157,12 +157,12 @@ def test_customers_due_when_their_round_fails_stay_due(redis_client: redis.Redis
     pipe = Pipeline(ScoringCore(FeatureEngine(), RedisFeatureStore(redis_client), state, learn_inline=False))
     save, failed, batches = state.save, [], [0]
 
-    def flaky(shards: dict[str, ShardSave]) -> dict[str, list[str]]:
+    def flaky(shards: dict[str, ShardSave], token: str | None = None) -> dict[str, list[str]]:
         # A round of due customers saves no watermark: fail the first one after a few batches.
         if not failed and batches[0] >= 5 and all(s.watermark is None and s.records for s in shards.values()):
             failed.extend((shard, c) for shard, s in shards.items() for c in s.records)
             raise ConnectionError("redis went away")
-        return save(shards)
+        return save(shards, token)
 
     state.save = flaky  # type: ignore[method-assign]
     messages = _messages(4000)
@@ -206,10 +206,10 @@ def test_a_batch_retried_after_a_redis_failure_gives_every_output_once(redis_cli
                 raise ConnectionError("redis went away")
             return load(cids)
 
-        def flaky_save(shards: dict[str, ShardSave]) -> dict[str, list[str]]:
+        def flaky_save(shards: dict[str, ShardSave], token: str | None = None) -> dict[str, list[str]]:
             if should_fail("save" if where == "save" else "due", shards):
                 raise ConnectionError("redis went away")
-            return save(shards)
+            return save(shards, token)
 
         def flaky_heads(shards: Any) -> Any:
             if should_fail("heads"):

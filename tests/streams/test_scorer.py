@@ -300,3 +300,39 @@ def test_live_scoring_dead_letters_an_event_more_than_the_lateness_ahead_of_the_
     [dead] = [r for r in out.records if r.topic == "leadpulse.dlq"]
     assert dict(dead.headers)["__connect.errors.stage"] == b"event_time"
     assert out.counts["applied"] == 1 and out.counts["late"] == 0
+
+
+@pytest.mark.parametrize("made", [True, False], ids=["made", "not-made"])
+@pytest.mark.parametrize("lost", [1, 2, 5, 9])
+def test_a_save_whose_reply_is_lost_is_redone_only_if_it_was_not_made(redis_url: str, lost: int, made: bool) -> None:
+    """The connection dropped on a save (a network blip, a proxy cut): Redis ran it and its
+    reply was lost (``made``), or it never reached Redis. The worker retries the batch, and
+    must neither lose the outputs of what was saved nor make them twice. Before, a round of
+    due customers saved without its reply was taken for one never made: the retry found its
+    customers' ticks and labels done, and their scores and labels were never published."""
+    messages = simulated_messages(1500)
+    expected = _run(Scorer(Settings(redis_url=redis_url, redis_prefix=f"sc-lost-once-{lost}-{made}")), messages)
+    scorer = Scorer(Settings(redis_url=redis_url, redis_prefix=f"sc-lost-{lost}-{made}"))
+    save, calls = scorer.core.state.save, []
+
+    def cut(shards, token=None):  # type: ignore[no-untyped-def]
+        calls.append(token)
+        if len(calls) == lost:
+            if made:
+                save(shards, token)
+            raise redis.ConnectionError("connection lost")
+        return save(shards, token)
+
+    scorer.core.state.save = cut  # type: ignore[method-assign]
+    records: list[tuple[str, bytes | None]] = []
+    failures = 0
+    for i in range(0, len(messages), 250):
+        while True:
+            try:
+                out, _ = scorer.score(messages[i:i + 250])
+                break
+            except redis.ConnectionError:
+                failures += 1
+        records += [(r.topic, r.value) for r in out.records]
+    assert calls[lost - 1] is not None  # a batch's save, given a token
+    assert failures == 1 and records == expected
