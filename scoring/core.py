@@ -500,6 +500,10 @@ class ScoringCore:
                 out.counts["applied"] += 1
                 state = working[ev.customer_id]
                 apply_ops(state, up.ops)
+                # The customer's clock, as the store moves it: an event that came out of order
+                # inside this batch is then scored as of the newest one, as across batches.
+                if ev.ts_ms > state.get(TIME_FIELD, ev.ts_ms - 1):
+                    state[TIME_FIELD] = float(ev.ts_ms)
                 self._mark_outcomes(rec, ev, key, out)
                 self._score_event(ev, key, rec, state, out)
             first = last
@@ -949,7 +953,9 @@ class ScoringCore:
                     self._score(cid, rec, kind, vector, as_of, None, None, x, out)
             keep = []
             for p in rec.pending:
-                if p.end_ms <= watermark:
+                # An event at the watermark is not late (late is more than the lateness behind):
+                # an example ending there may still get its outcome until the watermark passes it.
+                if p.end_ms < watermark:
                     kind = self.registry.kinds[p.kind]
                     label = kind.label_on_outcome if p.outcome else kind.label_without_outcome
                     matured.append(Labelled(p.kind, cid, p.example_id, p.t_ms, p.end_ms, p.prob,

@@ -12,7 +12,7 @@ idle rescore) and the shard's watermark, so a restart loses nothing.
 >>> rec.pending.append(Pending("churn_risk", "e1", 10, 100, {"x": 1.0}, 0.3, "model"))
 >>> store.save({"0": ShardSave({"c1": rec}, watermark=5)})
 {}
->>> store.save({"0": ShardSave({}, due_until=99)}), store.save({"0": ShardSave({}, due_until=100)})
+>>> store.save({"0": ShardSave({}, due_until=100)}), store.save({"0": ShardSave({}, due_until=101)})
 ({'0': []}, {'0': ['c1']})
 >>> store.shard_states(["0"])["0"].watermark
 5
@@ -116,8 +116,8 @@ class CustomerScoring:
     >>> rec = CustomerScoring()
     >>> rec.kind("churn_risk").next_tick = 500
     >>> rec.pending.append(Pending("churn_risk", "e1", 10, 300, {}, 0.3, "model"))
-    >>> rec.next_due()  # the earlier of a label's horizon and an idle rescore
-    300
+    >>> rec.next_due()  # the earlier of a label's horizon (once past it) and an idle rescore
+    301
     """
 
     kinds: dict[str, KindState] = field(default_factory=dict)
@@ -137,7 +137,8 @@ class CustomerScoring:
         return ks
 
     def next_due(self) -> int | None:
-        times = [p.end_ms for p in self.pending]
+        # An example matures once the watermark is past its end (ScoringCore._due_customers).
+        times = [p.end_ms + 1 for p in self.pending]
         times += [k.next_tick for k in self.kinds.values() if k.next_tick is not None]
         return min(times) if times else None
 

@@ -47,10 +47,11 @@ def test_propensity_label_is_positive_when_purchase_falls_inside_horizon() -> No
     assert (ex.t_ms, ex.end_ms) == (T0, T0 + 7 * DAY_MS)
     core.process([purchase("a", T0 + 3 * DAY_MS, "p2")])
     assert pending(core, "a", "purchase_propensity")[0].outcome is True
-    # Horizon not closed yet: nothing matured, nothing learned.
-    out = core.advance("0", T0 + 7 * DAY_MS - 1)
-    assert [x for x in out.labelled if x.example_id == ex.example_id] == []
+    # Horizon not closed yet: nothing matured, nothing learned. At its end exactly an event
+    # of that time is not late yet (late is more than the lateness behind): it may still count.
     out = core.advance("0", T0 + 7 * DAY_MS)
+    assert [x for x in out.labelled if x.example_id == ex.example_id] == []
+    out = core.advance("0", T0 + 7 * DAY_MS + 1)
     [lab] = [x for x in out.labelled if x.example_id == ex.example_id]
     assert lab.label == 1 and lab.end_ms == T0 + 7 * DAY_MS
 
@@ -74,7 +75,7 @@ def test_churn_resolves_early_but_is_learned_only_at_horizon_close() -> None:
     churn_examples = [p for p in pending(core, "a", "churn_risk") if p.example_id == ex.example_id]
     assert churn_examples[0].outcome is True
     assert model.version == 0  # ...but not learned yet: no early-resolving class bias
-    out = core.advance("0", T0 + 60 * DAY_MS)
+    out = core.advance("0", T0 + 60 * DAY_MS + 1)
     labelled = [x for x in out.labelled if x.example_id == ex.example_id]
     assert labelled and labelled[0].label == 0
     assert core.registry.models["churn_risk"].version >= 1
@@ -101,7 +102,7 @@ def test_example_features_never_contain_the_outcome() -> None:
     core = ScoringCore.in_memory()
     core.process([purchase("a", T0, "p1")])
     core.process([purchase("a", T0 + 1 * DAY_MS, "p2")])
-    out = core.advance("0", T0 + 7 * DAY_MS)
+    out = core.advance("0", T0 + 7 * DAY_MS + 1)
     first = next(x for x in out.labelled if x.kind == "purchase_propensity" and x.t_ms == T0)
     # At T0 the customer had exactly one order: log1p(1).
     assert math.isclose(first.x["orders_total"], math.log1p(1.0))

@@ -18,9 +18,9 @@ event list says:
 5. every registered example is labelled exactly once.
 
 Out of order, each event comes in a call of its own, and no event comes exactly the
-lateness behind the newest: the two ``test_found_*`` variants draw those regions and fail
-today (strict xfail), and the plain ``test_repro_*`` tests at the end are the minimal
-reproductions (see their docstrings). Same-campaign sends at one moment share an example
+lateness behind the newest; the two ``test_found_*`` variants draw those regions (disorder
+inside a batch, an outcome exactly the lateness behind), where this suite found two bugs,
+now fixed; the plain ``test_repro_*`` tests at the end are their minimal reproductions. Same-campaign sends at one moment share an example
 id; property 5 counts examples by (example id, event id).
 """
 
@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from unittest import mock
 
-import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -533,14 +532,8 @@ def test_a_restart_in_the_middle_changes_nothing(history: History, data: st.Data
 # failing example, no shrinking); a fix of the bug below turns it into an XPASS, a failure
 # under strict: take the marker off, and the property covers that region from then on.
 FOUND = settings(SETTINGS, max_examples=100, phases=[Phase.generate])
-WITHIN_BATCH = ("an out-of-order event inside a batch is scored as of the newest time the store "
-                "held before the batch, not the batch's own newer events already in its state: "
-                "see test_repro_disorder_inside_a_batch")
-AT_WATERMARK = ("an outcome exactly the lateness behind the newest event is applied, but the "
-                "examples it labels matured already: see test_repro_outcome_at_the_watermark")
 
 
-@pytest.mark.xfail(strict=True, reason=WITHIN_BATCH)
 @FOUND
 @given(histories(in_order=False, within_batch=True))
 def test_found_labels_with_disorder_inside_batches(history: History) -> None:
@@ -549,7 +542,6 @@ def test_found_labels_with_disorder_inside_batches(history: History) -> None:
     check_inputs_arrived(history, run)
 
 
-@pytest.mark.xfail(strict=True, reason=AT_WATERMARK)
 @FOUND
 @given(histories(in_order=False, exact_lateness=True))
 def test_found_labels_with_events_exactly_the_lateness_behind(history: History) -> None:
@@ -582,26 +574,25 @@ def test_disorder_across_calls_is_scored_as_of_the_newest_event() -> None:
     assert (ex.t_ms, ex.label, ex.x["clicks_30d"] > 0) == (CLICK.ts, 0, True)
 
 
-@pytest.mark.xfail(strict=True, reason=WITHIN_BATCH)
 def test_repro_disorder_inside_a_batch() -> None:
-    """The same two events in ONE batch: the send is scored as of its own time T0 (the
-    working state's ``_t`` is the store's before the batch; apply_ops does not move it), with
+    """The same two events in ONE batch. The send was scored as of its own time T0 (the
+    working state's ``_t`` was the store's before the batch; apply_ops does not move it), with
     the click 10 minutes later already in its input, and the click, marked before the
-    example existed, never labels it: label 0 where the oracle (a click of k1 in
-    (T0, T0 + 3d]) says 1. Either moment is consistent; this one is neither."""
+    example existed, never labelled it: label 0 where the oracle (a click of k1 in
+    (T0, T0 + 3d]) says 1. Now it is scored as of the click, as across calls."""
     ex = _response(_feed(ScoringCore.in_memory(), [CLICK, SEND]))
     clicked_after = ex.t_ms < CLICK.ts
     assert ex.label == int(clicked_after)  # the click is the outcome iff after the moment
     assert (ex.x["clicks_30d"] > 0) == (not clicked_after)  # ... else it is in the input
 
 
-@pytest.mark.xfail(strict=True, reason=AT_WATERMARK)
 def test_repro_outcome_at_the_watermark() -> None:
     """Cart at T0 (a propensity example, horizon to T0 + 7d); a visit at T0 + 7d + 1h moves
     the watermark to T0 + 7d and the example matures, label 0; then the order of T0 + 7d
     arrives, exactly the lateness behind: not late (late is *more* than the lateness
-    behind), applied, inside (t, t + 7d], and it labels nothing. README: "Within the
-    lateness it is applied and labels the examples scored before it"."""
+    behind), applied, inside (t, t + 7d], and it labelled nothing. README: "Within the
+    lateness it is applied and labels the examples scored before it". Examples now mature
+    once the watermark is past their end."""
     cart = Ev("a1", "a", T0, "web", "add_to_cart")
     visit = Ev("v1", "a", T0 + 7 * DAY_MS + LATENESS, "web", "page_view")
     order = Ev("p1", "a", T0 + 7 * DAY_MS, "purchase", "completed", amount=30.0, order="o1")
