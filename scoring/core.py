@@ -89,6 +89,8 @@ def _id_part(text: str) -> str:
     ('c1', 'a%3A5', '50%25')
     """
     return text.replace("%", "%25").replace(":", "%3A") if ":" in text or "%" in text else text
+
+
 # Per customer and kind: a flood of sends must not grow a customer's record without bound.
 MAX_PENDING_PER_KIND = 32
 
@@ -461,7 +463,7 @@ class ScoringCore:
                 for run in saved_runs:
                     run.grader_saved()
                 attempt.outs, attempt.runs = saved_outs, saved_runs
-            attempt.unsure_events = None  # (asked: a failure asking leaves the question for the next retry)
+            attempt.unsure_events = None  # answered (had asking raised, the next retry would ask again)
         if attempt is not None and attempt.outs is not None and attempt.runs is not None:
             return self._finish_due(attempt, attempt.outs, attempt.runs)
         heads = self.state.shard_states([shard for _, shard, _, _ in work])
