@@ -2056,7 +2056,7 @@ def _events(lines: list[_Line], config: ImportConfig, result: ImportResult) -> l
     result.refunded_orders = len(twins)
     column = _column_refunds(groups, twins, result) if config.refund_amount else {}
     # A purchase with a refund amount and no refund rows (partially refunded): its refund, made here.
-    partials = {(customer, order_key, True): [m for m in members if m.currency == members[0].currency]
+    partials = {(customer, order_key, True): _first_currency(members)
                 for (customer, order_key, refund), members in groups.items()
                 if not refund and (customer, order_key) in column and (customer, order_key, True) not in groups}
     groups.update(partials)
@@ -2065,7 +2065,7 @@ def _events(lines: list[_Line], config: ImportConfig, result: ImportResult) -> l
         customer, order_key, refund = group
         members = groups.pop(group)
         first = members[0]
-        kept = [m for m in members if m.currency == first.currency]
+        kept = _first_currency(members)
         if group not in partials:  # its lines were the purchase's too, and told of there
             for m in members:
                 if m.currency != first.currency:
@@ -2127,7 +2127,7 @@ def _column_refunds(
     for (customer, order_key, refund), members in groups.items():
         if refund or ((customer, order_key, True) in groups and (customer, order_key, False) not in twins):
             continue
-        kept = [m for m in members if m.currency == members[0].currency]
+        kept = _first_currency(members)
         asked = max(m.refunded for m in kept)
         if asked <= 0:
             continue
@@ -2138,6 +2138,11 @@ def _column_refunds(
         if asked > 0:
             column[(customer, order_key)] = asked
     return column
+
+
+def _first_currency(lines: list[_Line]) -> list[_Line]:
+    """An order's lines in its first line's currency: an order's amount is summed in one."""
+    return [m for m in lines if m.currency == lines[0].currency]
 
 
 def _item(quantity: float, price: float, product: str, category: str) -> dict[str, Any]:

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from features.engine import FeatureEngine, apply_ops  # noqa: E402
 from features.events import EventError, decode  # noqa: E402
+from features.spec import DEFAULT_SENSITIVE  # noqa: E402
 from scoring import core as core_module  # noqa: E402
 from scoring import models  # noqa: E402
 from scoring.backtest import BacktestConfig, run_backtest  # noqa: E402
@@ -66,8 +67,7 @@ def record(
     learned: dict[str, list[tuple[dict[str, float], bool]]] = defaultdict(list)
     predictions: Counter[str] = Counter()
     learn, predict = models.OnlineModel.learn, models.OnlineModel.predict
-    vector, model_input = FeatureEngine.vector, models.model_input
-    sensitive = core_module.model_input
+    vector, model_input = FeatureEngine.vector, core_module.model_input  # the names the core calls
 
     def spy_vector(self: FeatureEngine, state: Any, as_of_ms: int) -> dict[str, float | None]:
         values = vector(self, state, as_of_ms)
@@ -96,14 +96,14 @@ def record(
     models.OnlineModel.learn = spy_learn  # type: ignore[method-assign]
     models.OnlineModel.predict = spy_predict  # type: ignore[method-assign]
     FeatureEngine.vector = spy_vector  # type: ignore[method-assign]
-    core_module.model_input = spy_input  # the name the core calls
+    core_module.model_input = spy_input
     try:
         with open(path, "rb") as lines:
             report = run_backtest(lines, BacktestConfig(batch_baseline=False))
     finally:
         models.OnlineModel.learn, models.OnlineModel.predict = learn, predict  # type: ignore[method-assign]
         FeatureEngine.vector = vector  # type: ignore[method-assign]
-        core_module.model_input = sensitive
+        core_module.model_input = model_input
     return report, learned, predictions
 
 
@@ -114,7 +114,7 @@ def time_features(path: Path, moments: Moments, runs: int) -> dict[str, float]:
     lines = path.read_bytes().splitlines()
     events = [ev for ev in map(decode, lines) if not isinstance(ev, EventError)]
     engine = FeatureEngine()
-    exclude = core_module.ScoringCore.in_memory().sensitive
+    exclude = DEFAULT_SENSITIVE  # what the replay's core left out of model inputs
 
     def decode_all() -> None:
         for line in lines:

@@ -40,6 +40,7 @@ from scoring.state import DUE_LIMIT, CustomerScoring, ShardSave, ShardState
 VERSION_BYTES = 16  # hex: 8 random per store instance, then a counter
 LANDED_TTL_S = 86_400  # a save's token is asked for by the retry that follows it, seconds later
 
+
 def _flat(reply: list[Any]) -> list[Any]:
     """ZRANGEBYSCORE WITHSCORES as ``[member, score, ...]``: RESP3 answers in pairs."""
     return [v for pair in reply for v in pair] if reply and isinstance(reply[0], list | tuple) else reply
